@@ -230,3 +230,30 @@ def mark_dispatched(session: Session, job_ids: list[int]) -> None:
             .values(state=JobState.dispatched, dispatched_at=utcnow())
         )
         session.commit()
+
+
+class WorkerBeat(Base):
+    """A live worker process: what it serves and when it last spoke (the admin page's list)."""
+
+    __tablename__ = "worker_beats"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)  # celery hostname
+    queues: Mapped[str] = mapped_column(String(100), default="")
+    model: Mapped[str] = mapped_column(String(200), default="")
+    demo: Mapped[bool] = mapped_column(default=False)
+    pid: Mapped[int] = mapped_column(default=0)
+    started_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    last_seen: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    current_job: Mapped[int | None] = mapped_column(default=None)
+
+
+def beat(session: Session, name: str, **fields: Any) -> None:
+    """Record that worker ``name`` is alive (upsert on the primary key)."""
+    row = session.get(WorkerBeat, name)
+    if row is None:
+        row = WorkerBeat(name=name)
+        session.add(row)
+    for key, value in fields.items():
+        setattr(row, key, value)
+    row.last_seen = utcnow()
+    session.commit()
