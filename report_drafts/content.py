@@ -22,6 +22,11 @@ class ReportStatus(enum.StrEnum):
     amended = "amended"  # changed after signing
     corrected = "corrected"  # an error put right after signing
 
+    @property
+    def is_signed(self) -> bool:
+        """Whether this status needs a named radiologist (final, amended, corrected)."""
+        return self is not ReportStatus.preliminary
+
 
 @dataclass(frozen=True)
 class Box:
@@ -103,6 +108,46 @@ class ReportContent:
     @property
     def accepted_findings(self) -> tuple[Finding, ...]:
         return tuple(f for f in self.findings if f.accepted)
+
+    @property
+    def grounded_findings(self) -> tuple[Finding, ...]:
+        """Accepted findings with a box on a named image: the ones drawn in SR and GSPS."""
+        return tuple(
+            f for f in self.accepted_findings if f.box is not None and f.sop_instance_uid
+        )
+
+    def check_consistent(self) -> None:
+        """Refuse a signed status without a signer: nothing AI-written leaves as final unsigned."""
+        if self.status.is_signed and self.signer is None:
+            raise ValueError(f"a {self.status.value} report needs a signer")
+
+    def warnings(self, *, demo: bool) -> tuple[str, ...]:
+        """The warnings every rendering of this version must carry (demo model, unsigned draft)."""
+        found: list[str] = []
+        if demo:
+            found.append(DEMO_WARNING)
+        if not self.status.is_signed:
+            found.append(DRAFT_WARNING)
+        return tuple(found)
+
+    def sections(self, *, demo: bool) -> tuple[tuple[str, str], ...]:
+        """(heading, text) pairs in report order; empty sections left out, warnings last."""
+        parts = [
+            ("FINDINGS", self.findings_text.strip()),
+            ("IMPRESSION", self.impression.strip()),
+            ("COMPARISON", self.progression.strip()),
+        ]
+        found = [(heading, text) for heading, text in parts if text]
+        warnings = self.warnings(demo=demo)
+        if warnings:
+            found.append(("WARNING", "\n".join(warnings)))
+        return tuple(found)
+
+    def text(self, *, demo: bool) -> str:
+        """The full plain-text report (FHIR presentedForm, HL7 OBX lines), warnings included."""
+        return "\n\n".join(
+            f"{heading}:\n{body}" for heading, body in self.sections(demo=demo)
+        )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
