@@ -1,0 +1,236 @@
+"""HL7 v2.5.1 ORU^R01 "unsolicited observation result" for a report version (HL7 v2.5.1 ch. 7).
+
+MSH, PID, ORC (when a placer order is known), OBR and one OBX of type TX per line of the report
+text (chapter 7.4.2: a TX value is one line of display text), preceded by one ST OBX carrying
+the Study Instance UID (DCM 110180). OBR-25 / OBX-11 result status: P for a draft, F once signed,
+C for an amendment or correction. OBR-32 names the principal result interpreter of a signed
+report. Values are escaped (ch. 2.7): ``\\ | ^ & ~`` become ``\\E\\ \\F\\ \\S\\ \\T\\ \\R\\``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+
+from hl7apy.core import Message
+
+from report_drafts.content import ReportContent, ReportStatus, Signer
+
+HL7_VERSION = "2.5.1"
+MESSAGE_TYPE = "ORU^R01^ORU_R01"
+
+#: OBR-25 / OBX-11 per report status (HL7 table 0123 / 0085).
+RESULT_STATUS: dict[ReportStatus, str] = {
+    ReportStatus.preliminary: "P",
+    ReportStatus.final: "F",
+    ReportStatus.amended: "C",
+    ReportStatus.corrected: "C",
+}
+
+#: OBX-3 per report section (LOINC radiology narrative codes; warnings in RadDraft's scheme).
+SECTION_CODES: dict[str, tuple[str, str, str]] = {
+    "FINDINGS": ("18782-3", "Radiology Study observation (narrative)", "LN"),
+    "IMPRESSION": ("19005-8", "Radiology Imaging study [Impression] (narrative)", "LN"),
+    "COMPARISON": ("18834-2", "Radiology Comparison study (narrative)", "LN"),
+    "WARNING": ("WARNING", "RadDraft warning", "99RADDRAFT"),
+}
+STUDY_UID_CODE = ("110180", "Study Instance UID", "DCM")
+REPORT_CODE = ("36643-5", "XR Chest 2 Views", "LN")
+
+_ESCAPES = (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\"))
+_UNESCAPE_RE = re.compile(r"\\(E|F|S|T|R|X[0-9A-Fa-f]*|\.br)\\")
+_UNESCAPES = {"E": "\\", "F": "|", "S": "^", "T": "&", "R": "~", ".br": "\n"}
+
+
+def escape(value: str) -> str:
+    """HL7 escaping of one value (v2.5.1 2.7.1); the escape character goes first.
+
+    Carriage returns and line feeds would end the segment: they become ``\\.br\\``.
+    """
+    for char, sequence in _ESCAPES:
+        value = value.replace(char, sequence)
+    return value.replace("\r\n", "\\.br\\").replace("\r", "\\.br\\").replace("\n", "\\.br\\")
+
+
+def unescape(value: str) -> str:
+    """Undo :func:`escape` (and hex ``\\Xhh\\`` sequences)."""
+
+    def one(match: re.Match[str]) -> str:
+        code = match.group(1)
+        if code.startswith("X"):
+            return bytes.fromhex(code[1:]).decode("latin-1")
+        return _UNESCAPES[code]
+
+    return _UNESCAPE_RE.sub(one, value)
+
+
+def result_status(status: ReportStatus | str) -> str:
+    """OBR-25 for a report status: P, F or C; unknown statuses are refused."""
+    try:
+        return RESULT_STATUS[ReportStatus(status)]
+    except ValueError:
+        raise ValueError(f"invalid report status {status!r}") from None
+
+
+def _components(*parts: str) -> str:
+    return "^".join(escape(p) for p in parts).rstrip("^")
+
+
+def _coded(code: tuple[str, str, str]) -> str:
+    return _components(*code)
+
+
+def person_name(dicom_name: str) -> str:
+    """An XPN from a DICOM PN (``Family^Given^Middle^Prefix^Suffix``, first group only)."""
+    alphabetic = dicom_name.split("=")[0]
+    return _components(*alphabetic.split("^")[:5])
+
+
+def _interpreter(signer: Signer) -> str:
+    """OBR-32 (NDL): the first component is a CNN whose parts are subcomponents."""
+    family, _, given = signer.name.split("=")[0].partition("^")
+    parts = [signer.login, family, given.split("^")[0]]
+    return "&".join(escape(p) for p in parts).rstrip("&")
+
+
+@dataclass(frozen=True)
+class ObxLine:
+    """One OBX text line: its section and the unescaped text."""
+
+    section: str
+    text: str
+
+
+def report_lines(content: ReportContent, *, demo: bool) -> list[ObxLine]:
+    """The report text split into lines, each tagged with its section (headings included).
+
+    ``"\\n".join(line.text for line in report_lines(...)) == content.text(demo=demo)``.
+    """
+    lines: list[ObxLine] = []
+    for index, (heading, body) in enumerate(content.sections(demo=demo)):
+        if index:
+            lines.append(ObxLine(heading, ""))
+        lines.append(ObxLine(heading, f"{heading}:"))
+        lines.extend(ObxLine(heading, line) for line in body.split("\n"))
+    return lines
+
+
+def _hl7_time(value: dt.datetime) -> str:
+    text = value.strftime("%Y%m%d%H%M%S")
+    if value.tzinfo is not None:
+        text += value.strftime("%z")
+    return text
+
+
+def _check_plain(value: str, what: str, limit: int) -> str:
+    if not value or len(value) > limit or any(c in value for c in "|^&~\\\r\n"):
+        raise ValueError(f"{what} must be 1-{limit} characters without HL7 separators: {value!r}")
+    return value
+
+
+def oru_r01(
+    content: ReportContent,
+    *,
+    patient_id: str,
+    patient_name: str,
+    accession: str,
+    study_uid: str,
+    control_id: str,
+    sending_app: str,
+    sending_facility: str,
+    receiving_app: str,
+    receiving_facility: str,
+    demo: bool,
+    order_placer: str | None = None,
+    patient_id_authority: str | None = None,
+    observed: dt.datetime | None = None,
+    timestamp: dt.datetime | None = None,
+    processing_id: str = "P",
+) -> str:
+    """The ORU^R01 of one report version as ER7 text (segments joined by ``\\r``).
+
+    ``control_id`` (MSH-10, at most 20 characters) must be unique per message: the ACK echoes it.
+    ``accession`` is the filler order number (OBR-3), ``order_placer`` the placer order number
+    (ORC-2 / OBR-2, with an ORC when given). ``observed`` is the study time (OBR-7).
+    """
+    content.check_consistent()
+    status = result_status(content.status)
+    _check_plain(control_id, "control_id", 20)
+    now = timestamp or dt.datetime.now(dt.UTC)
+
+    message = Message("ORU_R01", version=HL7_VERSION)
+    msh = message.msh
+    msh.msh_3 = escape(sending_app)
+    msh.msh_4 = escape(sending_facility)
+    msh.msh_5 = escape(receiving_app)
+    msh.msh_6 = escape(receiving_facility)
+    msh.msh_7 = _hl7_time(now)
+    msh.msh_9 = MESSAGE_TYPE
+    msh.msh_10 = control_id
+    msh.msh_11 = _check_plain(processing_id, "processing_id", 3)
+    msh.msh_12 = HL7_VERSION
+
+    result = message.add_group("ORU_R01_PATIENT_RESULT")
+    pid = result.add_group("ORU_R01_PATIENT").pid
+    pid.pid_1 = "1"
+    pid.pid_3 = _components(patient_id, "", "", patient_id_authority or "", "MR")
+    pid.pid_5 = person_name(patient_name)
+
+    order = result.add_group("ORU_R01_ORDER_OBSERVATION")
+    if order_placer:
+        order.orc.orc_1 = "RE"
+        order.orc.orc_2 = escape(order_placer)
+        order.orc.orc_3 = escape(accession)
+        order.orc.orc_5 = "CM"
+    obr = order.obr
+    obr.obr_1 = "1"
+    if order_placer:
+        obr.obr_2 = escape(order_placer)
+    obr.obr_3 = escape(accession)
+    obr.obr_4 = _coded(REPORT_CODE)
+    if observed is not None:
+        obr.obr_7 = _hl7_time(observed)
+    obr.obr_22 = _hl7_time(now)
+    obr.obr_24 = "RAD"
+    obr.obr_25 = status
+    if content.status.is_signed:
+        assert content.signer is not None
+        obr.obr_32 = _interpreter(content.signer)
+
+    set_ids = iter(range(1, 10_000))
+
+    def add_obx(value_type: str, code: tuple[str, str, str], sub_id: str, value: str) -> None:
+        obx = order.add_group("ORU_R01_OBSERVATION").obx
+        obx.obx_1 = str(next(set_ids))
+        obx.obx_2 = value_type
+        obx.obx_3 = _coded(code)
+        obx.obx_4 = sub_id
+        if value:
+            obx.obx_5 = value
+        obx.obx_11 = status
+
+    add_obx("ST", STUDY_UID_CODE, "", escape(study_uid))
+    sections = [heading for heading, _ in content.sections(demo=demo)]
+    for line in report_lines(content, demo=demo):
+        sub_id = str(sections.index(line.section) + 1)
+        add_obx("TX", SECTION_CODES[line.section], sub_id, escape(line.text))
+    return str(message.to_er7())
+
+
+def text_lines(message: str) -> list[str]:
+    """The unescaped OBX-5 of every TX OBX of an ER7 message, in order (for checks and traces).
+
+    Parsed with hl7apy, so this also checks the message is well formed.
+    """
+    from hl7apy.parser import parse_message
+
+    parsed = parse_message(message.replace("\n", "\r"), find_groups=True)
+    lines: list[str] = []
+    for result in parsed.oru_r01_patient_result:
+        for order in result.oru_r01_order_observation:
+            for observation in order.oru_r01_observation:
+                obx = observation.obx
+                if obx.obx_2.value == "TX":
+                    lines.append(unescape(obx.obx_5.value if obx.obx_5.children else ""))
+    return lines
