@@ -191,7 +191,9 @@ class SentObject(Base):
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
-    __table_args__ = (UniqueConstraint("kind", "identifier", "destination"),)
+    # A FHIR DiagnosticReport keeps its id across versions (each version PUTs it again), so the
+    # same identifier may appear once per report version.
+    __table_args__ = (UniqueConstraint("report_version_pk", "kind", "identifier", "destination"),)
 
 
 class ImmutableVersionError(RuntimeError):

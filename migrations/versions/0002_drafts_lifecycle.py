@@ -252,10 +252,11 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sent_objects")),
         sa.UniqueConstraint(
+            "report_version_pk",
             "kind",
             "identifier",
             "destination",
-            name=op.f("uq_sent_objects_kind_identifier_destination"),
+            name=op.f("uq_sent_objects_report_version_pk_kind_identifier_destination"),
         ),
     )
     with op.batch_alter_table("sent_objects", schema=None) as batch_op:

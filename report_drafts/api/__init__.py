@@ -1,0 +1,64 @@
+"""The review API as a FastAPI app: ``create_app(settings)``; OpenAPI docs at ``/docs``."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from raddraft.db import engine_for, session_factory
+from raddraft.settings import Settings, get_settings
+from report_drafts.states import LifecycleError
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The app: review API at ``/api``, FHIR at ``/fhir``, ``/healthz`` and ``/readyz``.
+
+    ``app.state.session_resolvers`` is a list the pages may append a cookie-session resolver
+    to (see :mod:`report_drafts.api.auth`).
+    """
+    from report_drafts.api import fhir_routes, routes
+
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="RadDraft review API",
+        description=(
+            "Review and sign-off of AI-drafted chest X-ray reports. Nothing AI-written leaves "
+            "as final without a named radiologist's signature."
+        ),
+        version="0.1.0",
+    )
+    engine = engine_for(settings.database_url)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.sessionmaker = session_factory(engine)
+    app.state.session_resolvers = []
+
+    @app.exception_handler(LifecycleError)
+    def _lifecycle_error(_request: Request, error: LifecycleError) -> JSONResponse:
+        return JSONResponse(
+            {"detail": str(error), "error": type(error).__name__},
+            status_code=error.http_status,
+        )
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz() -> JSONResponse:
+        """Readiness: the database answers."""
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except Exception as error:  # any failure means "not ready"; say which
+            return JSONResponse({"status": "unavailable", "error": str(error)[:200]}, 503)
+        return JSONResponse({"status": "ok"})
+
+    app.include_router(routes.router)
+    app.include_router(fhir_routes.router)
+    return app
+
+
+__all__ = ["create_app"]

@@ -1,0 +1,88 @@
+"""Who is asking: the database session and user dependencies of every route.
+
+A user is resolved from ``Authorization: Bearer <token>`` first, then from any *session
+resolver* the app was given (the pages of issue 6 plug a cookie session in through
+``app.state.session_resolvers`` without touching the routes). No user: 401. A user whose role
+is not allowed: 403. Roles are checked here *and* again inside the lifecycle functions, so a
+route that forgot its dependency still cannot sign.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from sqlalchemy.orm import Session
+
+from report_drafts.tables import Role, User
+from report_drafts.users import user_for_token
+
+# A session resolver: (request, db session) -> the user of a cookie session, or None.
+SessionResolver = Callable[[Request, Session], User | None]
+
+
+def db_session(request: Request) -> Iterator[Session]:
+    """A database session per request; routes commit what they change, errors roll back."""
+    session: Session = request.app.state.sessionmaker()
+    try:
+        yield session
+    except BaseException:
+        session.rollback()
+        raise
+    finally:
+        session.close()
+
+
+DbSession = Annotated[Session, Depends(db_session)]
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    return None
+
+
+def current_user(request: Request, session: DbSession) -> User:
+    """The authenticated user, or 401."""
+    token = _bearer(request)
+    user = user_for_token(session, token) if token else None
+    if user is None and token is None:
+        resolvers: list[SessionResolver] = getattr(request.app.state, "session_resolvers", [])
+        for resolve in resolvers:
+            user = resolve(request, session)
+            if user is not None:
+                break
+    if user is None or not user.active:
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "authentication required: Authorization: Bearer <token>",
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    request.state.user = user
+    return user
+
+
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def require(*roles: Role) -> Callable[[User], User]:
+    """A dependency that lets only ``roles`` through (403 otherwise)."""
+    allowed = frozenset(roles)
+
+    def check(user: CurrentUser) -> User:
+        if Role(user.role) not in allowed:
+            raise HTTPException(
+                status.HTTP_403_FORBIDDEN,
+                f"role {user.role!r} may not do this; needs {sorted(r.value for r in allowed)}",
+            )
+        return user
+
+    return check
+
+
+Viewer = Annotated[User, Depends(require(Role.reader, Role.radiologist, Role.admin))]
+Radiologist = Annotated[User, Depends(require(Role.radiologist))]
+Admin = Annotated[User, Depends(require(Role.admin))]

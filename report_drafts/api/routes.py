@@ -1,0 +1,339 @@
+"""The review API: worklist, detail, edits, per-finding feedback, sign, reject, amend, admin.
+
+Every change names the version it was made against (``expected_version``); the lifecycle refuses
+stale or replayed requests with 409. There is deliberately no route that sets a report's state:
+states move only as a consequence of the actions below.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from raddraft import jobs
+from raddraft.settings import Settings
+from report_drafts import audit, figures, lifecycle, render
+from report_drafts import trace as tracing
+from report_drafts.api import views
+from report_drafts.api.auth import Admin, CurrentUser, DbSession, Radiologist, Viewer
+from report_drafts.content import Box, ReportContent
+from report_drafts.states import NotFound
+
+router = APIRouter(prefix="/api")
+
+
+class _Body(BaseModel):
+    # Unknown fields are refused (422): a client cannot smuggle a "state" or "status" in.
+    model_config = ConfigDict(extra="forbid")
+
+
+class EditBody(_Body):
+    expected_version: int = Field(description="The version the edit was made against.")
+    findings_text: str | None = None
+    impression: str | None = None
+    progression: str | None = None
+    note: str = ""
+
+
+class BoxBody(_Body):
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+
+class FindingBody(_Body):
+    expected_version: int
+    action: Literal["accept", "reject", "edit"]
+    label: str | None = None
+    box: BoxBody | None = None
+
+
+class SignBody(_Body):
+    expected_version: int = Field(description="The version on screen; a stale one gets 409.")
+    edit_reason: Literal["none", "content", "style", "both"]
+
+
+class RejectBody(_Body):
+    expected_version: int
+    reason: str
+
+
+class AmendBody(_Body):
+    expected_version: int
+    reason: str
+    findings_text: str | None = None
+    impression: str | None = None
+    progression: str | None = None
+    corrected: bool = Field(
+        default=False, description="An error put right (HL7 C, FHIR corrected)."
+    )
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _changed(session: DbSession, report_id: int, row: Any) -> dict[str, Any]:
+    session.commit()
+    return {"report_id": report_id, "version": views.version_json(row)}
+
+
+@router.get("/me", tags=["auth"])
+def me(user: CurrentUser) -> dict[str, Any]:
+    return {"name": user.name, "display_name": user.display_name, "role": user.role}
+
+
+@router.get("/worklist", tags=["review"])
+def worklist(
+    session: DbSession,
+    user: Viewer,
+    state: Annotated[list[str] | None, Query()] = None,
+    priority: int | None = None,
+    date_from: str | None = Query(default=None, description="Study date, YYYYMMDD or ISO."),
+    date_to: str | None = None,
+    patient_id: str | None = None,
+    accession: str | None = None,
+    page: Annotated[int, Query(ge=1)] = 1,
+    page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+) -> dict[str, Any]:
+    """Reports by priority then age; superseded ones only when asked for by state."""
+    return views.worklist(
+        session,
+        page=page,
+        page_size=page_size,
+        states=state,
+        priority=priority,
+        date_from=date_from,
+        date_to=date_to,
+        patient_id=patient_id,
+        accession=accession,
+    )
+
+
+@router.get("/reports/{report_id}", tags=["review"])
+def report_detail(report_id: int, session: DbSession, user: Viewer) -> dict[str, Any]:
+    """The draft with stages, findings, versions and provenance; a radiologist's first view
+    starts the review (and the reader-study clock)."""
+    report = lifecycle.open_report(session, report_id, user)
+    result = views.detail(session, report)
+    session.commit()
+    return result
+
+
+@router.get("/reports/{report_id}/versions/{number}", tags=["review"])
+def report_version(report_id: int, number: int, session: DbSession, user: Viewer) -> dict[str, Any]:
+    return views.version_json(lifecycle.version(session, report_id, number))
+
+
+@router.post("/reports/{report_id}/edit", tags=["review"])
+def edit(report_id: int, body: EditBody, session: DbSession, user: Radiologist) -> dict[str, Any]:
+    row = lifecycle.edit_text(
+        session,
+        report_id,
+        user,
+        expected_version=body.expected_version,
+        findings_text=body.findings_text,
+        impression=body.impression,
+        progression=body.progression,
+        note=body.note,
+    )
+    return _changed(session, report_id, row)
+
+
+@router.post("/reports/{report_id}/findings/{tracking_uid}", tags=["review"])
+def finding(
+    report_id: int, tracking_uid: str, body: FindingBody, session: DbSession, user: Radiologist
+) -> dict[str, Any]:
+    row = lifecycle.finding_feedback(
+        session,
+        report_id,
+        user,
+        expected_version=body.expected_version,
+        tracking_uid=tracking_uid,
+        action=body.action,
+        label=body.label,
+        box=Box(**body.box.model_dump()) if body.box else None,
+    )
+    return _changed(session, report_id, row)
+
+
+@router.post("/reports/{report_id}/sign", tags=["review"])
+def sign(
+    report_id: int, body: SignBody, request: Request, session: DbSession, user: Radiologist
+) -> dict[str, Any]:
+    """Sign as the authenticated radiologist: final SR and GSPS built, exports enqueued."""
+    row = lifecycle.sign(
+        session,
+        report_id,
+        user,
+        expected_version=body.expected_version,
+        edit_reason=body.edit_reason,
+        settings=_settings(request),
+    )
+    return _changed(session, report_id, row)
+
+
+@router.post("/reports/{report_id}/reject", tags=["review"])
+def reject(
+    report_id: int, body: RejectBody, session: DbSession, user: Radiologist
+) -> dict[str, Any]:
+    row = lifecycle.reject(
+        session, report_id, user, expected_version=body.expected_version, reason=body.reason
+    )
+    return _changed(session, report_id, row)
+
+
+@router.post("/reports/{report_id}/amend", tags=["review"])
+def amend(
+    report_id: int, body: AmendBody, request: Request, session: DbSession, user: Radiologist
+) -> dict[str, Any]:
+    row = lifecycle.amend(
+        session,
+        report_id,
+        user,
+        expected_version=body.expected_version,
+        reason=body.reason,
+        findings_text=body.findings_text,
+        impression=body.impression,
+        progression=body.progression,
+        corrected=body.corrected,
+        settings=_settings(request),
+    )
+    return _changed(session, report_id, row)
+
+
+@router.get("/reports/{report_id}/sent", tags=["review"])
+def sent(report_id: int, session: DbSession, user: Viewer) -> list[dict[str, Any]]:
+    """What was sent where, per version."""
+    return views.detail(session, lifecycle.get_report(session, report_id))["sent"]
+
+
+@router.get("/reports/{report_id}/images", tags=["images"])
+def images(report_id: int, session: DbSession, user: Viewer) -> list[dict[str, Any]]:
+    return views.images_json(session, lifecycle.get_report(session, report_id))
+
+
+@router.get(
+    "/reports/{report_id}/images/{sop_instance_uid}.png",
+    tags=["images"],
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}},
+)
+def image_png(
+    report_id: int,
+    sop_instance_uid: str,
+    request: Request,
+    session: DbSession,
+    user: Viewer,
+    boxes: bool = True,
+    rejected: bool = False,
+    version: int | None = None,
+    window_center: float | None = None,
+    window_width: float | None = None,
+    max_size: Annotated[int | None, Query(ge=16, le=8192)] = None,
+) -> Response:
+    """The archived image, windowed (given window, the image's own, or percentiles), with the
+    boxes of the report's findings (current version unless ``version``) in stored pixels."""
+    report = lifecycle.get_report(session, report_id)
+    instance = views.instance_of(session, report, sop_instance_uid)
+    if instance is None:
+        raise NotFound(f"image {sop_instance_uid} is not part of report {report_id}")
+    findings: tuple[Any, ...] = ()
+    if boxes and report.current_version > 0:
+        row = lifecycle.version(session, report.id, version or report.current_version)
+        content = ReportContent.from_json(row.content)
+        findings = tuple(f for f in content.findings if f.sop_instance_uid == sop_instance_uid)
+    png = render.render_png(
+        _settings(request).archive_dir / instance.path,
+        findings=findings,
+        show_rejected=rejected,
+        window_center=window_center,
+        window_width=window_width,
+        max_size=max_size,
+    )
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
+
+
+@router.get("/studies/{study_instance_uid}/audit", tags=["audit"])
+def study_audit(study_instance_uid: str, session: DbSession, user: Viewer) -> list[dict[str, Any]]:
+    """Every view, edit, sign, export and message about the study, oldest first."""
+    return [views.audit_json(e) for e in audit.for_study(session, study_instance_uid)]
+
+
+@router.get("/figures", tags=["audit"])
+def reader_figures(session: DbSession, user: Viewer) -> dict[str, Any]:
+    """Share signed with no edit, edit reasons, median time to sign, per-finding feedback."""
+    return figures.reader_figures(session).to_json()
+
+
+@router.get("/trace/{identifier:path}", tags=["audit"])
+def trace(identifier: str, session: DbSession, user: Viewer) -> list[dict[str, Any]]:
+    """From an SR/GSPS UID, FHIR id or HL7 control id to the version, model and signer."""
+    found = tracing.trace(session, identifier)
+    if not found:
+        raise NotFound(f"nothing RadDraft sent is called {identifier!r}")
+    from dataclasses import asdict
+
+    return [asdict(t) for t in found]
+
+
+# -- administration -------------------------------------------------------------------------
+
+
+@router.get("/admin/jobs", tags=["admin"])
+def list_jobs(
+    session: DbSession,
+    user: Admin,
+    state: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> list[dict[str, Any]]:
+    query = select(jobs.Job).order_by(jobs.Job.id.desc()).limit(limit)
+    if state:
+        query = query.where(jobs.Job.state == state)
+    return [
+        {
+            "id": j.id,
+            "key": j.key,
+            "task": j.task,
+            "queue": j.queue,
+            "state": j.state,
+            "priority": j.priority,
+            "attempts": j.attempts,
+            "args": j.args,
+            "last_error": j.last_error,
+        }
+        for j in session.scalars(query)
+    ]
+
+
+@router.post("/admin/jobs/{job_id}/retry", tags=["admin"])
+def retry_job(job_id: int, session: DbSession, user: Admin) -> dict[str, Any]:
+    job = lifecycle.retry_job(session, job_id, user)
+    session.commit()
+    return {"id": job.id, "state": job.state}
+
+
+@router.post("/admin/study-versions/{study_version_pk}/requeue", tags=["admin"])
+def requeue(study_version_pk: int, session: DbSession, user: Admin) -> dict[str, Any]:
+    """Draft a failed study version again (refused once a draft exists)."""
+    job = lifecycle.requeue(session, study_version_pk, user)
+    session.commit()
+    return {"job": job.id, "key": job.key, "state": job.state}
+
+
+@router.post("/admin/study-versions/{study_version_pk}/force-complete", tags=["admin"])
+def force_complete(study_version_pk: int, session: DbSession, user: Admin) -> dict[str, Any]:
+    """Close a study version now instead of waiting for the quiet period (the listener's job)."""
+    try:
+        force = importlib.import_module("dicom_listener.completion").force_complete
+    except (ImportError, AttributeError) as error:
+        raise HTTPException(501, "the listener offers no force completion yet") from error
+    result = force(session, study_version_pk)
+    audit.record(session, "force_complete", user=user, detail={"study_version": study_version_pk})
+    session.commit()
+    return {"study_version_pk": study_version_pk, "result": str(result)}

@@ -1,0 +1,241 @@
+"""Plain JSON views of reports and versions, shared by the API routes and (later) the pages."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Select, func, select
+from sqlalchemy.orm import Session
+
+from dicom_listener.tables import Instance, Patient, Study, StudyVersion
+from report_drafts import lifecycle, publish
+from report_drafts.content import DEMO_WARNING, DRAFT_WARNING, ReportContent
+from report_drafts.states import SIGNED_STATES, ReportState
+from report_drafts.tables import AuditEvent, DraftRun, Report, ReportVersion, SentObject
+
+
+def _iso(value: dt.datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def version_json(row: ReportVersion) -> dict[str, Any]:
+    return {
+        "number": row.number,
+        "status": row.status,
+        "state": row.state,
+        "action": row.action,
+        "actor": row.actor,
+        "at": _iso(row.created_at),
+        "note": row.note,
+        "edit_reason": row.edit_reason,
+        "sr_sop_instance_uid": row.sr_sop_instance_uid,
+        "gsps_sop_instance_uids": list(row.gsps_sop_instance_uids or []),
+        "predecessor_sr_uid": row.predecessor_sr_uid,
+        "diff": row.diff,
+        "content": row.content,
+    }
+
+
+def run_json(run: DraftRun | None) -> dict[str, Any] | None:
+    if run is None:
+        return None
+    return {
+        "model": run.model_id,
+        "model_revision": run.model_revision,
+        "program_version": run.program_version,
+        "demo": run.demo,
+        "stages": run.stages,
+        "settings": run.settings,
+        "prior": run.prior,
+        "timings": run.timings,
+        "at": _iso(run.created_at),
+    }
+
+
+def sent_json(row: SentObject) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "kind": row.kind,
+        "identifier": row.identifier,
+        "destination": row.destination,
+        "state": row.state,
+        "attempts": row.attempts,
+        "last_error": row.last_error,
+        "sent_at": _iso(row.sent_at),
+    }
+
+
+def audit_json(row: AuditEvent) -> dict[str, Any]:
+    return {
+        "at": _iso(row.at),
+        "actor": row.actor,
+        "action": row.action,
+        "study_instance_uid": row.study_instance_uid,
+        "report_id": row.report_pk,
+        "version": row.version,
+        "detail": row.detail,
+    }
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    report: Report
+    version: StudyVersion
+    study: Study
+    patient: Patient
+
+
+def study_row(session: Session, report: Report) -> StudyRow:
+    sv = session.get(StudyVersion, report.study_version_pk)
+    study = session.get(Study, report.study_pk)
+    assert sv is not None and study is not None
+    patient = session.get(Patient, study.patient_pk)
+    assert patient is not None
+    return StudyRow(report, sv, study, patient)
+
+
+def summary_json(row: StudyRow, content: ReportContent | None) -> dict[str, Any]:
+    report, study, patient = row.report, row.study, row.patient
+    return {
+        "id": report.id,
+        "uid": report.uid,
+        "state": report.state,
+        "priority": report.priority,
+        "current_version": report.current_version,
+        "study_version_pk": report.study_version_pk,
+        "study_version": row.version.number,
+        "study_instance_uid": study.study_instance_uid,
+        "accession_number": study.accession_number,
+        "study_date": study.study_date,
+        "study_description": study.study_description,
+        "indication": study.indication,
+        "patient_id": patient.patient_id,
+        "patient_name": patient.patient_name,
+        "patient_birth_date": patient.birth_date,
+        "patient_sex": patient.sex,
+        "completed_at": _iso(row.version.completed_at),
+        "created_at": _iso(report.created_at),
+        "updated_at": _iso(report.updated_at),
+        "superseded_by": report.superseded_by_pk,
+        "failure": report.failure,
+        "findings": [
+            {"label": f.label, "accepted": f.accepted, "laterality": f.laterality}
+            for f in (content.findings if content else ())
+        ],
+    }
+
+
+def worklist_query(
+    *,
+    states: list[str] | None,
+    priority: int | None,
+    date_from: str | None,
+    date_to: str | None,
+    patient_id: str | None,
+    accession: str | None,
+) -> Select[Any]:
+    query: Select[Any] = (
+        select(Report, StudyVersion, Study, Patient)  # type: ignore[assignment]
+        .join(StudyVersion, StudyVersion.id == Report.study_version_pk)
+        .join(Study, Study.id == Report.study_pk)
+        .join(Patient, Patient.id == Study.patient_pk)
+    )
+    if states:
+        query = query.where(Report.state.in_(states))
+    else:
+        query = query.where(Report.state != ReportState.superseded)
+    if priority is not None:
+        query = query.where(Report.priority == priority)
+    # DICOM DA (YYYYMMDD) sorts as text; accept ISO dates too.
+    if date_from:
+        query = query.where(Study.study_date >= date_from.replace("-", ""))
+    if date_to:
+        query = query.where(Study.study_date <= date_to.replace("-", ""))
+    if patient_id:
+        query = query.where(Patient.patient_id == patient_id)
+    if accession:
+        query = query.where(Study.accession_number == accession)
+    return query
+
+
+def worklist(session: Session, *, page: int, page_size: int, **filters: Any) -> dict[str, Any]:
+    """One page of reports, most urgent first, then oldest (waiting longest) first."""
+    query = worklist_query(**filters)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.execute(
+        query.order_by(
+            Report.priority,
+            func.coalesce(StudyVersion.completed_at, Report.created_at),
+            Report.id,
+        )
+        .offset((page - 1) * page_size)
+        .limit(page_size)
+    ).all()
+    items = []
+    for report, sv, study, patient in rows:
+        content = lifecycle.current_content(session, report) if report.current_version > 0 else None
+        items.append(summary_json(StudyRow(report, sv, study, patient), content))
+    return {"total": total, "page": page, "page_size": page_size, "items": items}
+
+
+def detail(session: Session, report: Report) -> dict[str, Any]:
+    """Everything a reviewer needs: text, findings, stages, prior, versions, provenance."""
+    row = study_row(session, report)
+    versions = list(
+        session.scalars(
+            select(ReportVersion)
+            .where(ReportVersion.report_pk == report.id)
+            .order_by(ReportVersion.number)
+        )
+    )
+    current = versions[-1] if versions else None
+    content = ReportContent.from_json(current.content) if current else None
+    run = lifecycle.draft_run(session, report)
+    sent = session.scalars(
+        select(SentObject)
+        .where(SentObject.report_version_pk.in_([v.id for v in versions]))
+        .order_by(SentObject.id)
+    )
+    warnings = []
+    if run is not None and run.demo:
+        warnings.append(DEMO_WARNING)
+    if report.state not in SIGNED_STATES:
+        warnings.append(DRAFT_WARNING)
+    by_version = {v.id: v.number for v in versions}
+    return {
+        **summary_json(row, content),
+        "warnings": warnings,
+        "first_opened_at": _iso(report.first_opened_at),
+        "content": current.content if current else None,
+        "version": version_json(current) if current else None,
+        "versions": [
+            {k: v for k, v in version_json(v).items() if k != "content"} for v in versions
+        ],
+        "provenance": run_json(run),
+        "prior": run.prior if run else None,
+        "images": images_json(session, report),
+        "sent": [{**sent_json(s), "version": by_version[s.report_version_pk]} for s in sent],
+    }
+
+
+def images_json(session: Session, report: Report) -> list[dict[str, Any]]:
+    return [
+        {
+            "sop_instance_uid": inst.sop_instance_uid,
+            "view_position": inst.view_position,
+            "rows": inst.rows,
+            "columns": inst.columns,
+            "photometric_interpretation": inst.photometric_interpretation,
+            "png": f"/api/reports/{report.id}/images/{inst.sop_instance_uid}.png",
+        }
+        for inst in publish.source_instances(session, report)
+    ]
+
+
+def instance_of(session: Session, report: Report, sop_instance_uid: str) -> Instance | None:
+    for inst in publish.source_instances(session, report):
+        if inst.sop_instance_uid == sop_instance_uid:
+            return inst
+    return None

@@ -1,0 +1,70 @@
+"""The reader-study figures from recorded sign-offs and per-finding feedback.
+
+CheXOne's reader study reported the share of drafts signed with no edit, the edit reasons and
+the drafting time. RadDraft measures the same from its own versions: a report counts as signed
+"with no edit" when its first final version is identical to the AI draft (text unchanged, no
+finding rejected or edited), whatever reason the radiologist ticked; the ticked reasons are
+counted separately. Time to sign runs from the radiologist's first opening to the signature.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import statistics
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from report_drafts.tables import FindingFeedback, ReportVersion
+
+
+@dataclass(frozen=True)
+class ReaderFigures:
+    signed: int
+    signed_without_edit: int
+    share_signed_without_edit: float | None
+    edit_reasons: dict[str, int] = field(default_factory=dict)
+    median_seconds_to_sign: float | None = None
+    mean_edit_ratio: float | None = None
+    feedback: dict[str, int] = field(default_factory=dict)  # accept/reject/edit counts
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def reader_figures(
+    session: Session, *, since: dt.datetime | None = None, until: dt.datetime | None = None
+) -> ReaderFigures:
+    """Figures over first signatures (action ``sign``) made in [since, until)."""
+    query = select(ReportVersion).where(ReportVersion.action == "sign")
+    if since is not None:
+        query = query.where(ReportVersion.created_at >= since)
+    if until is not None:
+        query = query.where(ReportVersion.created_at < until)
+    signs = list(session.scalars(query))
+    reasons: dict[str, int] = {"none": 0, "content": 0, "style": 0, "both": 0}
+    for row in signs:
+        reasons[row.edit_reason or "none"] = reasons.get(row.edit_reason or "none", 0) + 1
+    unchanged = sum(1 for row in signs if row.diff.get("unchanged"))
+    seconds = [float(row.diff["seconds_to_sign"]) for row in signs if "seconds_to_sign" in row.diff]
+    ratios = [float(row.diff["edit_ratio"]) for row in signs if "edit_ratio" in row.diff]
+
+    fb_query = select(FindingFeedback.action, func.count()).group_by(FindingFeedback.action)
+    if since is not None:
+        fb_query = fb_query.where(FindingFeedback.at >= since)
+    if until is not None:
+        fb_query = fb_query.where(FindingFeedback.at < until)
+    feedback = {"accept": 0, "reject": 0, "edit": 0}
+    feedback.update({action: int(count) for action, count in session.execute(fb_query)})
+
+    return ReaderFigures(
+        signed=len(signs),
+        signed_without_edit=unchanged,
+        share_signed_without_edit=unchanged / len(signs) if signs else None,
+        edit_reasons=reasons,
+        median_seconds_to_sign=statistics.median(seconds) if seconds else None,
+        mean_edit_ratio=statistics.fmean(ratios) if ratios else None,
+        feedback=feedback,
+    )

@@ -1,0 +1,494 @@
+"""Turning a report version into what leaves RadDraft: SR, GSPS, FHIR resources, HL7 message.
+
+This is the one place the lifecycle calls the pure builders (``dicom_sr``, ``gsps``, ``fhir``,
+``hl7``). Every object is built once, written to ``data_dir/outbox/`` and never changed; a
+:class:`SentObject` row per destination says where it goes, and one job per destination (the
+job table is the contract with the worker) sends it. A retry therefore sends the same bytes, and
+``raddraft trace`` can find the version from any identifier a receiver saw.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from pydicom import Dataset
+from pydicom.uid import generate_uid
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicom_listener.tables import Instance, Patient, Study, StudyVersion
+from raddraft import jobs
+from raddraft.settings import Settings
+from report_drafts.content import Algorithm, ReportContent, ReportStatus
+from report_drafts.tables import Report, ReportVersion, SentKind, SentObject, SentState
+
+log = logging.getLogger(__name__)
+
+EXPORT_DICOM = "raddraft.export_dicom"
+SEND_HL7 = "raddraft.send_hl7"
+PUSH_FHIR = "raddraft.push_fhir"
+IO_QUEUE = "io"
+
+
+@dataclass
+class BuiltDicom:
+    """The DICOM objects made for one version, already written to the outbox."""
+
+    sr_uid: str | None = None
+    gsps_uids: list[str] = field(default_factory=list)
+    files: list[tuple[SentKind, str, str]] = field(default_factory=list)  # kind, uid, path
+
+
+def outbox_dir(settings: Settings) -> Path:
+    return settings.data_dir / "outbox"
+
+
+def outbox_file(settings: Settings, row: SentObject) -> Path:
+    """Where the payload of ``row`` lies (the worker reads it; nobody writes it twice)."""
+    return outbox_dir(settings) / row.path
+
+
+def _write_once(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file durably (temp file, fsync, rename); never overwrite."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        raise FileExistsError(f"{path} exists; outbox objects are never rewritten")
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def _write_dataset(settings: Settings, ds: Dataset) -> str:
+    relative = f"{ds.SOPInstanceUID}.dcm"
+    path = outbox_dir(settings) / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    ds.save_as(tmp, enforce_file_format=True)
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    if path.exists():
+        tmp.unlink()
+        raise FileExistsError(f"{path} exists; outbox objects are never rewritten")
+    os.replace(tmp, path)
+    return relative
+
+
+def read_outbox_dataset(settings: Settings, sop_instance_uid: str) -> Dataset:
+    return pydicom.dcmread(outbox_dir(settings) / f"{sop_instance_uid}.dcm")
+
+
+# --------------------------------------------------------------------------------------------
+# Sources
+
+
+def source_instances(session: Session, report: Report) -> list[Instance]:
+    """The archived images a report reads: its study's instances up to its study version."""
+    sv = session.get(StudyVersion, report.study_version_pk)
+    assert sv is not None
+    return list(
+        session.scalars(
+            select(Instance)
+            .join(StudyVersion, StudyVersion.id == Instance.version_pk)
+            .where(StudyVersion.study_pk == report.study_pk, StudyVersion.number <= sv.number)
+            .order_by(Instance.id)
+        )
+    )
+
+
+def load_sources(settings: Settings, instances: Sequence[Instance]) -> list[Dataset]:
+    """Source headers from the archive (pixels are not needed to reference an image)."""
+    return [
+        pydicom.dcmread(settings.archive_dir / inst.path, stop_before_pixels=True)
+        for inst in instances
+    ]
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM: SR and GSPS
+
+
+def build_dicom(
+    session: Session,
+    settings: Settings,
+    *,
+    report: Report,
+    content: ReportContent,
+    algorithm: Algorithm,
+    previous_sr_uid: str | None,
+) -> BuiltDicom:
+    """Build the SR (and a GSPS per image with accepted boxes) for ``content``; write them.
+
+    ``previous_sr_uid`` names the SR this one replaces (draft -> signed -> amended), read back
+    from the outbox so PredecessorDocumentsSequence references it exactly.
+    """
+    try:
+        from report_drafts import dicom_sr, gsps
+    except ImportError:  # the builders are not installed in this tree yet
+        log.warning("SR/GSPS builders unavailable; report %s has no DICOM objects", report.id)
+        return BuiltDicom()
+    sources = load_sources(settings, source_instances(session, report))
+    if not sources:
+        log.warning("report %s: no archived source images; no SR/GSPS", report.id)
+        return BuiltDicom()
+    previous = read_outbox_dataset(settings, previous_sr_uid) if previous_sr_uid else None
+    built = BuiltDicom()
+    number = report.current_version + 1  # the version these objects will belong to
+    sr = _call_build_sr(dicom_sr, report, number, content, sources, algorithm, previous, settings)
+    built.sr_uid = str(sr.SOPInstanceUID)
+    built.files.append((SentKind.sr, built.sr_uid, _write_dataset(settings, sr)))
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
+    boxed = [f for f in content.accepted_findings if f.box is not None and f.sop_instance_uid]
+    for image_uid in dict.fromkeys(f.sop_instance_uid for f in boxed):
+        if image_uid not in by_uid:
+            log.warning("finding on unknown image %s skipped in GSPS", image_uid)
+            continue
+        presentation = _call_build_gsps(
+            gsps, report, number, content, by_uid[image_uid], algorithm, settings
+        )
+        uid = str(presentation.SOPInstanceUID)
+        built.gsps_uids.append(uid)
+        built.files.append((SentKind.gsps, uid, _write_dataset(settings, presentation)))
+    return built
+
+
+# RadDraft's own series in the study: one for the SRs, one for the presentation states.
+SR_SERIES_NUMBER = 9901
+GSPS_SERIES_NUMBER = 9902
+
+
+def _series_uid(report: Report, kind: str) -> str:
+    """A stable series UID per report and object kind, so every version lands in one series."""
+    return str(generate_uid(entropy_srcs=["raddraft-series", report.uid, kind]))
+
+
+def _call_build_sr(
+    module: Any,
+    report: Report,
+    version_number: int,
+    content: ReportContent,
+    sources: list[Dataset],
+    algorithm: Algorithm,
+    previous: Dataset | None,
+    settings: Settings,
+) -> Dataset:
+    from report_drafts.dicom_common import device_uid_for
+
+    return module.build_sr(
+        sources,
+        content,
+        algorithm,
+        device_uid=device_uid_for(algorithm),
+        series_instance_uid=_series_uid(report, "sr"),
+        series_number=SR_SERIES_NUMBER,
+        instance_number=version_number,
+        institution=settings.institution_name,
+        previous=previous,
+    )
+
+
+def _call_build_gsps(
+    module: Any,
+    report: Report,
+    version_number: int,
+    content: ReportContent,
+    source: Dataset,
+    algorithm: Algorithm,
+    settings: Settings,
+) -> Dataset:
+    return module.build_gsps(
+        source,
+        content.findings,
+        algorithm,
+        series_instance_uid=_series_uid(report, "gsps"),
+        series_number=GSPS_SERIES_NUMBER,
+        instance_number=version_number,
+        institution=settings.institution_name,
+        signed=content.status.is_signed,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# FHIR and HL7
+
+
+@dataclass(frozen=True)
+class VersionContext:
+    """Everything a RIS message about one report version says, gathered from the tables."""
+
+    report: Report
+    version: ReportVersion
+    content: ReportContent
+    study: Study
+    patient: Patient
+    instances: list[Instance]
+    algorithm: Algorithm
+    issued: dt.datetime
+
+
+def version_context(
+    session: Session, version: ReportVersion, algorithm: Algorithm | None = None
+) -> VersionContext:
+    from report_drafts import lifecycle
+
+    report = session.get(Report, version.report_pk)
+    assert report is not None
+    study = session.get(Study, report.study_pk)
+    assert study is not None
+    patient = session.get(Patient, study.patient_pk)
+    assert patient is not None
+    return VersionContext(
+        report=report,
+        version=version,
+        content=ReportContent.from_json(version.content),
+        study=study,
+        patient=patient,
+        instances=source_instances(session, report),
+        algorithm=algorithm or lifecycle.algorithm_of(lifecycle.draft_run(session, report)),
+        issued=version.created_at,
+    )
+
+
+def fhir_resources(session: Session, settings: Settings, version: ReportVersion) -> dict[str, Any]:
+    """The R4B resources for a version, by type: DiagnosticReport, ImagingStudy, Provenance,
+    Device (the AI author) and, once signed, Practitioner (the verifier).
+
+    The DiagnosticReport's id is the report's uid and stays across versions (each version
+    updates it: preliminary, final, amended); the Provenance ``<uid>-v<n>`` names the AI device
+    as author and, once signed, the radiologist as verifier.
+    """
+    from report_drafts import fhir
+    from report_drafts.dicom_common import device_uid_for
+
+    ctx = version_context(session, version)
+    patient = fhir.PatientRef(
+        id=ctx.patient.patient_id,
+        system=f"urn:raddraft:issuer:{ctx.patient.issuer_of_patient_id}"
+        if ctx.patient.issuer_of_patient_id
+        else "urn:raddraft:patient-id",
+        name=ctx.patient.patient_name or None,
+    )
+    study_id = imaging_study_id(ctx.study)
+    device_uid = device_uid_for(ctx.algorithm)
+    device_id = fhir.resource_id_for(device_uid)
+    resources: dict[str, Any] = {
+        "DiagnosticReport": fhir.diagnostic_report(
+            ctx.content,
+            resource_id=ctx.report.uid,
+            patient=patient,
+            study_instance_uid=ctx.study.study_instance_uid,
+            issued=ctx.issued,
+            demo=ctx.algorithm.demo,
+            imaging_study_id=study_id,
+            accession=ctx.study.accession_number or None,
+            sr_sop_instance_uid=version.sr_sop_instance_uid,
+        ),
+        "ImagingStudy": fhir.imaging_study(
+            resource_id=study_id,
+            study_instance_uid=ctx.study.study_instance_uid,
+            patient=patient,
+            images=[_image_ref(session, inst) for inst in ctx.instances],
+            accession=ctx.study.accession_number or None,
+            description=ctx.study.study_description or None,
+        ),
+        "Provenance": fhir.provenance(
+            resource_id=f"{ctx.report.uid}-v{version.number}",
+            targets=[f"DiagnosticReport/{ctx.report.uid}"],
+            recorded=ctx.issued,
+            algorithm=ctx.algorithm,
+            device_id=device_id,
+            signer=ctx.content.signer,
+        ),
+        "Device": fhir.device(ctx.algorithm, resource_id=device_id, device_uid=device_uid),
+    }
+    if ctx.content.signer is not None:
+        resources["Practitioner"] = fhir.practitioner(ctx.content.signer)
+    return resources
+
+
+def _image_ref(session: Session, instance: Instance) -> Any:
+    from dicom_listener.tables import Series
+    from report_drafts import fhir
+
+    series = session.get(Series, instance.series_pk)
+    assert series is not None
+
+    def number(value: str) -> int | None:
+        return int(value) if value.strip().lstrip("-").isdigit() else None
+
+    return fhir.ImageRef(
+        series_uid=series.series_instance_uid,
+        sop_instance_uid=instance.sop_instance_uid,
+        sop_class_uid=instance.sop_class_uid,
+        modality=series.modality or "OT",
+        series_number=number(series.series_number),
+        instance_number=number(instance.instance_number),
+        series_description=series.series_description or None,
+    )
+
+
+def imaging_study_id(study: Study) -> str:
+    """A FHIR id for a study: its UID's digits and dots fit [A-Za-z0-9.-]{1,64}."""
+    return study.study_instance_uid
+
+
+def hl7_message(
+    session: Session, settings: Settings, version: ReportVersion, control_id: str
+) -> str:
+    """The ORU^R01 for a version: OBR-25 P (draft), F (signed), C (amended/corrected)."""
+    from report_drafts import hl7
+
+    ctx = version_context(session, version)
+    return hl7.oru_r01(
+        ctx.content,
+        patient_id=ctx.patient.patient_id,
+        patient_name=ctx.patient.patient_name,
+        accession=ctx.study.accession_number,
+        study_uid=ctx.study.study_instance_uid,
+        control_id=control_id,
+        sending_app=settings.ae_title,
+        sending_facility=settings.institution_name,
+        receiving_app="RIS",
+        receiving_facility=settings.institution_name,
+        demo=ctx.algorithm.demo,
+        patient_id_authority=ctx.patient.issuer_of_patient_id or None,
+        timestamp=ctx.issued,
+    )
+
+
+def hl7_result_status(status: str) -> str:
+    return {
+        ReportStatus.preliminary: "P",
+        ReportStatus.final: "F",
+        ReportStatus.amended: "C",
+        ReportStatus.corrected: "C",
+    }[ReportStatus(status)]
+
+
+# --------------------------------------------------------------------------------------------
+# Outbound rows and jobs
+
+
+def register_outbound(
+    session: Session,
+    settings: Settings,
+    version: ReportVersion,
+    built: BuiltDicom,
+    *,
+    algorithm: Algorithm,
+    send: bool,
+) -> list[jobs.Job]:
+    """Record what goes where for ``version`` and enqueue one job per destination.
+
+    With ``send`` false (a demo model's draft) the rows are written as ``held`` and no job is
+    made: the objects exist for viewing and provenance, but nothing leaves RadDraft.
+    """
+    state = SentState.pending if send else SentState.held
+    made: list[jobs.Job] = []
+    report = session.get(Report, version.report_pk)
+    assert report is not None
+    priority = report.priority
+
+    for node in settings.destinations:
+        destination = str(node)
+        for kind, uid, path in built.files:
+            session.add(
+                SentObject(
+                    report_version_pk=version.id,
+                    kind=kind,
+                    identifier=uid,
+                    destination=destination,
+                    path=path,
+                    state=state,
+                )
+            )
+        if built.files and send:
+            made.append(
+                jobs.enqueue(
+                    session,
+                    task=EXPORT_DICOM,
+                    key=f"export:{version.id}:{destination}",
+                    args={"report_version_pk": version.id, "destination": destination},
+                    queue=IO_QUEUE,
+                    priority=priority,
+                )
+            )
+
+    if settings.ris_mllp:
+        control_id = "RD" + uuid.uuid4().hex[:18].upper()
+        try:
+            message = hl7_message(session, settings, version, control_id)
+        except ImportError:
+            log.warning("HL7 builder unavailable; no ORU for version %s", version.id)
+        else:
+            relative = f"hl7/{control_id}.hl7"
+            _write_once(outbox_dir(settings) / relative, message.encode("utf-8"))
+            session.add(
+                SentObject(
+                    report_version_pk=version.id,
+                    kind=SentKind.hl7,
+                    identifier=control_id,
+                    destination=settings.ris_mllp,
+                    path=relative,
+                    state=state,
+                )
+            )
+            if send:
+                made.append(
+                    jobs.enqueue(
+                        session,
+                        task=SEND_HL7,
+                        key=f"hl7:{version.id}",
+                        args={"report_version_pk": version.id},
+                        queue=IO_QUEUE,
+                        priority=priority,
+                    )
+                )
+
+    if settings.fhir_server_url:
+        try:
+            resources = fhir_resources(session, settings, version)
+        except ImportError:
+            log.warning("FHIR builder unavailable; no resources for version %s", version.id)
+        else:
+            for resource in resources.values():
+                identifier = f"{resource.get_resource_type()}/{resource.id}"
+                relative = (
+                    f"fhir/{report.uid}-v{version.number}-{resource.get_resource_type()}.json"
+                )
+                body = json.dumps(json.loads(resource.model_dump_json()), indent=1)
+                _write_once(outbox_dir(settings) / relative, body.encode("utf-8"))
+                session.add(
+                    SentObject(
+                        report_version_pk=version.id,
+                        kind=SentKind.fhir,
+                        identifier=identifier,
+                        destination=settings.fhir_server_url,
+                        path=relative,
+                        state=state,
+                    )
+                )
+            if send:
+                made.append(
+                    jobs.enqueue(
+                        session,
+                        task=PUSH_FHIR,
+                        key=f"fhir:{version.id}",
+                        args={"report_version_pk": version.id},
+                        queue=IO_QUEUE,
+                        priority=priority,
+                    )
+                )
+    session.flush()
+    return made

@@ -1,0 +1,125 @@
+"""Provenance: from any identifier a receiver saw back to the draft, the model and the signer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from report_drafts.content import ReportContent
+from report_drafts.tables import DraftRun, Report, ReportVersion, SentObject
+
+
+@dataclass
+class TraceResult:
+    identifier: str
+    matched: str  # what the identifier is: sr, gsps, hl7, fhir, report
+    report_id: int
+    version: int
+    status: str
+    state: str
+    actor: str
+    at: str
+    signer: dict[str, Any] | None
+    model: str
+    model_revision: str
+    program_version: str
+    demo: bool
+    prior: dict[str, Any]
+    stages: list[dict[str, Any]] = field(default_factory=list)  # stage, question, answer, seconds
+    sent: list[dict[str, Any]] = field(default_factory=list)
+
+
+def find_versions(session: Session, identifier: str) -> list[tuple[str, ReportVersion]]:
+    """Every report version ``identifier`` names, with what kind of identifier it is."""
+    found: list[tuple[str, ReportVersion]] = []
+    seen: set[int] = set()
+
+    def add(kind: str, row: ReportVersion | None) -> None:
+        if row is not None and row.id not in seen:
+            seen.add(row.id)
+            found.append((kind, row))
+
+    for row in session.scalars(
+        select(ReportVersion).where(ReportVersion.sr_sop_instance_uid == identifier)
+    ):
+        add("sr", row)
+    bare = identifier.split("/", 1)[-1]
+    for sent in session.scalars(
+        select(SentObject).where(
+            SentObject.identifier.in_([identifier, f"DiagnosticReport/{bare}"])
+        )
+    ):
+        add(sent.kind, session.get(ReportVersion, sent.report_version_pk))
+    report = session.scalar(select(Report).where(Report.uid == bare))
+    if report is not None:
+        for row in report.versions:
+            add("report", row)
+    if not found:
+        # GSPS UIDs live in a JSON list; scan versions that have any (few per report).
+        for row in session.scalars(
+            select(ReportVersion).where(ReportVersion.sr_sop_instance_uid.is_not(None))
+        ):
+            if identifier in (row.gsps_sop_instance_uids or []):
+                add("gsps", row)
+    return found
+
+
+def trace(session: Session, identifier: str) -> list[TraceResult]:
+    """The provenance of every version ``identifier`` names (empty when unknown)."""
+    results = []
+    for kind, row in find_versions(session, identifier):
+        report = session.get(Report, row.report_pk)
+        assert report is not None
+        first = session.scalar(
+            select(ReportVersion).where(
+                ReportVersion.report_pk == report.id, ReportVersion.number == 1
+            )
+        )
+        run = session.get(DraftRun, first.draft_run_pk) if first and first.draft_run_pk else None
+        content = ReportContent.from_json(row.content)
+        sent = session.scalars(select(SentObject).where(SentObject.report_version_pk == row.id))
+        results.append(
+            TraceResult(
+                identifier=identifier,
+                matched=kind,
+                report_id=report.id,
+                version=row.number,
+                status=row.status,
+                state=row.state,
+                actor=row.actor,
+                at=row.created_at.isoformat(),
+                signer=(
+                    {
+                        "name": content.signer.name,
+                        "login": content.signer.login,
+                        "organization": content.signer.organization,
+                    }
+                    if content.signer
+                    else None
+                ),
+                model=run.model_id if run else "",
+                model_revision=run.model_revision if run else "",
+                program_version=run.program_version if run else "",
+                demo=run.demo if run else False,
+                prior=run.prior if run else {},
+                stages=[
+                    {k: s.get(k) for k in ("stage", "question", "answer", "seconds")}
+                    for s in (run.stages if run else [])
+                    if isinstance(s, dict)
+                ],
+                sent=[
+                    {
+                        "kind": s.kind,
+                        "identifier": s.identifier,
+                        "destination": s.destination,
+                        "state": s.state,
+                        "attempts": s.attempts,
+                    }
+                    for s in sent
+                ],
+            )
+        )
+    return results
