@@ -1,0 +1,113 @@
+"""ORU^R01: result status P/F/C, OBR-32 for signed reports, escaping that round-trips."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hl7apy.parser import parse_message
+
+from report_drafts.content import DEMO_WARNING, DRAFT_WARNING, ReportContent, ReportStatus
+from report_drafts.hl7 import escape, oru_r01, result_status, text_lines, unescape
+from tests.builders.helpers import SIGNER, TRICKY
+
+CONTENT = ReportContent(
+    findings_text=f"Small left effusion.\n{TRICKY}\n\nHeart normal.",
+    impression="Small left pleural effusion ~ unchanged | see prior ^ & \\",
+    progression="New since 2024-01-01.",
+)
+
+
+def _message(content: ReportContent, *, demo: bool = False, **kwargs: object) -> str:
+    options: dict[str, object] = {
+        "patient_id": "RD^0001",
+        "patient_name": "O'BRIEN^MARY^ANN",
+        "accession": "ACC0001",
+        "study_uid": "1.2.826.0.1.3680043.10.1077.1",
+        "control_id": "RD000001",
+        "sending_app": "RADDRAFT",
+        "sending_facility": "GH",
+        "receiving_app": "RIS",
+        "receiving_facility": "GH",
+        "order_placer": "ORD77",
+    }
+    options.update(kwargs)
+    return oru_r01(content, demo=demo, **options)  # type: ignore[arg-type]
+
+
+def _obr(message: str):  # type: ignore[no-untyped-def]
+    parsed = parse_message(message, find_groups=True)
+    order = parsed.oru_r01_patient_result.oru_r01_order_observation
+    return parsed, order
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [
+        (ReportStatus.preliminary, "P"),
+        (ReportStatus.final, "F"),
+        (ReportStatus.amended, "C"),
+        (ReportStatus.corrected, "C"),
+    ],
+)
+def test_result_status_and_interpreter(status: ReportStatus, code: str) -> None:
+    signer = SIGNER if status.is_signed else None
+    content = dataclasses.replace(CONTENT, status=status, signer=signer)
+    message = _message(content)
+    parsed, order = _obr(message)
+    assert parsed.msh.msh_9.to_er7() == "ORU^R01^ORU_R01"
+    assert parsed.msh.msh_10.to_er7() == "RD000001"
+    assert parsed.msh.msh_12.to_er7() == "2.5.1"
+    assert order.obr.obr_25.to_er7() == code
+    assert order.orc.orc_2.to_er7() == "ORD77"
+    assert order.obr.obr_3.to_er7() == "ACC0001"
+    statuses = {obs.obx.obx_11.to_er7() for obs in order.oru_r01_observation}
+    assert statuses == {code}
+    interpreter = order.obr.obr_32.to_er7()
+    if status.is_signed:
+        assert interpreter == "jdoe&Doe&Jane"
+    else:
+        assert interpreter == ""
+    assert result_status(status) == code
+
+
+def test_text_lines_round_trip_with_escaping() -> None:
+    message = _message(CONTENT, demo=True)
+    lines = text_lines(message)
+    assert "\n".join(lines) == CONTENT.text(demo=True)
+    assert TRICKY in lines
+    assert DEMO_WARNING in lines and DRAFT_WARNING in lines
+    # separators in values never reach the wire unescaped: each segment keeps its field count
+    for segment in message.split("\r"):
+        if segment.startswith("OBX"):
+            assert segment.count("|") == 11, segment
+    parsed, order = _obr(message)
+    assert unescape(parsed.oru_r01_patient_result.oru_r01_patient.pid.pid_3.pid_3_1.to_er7()) \
+        == "RD^0001"
+    assert parsed.oru_r01_patient_result.oru_r01_patient.pid.pid_5.pid_5_1.to_er7() == "O'BRIEN"
+    first = order.oru_r01_observation[0].obx
+    assert first.obx_2.to_er7() == "ST"
+    assert first.obx_5.to_er7() == "1.2.826.0.1.3680043.10.1077.1"
+    tx = [obs.obx for obs in order.oru_r01_observation if obs.obx.obx_2.to_er7() == "TX"]
+    assert len(tx) == len(CONTENT.text(demo=True).split("\n"))
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["a|b", "a^b&c~d", "back\\slash", "\\F\\ literal", "\\E\\", "x\\", "multi\nline", "plain"],
+)
+def test_escape_round_trips(value: str) -> None:
+    escaped = escape(value)
+    assert not any(c in escaped for c in "|^&~\r\n")
+    assert unescape(escaped) == value
+
+
+def test_refusals() -> None:
+    with pytest.raises(ValueError, match="signer"):
+        _message(dataclasses.replace(CONTENT, status=ReportStatus.final))
+    with pytest.raises(ValueError, match="control_id"):
+        _message(CONTENT, control_id="X" * 21)
+    with pytest.raises(ValueError, match="control_id"):
+        _message(CONTENT, control_id="A|B")
+    with pytest.raises(ValueError, match="invalid report status"):
+        result_status("registered")

@@ -1,0 +1,180 @@
+"""MLLP client against a real MLLP listener (hl7apy's MLLPServer) answering AA, AE, AR, CR,
+a wrong control id, or nothing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from hl7apy.mllp import AbstractHandler, MLLPServer
+
+from report_drafts.content import ReportContent
+from report_drafts.hl7 import oru_r01, text_lines
+from report_drafts.mllp import (
+    END_BLOCK,
+    START_BLOCK,
+    AckMismatchError,
+    NoAckError,
+    RejectedError,
+    control_id_of,
+    frame,
+    send_message,
+    send_with_retries,
+)
+from tests.builders.helpers import TRICKY
+from tests.conftest import free_port
+
+CONTENT = ReportContent(findings_text=f"Effusion. {TRICKY}", impression="Effusion.")
+
+
+class Listener:
+    """What the listener answers next (a queue of codes, then ``default``), and what it got."""
+
+    def __init__(self) -> None:
+        self.script: list[str] = []
+        self.default = "AA"
+        self.received: list[str] = []
+        self.lock = threading.Lock()
+
+    def next_code(self, message: str) -> str:
+        with self.lock:
+            self.received.append(message)
+            return self.script.pop(0) if self.script else self.default
+
+
+def _ack(message: str, code: str) -> str:
+    control_id = "WRONG" if code == "WRONG" else control_id_of(message)
+    msa_code = "AA" if code == "WRONG" else code
+    segments = [
+        "MSH|^~\\&|RIS|GH|RADDRAFT|GH|20250301093000||ACK^R01^ACK|A1|P|2.5.1",
+        f"MSA|{msa_code}|{control_id}|{'rejected by test' if code != 'AA' else ''}",
+    ]
+    return (START_BLOCK + "\r".join(segments).encode() + END_BLOCK).decode()
+
+
+def _handler(listener: Listener) -> type[AbstractHandler]:
+    class Handler(AbstractHandler):
+        def reply(self) -> str:
+            code = listener.next_code(self.incoming_message)
+            if code == "SILENT":
+                time.sleep(1.5)  # longer than the client's time limit
+                return ""
+            return _ack(self.incoming_message, code)
+
+    return Handler
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[Listener, int]]:
+    state = Listener()
+    port = free_port()
+    server = MLLPServer("127.0.0.1", port, {"ORU^R01^ORU_R01": (_handler(state),)}, timeout=5)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state, port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+def _message(control_id: str = "RD000001") -> str:
+    return oru_r01(
+        CONTENT,
+        patient_id="RD0001",
+        patient_name="TEST^CHEST",
+        accession="ACC0001",
+        study_uid="1.2.3",
+        control_id=control_id,
+        sending_app="RADDRAFT",
+        sending_facility="GH",
+        receiving_app="RIS",
+        receiving_facility="GH",
+        demo=False,
+    )
+
+
+def test_frame() -> None:
+    framed = frame("MSH|^~\\&|A\nPID|1")
+    assert framed == b"\x0bMSH|^~\\&|A\rPID|1\x1c\x0d"
+    with pytest.raises(ValueError):
+        frame("MSH|\x1c")
+
+
+def test_accepted(listener: tuple[Listener, int]) -> None:
+    state, port = listener
+    message = _message()
+    ack = send_message("127.0.0.1", port, message, timeout=5)
+    assert (ack.code, ack.control_id) == ("AA", "RD000001")
+    assert len(state.received) == 1
+    # the listener got the message intact, escaped text included
+    received = state.received[0]
+    assert received.rstrip("\r") == message
+    assert f"Effusion. {TRICKY}" in text_lines(received)
+
+
+@pytest.mark.parametrize("code", ["AE", "AR"])
+def test_negative_ack_is_transient_rejection(listener: tuple[Listener, int], code: str) -> None:
+    state, port = listener
+    state.default = code
+    with pytest.raises(RejectedError) as caught:
+        send_message("127.0.0.1", port, _message(), timeout=5)
+    assert caught.value.code == code and caught.value.transient
+    assert caught.value.control_id == "RD000001"
+
+
+def test_no_answer_times_out(listener: tuple[Listener, int]) -> None:
+    state, port = listener
+    state.default = "SILENT"
+    started = time.monotonic()
+    with pytest.raises(NoAckError) as caught:
+        send_message("127.0.0.1", port, _message(), timeout=0.5)
+    assert isinstance(caught.value, TimeoutError) and caught.value.transient
+    assert time.monotonic() - started < 1.4
+
+
+def test_nobody_listening() -> None:
+    with pytest.raises(NoAckError):
+        send_message("127.0.0.1", free_port(), _message(), timeout=2)
+
+
+def test_wrong_control_id(listener: tuple[Listener, int]) -> None:
+    state, port = listener
+    state.default = "WRONG"
+    with pytest.raises(AckMismatchError):
+        send_message("127.0.0.1", port, _message(), timeout=5)
+
+
+def test_retries_until_accepted(listener: tuple[Listener, int]) -> None:
+    state, port = listener
+    state.script = ["AE", "SILENT", "AR"]
+    waits: list[float] = []
+    ack = send_with_retries("127.0.0.1", port, _message(), attempts=4, backoff=0.1,
+                            timeout=0.5, sleep=waits.append)
+    assert ack.code == "AA"
+    assert len(state.received) == 4
+    assert waits == [0.1, 0.2, 0.4]
+
+
+def test_retries_give_up(listener: tuple[Listener, int]) -> None:
+    state, port = listener
+    state.default = "AE"
+    waits: list[float] = []
+    with pytest.raises(RejectedError):
+        send_with_retries("127.0.0.1", port, _message(), attempts=3, backoff=0.01,
+                          timeout=5, sleep=waits.append)
+    assert len(state.received) == 3 and len(waits) == 2
+
+
+def test_permanent_rejection_not_retried(listener: tuple[Listener, int]) -> None:
+    state, port = listener
+    state.default = "CR"
+    with pytest.raises(RejectedError) as caught:
+        send_with_retries("127.0.0.1", port, _message(), attempts=5, backoff=0.01,
+                          timeout=5, sleep=lambda _: None)
+    assert not caught.value.transient
+    assert len(state.received) == 1
