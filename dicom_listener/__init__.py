@@ -1,0 +1,155 @@
+"""RadDraft's DICOM listener: receives chest X-ray studies, archives them, knows when they are done.
+
+The listener itself runs as ``raddraft listen`` (:class:`dicom_listener.scp.Listener`). Other
+parts of RadDraft use only the names below.
+
+Reading the archive (the worker, the web app)::
+
+    version_images(session, study_version_pk, *, archive_dir=None) -> list[ArchivedImage]
+        every image of the study up to that version: absolute path, SOP Instance UID, view
+        position / view code, laterality, rows, columns, photometric interpretation, ...
+    study_for_version(session, study_version_pk) -> StudyInfo
+        the version with its study (UID, accession, date, description, indication, priority)
+        and patient (ID, issuer, name, birth date, sex); LookupError when unknown
+    prior_versions(session, *, patient_id, issuer_of_patient_id="", before_study_date=None,
+                   exclude_study_instance_uid=None) -> list[StudyInfo]
+        the patient's other complete, eligible studies (latest version each), newest first
+
+Putting instances in (priors fetched by C-MOVE simply arrive through the SCP; these are for
+instances obtained another way, e.g. C-GET or a file)::
+
+    ingest_bytes(data, *, transfer_syntax_uid=None, calling_ae_title="LOCAL", settings=None)
+        -> IngestResult      (a DICOM file's bytes, or a bare data set plus its syntax)
+    store_file(path, *, calling_ae_title="LOCAL", settings=None) -> IngestResult
+    complete_study(study_instance_uid, *, settings=None) -> list[Completed]
+
+``IngestResult.status`` is the C-STORE status the listener would have answered (0x0000 stored or
+already stored, 0xA700 refused for resources, 0xA900/0xC000 quarantined).
+
+A complete, eligible study version gets exactly one job ``draft:version:<pk>`` for the task
+``raddraft.draft_study`` on queue ``gpu`` with ``args={"study_version_pk": pk}``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from dicom_listener.completion import DRAFT_QUEUE, DRAFT_TASK, Completed, draft_job_key
+from dicom_listener.ingest import Ingester, IngestResult, Origin, Outcome, Status
+from dicom_listener.query import (
+    ArchivedImage,
+    StudyInfo,
+    prior_versions,
+    study_for_version,
+    version_images,
+)
+from raddraft.settings import Settings
+
+__all__ = [
+    "DRAFT_QUEUE",
+    "DRAFT_TASK",
+    "ArchivedImage",
+    "Completed",
+    "IngestResult",
+    "Outcome",
+    "Status",
+    "StudyInfo",
+    "complete_study",
+    "draft_job_key",
+    "ingest_bytes",
+    "prior_versions",
+    "store_file",
+    "study_for_version",
+    "version_images",
+]
+
+_PREAMBLE_END = 132  # 128-byte preamble + "DICM" (PS3.10 7.1)
+
+
+def _ingester(settings: Settings | None) -> Ingester:
+    from raddraft.db import engine_for
+    from raddraft.settings import get_settings
+
+    settings = settings or get_settings()
+    ingester = Ingester(settings, engine_for(settings.database_url))
+    ingester.archive.tmp.mkdir(parents=True, exist_ok=True)
+    return ingester
+
+
+def ingest_bytes(
+    data: bytes,
+    *,
+    transfer_syntax_uid: str | None = None,
+    calling_ae_title: str = "LOCAL",
+    settings: Settings | None = None,
+) -> IngestResult:
+    """File one instance from bytes, exactly as the C-STORE SCP files a received one.
+
+    ``data`` is either a DICOM file (preamble, ``DICM``, file meta) stored as given, or a bare
+    data set, for which ``transfer_syntax_uid`` is required and file meta is added.
+    """
+    ingester = _ingester(settings)
+    if data[128:_PREAMBLE_END] == b"DICM":
+        spool = ingester.archive.spool_bytes(data)
+    else:
+        if not transfer_syntax_uid:
+            raise ValueError("a bare data set needs its transfer_syntax_uid")
+        spool = ingester.archive.spool_bytes(_file_meta_for(data, transfer_syntax_uid), data)
+    return ingester.ingest_spool(spool, Origin(calling_ae_title=calling_ae_title, peer="local"))
+
+
+def store_file(
+    path: str | Path, *, calling_ae_title: str = "LOCAL", settings: Settings | None = None
+) -> IngestResult:
+    """File the DICOM file at ``path`` (it is copied, not moved)."""
+    return ingest_bytes(
+        Path(path).read_bytes(), calling_ae_title=calling_ae_title, settings=settings
+    )
+
+
+def complete_study(study_instance_uid: str, *, settings: Settings | None = None) -> list[Completed]:
+    """Force completion of the study's open version now (``raddraft study complete``)."""
+    from dicom_listener.completion import complete_study as _complete
+    from raddraft.db import engine_for
+    from raddraft.settings import get_settings
+
+    settings = settings or get_settings()
+    return _complete(engine_for(settings.database_url), study_instance_uid)
+
+
+def _file_meta_for(dataset: bytes, transfer_syntax_uid: str) -> bytes:
+    """Preamble and file meta (PS3.10 7.1) for a bare data set, from its own SOP UIDs."""
+    import zlib
+    from io import BytesIO
+
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filereader import read_dataset
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import (
+        PYDICOM_IMPLEMENTATION_UID,
+        UID,
+        DeflatedExplicitVRLittleEndian,
+        ExplicitVRBigEndian,
+        ImplicitVRLittleEndian,
+    )
+
+    syntax = UID(transfer_syntax_uid)
+    head = dataset[: 1 << 16]
+    if syntax == DeflatedExplicitVRLittleEndian:
+        head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(dataset, 1 << 16)
+    header = read_dataset(
+        BytesIO(head),
+        is_implicit_VR=syntax == ImplicitVRLittleEndian,
+        is_little_endian=syntax != ExplicitVRBigEndian,
+        stop_when=lambda tag, *_: tag > 0x00080018,
+    )
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(str(header.get("SOPClassUID", "")))
+    meta.MediaStorageSOPInstanceUID = UID(str(header.get("SOPInstanceUID", "")))
+    meta.TransferSyntaxUID = syntax
+    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+    buffer = DicomBytesIO()
+    buffer.write(b"\x00" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta, enforce_standard=True)
+    return buffer.getvalue()

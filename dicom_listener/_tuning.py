@@ -1,0 +1,77 @@
+"""pynetdicom tuning for large images, applied once per listener process.
+
+Two changes, both behind pynetdicom's public switches or narrow, well-defined seams:
+
+- ``_config.STORE_RECV_CHUNKED_DATASET``: a C-STORE data set is written to a file as its
+  fragments arrive instead of accumulating in memory. pynetdicom creates that file with
+  ``dimse_messages.NamedTemporaryFile``; we hand it a :class:`~dicom_listener.archive.Spool` in
+  ``archive/.tmp`` so the finished file is renamed into the archive, never copied, and disk
+  write-back starts while the rest is still on the wire.
+- ``AssociationSocket.recv`` reads 4 KiB per ``socket.recv`` call and grows a ``bytearray``;
+  a 10 MB image is ~2,500 calls. :func:`_recv_exact` fills one preallocated buffer with
+  ``recv_into``: same contract (up to ``nr_bytes``, fewer only when the peer closed).
+
+If a pynetdicom release moves these seams, :func:`apply` leaves it untouched and the listener
+falls back to ``event.encoded_dataset()`` (slower, same result).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import _config
+from pynetdicom import dimse_messages as _dimse_messages
+from pynetdicom.transport import AssociationSocket
+
+from dicom_listener.archive import Spool
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_spool_dir: Path | None = None
+_applied = False
+
+
+def _recv_exact(self: AssociationSocket, nr_bytes: int) -> bytearray:
+    buffer = bytearray(nr_bytes)
+    view = memoryview(buffer)
+    read = 0
+    sock: Any = self.socket
+    while read < nr_bytes:
+        got = sock.recv_into(view[read:], nr_bytes - read)
+        if not got:  # peer closed: return what arrived, as pynetdicom's recv does
+            del view
+            return buffer[:read]
+        read += got
+    return buffer
+
+
+def _spool_factory(*_args: Any, **_kwargs: Any) -> Spool:
+    directory = _spool_dir
+    if directory is None:  # not set up by a listener: behave like a plain temp file
+        import tempfile
+
+        directory = Path(tempfile.gettempdir())
+    return Spool(directory)
+
+
+def apply(spool_dir: Path) -> bool:
+    """Stream C-STORE data sets into ``spool_dir`` and speed up socket reads; True if applied."""
+    global _spool_dir, _applied
+    with _lock:
+        _spool_dir = spool_dir
+        if _applied:
+            return True
+        if not hasattr(_dimse_messages, "NamedTemporaryFile") or not hasattr(
+            AssociationSocket, "recv"
+        ):
+            log.warning("pynetdicom internals changed; running without ingest tuning")
+            return False
+        _dimse_messages.NamedTemporaryFile = _spool_factory  # type: ignore[assignment]
+        AssociationSocket.recv = _recv_exact  # type: ignore[method-assign]
+        _config.STORE_RECV_CHUNKED_DATASET = True
+        _applied = True
+        return True
