@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -11,11 +13,12 @@ from raddraft.settings import Settings, get_settings
 from report_drafts.states import LifecycleError
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, *, pages: bool = True) -> FastAPI:
     """The app: review API at ``/api``, FHIR at ``/fhir``, ``/healthz`` and ``/readyz``.
 
     ``app.state.session_resolvers`` is a list the pages may append a cookie-session resolver
-    to (see :mod:`report_drafts.api.auth`).
+    to (see :mod:`report_drafts.api.auth`). With ``pages`` (the default) the review desk and
+    queue pages of :mod:`report_drafts.pages` are installed when that package is present.
     """
     from report_drafts.api import fhir_routes, routes
 
@@ -58,7 +61,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(routes.router)
     app.include_router(fhir_routes.router)
+    if pages:
+        _install_pages(app, settings)
     return app
+
+
+def _install_pages(app: FastAPI, settings: Settings) -> None:
+    try:
+        install = importlib.import_module("report_drafts.pages").install
+    except ModuleNotFoundError as error:
+        if error.name != "report_drafts.pages":
+            raise
+        return  # an API-only deployment or tree
+    install(app, settings)
 
 
 __all__ = ["create_app"]

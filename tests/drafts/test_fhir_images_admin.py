@@ -266,3 +266,18 @@ def test_cli_users_add_and_trace(
     assert "StanfordAIMI/CheXOne revision rev-abc123" in traced.output
     assert "stage 8" in traced.output
     assert runner.invoke(main, ["trace", "1.2.3.4"]).exit_code != 0
+
+
+def test_app_with_pages_still_refuses_unsigned_finals(
+    engine: Engine, settings: Settings, tokens: dict[str, str]
+) -> None:
+    """The full app (pages installed when present) keeps the API's refusals."""
+    from report_drafts.api import create_app
+
+    report_id, _ = make_draft(engine, settings)
+    with TestClient(create_app(settings)) as app_client:
+        url = f"/api/reports/{report_id}/sign"
+        body = {"expected_version": 1, "edit_reason": "none"}
+        assert app_client.post(url, json=body).status_code == 401
+        assert app_client.post(url, json=body, headers=auth(tokens["admin"])).status_code == 403
+        assert app_client.post(url, json=body, headers=auth(tokens["rad"])).status_code == 200

@@ -58,7 +58,7 @@ def _dciodvfy_errors(path: Any) -> list[str]:
 
 def test_full_lifecycle(engine: Engine, wired: Settings, tokens: dict[str, str]) -> None:
     report_id, study = _draft(engine, wired)
-    client = TestClient(create_app(wired))
+    client = TestClient(create_app(wired, pages=False))
     rad = auth(tokens["rad"])
 
     # The worklist shows the draft; the detail has stages, findings, provenance, warnings.
