@@ -388,6 +388,43 @@ def _reject_is_transient(assoc: Association) -> bool:
     return primitive.result_source == 0x03 and primitive.diagnostic in (0x01, 0x02)
 
 
+# TLS failures that are about the connection, not the configuration.
+_SSL_TRANSIENT = (
+    ssl.SSLEOFError,
+    ssl.SSLZeroReturnError,
+    ssl.SSLSyscallError,
+    ssl.SSLWantReadError,
+)
+
+
+class _ConnectErrors(logging.Handler):
+    """Collects the exception pynetdicom logs (and swallows) when a connection fails.
+
+    pynetdicom reports a failed TCP connect or TLS handshake only through its log; the record
+    comes from the association's DUL thread, which tells concurrent associations apart.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+    def error_for(self, assoc: Association) -> BaseException | str | None:
+        ident = getattr(assoc.dul, "ident", None)
+        text: str | None = None
+        for record in self.records:
+            if record.thread != ident:
+                continue
+            if record.exc_info and record.exc_info[1] is not None:
+                return record.exc_info[1]
+            message = record.getMessage()
+            if message.startswith("TCP Initialisation Error: "):
+                text = message.removeprefix("TCP Initialisation Error: ")
+        return text
+
+
 @contextmanager
 def _associate(
     node: DicomNode,
@@ -416,15 +453,21 @@ def _associate(
     ]
     tls_args = (tls, node.host) if tls is not None else None
     started = time.monotonic()
-    assoc = ae.associate(
-        node.host,
-        node.port,
-        contexts=contexts,
-        ae_title=node.ae_title,
-        ext_neg=ext_neg,  # type: ignore[arg-type]
-        evt_handlers=evt_handlers,  # type: ignore[arg-type]
-        tls_args=tls_args,
-    )
+    watcher = _ConnectErrors()
+    transport_log = logging.getLogger("pynetdicom.transport")
+    transport_log.addHandler(watcher)
+    try:
+        assoc = ae.associate(
+            node.host,
+            node.port,
+            contexts=contexts,
+            ae_title=node.ae_title,
+            ext_neg=ext_neg,  # type: ignore[arg-type]
+            evt_handlers=evt_handlers,  # type: ignore[arg-type]
+            tls_args=tls_args,
+        )
+    finally:
+        transport_log.removeHandler(watcher)
     if not assoc.is_established:
         if assoc.is_rejected:
             _, text = _describe_reject(assoc)
@@ -432,10 +475,13 @@ def _associate(
             raise kind(text, node=node)
         if not connected.is_set():
             waited = time.monotonic() - started
-            raise transient(
-                f"could not connect (refused, unreachable or no answer in {waited:.1f} s)",
-                node=node,
-            )
+            error = watcher.error_for(assoc)
+            if isinstance(error, ssl.SSLError) and not isinstance(error, _SSL_TRANSIENT):
+                # Certificate not trusted, wrong host name, no common protocol or cipher, a
+                # peer that does not speak TLS: the same on every retry until reconfigured.
+                raise permanent(f"TLS handshake failed: {error}", node=node)
+            why = f": {error}" if error else " (refused, unreachable or no answer)"
+            raise transient(f"could not connect{why} after {waited:.1f} s", node=node)
         if assoc.is_aborted and assoc.acceptor.primitive is not None:
             # A-ASSOCIATE-AC came back but nothing we proposed was accepted (PS3.8 9.3.3.2).
             raise permanent(
