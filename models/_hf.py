@@ -21,6 +21,7 @@ common prefix a little earlier.
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -38,6 +39,14 @@ log = logging.getLogger(__name__)
 
 _IMAGE_PAD = "<|image_pad|>"
 _IMAGE_CACHE_SIZE = 16  # prepared images whose pixels and vision features are kept
+
+
+def _digest(image: Image.Image) -> str:
+    """A content hash of an image (mode, size and pixels)."""
+    hasher = hashlib.blake2b(digest_size=16)
+    hasher.update(f"{image.mode}:{image.size}".encode())
+    hasher.update(image.tobytes())
+    return hasher.hexdigest()
 
 
 def resolve_device(device: str) -> str:
@@ -75,7 +84,7 @@ def resolve_dtype(dtype: str, device: str) -> Any:
 class _ImageEntry:
     """One image as the model consumes it, kept so it is processed and encoded only once."""
 
-    image: Image.Image  # held so that id(image) stays unique while the entry lives
+    digest: str  # of the pixels: the image's identity in the prefix cache
     pixel_values: Any  # torch.Tensor (patches, patch_dim)
     grid_thw: Any  # torch.LongTensor (3,)
     n_tokens: int
@@ -88,6 +97,7 @@ class _Encoded:
 
     ids: Any  # torch.LongTensor (L,)
     images: list[_ImageEntry]
+    starts: list[int]  # position of each image's first placeholder token in ids
 
     @property
     def grid(self) -> Any:
@@ -132,9 +142,12 @@ class TransformersBackend:
         self.eos_ids = [int(t) for t in eos if isinstance(t, int) and t >= 0]
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else self.eos_ids[-1]
-        self._images: OrderedDict[int, _ImageEntry] = OrderedDict()
+        self._images: OrderedDict[str, _ImageEntry] = OrderedDict()
         self._cache: Any = None
         self._cached_ids = torch.zeros(0, dtype=torch.long)
+        # (start, digest) of each image in the cached sequence. Placeholder tokens are the same
+        # for every image, so the token ids alone cannot tell two studies' images apart.
+        self._cached_images: set[tuple[int, str]] = set()
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -194,16 +207,16 @@ class TransformersBackend:
     # ------------------------------------------------------------------ encoding
     def _image_entry(self, image: Image.Image) -> _ImageEntry:
         """Pixels and grid of an image, through the checkpoint's own image processor, once."""
-        key = id(image)
+        key = _digest(image)
         entry = self._images.get(key)
-        if entry is not None and entry.image is image:
+        if entry is not None:
             self._images.move_to_end(key)
             return entry
         out = self.processor.image_processor(images=[image], return_tensors="pt")
         grid = out["image_grid_thw"][0]
         merge = int(self.processor.image_processor.merge_size)
         entry = _ImageEntry(
-            image=image,
+            digest=key,
             pixel_values=out["pixel_values"],
             grid_thw=grid,
             n_tokens=int(grid.prod()) // (merge * merge),
@@ -232,7 +245,13 @@ class TransformersBackend:
         for entry, piece in zip(entries, pieces[1:], strict=True):
             text += _IMAGE_PAD * entry.n_tokens + piece
         ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-        return _Encoded(ids=ids.to(torch.long), images=entries)
+        ids = ids.to(torch.long)
+        positions = torch.nonzero(ids == self.image_token_id).flatten().tolist()
+        starts, offset = [], 0
+        for entry in entries:
+            starts.append(int(positions[offset]))
+            offset += entry.n_tokens
+        return _Encoded(ids=ids, images=entries, starts=starts)
 
     def _rope_positions(self, encoded: _Encoded) -> Any:
         """3D positions (3, 1, L) of the whole sequence, from the model's own rule."""
@@ -320,6 +339,7 @@ class TransformersBackend:
 
         self._cache = None
         self._cached_ids = torch.zeros(0, dtype=torch.long)
+        self._cached_images = set()
 
     def _generation_config(self, options: DecodeOptions) -> Any:
         """An explicit config, so the checkpoint's own defaults (a repetition penalty, top_k) do
@@ -393,6 +413,10 @@ class TransformersBackend:
         limit = min(int(cached.shape[0]), length - 1)  # at least one token must be run for logits
         same = (cached[:limit] == ids[:limit]).to(torch.int)
         reuse = int(same.cumprod(0).sum()) if limit > 0 else 0
+        for start, entry in zip(encoded.starts, encoded.images, strict=True):
+            if start < reuse and (start, entry.digest) not in self._cached_images:
+                reuse = start  # same placeholders, different pixels: reuse stops there
+                break
         if self._cache is None or reuse == 0:
             self._cache = DynamicCache(config=self.model.config)
             reuse = 0
@@ -407,6 +431,9 @@ class TransformersBackend:
             logits_to_keep=1,
         )
         self._cached_ids = ids.clone()
+        self._cached_images = {
+            (s, e.digest) for s, e in zip(encoded.starts, encoded.images, strict=True)
+        }
         return out.logits[:, -1, :], reuse
 
     def _choose(self, logits: Any, options: DecodeOptions, generator: Any) -> Any:
@@ -520,7 +547,10 @@ class TransformersBackend:
             same &= (other.ids[: shortest - 1] == first[: shortest - 1]).to(torch.int)
         point = int(same.cumprod(0).sum())
         for e in encoded:
-            if bool((e.ids[point:] == self.image_token_id).any()) or e.images != encoded[0].images:
+            digests = [i.digest for i in e.images]
+            if bool((e.ids[point:] == self.image_token_id).any()) or digests != [
+                i.digest for i in encoded[0].images
+            ]:
                 return None
         return point if point > 0 else None
 
@@ -537,16 +567,12 @@ class TransformersBackend:
         started = time.perf_counter()
         point = self._branch_point(encoded)
         assert point is not None
-        prefix = _Encoded(ids=encoded[0].ids[:point].clone(), images=encoded[0].images)
-        prefix_positions = self._rope_positions(prefix)
         # Run the prefix (plus nothing): _prefill needs one token to run, so extend by the first
         # token of the first tail and then crop it off again.
-        head = _Encoded(ids=encoded[0].ids[: point + 1].clone(), images=encoded[0].images)
-        head_positions = self._rope_positions(head)
-        _, reused = self._prefill(head, head_positions)
+        head = _Encoded(encoded[0].ids[: point + 1].clone(), encoded[0].images, encoded[0].starts)
+        _, reused = self._prefill(head, self._rope_positions(head))
         self._cache.crop(-1)
-        self._cached_ids = prefix.ids
-        del prefix_positions
+        self._cached_ids = head.ids[:point]
         rows = len(encoded)
         tails = [e.ids[point:] for e in encoded]
         width = max(int(t.shape[0]) for t in tails)

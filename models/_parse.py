@@ -252,8 +252,12 @@ def parse_laterality(text: str) -> str | None:
 
 def parse_site(text: str) -> str | None:
     """The first anatomical site named in ``text`` (a small fixed list), else None."""
-    lowered = text.lower()
-    hits = [(lowered.find(site), site) for site in _SITES if site in lowered]
+    hits = []
+    for site in _SITES:
+        # Whole words only ("pleura" is not in "pleural"); plurals count ("bases").
+        match = re.search(r"\b" + re.escape(site) + r"(?:s|es)?\b", text, re.I)
+        if match:
+            hits.append((match.start(), site))
     return min(hits)[1] if hits else None
 
 

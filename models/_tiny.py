@@ -174,12 +174,12 @@ def build_tiny(path: str | Path, *, seed: int = 0, init_range: float = 0.5) -> P
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(config)
     with torch.no_grad():
-        # post_init draws N(0, init_range) for linear layers; norms stay at 1. A few embedding rows
-        # scaled further apart make the argmax depend strongly on context instead of collapsing.
-        for param in model.parameters():
-            if param.dim() >= 2:
-                param.normal_(0.0, init_range, generator=torch.Generator().manual_seed(seed))
-                seed += 1
+        # Every matrix redrawn from N(0, init_range), each from its own seeded generator, so a
+        # build is reproducible whatever post_init drew; norms stay at 1. The large range keeps
+        # logits far apart, so the argmax follows the input instead of one constant token.
+        for offset, param in enumerate(p for p in model.parameters() if p.dim() >= 2):
+            generator = torch.Generator().manual_seed(seed * 100_003 + offset)
+            param.normal_(0.0, init_range, generator=generator)
     model.generation_config = GenerationConfig(
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
         pad_token_id=ids["<|endoftext|>"],

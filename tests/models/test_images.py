@@ -1,0 +1,130 @@
+"""Image preparation and geometry: the model's view of a DICOM image, and boxes mapped back."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models import Geometry, prepare_image, smart_resize
+from models._images import dataset_to_gray
+from tests.models.conftest import radiograph
+
+
+def bright_box(image: Image.Image) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1), end-exclusive, of the pixels brighter than mid-grey."""
+    gray = np.asarray(image.convert("L"))
+    rows, cols = np.nonzero(gray > 128)
+    return int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
+
+
+def test_smart_resize_matches_transformers() -> None:
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import smart_resize as reference
+
+    for height in range(30, 3000, 97):
+        for width in (31, 255, 512, 999, 2048, 2500):
+            if max(height, width) / min(height, width) > 200:
+                continue
+            assert smart_resize(height, width) == reference(
+                height, width, factor=28, min_pixels=56 * 56, max_pixels=512 * 512
+            )
+
+
+@pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
+@pytest.mark.parametrize(
+    ("rows", "cols", "rect"),
+    [
+        (301, 257, (40, 61, 123, 180)),  # odd, non-square, portrait
+        (199, 411, (300, 20, 390, 77)),  # odd, landscape
+        (512, 512, (0, 0, 64, 100)),  # touching the corner
+        (1111, 927, (200, 300, 700, 900)),  # downscaled
+    ],
+)
+def test_rectangle_round_trip(
+    photometric: str, rows: int, cols: int, rect: tuple[int, ...]
+) -> None:
+    ds = radiograph(rows, cols, rect, photometric=photometric)
+    image, geometry = prepare_image(ds)
+    assert image.mode == "RGB"
+    assert image.size == geometry.model_size
+    assert geometry.stored_size == (cols, rows)
+    assert image.size[0] % 28 == 0 and image.size[1] % 28 == 0
+    assert image.size[0] * image.size[1] <= 512 * 512
+    # The rectangle must stay bright after windowing and (for MONOCHROME1) inversion.
+    seen = bright_box(image)
+    back = geometry.box_model_pixels_to_stored(tuple(float(v) for v in seen))
+    # Within a pixel when the model image is not smaller; a downscaled image cannot locate an
+    # edge better than one of its own pixels (``scale`` stored pixels).
+    tolerance = max(1.0, *geometry.scale)
+    assert back == pytest.approx(tuple(float(v) for v in rect), abs=tolerance)
+    # Percent round trip (what the model writes) lands within a pixel, both ways.
+    percent = geometry.box_stored_to_percent(tuple(float(v) for v in rect))
+    assert all(0.0 <= v <= 100.0 for v in percent)
+    assert geometry.box_percent_to_stored(percent) == pytest.approx(rect, abs=1e-6)
+    rounded = tuple(round(v, 2) for v in percent)  # CXRTrek writes two decimals
+    assert geometry.box_percent_to_stored(rounded) == pytest.approx(rect, abs=1.0)
+
+
+def test_monochrome1_is_inverted() -> None:
+    mono2 = dataset_to_gray(radiograph(64, 80, (10, 10, 30, 30)))
+    mono1 = dataset_to_gray(radiograph(64, 80, (10, 10, 30, 30), photometric="MONOCHROME1"))
+    assert mono2[20, 20] > 200 and mono2[50, 70] < 50
+    # Same display up to the half-pixel asymmetry of the DICOM linear window function.
+    assert np.abs(mono1.astype(int) - mono2.astype(int)).max() <= 1
+
+
+def test_window_and_modality_lut() -> None:
+    # Stored 200/3000 with slope 2, intercept -100 -> 300/5900; window 3000 +- 1000 puts the
+    # background below the window (black) and the rectangle above it (white).
+    ds = radiograph(50, 60, (5, 5, 20, 20), window=(3000.0, 2000.0), slope=2.0, intercept=-100.0)
+    gray = dataset_to_gray(ds)
+    assert gray[10, 10] == 255 and gray[40, 40] == 0
+
+
+def test_percentile_window_when_absent() -> None:
+    gray = dataset_to_gray(radiograph(80, 80, (0, 0, 40, 80), window=None))
+    assert gray[:, :40].min() == 255 and gray[:, 40:].max() == 0
+
+
+def test_eight_bit_data() -> None:
+    image, _ = prepare_image(radiograph(120, 90, (20, 30, 50, 70), bits=8, window=None))
+    assert bright_box(image) is not None
+
+
+def test_compressed_rle_decodes_like_uncompressed() -> None:
+    from pydicom.uid import RLELossless
+
+    plain = radiograph(97, 131, (11, 13, 60, 77))
+    packed = radiograph(97, 131, (11, 13, 60, 77))
+    packed.compress(RLELossless)
+    assert packed.file_meta.TransferSyntaxUID == RLELossless
+    assert np.array_equal(dataset_to_gray(plain), dataset_to_gray(packed))
+
+
+def test_compressed_jpeg2000_lossless_decodes() -> None:
+    from pydicom.uid import JPEG2000Lossless
+
+    ds = radiograph(96, 128, (11, 13, 60, 77))
+    try:
+        ds.compress(JPEG2000Lossless)
+    except (RuntimeError, NotImplementedError) as error:  # encoder plugin not installed
+        pytest.skip(f"no JPEG 2000 encoder: {error}")
+    assert np.array_equal(
+        dataset_to_gray(ds), dataset_to_gray(radiograph(96, 128, (11, 13, 60, 77)))
+    )
+
+
+def test_processor_keeps_prepared_size(tiny_backend) -> None:  # type: ignore[no-untyped-def]
+    """The Qwen processor must not resize a prepared image again, or percentages would drift."""
+    for rows, cols in ((301, 257), (1111, 927), (64, 70)):
+        image, geometry = prepare_image(radiograph(rows, cols, (1, 1, 10, 10)))
+        out = tiny_backend.processor.image_processor(images=[image], return_tensors="pt")
+        _, grid_h, grid_w = (int(v) for v in out["image_grid_thw"][0])
+        assert (grid_w * 14, grid_h * 14) == geometry.model_size
+
+
+def test_geometry_with_crop() -> None:
+    geometry = Geometry((1000, 800), (500, 300), (100.0, 50.0, 900.0, 650.0))
+    assert geometry.percent_to_stored(0, 0) == (100.0, 50.0)
+    assert geometry.percent_to_stored(100, 100) == (900.0, 650.0)
+    assert geometry.stored_to_percent(500.0, 350.0) == pytest.approx((50.0, 50.0))
