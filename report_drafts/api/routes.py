@@ -7,10 +7,9 @@ states move only as a consequence of the actions below.
 
 from __future__ import annotations
 
-import importlib
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
@@ -326,14 +325,37 @@ def requeue(study_version_pk: int, session: DbSession, user: Admin) -> dict[str,
     return {"job": job.id, "key": job.key, "state": job.state}
 
 
-@router.post("/admin/study-versions/{study_version_pk}/force-complete", tags=["admin"])
-def force_complete(study_version_pk: int, session: DbSession, user: Admin) -> dict[str, Any]:
-    """Close a study version now instead of waiting for the quiet period (the listener's job)."""
+@router.post("/admin/studies/{study_instance_uid}/force-complete", tags=["admin"])
+def force_complete(
+    study_instance_uid: str, request: Request, session: DbSession, user: Admin
+) -> dict[str, Any]:
+    """Close the study's open version now instead of waiting for the quiet period.
+
+    The listener does the completion (eligibility, one draft job per version) in its own
+    transaction; this route only authorises and audits it.
+    """
+    import dicom_listener
+
     try:
-        force = importlib.import_module("dicom_listener.completion").force_complete
-    except (ImportError, AttributeError) as error:
-        raise HTTPException(501, "the listener offers no force completion yet") from error
-    result = force(session, study_version_pk)
-    audit.record(session, "force_complete", user=user, detail={"study_version": study_version_pk})
+        done = dicom_listener.complete_study(study_instance_uid, settings=_settings(request))
+    except LookupError as error:
+        raise NotFound(str(error)) from error
+    completed = [
+        {
+            "study_version_pk": c.study_version_pk,
+            "number": c.number,
+            "eligible": c.eligible,
+            "ineligible_reason": c.ineligible_reason,
+            "job_key": c.job_key,
+        }
+        for c in done
+    ]
+    audit.record(
+        session,
+        "force_complete",
+        user=user,
+        study_instance_uid=study_instance_uid,
+        detail={"completed": completed},
+    )
     session.commit()
-    return {"study_version_pk": study_version_pk, "result": str(result)}
+    return {"study_instance_uid": study_instance_uid, "completed": completed}

@@ -281,3 +281,22 @@ def test_app_with_pages_still_refuses_unsigned_finals(
         assert app_client.post(url, json=body).status_code == 401
         assert app_client.post(url, json=body, headers=auth(tokens["admin"])).status_code == 403
         assert app_client.post(url, json=body, headers=auth(tokens["rad"])).status_code == 200
+
+
+def test_force_complete_goes_through_the_listener(
+    engine: Engine, settings: Settings, tokens: dict[str, str], client: TestClient
+) -> None:
+    from tests.drafts.conftest import archive_study
+
+    study = archive_study(engine, settings)  # its only version is already complete
+    url = f"/api/studies/{study.study_instance_uid}/force-complete"
+    assert client.post("/api/admin" + url[4:], headers=auth(tokens["rad"])).status_code == 403
+    r = client.post("/api/admin" + url[4:], headers=auth(tokens["admin"]))
+    assert r.status_code == 200, r.text
+    assert r.json()["completed"] == []  # nothing open: nothing to complete
+    missing = client.post("/api/admin/studies/1.2.3/force-complete", headers=auth(tokens["admin"]))
+    assert missing.status_code == 404
+    trail = client.get(
+        f"/api/studies/{study.study_instance_uid}/audit", headers=auth(tokens["reader"])
+    ).json()
+    assert [e["action"] for e in trail] == ["force_complete"]
