@@ -19,8 +19,8 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from models._hf import TransformersBackend  # noqa: E402
-from models._tiny import build_tiny  # noqa: E402
+from models._hf import TransformersBackend
+from models._tiny import build_tiny
 
 
 @pytest.fixture(scope="session")

@@ -151,7 +151,8 @@ def test_full_reading_with_prior(current: StudyImage, prior: StudyImage) -> None
         c.turns[-1].text for c in backend.seen if "findings section" in c.turns[-1].text
     )
     assert findings_q == (
-        'Given the indication: "shortness of breath", write a structured findings section for the CXR.'
+        'Given the indication: "shortness of breath", '
+        "write a structured findings section for the CXR."
     )
 
     data = json.loads(reading.to_json())
