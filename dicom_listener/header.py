@@ -58,6 +58,7 @@ HEADER_KEYWORDS = (
 HEADER_TAGS = [Tag(keyword) for keyword in HEADER_KEYWORDS]
 _PIXEL_DATA = Tag("PixelData")
 _WARNINGS_LOCK = threading.Lock()
+_DEFLATED = "1.2.840.10008.1.2.1.99"
 
 # A UID becomes a path component in the archive, so it must not be able to climb out of it.
 # PS3.5 9.1 allows digits and dots only; letters, '-' and '_' are tolerated because some
@@ -259,16 +260,18 @@ def read_header(path: Path) -> InstanceHeader:
         for warning in caught:
             if "End of file" in str(warning.message):
                 raise UnreadableDataset(f"truncated: {warning.message}")
+        syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
         pixels = ds.get_item(_PIXEL_DATA, keep_deferred=True)
         tell = getattr(pixels, "value_tell", None)
         length = getattr(pixels, "length", None)
-        if tell is not None and length is not None and length != 0xFFFFFFFF:
+        # A deflated data set's offsets are in the inflated stream, not the file (PS3.5 A.5).
+        deflated = syntax == _DEFLATED
+        if tell is not None and length is not None and length != 0xFFFFFFFF and not deflated:
             size = path.stat().st_size
             if tell + length > size:
                 raise UnreadableDataset(
                     f"truncated: Pixel Data needs {tell + length} bytes, file has {size}"
                 )
-        syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
         header = header_from_dataset(ds, syntax)
     except (IncompleteDataset, UnreadableDataset):
         raise
