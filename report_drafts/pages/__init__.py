@@ -1,0 +1,40 @@
+"""The pages of issue 6: the radiologist's review desk and the administrator's queue.
+
+:func:`install` adds them to the API app (``report_drafts.api.create_app``): the page routes,
+the static files, the sign-in session and its resolver for the API's auth dependency.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from raddraft.settings import Settings
+from report_drafts.pages import session as page_session
+from report_drafts.pages.routes import SignInRequired, router
+
+STATIC_DIR = Path(__file__).parent / "static"
+
+
+def install(app: FastAPI, settings: Settings) -> None:
+    """Add the pages to ``app``; the API then also accepts the pages' cookie session."""
+    app.state.page_signer = page_session.Signer(page_session.load_secret(settings))
+    resolvers = getattr(app.state, "session_resolvers", None)
+    if resolvers is None:
+        resolvers = app.state.session_resolvers = []
+    resolvers.append(page_session.resolve_for_api)
+
+    @app.exception_handler(SignInRequired)
+    def _sign_in(_request: Request, error: SignInRequired) -> RedirectResponse:
+        from urllib.parse import urlencode
+
+        return RedirectResponse("/login?" + urlencode({"next": error.next_path}), 303)
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    app.include_router(router)
+
+
+__all__ = ["install"]

@@ -1,0 +1,453 @@
+"""The HTML pages: sign-in, worklist, review desk and the administrator's queue.
+
+Pages are rendered on the server from the same functions the JSON API uses
+(:mod:`report_drafts.api.views`, :mod:`report_drafts.lifecycle`). Every change a page makes
+(edits, per-finding feedback, sign, reject, retry, requeue) is a ``fetch`` to the JSON API with
+the session cookie and the CSRF header, so the API's role checks, and the lifecycle's own, decide
+what is allowed: a page that shows a button never grants the right to press it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote, urlencode
+
+from fastapi import APIRouter, Depends, Form, Query, Request, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+
+from dicom_listener.tables import Instance
+from raddraft.db import utcnow
+from raddraft.settings import Settings
+from report_drafts import audit, lifecycle, render
+from report_drafts.api import views
+from report_drafts.api.auth import DbSession
+from report_drafts.content import DEMO_WARNING, DRAFT_WARNING
+from report_drafts.pages import queue, viewmodel
+from report_drafts.pages import session as page_session
+from report_drafts.states import EDITABLE, SIGNED_STATES, LifecycleError, NotFound, ReportState
+from report_drafts.tables import EditReason, Role, User
+from report_drafts.users import user_for_password, user_for_token
+
+HERE = Path(__file__).parent
+templates = Jinja2Templates(directory=str(HERE / "templates"))
+templates.env.globals.update(
+    priority_label=viewmodel.priority_label,
+    state_label=viewmodel.state_label,
+    time_label=viewmodel.time_label,
+    age_label=viewmodel.age_label,
+    study_date_label=viewmodel.study_date_label,
+    person_name=viewmodel.person_name,
+    DEMO_WARNING=DEMO_WARNING,
+    DRAFT_WARNING=DRAFT_WARNING,
+)
+
+router = APIRouter(include_in_schema=False)
+
+PAGE_SIZE = 25
+IMAGE_MAX_SIZE = 1400  # pixels on the long side; boxes scale with it (SVG viewBox)
+CSP = (
+    "default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+
+
+class SignInRequired(Exception):
+    """No valid session: the handler sends the browser to the sign-in page."""
+
+    def __init__(self, next_path: str) -> None:
+        super().__init__(next_path)
+        self.next_path = next_path
+
+
+def page_user(request: Request, session: DbSession) -> User:
+    """The signed-in user of a page request (cookie session), or a redirect to sign in."""
+    user = page_session.user_of_session(request, session)
+    if user is None:
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        raise SignInRequired(target)
+    request.state.user = user
+    return user
+
+
+PageUser = Annotated[User, Depends(page_user)]
+
+
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def safe_next(value: str | None) -> str:
+    """Only local paths: an attacker's link cannot send a signed-in user elsewhere."""
+    if not value or not value.startswith("/") or value.startswith("//") or "\\" in value:
+        return "/"
+    return value
+
+
+def page(
+    request: Request,
+    template: str,
+    context: dict[str, Any],
+    *,
+    session: Any = None,
+    user: User | None = None,
+    status_code: int = 200,
+    demo: bool | None = None,
+) -> HTMLResponse:
+    """Render ``template`` with the layout's values and the pages' security headers."""
+    found = page_session.session_of(request)
+    csrf = page_session.signer_of(request).csrf_token(found) if found and user else ""
+    if demo is None:
+        demo = viewmodel.demo_mode(session) if session is not None else False
+    response = templates.TemplateResponse(
+        request,
+        template,
+        {
+            "user": user,
+            "is_admin": user is not None and user.role == Role.admin,
+            "csrf": csrf,
+            "demo": demo,
+            "path": request.url.path,
+            **context,
+        },
+        status_code=status_code,
+    )
+    secure_headers(response)
+    return response
+
+
+def secure_headers(response: Response) -> None:
+    response.headers["Content-Security-Policy"] = CSP
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Referrer-Policy"] = "same-origin"
+    response.headers["Cache-Control"] = "no-store"  # pages show patient data
+
+
+def error_page(
+    request: Request, session: Any, user: User | None, status_code: int, message: str
+) -> HTMLResponse:
+    return page(
+        request,
+        "error.html",
+        {"title": f"Error {status_code}", "status": status_code, "message": message},
+        session=session,
+        user=user,
+        status_code=status_code,
+    )
+
+
+# -- sign-in ---------------------------------------------------------------------------------
+
+
+@router.get("/login", response_class=HTMLResponse)
+def login_form(request: Request, session: DbSession, next: str = "/") -> HTMLResponse:
+    return _login_page(request, session, next_path=next)
+
+
+def _login_page(
+    request: Request, session: Any, *, next_path: str, error: str = "", status_code: int = 200
+) -> HTMLResponse:
+    token, fresh = page_session.login_form_token(request)
+    response = page(
+        request,
+        "login.html",
+        {"title": "Sign in", "login_csrf": token, "next": safe_next(next_path), "error": error},
+        session=session,
+        status_code=status_code,
+    )
+    if fresh:
+        page_session.set_login_cookie(response, request, fresh)
+    return response
+
+
+@router.post("/login", response_model=None)
+def login(
+    request: Request,
+    session: DbSession,
+    csrf_token: Annotated[str, Form()] = "",
+    username: Annotated[str, Form()] = "",
+    password: Annotated[str, Form()] = "",
+    token: Annotated[str, Form()] = "",
+    next: Annotated[str, Form()] = "/",
+) -> Response:
+    """Sign in with a user name and password, or with an API token."""
+    if not page_session.login_csrf_ok(request, csrf_token):
+        return _login_page(
+            request,
+            session,
+            next_path=next,
+            error="The sign-in form expired. Please try again.",
+            status_code=400,
+        )
+    user: User | None = None
+    if token.strip():
+        user = user_for_token(session, token.strip())
+    elif username.strip() and password:
+        user = user_for_password(session, username.strip(), password)
+    if user is None:
+        return _login_page(
+            request,
+            session,
+            next_path=next,
+            error="Unknown user name, password or token.",
+            status_code=401,
+        )
+    audit.record(session, "sign_in", user=user, detail={"via": "token" if token else "password"})
+    session.commit()
+    target = safe_next(next)
+    if target == "/":
+        target = "/queue" if user.role == Role.admin else "/worklist"
+    response = RedirectResponse(target, status_code=303)
+    page_session.set_session_cookie(response, request, user)
+    return response
+
+
+@router.post("/logout", response_model=None)
+def logout(
+    request: Request, session: DbSession, csrf_token: Annotated[str, Form()] = ""
+) -> Response:
+    if not page_session.csrf_ok(request, csrf_token):
+        return error_page(request, session, None, 403, "Sign-out refused: invalid CSRF token.")
+    response = RedirectResponse("/login", status_code=303)
+    page_session.clear_session_cookie(response)
+    return response
+
+
+@router.get("/", response_model=None)
+def home(user: PageUser) -> Response:
+    return RedirectResponse("/queue" if user.role == Role.admin else "/worklist", status_code=303)
+
+
+# -- worklist --------------------------------------------------------------------------------
+
+
+@router.get("/worklist", response_class=HTMLResponse)
+def worklist(
+    request: Request,
+    session: DbSession,
+    user: PageUser,
+    state: Annotated[list[str] | None, Query()] = None,
+    priority: str = "",
+    date_from: str = "",
+    date_to: str = "",
+    patient_id: str = "",
+    accession: str = "",
+    page_number: Annotated[int, Query(alias="page", ge=1)] = 1,
+) -> HTMLResponse:
+    """Reports by priority, then longest waiting; filters keep to the query string."""
+    states = [s for s in (state or []) if s in {x.value for x in ReportState}]
+    filters = {
+        "states": states or None,
+        "priority": int(priority) if priority.isdigit() else None,
+        "date_from": date_from or None,
+        "date_to": date_to or None,
+        "patient_id": patient_id.strip() or None,
+        "accession": accession.strip() or None,
+    }
+    result = views.worklist(session, page=page_number, page_size=PAGE_SIZE, **filters)
+    now = utcnow()
+    demo_svs = viewmodel.demo_versions(session, [i["study_version_pk"] for i in result["items"]])
+    rows = [
+        {
+            **item,
+            "urgent": viewmodel.urgent_labels(item["findings"]),
+            "demo": item["study_version_pk"] in demo_svs,
+            "waiting": viewmodel.since_label(item["completed_at"] or item["created_at"], now),
+        }
+        for item in result["items"]
+    ]
+    query = {
+        "state": states,
+        "priority": priority,
+        "date_from": date_from,
+        "date_to": date_to,
+        "patient_id": patient_id,
+        "accession": accession,
+    }
+    pages = max(1, -(-result["total"] // PAGE_SIZE))
+
+    def page_link(number: int) -> str:
+        return "/worklist?" + urlencode({**query, "page": number}, doseq=True)
+
+    return page(
+        request,
+        "worklist.html",
+        {
+            "title": "Worklist",
+            "rows": rows,
+            "total": result["total"],
+            "page_number": page_number,
+            "pages": pages,
+            "prev_link": page_link(page_number - 1) if page_number > 1 else None,
+            "next_link": page_link(page_number + 1) if page_number < pages else None,
+            "query": query,
+            "all_states": [s.value for s in ReportState],
+            "priorities": viewmodel.PRIORITY_LABELS,
+        },
+        session=session,
+        user=user,
+        demo=viewmodel.demo_mode(session) or bool(demo_svs),
+    )
+
+
+# -- review ----------------------------------------------------------------------------------
+
+
+@router.get("/reports/{report_id}", response_class=HTMLResponse)
+def review(request: Request, report_id: int, session: DbSession, user: PageUser) -> HTMLResponse:
+    """The review desk: image with boxes, prior, editable text, findings, stages, sign."""
+    try:
+        report = lifecycle.open_report(session, report_id, user)
+        detail = views.detail(session, report)
+    except LifecycleError as error:
+        session.rollback()
+        return error_page(request, session, user, error.http_status, str(error))
+    session.commit()
+    settings = _settings(request)
+    context = review_context(session, settings, detail, user)
+    return page(
+        request,
+        "review.html",
+        {"title": f"Review {detail['accession_number'] or report_id}", **context},
+        session=session,
+        user=user,
+        demo=context["demo"],
+    )
+
+
+def review_context(
+    session: Any, settings: Settings, detail: dict[str, Any], user: User
+) -> dict[str, Any]:
+    """Everything review.html needs, derived from the API's detail view."""
+    report_id = detail["id"]
+    provenance = detail["provenance"] or {}
+    content = detail["content"] or {}
+    demo = bool(provenance.get("demo"))
+    instances = {
+        i.sop_instance_uid: i
+        for i in session.scalars(
+            select(Instance).where(
+                Instance.sop_instance_uid.in_([im["sop_instance_uid"] for im in detail["images"]])
+            )
+        )
+    }
+    images = []
+    for image in sorted(
+        detail["images"], key=lambda im: not viewmodel.is_frontal(im["view_position"] or "")
+    ):
+        instance = instances.get(image["sop_instance_uid"])
+        window = (
+            viewmodel.image_window(settings.archive_dir / instance.path)
+            if instance
+            else viewmodel.Window(0, 4095, None, None)
+        )
+        images.append({**image, "window": window, "src": f"{image['png']}?boxes=false"})
+    findings = []
+    for number, finding in enumerate(content.get("findings", []), start=1):
+        findings.append(
+            {
+                **finding,
+                "number": number,
+                "urgent": viewmodel.is_urgent(finding["label"]),
+            }
+        )
+    prior_study, prior_images = viewmodel.prior_instances(session, detail.get("prior"))
+    prior = None
+    if prior_study is not None and prior_images:
+        first = prior_images[0]
+        prior = {
+            "study_date": prior_study.study_date,
+            "accession": prior_study.accession_number,
+            "description": prior_study.study_description,
+            "src": f"/reports/{report_id}/prior/{quote(first.sop_instance_uid)}.png",
+            "view_position": first.view_position,
+        }
+    state = detail["state"]
+    signed_version = None
+    if state in SIGNED_STATES:
+        signed_version = next(
+            (
+                v
+                for v in reversed(detail["versions"])
+                if v["action"] in ("sign", "amend", "correct")
+            ),
+            None,
+        )
+    return {
+        "d": detail,
+        "content": content,
+        "demo": demo,
+        "images": images,
+        "findings": findings,
+        "stages": viewmodel.stage_groups(provenance.get("stages")),
+        "prior": prior,
+        "prior_note": (detail.get("prior") or {}).get("none") or "",
+        "can_edit": user.role == Role.radiologist and state in EDITABLE,
+        "signed": state in SIGNED_STATES,
+        "signed_version": signed_version,
+        "signer": content.get("signer"),
+        "edit_reasons": [r.value for r in EditReason],
+        "sent": detail["sent"],
+        "image_max_size": IMAGE_MAX_SIZE,
+        "unsigned": state not in SIGNED_STATES,
+    }
+
+
+@router.get("/reports/{report_id}/prior/{sop_instance_uid}.png", response_model=None)
+def prior_png(
+    request: Request,
+    report_id: int,
+    sop_instance_uid: str,
+    session: DbSession,
+    user: PageUser,
+    window_center: float | None = None,
+    window_width: float | None = None,
+) -> Response:
+    """An image of the prior study this draft was compared with (not part of the report)."""
+    try:
+        report = lifecycle.get_report(session, report_id)
+    except NotFound:
+        return Response(status_code=404)
+    run = lifecycle.draft_run(session, report)
+    _study, instances = viewmodel.prior_instances(session, run.prior if run else None)
+    found = next((i for i in instances if i.sop_instance_uid == sop_instance_uid), None)
+    if found is None:
+        return Response(status_code=404)
+    png = render.render_png(
+        _settings(request).archive_dir / found.path,
+        window_center=window_center,
+        window_width=window_width,
+        max_size=IMAGE_MAX_SIZE,
+    )
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=60"})
+
+
+# -- queue (administrator) -------------------------------------------------------------------
+
+
+@router.get("/queue", response_class=HTMLResponse)
+def queue_page(request: Request, session: DbSession, user: PageUser) -> HTMLResponse:
+    if user.role != Role.admin:
+        return error_page(request, session, user, 403, "The queue page is for administrators.")
+    data = queue.queue_figures(session, _settings(request))
+    return page(
+        request,
+        "queue.html",
+        {"title": "Queue", "q": data, "now": utcnow()},
+        session=session,
+        user=user,
+    )
+
+
+@router.get("/queue/data.json", response_model=None)
+def queue_data(request: Request, session: DbSession, user: PageUser) -> Response:
+    """The queue page's figures; the page fetches this every few seconds."""
+    if user.role != Role.admin:
+        return JSONResponse({"detail": "administrators only"}, status_code=403)
+    data = queue.queue_figures(session, _settings(request))
+    return JSONResponse(data, headers={"Cache-Control": "no-store"})

@@ -1,0 +1,63 @@
+"""The whole web app: the review API (``report_drafts.api``), the pages, and ``/metrics``.
+
+``raddraft web`` serves :func:`create_web_app`. The API app brings ``/api``, ``/fhir``, ``/docs``,
+``/healthz`` and ``/readyz``; this module adds the review desk and queue pages
+(:mod:`report_drafts.pages`) and the Prometheus metrics (:mod:`report_drafts.metrics`).
+"""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from raddraft.settings import Settings, get_settings
+from report_drafts import metrics, pages
+
+
+def create_web_app(settings: Settings | None = None) -> FastAPI:
+    """The API app with the pages and ``/metrics`` added."""
+    from report_drafts.api import create_app
+
+    settings = settings or get_settings()
+    app = create_app(settings)
+    pages.install(app, settings)
+    _add_metrics(app, settings)
+    _ensure_health(app)
+    return app
+
+
+def _add_metrics(app: FastAPI, settings: Settings) -> None:
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus(request: Request) -> Response:
+        """Counts only (no patient data), so it is open to the scraper like ``/healthz``."""
+        session = request.app.state.sessionmaker()
+        try:
+            body = metrics.collect(session, settings)
+        finally:
+            session.close()
+        return Response(body, media_type=metrics.CONTENT_TYPE)
+
+
+def _ensure_health(app: FastAPI) -> None:
+    """``/healthz`` and ``/readyz`` for the orchestrator, unless the API already has them."""
+    paths = {getattr(route, "path", None) for route in app.routes}
+    if "/healthz" not in paths:
+
+        @app.get("/healthz", include_in_schema=False)
+        def healthz() -> dict[str, str]:
+            return {"status": "ok"}
+
+    if "/readyz" not in paths:
+
+        @app.get("/readyz", include_in_schema=False)
+        def readyz(request: Request) -> JSONResponse:
+            try:
+                with request.app.state.sessionmaker() as session:
+                    session.execute(text("SELECT 1"))
+            except Exception as error:  # any failure means "not ready"
+                return JSONResponse({"status": "unavailable", "error": str(error)[:200]}, 503)
+            return JSONResponse({"status": "ok"})
+
+
+__all__ = ["create_web_app"]
