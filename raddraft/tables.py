@@ -9,7 +9,12 @@ from sqlalchemy import MetaData
 from raddraft.db import Base
 
 # Each folder's table module; a folder added later appends its own here.
-TABLE_MODULES = ("raddraft.jobs", "dicom_listener.tables", "report_drafts.tables")
+TABLE_MODULES = (
+    "raddraft.jobs",
+    "dicom_listener.tables",
+    "report_drafts.tables",
+    "worker.tables",
+)
 
 
 def metadata() -> MetaData:

@@ -48,10 +48,13 @@ def _lease_kept(job_id: int, lease: dt.timedelta) -> Iterator[None]:
         thread.join()
 
 
-def run_job(job_id: int, handler: Handler) -> str:
+def run_job(
+    job_id: int, handler: Handler, on_dead: Callable[[dict[str, Any], str], None] | None = None
+) -> str:
     """Run ``handler`` for job ``job_id`` unless another worker has it or it is finished.
 
     Returns what happened: ``skipped`` (not claimed), ``done``, ``retry`` or ``dead``.
+    ``on_dead`` gets the job's arguments and the error when the job is dead-lettered.
     """
     settings = get_settings()
     lease = dt.timedelta(seconds=settings.job_lease_seconds)
@@ -67,10 +70,11 @@ def run_job(job_id: int, handler: Handler) -> str:
     try:
         with _lease_kept(job_id, lease):
             timings = handler(job_id, args) or {}
-    except PermanentError as error:
-        return _failed(job_id, error, transient=False)
     except Exception as error:
-        return _failed(job_id, error, transient=True)
+        outcome = _failed(job_id, error, transient=not isinstance(error, PermanentError))
+        if outcome == "dead" and on_dead is not None:
+            on_dead(args, f"{type(error).__name__}: {error}")
+        return outcome
     timings = {
         "queued_s": round(waited, 4),
         "run_s": round(time.monotonic() - started, 4),

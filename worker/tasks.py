@@ -24,7 +24,7 @@ PING = "raddraft.ping"
 def draft_study(job_id: int) -> str:
     from worker import pipeline
 
-    return run_job(job_id, pipeline.draft_job)
+    return run_job(job_id, pipeline.draft_job, on_dead=pipeline.draft_failed)
 
 
 @shared_task(name=EXPORT_DICOM)

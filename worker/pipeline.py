@@ -1,0 +1,218 @@
+"""The processor: from a complete, eligible study version to a stored draft.
+
+``draft_job`` is the body of the ``raddraft.draft_study`` task. It is safe to run twice for the
+same study version (a re-delivered message, a worker killed mid-draft): the lifecycle stores one
+draft per study version and returns the existing one to a second caller, and the tracking UIDs
+of findings are derived from the study version, so a re-run says the same thing in the same words.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from pydicom.uid import generate_uid
+
+import dicom_listener
+import models
+from raddraft import __version__ as raddraft_version
+from raddraft.db import session_scope
+from raddraft.logging import kv
+from raddraft.settings import Settings, get_settings
+from report_drafts import lifecycle
+from report_drafts.content import Algorithm, Box, Finding, ReportContent
+from worker import priors
+from worker.errors import PermanentError
+
+log = logging.getLogger(__name__)
+
+_reader: models.Reader | None = None
+
+
+def reader_config(settings: Settings) -> models.ReaderConfig:
+    return models.ReaderConfig(
+        model=settings.model,
+        data_dir=settings.data_dir,
+        backend=settings.model_backend,
+        device=settings.model_device,
+        dtype=settings.model_dtype,
+        server_url=settings.model_server_url,
+        reasoning_stages=frozenset(settings.reasoning_stages),
+        max_new_tokens=settings.max_new_tokens,
+    )
+
+
+def load_reader(settings: Settings) -> models.ModelInfo:
+    """Load the model for this process (once); a worker calls this before taking tasks."""
+    global _reader
+    if _reader is None:
+        _reader = models.load_reader(reader_config(settings))
+        log.info(
+            "model loaded %s",
+            kv(
+                model=_reader.model.model_id, demo=_reader.model.demo, backend=_reader.model.backend
+            ),
+        )
+    return _reader.model
+
+
+def draft_job(job_id: int, args: dict[str, Any]) -> dict[str, Any]:
+    """Draft study version ``args["study_version_pk"]``; returns stage timings in seconds."""
+    settings = get_settings()
+    version_pk = int(args["study_version_pk"])
+    with session_scope() as session:
+        study = dicom_listener.study_for_version(session, version_pk)
+        if priors.is_retrieved_prior(session, study.study_instance_uid):
+            log.info(
+                "not drafting a study fetched as a prior %s", kv(study=study.study_instance_uid)
+            )
+            return {"skipped": "retrieved as a prior"}
+        existing = lifecycle.report_for_study_version(session, version_pk)
+        if existing is not None and existing.current_version > 0:
+            return {"skipped": "already drafted"}
+        lifecycle.mark_state(session, version_pk, "drafting")
+        images = priors.frontal_first(dicom_listener.version_images(session, version_pk))
+    current = _current_images(images)
+    if not current:
+        raise PermanentError(f"study version {version_pk} has no image to read")
+
+    timings: dict[str, Any] = {}
+    prior = priors.find_prior(settings, study)
+    timings["prior_s"] = round(prior.seconds, 4)
+
+    started = time.monotonic()
+    load_reader(settings)
+    assert _reader is not None
+    reading = _reader.read(
+        [models.StudyImage.from_path(image.path) for image in current],
+        [models.StudyImage.from_path(image.path) for image in prior.images] or None,
+        indication=study.indication or None,
+    )
+    timings["model_s"] = round(time.monotonic() - started, 4)
+
+    started = time.monotonic()
+    content = report_content(reading, study_version_uid=f"{study.study_instance_uid}.v{version_pk}")
+    algorithm = Algorithm(
+        name=reading.model.model_id,
+        version=reading.model.revision or "unversioned",
+        program_version=f"raddraft {raddraft_version}; {reading.program_version}",
+        demo=reading.model.demo,
+    )
+    run = {
+        "stages": stage_rows(reading),
+        "reading": reading.to_json(),
+        "settings": reading.settings,
+        "prior": prior.to_json(),
+        "timings": timings,
+    }
+    with session_scope() as session:
+        draft = lifecycle.record_draft(
+            session,
+            study_version_pk=version_pk,
+            content=content,
+            run=run,
+            algorithm=algorithm,
+            settings=settings,
+        )
+        draft_pk = draft.id
+    timings["build_s"] = round(time.monotonic() - started, 4)
+    log.info(
+        "drafted %s",
+        kv(
+            study=study.study_instance_uid,
+            version=version_pk,
+            report_version=draft_pk,
+            findings=len(content.findings),
+            prior=prior.source,
+            **timings,
+        ),
+    )
+    return timings
+
+
+def draft_failed(args: dict[str, Any], error: str) -> None:
+    """A draft job is dead: show the study as failed so an administrator can requeue it."""
+    with session_scope() as session:
+        lifecycle.mark_state(session, int(args["study_version_pk"]), "failed", reason=error)
+
+
+def _current_images(
+    images: list[dicom_listener.ArchivedImage],
+) -> list[dicom_listener.ArchivedImage]:
+    """What the model reads: the first frontal view and, when present, one lateral view."""
+    if not images:
+        return []
+    first = images[0]
+    others = [image for image in images[1:] if image.sop_instance_uid != first.sop_instance_uid]
+    lateral = [image for image in others if priors.is_lateral(image.view_position, image.view_code)]
+    return [first, *lateral[:1]]
+
+
+def report_content(reading: models.Reading, *, study_version_uid: str) -> ReportContent:
+    """The draft's text and findings from a reading; one grounded finding per box."""
+    findings: list[Finding] = []
+    for finding in reading.findings:
+        if not finding.present:
+            continue
+        boxes: list[models.Box | None] = list(finding.boxes) or [None]
+        for index, box in enumerate(boxes):
+            findings.append(
+                Finding(
+                    # Derived, not random: a re-run of the same version gives the same UIDs.
+                    tracking_uid=generate_uid(
+                        entropy_srcs=[study_version_uid, finding.label, str(index)]
+                    ),
+                    label=finding.label,
+                    sop_instance_uid=box.sop_instance_uid if box else None,
+                    box=Box(box.x1, box.y1, box.x2, box.y2) if box else None,
+                    laterality=finding.laterality,
+                    site=finding.site,
+                    certainty=finding.confidence,
+                )
+            )
+    return ReportContent(
+        findings_text=reading.findings_text,
+        impression=reading.impression,
+        progression=reading.progression_text,
+        findings=tuple(findings),
+        extra={
+            "view": reading.view,
+            "quality": reading.quality,
+            "quality_warnings": list(reading.quality_warnings),
+            "unparsed": list(reading.unparsed),
+        },
+    )
+
+
+def stage_rows(reading: models.Reading) -> list[dict[str, Any]]:
+    """One row per question asked, in order, for the review page's stage list."""
+    rows: list[dict[str, Any]] = []
+    for stage in reading.stages:
+        if stage.skipped:
+            rows.append(
+                {
+                    "stage": stage.stage,
+                    "name": stage.name,
+                    "question": "",
+                    "answer": "",
+                    "reasoning": "",
+                    "seconds": 0.0,
+                    "skipped": stage.skip_reason,
+                }
+            )
+        for turn in stage.turns:
+            rows.append(
+                {
+                    "stage": stage.stage,
+                    "name": stage.name,
+                    "kind": turn.kind,
+                    "question": turn.question,
+                    "answer": turn.answer,
+                    "reasoning": turn.reasoning,
+                    "seconds": round(turn.seconds, 3),
+                    "tokens": turn.completion_tokens,
+                    "parsed": turn.parsed,
+                }
+            )
+    return rows
