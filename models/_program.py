@@ -167,35 +167,54 @@ class _Session:
         *,
         images: Sequence[tuple[int, Image.Image]] = (),
         target: str | None = None,
+        sample: bool = False,
     ) -> Turn:
-        """Ask one question as the next user turn and keep the answer in the conversation."""
+        """Ask one question as the next user turn and keep the answer in the conversation.
+
+        With ``sample``, also draw ``consistency_samples`` sampled answers to the very same
+        conversation (right away, while the prefix cache still holds it); they stay out of the
+        conversation and land in ``Turn.samples``.
+        """
         prompt = self._prompt(stage, question)
         asked = self.conversation.then(Message("user", prompt, tuple(image for _, image in images)))
         generation = self.backend.generate(asked, self._options())
         self.conversation = asked.then(Message("assistant", generation.text))
-        return self._turn(stage, kind, prompt, generation, target, [i for i, _ in images])
+        turn = self._turn(stage, kind, prompt, generation, target, [i for i, _ in images])
+        if sample:
+            turn.samples = self._sample(asked)
+        return turn
 
     def ask_all(
-        self, stage: StageResult, kind: str, questions: Sequence[tuple[str, str | None]]
+        self,
+        stage: StageResult,
+        kind: str,
+        questions: Sequence[tuple[str, str | None]],
+        *,
+        sample: bool = False,
     ) -> list[Turn]:
         """Text-only questions of one stage: in turn, or as branches of the shared prefix when
         the stage is in ``branch_stages`` (each then sees the conversation up to the stage, not
         its siblings; all questions and answers join the conversation afterwards, in order)."""
         if stage.stage not in self.config.branch_stages or len(questions) < 2:
-            return [self.ask(stage, kind, q, target=t) for q, t in questions]
+            return [self.ask(stage, kind, q, target=t, sample=sample) for q, t in questions]
         prompts = [self._prompt(stage, q) for q, _ in questions]
         branches = [self.conversation.then(Message("user", p)) for p in prompts]
         generations = self.backend.generate_batch(branches, self._options())
         turns = []
-        for prompt, (_, target), generation in zip(prompts, questions, generations, strict=True):
+        for prompt, (_, target), generation, branch in zip(
+            prompts, questions, generations, branches, strict=True
+        ):
             self.conversation = self.conversation.then(
                 Message("user", prompt), Message("assistant", generation.text)
             )
-            turns.append(self._turn(stage, kind, prompt, generation, target, []))
+            turn = self._turn(stage, kind, prompt, generation, target, [])
+            if sample:
+                turn.samples = self._sample(branch)
+            turns.append(turn)
         return turns
 
-    def sample(self, question_conversation: Conversation) -> Generation:
-        """``consistency_samples`` sampled answers to a question, outside the conversation."""
+    def _sample(self, asked: Conversation) -> list[str]:
+        """``consistency_samples`` answers sampled at ``consistency_temperature``."""
         options = DecodeOptions(
             max_new_tokens=self.config.max_new_tokens,
             do_sample=True,
@@ -203,7 +222,7 @@ class _Session:
             n=self.config.consistency_samples,
             seed=self.config.seed,
         )
-        return self.backend.generate(question_conversation, options)
+        return self.backend.generate(asked, options).texts
 
 
 class Reader:
@@ -315,9 +334,9 @@ class Reader:
             )
             for label in self.config.findings_vocabulary
         ]
-        before = session.conversation
-        turns = session.ask_all(stage, "presence", questions)
-        for (question, label), turn in zip(questions, turns, strict=True):
+        sample = self.config.consistency_samples > 0
+        turns = session.ask_all(stage, "presence", questions, sample=sample)
+        for (_, label), turn in zip(questions, turns, strict=True):
             choice = parse_choice(turn.answer, P.PRESENCE_OPTIONS)
             finding = Finding(
                 label=label,
@@ -326,16 +345,14 @@ class Reader:
             )
             if choice.index is None:
                 turn.parsed, turn.parse_note = False, "neither yes nor no"
-            if self.config.consistency_samples > 0:
-                # Sampled against the conversation as it stood before the stage, so the
-                # confidence does not depend on sibling answers or on branch/sequential order.
-                prompt = session._prompt(stage, question)
-                samples = session.sample(before.then(Message("user", prompt)))
+            if sample and finding.present is not None:
+                # Sampled from the same conversation the greedy answer came from: the
+                # confidence is that of this answer, in its context. (An answer not understood
+                # gets none: agreement on gibberish is not confidence in a finding.)
                 answers = [
                     parse_choice(self._answer(stage.mode, t), P.PRESENCE_OPTIONS).index
-                    for t in samples.texts
+                    for t in turn.samples
                 ]
-                turn.samples = samples.texts
                 finding.confidence = consistency(answers, len(P.PRESENCE_OPTIONS))
             reading.findings.append(finding)
 

@@ -225,3 +225,21 @@ def test_sampling_gives_n_answers(backend: TransformersBackend, current: StudyIm
     greedy = backend.generate(conversation, DecodeOptions(max_new_tokens=6)).text
     backend.prefix_cache = False
     assert backend.generate(conversation, DecodeOptions(max_new_tokens=6)).text == greedy
+
+
+def test_self_consistency_on_the_tiny_model(
+    backend: TransformersBackend, current: StudyImage
+) -> None:
+    reading = make_reader(backend, consistency_samples=4, consistency_temperature=1.5).read(
+        [current]
+    )
+    for finding, turn in zip(reading.findings, reading.stages[1].turns, strict=True):
+        assert len(turn.samples) == 4
+        if finding.present is None:
+            assert finding.confidence is None
+        else:
+            assert finding.confidence is not None and 0.0 <= finding.confidence <= 1.0
+    # Sampling must not disturb the greedy conversation: same texts as without it.
+    backend.reset_cache()
+    plain = make_reader(backend).read([current])
+    assert texts(plain) == texts(reading)

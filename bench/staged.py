@@ -1,0 +1,162 @@
+"""Time the eight-stage reading of a two-image study, with and without prefix KV-cache reuse.
+
+    python bench/staged.py [--model PATH_OR_HUB_ID] [--max-new-tokens 16] [--repeats 2]
+
+Default model: the tiny random-weight checkpoint, built fresh into a temporary folder. Variants,
+each with the same max new tokens per turn (the random model rarely stops early, so every turn
+writes about that many tokens):
+
+* staged, no reuse: stock ``model.generate`` on the whole conversation for every turn;
+* staged, reuse: the prefix cache (images encoded once, earlier turns never re-read);
+* staged, reuse + stage-2 branches: presence questions decoded as one batch from the shared
+  prefix (a different conversation: siblings do not see each other's answers);
+* single: one findings prompt on the current image alone.
+
+Each variant runs ``--repeats`` times after one warm-up; the best time counts (the machine is
+shared). The last line is ``RESULT staged_over_single=<x> reuse_speedup=<y>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+
+def radiograph(rows: int, cols: int, seed: int) -> Dataset:
+    """A 12-bit synthetic chest-sized radiograph (smooth noise plus a bright block)."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.integers(300, 3500, size=(rows // 64 + 1, cols // 64 + 1)).astype(np.float64)
+    pixels = np.kron(coarse, np.ones((64, 64)))[:rows, :cols]
+    pixels[rows // 3 : rows // 2, cols // 4 : cols // 2] = 4000
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    ds.SOPInstanceUID = generate_uid()
+    ds.Modality, ds.ViewPosition = "DX", "PA"
+    ds.Rows, ds.Columns = rows, cols
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    return ds
+
+
+def best(run: Callable[[], object], repeats: int) -> tuple[float, object]:
+    """Best wall time of ``repeats`` runs after one warm-up, and the last result."""
+    run()
+    times, result = [], None
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = run()
+        times.append(time.perf_counter() - started)
+    return min(times), result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model", default="", help="hub id or folder (default: tiny, built fresh)")
+    parser.add_argument("--max-new-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    args = parser.parse_args()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from models import (
+        Conversation,
+        DecodeOptions,
+        Message,
+        ModelInfo,
+        Reader,
+        ReaderConfig,
+        StudyImage,
+        build_tiny,
+        load_backend,
+        prepare_image,
+    )
+    from models._prompts import FINDINGS_PROMPT, QWEN_SYSTEM_PROMPT
+
+    scratch = tempfile.TemporaryDirectory()
+    model = args.model or str(build_tiny(Path(scratch.name) / "tiny"))
+    base = ReaderConfig(
+        model=model,
+        data_dir=Path(scratch.name),
+        device=args.device,
+        dtype=args.dtype,
+        max_new_tokens=args.max_new_tokens,
+    )
+    backend, info = load_backend(base)
+    print(
+        f"model {info.model_id} (demo={info.demo}) on {getattr(backend, 'device', '?')}, "
+        f"torch threads {torch.get_num_threads()}, max_new_tokens {args.max_new_tokens}"
+    )
+
+    current = StudyImage.from_dataset(radiograph(2048, 1700, 1))
+    prior = StudyImage.from_dataset(radiograph(2000, 1800, 2))
+
+    def staged(reuse: bool, branches: frozenset[int] = frozenset()) -> Callable[[], object]:
+        config = ReaderConfig(**{**base.__dict__, "prefix_cache": reuse, "branch_stages": branches})
+        reader = Reader(
+            backend, config, ModelInfo(info.model_id, info.revision, info.demo, "bench", "")
+        )
+
+        def run() -> object:
+            backend.prefix_cache = reuse  # type: ignore[attr-defined]
+            backend.reset_cache()  # type: ignore[attr-defined]
+            return reader.read([current], [prior])
+
+        return run
+
+    image, geometry = prepare_image(current.dataset)
+    single_conversation = Conversation(
+        QWEN_SYSTEM_PROMPT, (Message("user", FINDINGS_PROMPT, (image,)),)
+    )
+
+    def single() -> object:
+        backend.prefix_cache = True  # type: ignore[attr-defined]
+        backend.reset_cache()  # type: ignore[attr-defined]
+        backend._images.clear()  # type: ignore[attr-defined]  # a fresh image, encoded once
+        return backend.generate(
+            single_conversation, DecodeOptions(max_new_tokens=args.max_new_tokens)
+        )
+
+    no_reuse, reading = best(staged(False), args.repeats)
+    turns = sum(len(s.turns) for s in reading.stages)  # type: ignore[attr-defined]
+    prompt_tokens = reading.prompt_tokens  # type: ignore[attr-defined]
+    reuse, reused_reading = best(staged(True), args.repeats)
+    same = [t.raw for s in reading.stages for t in s.turns] == [  # type: ignore[attr-defined]
+        t.raw
+        for s in reused_reading.stages
+        for t in s.turns  # type: ignore[attr-defined]
+    ]
+    branched, _ = best(staged(True, frozenset({2})), args.repeats)
+    alone, generation = best(single, args.repeats)
+
+    print(
+        f"study: current {current.dataset.Columns}x{current.dataset.Rows} and prior, "
+        f"model image {geometry.model_size[0]}x{geometry.model_size[1]}, {turns} turns, "
+        f"{prompt_tokens} prompt tokens over all turns without reuse"
+    )
+    print(f"staged, no reuse        {no_reuse:8.3f} s")
+    print(f"staged, prefix reuse    {reuse:8.3f} s   (same text as no reuse: {same})")
+    print(f"staged, reuse+branches  {branched:8.3f} s   (stage-2 presence questions batched)")
+    print(f"single findings prompt  {alone:8.3f} s   ({generation.prompt_tokens} prompt tokens)")  # type: ignore[attr-defined]
+    print(f"RESULT staged_over_single={reuse / alone:.2f} reuse_speedup={no_reuse / reuse:.2f}")
+    scratch.cleanup()
+
+
+if __name__ == "__main__":
+    main()
