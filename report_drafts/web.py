@@ -16,7 +16,7 @@ from report_drafts import metrics, pages
 
 
 def create_web_app(settings: Settings | None = None) -> FastAPI:
-    """The API app with the pages and ``/metrics`` added."""
+    """The API app with the pages (installed once, whoever installs them) and ``/metrics``."""
     from report_drafts.api import create_app
 
     settings = settings or get_settings()

@@ -20,7 +20,14 @@ STATIC_DIR = Path(__file__).parent / "static"
 
 
 def install(app: FastAPI, settings: Settings) -> None:
-    """Add the pages to ``app``; the API then also accepts the pages' cookie session."""
+    """Add the pages to ``app``; the API then also accepts the pages' cookie session.
+
+    Idempotent: ``create_app`` installs the pages itself, and :func:`report_drafts.web
+    .create_web_app` calls this again to be sure they are there.
+    """
+    if getattr(app.state, "pages_installed", False):
+        return
+    app.state.pages_installed = True
     app.state.page_signer = page_session.Signer(page_session.load_secret(settings))
     resolvers = getattr(app.state, "session_resolvers", None)
     if resolvers is None:

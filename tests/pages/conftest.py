@@ -119,9 +119,9 @@ def new_page(browser: object, live_server: LiveServer) -> Iterator[Callable[[], 
         context.close()  # type: ignore[attr-defined]
 
 
-def shot(page: object, name: str) -> Path:
-    """Save a screenshot of the page as a test artifact."""
+def shot(page: object, name: str, *, full_page: bool = False) -> Path:
+    """Save a screenshot of the page (the 1280x800 window, or all of it) as a test artifact."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=False)  # type: ignore[attr-defined]
+    page.screenshot(path=str(path), full_page=full_page)  # type: ignore[attr-defined]
     return path

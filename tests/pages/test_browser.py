@@ -17,6 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+from dicom_listener.tables import Study, StudyVersion
 from raddraft import jobs
 from report_drafts.content import ReportContent
 from report_drafts.tables import Report, ReportVersion
@@ -75,11 +76,24 @@ def test_radiologist_reviews_and_signs(
     overlay = page.locator(".frame:not([hidden]) svg.overlay")
     expect(overlay.locator("g.box")).to_have_count(3)
     assert overlay.get_attribute("viewBox") == "0 0 448 512"
+    # The overlay sits on the image's stored pixels, whatever the displayed size.
+    page.wait_for_function("document.querySelector('.frame:not([hidden]) img').complete")
+    image = page.locator(".frame:not([hidden]) img").bounding_box()
+    rect = overlay.locator(f'g[data-finding="{seeded.pneumothorax_uid}"] rect').bounding_box()
+    assert image is not None and rect is not None
+    scale = image["width"] / 448
+    assert abs(image["height"] / 512 - scale) < 0.01
+    for got, want in (
+        (rect["x"] - image["x"], 250.0),
+        (rect["y"] - image["y"], 40.0),
+        (rect["width"], 150.0),
+        (rect["height"], 130.0),
+    ):
+        assert abs(got - want * scale) <= 3, (got, want * scale)
     # The eight stages are there, collapsed.
     expect(page.locator("details.stage-details")).to_have_count(8)
     assert page.locator("details.stage-details[open]").count() == 0
     expect(page.locator(".prior img")).to_be_visible()
-    page.wait_for_function("document.querySelector('.frame:not([hidden]) img').complete")
     shot(page, "03-review")
 
     # Toggle the pneumothorax box off and on.
@@ -208,8 +222,23 @@ def test_admin_requeues_a_dead_export(
         job = session.get(jobs.Job, seeded.dead_export_job)
         assert job is not None and job.state == jobs.JobState.pending and job.attempts == 0
 
+    # Requeue the failed draft; force the study still receiving images to complete.
+    page.locator("#q-failed").get_by_role("button", name=re.compile("^Requeue")).click()
+    expect(page.locator("#q-failed")).to_contain_text("No failed drafts.")
+    page.locator("#q-open").get_by_role("button", name=re.compile("^Force completion")).click()
+    expect(page.locator("#q-open")).to_contain_text("No study is waiting for more images.")
+    with Session(engine) as session:
+        failed = session.get(Report, seeded.failed_report)
+        assert failed is not None and failed.state == "queued"
+        versions = session.scalars(
+            select(StudyVersion.state)
+            .join(Study, Study.id == StudyVersion.study_pk)
+            .where(Study.accession_number == "ACC-1005")
+        ).all()
+        assert versions == ["complete"]
+
     # The page refreshes itself: a new worker's heartbeat appears without a reload.
     with Session(engine) as session:
         jobs.beat(session, "gpu-worker@node2", queues="gpu", model="StanfordAIMI/CheXOne")
     expect(page.locator("#q-workers")).to_contain_text("gpu-worker@node2", timeout=12_000)
-    shot(page, "08-queue-after-requeue")
+    shot(page, "08-queue-after-requeue", full_page=True)

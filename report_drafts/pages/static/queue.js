@@ -107,7 +107,7 @@
     ])) : empty("No failed drafts."),
     "q-open": (d) => d.open_versions.length ? table("Open study versions", ["Study", "Version", "Quiet for", ""], d.open_versions.map((v) => [
       v.accession || v.study_instance_uid, v.number, seconds(v.quiet_s),
-      actionButton("Force completion", "/api/admin/study-versions/" + v.study_version_pk + "/force-complete", "study " + (v.accession || v.study_instance_uid)),
+      actionButton("Force completion", "/api/admin/studies/" + encodeURIComponent(v.study_instance_uid) + "/force-complete", "study " + (v.accession || v.study_instance_uid)),
     ])) : empty("No study is waiting for more images."),
     "q-latency": (d) => {
       const rows = d.latency.filter((l) => l.n > 0);
