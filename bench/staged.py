@@ -1,6 +1,6 @@
 """Time the eight-stage reading of a two-image study, with and without prefix KV-cache reuse.
 
-    python bench/staged.py [--model PATH_OR_HUB_ID] [--max-new-tokens 16] [--repeats 2]
+    python bench/staged.py [--model PATH_OR_HUB_ID] [--max-new-tokens 16] [--repeats 3]
 
 Default model: the tiny random-weight checkpoint, built fresh into a temporary folder. Variants,
 each with the same max new tokens per turn (the random model rarely stops early, so every turn
@@ -12,8 +12,11 @@ writes about that many tokens):
   prefix (a different conversation: siblings do not see each other's answers);
 * single: one findings prompt on the current image alone.
 
-Each variant runs ``--repeats`` times after one warm-up; the best time counts (the machine is
-shared). The last line is ``RESULT staged_over_single=<x> reuse_speedup=<y>``.
+Each variant runs ``--repeats`` times after one warm-up; the best time counts. Both wall-clock
+and process CPU time are printed. On the CPU the RESULT uses CPU time with one torch thread
+(``--clock auto``): on a small machine shared with other work, wall time scatters threefold from
+run to run while CPU time measures this process's own work. On a GPU it uses wall time.
+The last line is ``RESULT staged_over_single=<x> reuse_speedup=<y>``.
 """
 
 from __future__ import annotations
@@ -52,28 +55,39 @@ def radiograph(rows: int, cols: int, seed: int) -> Dataset:
     return ds
 
 
-def best(run: Callable[[], object], repeats: int) -> tuple[float, object]:
-    """Best wall time of ``repeats`` runs after one warm-up, and the last result."""
+def best(run: Callable[[], object], repeats: int) -> tuple[float, float, object]:
+    """Best wall and best CPU time of ``repeats`` runs after one warm-up, and the last result."""
     run()
-    times, result = [], None
+    walls, cpus, result = [], [], None
     for _ in range(repeats):
-        started = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         result = run()
-        times.append(time.perf_counter() - started)
-    return min(times), result
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return min(walls), min(cpus), result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="", help="hub id or folder (default: tiny, built fresh)")
     parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch CPU threads; 1 keeps timings steady on a shared machine (0: torch's default)",
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--clock", choices=["auto", "wall", "cpu"], default="auto")
     args = parser.parse_args()
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     from models import (
         Conversation,
@@ -133,28 +147,44 @@ def main() -> None:
             single_conversation, DecodeOptions(max_new_tokens=args.max_new_tokens)
         )
 
-    no_reuse, reading = best(staged(False), args.repeats)
+    no_reuse = best(staged(False), args.repeats)
+    reading = no_reuse[2]
     turns = sum(len(s.turns) for s in reading.stages)  # type: ignore[attr-defined]
     prompt_tokens = reading.prompt_tokens  # type: ignore[attr-defined]
-    reuse, reused_reading = best(staged(True), args.repeats)
+    reuse = best(staged(True), args.repeats)
     same = [t.raw for s in reading.stages for t in s.turns] == [  # type: ignore[attr-defined]
         t.raw
-        for s in reused_reading.stages
+        for s in reuse[2].stages
         for t in s.turns  # type: ignore[attr-defined]
     ]
-    branched, _ = best(staged(True, frozenset({2})), args.repeats)
-    alone, generation = best(single, args.repeats)
+    branched = best(staged(True, frozenset({2})), args.repeats)
+    alone = best(single, args.repeats)
 
+    on_gpu = str(getattr(backend, "device", "cpu")).startswith("cuda")
+    clock = args.clock if args.clock != "auto" else ("wall" if on_gpu else "cpu")
+    pick = 0 if clock == "wall" else 1
     print(
         f"study: current {current.dataset.Columns}x{current.dataset.Rows} and prior, "
         f"model image {geometry.model_size[0]}x{geometry.model_size[1]}, {turns} turns, "
         f"{prompt_tokens} prompt tokens over all turns without reuse"
     )
-    print(f"staged, no reuse        {no_reuse:8.3f} s")
-    print(f"staged, prefix reuse    {reuse:8.3f} s   (same text as no reuse: {same})")
-    print(f"staged, reuse+branches  {branched:8.3f} s   (stage-2 presence questions batched)")
-    print(f"single findings prompt  {alone:8.3f} s   ({generation.prompt_tokens} prompt tokens)")  # type: ignore[attr-defined]
-    print(f"RESULT staged_over_single={reuse / alone:.2f} reuse_speedup={no_reuse / reuse:.2f}")
+    print("variant                  wall s    cpu s")
+    for name, timing, note in (
+        ("staged, no reuse", no_reuse, ""),
+        ("staged, prefix reuse", reuse, f"same text as no reuse: {same}"),
+        ("staged, reuse+branches", branched, "stage-2 presence questions batched"),
+        ("single findings prompt", alone, f"{alone[2].prompt_tokens} prompt tokens"),  # type: ignore[attr-defined]
+    ):
+        print(f"{name:24s} {timing[0]:7.3f}  {timing[1]:7.3f}   {note}")
+    print(
+        f"wall: reuse_speedup={no_reuse[0] / reuse[0]:.2f} branches_speedup="
+        f"{no_reuse[0] / branched[0]:.2f}; cpu: reuse_speedup={no_reuse[1] / reuse[1]:.2f} "
+        f"branches_speedup={no_reuse[1] / branched[1]:.2f}; RESULT uses {clock} time"
+    )
+    print(
+        f"RESULT staged_over_single={reuse[pick] / alone[pick]:.2f} "
+        f"reuse_speedup={no_reuse[pick] / reuse[pick]:.2f}"
+    )
     scratch.cleanup()
 
 

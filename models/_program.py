@@ -225,6 +225,10 @@ class _Session:
         return self.backend.generate(asked, options).texts
 
 
+_BACKEND_LOCKS: dict[int, threading.Lock] = {}
+_LOCKS_GUARD = threading.Lock()
+
+
 class Reader:
     """Runs the staged reading of one study at a time (see :func:`models.load_reader`)."""
 
@@ -232,7 +236,10 @@ class Reader:
         self.backend = backend
         self.config = config
         self.model = model
-        self._lock = threading.Lock()  # one backend, one KV cache: one reading at a time
+        # One backend holds one KV cache: one reading at a time per backend, whichever Reader
+        # (load_reader hands out a new Reader around the same cached backend each call).
+        with _LOCKS_GUARD:
+            self._lock = _BACKEND_LOCKS.setdefault(id(backend), threading.Lock())
 
     @property
     def demo(self) -> bool:
