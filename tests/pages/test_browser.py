@@ -38,6 +38,38 @@ def sign_in(page: Page, *, username: str = "", token: str = "", goto: str = "/wo
     page.get_by_role("button", name="Sign in").click()
 
 
+A11Y_PROBLEMS = """() => {
+  const problems = [];
+  const name = (el) => (el.getAttribute('aria-label') || el.textContent || el.value || '').trim();
+  for (const el of document.querySelectorAll('input:not([type=hidden]), select, textarea')) {
+    const labelled = (el.id && document.querySelector(`label[for="${el.id}"]`)) ||
+      el.closest('label') || el.getAttribute('aria-label') || el.getAttribute('aria-labelledby');
+    if (!labelled) problems.push('unlabelled ' + el.outerHTML.slice(0, 80));
+  }
+  for (const el of document.querySelectorAll('button, a[href], summary')) {
+    if (!name(el)) problems.push('no name ' + el.outerHTML.slice(0, 80));
+  }
+  for (const el of document.querySelectorAll('img')) {
+    if (!el.hasAttribute('alt')) problems.push('no alt ' + el.outerHTML.slice(0, 80));
+  }
+  if (!document.documentElement.lang) problems.push('no lang');
+  if (document.querySelectorAll('h1').length !== 1) problems.push('not one h1');
+  const ids = [...document.querySelectorAll('[id]')].map((e) => e.id);
+  const dup = ids.filter((id, i) => ids.indexOf(id) !== i);
+  if (dup.length) problems.push('duplicate ids ' + dup.join(','));
+  return problems;
+}"""
+
+
+def assert_accessible(page: Page) -> None:
+    """Every control labelled, every button/link named, images with alt, one h1, unique ids;
+    the first Tab reaches the skip link."""
+    assert page.evaluate(A11Y_PROBLEMS) == []
+    page.locator("body").focus()
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.className") == "skip-link"
+
+
 def finding_item(page: Page, uid: str) -> Any:
     return page.locator(f'li.finding[data-uid="{uid}"]')
 
@@ -59,6 +91,7 @@ def test_radiologist_reviews_and_signs(
     expect(rows.first).to_contain_text("STAT")
     expect(rows.first.locator(".flag-urgent")).to_contain_text("Pneumothorax")
     expect(page.locator('tr:has-text("ACC-1003") .badge-demo')).to_be_visible()
+    assert_accessible(page)
     shot(page, "02-worklist")
 
     # Filters keep to the query string.
@@ -77,7 +110,7 @@ def test_radiologist_reviews_and_signs(
     expect(overlay.locator("g.box")).to_have_count(3)
     assert overlay.get_attribute("viewBox") == "0 0 448 512"
     # The overlay sits on the image's stored pixels, whatever the displayed size.
-    page.wait_for_function("document.querySelector('.frame:not([hidden]) img').complete")
+    page.wait_for_function("() => document.querySelector('.frame:not([hidden]) img').complete")
     image = page.locator(".frame:not([hidden]) img").bounding_box()
     rect = overlay.locator(f'g[data-finding="{seeded.pneumothorax_uid}"] rect').bounding_box()
     assert image is not None and rect is not None
@@ -94,7 +127,20 @@ def test_radiologist_reviews_and_signs(
     expect(page.locator("details.stage-details")).to_have_count(8)
     assert page.locator("details.stage-details[open]").count() == 0
     expect(page.locator(".prior img")).to_be_visible()
+    assert_accessible(page)
     shot(page, "03-review")
+
+    # Window/level re-renders the API's PNG with the window asked for; zoom enlarges the frame.
+    current = page.locator(".frame:not([hidden]) img")
+    page.locator("#wl-width").fill("1000")
+    expect(current).to_have_attribute("src", re.compile(r"window_width=1000"))
+    width_before = current.bounding_box()["width"]  # type: ignore[index]
+    page.locator("#zoom-in").click()
+    expect(page.locator("#zoom-level")).to_have_text("150%")
+    assert current.bounding_box()["width"] > width_before * 1.4  # type: ignore[index]
+    page.locator("#zoom-fit").click()
+    page.locator("#wl-reset").click()
+    expect(current).not_to_have_attribute("src", re.compile(r"window_width"))
 
     # Toggle the pneumothorax box off and on.
     box = overlay.locator(f'g[data-finding="{seeded.pneumothorax_uid}"]')
@@ -111,11 +157,23 @@ def test_radiologist_reviews_and_signs(
     expect(overlay.locator(f'g.rejected[data-finding="{seeded.effusion_uid}"]')).to_have_count(1)
     expect(page.locator("#version-label")).to_have_text("version 2")
 
-    # Keyboard: j selects the first finding, a accepts it.
+    # Edit a finding's label.
+    devices = page.locator("li.finding").nth(2)
+    devices.get_by_text("Edit", exact=True).click()
+    devices.get_by_label("Label").fill("Central venous catheter")
+    devices.get_by_role("button", name="Save finding").click()
+    expect(devices.locator(".label")).to_have_text("Central venous catheter")
+    expect(page.locator("#version-label")).to_have_text("version 3")
+
+    # Keyboard: ? opens the help, j selects the first finding, a accepts it.
     page.locator("body").click(position={"x": 5, "y": 5})
+    page.keyboard.press("?")
+    expect(page.locator("#help-dialog")).to_be_visible()
+    page.keyboard.press("Escape")
+    expect(page.locator("#help-dialog")).to_be_hidden()
     page.keyboard.press("j")
     page.keyboard.press("a")
-    expect(page.locator("#version-label")).to_have_text("version 3")
+    expect(page.locator("#version-label")).to_have_text("version 4")
 
     # Edit the impression; sign with the reason "content" (saves the text first).
     impression = "1. New right apical pneumothorax. Clinician informed."
@@ -151,6 +209,7 @@ def test_radiologist_reviews_and_signs(
         by_uid = {f.tracking_uid: f for f in content.findings}
         assert by_uid[seeded.effusion_uid].accepted is False
         assert by_uid[seeded.pneumothorax_uid].accepted is True
+        assert "Central venous catheter" in {f.label for f in content.findings}
 
 
 def test_reader_sees_no_sign_buttons_and_the_server_refuses(
@@ -167,6 +226,7 @@ def test_reader_sees_no_sign_buttons_and_the_server_refuses(
     expect(page.get_by_role("button", name="Reject")).to_have_count(0)
     expect(page.get_by_role("button", name="Accept")).to_have_count(0)
     expect(page.locator("#readonly-note")).to_contain_text("role (reader)")
+    assert_accessible(page)
     # The reader can still look: boxes toggle.
     expect(page.locator("svg.overlay g.box")).to_have_count(1)
     shot(page, "06-reader-demo-draft")
@@ -214,6 +274,7 @@ def test_admin_requeues_a_dead_export(
     expect(page.locator("#q-latency")).to_contain_text("run_s")
     expect(page.locator("#q-disk")).to_contain_text("% used")
     expect(page.locator("#q-oldest")).to_contain_text("ACC-1001")
+    assert_accessible(page)
     shot(page, "07-queue")
 
     dead.first.get_by_role("button", name=re.compile("^Requeue")).click()

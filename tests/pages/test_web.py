@@ -138,6 +138,11 @@ def test_cookie_session_needs_csrf_and_the_right_role(
     ok = client.post(f"/api/reports/{report}/edit", json=body, headers={"X-CSRF-Token": csrf})
     assert ok.status_code == 200, ok.text
     assert ok.json()["version"]["actor"] == "curie"
+    # A report without a draft (drafting failed) opens read-only instead of failing.
+    failed = client.get(f"/reports/{seeded.failed_report}")
+    assert failed.status_code == 200
+    assert 'id="sign-btn"' not in failed.text and "cannot be changed here" in failed.text
+    assert client.get("/reports/999999").status_code == 404
     # A radiologist is no administrator.
     assert client.get("/queue").status_code == 403
     assert client.get("/queue/data.json").status_code == 403
