@@ -1,0 +1,54 @@
+"""Fixtures for the pipeline tests: a tiny checkpoint, Orthanc, environments for a stack."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.conftest import REDIS_URL
+from tests.orthanc import orthanc, orthanc_factory  # noqa: F401
+from tests.worker.model_server import ScriptedModelServer
+
+REDIS_TEST_DB = 8
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random-weight Qwen2.5-VL, built once, loaded by workers like CheXOne."""
+    from models import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("model") / "tiny-qwen2.5-vl")
+
+
+@pytest.fixture
+def scripted_model() -> Iterator[ScriptedModelServer]:
+    with ScriptedModelServer() as server:
+        yield server
+
+
+@pytest.fixture
+def production_env(postgres_url: str, tmp_path: Path) -> dict[str, str]:
+    """PostgreSQL and Redis, as in production (docker-compose)."""
+    from raddraft import migrate
+
+    migrate.upgrade(postgres_url)
+    broker = REDIS_URL.rsplit("/", 1)[0] + f"/{REDIS_TEST_DB}"
+    redis.Redis.from_url(broker).flushdb()
+    return {
+        "RADDRAFT_DATABASE_URL": postgres_url,
+        "RADDRAFT_BROKER_URL": broker,
+        "RADDRAFT_DATA_DIR": str(tmp_path / "data"),
+    }
+
+
+@pytest.fixture
+def embedded_env(tmp_path: Path) -> dict[str, str]:
+    """The laptop default: SQLite and the filesystem broker in the data directory."""
+    return {
+        "RADDRAFT_DATA_DIR": str(tmp_path / "data"),
+        "RADDRAFT_DATABASE_URL": "",
+        "RADDRAFT_BROKER_URL": "",
+    }

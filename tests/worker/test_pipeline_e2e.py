@@ -1,0 +1,275 @@
+"""From a modality's push to a draft and DICOM results in a real PACS, with real processes.
+
+Every test runs RadDraft as separate processes (listener, dispatcher, Celery workers) against a
+real Orthanc; DCMTK storescu is the modality. The model is either the tiny random-weight
+checkpoint loaded through ``from_pretrained`` (the real path), or a scripted OpenAI-compatible
+server where a test needs predictable grounded findings.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from sqlalchemy import func, select
+
+from raddraft import jobs
+from raddraft.db import session_scope
+from report_drafts.tables import DraftRun, ReportVersion
+from tests.builders.helpers import dciodvfy_ok, dcmpschk_ok
+from tests.dicom_factory import StudyIds, make_study
+from tests.orthanc import OrthancServer
+from tests.processes import wait_for
+from tests.stack import Stack
+from tests.worker.model_server import ScriptedModelServer
+
+pytestmark = pytest.mark.slow
+
+SR_CLASSES = {"1.2.840.10008.5.1.4.1.1.88.34", "1.2.840.10008.5.1.4.1.1.88.33"}
+GSPS_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"
+
+
+def _scripted(server: ScriptedModelServer) -> dict[str, str]:
+    return {
+        "RADDRAFT_MODEL_BACKEND": "openai",
+        "RADDRAFT_MODEL_SERVER_URL": server.url,
+        "RADDRAFT_MODEL": "StanfordAIMI/CheXOne",
+    }
+
+
+def _tiny(path: Path) -> dict[str, str]:
+    return {"RADDRAFT_MODEL": str(path), "RADDRAFT_ALLOW_DEMO_EXPORT": "true"}
+
+
+def _objects_in_orthanc(orthanc: OrthancServer, study_uid: str) -> dict[str, list[str]]:
+    """SOP Instance UIDs in Orthanc's copy of the study, by kind."""
+    kinds: dict[str, list[str]] = {"sr": [], "gsps": [], "image": []}
+    for instance in orthanc.study_instances(study_uid):
+        tags = orthanc.instance_tags(instance["MainDicomTags"]["SOPInstanceUID"])
+        kind = (
+            "sr"
+            if tags["SOPClassUID"] in SR_CLASSES
+            else "gsps"
+            if tags["SOPClassUID"] == GSPS_CLASS
+            else "image"
+        )
+        kinds[kind].append(tags["SOPInstanceUID"])
+    return kinds
+
+
+def _download(orthanc: OrthancServer, sop_uid: str, folder: Path) -> Path:
+    orthanc_id = next(h["ID"] for h in orthanc.lookup(sop_uid) if h["Type"] == "Instance")
+    path = folder / f"{sop_uid}.dcm"
+    path.write_bytes(orthanc.rest(f"/instances/{orthanc_id}/file"))
+    return path
+
+
+def _run(stack: Stack, study_version_pk: int) -> dict[str, Any]:
+    with session_scope(stack.engine) as session:
+        run = session.scalar(select(DraftRun).where(DraftRun.study_version_pk == study_version_pk))
+        assert run is not None
+        return {"prior": run.prior, "stages": run.stages}
+
+
+def test_two_view_study_reaches_pacs_as_sr_and_gsps(
+    production_env: dict[str, str],
+    orthanc: OrthancServer,
+    scripted_model: ScriptedModelServer,
+    tmp_path: Path,
+) -> None:
+    """PostgreSQL + Redis: push, draft, SR and GSPS in Orthanc's copy of the study, valid."""
+    ids, files = make_study(tmp_path / "study", ("PA", "LATERAL"), rows=640, cols=520)
+    orthanc.upload(files[0])
+    orthanc.upload(files[1])
+    env = {
+        **production_env,
+        **_scripted(scripted_model),
+        "RADDRAFT_DESTINATIONS": str(orthanc.dicom_node),
+    }
+    stack = Stack(tmp_path / "logs", env).start()
+    try:
+        stack.push(files)
+        report = stack.wait_for_draft(ids.study_uid)
+        stack.wait_for_jobs("raddraft.export_dicom", {"done"}, 1)
+    finally:
+        stack.stop()
+
+    with session_scope(stack.engine) as session:
+        draft = session.scalar(select(ReportVersion).where(ReportVersion.report_pk == report.id))
+        assert draft is not None and draft.status == "preliminary"
+        labels = {f["label"].lower() for f in draft.content["findings"]}
+    assert "pleural effusion" in labels
+    # The model saw the frontal image first, then the lateral, in the first turn.
+    assert scripted_model.image_counts("view of this chest X-ray")[0] == 2
+
+    found = _objects_in_orthanc(orthanc, ids.study_uid)
+    assert len(found["sr"]) == 1 and len(found["gsps"]) == 1, found
+    sr_path = _download(orthanc, found["sr"][0], tmp_path)
+    gsps_path = _download(orthanc, found["gsps"][0], tmp_path)
+    dciodvfy_ok(sr_path)
+    dciodvfy_ok(gsps_path)
+    dcmpschk_ok(gsps_path)
+    sr = pydicom.dcmread(sr_path)
+    assert sr.StudyInstanceUID == ids.study_uid
+    assert sr.VerificationFlag == "UNVERIFIED" and sr.PreliminaryFlag == "PRELIMINARY"
+    gsps = pydicom.dcmread(gsps_path)
+    referenced = gsps.ReferencedSeriesSequence[0].ReferencedImageSequence[0]
+    assert referenced.ReferencedSOPInstanceUID == pydicom.dcmread(files[0]).SOPInstanceUID
+
+
+def test_embedded_default_drafts_with_the_tiny_checkpoint(
+    embedded_env: dict[str, str], orthanc: OrthancServer, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """``raddraft up`` on SQLite and the filesystem broker, the model through from_pretrained."""
+    ids, files = make_study(tmp_path / "study", ("PA", "LATERAL"), rows=400, cols=360)
+    env = {
+        **embedded_env,
+        **_tiny(tiny_checkpoint),
+        "RADDRAFT_DESTINATIONS": str(orthanc.dicom_node),
+    }
+    stack = Stack(tmp_path / "logs", env, parts={"up": ["up", "--without", "web"]}).start()
+    try:
+        stack.push(files)
+        report = stack.wait_for_draft(ids.study_uid)
+        stack.wait_for_jobs("raddraft.export_dicom", {"done"}, 1)
+    finally:
+        stack.stop()
+    run = _run(stack, report.study_version_pk)
+    assert {row["stage"] for row in run["stages"]} >= {1, 2, 8}
+    assert run["prior"]["source"] == "none"
+    found = _objects_in_orthanc(orthanc, ids.study_uid)
+    assert len(found["sr"]) == 1, found
+    sr_path = _download(orthanc, found["sr"][0], tmp_path)
+    dciodvfy_ok(sr_path)
+    # A demo model's draft says so in the object that reaches PACS.
+    assert "random weights" in sr_path.read_bytes().decode("latin-1")
+
+
+def test_prior_from_archive_then_from_pacs(
+    production_env: dict[str, str],
+    orthanc_factory: Any,
+    scripted_model: ScriptedModelServer,
+    tmp_path: Path,
+) -> None:
+    stack = Stack(tmp_path / "logs", {**production_env, **_scripted(scripted_model)})
+    pacs = orthanc_factory(modalities={"RADDRAFT": ("127.0.0.1", stack.port)})
+    stack.env["RADDRAFT_QUERY_PACS"] = str(pacs.dicom_node)
+    stack.start()
+    try:
+        # A patient whose earlier study RadDraft itself received: the archive serves it.
+        older = StudyIds(patient_id="PRIOR1")
+        _, old_files = make_study(tmp_path / "old", ("PA",), ids=older, study_date="20250102")
+        stack.push(old_files)
+        stack.wait_for_draft(older.study_uid)
+        newer = StudyIds(patient_id="PRIOR1")
+        _, new_files = make_study(
+            tmp_path / "new", ("PA", "LATERAL"), ids=newer, study_date="20260102"
+        )
+        stack.push(new_files)
+        report = stack.wait_for_draft(newer.study_uid)
+        prior = _run(stack, report.study_version_pk)["prior"]
+        assert prior["source"] == "archive" and prior["study_instance_uid"] == older.study_uid
+        # The progression question carried two images: the prior and the current.
+        assert 2 in scripted_model.image_counts("trajectory")
+
+        # A patient whose earlier study only the PACS holds: C-FIND and C-MOVE bring it in.
+        in_pacs = StudyIds(patient_id="PRIOR2")
+        _, pacs_files = make_study(tmp_path / "pacs", ("PA",), ids=in_pacs, study_date="20240301")
+        for path in pacs_files:
+            pacs.upload(path)
+        current = StudyIds(patient_id="PRIOR2")
+        _, current_files = make_study(
+            tmp_path / "cur", ("PA", "LATERAL"), ids=current, study_date="20260301"
+        )
+        stack.push(current_files)
+        report = stack.wait_for_draft(current.study_uid)
+        prior = _run(stack, report.study_version_pk)["prior"]
+        assert prior["source"] == "pacs", prior
+        assert prior["study_instance_uid"] == in_pacs.study_uid
+        # The fetched prior completes like any study, but is never drafted itself.
+        wait_for(
+            lambda: any(
+                j.state == "done" and j.timings.get("skipped")
+                for j in stack.jobs("raddraft.draft_study")
+            ),
+            60,
+            "the fetched prior's draft job to be skipped",
+            stack.processes,
+        )
+        fetched = stack.report(in_pacs.study_uid)
+        assert fetched is None or fetched.current_version == 0
+    finally:
+        stack.stop()
+
+
+def test_worker_killed_mid_draft_gives_exactly_one_draft(
+    production_env: dict[str, str], tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    ids, files = make_study(tmp_path / "study", ("PA", "LATERAL"), rows=400, cols=360)
+    env = {**production_env, **_tiny(tiny_checkpoint), "RADDRAFT_MAX_NEW_TOKENS": "24"}
+    stack = Stack(tmp_path / "logs", env).start()
+    try:
+        stack.push(files)
+        running = stack.wait_for_jobs("raddraft.draft_study", {"running"}, 1, timeout=120)
+        time.sleep(1.0)  # well inside the model's work
+        stack.kill9("gpu-worker")
+        stack.start("gpu-worker")
+        report = stack.wait_for_draft(ids.study_uid)
+        done = stack.wait_for_jobs("raddraft.draft_study", {"done"}, 1)
+    finally:
+        stack.stop()
+    assert done[0].id == running[0].id and done[0].attempts == 2
+    with session_scope(stack.engine) as session:
+        versions = session.scalar(
+            select(func.count())
+            .select_from(ReportVersion)
+            .where(ReportVersion.report_pk == report.id)
+        )
+    assert versions == 1
+
+
+def test_pacs_down_then_up_and_a_permanent_rejection(
+    production_env: dict[str, str],
+    orthanc_factory: Any,
+    scripted_model: ScriptedModelServer,
+    tmp_path: Path,
+) -> None:
+    ids, files = make_study(tmp_path / "study", ("PA", "LATERAL"), rows=400, cols=360)
+    pacs = orthanc_factory()
+    strict = orthanc_factory(aet="STRICT", check_called_aet=True)
+    wrong_aet = f"NOTSTRICT@127.0.0.1:{strict.dicom_port}"
+    pacs.stop()
+    env = {
+        **production_env,
+        **_scripted(scripted_model),
+        "RADDRAFT_DESTINATIONS": f"{pacs.dicom_node},{wrong_aet}",
+    }
+    stack = Stack(tmp_path / "logs", env).start()
+    try:
+        stack.push(files)
+        stack.wait_for_draft(ids.study_uid)
+        dead = stack.wait_for_jobs("raddraft.export_dicom", {"dead"}, 1)
+        assert dead[0].args["destination"] == wrong_aet and dead[0].attempts == 1
+        # The PACS that is down: retried with backoff, not dead-lettered.
+        wait_for(
+            lambda: any(
+                j.args["destination"] == str(pacs.dicom_node) and j.attempts >= 2
+                for j in stack.jobs("raddraft.export_dicom")
+            ),
+            60,
+            "a second try at the PACS that is down",
+            stack.processes,
+        )
+        pacs.start()
+        stack.wait_for_jobs("raddraft.export_dicom", {"done"}, 1, timeout=120)
+        time.sleep(2)  # a dead job must stay dead: no retry loop
+        assert [
+            j.attempts for j in stack.jobs("raddraft.export_dicom") if j.state == jobs.JobState.dead
+        ] == [1]
+    finally:
+        stack.stop()
+    found = _objects_in_orthanc(pacs, ids.study_uid)
+    assert len(found["sr"]) == 1 and len(found["gsps"]) == 1, found
