@@ -300,6 +300,7 @@ class TransformersBackend:
 
         with torch.inference_mode():
             encoded = self.encode(conversation)
+            options = self._fit_context(int(encoded.ids.shape[0]), options)
             if self.prefix_cache:
                 return self._generate_cached(encoded, options)
             return self._generate_stock(encoded, options)
@@ -332,6 +333,24 @@ class TransformersBackend:
                     for e in encoded
                 ]
             return self._generate_branches(encoded, options)
+
+    def _fit_context(self, prompt_tokens: int, options: DecodeOptions) -> DecodeOptions:
+        """Shorten ``max_new_tokens`` so prompt plus answer fit the model's context."""
+        import dataclasses
+
+        text_config = getattr(self.model.config, "text_config", self.model.config)
+        limit = int(getattr(text_config, "max_position_embeddings", 32768))
+        room = limit - prompt_tokens
+        if room <= 0:
+            raise ValueError(
+                f"conversation of {prompt_tokens} tokens exceeds the context ({limit})"
+            )
+        if options.max_new_tokens > room:
+            log.warning(
+                "max_new_tokens cut from %d to %d to fit the context", options.max_new_tokens, room
+            )
+            return dataclasses.replace(options, max_new_tokens=room)
+        return options
 
     def reset_cache(self) -> None:
         """Forget the prefix cache (the next call runs its whole prompt)."""

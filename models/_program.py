@@ -105,6 +105,15 @@ def consistency(answers: Sequence[int | None], n_options: int) -> float:
     return 1.0 - entropy / math.log(n_options + 1)
 
 
+def _context_text(turn: Turn) -> str:
+    """What stays in the conversation as the model's answer: in reasoning mode the boxed
+    answer without its trace (traces of up to 2048 tokens over some 25 turns would overrun
+    CheXOne's 32k context); the whole output when no box was found."""
+    if turn.mode == "reasoning" and not turn.boxed_missing:
+        return turn.answer
+    return turn.raw
+
+
 class _Session:
     """One reading in progress: the conversation, its stages and the images it uses."""
 
@@ -178,8 +187,8 @@ class _Session:
         prompt = self._prompt(stage, question)
         asked = self.conversation.then(Message("user", prompt, tuple(image for _, image in images)))
         generation = self.backend.generate(asked, self._options())
-        self.conversation = asked.then(Message("assistant", generation.text))
         turn = self._turn(stage, kind, prompt, generation, target, [i for i, _ in images])
+        self.conversation = asked.then(Message("assistant", _context_text(turn)))
         if sample:
             turn.samples = self._sample(asked)
         return turn
@@ -204,10 +213,10 @@ class _Session:
         for prompt, (_, target), generation, branch in zip(
             prompts, questions, generations, branches, strict=True
         ):
-            self.conversation = self.conversation.then(
-                Message("user", prompt), Message("assistant", generation.text)
-            )
             turn = self._turn(stage, kind, prompt, generation, target, [])
+            self.conversation = self.conversation.then(
+                Message("user", prompt), Message("assistant", _context_text(turn))
+            )
             if sample:
                 turn.samples = self._sample(branch)
             turns.append(turn)

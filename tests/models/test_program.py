@@ -250,3 +250,12 @@ def test_picture_input_and_empty_input() -> None:
     assert reading.images[0].source == "picture" and reading.images[0].sop_instance_uid is None
     with pytest.raises(ValueError):
         reader(ScriptedBackend(script)).read([])
+
+
+def test_reasoning_traces_stay_out_of_the_context(current: StudyImage) -> None:
+    backend = ScriptedBackend(reasoning_script)
+    reader(backend, reasoning_stages=frozenset({1})).read([current])
+    last = backend.seen[-1]
+    answers = [t.text for t in last.turns if t.role == "assistant"]
+    assert answers[0] == "(b) AP"  # stage 1, reasoning: the boxed answer only
+    assert answers[2].startswith("**Thinking Process:**")  # stage 2, instruction: all of it

@@ -243,3 +243,21 @@ def test_self_consistency_on_the_tiny_model(
     backend.reset_cache()
     plain = make_reader(backend).read([current])
     assert texts(plain) == texts(reading)
+
+
+def test_answers_are_cut_to_fit_the_context(
+    backend: TransformersBackend, current: StudyImage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from models import prepare_image
+
+    image, _ = prepare_image(current.dataset)
+    conversation = Conversation("s", (Message("user", "Write the findings.", (image,)),))
+    length = int(backend.encode(conversation).ids.shape[0])
+    text_config = backend.model.config.text_config
+    monkeypatch.setattr(text_config, "max_position_embeddings", length + 3)
+    assert (
+        backend.generate(conversation, DecodeOptions(max_new_tokens=50)).completion_tokens[0] <= 3
+    )
+    monkeypatch.setattr(text_config, "max_position_embeddings", length)
+    with pytest.raises(ValueError, match="exceeds the context"):
+        backend.generate(conversation, DecodeOptions(max_new_tokens=50))
