@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,27 +39,7 @@ def sign_in(page: Page, *, username: str = "", token: str = "", goto: str = "/wo
     page.get_by_role("button", name="Sign in").click()
 
 
-A11Y_PROBLEMS = """() => {
-  const problems = [];
-  const name = (el) => (el.getAttribute('aria-label') || el.textContent || el.value || '').trim();
-  for (const el of document.querySelectorAll('input:not([type=hidden]), select, textarea')) {
-    const labelled = (el.id && document.querySelector(`label[for="${el.id}"]`)) ||
-      el.closest('label') || el.getAttribute('aria-label') || el.getAttribute('aria-labelledby');
-    if (!labelled) problems.push('unlabelled ' + el.outerHTML.slice(0, 80));
-  }
-  for (const el of document.querySelectorAll('button, a[href], summary')) {
-    if (!name(el)) problems.push('no name ' + el.outerHTML.slice(0, 80));
-  }
-  for (const el of document.querySelectorAll('img')) {
-    if (!el.hasAttribute('alt')) problems.push('no alt ' + el.outerHTML.slice(0, 80));
-  }
-  if (!document.documentElement.lang) problems.push('no lang');
-  if (document.querySelectorAll('h1').length !== 1) problems.push('not one h1');
-  const ids = [...document.querySelectorAll('[id]')].map((e) => e.id);
-  const dup = ids.filter((id, i) => ids.indexOf(id) !== i);
-  if (dup.length) problems.push('duplicate ids ' + dup.join(','));
-  return problems;
-}"""
+A11Y_PROBLEMS = (Path(__file__).parent / "a11y.js").read_text()
 
 
 def assert_accessible(page: Page) -> None:
