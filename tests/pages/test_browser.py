@@ -175,6 +175,8 @@ def test_radiologist_reviews_and_signs(
     expect(page.locator("#sent-table")).to_contain_text("PACS@127.0.0.1:1")
     expect(page.get_by_role("button", name=re.compile("^Sign as"))).to_have_count(0)
     shot(page, "05-signed")
+    page.locator("#sent-table").scroll_into_view_if_needed()
+    shot(page, "05b-signed-sent")
 
     with Session(engine) as session:
         report = session.get(Report, seeded.urgent_report)
