@@ -3,83 +3,25 @@ a wrong control id, or nothing."""
 
 from __future__ import annotations
 
-import threading
 import time
-from collections.abc import Iterator
 
 import pytest
-from hl7apy.mllp import AbstractHandler, MLLPServer
 
 from report_drafts.content import ReportContent
 from report_drafts.hl7 import oru_r01, text_lines
 from report_drafts.mllp import (
-    END_BLOCK,
-    START_BLOCK,
     AckMismatchError,
     NoAckError,
     RejectedError,
-    control_id_of,
     frame,
     send_message,
     send_with_retries,
 )
 from tests.builders.helpers import TRICKY
 from tests.conftest import free_port
+from tests.mllp_listener import Listener
 
 CONTENT = ReportContent(findings_text=f"Effusion. {TRICKY}", impression="Effusion.")
-
-
-class Listener:
-    """What the listener answers next (a queue of codes, then ``default``), and what it got."""
-
-    def __init__(self) -> None:
-        self.script: list[str] = []
-        self.default = "AA"
-        self.received: list[str] = []
-        self.lock = threading.Lock()
-
-    def next_code(self, message: str) -> str:
-        with self.lock:
-            self.received.append(message)
-            return self.script.pop(0) if self.script else self.default
-
-
-def _ack(message: str, code: str) -> str:
-    control_id = "WRONG" if code == "WRONG" else control_id_of(message)
-    msa_code = "AA" if code == "WRONG" else code
-    segments = [
-        "MSH|^~\\&|RIS|GH|RADDRAFT|GH|20250301093000||ACK^R01^ACK|A1|P|2.5.1",
-        f"MSA|{msa_code}|{control_id}|{'rejected by test' if code != 'AA' else ''}",
-    ]
-    return (START_BLOCK + "\r".join(segments).encode() + END_BLOCK).decode()
-
-
-def _handler(listener: Listener) -> type[AbstractHandler]:
-    class Handler(AbstractHandler):
-        def reply(self) -> str:
-            code = listener.next_code(self.incoming_message)
-            if code == "SILENT":
-                time.sleep(1.5)  # longer than the client's time limit
-                return ""
-            return _ack(self.incoming_message, code)
-
-    return Handler
-
-
-@pytest.fixture
-def listener() -> Iterator[tuple[Listener, int]]:
-    state = Listener()
-    port = free_port()
-    server = MLLPServer("127.0.0.1", port, {"ORU^R01^ORU_R01": (_handler(state),)}, timeout=5)
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield state, port
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def _message(control_id: str = "RD000001") -> str:
@@ -153,8 +95,9 @@ def test_retries_until_accepted(listener: tuple[Listener, int]) -> None:
     state, port = listener
     state.script = ["AE", "SILENT", "AR"]
     waits: list[float] = []
-    ack = send_with_retries("127.0.0.1", port, _message(), attempts=4, backoff=0.1,
-                            timeout=0.5, sleep=waits.append)
+    ack = send_with_retries(
+        "127.0.0.1", port, _message(), attempts=4, backoff=0.1, timeout=0.5, sleep=waits.append
+    )
     assert ack.code == "AA"
     assert len(state.received) == 4
     assert waits == [0.1, 0.2, 0.4]
@@ -165,8 +108,9 @@ def test_retries_give_up(listener: tuple[Listener, int]) -> None:
     state.default = "AE"
     waits: list[float] = []
     with pytest.raises(RejectedError):
-        send_with_retries("127.0.0.1", port, _message(), attempts=3, backoff=0.01,
-                          timeout=5, sleep=waits.append)
+        send_with_retries(
+            "127.0.0.1", port, _message(), attempts=3, backoff=0.01, timeout=5, sleep=waits.append
+        )
     assert len(state.received) == 3 and len(waits) == 2
 
 
@@ -174,7 +118,8 @@ def test_permanent_rejection_not_retried(listener: tuple[Listener, int]) -> None
     state, port = listener
     state.default = "CR"
     with pytest.raises(RejectedError) as caught:
-        send_with_retries("127.0.0.1", port, _message(), attempts=5, backoff=0.01,
-                          timeout=5, sleep=lambda _: None)
+        send_with_retries(
+            "127.0.0.1", port, _message(), attempts=5, backoff=0.01, timeout=5, sleep=lambda _: None
+        )
     assert not caught.value.transient
     assert len(state.received) == 1

@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from tests.conftest import REDIS_URL
+from tests.mllp_listener import listener  # noqa: F401
 from tests.orthanc import orthanc, orthanc_factory  # noqa: F401
 from tests.worker.model_server import ScriptedModelServer
 

@@ -1,0 +1,67 @@
+"""A real HL7 v2 MLLP listener for tests (hl7apy's MLLPServer): answers AA, AE, AR, CR, a wrong
+control id or nothing, as scripted, and keeps what it received."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from hl7apy.mllp import AbstractHandler, MLLPServer
+
+from report_drafts.mllp import END_BLOCK, START_BLOCK, control_id_of
+from tests.conftest import free_port
+
+
+class Listener:
+    """What the listener answers next (a queue of codes, then ``default``), and what it got."""
+
+    def __init__(self) -> None:
+        self.script: list[str] = []
+        self.default = "AA"
+        self.received: list[str] = []
+        self.lock = threading.Lock()
+
+    def next_code(self, message: str) -> str:
+        with self.lock:
+            self.received.append(message)
+            return self.script.pop(0) if self.script else self.default
+
+
+def _ack(message: str, code: str) -> str:
+    control_id = "WRONG" if code == "WRONG" else control_id_of(message)
+    msa_code = "AA" if code == "WRONG" else code
+    segments = [
+        "MSH|^~\\&|RIS|GH|RADDRAFT|GH|20250301093000||ACK^R01^ACK|A1|P|2.5.1",
+        f"MSA|{msa_code}|{control_id}|{'rejected by test' if code != 'AA' else ''}",
+    ]
+    return (START_BLOCK + "\r".join(segments).encode() + END_BLOCK).decode()
+
+
+def _handler(listener: Listener) -> type[AbstractHandler]:
+    class Handler(AbstractHandler):
+        def reply(self) -> str:
+            code = listener.next_code(self.incoming_message)
+            if code == "SILENT":
+                time.sleep(1.5)  # longer than the client's time limit
+                return ""
+            return _ack(self.incoming_message, code)
+
+    return Handler
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[Listener, int]]:
+    state = Listener()
+    port = free_port()
+    server = MLLPServer("127.0.0.1", port, {"ORU^R01^ORU_R01": (_handler(state),)}, timeout=5)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield state, port
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)

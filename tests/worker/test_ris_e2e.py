@@ -1,0 +1,165 @@
+"""The RIS hears of every step, in order: HL7 ORU P, F, C over MLLP and FHIR PUTs.
+
+Real processes throughout: the listener, dispatcher and workers, the web API a radiologist signs
+through, a real MLLP listener (hl7apy) as the RIS and a small FHIR server that records PUTs.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.conftest import free_port
+from tests.dicom_factory import make_study
+from tests.mllp_listener import Listener
+from tests.processes import wait_for
+from tests.stack import PARTS, Stack
+from tests.worker.model_server import ScriptedModelServer
+
+pytestmark = pytest.mark.slow
+
+
+class FhirServer:
+    """Accepts ``PUT /<Type>/<id>`` and keeps each resource body in arrival order."""
+
+    def __init__(self) -> None:
+        self.puts: list[dict[str, Any]] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.puts.append(body)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/fhir"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def statuses(self) -> list[str]:
+        return [r["status"] for r in self.puts if r["resourceType"] == "DiagnosticReport"]
+
+
+@pytest.fixture
+def fhir_server() -> Iterator[FhirServer]:
+    server = FhirServer()
+    yield server
+    server.httpd.shutdown()
+    server.httpd.server_close()
+
+
+def _obr25(message: str) -> str:
+    obr = next(s for s in message.replace("\n", "\r").split("\r") if s.startswith("OBR|"))
+    return obr.split("|")[25]
+
+
+def _raddraft(env: dict[str, str], *args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "raddraft", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return done.stdout
+
+
+def test_preliminary_final_and_corrected_reach_the_ris_in_order(
+    production_env: dict[str, str],
+    scripted_model: ScriptedModelServer,
+    listener: tuple[Listener, int],
+    fhir_server: FhirServer,
+    tmp_path: Path,
+) -> None:
+    ris, ris_port = listener
+    web_port = free_port()
+    env = {
+        **production_env,
+        "RADDRAFT_MODEL_BACKEND": "openai",
+        "RADDRAFT_MODEL_SERVER_URL": scripted_model.url,
+        "RADDRAFT_MODEL": "StanfordAIMI/CheXOne",
+        "RADDRAFT_RIS_MLLP": f"127.0.0.1:{ris_port}",
+        "RADDRAFT_FHIR_SERVER_URL": fhir_server.url,
+        "RADDRAFT_WEB_HOST": "127.0.0.1",
+        "RADDRAFT_WEB_PORT": str(web_port),
+    }
+    stack = Stack(tmp_path / "logs", env, parts={**PARTS, "web": ["web"]})
+    token = (
+        _raddraft(
+            stack.env,
+            "users",
+            "add",
+            "asmith",
+            "--role",
+            "radiologist",
+            "--display-name",
+            "Smith^Anna",
+        )
+        .strip()
+        .splitlines()[-1]
+    )
+    ids, files = make_study(tmp_path / "study", ("PA", "LATERAL"), rows=400, cols=360)
+    stack.start()
+    try:
+        stack.push(files)
+        report = stack.wait_for_draft(ids.study_uid)
+        wait_for(lambda: len(ris.received) >= 1, 90, "the preliminary ORU", stack.processes)
+        api = httpx.Client(
+            base_url=f"http://127.0.0.1:{web_port}/api",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        wait_for(lambda: _up(api), 60, "the web app", stack.processes)
+        detail = api.get(f"/reports/{report.id}").json()
+        signed = api.post(
+            f"/reports/{report.id}/sign",
+            json={"expected_version": detail["current_version"], "edit_reason": "none"},
+        )
+        assert signed.status_code == 200, signed.text
+        wait_for(lambda: len(ris.received) >= 2, 90, "the final ORU", stack.processes)
+        amended = api.post(
+            f"/reports/{report.id}/amend",
+            json={
+                "expected_version": signed.json()["version"]["number"],
+                "reason": "laterality",
+                "corrected": True,
+                "impression": "Moderate RIGHT pleural effusion.",
+            },
+        )
+        assert amended.status_code == 200, amended.text
+        wait_for(lambda: len(ris.received) >= 3, 90, "the corrected ORU", stack.processes)
+        wait_for(
+            lambda: len(fhir_server.statuses()) >= 3, 90, "three FHIR reports", stack.processes
+        )
+        control_id = ris.received[1].split("\r")[0].split("|")[9]
+        trace = _raddraft(stack.env, "trace", control_id)
+    finally:
+        stack.stop()
+
+    assert [_obr25(m) for m in ris.received] == ["P", "F", "C"]
+    assert "RIGHT pleural effusion" in ris.received[2]
+    assert fhir_server.statuses() == ["preliminary", "final", "corrected"]
+    assert any(r["resourceType"] == "Provenance" for r in fhir_server.puts)
+    assert "Smith" in trace and ids.study_uid in trace
+
+
+def _up(api: httpx.Client) -> bool:
+    try:
+        return api.get("/me").status_code == 200
+    except httpx.HTTPError:
+        return False
