@@ -260,15 +260,29 @@ class Reader:
         current: Sequence[StudyImage],
         prior: Sequence[StudyImage] | None = None,
         indication: str | None = None,
+        prior_report: str | None = None,
     ) -> Reading:
-        """The eight-stage reading of ``current`` (with ``prior`` for stage 5, when given)."""
+        """The eight-stage reading of ``current`` (with ``prior`` for stage 5, when given).
+
+        ``prior_report``, the prior study's signed report text, goes into stage 5's comparison
+        question when there is a prior image to compare with.
+        """
         if not current:
             raise ValueError("a reading needs at least one current image")
         with self._lock:
-            return self._read(list(current), list(prior or []), (indication or "").strip() or None)
+            return self._read(
+                list(current),
+                list(prior or []),
+                (indication or "").strip() or None,
+                (prior_report or "").strip() or None,
+            )
 
     def _read(
-        self, current: list[StudyImage], prior: list[StudyImage], indication: str | None
+        self,
+        current: list[StudyImage],
+        prior: list[StudyImage],
+        indication: str | None,
+        prior_report: str | None,
     ) -> Reading:
         started = time.perf_counter()
         config = self.config
@@ -293,7 +307,7 @@ class Reader:
             lambda: self._single(
                 session, 4, "relations", P.RELATIONS_QUESTION, reading, "relations_text"
             ),
-            lambda: self._stage5(session, reading, now, before),
+            lambda: self._stage5(session, reading, now, before, prior_report),
             lambda: self._single(session, 6, "trend", P.TREND_QUESTION, reading, "trend_text"),
             lambda: self._single(session, 7, "advice", P.ADVICE_QUESTION, reading, "advice_text"),
             lambda: self._stage8(session, reading),
@@ -444,7 +458,12 @@ class Reader:
         setattr(reading, attribute, turn.answer)
 
     def _stage5(
-        self, session: _Session, reading: Reading, now: list[_Prepared], before: list[_Prepared]
+        self,
+        session: _Session,
+        reading: Reading,
+        now: list[_Prepared],
+        before: list[_Prepared],
+        prior_report: str | None,
     ) -> None:
         stage = session.begin(5)
         if not before:
@@ -464,7 +483,8 @@ class Reader:
             finding.progression = choice.text
             if choice.index is None:
                 turn.parsed, turn.parse_note = False, "no progression option recognised"
-        session.ask(stage, "differences", P.DIFFERENCES_QUESTION)
+        prefix = P.PRIOR_REPORT_PREFIX.format(report=prior_report) if prior_report else ""
+        session.ask(stage, "differences", prefix + P.DIFFERENCES_QUESTION)
 
     def _stage8(self, session: _Session, reading: Reading) -> None:
         stage = session.begin(8)

@@ -53,6 +53,9 @@ RELATIONS_QUESTION = "How do the findings on this chest X-ray relate to each oth
 DIFFERENCES_QUESTION = (
     "What are the key differences between the current chest X-ray and the earlier ones?"
 )
+# When RadDraft holds the prior's signed report, the comparison question carries it, so the
+# model compares against what a radiologist actually said rather than its own reading alone.
+PRIOR_REPORT_PREFIX = 'The earlier chest X-ray was reported as: "{report}"\n'
 TREND_QUESTION = "Based on the chest X-ray analysis, what is the expected course of the findings?"
 ADVICE_QUESTION = "Offer recommendations based on the chest X-ray analysis."
 

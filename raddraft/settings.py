@@ -110,6 +110,11 @@ class Settings(BaseSettings):
     # Web
     web_host: str = "127.0.0.1"
     web_port: int = 8080
+    web_secret: str = Field(
+        default="",
+        description="Signs page sessions; the same on every web process. Empty: a random key "
+        "kept in the data directory (one host only).",
+    )
 
     log_level: str = "INFO"
 

@@ -88,6 +88,7 @@ def draft_job(job_id: int, args: dict[str, Any]) -> dict[str, Any]:
         [models.StudyImage.from_path(image.path) for image in current],
         [models.StudyImage.from_path(image.path) for image in prior.images] or None,
         indication=study.indication or None,
+        prior_report=prior.report_text,
     )
     timings["model_s"] = round(time.monotonic() - started, 4)
 

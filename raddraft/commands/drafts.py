@@ -95,14 +95,14 @@ def disable(name: str) -> None:
 @click.option("--host", default=None, help="Default: RADDRAFT_WEB_HOST.")
 @click.option("--port", type=int, default=None, help="Default: RADDRAFT_WEB_PORT.")
 def web(host: str | None, port: int | None) -> None:
-    """Serve the review API (and pages) with uvicorn."""
+    """Serve the review desk, the queue page, the API, FHIR and /metrics with uvicorn."""
     import uvicorn
 
-    from report_drafts.api import create_app
+    from report_drafts.web import create_web_app
 
     settings = get_settings()
     uvicorn.run(
-        create_app(settings),
+        create_web_app(settings),
         host=host or settings.web_host,
         port=port or settings.web_port,
         log_level=settings.log_level.lower(),

@@ -259,3 +259,16 @@ def test_reasoning_traces_stay_out_of_the_context(current: StudyImage) -> None:
     answers = [t.text for t in last.turns if t.role == "assistant"]
     assert answers[0] == "(b) AP"  # stage 1, reasoning: the boxed answer only
     assert answers[2].startswith("**Thinking Process:**")  # stage 2, instruction: all of it
+
+
+def test_prior_signed_report_goes_into_the_comparison(
+    current: StudyImage, prior: StudyImage
+) -> None:
+    backend = ScriptedBackend(script)
+    reader(backend).read([current], [prior], prior_report="Small left effusion.")
+    asked = [c.turns[-1].text for c in backend.seen if "key differences" in c.turns[-1].text]
+    assert asked and asked[0].startswith('The earlier chest X-ray was reported as: "Small left')
+    # Without a prior image there is nothing to compare, so the report is not asked about.
+    backend = ScriptedBackend(script)
+    reader(backend).read([current], None, prior_report="Small left effusion.")
+    assert not any("reported as" in c.turns[-1].text for c in backend.seen)

@@ -86,6 +86,20 @@ class ScriptedModelServer:
         self.httpd.shutdown()
         self.httpd.server_close()
 
+    def questions(self, prompt_part: str) -> list[str]:
+        """The last question of every request that contains ``prompt_part``."""
+        asked = []
+        for body in self.requests:
+            last = body["messages"][-1]["content"]
+            text = (
+                last
+                if isinstance(last, str)
+                else " ".join(p.get("text", "") for p in last if p.get("type") == "text")
+            )
+            if prompt_part in text:
+                asked.append(text)
+        return asked
+
     def image_counts(self, prompt_part: str) -> list[int]:
         """Images in the very turn of each question containing ``prompt_part``, in order."""
         counts = []

@@ -18,6 +18,7 @@ from sqlalchemy import func, select
 
 from raddraft import jobs
 from raddraft.db import session_scope
+from raddraft.settings import Settings
 from report_drafts.tables import DraftRun, ReportVersion
 from tests.builders.helpers import dciodvfy_ok, dcmpschk_ok
 from tests.dicom_factory import StudyIds, make_study
@@ -72,6 +73,32 @@ def _run(stack: Stack, study_version_pk: int) -> dict[str, Any]:
         run = session.scalar(select(DraftRun).where(DraftRun.study_version_pk == study_version_pk))
         assert run is not None
         return {"prior": run.prior, "stages": run.stages}
+
+
+def _sign(stack: Stack, report_pk: int, impression: str) -> None:
+    """A radiologist edits the impression and signs, through the lifecycle."""
+    from report_drafts import lifecycle
+    from report_drafts.users import add_user
+
+    with session_scope(stack.engine) as session:
+        user, _ = add_user(session, f"rad{report_pk}", "radiologist", display_name="Doe^Jane")
+        lifecycle.open_report(session, report_pk, user)
+        report = lifecycle.get_report(session, report_pk)
+        edited = lifecycle.edit_text(
+            session, report_pk, user, expected_version=report.current_version, impression=impression
+        )
+        settings = Settings(
+            data_dir=Path(stack.env["RADDRAFT_DATA_DIR"]),
+            database_url=stack.env["RADDRAFT_DATABASE_URL"],
+        )
+        lifecycle.sign(
+            session,
+            report_pk,
+            user,
+            expected_version=edited.number,
+            edit_reason="content",
+            settings=settings,
+        )
 
 
 def test_two_view_study_reaches_pacs_as_sr_and_gsps(
@@ -163,7 +190,8 @@ def test_prior_from_archive_then_from_pacs(
         older = StudyIds(patient_id="PRIOR1")
         _, old_files = make_study(tmp_path / "old", ("PA",), ids=older, study_date="20250102")
         stack.push(old_files)
-        stack.wait_for_draft(older.study_uid)
+        old_report = stack.wait_for_draft(older.study_uid)
+        _sign(stack, old_report.id, impression="Small left pleural effusion.")
         newer = StudyIds(patient_id="PRIOR1")
         _, new_files = make_study(
             tmp_path / "new", ("PA", "LATERAL"), ids=newer, study_date="20260102"
@@ -172,8 +200,13 @@ def test_prior_from_archive_then_from_pacs(
         report = stack.wait_for_draft(newer.study_uid)
         prior = _run(stack, report.study_version_pk)["prior"]
         assert prior["source"] == "archive" and prior["study_instance_uid"] == older.study_uid
-        # The progression question carried two images: the prior and the current.
+        # The progression question carried two images: the prior and the current; the
+        # comparison question carried the prior's signed report.
         assert 2 in scripted_model.image_counts("trajectory")
+        assert any(
+            "reported as" in q and "Small left pleural effusion" in q
+            for q in scripted_model.questions("key differences")
+        )
 
         # A patient whose earlier study only the PACS holds: C-FIND and C-MOVE bring it in.
         in_pacs = StudyIds(patient_id="PRIOR2")
