@@ -33,6 +33,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny random-weight Qwen2.5-VL, built once, loaded by workers like CheXOne."""
+    from models import build_tiny
+
+    return build_tiny(tmp_path_factory.mktemp("model") / "tiny-qwen2.5-vl")
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A new, empty PostgreSQL database for one test."""

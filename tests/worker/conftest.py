@@ -16,14 +16,6 @@ from tests.worker.model_server import ScriptedModelServer
 REDIS_TEST_DB = 8
 
 
-@pytest.fixture(scope="session")
-def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random-weight Qwen2.5-VL, built once, loaded by workers like CheXOne."""
-    from models import build_tiny
-
-    return build_tiny(tmp_path_factory.mktemp("model") / "tiny-qwen2.5-vl")
-
-
 @pytest.fixture
 def scripted_model() -> Iterator[ScriptedModelServer]:
     with ScriptedModelServer() as server:
