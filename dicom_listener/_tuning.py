@@ -11,6 +11,12 @@ Two changes, both behind pynetdicom's public switches or narrow, well-defined se
   a 10 MB image is ~2,500 calls. :func:`_recv_exact` fills one preallocated buffer with
   ``recv_into``: same contract (up to ``nr_bytes``, fewer only when the peer closed).
 
+- ``transport.deepcopy``: every accepted association deep-copies the server's supported
+  presentation contexts (~170 storage classes x 45 transfer syntaxes: 70-150 ms of CPU per
+  association here, more than storing a 10 MB image). Negotiation only reads them
+  (``presentation.negotiate_as_acceptor`` builds new result contexts), so a shallow list copy
+  is enough; ``deepcopy`` is used nowhere else in that module.
+
 If a pynetdicom release moves these seams, :func:`apply` leaves it untouched and the listener
 falls back to ``event.encoded_dataset()`` (slower, same result).
 """
@@ -19,11 +25,13 @@ from __future__ import annotations
 
 import logging
 import threading
+from copy import deepcopy as _deepcopy
 from pathlib import Path
 from typing import Any
 
 from pynetdicom import _config
 from pynetdicom import dimse_messages as _dimse_messages
+from pynetdicom import transport as _transport
 from pynetdicom.transport import AssociationSocket
 
 from dicom_listener.archive import Spool
@@ -49,6 +57,11 @@ def _recv_exact(self: AssociationSocket, nr_bytes: int) -> bytearray:
     return buffer
 
 
+def _share_contexts(value: Any, memo: Any = None) -> Any:
+    """Stand-in for ``deepcopy`` of the supported contexts: a new list, shared contexts."""
+    return list(value) if isinstance(value, list) else _deepcopy(value, memo)
+
+
 def _spool_factory(*_args: Any, **_kwargs: Any) -> Spool:
     directory = _spool_dir
     if directory is None:  # not set up by a listener: behave like a plain temp file
@@ -65,13 +78,17 @@ def apply(spool_dir: Path) -> bool:
         _spool_dir = spool_dir
         if _applied:
             return True
-        if not hasattr(_dimse_messages, "NamedTemporaryFile") or not hasattr(
-            AssociationSocket, "recv"
-        ):
+        seams = (
+            hasattr(_dimse_messages, "NamedTemporaryFile")
+            and hasattr(AssociationSocket, "recv")
+            and hasattr(_transport, "deepcopy")
+        )
+        if not seams:
             log.warning("pynetdicom internals changed; running without ingest tuning")
             return False
         _dimse_messages.NamedTemporaryFile = _spool_factory  # type: ignore[assignment]
         AssociationSocket.recv = _recv_exact  # type: ignore[method-assign]
+        _transport.deepcopy = _share_contexts  # type: ignore[assignment]
         _config.STORE_RECV_CHUNKED_DATASET = True
         _applied = True
         return True
