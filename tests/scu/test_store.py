@@ -65,7 +65,7 @@ def test_orthanc_down_is_transient_and_export_succeeds_once_it_is_back(
     image, sr, gsps, _ = results
     orthanc.stop()
     with pytest.raises(TransientExportError) as failure:
-        store(orthanc.dicom_node, [sr, gsps], calling_ae=RADDRAFT_AE, timeout=5)
+        store(orthanc.dicom_node, [sr, gsps], calling_ae=RADDRAFT_AE, timeout=30)
     assert failure.value.transient and failure.value.status is None
     assert "could not connect" in str(failure.value)
 
@@ -84,7 +84,7 @@ def test_orthanc_rejects_wrong_called_ae_permanently(
     pacs = orthanc_factory(check_called_aet=True)
     wrong = DicomNode("NOTORTHANC", "127.0.0.1", pacs.dicom_port)
     with pytest.raises(PermanentExportError) as failure:
-        store(wrong, [results[1]], calling_ae=RADDRAFT_AE, timeout=5)
+        store(wrong, [results[1]], calling_ae=RADDRAFT_AE, timeout=30)
     assert not failure.value.transient
     assert "Called AE title not recognised" in str(failure.value)
     assert pacs.instance_count() == 0
@@ -110,7 +110,7 @@ def test_association_rejection_follows_the_result_field(
 ) -> None:
     peer = raw_peer(associate_rj(result, source, reason))
     with pytest.raises(ScuError) as failure:
-        store(peer.node(), [results[1]], calling_ae=RADDRAFT_AE, timeout=5)
+        store(peer.node(), [results[1]], calling_ae=RADDRAFT_AE, timeout=30)
     assert type(failure.value) is expected
     assert "association rejected" in str(failure.value)
 
@@ -131,7 +131,7 @@ def test_pynetdicom_scp_requiring_its_called_ae_rejects_permanently(
     scp = fake_scp(require_called_aet=True)
     wrong = DicomNode("SOMEONEELSE", "127.0.0.1", scp.port)
     with pytest.raises(PermanentExportError):
-        store(wrong, [results[1]], calling_ae=RADDRAFT_AE, timeout=5)
+        store(wrong, [results[1]], calling_ae=RADDRAFT_AE, timeout=30)
     assert scp.received == []
 
 
@@ -155,7 +155,7 @@ def test_failure_status_classification(
     _, sr, gsps, _ = results
     scp = fake_scp(status=status)
     with pytest.raises(ScuError) as failure:
-        store(scp.node, [sr, gsps], calling_ae=RADDRAFT_AE, timeout=5)
+        store(scp.node, [sr, gsps], calling_ae=RADDRAFT_AE, timeout=30)
     error = failure.value
     assert type(error) is expected
     assert error.status == status
@@ -174,7 +174,7 @@ def test_warning_statuses_count_as_stored_and_are_recorded(
 ) -> None:
     _, sr, gsps, _ = results
     scp = fake_scp(status=status)
-    outcome = store(scp.node, [sr, gsps], calling_ae=RADDRAFT_AE, timeout=5)
+    outcome = store(scp.node, [sr, gsps], calling_ae=RADDRAFT_AE, timeout=30)
     assert outcome.stored == [sr.SOPInstanceUID, gsps.SOPInstanceUID]
     assert [w.status for w in outcome.warnings] == [status, status]
     assert scp.received_uids == {sr.SOPInstanceUID, gsps.SOPInstanceUID}
@@ -187,7 +187,7 @@ def test_unsupported_sop_class_is_permanent_and_nothing_is_sent(
     # This peer takes images and SR but not GSPS: refuse before sending anything.
     scp = fake_scp(sop_classes=(image.SOPClassUID, sr.SOPClassUID))
     with pytest.raises(PermanentExportError, match="Grayscale Softcopy") as failure:
-        store(scp.node, [sr, gsps], calling_ae=RADDRAFT_AE, timeout=5)
+        store(scp.node, [sr, gsps], calling_ae=RADDRAFT_AE, timeout=30)
     assert failure.value.status == 0x0122
     assert scp.received == []
 
@@ -197,7 +197,7 @@ def test_no_accepted_context_at_all_is_permanent(
 ) -> None:
     scp = fake_scp(sop_classes=(CTImageStorage,))
     with pytest.raises(PermanentExportError, match="no proposed presentation context"):
-        store(scp.node, [results[1]], calling_ae=RADDRAFT_AE, timeout=5)
+        store(scp.node, [results[1]], calling_ae=RADDRAFT_AE, timeout=30)
 
 
 def test_proposes_contexts_only_for_the_classes_sent(
@@ -212,7 +212,7 @@ def test_proposes_contexts_only_for_the_classes_sent(
         proposed.extend(str(cx.abstract_syntax) for cx in event.assoc.requestor.requested_contexts)
 
     scp.server.bind(evt.EVT_REQUESTED, _on_request)
-    store(scp.node, [sr, gsps], calling_ae=RADDRAFT_AE, timeout=5)
+    store(scp.node, [sr, gsps], calling_ae=RADDRAFT_AE, timeout=30)
     assert sorted(proposed) == sorted([str(sr.SOPClassUID), str(gsps.SOPClassUID)])
 
 

@@ -108,7 +108,7 @@ def test_tls_peer_with_an_untrusted_certificate_fails_permanently(
     sr = make_sr(make_cxr(rows=64, cols=64))
     client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)  # system CAs only
     with pytest.raises(PermanentExportError, match="CERTIFICATE_VERIFY_FAILED"):
-        store(node, [sr], calling_ae=RADDRAFT_AE, tls=client, timeout=5)
+        store(node, [sr], calling_ae=RADDRAFT_AE, tls=client, timeout=30)
     assert stored == []
 
 
