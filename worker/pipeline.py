@@ -146,7 +146,7 @@ def _current_images(
         return []
     first = images[0]
     others = [image for image in images[1:] if image.sop_instance_uid != first.sop_instance_uid]
-    lateral = [image for image in others if priors.is_lateral(image.view_position, image.view_code)]
+    lateral = [image for image in others if image.lateral]
     return [first, *lateral[:1]]
 
 

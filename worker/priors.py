@@ -17,7 +17,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import dicom_listener
-from dicom_listener.eligibility import is_frontal, is_lateral
 from dicom_listener.scu import ScuError, find_prior_studies, move_study
 from dicom_listener.tables import Study, StudyVersion
 from raddraft.db import session_scope
@@ -29,7 +28,7 @@ from worker.tables import RetrievedPrior
 
 log = logging.getLogger(__name__)
 
-__all__ = ["PriorChoice", "find_prior", "frontal_first", "is_lateral", "is_retrieved_prior"]
+__all__ = ["PriorChoice", "find_prior", "frontal_first", "is_retrieved_prior"]
 
 
 @dataclass(frozen=True)
@@ -58,7 +57,7 @@ class PriorChoice:
 
 def frontal_first(images: list[dicom_listener.ArchivedImage]) -> list[dicom_listener.ArchivedImage]:
     """Frontal views first (the model reads the first image as the main one), stable order."""
-    return sorted(images, key=lambda image: not is_frontal(image.view_position, image.view_code))
+    return sorted(images, key=lambda image: not image.frontal)
 
 
 def find_prior(settings: Settings, current: dicom_listener.StudyInfo) -> PriorChoice:
