@@ -31,6 +31,8 @@ Everything heavy (torch, transformers) is imported on first use, not on ``import
 
 from __future__ import annotations
 
+import dataclasses
+
 from models._backend import (
     Backend,
     Conversation,
@@ -59,16 +61,26 @@ from models._types import (
     Turn,
 )
 
+# Random weights write noise until the token limit; a short limit keeps demo mode quick on a
+# laptop CPU without changing anything a real model does.
+DEMO_MAX_NEW_TOKENS = 32
+
 
 def load_reader(config: ReaderConfig) -> Reader:
-    """A :class:`Reader` for ``config``; the model itself is loaded once per process."""
+    """A :class:`Reader` for ``config``; the model itself is loaded once per process.
+
+    The demo model answers at most :data:`DEMO_MAX_NEW_TOKENS` tokens per question.
+    """
     backend, info = cached_backend(config)
+    if info.demo and config.max_new_tokens > DEMO_MAX_NEW_TOKENS:
+        config = dataclasses.replace(config, max_new_tokens=DEMO_MAX_NEW_TOKENS)
     return Reader(backend, config, info)
 
 
 __all__ = [
     "CHEXONE_ID",
     "DEMO_LABEL",
+    "DEMO_MAX_NEW_TOKENS",
     "PROGRAM_VERSION",
     "Backend",
     "Box",

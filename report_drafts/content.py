@@ -112,9 +112,7 @@ class ReportContent:
     @property
     def grounded_findings(self) -> tuple[Finding, ...]:
         """Accepted findings with a box on a named image: the ones drawn in SR and GSPS."""
-        return tuple(
-            f for f in self.accepted_findings if f.box is not None and f.sop_instance_uid
-        )
+        return tuple(f for f in self.accepted_findings if f.box is not None and f.sop_instance_uid)
 
     def check_consistent(self) -> None:
         """Refuse a signed status without a signer: nothing AI-written leaves as final unsigned."""
@@ -145,9 +143,7 @@ class ReportContent:
 
     def text(self, *, demo: bool) -> str:
         """The full plain-text report (FHIR presentedForm, HL7 OBX lines), warnings included."""
-        return "\n\n".join(
-            f"{heading}:\n{body}" for heading, body in self.sections(demo=demo)
-        )
+        return "\n\n".join(f"{heading}:\n{body}" for heading, body in self.sections(demo=demo))
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -35,9 +35,7 @@ REQUIRED_SOURCE_ATTRIBUTES = (
     "AccessionNumber",
 )
 
-_PIXEL_KEYWORDS = frozenset(
-    {"PixelData", "FloatPixelData", "DoubleFloatPixelData", "OverlayData"}
-)
+_PIXEL_KEYWORDS = frozenset({"PixelData", "FloatPixelData", "DoubleFloatPixelData", "OverlayData"})
 
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
@@ -149,8 +147,12 @@ def device_uid_for(algorithm: Algorithm) -> str:
     """
     return str(
         generate_uid(
-            entropy_srcs=["raddraft-device", algorithm.name, algorithm.version,
-                          algorithm.program_version]
+            entropy_srcs=[
+                "raddraft-device",
+                algorithm.name,
+                algorithm.version,
+                algorithm.program_version,
+            ]
         )
     )
 

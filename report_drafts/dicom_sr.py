@@ -181,9 +181,7 @@ def _observation_context(
 
 
 def _text_item(name: CodedConcept, text: str) -> TextContentItem:
-    return TextContentItem(
-        name=name, value=text, relationship_type=RelationshipTypeValues.CONTAINS
-    )
+    return TextContentItem(name=name, value=text, relationship_type=RelationshipTypeValues.CONTAINS)
 
 
 def qualitative_evaluations(content: ReportContent, *, demo: bool) -> ContainerContentItem:
@@ -201,9 +199,7 @@ def qualitative_evaluations(content: ReportContent, *, demo: bool) -> ContainerC
     if content.impression.strip():
         items.append(_text_item(IMPRESSION, content.impression.strip() + suffix))
     if content.progression.strip():
-        items.append(
-            _text_item(FINDING, PROGRESSION_PREFIX + content.progression.strip() + suffix)
-        )
+        items.append(_text_item(FINDING, PROGRESSION_PREFIX + content.progression.strip() + suffix))
     items.extend(_text_item(COMMENT, w) for w in warnings)
     container = ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS, relationship_type=RelationshipTypeValues.CONTAINS

@@ -402,12 +402,19 @@ def capability_statement(
                             "interaction": interactions,
                             "searchParam": [
                                 param("_id", "token", "Resource id"),
-                                param("patient", "reference",
-                                      "Patient by identifier: patient.identifier=system|value"),
-                                param("study", "token",
-                                      "The DICOM study: urn:dicom:uid|urn:oid:<StudyInstanceUID>"),
-                                param("status", "token",
-                                      "preliminary | final | amended | corrected"),
+                                param(
+                                    "patient",
+                                    "reference",
+                                    "Patient by identifier: patient.identifier=system|value",
+                                ),
+                                param(
+                                    "study",
+                                    "token",
+                                    "The DICOM study: urn:dicom:uid|urn:oid:<StudyInstanceUID>",
+                                ),
+                                param(
+                                    "status", "token", "preliminary | final | amended | corrected"
+                                ),
                                 param("date", "date", "effectiveDateTime"),
                             ],
                         },
@@ -416,10 +423,16 @@ def capability_statement(
                             "interaction": interactions,
                             "searchParam": [
                                 param("_id", "token", "Resource id"),
-                                param("patient", "reference",
-                                      "Patient by identifier: patient.identifier=system|value"),
-                                param("identifier", "token",
-                                      "urn:dicom:uid|urn:oid:<StudyInstanceUID> or accession"),
+                                param(
+                                    "patient",
+                                    "reference",
+                                    "Patient by identifier: patient.identifier=system|value",
+                                ),
+                                param(
+                                    "identifier",
+                                    "token",
+                                    "urn:dicom:uid|urn:oid:<StudyInstanceUID> or accession",
+                                ),
                             ],
                         },
                     ],

@@ -145,9 +145,7 @@ def build_gsps(
     columns, rows = int(image.Columns), int(image.Rows)
     sop_uid = str(image.SOPInstanceUID)
     mine = [
-        f
-        for f in findings
-        if f.accepted and f.box is not None and f.sop_instance_uid == sop_uid
+        f for f in findings if f.accepted and f.box is not None and f.sop_instance_uid == sop_uid
     ]
 
     layer = GraphicLayer(

@@ -19,11 +19,12 @@ The worker needs only :func:`mark_state`, :func:`record_draft`, :func:`pending_s
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import difflib
 import logging
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -140,6 +141,27 @@ def algorithm_of(run: DraftRun | None) -> Algorithm:
 
 # --------------------------------------------------------------------------------------------
 # The worker's side
+
+
+def demo_mode(session: Session, live_within: dt.timedelta = dt.timedelta(minutes=5)) -> bool:
+    """Whether demo output is around: a live worker runs the demo model, or a report that is
+    not superseded was drafted by it. Pages, ``/healthz`` and the queue say so loudly then."""
+    since = utcnow() - live_within
+    worker_demo = session.scalar(
+        select(exists().where(jobs.WorkerBeat.demo.is_(True), jobs.WorkerBeat.last_seen >= since))
+    )
+    if worker_demo:
+        return True
+    live_demo = session.scalar(
+        select(
+            exists().where(
+                DraftRun.demo.is_(True),
+                DraftRun.study_version_pk == Report.study_version_pk,
+                Report.state != ReportState.superseded,
+            )
+        )
+    )
+    return bool(live_demo)
 
 
 def mark_state(

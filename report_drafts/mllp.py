@@ -164,9 +164,7 @@ def send_message(
         raw_sock.close()
     ack = parse_ack(answer.decode(encoding, errors="replace"))
     if ack.control_id != control_id:
-        raise AckMismatchError(
-            f"ACK is for control id {ack.control_id!r}, sent {control_id!r}"
-        )
+        raise AckMismatchError(f"ACK is for control id {ack.control_id!r}, sent {control_id!r}")
     if ack.code not in ACCEPT_CODES:
         raise RejectedError(ack.code, control_id, ack.text)
     return ack

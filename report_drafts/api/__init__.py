@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from raddraft.db import engine_for, session_factory
 from raddraft.settings import Settings, get_settings
+from report_drafts import lifecycle
+from report_drafts.content import DEMO_WARNING
 from report_drafts.states import LifecycleError
 
 
@@ -45,9 +49,17 @@ def create_app(settings: Settings | None = None, *, pages: bool = True) -> FastA
         )
 
     @app.get("/healthz", tags=["health"])
-    def healthz() -> dict[str, str]:
-        """Liveness: the process answers."""
-        return {"status": "ok"}
+    def healthz() -> dict[str, Any]:
+        """Liveness: the process answers; and, loudly, whether the demo model is in use."""
+        body: dict[str, Any] = {"status": "ok", "demo": False}
+        try:
+            with Session(engine) as session:
+                body["demo"] = lifecycle.demo_mode(session)
+        except Exception:  # liveness must not depend on the database; readyz reports it
+            body["demo"] = None
+        if body["demo"]:
+            body["warning"] = DEMO_WARNING
+        return body
 
     @app.get("/readyz", tags=["health"])
     def readyz() -> JSONResponse:

@@ -11,13 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from sqlalchemy import exists, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicom_listener.tables import Instance, Series, Study
-from raddraft import jobs
-from report_drafts.states import ReportState
-from report_drafts.tables import DraftRun, Report
+from report_drafts.tables import DraftRun
 
 # Findings a radiologist wants to see first: the ones that usually need a phone call.
 URGENT_TERMS = (
@@ -218,20 +216,10 @@ def is_frontal(view_position: str) -> bool:
 
 
 def demo_mode(session: Session) -> bool:
-    """Whether demo output is around: a worker runs the demo model or a live draft is demo."""
-    worker_demo = session.scalar(select(exists().where(jobs.WorkerBeat.demo.is_(True))))
-    if worker_demo:
-        return True
-    live_demo = session.scalar(
-        select(
-            exists().where(
-                DraftRun.demo.is_(True),
-                DraftRun.study_version_pk == Report.study_version_pk,
-                Report.state != ReportState.superseded,
-            )
-        )
-    )
-    return bool(live_demo)
+    """Whether demo output is around (see :func:`report_drafts.lifecycle.demo_mode`)."""
+    from report_drafts import lifecycle
+
+    return lifecycle.demo_mode(session)
 
 
 def demo_versions(session: Session, study_version_pks: list[int]) -> set[int]:

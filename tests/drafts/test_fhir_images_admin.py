@@ -193,7 +193,7 @@ def test_worklist_order_filters_and_paging(
     assert client.get("/api/worklist?date_from=2026-11-21", headers=reader).json()["total"] == 0
     page = client.get("/api/worklist?page=2&page_size=2", headers=reader).json()
     assert page["total"] == 3 and len(page["items"]) == 1
-    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/healthz").json() == {"status": "ok", "demo": False}
     assert client.get("/readyz").json() == {"status": "ok"}
     assert "/api/reports/{report_id}/sign" in client.get("/openapi.json").json()["paths"]
 

@@ -146,3 +146,13 @@ def test_draft_command_prints_json(
         assert "DEMO MODEL, RANDOM WEIGHTS" in plain.stdout and "stage 5" in plain.stdout
     finally:
         reload_settings()
+
+
+def test_demo_model_answers_briefly(tmp_path: Path, tiny_path: Path) -> None:
+    """Random weights write noise to the limit; demo mode caps it, a real model keeps its own."""
+    from models import DEMO_MAX_NEW_TOKENS, load_reader
+
+    reader = load_reader(ReaderConfig(model=str(tiny_path), data_dir=tmp_path, max_new_tokens=512))
+    assert reader.model.demo and reader.config.max_new_tokens == DEMO_MAX_NEW_TOKENS
+    short = load_reader(ReaderConfig(model=str(tiny_path), data_dir=tmp_path, max_new_tokens=8))
+    assert short.config.max_new_tokens == 8
