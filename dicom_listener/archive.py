@@ -77,12 +77,25 @@ class Spool:
         self.size = 0
         self._kicked = 0
         self.closed = False
+        self.error: OSError | None = None
 
     def write(self, data: bytes | bytearray | memoryview) -> int:
+        """Append ``data``; a failed write (a full disk) is remembered, not raised.
+
+        pynetdicom calls this inside its association reactor, where an exception would abort the
+        association; the C-STORE handler reads :attr:`error` instead and answers 0xA700, so the
+        sender hears "out of resources" and retries later.
+        """
+        if self.error is not None:
+            return len(data)
         view = memoryview(data)
         written = 0
-        while written < len(view):
-            written += os.write(self.fd, view[written:])
+        try:
+            while written < len(view):
+                written += os.write(self.fd, view[written:])
+        except OSError as error:
+            self.error = error
+            return len(view)
         self.size += written
         if self.size - self._kicked >= WRITEBACK_STEP and hasattr(os, "posix_fadvise"):
             os.posix_fadvise(

@@ -113,7 +113,7 @@ class Ingester:
             self.settings.disk_watermark_percent, self.settings.disk_min_free_mb
         )
         if disk.full:
-            return self._refuse(origin, disk.why, size)
+            return self.refuse(origin, disk.why, size)
 
         try:
             header = read_header(spool)
@@ -148,12 +148,12 @@ class Ingester:
                     self.archive.absolute(relative),
                 )
         except SQLAlchemyError as error:
-            return self._refuse(origin, f"database unavailable: {error.__class__.__name__}", size)
+            return self.refuse(origin, f"database unavailable: {error.__class__.__name__}", size)
 
         try:
             self.archive.place(spool, relative)
         except OSError as error:
-            return self._refuse(origin, f"archive write failed: {error}", size)
+            return self.refuse(origin, f"archive write failed: {error}", size)
 
         try:
             recorded = self._record(header, relative, size, origin)
@@ -163,7 +163,7 @@ class Ingester:
                     self.archive.remove(relative)
                 except OSError:
                     log.exception("could not remove unrecorded file %s", kv(path=relative))
-            return self._refuse(origin, f"database write failed: {error.__class__.__name__}", size)
+            return self.refuse(origin, f"database write failed: {error.__class__.__name__}", size)
 
         outcome = Outcome.stored if recorded else Outcome.duplicate
         log.info(
@@ -222,7 +222,8 @@ class Ingester:
 
     # -- failures ----------------------------------------------------------------------------
 
-    def _refuse(self, origin: Origin, why: str, size: int) -> IngestResult:
+    def refuse(self, origin: Origin, why: str, size: int) -> IngestResult:
+        """Answer 0xA700 (out of resources, PS3.4 B.2.3): the sender keeps it and retries."""
         log.warning(
             "C-STORE refused, out of resources %s",
             kv(why=why, sop=origin.affected_sop_instance_uid, calling=origin.calling_ae_title),

@@ -81,7 +81,16 @@ def handle_store(event: Event, ingester: Ingester) -> int:
         affected_sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
         affected_sop_class_uid=str(request.AffectedSOPClassUID or ""),
     )
-    spool = _spooled_path(event, ingester)
+    spool_file = getattr(request, "_dataset_file", None)
+    failed = getattr(spool_file, "error", None)
+    if spool_file is not None and failed is not None:
+        Path(spool_file.name).unlink(missing_ok=True)
+        why = f"writing the received data set failed: {failed}"
+        return int(ingester.refuse(origin, why, int(getattr(spool_file, "size", 0))).status)
+    try:
+        spool = _spooled_path(event, ingester)
+    except OSError as error:
+        return int(ingester.refuse(origin, f"spooling the data set failed: {error}", 0).status)
     result: IngestResult = ingester.ingest_spool(spool, origin)
     return int(result.status)
 
