@@ -7,7 +7,9 @@ are seldom wired to a reporting assistant), so completion is inferred like mercu
 - *cxr_rule* (sooner): a frontal (PA/AP) view is present and either a lateral is present too
   (the usual two-view chest: complete after a 2 s burst grace) or ``completion_cxr_rule_seconds``
   passed since the last instance (a single frontal, typical of a bedside AP);
-- *forced*: ``raddraft study complete UID``.
+- *forced*: ``raddraft study complete UID``;
+- *at release*: when the sending association is released and a study it touched already has a
+  frontal and a lateral, it completes at once (:func:`complete_pushed`), without the grace.
 
 Views count cumulatively over the study's versions: a lateral arriving after the PA's version
 completed closes its own version at once, and that version's draft reads both images.
@@ -193,6 +195,33 @@ def complete_due(engine: Engine, settings: Settings) -> list[Completed]:
             result = _complete(session, version, reason, version.last_instance_at)
             if result is not None:
                 done.append(result)
+    return done
+
+
+def complete_pushed(engine: Engine, study_instance_uids: set[str]) -> list[Completed]:
+    """At the end of an association: complete its studies that hold a frontal and a lateral.
+
+    A sender's association release (PS3.8 7.2) says that push is over, so a two-view chest
+    needs no burst grace then. Studies without both views keep waiting for the timer. The
+    conditional update still yields to an instance another association is adding right now.
+    """
+    done: list[Completed] = []
+    for uid in sorted(study_instance_uids):
+        with session_scope(engine) as session:
+            versions = session.scalars(
+                select(StudyVersion)
+                .join(Study, Study.id == StudyVersion.study_pk)
+                .where(Study.study_instance_uid == uid, StudyVersion.state == VersionState.open)
+            ).all()
+            for version in versions:
+                facts = cumulative_facts(session, version.study_pk, version.number)
+                if not (has_frontal(facts) and has_lateral(facts)):
+                    continue
+                result = _complete(
+                    session, version, CompletionReason.cxr_rule, version.last_instance_at
+                )
+                if result is not None:
+                    done.append(result)
     return done
 
 

@@ -34,7 +34,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.engine import Engine
 
 from dicom_listener import _tuning
-from dicom_listener.completion import CompletionTimer
+from dicom_listener.completion import CompletionTimer, complete_pushed
 from dicom_listener.ingest import Ingester, IngestResult, Origin, Status
 from dicom_listener.tables import IngestEvent, IngestEventKind
 from raddraft.db import engine_for, session_scope
@@ -92,7 +92,30 @@ def handle_store(event: Event, ingester: Ingester) -> int:
     except OSError as error:
         return int(ingester.refuse(origin, f"spooling the data set failed: {error}", 0).status)
     result: IngestResult = ingester.ingest_spool(spool, origin)
+    if result.status == Status.success and result.study_instance_uid:
+        _pushed_studies(event).add(result.study_instance_uid)
     return int(result.status)
+
+
+def _pushed_studies(event: Event) -> set[str]:
+    """The studies this association has stored into, kept on the association object."""
+    studies: set[str] | None = getattr(event.assoc, "raddraft_studies", None)
+    if studies is None:
+        studies = set()
+        event.assoc.raddraft_studies = studies  # type: ignore[attr-defined]
+    return studies
+
+
+def handle_released(event: Event, ingester: Ingester) -> None:
+    """A-RELEASE (PS3.8 7.2): the push is over; complete its two-view studies at once."""
+    studies = getattr(event.assoc, "raddraft_studies", None)
+    if not studies:
+        return
+    try:
+        complete_pushed(ingester.engine, studies)
+    except Exception:
+        # The completion timer covers these studies too; a failure here only costs latency.
+        log.exception("completion at release failed %s", kv(studies=len(studies)))
 
 
 def _spooled_path(event: Event, ingester: Ingester) -> Path:
@@ -265,6 +288,7 @@ class Listener:
             (evt.EVT_C_STORE, handle_store, [self.ingester]),
             (evt.EVT_REJECTED, handle_rejected, [self.ingester]),
             (evt.EVT_ACCEPTED, handle_accepted, [self.ingester]),
+            (evt.EVT_RELEASED, handle_released, [self.ingester]),
         ]
         address = (
             host or self.settings.dicom_host,
