@@ -90,7 +90,7 @@ def live_server(web_app: FastAPI) -> Iterator[LiveServer]:
 def browser() -> Iterator[object]:
     """One headless Debian Chromium for the session; each test gets a fresh context."""
     if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+        pytest.fail("Debian's chromium is not installed (apt-get install chromium; .ci/run does)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
