@@ -13,8 +13,7 @@ import click
 from raddraft import logging as rlog
 from raddraft.settings import get_settings
 
-# (module, attribute) of each subcommand or group; a missing module is skipped while that
-# area is being built, so one area's absence never breaks the others' commands.
+# (module, attribute) of each subcommand or group, imported when the command line is built.
 COMMANDS = (
     ("raddraft.commands.db", "db"),
     ("raddraft.commands.listener", "listen"),
@@ -44,15 +43,9 @@ def main() -> None:
 
 def _register() -> None:
     for module_name, attribute in COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as error:
-            if error.name == module_name:
-                continue
-            raise
-        command = getattr(module, attribute, None)
-        if isinstance(command, click.Command):
-            main.add_command(command)
+        command = getattr(importlib.import_module(module_name), attribute)
+        assert isinstance(command, click.Command), f"{module_name}.{attribute}"
+        main.add_command(command)
 
 
 _register()

@@ -8,7 +8,7 @@ from sqlalchemy import MetaData
 
 from raddraft.db import Base
 
-# Each folder's table module; a folder added later appends its own here.
+# Each folder's table module; a folder that adds tables appends its module here.
 TABLE_MODULES = (
     "raddraft.jobs",
     "dicom_listener.tables",
@@ -20,9 +20,5 @@ TABLE_MODULES = (
 def metadata() -> MetaData:
     """The metadata of all tables, after importing every module that declares them."""
     for name in TABLE_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as error:
-            if error.name != name:
-                raise
+        importlib.import_module(name)
     return Base.metadata

@@ -28,7 +28,9 @@ from sqlalchemy.orm import Session
 from dicom_listener.tables import Instance, Patient, Study, StudyVersion
 from raddraft import jobs
 from raddraft.settings import Settings
+from report_drafts import dicom_sr, gsps
 from report_drafts.content import Algorithm, ReportContent, ReportStatus
+from report_drafts.dicom_common import device_uid_for
 from report_drafts.tables import Report, ReportVersion, SentKind, SentObject, SentState
 
 log = logging.getLogger(__name__)
@@ -133,11 +135,6 @@ def build_dicom(
     ``previous_sr_uid`` names the SR this one replaces (draft -> signed -> amended), read back
     from the outbox so PredecessorDocumentsSequence references it exactly.
     """
-    try:
-        from report_drafts import dicom_sr, gsps
-    except ImportError:  # the builders are not installed in this tree yet
-        log.warning("SR/GSPS builders unavailable; report %s has no DICOM objects", report.id)
-        return BuiltDicom()
     sources = load_sources(settings, source_instances(session, report))
     if not sources:
         log.warning("report %s: no archived source images; no SR/GSPS", report.id)
@@ -145,7 +142,17 @@ def build_dicom(
     previous = read_outbox_dataset(settings, previous_sr_uid) if previous_sr_uid else None
     built = BuiltDicom()
     number = report.current_version + 1  # the version these objects will belong to
-    sr = _call_build_sr(dicom_sr, report, number, content, sources, algorithm, previous, settings)
+    sr = dicom_sr.build_sr(
+        sources,
+        content,
+        algorithm,
+        device_uid=device_uid_for(algorithm),
+        series_instance_uid=_series_uid(report, "sr"),
+        series_number=SR_SERIES_NUMBER,
+        instance_number=number,
+        institution=settings.institution_name,
+        previous=previous,
+    )
     built.sr_uid = str(sr.SOPInstanceUID)
     built.files.append((SentKind.sr, built.sr_uid, _write_dataset(settings, sr)))
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
@@ -154,8 +161,15 @@ def build_dicom(
         if image_uid not in by_uid:
             log.warning("finding on unknown image %s skipped in GSPS", image_uid)
             continue
-        presentation = _call_build_gsps(
-            gsps, report, number, content, by_uid[image_uid], algorithm, settings
+        presentation = gsps.build_gsps(
+            by_uid[image_uid],
+            content.findings,
+            algorithm,
+            series_instance_uid=_series_uid(report, "gsps"),
+            series_number=GSPS_SERIES_NUMBER,
+            instance_number=number,
+            institution=settings.institution_name,
+            signed=content.status.is_signed,
         )
         uid = str(presentation.SOPInstanceUID)
         built.gsps_uids.append(uid)
@@ -171,52 +185,6 @@ GSPS_SERIES_NUMBER = 9902
 def _series_uid(report: Report, kind: str) -> str:
     """A stable series UID per report and object kind, so every version lands in one series."""
     return str(generate_uid(entropy_srcs=["raddraft-series", report.uid, kind]))
-
-
-def _call_build_sr(
-    module: Any,
-    report: Report,
-    version_number: int,
-    content: ReportContent,
-    sources: list[Dataset],
-    algorithm: Algorithm,
-    previous: Dataset | None,
-    settings: Settings,
-) -> Dataset:
-    from report_drafts.dicom_common import device_uid_for
-
-    return module.build_sr(
-        sources,
-        content,
-        algorithm,
-        device_uid=device_uid_for(algorithm),
-        series_instance_uid=_series_uid(report, "sr"),
-        series_number=SR_SERIES_NUMBER,
-        instance_number=version_number,
-        institution=settings.institution_name,
-        previous=previous,
-    )
-
-
-def _call_build_gsps(
-    module: Any,
-    report: Report,
-    version_number: int,
-    content: ReportContent,
-    source: Dataset,
-    algorithm: Algorithm,
-    settings: Settings,
-) -> Dataset:
-    return module.build_gsps(
-        source,
-        content.findings,
-        algorithm,
-        series_instance_uid=_series_uid(report, "gsps"),
-        series_number=GSPS_SERIES_NUMBER,
-        instance_number=version_number,
-        institution=settings.institution_name,
-        signed=content.status.is_signed,
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -427,68 +395,58 @@ def register_outbound(
 
     if settings.ris_mllp:
         control_id = "RD" + uuid.uuid4().hex[:18].upper()
-        try:
-            message = hl7_message(session, settings, version, control_id)
-        except ImportError:
-            log.warning("HL7 builder unavailable; no ORU for version %s", version.id)
-        else:
-            relative = f"hl7/{control_id}.hl7"
-            _write_once(outbox_dir(settings) / relative, message.encode("utf-8"))
+        message = hl7_message(session, settings, version, control_id)
+        relative = f"hl7/{control_id}.hl7"
+        _write_once(outbox_dir(settings) / relative, message.encode("utf-8"))
+        session.add(
+            SentObject(
+                report_version_pk=version.id,
+                kind=SentKind.hl7,
+                identifier=control_id,
+                destination=settings.ris_mllp,
+                path=relative,
+                state=state,
+            )
+        )
+        if send:
+            made.append(
+                jobs.enqueue(
+                    session,
+                    task=SEND_HL7,
+                    key=f"hl7:{version.id}",
+                    args={"report_version_pk": version.id},
+                    queue=IO_QUEUE,
+                    priority=priority,
+                )
+            )
+
+    if settings.fhir_server_url:
+        resources = fhir_resources(session, settings, version)
+        for resource in resources.values():
+            identifier = f"{resource.get_resource_type()}/{resource.id}"
+            relative = f"fhir/{report.uid}-v{version.number}-{resource.get_resource_type()}.json"
+            body = json.dumps(json.loads(resource.model_dump_json()), indent=1)
+            _write_once(outbox_dir(settings) / relative, body.encode("utf-8"))
             session.add(
                 SentObject(
                     report_version_pk=version.id,
-                    kind=SentKind.hl7,
-                    identifier=control_id,
-                    destination=settings.ris_mllp,
+                    kind=SentKind.fhir,
+                    identifier=identifier,
+                    destination=settings.fhir_server_url,
                     path=relative,
                     state=state,
                 )
             )
-            if send:
-                made.append(
-                    jobs.enqueue(
-                        session,
-                        task=SEND_HL7,
-                        key=f"hl7:{version.id}",
-                        args={"report_version_pk": version.id},
-                        queue=IO_QUEUE,
-                        priority=priority,
-                    )
+        if send:
+            made.append(
+                jobs.enqueue(
+                    session,
+                    task=PUSH_FHIR,
+                    key=f"fhir:{version.id}",
+                    args={"report_version_pk": version.id},
+                    queue=IO_QUEUE,
+                    priority=priority,
                 )
-
-    if settings.fhir_server_url:
-        try:
-            resources = fhir_resources(session, settings, version)
-        except ImportError:
-            log.warning("FHIR builder unavailable; no resources for version %s", version.id)
-        else:
-            for resource in resources.values():
-                identifier = f"{resource.get_resource_type()}/{resource.id}"
-                relative = (
-                    f"fhir/{report.uid}-v{version.number}-{resource.get_resource_type()}.json"
-                )
-                body = json.dumps(json.loads(resource.model_dump_json()), indent=1)
-                _write_once(outbox_dir(settings) / relative, body.encode("utf-8"))
-                session.add(
-                    SentObject(
-                        report_version_pk=version.id,
-                        kind=SentKind.fhir,
-                        identifier=identifier,
-                        destination=settings.fhir_server_url,
-                        path=relative,
-                        state=state,
-                    )
-                )
-            if send:
-                made.append(
-                    jobs.enqueue(
-                        session,
-                        task=PUSH_FHIR,
-                        key=f"fhir:{version.id}",
-                        args={"report_version_pk": version.id},
-                        queue=IO_QUEUE,
-                        priority=priority,
-                    )
-                )
+            )
     session.flush()
     return made

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -79,12 +78,9 @@ def create_app(settings: Settings | None = None, *, pages: bool = True) -> FastA
 
 
 def _install_pages(app: FastAPI, settings: Settings) -> None:
-    try:
-        install = importlib.import_module("report_drafts.pages").install
-    except ModuleNotFoundError as error:
-        if error.name != "report_drafts.pages":
-            raise
-        return  # an API-only deployment or tree
+    # Imported here: the pages import this package's routes, so a top-level import would cycle.
+    from report_drafts.pages import install
+
     install(app, settings)
 
 
