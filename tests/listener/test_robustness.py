@@ -61,7 +61,9 @@ def test_kill_9_mid_push_loses_no_acknowledged_instance(
         push.kill()
         listener.kill9()
     acked = acknowledged(output)
-    assert 8 <= len(acked) < len(files), output[-2000:]
+    # The kill lands after 8 commits; the 8th may be recorded with its response not yet sent
+    # (durable before acknowledged, never the other way round), so 7 or more were acked.
+    assert 7 <= len(acked) < len(files), output[-2000:]
 
     # Every instance storescu saw acknowledged is on disk, whole, and in the database.
     stored = set(instance_uids(engine))
