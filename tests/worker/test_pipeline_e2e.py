@@ -247,8 +247,10 @@ def test_worker_killed_mid_draft_gives_exactly_one_draft(
     try:
         stack.push(files)
         running = stack.wait_for_jobs("raddraft.draft_study", {"running"}, 1, timeout=120)
-        time.sleep(1.0)  # well inside the model's work
-        stack.kill9("gpu-worker")
+        stack.kill9("gpu-worker")  # claimed and reading: the draft is not stored yet
+        assert [j.state for j in stack.jobs("raddraft.draft_study")] == ["running"]
+        before = stack.report(ids.study_uid)
+        assert before is None or before.current_version == 0
         stack.start("gpu-worker")
         report = stack.wait_for_draft(ids.study_uid)
         done = stack.wait_for_jobs("raddraft.draft_study", {"done"}, 1)
