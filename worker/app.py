@@ -49,6 +49,8 @@ def make_app(settings: Settings | None = None) -> Celery:
     app = Celery("raddraft", broker=url, set_as_current=True)
     app.conf.update(
         broker_transport_options=transport_options,
+        # Our subclass of kombu's filesystem transport, which writes message files atomically.
+        broker_transport="worker.fs_transport:Transport" if url == "filesystem://" else None,
         broker_connection_retry_on_startup=True,
         task_queues=[Queue(name) for name in QUEUES],
         task_default_queue=IO_QUEUE,
