@@ -76,7 +76,9 @@ def test_kill_9_mid_push_loses_no_acknowledged_instance(
 
     listener.start()  # restart: leftovers of the interrupted write are gone
     assert not list((settings.archive_dir / ".tmp").iterdir())
-    assert "removed unfinished writes" in listener.log_text() or len(acked) == len(stored)
+    # Either the kill cut a write short (its temp file is removed at start), or every stored
+    # instance was acknowledged but at most the one whose response the kill cut off.
+    assert "removed unfinished writes" in listener.log_text() or len(stored) - len(acked) <= 1
 
     again = storescu(listener.port, files)
     assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
