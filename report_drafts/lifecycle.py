@@ -186,11 +186,10 @@ def mark_state(
         report.state = state
         report.failure = (reason or None) if state == ReportState.failed else None
         report.updated_at = utcnow()
-        audit.record(
+        _audit(
             session,
             "state",
-            study_instance_uid=study_uid(session, report),
-            report_pk=report.id,
+            report=report,
             detail={"from": before, "to": state, "reason": reason},
         )
     session.flush()
@@ -243,29 +242,24 @@ def record_draft(
         extra["warning"] = DEMO_WARNING
     # A draft is preliminary and unsigned whatever the caller passed.
     draft = dataclasses.replace(content, status=ReportStatus.preliminary, signer=None, extra=extra)
-    built = publish.build_dicom(
-        session, settings, report=report, content=draft, algorithm=algorithm, previous_sr_uid=None
-    )
-    row = _new_version(
+    row, _ = _publish_version(
         session,
+        settings,
         report,
-        content=draft,
+        draft,
+        algorithm=algorithm,
+        previous_sr_uid=None,
         state=ReportState.drafted,
         action="draft",
         user=None,
         note="AI draft",
         draft_run_pk=provenance.id,
-        built=built,
     )
     report.failure = None
-    publish.register_outbound(
-        session, settings, row, built, algorithm=algorithm, send=_may_send(settings, algorithm)
-    )
-    audit.record(
+    _audit(
         session,
         "draft",
-        study_instance_uid=study_uid(session, report),
-        report_pk=report.id,
+        report=report,
         version=row.number,
         detail={"model": algorithm.name, "revision": algorithm.version, "demo": algorithm.demo},
     )
@@ -340,12 +334,11 @@ def open_report(session: Session, report_pk: int, user: User) -> Report:
     The first view by a radiologist is when the reader-study clock starts (time to sign).
     """
     report = get_report(session, report_pk)
-    audit.record(
+    _audit(
         session,
         "view",
         user=user,
-        study_instance_uid=study_uid(session, report),
-        report_pk=report.id,
+        report=report,
         version=report.current_version or None,
     )
     if user.role == Role.radiologist and report.state in EDITABLE:
@@ -391,12 +384,11 @@ def edit_text(
         user=user,
         note=note,
     )
-    audit.record(
+    _audit(
         session,
         "edit",
         user=user,
-        study_instance_uid=study_uid(session, report),
-        report_pk=report.id,
+        report=report,
         version=row.number,
         detail={"fields": sorted(changes)},
     )
@@ -468,12 +460,11 @@ def finding_feedback(
             user_pk=user.id,
         )
     )
-    audit.record(
+    _audit(
         session,
         "feedback",
         user=user,
-        study_instance_uid=study_uid(session, report),
-        report_pk=report.id,
+        report=report,
         version=row.number,
         detail={"tracking_uid": tracking_uid, "action": action},
     )
@@ -515,38 +506,27 @@ def sign(
     run = draft_run(session, report)
     algorithm = algorithm_of(run)
     previous = version(session, report.id, 1).sr_sop_instance_uid
-    built = publish.build_dicom(
-        session,
-        settings,
-        report=report,
-        content=final,
-        algorithm=algorithm,
-        previous_sr_uid=previous,
-    )
     assert report.first_opened_at is not None  # set by _start_review
     seconds = max((signed_at - report.first_opened_at).total_seconds(), 0.0)
-    row = _new_version(
+    row, built = _publish_version(
         session,
+        settings,
         report,
-        content=final,
+        final,
+        algorithm=algorithm,
+        previous_sr_uid=previous,
         state=ReportState.signed,
         action="sign",
         user=user,
         note="signed",
         edit_reason=reason,
-        built=built,
-        predecessor_sr_uid=previous,
         extra_diff={"seconds_to_sign": seconds},
     )
-    publish.register_outbound(
-        session, settings, row, built, algorithm=algorithm, send=_may_send(settings, algorithm)
-    )
-    audit.record(
+    _audit(
         session,
         "sign",
         user=user,
-        study_instance_uid=study_uid(session, report),
-        report_pk=report.id,
+        report=report,
         version=row.number,
         detail={
             "edit_reason": reason,
@@ -576,12 +556,11 @@ def reject(
         user=user,
         note=reason.strip(),
     )
-    audit.record(
+    _audit(
         session,
         "reject",
         user=user,
-        study_instance_uid=study_uid(session, report),
-        report_pk=report.id,
+        report=report,
         version=row.number,
         detail={"reason": reason.strip()},
     )
@@ -632,29 +611,23 @@ def amend(
     )
     algorithm = algorithm_of(draft_run(session, report))
     previous = current_version(session, report).sr_sop_instance_uid
-    built = publish.build_dicom(
-        session, settings, report=report, content=new, algorithm=algorithm, previous_sr_uid=previous
-    )
-    row = _new_version(
+    row, built = _publish_version(
         session,
+        settings,
         report,
-        content=new,
+        new,
+        algorithm=algorithm,
+        previous_sr_uid=previous,
         state=target,
         action="correct" if corrected else "amend",
         user=user,
         note=reason.strip(),
-        built=built,
-        predecessor_sr_uid=previous,
     )
-    publish.register_outbound(
-        session, settings, row, built, algorithm=algorithm, send=_may_send(settings, algorithm)
-    )
-    audit.record(
+    _audit(
         session,
         "amend",
         user=user,
-        study_instance_uid=study_uid(session, report),
-        report_pk=report.id,
+        report=report,
         version=row.number,
         detail={"reason": reason.strip(), "status": new.status, "sr": built.sr_uid},
     )
@@ -700,12 +673,11 @@ def requeue(session: Session, study_version_pk: int, user: User) -> jobs.Job:
         check_transition(report.state, ReportState.queued, "requeue")
         report.state = ReportState.queued
         report.updated_at = utcnow()
-    audit.record(
+    _audit(
         session,
         "requeue",
         user=user,
-        study_instance_uid=study_uid(session, report),
-        report_pk=report.id,
+        report=report,
         detail={"job": job.id},
     )
     session.flush()
@@ -738,6 +710,60 @@ def retry_job(session: Session, job_id: int, user: User) -> jobs.Job:
 
 # --------------------------------------------------------------------------------------------
 # Internals
+
+
+def _publish_version(
+    session: Session,
+    settings: Settings,
+    report: Report,
+    content: ReportContent,
+    *,
+    algorithm: Algorithm,
+    previous_sr_uid: str | None,
+    **version_fields: Any,
+) -> tuple[ReportVersion, publish.BuiltDicom]:
+    """Build the version's SR and GSPS, store the version, and register what it sends."""
+    built = publish.build_dicom(
+        session,
+        settings,
+        report=report,
+        content=content,
+        algorithm=algorithm,
+        previous_sr_uid=previous_sr_uid,
+    )
+    row = _new_version(
+        session,
+        report,
+        content=content,
+        built=built,
+        predecessor_sr_uid=previous_sr_uid,
+        **version_fields,
+    )
+    publish.register_outbound(
+        session, settings, row, built, algorithm=algorithm, send=_may_send(settings, algorithm)
+    )
+    return row, built
+
+
+def _audit(
+    session: Session,
+    action: str,
+    *,
+    report: Report,
+    user: User | None = None,
+    version: int | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """An audit event about ``report``, filed under its study."""
+    audit.record(
+        session,
+        action,
+        user=user,
+        study_instance_uid=study_uid(session, report),
+        report_pk=report.id,
+        version=version,
+        detail=detail,
+    )
 
 
 def _report_for_version(session: Session, study_version_pk: int, *, lock: bool = False) -> Report:
@@ -918,11 +944,10 @@ def _supersede_older(session: Session, newest: Report) -> None:
             note=f"superseded by report {live.id} (later study version)",
         )
         report.superseded_by_pk = live.id
-        audit.record(
+        _audit(
             session,
             "supersede",
-            study_instance_uid=study_uid(session, report),
-            report_pk=report.id,
+            report=report,
             version=report.current_version,
             detail={"by_report": live.id},
         )

@@ -366,87 +366,55 @@ def register_outbound(
     made: list[jobs.Job] = []
     report = session.get(Report, version.report_pk)
     assert report is not None
-    priority = report.priority
+
+    def sent_object(kind: str, identifier: str, destination: str, path: str) -> None:
+        session.add(
+            SentObject(
+                report_version_pk=version.id,
+                kind=kind,
+                identifier=identifier,
+                destination=destination,
+                path=path,
+                state=state,
+            )
+        )
+
+    def job(task: str, key: str, **args: Any) -> None:
+        if send:
+            made.append(
+                jobs.enqueue(
+                    session,
+                    task=task,
+                    key=key,
+                    args={"report_version_pk": version.id, **args},
+                    queue=IO_QUEUE,
+                    priority=report.priority,
+                )
+            )
 
     for node in settings.destinations:
         destination = str(node)
         for kind, uid, path in built.files:
-            session.add(
-                SentObject(
-                    report_version_pk=version.id,
-                    kind=kind,
-                    identifier=uid,
-                    destination=destination,
-                    path=path,
-                    state=state,
-                )
-            )
-        if built.files and send:
-            made.append(
-                jobs.enqueue(
-                    session,
-                    task=EXPORT_DICOM,
-                    key=f"export:{version.id}:{destination}",
-                    args={"report_version_pk": version.id, "destination": destination},
-                    queue=IO_QUEUE,
-                    priority=priority,
-                )
-            )
+            sent_object(kind, uid, destination, path)
+        if built.files:
+            job(EXPORT_DICOM, f"export:{version.id}:{destination}", destination=destination)
 
     if settings.ris_mllp:
         control_id = "RD" + uuid.uuid4().hex[:18].upper()
         message = hl7_message(session, settings, version, control_id)
         relative = f"hl7/{control_id}.hl7"
         _write_once(outbox_dir(settings) / relative, message.encode("utf-8"))
-        session.add(
-            SentObject(
-                report_version_pk=version.id,
-                kind=SentKind.hl7,
-                identifier=control_id,
-                destination=settings.ris_mllp,
-                path=relative,
-                state=state,
-            )
-        )
-        if send:
-            made.append(
-                jobs.enqueue(
-                    session,
-                    task=SEND_HL7,
-                    key=f"hl7:{version.id}",
-                    args={"report_version_pk": version.id},
-                    queue=IO_QUEUE,
-                    priority=priority,
-                )
-            )
+        sent_object(SentKind.hl7, control_id, settings.ris_mllp, relative)
+        job(SEND_HL7, f"hl7:{version.id}")
 
     if settings.fhir_server_url:
-        resources = fhir_resources(session, settings, version)
-        for resource in resources.values():
-            identifier = f"{resource.get_resource_type()}/{resource.id}"
-            relative = f"fhir/{report.uid}-v{version.number}-{resource.get_resource_type()}.json"
+        for resource in fhir_resources(session, settings, version).values():
+            kind = resource.get_resource_type()
+            relative = f"fhir/{report.uid}-v{version.number}-{kind}.json"
             body = json.dumps(json.loads(resource.model_dump_json()), indent=1)
             _write_once(outbox_dir(settings) / relative, body.encode("utf-8"))
-            session.add(
-                SentObject(
-                    report_version_pk=version.id,
-                    kind=SentKind.fhir,
-                    identifier=identifier,
-                    destination=settings.fhir_server_url,
-                    path=relative,
-                    state=state,
-                )
-            )
-        if send:
-            made.append(
-                jobs.enqueue(
-                    session,
-                    task=PUSH_FHIR,
-                    key=f"fhir:{version.id}",
-                    args={"report_version_pk": version.id},
-                    queue=IO_QUEUE,
-                    priority=priority,
-                )
-            )
+            sent_object(SentKind.fhir, f"{kind}/{resource.id}", settings.fhir_server_url, relative)
+        job(PUSH_FHIR, f"fhir:{version.id}")
+
     session.flush()
     return made

@@ -87,7 +87,7 @@ class ListenerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"listener exited early:\n{self.log_tail()}")
-            if "listening" in self.log_text(offset) and _port_open(self.port):
+            if "listening" in self.log_text(offset) and port_open(self.port):
                 return self
             time.sleep(0.05)
         self.kill9()
@@ -130,10 +130,41 @@ class ListenerProcess:
         self.stop()
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
+    """Whether something accepts TCP connections on the loopback ``port``."""
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _dcmtk(
+    tool: str,
+    port: int,
+    aet: str,
+    aec: str,
+    options: Sequence[str],
+    args: Sequence[str],
+    timeout: float,
+) -> subprocess.CompletedProcess[str]:
+    """Run a DCMTK network tool verbosely against the listener on loopback; never raises."""
+    return subprocess.run(
+        [
+            str(DCMTK_BIN / tool),
+            "-v",
+            "-aet",
+            aet,
+            "-aec",
+            aec,
+            *options,
+            "127.0.0.1",
+            str(port),
+            *args,
+        ],
+        env=DCMTK_ENV,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def storescu(
@@ -146,24 +177,7 @@ def storescu(
     timeout: float = 120.0,
 ) -> subprocess.CompletedProcess[str]:
     """DCMTK ``storescu -v`` sending ``files`` over one association; never raises on failure."""
-    return subprocess.run(
-        [
-            str(DCMTK_BIN / "storescu"),
-            "-v",
-            "-aet",
-            aet,
-            "-aec",
-            aec,
-            *options,
-            "127.0.0.1",
-            str(port),
-            *map(str, files),
-        ],
-        env=DCMTK_ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return _dcmtk("storescu", port, aet, aec, options, [str(f) for f in files], timeout)
 
 
 def echoscu(
@@ -175,23 +189,7 @@ def echoscu(
     timeout: float = 30.0,
 ) -> subprocess.CompletedProcess[str]:
     """DCMTK ``echoscu -v``; ``returncode`` 0 means the C-ECHO succeeded."""
-    return subprocess.run(
-        [
-            str(DCMTK_BIN / "echoscu"),
-            "-v",
-            "-aet",
-            aet,
-            "-aec",
-            aec,
-            *options,
-            "127.0.0.1",
-            str(port),
-        ],
-        env=DCMTK_ENV,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return _dcmtk("echoscu", port, aet, aec, options, [], timeout)
 
 
 _SENDING = re.compile(r"Sending file: (?P<path>.+?)\s*$")

@@ -10,7 +10,6 @@ Used by the pipeline tests and the pages tests::
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from raddraft import jobs
 from raddraft.db import engine_for, session_scope
 from report_drafts.tables import Report
 from tests.conftest import free_port
-from tests.listener_process import TEST_LISTENER_ENV, acknowledged, storescu
+from tests.listener_process import TEST_LISTENER_ENV, acknowledged, port_open, storescu
 from tests.processes import RadDraftProcess, raddraft_env, wait_for
 
 # Fast timers and a short lease so a killed worker's job comes back within seconds.
@@ -45,12 +44,6 @@ PARTS: dict[str, list[str]] = {
     "gpu-worker": ["worker", "--queues", "gpu"],
     "io-worker": ["worker", "--queues", "io", "--concurrency", "1"],
 }
-
-
-def _port_open(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.2)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 @dataclass
@@ -80,7 +73,7 @@ class Stack:
                 self.parts[name], self.env, self.log_dir / f"{name}.log"
             ).start()
         if any(self.parts[name][0] in ("listen", "up") for name in names or self.parts):
-            wait_for(lambda: _port_open(self.port), 30, "the listener's port", self.processes)
+            wait_for(lambda: port_open(self.port), 30, "the listener's port", self.processes)
         return self
 
     def stop(self, *names: str) -> None:

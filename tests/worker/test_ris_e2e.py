@@ -17,7 +17,9 @@ from typing import Any
 
 import httpx
 import pytest
+from hl7apy.parser import parse_message
 
+from report_drafts.mllp import control_id_of
 from tests.conftest import free_port
 from tests.dicom_factory import make_study
 from tests.mllp_listener import Listener
@@ -63,8 +65,9 @@ def fhir_server() -> Iterator[FhirServer]:
 
 
 def _obr25(message: str) -> str:
-    obr = next(s for s in message.replace("\n", "\r").split("\r") if s.startswith("OBR|"))
-    return obr.split("|")[25]
+    """OBR-25, the result status, read with hl7apy."""
+    parsed = parse_message(message.replace("\n", "\r"), find_groups=False)
+    return str(parsed.obr.obr_25.value)
 
 
 def _raddraft(env: dict[str, str], *args: str) -> str:
@@ -146,7 +149,7 @@ def test_preliminary_final_and_corrected_reach_the_ris_in_order(
         wait_for(
             lambda: len(fhir_server.statuses()) >= 3, 90, "three FHIR reports", stack.processes
         )
-        control_id = ris.received[1].split("\r")[0].split("|")[9]
+        control_id = control_id_of(ris.received[1])
         trace = _raddraft(stack.env, "trace", control_id)
     finally:
         stack.stop()
