@@ -20,10 +20,13 @@ PAD = "x" * 300_000  # large payloads widen the window between creating and fini
 
 
 def _options(folder: Path) -> dict[str, Any]:
-    (folder / "queue").mkdir(parents=True, exist_ok=True)
+    for sub in ("queue", "control"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    # Without control_folder kombu writes its exchange table into the working directory.
     return {
         "data_folder_in": str(folder / "queue"),
         "data_folder_out": str(folder / "queue"),
+        "control_folder": str(folder / "control"),
         "polling_interval": 0.001,
     }
 
