@@ -6,7 +6,7 @@ Makes (or reuses, under bench/.cache) 40 DX images of ~10 MB (2500x2048, 16-bit)
 two-view studies and 400 small ones (256x256) in 100 four-image studies. Each receiver is
 started fresh for each run on a loopback port with its own storage in a temporary folder:
 
-- RadDraft: ``python -m dicom_listener`` (durable: fsync + rename + database commit before
+- RadDraft: ``python -m raddraft listen`` (durable: fsync + rename + database commit before
   each response), SQLite in the temporary data directory;
 - DCMTK ``storescp -od <dir>`` (writes files, no fsync);
 - Orthanc (Debian's /usr/sbin/Orthanc) with its own JSON configuration.
@@ -175,7 +175,7 @@ class RadDraftReceiver(Receiver):
             capture_output=True,
             cwd=ROOT,
         )
-        argv = [sys.executable, "-m", "dicom_listener", "--host", "127.0.0.1"]
+        argv = [sys.executable, "-m", "raddraft", "listen", "--host", "127.0.0.1"]
         return [*argv, "--port", str(self.port)], env
 
 

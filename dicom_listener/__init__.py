@@ -14,6 +14,12 @@ Reading the archive (the worker, the web app)::
     prior_versions(session, *, patient_id, issuer_of_patient_id="", before_study_date=None,
                    exclude_study_instance_uid=None) -> list[StudyInfo]
         the patient's other complete, eligible studies (latest version each), newest first
+    latest_version_pk(session, study_instance_uid) -> int | None
+        the newest version of a study, complete or not
+    Patient, Study, StudyVersion, Series, Instance, IngestEvent (+ IngestEventKind,
+    VersionState)
+        the archive's tables, for read-only joins (the worklist, the queue page); only the
+        listener writes them
 
 Putting instances in (priors fetched by C-MOVE simply arrive through the SCP; these are for
 instances obtained another way, e.g. C-GET or a file)::
@@ -26,37 +32,56 @@ instances obtained another way, e.g. C-GET or a file)::
 ``IngestResult.status`` is the C-STORE status the listener would have answered (0x0000 stored or
 already stored, 0xA700 refused for resources, 0xA900/0xC000 quarantined).
 
-A complete, eligible study version gets exactly one job ``draft:version:<pk>`` for the task
-``raddraft.draft_study`` on queue ``gpu`` with ``args={"study_version_pk": pk}``.
+A complete, eligible study version gets exactly one job
+:class:`raddraft.job_contract.DraftStudy` (by task name: the listener knows no worker).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from dicom_listener.completion import DRAFT_QUEUE, DRAFT_TASK, Completed, draft_job_key
-from dicom_listener.ingest import Ingester, IngestResult, Origin, Outcome, Status
-from dicom_listener.query import (
+from dicom_listener.archive_reads import (
     ArchivedImage,
     StudyInfo,
+    latest_version_pk,
     prior_versions,
     study_for_version,
     version_images,
 )
-from raddraft.settings import Settings
+from dicom_listener.completion import Completed
+from dicom_listener.completion import complete_study as _complete
+from dicom_listener.ingest import Ingester, IngestResult, Origin, Outcome, Status
+from dicom_listener.tables import (
+    IngestEvent,
+    IngestEventKind,
+    Instance,
+    Patient,
+    Series,
+    Study,
+    StudyVersion,
+    VersionState,
+)
+from raddraft.db import engine_for
+from raddraft.settings import Settings, get_settings
 
 __all__ = [
-    "DRAFT_QUEUE",
-    "DRAFT_TASK",
     "ArchivedImage",
     "Completed",
+    "IngestEvent",
+    "IngestEventKind",
     "IngestResult",
+    "Instance",
     "Outcome",
+    "Patient",
+    "Series",
     "Status",
+    "Study",
     "StudyInfo",
+    "StudyVersion",
+    "VersionState",
     "complete_study",
-    "draft_job_key",
     "ingest_bytes",
+    "latest_version_pk",
     "prior_versions",
     "store_file",
     "study_for_version",
@@ -67,9 +92,6 @@ _PREAMBLE_END = 132  # 128-byte preamble + "DICM" (PS3.10 7.1)
 
 
 def _ingester(settings: Settings | None) -> Ingester:
-    from raddraft.db import engine_for
-    from raddraft.settings import get_settings
-
     settings = settings or get_settings()
     ingester = Ingester(settings, engine_for(settings.database_url))
     ingester.archive.tmp.mkdir(parents=True, exist_ok=True)
@@ -109,10 +131,6 @@ def store_file(
 
 def complete_study(study_instance_uid: str, *, settings: Settings | None = None) -> list[Completed]:
     """Force completion of the study's open version now (``raddraft study complete``)."""
-    from dicom_listener.completion import complete_study as _complete
-    from raddraft.db import engine_for
-    from raddraft.settings import get_settings
-
     settings = settings or get_settings()
     return _complete(engine_for(settings.database_url), study_instance_uid)
 

@@ -17,18 +17,24 @@ Two changes, both behind pynetdicom's public switches or narrow, well-defined se
   (``presentation.negotiate_as_acceptor`` builds new result contexts), so a shallow list copy
   is enough; ``deepcopy`` is used nowhere else in that module.
 
-If a pynetdicom release moves these seams, :func:`apply` leaves it untouched and the listener
-falls back to ``event.encoded_dataset()`` (slower, same result).
+These reach into pynetdicom's internals, so they are tied to one release: pyproject.toml pins
+pynetdicom to exactly :data:`TUNED_FOR`, and ``tests/listener/test_tuning.py`` checks that the
+installed release is that one, that the seams are still where we patch them, and that the patch
+applies. On any other release :func:`apply` leaves pynetdicom untouched (logging why) and the
+listener falls back to ``event.encoded_dataset()`` (slower, same result); an upgrade of
+pynetdicom means re-checking the seams and moving the pin and :data:`TUNED_FOR` together.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 import threading
 from copy import deepcopy as _deepcopy
 from pathlib import Path
 from typing import Any
 
+import pynetdicom
 from pynetdicom import _config
 from pynetdicom import dimse_messages as _dimse_messages
 from pynetdicom import transport as _transport
@@ -37,6 +43,9 @@ from pynetdicom.transport import AssociationSocket
 from dicom_listener.archive import Spool
 
 log = logging.getLogger(__name__)
+
+# The pynetdicom release whose internals the patches below were written against and tested on.
+TUNED_FOR = "3.0.4"
 
 _lock = threading.Lock()
 _spool_dir: Path | None = None
@@ -65,8 +74,6 @@ def _share_contexts(value: Any, memo: Any = None) -> Any:
 def _spool_factory(*_args: Any, **_kwargs: Any) -> Spool:
     directory = _spool_dir
     if directory is None:  # not set up by a listener: behave like a plain temp file
-        import tempfile
-
         directory = Path(tempfile.gettempdir())
     return Spool(directory)
 
@@ -78,6 +85,14 @@ def apply(spool_dir: Path) -> bool:
         _spool_dir = spool_dir
         if _applied:
             return True
+        if pynetdicom.__version__ != TUNED_FOR:
+            log.warning(
+                "pynetdicom %s is not %s, the release the ingest tuning was made for; "
+                "running without it",
+                pynetdicom.__version__,
+                TUNED_FOR,
+            )
+            return False
         seams = (
             hasattr(_dimse_messages, "NamedTemporaryFile")
             and hasattr(AssociationSocket, "recv")

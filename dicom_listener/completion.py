@@ -17,8 +17,8 @@ completed closes its own version at once, and that version's draft reads both im
 Completing is one conditional UPDATE (``state='open' AND last_instance_at=<seen>``) followed, in
 the same transaction, by the eligibility verdict and the job. Any number of listener processes
 may run the timer: exactly one UPDATE wins, and an instance arriving meanwhile makes the UPDATE
-miss (see ``ingest._open_version``). The job key ``draft:version:<pk>`` makes the enqueue itself
-idempotent too.
+miss (see ``ingest._open_version``). The job's key (:class:`raddraft.job_contract.DraftStudy`)
+makes the enqueue itself idempotent too.
 """
 
 from __future__ import annotations
@@ -43,21 +43,15 @@ from dicom_listener.tables import (
     StudyVersion,
     VersionState,
 )
-from raddraft import jobs
+from raddraft import job_contract
 from raddraft.db import session_scope, utcnow
 from raddraft.logging import kv
 from raddraft.settings import Settings
 
 log = logging.getLogger(__name__)
 
-DRAFT_TASK = "raddraft.draft_study"
-DRAFT_QUEUE = "gpu"
 # Seconds of quiet the frontal + lateral rule still waits (bounded by completion_cxr_rule_seconds).
 CXR_BURST_GRACE_SECONDS = 2.0
-
-
-def draft_job_key(study_version_pk: int) -> str:
-    return f"draft:version:{study_version_pk}"
 
 
 @dataclass(frozen=True)
@@ -131,15 +125,9 @@ def _complete(
     )
     key = None
     if eligible:
-        key = draft_job_key(version.id)
-        jobs.enqueue(
-            session,
-            task=DRAFT_TASK,
-            key=key,
-            args={"study_version_pk": version.id},
-            queue=DRAFT_QUEUE,
-            priority=study.priority,
-        )
+        draft = job_contract.DraftStudy(version.id)
+        job_contract.enqueue(session, draft, priority=study.priority)
+        key = draft.key
     session.execute(
         update(StudyVersion)
         .where(StudyVersion.id == version.id)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from alembic import context
 
+from migrations.schema import metadata
 from raddraft.db import make_engine
-from raddraft.tables import metadata
 
 config = context.config
 target_metadata = metadata()

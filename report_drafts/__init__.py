@@ -1,60 +1,103 @@
-"""report_drafts: the bookkeeper of drafts: versions, sign-off, audit, the review API.
+"""report_drafts: the bookkeeper of drafts: versions, sign-off, audit, what leaves, the pages.
 
-The public face, for the worker and the pages (imported lazily: ``raddraft.tables`` imports
-``report_drafts.tables`` for Alembic, which must not pull in pydicom or FastAPI):
+The public face, for the worker and the ``raddraft`` command. Each name lives in the module of
+whoever acts:
 
-Worker:
+The worker (:mod:`report_drafts.drafting`, :mod:`report_drafts.outbox`):
     ``mark_state(session, study_version_pk, state, *, reason="") -> Report``
     ``record_draft(session, *, study_version_pk, content, run, algorithm, settings=None)
     -> ReportVersion``
     ``pending_sends(session, report_version_pk, *, kinds=("sr", "gsps"), destination=None)
     -> list[SentObject]``, ``outbox_file(settings, sent_object) -> Path``
     ``record_sent(session, sent_object_pk, *, ok, error=None) -> SentObject``
-Radiologists and administrators (the API calls these):
-    ``open_report``, ``edit_text``, ``finding_feedback``, ``sign``, ``reject``, ``amend``,
+Radiologists (:mod:`report_drafts.signoff`):
+    ``open_report``, ``edit_text``, ``finding_feedback``, ``sign``, ``reject``, ``amend``
+Administrators (:mod:`report_drafts.admin`):
     ``requeue``, ``retry_job``
-Read side:
-    ``reader_figures``, ``trace``, ``fhir_resources``, ``create_app``
+Reads (:mod:`report_drafts.versions` and others):
+    ``get_report``, ``report_for_study_version``, ``version``, ``current_content``,
+    ``report_text``, ``demo_mode``, ``reader_figures``, ``trace``, ``fhir_resources``
+Values: the content types of a draft (:mod:`report_drafts.content`) and the lifecycle's states
+and errors (:mod:`report_drafts.states`).
+
+The web app is :func:`report_drafts.web.create_web_app`; it is not imported here, so a worker
+never loads FastAPI.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from report_drafts.admin import requeue, retry_job
+from report_drafts.content import (
+    DEMO_WARNING,
+    Algorithm,
+    Box,
+    Finding,
+    ReportContent,
+    ReportStatus,
+    Signer,
+)
+from report_drafts.drafting import mark_state, record_draft
+from report_drafts.figures import reader_figures
+from report_drafts.outbox import fhir_resources, outbox_file, pending_sends, record_sent
+from report_drafts.signoff import amend, edit_text, finding_feedback, open_report, reject, sign
+from report_drafts.states import (
+    SIGNED_STATES,
+    IllegalTransition,
+    InvalidRequest,
+    LifecycleError,
+    NotFound,
+    PermissionDenied,
+    ReportState,
+    StaleVersion,
+)
+from report_drafts.trace import trace
+from report_drafts.users import add_user
+from report_drafts.versions import (
+    current_content,
+    demo_mode,
+    get_report,
+    report_for_study_version,
+    report_text,
+    version,
+)
 
-_EXPORTS = {
-    "mark_state": "report_drafts.lifecycle",
-    "record_draft": "report_drafts.lifecycle",
-    "pending_sends": "report_drafts.lifecycle",
-    "record_sent": "report_drafts.lifecycle",
-    "open_report": "report_drafts.lifecycle",
-    "edit_text": "report_drafts.lifecycle",
-    "finding_feedback": "report_drafts.lifecycle",
-    "sign": "report_drafts.lifecycle",
-    "reject": "report_drafts.lifecycle",
-    "amend": "report_drafts.lifecycle",
-    "requeue": "report_drafts.lifecycle",
-    "retry_job": "report_drafts.lifecycle",
-    "outbox_file": "report_drafts.publish",
-    "fhir_resources": "report_drafts.publish",
-    "reader_figures": "report_drafts.figures",
-    "trace": "report_drafts.trace",
-    "add_user": "report_drafts.users",
-    "create_app": "report_drafts.api",
-    "ReportState": "report_drafts.states",
-    "LifecycleError": "report_drafts.states",
-    "IllegalTransition": "report_drafts.states",
-    "StaleVersion": "report_drafts.states",
-    "PermissionDenied": "report_drafts.states",
-    "NotFound": "report_drafts.states",
-    "InvalidRequest": "report_drafts.states",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'report_drafts' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__all__ = [
+    "DEMO_WARNING",
+    "SIGNED_STATES",
+    "Algorithm",
+    "Box",
+    "Finding",
+    "IllegalTransition",
+    "InvalidRequest",
+    "LifecycleError",
+    "NotFound",
+    "PermissionDenied",
+    "ReportContent",
+    "ReportState",
+    "ReportStatus",
+    "Signer",
+    "StaleVersion",
+    "add_user",
+    "amend",
+    "current_content",
+    "demo_mode",
+    "edit_text",
+    "fhir_resources",
+    "finding_feedback",
+    "get_report",
+    "mark_state",
+    "open_report",
+    "outbox_file",
+    "pending_sends",
+    "reader_figures",
+    "record_draft",
+    "record_sent",
+    "reject",
+    "report_for_study_version",
+    "report_text",
+    "requeue",
+    "retry_job",
+    "sign",
+    "trace",
+    "version",
+]

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from dicom_listener.tables import IngestEvent, IngestEventKind
+from dicom_listener import IngestEvent, IngestEventKind
 from raddraft import jobs
 from raddraft.db import utcnow
 from raddraft.settings import Settings
-from report_drafts.pages import queue
+from report_drafts import queue_status
 from report_drafts.states import ReportState
 from report_drafts.tables import ReportVersion, SentKind, SentObject, SentState
 
@@ -107,7 +107,7 @@ def job_families(session: Session) -> list[Family]:
         "raddraft_queue_jobs", "gauge", "Jobs in the job table by queue and state (queue depth)."
     )
     seen: dict[tuple[str, str], int] = {}
-    for row in queue.jobs_by_queue_state(session):
+    for row in queue_status.jobs_by_queue_state(session):
         seen[(row["queue"], row["state"])] = row["count"]
     queues = {q for q, _ in seen} | {"gpu", "io"}
     for name in sorted(queues):
@@ -135,7 +135,7 @@ def job_families(session: Session) -> list[Family]:
     dead_exports = session.scalar(
         select(func.count())
         .select_from(jobs.Job)
-        .where(jobs.Job.state == jobs.JobState.dead, jobs.Job.task.in_(queue.EXPORT_TASKS))
+        .where(jobs.Job.state == jobs.JobState.dead, jobs.Job.task.in_(queue_status.EXPORT_TASKS))
     )
     dead = Family(
         "raddraft_exports_dead_lettered", "gauge", "Export jobs out of attempts (dead letters)."
@@ -178,7 +178,7 @@ def export_families(session: Session) -> list[Family]:
 
 def report_families(session: Session) -> list[Family]:
     reports = Family("raddraft_reports", "gauge", "Reports (drafts) by lifecycle state.")
-    for state, count in sorted(queue.reports_by_state(session).items()):
+    for state, count in sorted(queue_status.reports_by_state(session).items()):
         reports.add(count, state=state)
     versions = Family(
         "raddraft_report_versions_total", "counter", "Report versions written, by action."
@@ -204,7 +204,7 @@ def worker_families(session: Session, settings: Settings) -> list[Family]:
     age = Family(
         "raddraft_worker_heartbeat_age_seconds", "gauge", "Seconds since each worker's heartbeat."
     )
-    found = queue.workers(session, settings, utcnow())
+    found = queue_status.workers(session, settings, utcnow())
     alive.add(sum(1 for w in found if w["alive"]))
     for w in found:
         age.add(w["age_s"] or 0.0, worker=w["name"], queues=w["queues"], model=w["model"])
@@ -212,7 +212,7 @@ def worker_families(session: Session, settings: Settings) -> list[Family]:
 
 
 def disk_families(settings: Settings) -> list[Family]:
-    info = queue.disk(settings)
+    info = queue_status.disk(settings)
     used = Family("raddraft_disk_used_ratio", "gauge", "Used share of the data directory's disk.")
     used.add(info["used_percent"] / 100.0)
     mark = Family(

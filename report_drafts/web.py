@@ -13,12 +13,11 @@ from sqlalchemy import text
 
 from raddraft.settings import Settings, get_settings
 from report_drafts import metrics, pages
+from report_drafts.api import create_app
 
 
 def create_web_app(settings: Settings | None = None) -> FastAPI:
-    """The API app with the pages (installed once, whoever installs them) and ``/metrics``."""
-    from report_drafts.api import create_app
-
+    """The API app with the pages and ``/metrics``."""
     settings = settings or get_settings()
     app = create_app(settings)
     pages.install(app, settings)

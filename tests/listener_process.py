@@ -7,7 +7,7 @@ Reusable by any test that needs a running listener::
     with ListenerProcess(tmp_path / "listener.log").start() as listener:   # uses os.environ
         storescu(listener.port, [file1, file2])
 
-The child is ``python -m dicom_listener --host 127.0.0.1 --port <free port>`` (the same code
+The child is ``python -m raddraft listen --host 127.0.0.1 --port <free port>`` (the same code
 as ``raddraft listen``), in its own process group so :meth:`ListenerProcess.kill9` can cut it
 down like a power failure. Its settings come from the environment: inside a test that uses the
 ``settings`` fixture, that is the test's data directory and database.
@@ -49,7 +49,7 @@ _HOST = ("--host", "127.0.0.1")
 
 
 class ListenerProcess:
-    """``python -m dicom_listener`` on a free loopback port, its log in ``log_path``."""
+    """``python -m raddraft listen`` on a free loopback port, its log in ``log_path``."""
 
     def __init__(
         self,
@@ -71,7 +71,8 @@ class ListenerProcess:
                 [
                     sys.executable,
                     "-m",
-                    "dicom_listener",
+                    "raddraft",
+                    "listen",
                     "--host",
                     "127.0.0.1",
                     "--port",

@@ -7,8 +7,8 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect
 from sqlalchemy.engine import Engine
 
+from migrations.schema import metadata
 from raddraft import migrate
-from raddraft.tables import metadata
 
 
 def test_models_and_migrations_agree(engine: Engine) -> None:

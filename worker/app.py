@@ -1,8 +1,9 @@
 """The Celery application: broker from settings, two queues, late acknowledgement.
 
-Queues: ``gpu`` runs drafting (one task at a time per GPU worker process, the model loaded once
-at worker start); ``io`` runs exports and RIS messages. Producers never call Celery: they write
-job rows (:mod:`raddraft.jobs`) and :mod:`worker.dispatcher` sends them here.
+Queues (:class:`raddraft.job_contract.Queue`): ``gpu`` runs drafting (one task at a time per GPU
+worker process, the model loaded once at worker start); ``io`` runs exports and RIS messages.
+Producers never call Celery: they write job rows (:mod:`raddraft.job_contract`) and
+:mod:`worker.router` sends them here.
 """
 
 from __future__ import annotations
@@ -11,13 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from kombu import Queue
+from kombu import Queue as KombuQueue
 
+from raddraft.job_contract import QUEUES, Queue
 from raddraft.settings import Settings, get_settings
-
-GPU_QUEUE = "gpu"
-IO_QUEUE = "io"
-QUEUES = (GPU_QUEUE, IO_QUEUE)
 
 
 def _filesystem_options(broker_url: str) -> dict[str, Any]:
@@ -52,8 +50,8 @@ def make_app(settings: Settings | None = None) -> Celery:
         # Our subclass of kombu's filesystem transport, which writes message files atomically.
         broker_transport="worker.fs_transport:Transport" if url == "filesystem://" else None,
         broker_connection_retry_on_startup=True,
-        task_queues=[Queue(name) for name in QUEUES],
-        task_default_queue=IO_QUEUE,
+        task_queues=[KombuQueue(str(name)) for name in QUEUES],
+        task_default_queue=str(Queue.io),
         task_serializer="json",
         accept_content=["json"],
         task_ignore_result=True,

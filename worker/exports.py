@@ -20,7 +20,7 @@ from dicom_listener.scu import PermanentExportError, TransientExportError, store
 from raddraft.db import session_scope
 from raddraft.logging import kv
 from raddraft.settings import DicomNode, Settings, get_settings
-from report_drafts import lifecycle, mllp, publish
+from report_drafts import mllp, outbox
 from worker.errors import PermanentError, TransientError
 
 log = logging.getLogger(__name__)
@@ -42,14 +42,14 @@ def _pending(
 ) -> list[tuple[int, str, Path]]:
     settings = get_settings()
     with session_scope() as session:
-        rows = lifecycle.pending_sends(session, version_pk, kinds=kinds, destination=destination)
-        return [(row.id, row.identifier, publish.outbox_file(settings, row)) for row in rows]
+        rows = outbox.pending_sends(session, version_pk, kinds=kinds, destination=destination)
+        return [(row.id, row.identifier, outbox.outbox_file(settings, row)) for row in rows]
 
 
 def _record(sent: list[int], *, ok: bool, error: str | None = None) -> None:
     with session_scope() as session:
         for sent_pk in sent:
-            lifecycle.record_sent(session, sent_pk, ok=ok, error=error)
+            outbox.record_sent(session, sent_pk, ok=ok, error=error)
 
 
 def export_dicom_job(job_id: int, args: dict[str, Any]) -> dict[str, Any]:

@@ -16,12 +16,13 @@ from pydicom.uid import generate_uid
 
 import dicom_listener
 import models
+import report_drafts
 from raddraft import __version__ as raddraft_version
 from raddraft.db import session_scope
+from raddraft.job_contract import DraftStudy
 from raddraft.logging import kv
 from raddraft.settings import Settings, get_settings
-from report_drafts import lifecycle
-from report_drafts.content import Algorithm, Box, Finding, ReportContent
+from report_drafts import Algorithm, Box, Finding, ReportContent
 from worker import priors
 from worker.errors import PermanentError
 
@@ -57,10 +58,10 @@ def load_reader(settings: Settings) -> models.ModelInfo:
     return _reader.model
 
 
-def draft_job(job_id: int, args: dict[str, Any]) -> dict[str, Any]:
-    """Draft study version ``args["study_version_pk"]``; returns stage timings in seconds."""
+def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
+    """Draft study version ``args.study_version_pk``; returns stage timings in seconds."""
     settings = get_settings()
-    version_pk = int(args["study_version_pk"])
+    version_pk = args.study_version_pk
     with session_scope() as session:
         study = dicom_listener.study_for_version(session, version_pk)
         if priors.is_retrieved_prior(session, study.study_instance_uid):
@@ -68,10 +69,10 @@ def draft_job(job_id: int, args: dict[str, Any]) -> dict[str, Any]:
                 "not drafting a study fetched as a prior %s", kv(study=study.study_instance_uid)
             )
             return {"skipped": "retrieved as a prior"}
-        existing = lifecycle.report_for_study_version(session, version_pk)
+        existing = report_drafts.report_for_study_version(session, version_pk)
         if existing is not None and existing.current_version > 0:
             return {"skipped": "already drafted"}
-        lifecycle.mark_state(session, version_pk, "drafting")
+        report_drafts.mark_state(session, version_pk, "drafting")
         images = priors.frontal_first(dicom_listener.version_images(session, version_pk))
     current = _current_images(images)
     if not current:
@@ -108,7 +109,7 @@ def draft_job(job_id: int, args: dict[str, Any]) -> dict[str, Any]:
         "timings": timings,
     }
     with session_scope() as session:
-        draft = lifecycle.record_draft(
+        draft = report_drafts.record_draft(
             session,
             study_version_pk=version_pk,
             content=content,
@@ -132,10 +133,10 @@ def draft_job(job_id: int, args: dict[str, Any]) -> dict[str, Any]:
     return timings
 
 
-def draft_failed(args: dict[str, Any], error: str) -> None:
+def draft_failed(args: DraftStudy, error: str) -> None:
     """A draft job is dead: show the study as failed so an administrator can requeue it."""
     with session_scope() as session:
-        lifecycle.mark_state(session, int(args["study_version_pk"]), "failed", reason=error)
+        report_drafts.mark_state(session, args.study_version_pk, "failed", reason=error)
 
 
 def _current_images(

@@ -13,17 +13,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import dicom_listener
+import report_drafts
 from dicom_listener.scu import ScuError, find_prior_studies, move_study
-from dicom_listener.tables import Study, StudyVersion
 from raddraft.db import session_scope
 from raddraft.logging import kv
 from raddraft.settings import Settings
-from report_drafts import lifecycle
-from report_drafts.states import SIGNED_STATES
+from report_drafts import SIGNED_STATES
 from worker.tables import RetrievedPrior
 
 log = logging.getLogger(__name__)
@@ -103,10 +101,10 @@ def _frontal_images(session: Session, study_version_pk: int) -> list[dicom_liste
 
 
 def _signed_report_text(session: Session, study_version_pk: int) -> str | None:
-    report = lifecycle.report_for_study_version(session, study_version_pk)
+    report = report_drafts.report_for_study_version(session, study_version_pk)
     if report is None or report.state not in SIGNED_STATES:
         return None
-    return lifecycle.report_text(lifecycle.current_content(session, report))
+    return report_drafts.report_text(report_drafts.current_content(session, report))
 
 
 def _from_pacs(
@@ -168,13 +166,7 @@ def _from_pacs(
 
 def _study_frontal_images(session: Session, study_uid: str) -> list[dicom_listener.ArchivedImage]:
     """Images of a study that arrived by C-MOVE, which need not be complete yet."""
-    version_pk = session.scalar(
-        select(StudyVersion.id)
-        .join(Study, Study.id == StudyVersion.study_pk)
-        .where(Study.study_instance_uid == study_uid)
-        .order_by(StudyVersion.number.desc())
-        .limit(1)
-    )
+    version_pk = dicom_listener.latest_version_pk(session, study_uid)
     return [] if version_pk is None else _frontal_images(session, version_pk)
 
 

@@ -8,9 +8,10 @@ import threading
 
 from raddraft import jobs
 from raddraft.db import session_scope
+from raddraft.job_contract import Queue
 from raddraft.logging import kv
 from raddraft.settings import Settings
-from worker.app import GPU_QUEUE, make_app
+from worker.app import make_app
 from worker.runner import WORKER_NAME
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ def run_worker(
 ) -> None:
     """Serve ``queues`` until stopped. A ``gpu`` worker loads the model first, once."""
     model, demo = "", False
-    if GPU_QUEUE in queues and load_model:
+    if Queue.gpu in queues and load_model:
         from worker import pipeline
 
         info = pipeline.load_reader(settings)
@@ -59,7 +60,7 @@ def run_worker(
     app = make_app(settings)
     # The gpu queue runs in this very process (solo pool), where the model was loaded; io
     # workers may fork several children.
-    pool = "solo" if GPU_QUEUE in queues else "prefork"
+    pool = "solo" if Queue.gpu in queues else "prefork"
     argv = [
         "worker",
         "-Q",

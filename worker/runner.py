@@ -10,9 +10,9 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
-from raddraft import jobs
+from raddraft import job_contract, jobs
 from raddraft.db import session_scope
 from raddraft.logging import kv
 from raddraft.settings import get_settings
@@ -20,8 +20,9 @@ from worker.errors import PermanentError
 
 log = logging.getLogger(__name__)
 
-# A handler gets the job's id and arguments and returns timings (seconds by stage) to record.
-Handler = Callable[[int, dict[str, Any]], dict[str, Any] | None]
+Args = TypeVar("Args", bound=job_contract.JobArgs)
+# A handler gets the job's id and typed arguments and returns timings (seconds by stage).
+Handler = Callable[[int, Args], dict[str, Any] | None]
 
 WORKER_NAME = f"{socket.gethostname()}:{os.getpid()}"
 
@@ -49,12 +50,17 @@ def _lease_kept(job_id: int, lease: dt.timedelta) -> Iterator[None]:
 
 
 def run_job(
-    job_id: int, handler: Handler, on_dead: Callable[[dict[str, Any], str], None] | None = None
+    job_id: int,
+    kind: type[Args],
+    handler: Handler[Args],
+    on_dead: Callable[[Args, str], None] | None = None,
 ) -> str:
     """Run ``handler`` for job ``job_id`` unless another worker has it or it is finished.
 
-    Returns what happened: ``skipped`` (not claimed), ``done``, ``retry`` or ``dead``.
-    ``on_dead`` gets the job's arguments and the error when the job is dead-lettered.
+    The job row's arguments are read as ``kind`` (a dataclass of the job contract); a row
+    that does not fit is dead-lettered, never guessed at. Returns what happened: ``skipped``
+    (not claimed), ``done``, ``retry`` or ``dead``. ``on_dead`` gets the job's arguments and
+    the error when the job is dead-lettered.
     """
     settings = get_settings()
     lease = dt.timedelta(seconds=settings.job_lease_seconds)
@@ -64,8 +70,12 @@ def run_job(
             return "skipped"
         job = session.get(jobs.Job, job_id)
         assert job is not None
-        args = dict(job.args)
+        task, raw_args = job.task, dict(job.args)
         waited = (job.started_at - job.created_at).total_seconds() if job.started_at else 0.0
+    try:
+        args = _arguments(kind, task, raw_args)
+    except PermanentError as error:
+        return _failed(job_id, error, transient=False)
     started = time.monotonic()
     try:
         with _lease_kept(job_id, lease):
@@ -87,6 +97,17 @@ def run_job(
         kv(job=job_id, **{k: v for k, v in timings.items() if isinstance(v, int | float)}),
     )
     return "done"
+
+
+def _arguments(kind: type[Args], task: str, raw: dict[str, Any]) -> Args:
+    """The row's arguments as ``kind``; :class:`PermanentError` when they are not that."""
+    try:
+        args = job_contract.arguments_of(task, raw)
+    except ValueError as error:
+        raise PermanentError(str(error)) from error
+    if not isinstance(args, kind):
+        raise PermanentError(f"task {task} is not a {kind.__name__} job")
+    return args
 
 
 def _failed(job_id: int, error: BaseException, *, transient: bool) -> str:

@@ -1,8 +1,9 @@
-"""Celery tasks, by the names producers write into the job table.
+"""Celery tasks, registered under the task names of :mod:`raddraft.job_contract`.
 
-Each task receives a job id only; the job row holds the arguments. The bodies live in
-:mod:`worker.pipeline` (drafting) and :mod:`worker.exports` (PACS, RIS), imported lazily so an
-``io`` worker never imports the model stack.
+Each task receives a job id only; the job row holds the arguments, which :func:`run_job` reads
+back as the contract's dataclass. The bodies live in :mod:`worker.pipeline` (the processor:
+drafting) and :mod:`worker.dispatcher` (results out to PACS and RIS). Neither imports the model
+stack at import time: an ``io`` worker never loads torch.
 """
 
 from __future__ import annotations
@@ -11,48 +12,36 @@ from typing import Any
 
 from celery import shared_task
 
+from raddraft.job_contract import DraftStudy, ExportDicom, Ping, PushFhir, SendHl7
+from worker import dispatcher, pipeline
 from worker.runner import run_job
 
-DRAFT_STUDY = "raddraft.draft_study"
-EXPORT_DICOM = "raddraft.export_dicom"
-SEND_HL7 = "raddraft.send_hl7"
-PUSH_FHIR = "raddraft.push_fhir"
-PING = "raddraft.ping"
 
-
-@shared_task(name=DRAFT_STUDY)
+@shared_task(name=DraftStudy.TASK)
 def draft_study(job_id: int) -> str:
-    from worker import pipeline
-
-    return run_job(job_id, pipeline.draft_job, on_dead=pipeline.draft_failed)
+    return run_job(job_id, DraftStudy, pipeline.draft_job, on_dead=pipeline.draft_failed)
 
 
-@shared_task(name=EXPORT_DICOM)
+@shared_task(name=ExportDicom.TASK)
 def export_dicom(job_id: int) -> str:
-    from worker import exports
-
-    return run_job(job_id, exports.export_dicom_job)
+    return run_job(job_id, ExportDicom, dispatcher.export_dicom_job)
 
 
-@shared_task(name=SEND_HL7)
+@shared_task(name=SendHl7.TASK)
 def send_hl7(job_id: int) -> str:
-    from worker import exports
-
-    return run_job(job_id, exports.send_hl7_job)
+    return run_job(job_id, SendHl7, dispatcher.send_hl7_job)
 
 
-@shared_task(name=PUSH_FHIR)
+@shared_task(name=PushFhir.TASK)
 def push_fhir(job_id: int) -> str:
-    from worker import exports
-
-    return run_job(job_id, exports.push_fhir_job)
+    return run_job(job_id, PushFhir, dispatcher.push_fhir_job)
 
 
-def _pong(job_id: int, args: dict[str, Any]) -> dict[str, Any]:
-    return {"echo": args.get("echo")}
+def _pong(job_id: int, args: Ping) -> dict[str, Any]:
+    return {"echo": args.echo}
 
 
-@shared_task(name=PING)
+@shared_task(name=Ping.TASK)
 def ping(job_id: int) -> str:
-    """A no-op job: proves the path table -> dispatcher -> broker -> worker -> table works."""
-    return run_job(job_id, _pong)
+    """A no-op job: proves the path table -> router -> broker -> worker -> table works."""
+    return run_job(job_id, Ping, _pong)

@@ -11,20 +11,19 @@ from sqlalchemy.orm import Session
 
 from raddraft.db import engine_for, session_factory
 from raddraft.settings import Settings, get_settings
-from report_drafts import lifecycle
+from report_drafts import versions
+from report_drafts.api import fhir_routes, routes
 from report_drafts.content import DEMO_WARNING
 from report_drafts.states import LifecycleError
 
 
-def create_app(settings: Settings | None = None, *, pages: bool = True) -> FastAPI:
-    """The app: review API at ``/api``, FHIR at ``/fhir``, ``/healthz`` and ``/readyz``.
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The API alone: review API at ``/api``, FHIR at ``/fhir``, ``/healthz`` and ``/readyz``.
 
     ``app.state.session_resolvers`` is a list the pages may append a cookie-session resolver
-    to (see :mod:`report_drafts.api.auth`). With ``pages`` (the default) the review desk and
-    queue pages of :mod:`report_drafts.pages` are installed when that package is present.
+    to (see :mod:`report_drafts.api.auth`). The pages, which build on the API, are added by
+    :func:`report_drafts.web.create_web_app`, the app ``raddraft web`` serves.
     """
-    from report_drafts.api import fhir_routes, routes
-
     settings = settings or get_settings()
     app = FastAPI(
         title="RadDraft review API",
@@ -53,7 +52,7 @@ def create_app(settings: Settings | None = None, *, pages: bool = True) -> FastA
         body: dict[str, Any] = {"status": "ok", "demo": False}
         try:
             with Session(engine) as session:
-                body["demo"] = lifecycle.demo_mode(session)
+                body["demo"] = versions.demo_mode(session)
         except Exception:  # liveness must not depend on the database; readyz reports it
             body["demo"] = None
         if body["demo"]:
@@ -72,16 +71,7 @@ def create_app(settings: Settings | None = None, *, pages: bool = True) -> FastA
 
     app.include_router(routes.router)
     app.include_router(fhir_routes.router)
-    if pages:
-        _install_pages(app, settings)
     return app
-
-
-def _install_pages(app: FastAPI, settings: Settings) -> None:
-    # Imported here: the pages import this package's routes, so a top-level import would cycle.
-    from report_drafts.pages import install
-
-    install(app, settings)
 
 
 __all__ = ["create_app"]

@@ -13,8 +13,8 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dicom_listener.tables import Patient, Study
-from report_drafts import publish
+from dicom_listener import Patient, Study
+from report_drafts import outbox
 from report_drafts.api.auth import DbSession, Viewer
 from report_drafts.states import NotFound
 from report_drafts.tables import Report, ReportVersion
@@ -46,7 +46,7 @@ def _resources(request: Request, session: Session, report: Report) -> dict[str, 
     row = published_version(session, report)
     if row is None:
         raise NotFound(f"report {report.uid} has no published version")
-    return publish.fhir_resources(session, request.app.state.settings, row)
+    return outbox.fhir_resources(session, request.app.state.settings, row)
 
 
 def _bundle(entries: list[dict[str, Any]], base: str) -> Response:
@@ -230,4 +230,4 @@ def read_provenance(
     )
     if row is None or row.action not in PUBLISHED_ACTIONS:
         raise NotFound(f"no Provenance {resource_id}")
-    return _json(publish.fhir_resources(session, request.app.state.settings, row)["Provenance"])
+    return _json(outbox.fhir_resources(session, request.app.state.settings, row)["Provenance"])

@@ -15,12 +15,12 @@ from sqlalchemy import select
 
 from raddraft import jobs
 from raddraft.settings import Settings
-from report_drafts import audit, figures, lifecycle, render
-from report_drafts import trace as tracing
+from report_drafts import admin, audit, figures, render, signoff, versions
 from report_drafts.api import views
 from report_drafts.api.auth import Admin, CurrentUser, DbSession, Radiologist, Viewer
 from report_drafts.content import Box, ReportContent
 from report_drafts.states import NotFound
+from report_drafts.trace import trace as find_trace
 
 router = APIRouter(prefix="/api")
 
@@ -118,7 +118,7 @@ def worklist(
 def report_detail(report_id: int, session: DbSession, user: Viewer) -> dict[str, Any]:
     """The draft with stages, findings, versions and provenance; a radiologist's first view
     starts the review (and the reader-study clock)."""
-    report = lifecycle.open_report(session, report_id, user)
+    report = signoff.open_report(session, report_id, user)
     result = views.detail(session, report)
     session.commit()
     return result
@@ -126,12 +126,12 @@ def report_detail(report_id: int, session: DbSession, user: Viewer) -> dict[str,
 
 @router.get("/reports/{report_id}/versions/{number}", tags=["review"])
 def report_version(report_id: int, number: int, session: DbSession, user: Viewer) -> dict[str, Any]:
-    return views.version_json(lifecycle.version(session, report_id, number))
+    return views.version_json(versions.version(session, report_id, number))
 
 
 @router.post("/reports/{report_id}/edit", tags=["review"])
 def edit(report_id: int, body: EditBody, session: DbSession, user: Radiologist) -> dict[str, Any]:
-    row = lifecycle.edit_text(
+    row = signoff.edit_text(
         session,
         report_id,
         user,
@@ -148,7 +148,7 @@ def edit(report_id: int, body: EditBody, session: DbSession, user: Radiologist) 
 def finding(
     report_id: int, tracking_uid: str, body: FindingBody, session: DbSession, user: Radiologist
 ) -> dict[str, Any]:
-    row = lifecycle.finding_feedback(
+    row = signoff.finding_feedback(
         session,
         report_id,
         user,
@@ -166,7 +166,7 @@ def sign(
     report_id: int, body: SignBody, request: Request, session: DbSession, user: Radiologist
 ) -> dict[str, Any]:
     """Sign as the authenticated radiologist: final SR and GSPS built, exports enqueued."""
-    row = lifecycle.sign(
+    row = signoff.sign(
         session,
         report_id,
         user,
@@ -181,7 +181,7 @@ def sign(
 def reject(
     report_id: int, body: RejectBody, session: DbSession, user: Radiologist
 ) -> dict[str, Any]:
-    row = lifecycle.reject(
+    row = signoff.reject(
         session, report_id, user, expected_version=body.expected_version, reason=body.reason
     )
     return _changed(session, report_id, row)
@@ -191,7 +191,7 @@ def reject(
 def amend(
     report_id: int, body: AmendBody, request: Request, session: DbSession, user: Radiologist
 ) -> dict[str, Any]:
-    row = lifecycle.amend(
+    row = signoff.amend(
         session,
         report_id,
         user,
@@ -209,12 +209,12 @@ def amend(
 @router.get("/reports/{report_id}/sent", tags=["review"])
 def sent(report_id: int, session: DbSession, user: Viewer) -> list[dict[str, Any]]:
     """What was sent where, per version."""
-    return views.detail(session, lifecycle.get_report(session, report_id))["sent"]
+    return views.detail(session, versions.get_report(session, report_id))["sent"]
 
 
 @router.get("/reports/{report_id}/images", tags=["images"])
 def images(report_id: int, session: DbSession, user: Viewer) -> list[dict[str, Any]]:
-    return views.images_json(session, lifecycle.get_report(session, report_id))
+    return views.images_json(session, versions.get_report(session, report_id))
 
 
 @router.get(
@@ -238,13 +238,13 @@ def image_png(
 ) -> Response:
     """The archived image, windowed (given window, the image's own, or percentiles), with the
     boxes of the report's findings (current version unless ``version``) in stored pixels."""
-    report = lifecycle.get_report(session, report_id)
+    report = versions.get_report(session, report_id)
     instance = views.instance_of(session, report, sop_instance_uid)
     if instance is None:
         raise NotFound(f"image {sop_instance_uid} is not part of report {report_id}")
     findings: tuple[Any, ...] = ()
     if boxes and report.current_version > 0:
-        row = lifecycle.version(session, report.id, version or report.current_version)
+        row = versions.version(session, report.id, version or report.current_version)
         content = ReportContent.from_json(row.content)
         findings = tuple(f for f in content.findings if f.sop_instance_uid == sop_instance_uid)
     png = render.render_png(
@@ -273,7 +273,7 @@ def reader_figures(session: DbSession, user: Viewer) -> dict[str, Any]:
 @router.get("/trace/{identifier:path}", tags=["audit"])
 def trace(identifier: str, session: DbSession, user: Viewer) -> list[dict[str, Any]]:
     """From an SR/GSPS UID, FHIR id or HL7 control id to the version, model and signer."""
-    found = tracing.trace(session, identifier)
+    found = find_trace(session, identifier)
     if not found:
         raise NotFound(f"nothing RadDraft sent is called {identifier!r}")
     from dataclasses import asdict
@@ -312,7 +312,7 @@ def list_jobs(
 
 @router.post("/admin/jobs/{job_id}/retry", tags=["admin"])
 def retry_job(job_id: int, session: DbSession, user: Admin) -> dict[str, Any]:
-    job = lifecycle.retry_job(session, job_id, user)
+    job = admin.retry_job(session, job_id, user)
     session.commit()
     return {"id": job.id, "state": job.state}
 
@@ -320,7 +320,7 @@ def retry_job(job_id: int, session: DbSession, user: Admin) -> dict[str, Any]:
 @router.post("/admin/study-versions/{study_version_pk}/requeue", tags=["admin"])
 def requeue(study_version_pk: int, session: DbSession, user: Admin) -> dict[str, Any]:
     """Draft a failed study version again (refused once a draft exists)."""
-    job = lifecycle.requeue(session, study_version_pk, user)
+    job = admin.requeue(session, study_version_pk, user)
     session.commit()
     return {"job": job.id, "key": job.key, "state": job.state}
 

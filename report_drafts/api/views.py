@@ -9,8 +9,8 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from dicom_listener.tables import Instance, Patient, Study, StudyVersion
-from report_drafts import lifecycle, publish
+from dicom_listener import Instance, Patient, Study, StudyVersion
+from report_drafts import outbox, versions
 from report_drafts.content import DEMO_WARNING, DRAFT_WARNING, ReportContent
 from report_drafts.states import SIGNED_STATES, ReportState
 from report_drafts.tables import AuditEvent, DraftRun, Report, ReportVersion, SentObject
@@ -175,7 +175,7 @@ def worklist(session: Session, *, page: int, page_size: int, **filters: Any) -> 
     ).all()
     items = []
     for report, sv, study, patient in rows:
-        content = lifecycle.current_content(session, report) if report.current_version > 0 else None
+        content = versions.current_content(session, report) if report.current_version > 0 else None
         items.append(summary_json(StudyRow(report, sv, study, patient), content))
     return {"total": total, "page": page, "page_size": page_size, "items": items}
 
@@ -183,19 +183,19 @@ def worklist(session: Session, *, page: int, page_size: int, **filters: Any) -> 
 def detail(session: Session, report: Report) -> dict[str, Any]:
     """Everything a reviewer needs: text, findings, stages, prior, versions, provenance."""
     row = study_row(session, report)
-    versions = list(
+    rows = list(
         session.scalars(
             select(ReportVersion)
             .where(ReportVersion.report_pk == report.id)
             .order_by(ReportVersion.number)
         )
     )
-    current = versions[-1] if versions else None
+    current = rows[-1] if rows else None
     content = ReportContent.from_json(current.content) if current else None
-    run = lifecycle.draft_run(session, report)
+    run = versions.draft_run(session, report)
     sent = session.scalars(
         select(SentObject)
-        .where(SentObject.report_version_pk.in_([v.id for v in versions]))
+        .where(SentObject.report_version_pk.in_([v.id for v in rows]))
         .order_by(SentObject.id)
     )
     warnings = []
@@ -203,7 +203,7 @@ def detail(session: Session, report: Report) -> dict[str, Any]:
         warnings.append(DEMO_WARNING)
     if report.state not in SIGNED_STATES:
         warnings.append(DRAFT_WARNING)
-    by_version = {v.id: v.number for v in versions}
+    by_version = {v.id: v.number for v in rows}
     return {
         **summary_json(row, content),
         "warnings": warnings,
@@ -211,7 +211,7 @@ def detail(session: Session, report: Report) -> dict[str, Any]:
         "content": current.content if current else None,
         "version": version_json(current) if current else None,
         "versions": [
-            {k: v for k, v in version_json(v).items() if k != "content"} for v in versions
+            {k: v for k, v in version_json(v).items() if k != "content"} for v in rows
         ],
         "provenance": run_json(run),
         "prior": run.prior if run else None,
@@ -230,12 +230,12 @@ def images_json(session: Session, report: Report) -> list[dict[str, Any]]:
             "photometric_interpretation": inst.photometric_interpretation,
             "png": f"/api/reports/{report.id}/images/{inst.sop_instance_uid}.png",
         }
-        for inst in publish.source_instances(session, report)
+        for inst in outbox.source_instances(session, report)
     ]
 
 
 def instance_of(session: Session, report: Report, sop_instance_uid: str) -> Instance | None:
-    for inst in publish.source_instances(session, report):
+    for inst in outbox.source_instances(session, report):
         if inst.sop_instance_uid == sop_instance_uid:
             return inst
     return None

@@ -1,12 +1,14 @@
-"""The pages of issue 6: the radiologist's review desk and the administrator's queue.
+"""The pages: the radiologist's review desk and the administrator's queue.
 
-:func:`install` adds them to the API app (``report_drafts.api.create_app``): the page routes,
-the static files, the sign-in session and its resolver for the API's auth dependency.
+:func:`install` adds them to the API app (:func:`report_drafts.api.create_app`); the web app
+:func:`report_drafts.web.create_web_app` does so. Installed: the page routes, the static files,
+the sign-in session and its resolver for the API's auth dependency.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse
@@ -22,8 +24,7 @@ STATIC_DIR = Path(__file__).parent / "static"
 def install(app: FastAPI, settings: Settings) -> None:
     """Add the pages to ``app``; the API then also accepts the pages' cookie session.
 
-    Idempotent: ``create_app`` installs the pages itself, and :func:`report_drafts.web
-    .create_web_app` calls this again to be sure they are there.
+    Idempotent: a second call changes nothing.
     """
     if getattr(app.state, "pages_installed", False):
         return
@@ -36,8 +37,6 @@ def install(app: FastAPI, settings: Settings) -> None:
 
     @app.exception_handler(SignInRequired)
     def _sign_in(_request: Request, error: SignInRequired) -> RedirectResponse:
-        from urllib.parse import urlencode
-
         return RedirectResponse("/login?" + urlencode({"next": error.next_path}), 303)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")

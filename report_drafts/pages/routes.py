@@ -1,7 +1,7 @@
 """The HTML pages: sign-in, worklist, review desk and the administrator's queue.
 
 Pages are rendered on the server from the same functions the JSON API uses
-(:mod:`report_drafts.api.views`, :mod:`report_drafts.lifecycle`). Every change a page makes
+(:mod:`report_drafts.api.views`, :mod:`report_drafts.signoff`). Every change a page makes
 (edits, per-finding feedback, sign, reject, retry, requeue) is a ``fetch`` to the JSON API with
 the session cookie and the CSRF header, so the API's role checks, and the lifecycle's own, decide
 what is allowed: a page that shows a button never grants the right to press it.
@@ -18,15 +18,15 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
-from dicom_listener.tables import Instance
+from dicom_listener import Instance
 from raddraft.db import utcnow
 from raddraft.settings import Settings
-from report_drafts import audit, lifecycle, render
+from report_drafts import audit, queue_status, render, signoff, versions
 from report_drafts.api import views
 from report_drafts.api.auth import DbSession
 from report_drafts.content import DEMO_WARNING, DRAFT_WARNING
-from report_drafts.pages import queue, viewmodel
 from report_drafts.pages import session as page_session
+from report_drafts.pages import viewmodel
 from report_drafts.states import EDITABLE, SIGNED_STATES, LifecycleError, NotFound, ReportState
 from report_drafts.tables import EditReason, Role, User
 from report_drafts.users import user_for_password, user_for_token
@@ -302,7 +302,7 @@ def worklist(
 def review(request: Request, report_id: int, session: DbSession, user: PageUser) -> HTMLResponse:
     """The review desk: image with boxes, prior, editable text, findings, stages, sign."""
     try:
-        report = lifecycle.open_report(session, report_id, user)
+        report = signoff.open_report(session, report_id, user)
         detail = views.detail(session, report)
     except LifecycleError as error:
         session.rollback()
@@ -410,10 +410,10 @@ def prior_png(
 ) -> Response:
     """An image of the prior study this draft was compared with (not part of the report)."""
     try:
-        report = lifecycle.get_report(session, report_id)
+        report = versions.get_report(session, report_id)
     except NotFound:
         return Response(status_code=404)
-    run = lifecycle.draft_run(session, report)
+    run = versions.draft_run(session, report)
     _study, instances = viewmodel.prior_instances(session, run.prior if run else None)
     found = next((i for i in instances if i.sop_instance_uid == sop_instance_uid), None)
     if found is None:
@@ -434,7 +434,7 @@ def prior_png(
 def queue_page(request: Request, session: DbSession, user: PageUser) -> HTMLResponse:
     if user.role != Role.admin:
         return error_page(request, session, user, 403, "The queue page is for administrators.")
-    data = queue.queue_figures(session, _settings(request))
+    data = queue_status.queue_figures(session, _settings(request))
     return page(
         request,
         "queue.html",
@@ -449,5 +449,5 @@ def queue_data(request: Request, session: DbSession, user: PageUser) -> Response
     """The queue page's figures; the page fetches this every few seconds."""
     if user.role != Role.admin:
         return JSONResponse({"detail": "administrators only"}, status_code=403)
-    data = queue.queue_figures(session, _settings(request))
+    data = queue_status.queue_figures(session, _settings(request))
     return JSONResponse(data, headers={"Cache-Control": "no-store"})

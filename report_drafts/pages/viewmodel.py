@@ -14,7 +14,7 @@ import pydicom
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dicom_listener.tables import Instance, Series, Study
+from dicom_listener import Instance, Series, Study
 from report_drafts.tables import DraftRun
 
 # Findings a radiologist wants to see first: the ones that usually need a phone call.
@@ -216,10 +216,10 @@ def is_frontal(view_position: str) -> bool:
 
 
 def demo_mode(session: Session) -> bool:
-    """Whether demo output is around (see :func:`report_drafts.lifecycle.demo_mode`)."""
-    from report_drafts import lifecycle
+    """Whether demo output is around (see :func:`report_drafts.versions.demo_mode`)."""
+    from report_drafts import versions
 
-    return lifecycle.demo_mode(session)
+    return versions.demo_mode(session)
 
 
 def demo_versions(session: Session, study_version_pks: list[int]) -> set[int]:

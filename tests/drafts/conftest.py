@@ -254,7 +254,7 @@ def tokens(engine: Engine) -> dict[str, str]:
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     # The API alone: the pages (issue 6) test themselves with their cookie sessions.
-    with TestClient(create_app(settings, pages=False)) as test_client:
+    with TestClient(create_app(settings)) as test_client:
         yield test_client
 
 

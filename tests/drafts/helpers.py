@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 from raddraft import jobs
 from raddraft.db import session_scope
 from raddraft.settings import Settings
-from report_drafts import lifecycle
+from report_drafts import drafting
 from report_drafts.content import Algorithm
 from tests.drafts.conftest import ALGORITHM, RUN, ArchivedStudy, archive_study, draft_content
 
@@ -21,7 +21,7 @@ def make_draft(
     """Archive a study and record its AI draft as the worker would; (report id, study)."""
     study = archive_study(engine, settings, **kw)
     with session_scope(engine) as session:
-        row = lifecycle.record_draft(
+        row = drafting.record_draft(
             session,
             study_version_pk=study.study_version_pk,
             content=draft_content(study.sop_instance_uids[0]),

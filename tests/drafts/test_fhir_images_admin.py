@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from raddraft import jobs
 from raddraft.db import session_scope
 from raddraft.settings import Settings
-from report_drafts import lifecycle
+from report_drafts import drafting, versions
 from report_drafts.content import Algorithm
 from report_drafts.tables import SentObject
 from report_drafts.users import user_for_token
@@ -205,9 +205,9 @@ def test_requeue_and_retry(
 
     study = archive_study(engine, settings)
     with session_scope(engine) as session:
-        lifecycle.mark_state(session, study.study_version_pk, "queued")
-        lifecycle.mark_state(session, study.study_version_pk, "drafting")
-        lifecycle.mark_state(session, study.study_version_pk, "failed", reason="CUDA OOM")
+        drafting.mark_state(session, study.study_version_pk, "queued")
+        drafting.mark_state(session, study.study_version_pk, "drafting")
+        drafting.mark_state(session, study.study_version_pk, "failed", reason="CUDA OOM")
         dead = jobs.enqueue(
             session, task="raddraft.export_dicom", key="export:x", args={}, queue="io"
         )
@@ -221,7 +221,7 @@ def test_requeue_and_retry(
     with session_scope(engine) as session:
         job = session.scalars(select(jobs.Job).where(jobs.Job.key == r.json()["key"])).one()
         assert job.task == "raddraft.draft_study" and job.state == "pending"
-        report = lifecycle.report_for_study_version(session, study.study_version_pk)
+        report = versions.report_for_study_version(session, study.study_version_pk)
         assert report is not None and report.state == "queued"
     r = client.post(f"/api/admin/jobs/{dead_id}/retry", headers=auth(tokens["admin"]))
     assert r.json() == {"id": dead_id, "state": "pending"}
@@ -271,11 +271,11 @@ def test_cli_users_add_and_trace(
 def test_app_with_pages_still_refuses_unsigned_finals(
     engine: Engine, settings: Settings, tokens: dict[str, str]
 ) -> None:
-    """The full app (pages installed when present) keeps the API's refusals."""
-    from report_drafts.api import create_app
+    """The full web app (API, pages, metrics) keeps the API's refusals."""
+    from report_drafts.web import create_web_app
 
     report_id, _ = make_draft(engine, settings)
-    with TestClient(create_app(settings)) as app_client:
+    with TestClient(create_web_app(settings)) as app_client:
         url = f"/api/reports/{report_id}/sign"
         body = {"expected_version": 1, "edit_reason": "none"}
         assert app_client.post(url, json=body).status_code == 401

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
 from raddraft.settings import Settings
-from report_drafts import lifecycle
+from report_drafts import _versioning, signoff
 from tests.drafts.conftest import auth
 from tests.drafts.helpers import make_draft
 
@@ -34,7 +34,9 @@ def test_reader_study_figures(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = Clock()
-    monkeypatch.setattr(lifecycle, "utcnow", clock)
+    # Opening (the review clock starts) and signing read the clock in these two modules.
+    monkeypatch.setattr(_versioning, "utcnow", clock)
+    monkeypatch.setattr(signoff, "utcnow", clock)
     rad = auth(tokens["rad"])
 
     # The script: (seconds from opening to signing, edit reason, actions before signing).

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from raddraft import jobs
 from raddraft.db import session_scope
 from raddraft.settings import DicomNode, Settings
-from report_drafts import lifecycle
+from report_drafts import drafting, outbox, versions
 from report_drafts.api import create_app
 from report_drafts.tables import ImmutableVersionError, ReportVersion, SentObject
 from tests.drafts.conftest import ALGORITHM, RUN, archive_study, auth, draft_content
@@ -40,7 +40,7 @@ def wired(settings: Settings) -> Settings:
 def _draft(engine: Engine, settings: Settings, **kw: Any) -> tuple[int, Any]:
     study = archive_study(engine, settings, **kw)
     with session_scope(engine) as session:
-        row = lifecycle.record_draft(
+        row = drafting.record_draft(
             session,
             study_version_pk=study.study_version_pk,
             content=draft_content(study.sop_instance_uids[0]),
@@ -58,7 +58,7 @@ def _dciodvfy_errors(path: Any) -> list[str]:
 
 def test_full_lifecycle(engine: Engine, wired: Settings, tokens: dict[str, str]) -> None:
     report_id, study = _draft(engine, wired)
-    client = TestClient(create_app(wired, pages=False))
+    client = TestClient(create_app(wired))
     rad = auth(tokens["rad"])
 
     # The worklist shows the draft; the detail has stages, findings, provenance, warnings.
@@ -146,7 +146,7 @@ def test_full_lifecycle(engine: Engine, wired: Settings, tokens: dict[str, str])
         assert export.args == {"report_version_pk": version_pk, "destination": str(DEST)}
         assert rows[f"hl7:{version_pk}"].task == "raddraft.send_hl7"
         assert rows[f"fhir:{version_pk}"].task == "raddraft.push_fhir"
-        pending = lifecycle.pending_sends(session, version_pk, destination=str(DEST))
+        pending = outbox.pending_sends(session, version_pk, destination=str(DEST))
         assert sorted(p.kind for p in pending) == ["gsps", "sr"]
 
     # Replays of the same sign request: refused, no second final.
@@ -234,7 +234,7 @@ def _job_keys(engine: Engine) -> set[str]:
 def test_versions_cannot_be_changed_even_by_sql(engine: Engine, settings: Settings) -> None:
     report_id, _study = _draft(engine, settings)
     with Session(engine) as session:
-        row = lifecycle.version(session, report_id, 1)
+        row = versions.version(session, report_id, 1)
         row.note = "rewritten"
         with pytest.raises(ImmutableVersionError):
             session.flush()
@@ -246,13 +246,13 @@ def test_versions_cannot_be_changed_even_by_sql(engine: Engine, settings: Settin
         with engine.connect() as conn, pytest.raises(DBAPIError):
             conn.execute(text(statement))
     with session_scope(engine) as session:
-        assert lifecycle.version(session, report_id, 1).status == "preliminary"
+        assert versions.version(session, report_id, 1).status == "preliminary"
 
 
 def test_record_draft_is_idempotent_and_supersedes(engine: Engine, settings: Settings) -> None:
     report_id, study = _draft(engine, settings)
     with session_scope(engine) as session:
-        again = lifecycle.record_draft(
+        again = drafting.record_draft(
             session,
             study_version_pk=study.study_version_pk,
             content=draft_content(study.sop_instance_uids[0]),
@@ -267,6 +267,6 @@ def test_record_draft_is_idempotent_and_supersedes(engine: Engine, settings: Set
         engine, settings, study_uid=study.study_instance_uid, version_number=2
     )
     with session_scope(engine) as session:
-        old = lifecycle.get_report(session, report_id)
+        old = versions.get_report(session, report_id)
         assert old.state == "superseded" and old.superseded_by_pk == newer_id
-        assert lifecycle.current_version(session, old).action == "supersede"
+        assert versions.current_version(session, old).action == "supersede"

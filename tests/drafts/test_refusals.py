@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 
 from raddraft.db import session_scope
 from raddraft.settings import DicomNode, Settings
-from report_drafts import lifecycle
+from report_drafts import drafting, signoff
 from report_drafts.states import (
     IllegalTransition,
     InvalidRequest,
@@ -73,12 +73,12 @@ def test_no_final_without_a_radiologist(
     with session_scope(engine) as session:
         admin = session.scalars(select(User).where(User.name == "admin")).one()
         with pytest.raises(PermissionDenied):
-            lifecycle.sign(
+            signoff.sign(
                 session, report_id, admin, expected_version=1, edit_reason="none", settings=wired
             )
         # The worker's state setter cannot make anything final.
         with pytest.raises(InvalidRequest):
-            lifecycle.mark_state(session, study.study_version_pk, "signed")
+            drafting.mark_state(session, study.study_version_pk, "signed")
 
     # A direct state change: no route sets a state; extra fields are refused, not ignored.
     rad = auth(tokens["rad"])

@@ -1,6 +1,6 @@
 """Fixtures for the listener tests: a running listener process and test images.
 
-``listener`` starts ``python -m dicom_listener`` against the test's ``settings`` (its own data
+``listener`` starts ``python -m raddraft listen`` against the test's ``settings`` (its own data
 directory and a migrated SQLite or PostgreSQL database) on a free port. Other test folders can
 import :class:`tests.listener_process.ListenerProcess` directly, or this fixture with
 ``from tests.listener.conftest import listener``.

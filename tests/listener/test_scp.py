@@ -1,6 +1,6 @@
 """The listener against real DCMTK peers, on SQLite and PostgreSQL.
 
-Each test starts ``python -m dicom_listener`` (fixture ``listener``) and talks to it with
+Each test starts ``python -m raddraft listen`` (fixture ``listener``) and talks to it with
 Debian's ``echoscu``/``storescu``; the database and the archive are then checked directly.
 """
 

@@ -27,10 +27,10 @@ from dicom_listener.tables import (
     StudyVersion,
     VersionState,
 )
-from raddraft import jobs
+from raddraft import job_contract, jobs
 from raddraft.db import session_factory, utcnow
 from raddraft.settings import Settings
-from report_drafts import lifecycle, publish
+from report_drafts import drafting
 from report_drafts.content import Algorithm, Box, Finding, ReportContent
 from report_drafts.states import ReportState
 from report_drafts.tables import Report, SentObject, SentState
@@ -439,7 +439,7 @@ def seed(settings: Settings, engine: Engine) -> Seeded:
             "slightly increased.",
             findings=urgent_findings,
         )
-        row = lifecycle.record_draft(
+        row = drafting.record_draft(
             session,
             study_version_pk=urgent.version.id,
             content=urgent_content,
@@ -462,7 +462,7 @@ def seed(settings: Settings, engine: Engine) -> Seeded:
         out.urgent_report = row.report_pk
         session.commit()
 
-        routine_row = lifecycle.record_draft(
+        routine_row = drafting.record_draft(
             session,
             study_version_pk=routine.version.id,
             content=ReportContent(
@@ -476,7 +476,7 @@ def seed(settings: Settings, engine: Engine) -> Seeded:
         )
         out.routine_report = routine_row.report_pk
         demo_pa = demo.instances[0].sop_instance_uid
-        demo_row = lifecycle.record_draft(
+        demo_row = drafting.record_draft(
             session,
             study_version_pk=demo.version.id,
             content=ReportContent(
@@ -501,8 +501,8 @@ def seed(settings: Settings, engine: Engine) -> Seeded:
             settings=settings,
         )
         out.demo_report = demo_row.report_pk
-        lifecycle.mark_state(session, failed.version.id, ReportState.drafting)
-        lifecycle.mark_state(
+        drafting.mark_state(session, failed.version.id, ReportState.drafting)
+        drafting.mark_state(
             session,
             failed.version.id,
             ReportState.failed,
@@ -516,7 +516,8 @@ def seed(settings: Settings, engine: Engine) -> Seeded:
         # The urgent draft's export to PACS failed for good: a dead letter.
         export = session.scalar(
             select(jobs.Job).where(
-                jobs.Job.task == publish.EXPORT_DICOM, jobs.Job.key.like(f"export:{row.id}:%")
+                jobs.Job.task == job_contract.ExportDicom.TASK,
+                jobs.Job.key.like(f"export:{row.id}:%"),
             )
         )
         if export is None:
@@ -537,7 +538,7 @@ def seed(settings: Settings, engine: Engine) -> Seeded:
         session.add(
             jobs.Job(
                 key=f"draft:version:{urgent.version.id}",
-                task=lifecycle.DRAFT_TASK,
+                task=job_contract.DraftStudy.TASK,
                 queue="gpu",
                 priority=0,
                 state=jobs.JobState.done,

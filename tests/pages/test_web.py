@@ -13,7 +13,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from dicom_listener.tables import IngestEvent, IngestEventKind
-from report_drafts import lifecycle
+from raddraft import job_contract
+from report_drafts import outbox
 from report_drafts.pages import queue, viewmodel
 from report_drafts.pages.routes import safe_next
 from report_drafts.pages.session import SESSION_COOKIE, Signer
@@ -92,7 +93,9 @@ def test_metrics_text_format_and_counters(
     assert metric(text, "raddraft_reports", state="failed") == 1
     assert metric(text, "raddraft_exports_dead_lettered") == 1
     assert metric(text, "raddraft_queue_jobs", queue="io", state="dead") == 1
-    assert metric(text, "raddraft_task_duration_seconds_count", task=lifecycle.DRAFT_TASK) == 1
+    assert (
+        metric(text, "raddraft_task_duration_seconds_count", task=job_contract.DraftStudy.TASK) == 1
+    )
     assert metric(text, "raddraft_workers_alive") == 2
     stored = metric(text, "raddraft_ingest_events_total", kind="stored")
     stored_bytes = metric(text, "raddraft_ingest_bytes_total")
@@ -105,7 +108,7 @@ def test_metrics_text_format_and_counters(
         session.add(IngestEvent(kind=IngestEventKind.refused))
         sent = session.query(SentObject).filter(SentObject.kind == "sr").first()
         assert sent is not None
-        lifecycle.record_sent(session, sent.id, ok=False, error="timeout")
+        outbox.record_sent(session, sent.id, ok=False, error="timeout")
         session.commit()
     after = client.get("/metrics").text
     assert metric(after, "raddraft_ingest_events_total", kind="stored") == stored + 1
@@ -124,8 +127,10 @@ def test_cookie_session_needs_csrf_and_the_right_role(
 ) -> None:
     report = seeded.urgent_report
     # Pages need a session; the API without one answers 401.
-    assert client.get("/worklist", follow_redirects=False).headers["location"].startswith(
-        "/login?next=%2Fworklist"
+    assert (
+        client.get("/worklist", follow_redirects=False)
+        .headers["location"]
+        .startswith("/login?next=%2Fworklist")
     )
     assert client.post(f"/api/reports/{report}/sign", json={}).status_code == 401
 

@@ -16,15 +16,15 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from dicom_listener.tables import IngestEvent, IngestEventKind, Study, StudyVersion, VersionState
-from raddraft import jobs
+from dicom_listener import IngestEvent, IngestEventKind, Study, StudyVersion, VersionState
+from raddraft import job_contract, jobs
 from raddraft.db import utcnow
 from raddraft.settings import Settings
-from report_drafts import figures, publish
+from report_drafts import figures
 from report_drafts.states import ReportState
 from report_drafts.tables import DraftRun, Report, ReportVersion, SentObject, SentState
 
-EXPORT_TASKS = (publish.EXPORT_DICOM, publish.SEND_HL7, publish.PUSH_FHIR)
+EXPORT_TASKS = job_contract.EXPORT_TASKS
 LATENCY_WINDOW = dt.timedelta(days=1)
 LIST_LIMIT = 50
 

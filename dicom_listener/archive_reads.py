@@ -1,4 +1,10 @@
-"""Reading the archive: what the worker needs to draft a study version and find its priors."""
+"""Reading the archive: what the worker needs to draft a study version and find its priors.
+
+The functions here are the archive's read side for the other folders. For the joins of the
+worklist and the queue page, :mod:`dicom_listener` also exposes the archive's table classes
+(``Patient``, ``Study``, ``StudyVersion``, ``Series``, ``Instance``, ``IngestEvent``); other
+folders read them and never write them: only the listener's ingest and completion do.
+"""
 
 from __future__ import annotations
 
@@ -207,3 +213,14 @@ def prior_versions(
     infos = [_info(*row) for row in latest.values()]
     infos.sort(key=lambda i: (i.study_date != "", i.study_date, i.study_time), reverse=True)
     return infos
+
+
+def latest_version_pk(session: Session, study_instance_uid: str) -> int | None:
+    """The newest version of a study, complete or not (a prior still arriving by C-MOVE)."""
+    return session.scalar(
+        select(StudyVersion.id)
+        .join(Study, Study.id == StudyVersion.study_pk)
+        .where(Study.study_instance_uid == study_instance_uid)
+        .order_by(StudyVersion.number.desc())
+        .limit(1)
+    )

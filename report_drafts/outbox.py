@@ -1,10 +1,12 @@
-"""Turning a report version into what leaves RadDraft: SR, GSPS, FHIR resources, HL7 message.
+"""The outbox: what leaves RadDraft for a report version, built once, and what was sent of it.
 
-This is the one place the lifecycle calls the pure builders (``dicom_sr``, ``gsps``, ``fhir``,
-``hl7``). Every object is built once, written to ``data_dir/outbox/`` and never changed; a
-:class:`SentObject` row per destination says where it goes, and one job per destination (the
-job table is the contract with the worker) sends it. A retry therefore sends the same bytes, and
-``raddraft trace`` can find the version from any identifier a receiver saw.
+This is the one place the lifecycle calls the pure builders (:mod:`report_drafts.builders`).
+Every object is built once, written to ``data_dir/outbox/`` and never changed; a
+:class:`SentObject` row per destination says where it goes, and one job per destination (see
+:mod:`raddraft.job_contract`) sends it. The worker's dispatcher reads what is still to send
+(:func:`pending_sends`, :func:`outbox_file`) and records each attempt (:func:`record_sent`). A
+retry therefore sends the same bytes, and ``raddraft trace`` can find the version from any
+identifier a receiver saw.
 """
 
 from __future__ import annotations
@@ -25,20 +27,18 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dicom_listener.tables import Instance, Patient, Study, StudyVersion
-from raddraft import jobs
+from dicom_listener import Instance, Patient, Series, Study, StudyVersion
+from raddraft import job_contract, jobs
+from raddraft.db import utcnow
 from raddraft.settings import Settings
-from report_drafts import dicom_sr, gsps
-from report_drafts.content import Algorithm, ReportContent, ReportStatus
+from report_drafts import audit, dicom_sr, gsps
+from report_drafts.content import Algorithm, ReportContent
 from report_drafts.dicom_common import device_uid_for
+from report_drafts.states import NotFound
 from report_drafts.tables import Report, ReportVersion, SentKind, SentObject, SentState
+from report_drafts.versions import algorithm_of, draft_run, study_uid
 
 log = logging.getLogger(__name__)
-
-EXPORT_DICOM = "raddraft.export_dicom"
-SEND_HL7 = "raddraft.send_hl7"
-PUSH_FHIR = "raddraft.push_fhir"
-IO_QUEUE = "io"
 
 
 @dataclass
@@ -208,8 +208,6 @@ class VersionContext:
 def version_context(
     session: Session, version: ReportVersion, algorithm: Algorithm | None = None
 ) -> VersionContext:
-    from report_drafts import lifecycle
-
     report = session.get(Report, version.report_pk)
     assert report is not None
     study = session.get(Study, report.study_pk)
@@ -223,7 +221,7 @@ def version_context(
         study=study,
         patient=patient,
         instances=source_instances(session, report),
-        algorithm=algorithm or lifecycle.algorithm_of(lifecycle.draft_run(session, report)),
+        algorithm=algorithm or algorithm_of(draft_run(session, report)),
         issued=version.created_at,
     )
 
@@ -286,7 +284,6 @@ def fhir_resources(session: Session, settings: Settings, version: ReportVersion)
 
 
 def _image_ref(session: Session, instance: Instance) -> Any:
-    from dicom_listener.tables import Series
     from report_drafts import fhir
 
     series = session.get(Series, instance.series_pk)
@@ -335,15 +332,6 @@ def hl7_message(
     )
 
 
-def hl7_result_status(status: str) -> str:
-    return {
-        ReportStatus.preliminary: "P",
-        ReportStatus.final: "F",
-        ReportStatus.amended: "C",
-        ReportStatus.corrected: "C",
-    }[ReportStatus(status)]
-
-
 # --------------------------------------------------------------------------------------------
 # Outbound rows and jobs
 
@@ -379,25 +367,16 @@ def register_outbound(
             )
         )
 
-    def job(task: str, key: str, **args: Any) -> None:
+    def job(args: job_contract.JobArgs) -> None:
         if send:
-            made.append(
-                jobs.enqueue(
-                    session,
-                    task=task,
-                    key=key,
-                    args={"report_version_pk": version.id, **args},
-                    queue=IO_QUEUE,
-                    priority=report.priority,
-                )
-            )
+            made.append(job_contract.enqueue(session, args, priority=report.priority))
 
     for node in settings.destinations:
         destination = str(node)
         for kind, uid, path in built.files:
             sent_object(kind, uid, destination, path)
         if built.files:
-            job(EXPORT_DICOM, f"export:{version.id}:{destination}", destination=destination)
+            job(job_contract.ExportDicom(version.id, destination))
 
     if settings.ris_mllp:
         control_id = "RD" + uuid.uuid4().hex[:18].upper()
@@ -405,7 +384,7 @@ def register_outbound(
         relative = f"hl7/{control_id}.hl7"
         _write_once(outbox_dir(settings) / relative, message.encode("utf-8"))
         sent_object(SentKind.hl7, control_id, settings.ris_mllp, relative)
-        job(SEND_HL7, f"hl7:{version.id}")
+        job(job_contract.SendHl7(version.id))
 
     if settings.fhir_server_url:
         for resource in fhir_resources(session, settings, version).values():
@@ -414,7 +393,67 @@ def register_outbound(
             body = json.dumps(json.loads(resource.model_dump_json()), indent=1)
             _write_once(outbox_dir(settings) / relative, body.encode("utf-8"))
             sent_object(SentKind.fhir, f"{kind}/{resource.id}", settings.fhir_server_url, relative)
-        job(PUSH_FHIR, f"fhir:{version.id}")
+        job(job_contract.PushFhir(version.id))
 
     session.flush()
     return made
+
+
+# --------------------------------------------------------------------------------------------
+# What was sent
+
+
+def pending_sends(
+    session: Session,
+    report_version_pk: int,
+    *,
+    kinds: tuple[str, ...] = ("sr", "gsps"),
+    destination: str | None = None,
+) -> list[SentObject]:
+    """What an export job still has to send for a version: rows not sent and not held.
+
+    The payload of each is the file :func:`outbox_file`, written once.
+    """
+    query = select(SentObject).where(
+        SentObject.report_version_pk == report_version_pk,
+        SentObject.kind.in_(kinds),
+        SentObject.state.in_([SentState.pending, SentState.failed]),
+    )
+    if destination is not None:
+        query = query.where(SentObject.destination == destination)
+    return list(session.scalars(query.order_by(SentObject.id)))
+
+
+def record_sent(
+    session: Session, sent_object_pk: int, *, ok: bool, error: str | None = None
+) -> SentObject:
+    """Record one attempt to send an object (the worker calls this per object per try)."""
+    row = session.get(SentObject, sent_object_pk)
+    if row is None:
+        raise NotFound(f"no sent object {sent_object_pk}")
+    row.attempts += 1
+    if ok:
+        row.state = SentState.sent
+        row.sent_at = utcnow()
+        row.last_error = None
+    else:
+        row.state = SentState.failed
+        row.last_error = (error or "failed")[:4000]
+    version_row = session.get(ReportVersion, row.report_version_pk)
+    report = session.get(Report, version_row.report_pk) if version_row else None
+    audit.record(
+        session,
+        "message" if row.kind in ("hl7", "fhir") else "export",
+        study_instance_uid=study_uid(session, report) if report else "",
+        report_pk=report.id if report else None,
+        version=version_row.number if version_row else None,
+        detail={
+            "kind": row.kind,
+            "identifier": row.identifier,
+            "destination": row.destination,
+            "ok": ok,
+            "error": row.last_error,
+        },
+    )
+    session.flush()
+    return row

@@ -1,0 +1,190 @@
+"""Writing a report version: the steps drafting, sign-off and amendment share.
+
+Private to :mod:`report_drafts`. Versions are only ever inserted (:func:`new_version`), never
+updated; a version that leaves RadDraft is built and registered for sending by
+:func:`publish_version` in the same transaction.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from dicom_listener import Study, StudyVersion
+from raddraft.db import utcnow
+from raddraft.settings import Settings
+from report_drafts import audit, outbox
+from report_drafts.content import Algorithm, ReportContent, Signer
+from report_drafts.states import NotFound, ReportState, StaleVersion
+from report_drafts.tables import (
+    DEVICE_ACTOR,
+    EditReason,
+    Report,
+    ReportVersion,
+    Role,
+    User,
+)
+from report_drafts.versions import diff_stats, study_uid, version
+
+
+def publish_version(
+    session: Session,
+    settings: Settings,
+    report: Report,
+    content: ReportContent,
+    *,
+    algorithm: Algorithm,
+    previous_sr_uid: str | None,
+    **version_fields: Any,
+) -> tuple[ReportVersion, outbox.BuiltDicom]:
+    """Build the version's SR and GSPS, store the version, and register what it sends."""
+    built = outbox.build_dicom(
+        session,
+        settings,
+        report=report,
+        content=content,
+        algorithm=algorithm,
+        previous_sr_uid=previous_sr_uid,
+    )
+    row = new_version(
+        session,
+        report,
+        content=content,
+        built=built,
+        predecessor_sr_uid=previous_sr_uid,
+        **version_fields,
+    )
+    outbox.register_outbound(
+        session, settings, row, built, algorithm=algorithm, send=may_send(settings, algorithm)
+    )
+    return row, built
+
+
+def audit_report(
+    session: Session,
+    action: str,
+    *,
+    report: Report,
+    user: User | None = None,
+    version: int | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """An audit event about ``report``, filed under its study."""
+    audit.record(
+        session,
+        action,
+        user=user,
+        study_instance_uid=study_uid(session, report),
+        report_pk=report.id,
+        version=version,
+        detail=detail,
+    )
+
+
+def report_for_version(session: Session, study_version_pk: int, *, lock: bool = False) -> Report:
+    query = select(Report).where(Report.study_version_pk == study_version_pk)
+    report = session.scalar(query.with_for_update() if lock else query)
+    if report is not None:
+        return report
+    sv = session.get(StudyVersion, study_version_pk)
+    if sv is None:
+        raise NotFound(f"no study version {study_version_pk}")
+    study = session.get(Study, sv.study_pk)
+    assert study is not None
+
+    report = Report(
+        uid=str(uuid.uuid4()),
+        study_version_pk=study_version_pk,
+        study_pk=sv.study_pk,
+        state=ReportState.queued,
+        priority=study.priority,
+        current_version=0,
+    )
+    try:
+        with session.begin_nested():
+            session.add(report)
+            session.flush()
+    except IntegrityError:
+        # Another process created it between our read and insert: use theirs.
+        report = session.scalars(query).one()
+    return report
+
+
+def start_review(report: Report, user: User) -> None:
+    if report.first_opened_at is None and user.role == Role.radiologist:
+        report.first_opened_at = utcnow()
+        report.first_opened_by_pk = user.id
+    if report.state == ReportState.drafted:
+        report.state = ReportState.in_review
+        report.updated_at = utcnow()
+
+
+def signer_for(user: User, settings: Settings) -> Signer:
+    return Signer(
+        name=user.display_name or user.name,
+        login=user.name,
+        organization=settings.institution_name,
+    )
+
+
+def may_send(settings: Settings, algorithm: Algorithm) -> bool:
+    """A random-weight demo model's text never reaches PACS or RIS unless explicitly allowed."""
+    return not algorithm.demo or settings.allow_demo_export
+
+
+def new_version(
+    session: Session,
+    report: Report,
+    *,
+    content: ReportContent,
+    state: ReportState,
+    action: str,
+    user: User | None,
+    note: str = "",
+    edit_reason: EditReason | None = None,
+    draft_run_pk: int | None = None,
+    built: outbox.BuiltDicom | None = None,
+    predecessor_sr_uid: str | None = None,
+    extra_diff: dict[str, Any] | None = None,
+) -> ReportVersion:
+    """Insert the next version and move the report head to it (never touches older rows)."""
+    number = report.current_version + 1
+    if number == 1:
+        diff: dict[str, Any] = {}
+    else:
+        diff = diff_stats(ReportContent.from_json(version(session, report.id, 1).content), content)
+    diff.update(extra_diff or {})
+    row = ReportVersion(
+        report_pk=report.id,
+        number=number,
+        content=content.to_json(),
+        status=content.status,
+        state=state,
+        action=action,
+        actor=user.name if user else DEVICE_ACTOR,
+        user_pk=user.id if user else None,
+        note=note,
+        edit_reason=edit_reason,
+        draft_run_pk=draft_run_pk,
+        sr_sop_instance_uid=built.sr_uid if built else None,
+        gsps_sop_instance_uids=list(built.gsps_uids) if built else [],
+        predecessor_sr_uid=predecessor_sr_uid,
+        diff=diff,
+    )
+    try:
+        with session.begin_nested():
+            session.add(row)
+            session.flush()
+    except IntegrityError as error:
+        # Two requests raced past the version check (possible on SQLite, which has no row
+        # locks): the unique (report, number) lets only one of them write.
+        raise StaleVersion(number - 1, number) from error
+    report.current_version = number
+    report.state = state
+    report.updated_at = utcnow()
+    session.flush()
+    return row

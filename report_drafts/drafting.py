@@ -1,0 +1,195 @@
+"""The worker's side of the lifecycle: a study version's state before its draft, and the draft.
+
+The worker calls :func:`mark_state` (``queued``, ``drafting``, ``failed``) and
+:func:`record_draft`; the draft is version 1 of the study version's report, preliminary and
+unsigned, and supersedes the unsigned drafts of the study's earlier versions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from dicom_listener import StudyVersion
+from raddraft.db import utcnow
+from raddraft.settings import Settings, get_settings
+from report_drafts._versioning import (
+    audit_report,
+    new_version,
+    publish_version,
+    report_for_version,
+)
+from report_drafts.content import DEMO_WARNING, Algorithm, ReportContent, ReportStatus
+from report_drafts.states import (
+    PRE_DRAFT,
+    SIGNED_STATES,
+    InvalidRequest,
+    ReportState,
+    check_transition,
+)
+from report_drafts.tables import DraftRun, Report, ReportVersion
+from report_drafts.versions import current_content, version
+
+log = logging.getLogger(__name__)
+
+
+def mark_state(
+    session: Session, study_version_pk: int, state: ReportState | str, *, reason: str = ""
+) -> Report:
+    """Record that a study version's draft is ``queued``, ``drafting`` or ``failed``.
+
+    Creates the report on first use. Idempotent, and never moves a report that already holds a
+    draft: a late "drafting" or "failed" from a retried job cannot demote a draft a radiologist
+    may be reading (the call is logged and ignored).
+    """
+    state = ReportState(state)
+    if state not in PRE_DRAFT:
+        raise InvalidRequest(f"mark_state sets only {sorted(PRE_DRAFT)}, not {state}")
+    report = report_for_version(session, study_version_pk)
+    if report.current_version > 0 or report.state == ReportState.superseded:
+        log.info("mark_state %s ignored: report %s is %s", state, report.id, report.state)
+        return report
+    if report.state != state:
+        check_transition(report.state, state, "mark_state")
+        before = report.state
+        report.state = state
+        report.failure = (reason or None) if state == ReportState.failed else None
+        report.updated_at = utcnow()
+        audit_report(
+            session,
+            "state",
+            report=report,
+            detail={"from": before, "to": state, "reason": reason},
+        )
+    session.flush()
+    return report
+
+
+def record_draft(
+    session: Session,
+    *,
+    study_version_pk: int,
+    content: ReportContent,
+    run: dict[str, Any],
+    algorithm: Algorithm,
+    settings: Settings | None = None,
+) -> ReportVersion:
+    """Store the AI draft of a study version as version 1 (preliminary, state ``drafted``).
+
+    ``run`` is the provenance: ``stages`` (list of {stage, question, answer, reasoning,
+    seconds, ...}), ``settings``, ``prior`` ({"study_instance_uid": ...} or {"none": why}) and
+    ``timings``. Builds the preliminary SR and GSPS and enqueues their export (and the RIS
+    messages), unless the model is a demo and ``allow_demo_export`` is off. Supersedes the
+    unsigned reports of the study's earlier versions.
+
+    Idempotent: a second call for the same study version returns the existing draft and writes
+    nothing. Raises :class:`IllegalTransition` when the study version's report was superseded
+    before its draft arrived.
+    """
+    settings = settings or get_settings()
+    report = report_for_version(session, study_version_pk, lock=True)
+    if report.current_version > 0:
+        return version(session, report.id, 1)
+    check_transition(report.state, ReportState.drafted, "record_draft")
+
+    provenance = DraftRun(
+        study_version_pk=study_version_pk,
+        model_id=algorithm.name,
+        model_revision=algorithm.version,
+        program_version=algorithm.program_version,
+        demo=algorithm.demo,
+        stages=list(run.get("stages", [])),
+        settings=dict(run.get("settings", {})),
+        prior=dict(run.get("prior", {})),
+        timings=dict(run.get("timings", {})),
+    )
+    session.add(provenance)
+    session.flush()
+
+    extra = dict(content.extra)
+    if algorithm.demo:
+        extra["warning"] = DEMO_WARNING
+    # A draft is preliminary and unsigned whatever the caller passed.
+    draft = dataclasses.replace(content, status=ReportStatus.preliminary, signer=None, extra=extra)
+    row, _ = publish_version(
+        session,
+        settings,
+        report,
+        draft,
+        algorithm=algorithm,
+        previous_sr_uid=None,
+        state=ReportState.drafted,
+        action="draft",
+        user=None,
+        note="AI draft",
+        draft_run_pk=provenance.id,
+    )
+    report.failure = None
+    audit_report(
+        session,
+        "draft",
+        report=report,
+        version=row.number,
+        detail={"model": algorithm.name, "revision": algorithm.version, "demo": algorithm.demo},
+    )
+    _supersede_older(session, report)
+    session.flush()
+    return row
+
+
+def _supersede_older(session: Session, newest: Report) -> None:
+    """Leave one live draft per study: the latest study version's; unsigned older ones yield.
+
+    Handles both orders (a late draft of an older study version is superseded at once).
+    Signed reports stay as they are: they were sent, and only an amendment changes them.
+    """
+    rows = session.execute(
+        select(Report, StudyVersion.number)
+        .join(StudyVersion, StudyVersion.id == Report.study_version_pk)
+        .where(Report.study_pk == newest.study_pk, Report.current_version > 0)
+        .order_by(StudyVersion.number.desc())
+    ).all()
+    if not rows:
+        return
+    live = rows[0][0]
+    for report, _number in rows[1:]:
+        if report.state in SIGNED_STATES or report.state == ReportState.superseded:
+            continue
+        content = current_content(session, report)
+        check_transition(report.state, ReportState.superseded, "supersede")
+        new_version(
+            session,
+            report,
+            content=content,
+            state=ReportState.superseded,
+            action="supersede",
+            user=None,
+            note=f"superseded by report {live.id} (later study version)",
+        )
+        report.superseded_by_pk = live.id
+        audit_report(
+            session,
+            "supersede",
+            report=report,
+            version=report.current_version,
+            detail={"by_report": live.id},
+        )
+    # Pre-draft reports of older study versions will never be needed: supersede them too.
+    stale = session.execute(
+        select(Report)
+        .join(StudyVersion, StudyVersion.id == Report.study_version_pk)
+        .where(
+            Report.study_pk == newest.study_pk,
+            Report.current_version == 0,
+            Report.state.in_(list(PRE_DRAFT)),
+            StudyVersion.number < rows[0][1],
+        )
+    ).scalars()
+    for report in stale:
+        report.state = ReportState.superseded
+        report.superseded_by_pk = live.id
+        report.updated_at = utcnow()

@@ -1,0 +1,135 @@
+"""Reading reports and their versions: lookups every side of the lifecycle shares.
+
+Nothing here writes. The worker (:mod:`report_drafts.drafting`), the radiologist's actions
+(:mod:`report_drafts.signoff`), the administrator's (:mod:`report_drafts.admin`), the outbox and
+the pages all read reports through these functions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import difflib
+from typing import Any
+
+from sqlalchemy import exists, select
+from sqlalchemy.orm import Session
+
+from dicom_listener import Study
+from raddraft import jobs
+from raddraft.db import utcnow
+from report_drafts.content import Algorithm, ReportContent
+from report_drafts.states import IllegalTransition, NotFound, ReportState
+from report_drafts.tables import DraftRun, Report, ReportVersion
+
+
+def get_report(session: Session, report_pk: int, *, lock: bool = False) -> Report:
+    """The report ``report_pk``; ``lock`` holds its row until commit (PostgreSQL FOR UPDATE)."""
+    query = select(Report).where(Report.id == report_pk)
+    if lock:
+        query = query.with_for_update()
+    report = session.scalar(query)
+    if report is None:
+        raise NotFound(f"no report {report_pk}")
+    return report
+
+
+def report_for_study_version(session: Session, study_version_pk: int) -> Report | None:
+    return session.scalar(select(Report).where(Report.study_version_pk == study_version_pk))
+
+
+def version(session: Session, report_pk: int, number: int) -> ReportVersion:
+    row = session.scalar(
+        select(ReportVersion).where(
+            ReportVersion.report_pk == report_pk, ReportVersion.number == number
+        )
+    )
+    if row is None:
+        raise NotFound(f"report {report_pk} has no version {number}")
+    return row
+
+
+def current_version(session: Session, report: Report) -> ReportVersion:
+    if report.current_version == 0:
+        raise IllegalTransition(report.state, ReportState.drafted, "no draft yet")
+    return version(session, report.id, report.current_version)
+
+
+def current_content(session: Session, report: Report) -> ReportContent:
+    return ReportContent.from_json(current_version(session, report).content)
+
+
+def study_uid(session: Session, report: Report) -> str:
+    return session.scalars(
+        select(Study.study_instance_uid).where(Study.id == report.study_pk)
+    ).one()
+
+
+def draft_run(session: Session, report: Report) -> DraftRun | None:
+    first = session.scalar(
+        select(ReportVersion).where(ReportVersion.report_pk == report.id, ReportVersion.number == 1)
+    )
+    if first is None or first.draft_run_pk is None:
+        return None
+    return session.get(DraftRun, first.draft_run_pk)
+
+
+def algorithm_of(run: DraftRun | None) -> Algorithm:
+    if run is None:
+        return Algorithm(name="unknown", version="", program_version="")
+    return Algorithm(
+        name=run.model_id,
+        version=run.model_revision,
+        program_version=run.program_version,
+        demo=run.demo,
+    )
+
+
+def demo_mode(session: Session, live_within: dt.timedelta = dt.timedelta(minutes=5)) -> bool:
+    """Whether demo output is around: a live worker runs the demo model, or a report that is
+    not superseded was drafted by it. Pages, ``/healthz`` and the queue say so loudly then."""
+    since = utcnow() - live_within
+    worker_demo = session.scalar(
+        select(exists().where(jobs.WorkerBeat.demo.is_(True), jobs.WorkerBeat.last_seen >= since))
+    )
+    if worker_demo:
+        return True
+    live_demo = session.scalar(
+        select(
+            exists().where(
+                DraftRun.demo.is_(True),
+                DraftRun.study_version_pk == Report.study_version_pk,
+                Report.state != ReportState.superseded,
+            )
+        )
+    )
+    return bool(live_demo)
+
+
+def report_text(content: ReportContent) -> str:
+    parts = [content.findings_text, content.impression]
+    if content.progression:
+        parts.append(content.progression)
+    return "\n\n".join(parts)
+
+
+def diff_stats(draft: ReportContent, now: ReportContent) -> dict[str, Any]:
+    """How far ``now`` is from the AI draft: the reader study's text-change figure."""
+    a, b = report_text(draft), report_text(now)
+    ratio = difflib.SequenceMatcher(None, a, b, autojunk=False).ratio()
+    by_uid = {f.tracking_uid: f for f in draft.findings}
+    rejected = sum(1 for f in now.findings if not f.accepted)
+    edited = sum(
+        1
+        for f in now.findings
+        if f.tracking_uid in by_uid
+        and (f.label != by_uid[f.tracking_uid].label or f.box != by_uid[f.tracking_uid].box)
+    )
+    return {
+        "text_changed": a != b,
+        "edit_ratio": round(1.0 - ratio, 6),
+        "chars_draft": len(a),
+        "chars_now": len(b),
+        "findings_rejected": rejected,
+        "findings_edited": edited,
+        "unchanged": a == b and rejected == 0 and edited == 0,
+    }
