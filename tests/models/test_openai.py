@@ -24,7 +24,7 @@ from models import (
     load_backend,
 )
 from models._openai import OpenAIBackend
-from models._program import Reader
+from models._staged_reading import Reader
 from tests.models.conftest import radiograph
 
 

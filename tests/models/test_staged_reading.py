@@ -17,7 +17,7 @@ from models import (
     ReaderConfig,
     StudyImage,
 )
-from models._program import consistency
+from models._staged_reading import consistency
 from tests.models.conftest import radiograph
 
 Script = Callable[[str], str]
