@@ -28,9 +28,8 @@ from sqlalchemy.orm import Session
 from dicom_listener.tables import Instance, Patient, Study, StudyVersion
 from raddraft import jobs
 from raddraft.settings import Settings
-from report_drafts import dicom_sr, gsps
+from report_drafts.builders import build_gsps, build_sr, device_uid_for
 from report_drafts.content import Algorithm, ReportContent, ReportStatus
-from report_drafts.dicom_common import device_uid_for
 from report_drafts.tables import Report, ReportVersion, SentKind, SentObject, SentState
 
 log = logging.getLogger(__name__)
@@ -142,7 +141,7 @@ def build_dicom(
     previous = read_outbox_dataset(settings, previous_sr_uid) if previous_sr_uid else None
     built = BuiltDicom()
     number = report.current_version + 1  # the version these objects will belong to
-    sr = dicom_sr.build_sr(
+    sr = build_sr(
         sources,
         content,
         algorithm,
@@ -161,7 +160,7 @@ def build_dicom(
         if image_uid not in by_uid:
             log.warning("finding on unknown image %s skipped in GSPS", image_uid)
             continue
-        presentation = gsps.build_gsps(
+        presentation = build_gsps(
             by_uid[image_uid],
             content.findings,
             algorithm,
@@ -237,7 +236,6 @@ def fhir_resources(session: Session, settings: Settings, version: ReportVersion)
     as author and, once signed, the radiologist as verifier.
     """
     from report_drafts import fhir
-    from report_drafts.dicom_common import device_uid_for
 
     ctx = version_context(session, version)
     patient = fhir.PatientRef(

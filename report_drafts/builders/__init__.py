@@ -1,0 +1,20 @@
+"""The pure builders of what leaves RadDraft, one module per DICOM IOD or message.
+
+- :func:`build_sr` (:mod:`.sr_tid1500`): PS3.16 TID 1500 Measurement Report in the
+  Comprehensive 3D SR IOD, PS3.3 A.35.13.
+- :func:`build_gsps` (:mod:`.gsps`): Grayscale Softcopy Presentation State IOD, PS3.3 A.33.1.
+- :func:`device_uid_for` (:mod:`._dicom`): the Device Observer UID, PS3.16 TID 1004.
+
+Builders import nothing of RadDraft but :mod:`report_drafts.content` and each other's private
+``_dicom``: no database, no settings (``tests/builders/test_layout.py`` checks it).
+"""
+
+from report_drafts.builders._dicom import device_uid_for
+from report_drafts.builders.gsps import build_gsps
+from report_drafts.builders.sr_tid1500 import build_sr
+
+__all__ = [
+    "build_gsps",
+    "build_sr",
+    "device_uid_for",
+]
