@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 from dicom_listener.tables import Instance, Patient, Study, StudyVersion
 from raddraft import jobs
 from raddraft.settings import Settings
-from report_drafts.builders import build_gsps, build_sr, device_uid_for
+from report_drafts.builders import build_gsps, build_sr, device_uid_for, oru_r01
 from report_drafts.content import Algorithm, ReportContent, ReportStatus
 from report_drafts.tables import Report, ReportVersion, SentKind, SentObject, SentState
 
@@ -313,10 +313,8 @@ def hl7_message(
     session: Session, settings: Settings, version: ReportVersion, control_id: str
 ) -> str:
     """The ORU^R01 for a version: OBR-25 P (draft), F (signed), C (amended/corrected)."""
-    from report_drafts import hl7
-
     ctx = version_context(session, version)
-    return hl7.oru_r01(
+    return oru_r01(
         ctx.content,
         patient_id=ctx.patient.patient_id,
         patient_name=ctx.patient.patient_name,
