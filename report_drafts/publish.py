@@ -29,7 +29,7 @@ from dicom_listener.tables import Instance, Patient, Study, StudyVersion
 from raddraft import jobs
 from raddraft.settings import Settings
 from report_drafts.builders import build_gsps, build_sr, device_uid_for, oru_r01
-from report_drafts.content import Algorithm, ReportContent, ReportStatus
+from report_drafts.content import Algorithm, ReportContent
 from report_drafts.tables import Report, ReportVersion, SentKind, SentObject, SentState
 
 log = logging.getLogger(__name__)
@@ -329,15 +329,6 @@ def hl7_message(
         patient_id_authority=ctx.patient.issuer_of_patient_id or None,
         timestamp=ctx.issued,
     )
-
-
-def hl7_result_status(status: str) -> str:
-    return {
-        ReportStatus.preliminary: "P",
-        ReportStatus.final: "F",
-        ReportStatus.amended: "C",
-        ReportStatus.corrected: "C",
-    }[ReportStatus(status)]
 
 
 # --------------------------------------------------------------------------------------------
