@@ -28,7 +28,20 @@ from sqlalchemy.orm import Session
 from dicom_listener.tables import Instance, Patient, Study, StudyVersion
 from raddraft import jobs
 from raddraft.settings import Settings
-from report_drafts.builders import build_gsps, build_sr, device_uid_for, oru_r01
+from report_drafts.builders import (
+    ImageRef,
+    PatientRef,
+    build_gsps,
+    build_sr,
+    device,
+    device_uid_for,
+    diagnostic_report,
+    imaging_study,
+    oru_r01,
+    practitioner,
+    provenance,
+    resource_id_for,
+)
 from report_drafts.content import Algorithm, ReportContent
 from report_drafts.tables import Report, ReportVersion, SentKind, SentObject, SentState
 
@@ -235,10 +248,8 @@ def fhir_resources(session: Session, settings: Settings, version: ReportVersion)
     updates it: preliminary, final, amended); the Provenance ``<uid>-v<n>`` names the AI device
     as author and, once signed, the radiologist as verifier.
     """
-    from report_drafts import fhir
-
     ctx = version_context(session, version)
-    patient = fhir.PatientRef(
+    patient = PatientRef(
         id=ctx.patient.patient_id,
         system=f"urn:raddraft:issuer:{ctx.patient.issuer_of_patient_id}"
         if ctx.patient.issuer_of_patient_id
@@ -247,9 +258,9 @@ def fhir_resources(session: Session, settings: Settings, version: ReportVersion)
     )
     study_id = imaging_study_id(ctx.study)
     device_uid = device_uid_for(ctx.algorithm)
-    device_id = fhir.resource_id_for(device_uid)
+    device_id = resource_id_for(device_uid)
     resources: dict[str, Any] = {
-        "DiagnosticReport": fhir.diagnostic_report(
+        "DiagnosticReport": diagnostic_report(
             ctx.content,
             resource_id=ctx.report.uid,
             patient=patient,
@@ -260,7 +271,7 @@ def fhir_resources(session: Session, settings: Settings, version: ReportVersion)
             accession=ctx.study.accession_number or None,
             sr_sop_instance_uid=version.sr_sop_instance_uid,
         ),
-        "ImagingStudy": fhir.imaging_study(
+        "ImagingStudy": imaging_study(
             resource_id=study_id,
             study_instance_uid=ctx.study.study_instance_uid,
             patient=patient,
@@ -268,7 +279,7 @@ def fhir_resources(session: Session, settings: Settings, version: ReportVersion)
             accession=ctx.study.accession_number or None,
             description=ctx.study.study_description or None,
         ),
-        "Provenance": fhir.provenance(
+        "Provenance": provenance(
             resource_id=f"{ctx.report.uid}-v{version.number}",
             targets=[f"DiagnosticReport/{ctx.report.uid}"],
             recorded=ctx.issued,
@@ -276,16 +287,15 @@ def fhir_resources(session: Session, settings: Settings, version: ReportVersion)
             device_id=device_id,
             signer=ctx.content.signer,
         ),
-        "Device": fhir.device(ctx.algorithm, resource_id=device_id, device_uid=device_uid),
+        "Device": device(ctx.algorithm, resource_id=device_id, device_uid=device_uid),
     }
     if ctx.content.signer is not None:
-        resources["Practitioner"] = fhir.practitioner(ctx.content.signer)
+        resources["Practitioner"] = practitioner(ctx.content.signer)
     return resources
 
 
-def _image_ref(session: Session, instance: Instance) -> Any:
+def _image_ref(session: Session, instance: Instance) -> ImageRef:
     from dicom_listener.tables import Series
-    from report_drafts import fhir
 
     series = session.get(Series, instance.series_pk)
     assert series is not None
@@ -293,7 +303,7 @@ def _image_ref(session: Session, instance: Instance) -> Any:
     def number(value: str) -> int | None:
         return int(value) if value.strip().lstrip("-").isdigit() else None
 
-    return fhir.ImageRef(
+    return ImageRef(
         series_uid=series.series_instance_uid,
         sop_instance_uid=instance.sop_instance_uid,
         sop_class_uid=instance.sop_class_uid,

@@ -8,8 +8,7 @@ import json
 
 import pytest
 
-from report_drafts.content import DEMO_WARNING, DRAFT_WARNING, ReportContent, ReportStatus
-from report_drafts.fhir import (
+from report_drafts.builders._fhir import (
     CHEST_XRAY_2_VIEWS,
     PatientRef,
     capability_statement,
@@ -24,6 +23,7 @@ from report_drafts.fhir import (
     provenance,
     report_status,
 )
+from report_drafts.content import DEMO_WARNING, DRAFT_WARNING, ReportContent, ReportStatus
 from tests.builders.helpers import ALGORITHM, DEMO_ALGORITHM, SIGNER, TRICKY, make_study
 
 NOW = dt.datetime(2025, 3, 1, 9, 30, tzinfo=dt.UTC)
