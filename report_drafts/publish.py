@@ -1,10 +1,11 @@
 """Turning a report version into what leaves RadDraft: SR, GSPS, FHIR resources, HL7 message.
 
-This is the one place the lifecycle calls the pure builders (``dicom_sr``, ``gsps``, ``fhir``,
-``hl7``). Every object is built once, written to ``data_dir/outbox/`` and never changed; a
-:class:`SentObject` row per destination says where it goes, and one job per destination (the
-job table is the contract with the worker) sends it. A retry therefore sends the same bytes, and
-``raddraft trace`` can find the version from any identifier a receiver saw.
+This is the one place the lifecycle calls the pure builders (:mod:`report_drafts.builders`: SR,
+GSPS, HL7 ORU^R01, FHIR resources). Every object is built once, written to
+``data_dir/outbox/`` and never changed; a :class:`SentObject` row per destination says where it
+goes, and one job per destination (the job table is the contract with the worker) sends it. A
+retry therefore sends the same bytes, and ``raddraft trace`` can find the version from any
+identifier a receiver saw.
 """
 
 from __future__ import annotations
