@@ -1,10 +1,11 @@
 """The outbox: what leaves RadDraft for a report version, built once, and what was sent of it.
 
-This is the one place the lifecycle calls the pure builders (:mod:`report_drafts.builders`).
-Every object is built once, written to ``data_dir/outbox/`` and never changed; a
-:class:`SentObject` row per destination says where it goes, and one job per destination (see
-:mod:`raddraft.job_contract`) sends it. The worker's dispatcher reads what is still to send
-(:func:`pending_sends`, :func:`outbox_file`) and records each attempt (:func:`record_sent`). A
+This is the one place the lifecycle calls the pure builders (:mod:`report_drafts.builders`: SR,
+GSPS, HL7 ORU^R01, FHIR resources). Every object is built once, written to
+``data_dir/outbox/`` and never changed; a :class:`SentObject` row per destination says where it
+goes, and one job per destination (see :mod:`raddraft.job_contract`) sends it. The worker's
+dispatcher reads what is still to send (:func:`pending_sends`, :func:`outbox_file`) and records
+each attempt (:func:`record_sent`). A
 retry therefore sends the same bytes, and ``raddraft trace`` can find the version from any
 identifier a receiver saw.
 """
@@ -31,9 +32,22 @@ from dicom_listener import Instance, Patient, Series, Study, StudyVersion
 from raddraft import job_contract, jobs
 from raddraft.db import utcnow
 from raddraft.settings import Settings
-from report_drafts import audit, dicom_sr, gsps
+from report_drafts import audit
+from report_drafts.builders import (
+    ImageRef,
+    PatientRef,
+    build_gsps,
+    build_sr,
+    device,
+    device_uid_for,
+    diagnostic_report,
+    imaging_study,
+    oru_r01,
+    practitioner,
+    provenance,
+    resource_id_for,
+)
 from report_drafts.content import Algorithm, ReportContent
-from report_drafts.dicom_common import device_uid_for
 from report_drafts.states import NotFound
 from report_drafts.tables import Report, ReportVersion, SentKind, SentObject, SentState
 from report_drafts.versions import algorithm_of, draft_run, study_uid
@@ -142,7 +156,7 @@ def build_dicom(
     previous = read_outbox_dataset(settings, previous_sr_uid) if previous_sr_uid else None
     built = BuiltDicom()
     number = report.current_version + 1  # the version these objects will belong to
-    sr = dicom_sr.build_sr(
+    sr = build_sr(
         sources,
         content,
         algorithm,
@@ -161,7 +175,7 @@ def build_dicom(
         if image_uid not in by_uid:
             log.warning("finding on unknown image %s skipped in GSPS", image_uid)
             continue
-        presentation = gsps.build_gsps(
+        presentation = build_gsps(
             by_uid[image_uid],
             content.findings,
             algorithm,
@@ -234,11 +248,8 @@ def fhir_resources(session: Session, settings: Settings, version: ReportVersion)
     updates it: preliminary, final, amended); the Provenance ``<uid>-v<n>`` names the AI device
     as author and, once signed, the radiologist as verifier.
     """
-    from report_drafts import fhir
-    from report_drafts.dicom_common import device_uid_for
-
     ctx = version_context(session, version)
-    patient = fhir.PatientRef(
+    patient = PatientRef(
         id=ctx.patient.patient_id,
         system=f"urn:raddraft:issuer:{ctx.patient.issuer_of_patient_id}"
         if ctx.patient.issuer_of_patient_id
@@ -247,9 +258,9 @@ def fhir_resources(session: Session, settings: Settings, version: ReportVersion)
     )
     study_id = imaging_study_id(ctx.study)
     device_uid = device_uid_for(ctx.algorithm)
-    device_id = fhir.resource_id_for(device_uid)
+    device_id = resource_id_for(device_uid)
     resources: dict[str, Any] = {
-        "DiagnosticReport": fhir.diagnostic_report(
+        "DiagnosticReport": diagnostic_report(
             ctx.content,
             resource_id=ctx.report.uid,
             patient=patient,
@@ -260,7 +271,7 @@ def fhir_resources(session: Session, settings: Settings, version: ReportVersion)
             accession=ctx.study.accession_number or None,
             sr_sop_instance_uid=version.sr_sop_instance_uid,
         ),
-        "ImagingStudy": fhir.imaging_study(
+        "ImagingStudy": imaging_study(
             resource_id=study_id,
             study_instance_uid=ctx.study.study_instance_uid,
             patient=patient,
@@ -268,7 +279,7 @@ def fhir_resources(session: Session, settings: Settings, version: ReportVersion)
             accession=ctx.study.accession_number or None,
             description=ctx.study.study_description or None,
         ),
-        "Provenance": fhir.provenance(
+        "Provenance": provenance(
             resource_id=f"{ctx.report.uid}-v{version.number}",
             targets=[f"DiagnosticReport/{ctx.report.uid}"],
             recorded=ctx.issued,
@@ -276,15 +287,14 @@ def fhir_resources(session: Session, settings: Settings, version: ReportVersion)
             device_id=device_id,
             signer=ctx.content.signer,
         ),
-        "Device": fhir.device(ctx.algorithm, resource_id=device_id, device_uid=device_uid),
+        "Device": device(ctx.algorithm, resource_id=device_id, device_uid=device_uid),
     }
     if ctx.content.signer is not None:
-        resources["Practitioner"] = fhir.practitioner(ctx.content.signer)
+        resources["Practitioner"] = practitioner(ctx.content.signer)
     return resources
 
 
-def _image_ref(session: Session, instance: Instance) -> Any:
-    from report_drafts import fhir
+def _image_ref(session: Session, instance: Instance) -> ImageRef:
 
     series = session.get(Series, instance.series_pk)
     assert series is not None
@@ -292,7 +302,7 @@ def _image_ref(session: Session, instance: Instance) -> Any:
     def number(value: str) -> int | None:
         return int(value) if value.strip().lstrip("-").isdigit() else None
 
-    return fhir.ImageRef(
+    return ImageRef(
         series_uid=series.series_instance_uid,
         sop_instance_uid=instance.sop_instance_uid,
         sop_class_uid=instance.sop_class_uid,
@@ -312,10 +322,8 @@ def hl7_message(
     session: Session, settings: Settings, version: ReportVersion, control_id: str
 ) -> str:
     """The ORU^R01 for a version: OBR-25 P (draft), F (signed), C (amended/corrected)."""
-    from report_drafts import hl7
-
     ctx = version_context(session, version)
-    return hl7.oru_r01(
+    return oru_r01(
         ctx.content,
         patient_id=ctx.patient.patient_id,
         patient_name=ctx.patient.patient_name,

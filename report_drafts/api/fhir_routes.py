@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 from dicom_listener import Patient, Study
 from report_drafts import outbox
 from report_drafts.api.auth import DbSession, Viewer
+from report_drafts.builders import capability_statement
 from report_drafts.states import NotFound
 from report_drafts.tables import Report, ReportVersion
 
@@ -73,10 +74,8 @@ def _bundle(entries: list[dict[str, Any]], base: str) -> Response:
 @router.get("/metadata")
 def metadata(request: Request) -> Response:
     """The CapabilityStatement (no authentication, as FHIR clients expect)."""
-    from report_drafts import fhir
-
     return _json(
-        fhir.capability_statement(
+        capability_statement(
             software_version=_program_version(), base_url=str(request.base_url) + "fhir"
         )
     )

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pydicom import Dataset, dcmread
 
+from report_drafts.builders.gsps import GRAPHIC_LAYER, build_gsps
 from report_drafts.content import DRAFT_WARNING, Finding
-from report_drafts.gsps import GRAPHIC_LAYER, build_gsps
 from tests.builders.helpers import (
     ALGORITHM,
     DEMO_ALGORITHM,

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
+from report_drafts.builders.hl7_oru_r01 import oru_r01, text_lines
 from report_drafts.content import ReportContent
-from report_drafts.hl7 import oru_r01, text_lines
 from report_drafts.mllp import (
     AckMismatchError,
     NoAckError,

@@ -12,9 +12,9 @@ from highdicom.sr import Comprehensive3DSR, srread
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
+from report_drafts.builders._dicom import PRIVATE_SCHEME, device_uid_for
+from report_drafts.builders.sr_tid1500 import PROGRESSION_PREFIX, build_sr
 from report_drafts.content import DEMO_WARNING, DRAFT_WARNING, ReportContent, ReportStatus
-from report_drafts.dicom_common import PRIVATE_SCHEME, device_uid_for
-from report_drafts.dicom_sr import PROGRESSION_PREFIX, build_sr
 from tests.builders.helpers import (
     ALGORITHM,
     DEMO_ALGORITHM,

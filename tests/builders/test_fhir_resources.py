@@ -1,4 +1,5 @@
-"""FHIR R4B builders: round trips through fhir.resources parsing, status and signer checks."""
+"""FHIR R4B builders (DiagnosticReport, ImagingStudy, Provenance, Device, Practitioner,
+CapabilityStatement): round trips through fhir.resources parsing, status and signer checks."""
 
 from __future__ import annotations
 
@@ -8,22 +9,18 @@ import json
 
 import pytest
 
-from report_drafts.content import DEMO_WARNING, DRAFT_WARNING, ReportContent, ReportStatus
-from report_drafts.fhir import (
+from report_drafts.builders._fhir import PatientRef, image_refs, parse_resource
+from report_drafts.builders.fhir_capability_statement import capability_statement
+from report_drafts.builders.fhir_diagnostic_report import (
     CHEST_XRAY_2_VIEWS,
-    PatientRef,
-    capability_statement,
-    device,
     diagnostic_report,
-    image_refs,
-    imaging_study,
     parse_diagnostic_report,
-    parse_resource,
-    practitioner,
     presented_text,
-    provenance,
     report_status,
 )
+from report_drafts.builders.fhir_imaging_study import imaging_study
+from report_drafts.builders.fhir_provenance import device, practitioner, provenance
+from report_drafts.content import DEMO_WARNING, DRAFT_WARNING, ReportContent, ReportStatus
 from tests.builders.helpers import ALGORITHM, DEMO_ALGORITHM, SIGNER, TRICKY, make_study
 
 NOW = dt.datetime(2025, 3, 1, 9, 30, tzinfo=dt.UTC)

@@ -42,13 +42,7 @@ from highdicom.sr import (
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 
-from report_drafts.content import (
-    Algorithm,
-    Finding,
-    ReportContent,
-    ReportStatus,
-)
-from report_drafts.dicom_common import (
+from report_drafts.builders._dicom import (
     DEFAULT_SITE,
     MANUFACTURER,
     check_same_study,
@@ -59,6 +53,12 @@ from report_drafts.dicom_common import (
     new_uid,
     prepared_source,
     site_code,
+)
+from report_drafts.content import (
+    Algorithm,
+    Finding,
+    ReportContent,
+    ReportStatus,
 )
 
 #: TID 1500 row 12 container (the code PS3.16 gives for it).

@@ -27,8 +27,8 @@ from highdicom.pr import (
 )
 from pydicom import Dataset
 
+from report_drafts.builders._dicom import MANUFACTURER, check_uid, new_uid, prepared_source
 from report_drafts.content import DEMO_WARNING, DRAFT_WARNING, Algorithm, Finding
-from report_drafts.dicom_common import MANUFACTURER, check_uid, new_uid, prepared_source
 
 #: Graphic Layer (0070,0002) is a CS: at most 16 characters of A-Z, 0-9, space and underscore.
 GRAPHIC_LAYER = "RADDRAFT AI"

@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 from hl7apy.parser import parse_message
 
+from report_drafts.builders.hl7_oru_r01 import escape, oru_r01, result_status, text_lines, unescape
 from report_drafts.content import DEMO_WARNING, DRAFT_WARNING, ReportContent, ReportStatus
-from report_drafts.hl7 import escape, oru_r01, result_status, text_lines, unescape
 from tests.builders.helpers import SIGNER, TRICKY
 
 CONTENT = ReportContent(

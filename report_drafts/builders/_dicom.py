@@ -1,5 +1,7 @@
 """What the SR and GSPS builders share: codes for findings and sites, source copies, device UIDs.
 
+Private to :mod:`report_drafts.builders` (``device_uid_for`` is re-exported there).
+
 Codes follow PS3.16: SNOMED CT ("SCT") where DICOM or SNOMED has a concept RadDraft is sure of,
 else RadDraft's private coding scheme ``99RADDRAFT`` (PS3.3 C.12.1.1.2.1: private designators
 start with "99"), declared in the Coding Scheme Identification Sequence of every object.

@@ -1,0 +1,146 @@
+"""The DiagnosticReport of a report version (FHIR R4B DiagnosticReport,
+https://hl7.org/fhir/R4B/diagnosticreport.html), its status mapping, and parsing it back.
+
+Status preliminary (AI draft), final (signed), amended / corrected (after signing); category
+HL7 v2-0074 RAD + LOINC LP29684-5 Radiology; code LOINC 36643-5 "XR Chest 2 Views" (the usual
+PA + lateral study; pass ``code`` for other views); the study linked by ``imagingStudy`` (R4
+name; R5 calls it ``study``) with identifier ``urn:dicom:uid`` / ``urn:oid:<StudyInstanceUID>``;
+the full text, warnings included, as a text/plain presentedForm. ``resultsInterpreter`` allows
+Practitioner / Organization only and is set for signed versions only: the AI is recorded as
+author by a Provenance (:mod:`.fhir_provenance`). fhir.resources checks neither code values nor
+reference targets: statuses and signers are checked here.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any
+
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+
+from report_drafts.builders._fhir import (
+    DICOM_UID_SYSTEM,
+    LOINC,
+    V2_0074,
+    PatientRef,
+    accession_identifier,
+    check_id,
+    instant,
+    parse_resource,
+    patient_reference,
+    practitioner_reference,
+    study_identifier,
+)
+from report_drafts.content import ReportContent, ReportStatus
+
+#: LOINC 36643-5 "XR Chest 2 Views" (PA and lateral), the default report code.
+CHEST_XRAY_2_VIEWS = ("36643-5", "XR Chest 2 Views")
+
+#: DiagnosticReport.status values RadDraft writes (R4B value set diagnostic-report-status).
+REPORT_STATUSES = frozenset(s.value for s in ReportStatus)
+
+
+def report_status(status: ReportStatus | str) -> str:
+    """The DiagnosticReport.status for a report status; anything else is refused."""
+    try:
+        return ReportStatus(status).value
+    except ValueError:
+        raise ValueError(
+            f"invalid DiagnosticReport status {status!r}: one of {sorted(REPORT_STATUSES)}"
+        ) from None
+
+
+def diagnostic_report(
+    content: ReportContent,
+    *,
+    resource_id: str,
+    patient: PatientRef,
+    study_instance_uid: str,
+    issued: dt.datetime,
+    demo: bool,
+    effective: dt.datetime | None = None,
+    imaging_study_id: str | None = None,
+    accession: str | None = None,
+    sr_sop_instance_uid: str | None = None,
+    code: tuple[str, str] = CHEST_XRAY_2_VIEWS,
+) -> DiagnosticReport:
+    """The DiagnosticReport of one report version.
+
+    ``issued`` is when this version was made, ``effective`` the study time (both timezone
+    aware). ``imaging_study_id`` adds a literal ``ImagingStudy/<id>`` reference next to the
+    DICOM study identifier; ``sr_sop_instance_uid`` records the SR as an identifier.
+    """
+    status = report_status(content.status)
+    content.check_consistent()
+    warnings = content.warnings(demo=demo)
+    conclusion = "\n\n".join([content.impression.strip(), *warnings]).strip()
+    study_ref: dict[str, Any] = {
+        "type": "ImagingStudy",
+        "identifier": study_identifier(study_instance_uid),
+    }
+    if imaging_study_id is not None:
+        study_ref["reference"] = f"ImagingStudy/{check_id(imaging_study_id)}"
+    identifiers = []
+    if sr_sop_instance_uid:
+        identifiers.append({"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{sr_sop_instance_uid}"})
+    if accession:
+        identifiers.append(accession_identifier(accession))
+    data: dict[str, Any] = {
+        "resourceType": "DiagnosticReport",
+        "id": check_id(resource_id),
+        "status": status,
+        "category": [
+            {
+                "coding": [
+                    {"system": V2_0074, "code": "RAD", "display": "Radiology"},
+                    {"system": LOINC, "code": "LP29684-5", "display": "Radiology"},
+                ]
+            }
+        ],
+        "code": {
+            "coding": [{"system": LOINC, "code": code[0], "display": code[1]}],
+            "text": code[1],
+        },
+        "subject": patient_reference(patient),
+        "imagingStudy": [study_ref],
+        "issued": instant(issued, "issued"),
+        "conclusion": conclusion,
+        "presentedForm": [
+            {
+                "contentType": "text/plain; charset=utf-8",
+                "language": "en",
+                "title": "Chest radiograph report" + (" (AI draft)" if warnings else ""),
+                "data": base64.b64encode(content.text(demo=demo).encode()).decode("ascii"),
+            }
+        ],
+    }
+    if identifiers:
+        data["identifier"] = identifiers
+    if effective is not None:
+        data["effectiveDateTime"] = instant(effective, "effective")
+    if content.status.is_signed:
+        assert content.signer is not None
+        data["resultsInterpreter"] = [practitioner_reference(content.signer)]
+    return DiagnosticReport.model_validate(data)
+
+
+def parse_diagnostic_report(data: str | bytes | Mapping[str, Any]) -> DiagnosticReport:
+    """A DiagnosticReport parsed back, its status checked like when built."""
+    resource = parse_resource(data)
+    if not isinstance(resource, DiagnosticReport):
+        raise ValueError(f"expected a DiagnosticReport, got {resource.__resource_type__}")
+    report_status(resource.status or "")
+    return resource
+
+
+def presented_text(report: DiagnosticReport) -> str:
+    """The text/plain presentedForm of a report, decoded."""
+    for form in report.presentedForm or ():
+        if (form.contentType or "").startswith("text/plain") and form.data:
+            # fhir.resources holds base64Binary decoded (bytes); a str would still be encoded
+            data = form.data
+            raw = data if isinstance(data, bytes) else base64.b64decode(data)
+            return raw.decode("utf-8")
+    raise ValueError("the report has no text/plain presentedForm")
