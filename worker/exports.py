@@ -16,11 +16,12 @@ from typing import Any
 
 import httpx
 
-from dicom_listener.scu import PermanentExportError, TransientExportError, store
+from peers import mllp
+from peers.dicom_scu import PermanentExportError, TransientExportError, store
 from raddraft.db import session_scope
 from raddraft.logging import kv
 from raddraft.settings import DicomNode, Settings, get_settings
-from report_drafts import lifecycle, mllp, publish
+from report_drafts import lifecycle, publish
 from worker.errors import PermanentError, TransientError
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 import dicom_listener
-from dicom_listener.scu import ScuError, find_prior_studies, move_study
 from dicom_listener.tables import Study, StudyVersion
+from peers.dicom_scu import ScuError, find_prior_studies, move_study
 from raddraft.db import session_scope
 from raddraft.logging import kv
 from raddraft.settings import Settings

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from hl7apy.parser import parse_message
 
-from report_drafts.mllp import control_id_of
+from peers.mllp import control_id_of
 from tests.conftest import free_port
 from tests.dicom_factory import make_study
 from tests.mllp_listener import Listener
