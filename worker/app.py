@@ -2,7 +2,7 @@
 
 Queues: ``gpu`` runs drafting (one task at a time per GPU worker process, the model loaded once
 at worker start); ``io`` runs exports and RIS messages. Producers never call Celery: they write
-job rows (:mod:`raddraft.jobs`) and :mod:`worker.dispatcher` sends them here.
+job rows (:mod:`raddraft.jobs`) and :mod:`worker.router` sends them here.
 """
 
 from __future__ import annotations

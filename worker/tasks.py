@@ -54,5 +54,5 @@ def _pong(job_id: int, args: dict[str, Any]) -> dict[str, Any]:
 
 @shared_task(name=PING)
 def ping(job_id: int) -> str:
-    """A no-op job: proves the path table -> dispatcher -> broker -> worker -> table works."""
+    """A no-op job: proves the path table -> router -> broker -> worker -> table works."""
     return run_job(job_id, _pong)

@@ -1,6 +1,6 @@
 """The RIS hears of every step, in order: HL7 ORU P, F, C over MLLP and FHIR PUTs.
 
-Real processes throughout: the listener, dispatcher and workers, the web API a radiologist signs
+Real processes throughout: the listener, router and workers, the web API a radiologist signs
 through, a real MLLP listener (hl7apy) as the RIS and a small FHIR server that records PUTs.
 """
 

@@ -64,7 +64,7 @@ def dispatch_once(app: Celery, settings: Settings, engine: Engine | None = None)
 
 def run(app: Celery, settings: Settings, stop: threading.Event) -> None:
     """Dispatch until ``stop`` is set; database or broker trouble is logged and retried."""
-    log.info("dispatcher started %s", kv(broker=app.conf.broker_url))
+    log.info("router started %s", kv(broker=app.conf.broker_url))
     while not stop.is_set():
         try:
             busy = dispatch_once(app, settings) > 0
@@ -73,4 +73,4 @@ def run(app: Celery, settings: Settings, stop: threading.Event) -> None:
             busy = False
         if not busy:
             stop.wait(settings.dispatch_poll_seconds)
-    log.info("dispatcher stopped")
+    log.info("router stopped")
