@@ -1,8 +1,8 @@
 """Celery tasks, by the names producers write into the job table.
 
 Each task receives a job id only; the job row holds the arguments. The bodies live in
-:mod:`worker.pipeline` (drafting) and :mod:`worker.exports` (PACS, RIS), imported lazily so an
-``io`` worker never imports the model stack.
+:mod:`worker.pipeline` (drafting) and :mod:`worker.dispatcher` (PACS, RIS), imported lazily so
+an ``io`` worker never imports the model stack.
 """
 
 from __future__ import annotations
@@ -29,23 +29,23 @@ def draft_study(job_id: int) -> str:
 
 @shared_task(name=EXPORT_DICOM)
 def export_dicom(job_id: int) -> str:
-    from worker import exports
+    from worker import dispatcher
 
-    return run_job(job_id, exports.export_dicom_job)
+    return run_job(job_id, dispatcher.export_dicom_job)
 
 
 @shared_task(name=SEND_HL7)
 def send_hl7(job_id: int) -> str:
-    from worker import exports
+    from worker import dispatcher
 
-    return run_job(job_id, exports.send_hl7_job)
+    return run_job(job_id, dispatcher.send_hl7_job)
 
 
 @shared_task(name=PUSH_FHIR)
 def push_fhir(job_id: int) -> str:
-    from worker import exports
+    from worker import dispatcher
 
-    return run_job(job_id, exports.push_fhir_job)
+    return run_job(job_id, dispatcher.push_fhir_job)
 
 
 def _pong(job_id: int, args: dict[str, Any]) -> dict[str, Any]:
