@@ -10,6 +10,7 @@ COPY dicom_listener dicom_listener
 COPY worker worker
 COPY models models
 COPY report_drafts report_drafts
+COPY peers peers
 COPY migrations migrations
 RUN pip install --no-cache-dir '.[model]'
 ENV RADDRAFT_DATA_DIR=/data PYTHONUNBUFFERED=1

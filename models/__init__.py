@@ -43,8 +43,8 @@ from models._backend import (
 )
 from models._images import Geometry, prepare_image, prepare_pil, smart_resize
 from models._parse import parse_boxes, parse_choice, split_reasoning
-from models._staged_reading import Reader
 from models._resolve import ModelChoice, cached_backend, load_backend, resolve_model, tiny_path
+from models._staged_reading import Reader
 from models._tiny import build_tiny
 from models._types import (
     CHEXONE_ID,

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 import pytest
 from hl7apy.mllp import AbstractHandler, MLLPServer
 
-from report_drafts.mllp import END_BLOCK, START_BLOCK, control_id_of
+from peers.mllp import END_BLOCK, START_BLOCK, control_id_of
 from tests.conftest import free_port
 
 

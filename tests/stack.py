@@ -1,4 +1,4 @@
-"""A whole RadDraft as real processes for end-to-end tests: listener, dispatcher, workers.
+"""A whole RadDraft as real processes for end-to-end tests: listener, router, workers.
 
 Used by the pipeline tests and the pages tests::
 
@@ -40,7 +40,7 @@ STACK_ENV = {
 
 PARTS: dict[str, list[str]] = {
     "listener": ["listen"],
-    "dispatcher": ["dispatcher"],
+    "router": ["router"],
     "gpu-worker": ["worker", "--queues", "gpu"],
     "io-worker": ["worker", "--queues", "io", "--concurrency", "1"],
 }

@@ -1,76 +1,127 @@
-"""The router: sends due jobs from the job table to the broker, most urgent first.
+"""The dispatcher of results: DICOM SR/GSPS to PACS, HL7 v2 ORU to the RIS, FHIR to a server.
 
-Only a few jobs per queue are outstanding on the broker at a time, so the job table (ordered by
-priority, then age) decides what runs next on any broker: a STAT study queued after a hundred
-routine ones still runs next. The same loop puts back jobs whose worker died (lease over) and
-jobs whose message the broker lost.
+Each job sends what the lifecycle built and left in the outbox for one report version (never
+rebuilding it: a retry sends the very bytes built at drafting or sign-off) to one destination,
+through the :mod:`peers` target of its kind, and records each attempt per object. Failures are
+classified by the target so the job runner retries a peer that is down and dead-letters one
+that refuses us for good.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import threading
+from collections import defaultdict
+from typing import Any
 
-from celery import Celery
-from sqlalchemy import select
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session
-
-from raddraft import jobs
-from raddraft.db import session_scope, utcnow
+import peers
+import report_drafts
+from raddraft.db import session_scope
+from raddraft.job_contract import ExportDicom, PushFhir, SendHl7
 from raddraft.logging import kv
-from raddraft.settings import Settings
-from worker.app import GPU_QUEUE, QUEUES
+from raddraft.settings import Settings, get_settings
+from worker.errors import PermanentError, TransientError
 
 log = logging.getLogger(__name__)
 
-
-def outstanding_limit(session: Session, settings: Settings, queue: str) -> int:
-    """How many jobs a queue may hold on the broker.
-
-    ``gpu``: one per live worker and no more, so the job table's priority order decides what
-    runs next (a broker may reorder messages sent together; drafts take seconds, so a
-    lookahead would gain nothing). ``io``: a few per worker, order matters less there.
-    """
-    since = utcnow() - dt.timedelta(seconds=settings.job_lease_seconds)
-    live = session.scalars(
-        select(jobs.WorkerBeat.queues).where(jobs.WorkerBeat.last_seen >= since)
-    ).all()
-    serving = max(sum(1 for queues in live if queue in queues.split(",")), 1)
-    return serving if queue == GPU_QUEUE else 4 * serving
+#: The sent-object kinds each destination kind carries.
+SENT_KINDS: dict[str, tuple[str, ...]] = {
+    "dicom": ("sr", "gsps"),
+    "hl7": ("hl7",),
+    "fhir": ("fhir",),
+}
 
 
-def dispatch_once(app: Celery, settings: Settings, engine: Engine | None = None) -> int:
-    """One pass: recover expired jobs, then send what is due. Returns the number sent."""
-    sent = 0
-    with session_scope(engine) as session:
-        recovered = jobs.recover_expired(
-            session, dt.timedelta(seconds=settings.dispatch_stale_seconds)
+def _pending(
+    settings: Settings, version_pk: int, kinds: tuple[str, ...], destination: str | None
+) -> list[tuple[int, peers.Outbound]]:
+    with session_scope() as session:
+        rows = report_drafts.pending_sends(
+            session, version_pk, kinds=kinds, destination=destination
         )
-        if recovered:
-            log.warning("put back jobs whose worker or message was lost %s", kv(count=recovered))
-        for queue in QUEUES:
-            room = outstanding_limit(session, settings, queue) - jobs.outstanding(session, queue)
-            due = jobs.due(session, queue, room)
-            for job in due:
-                app.send_task(job.task, args=[job.id], queue=queue)
-            jobs.mark_dispatched(session, [job.id for job in due])
-            sent += len(due)
-            for job in due:
-                log.info("dispatched %s", kv(job=job.id, task=job.task, priority=job.priority))
-    return sent
+        return [
+            (row.id, peers.Outbound(row.identifier, report_drafts.outbox_file(settings, row)))
+            for row in rows
+        ]
 
 
-def run(app: Celery, settings: Settings, stop: threading.Event) -> None:
-    """Dispatch until ``stop`` is set; database or broker trouble is logged and retried."""
-    log.info("dispatcher started %s", kv(broker=app.conf.broker_url))
-    while not stop.is_set():
-        try:
-            busy = dispatch_once(app, settings) > 0
-        except Exception:
-            log.exception("dispatch pass failed; retrying")
-            busy = False
-        if not busy:
-            stop.wait(settings.dispatch_poll_seconds)
-    log.info("dispatcher stopped")
+def _record(sent: list[int], *, ok: bool, error: str | None = None) -> None:
+    if not sent:
+        return
+    with session_scope() as session:
+        for sent_pk in sent:
+            report_drafts.record_sent(session, sent_pk, ok=ok, error=error)
+
+
+def deliver(
+    kind: str,
+    report_version_pk: int,
+    destination: str,
+    *,
+    rows_for: str | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Send a version's pending objects of ``kind`` to ``destination`` and record each one.
+
+    ``rows_for`` limits the objects to those recorded for that destination (one job per PACS);
+    ``None`` takes every pending one of the kind (the single RIS or FHIR server, wherever it is
+    now). Returns the timings ``sent`` (objects delivered) and ``export_s``; raises
+    :class:`TransientError` / :class:`PermanentError` as the target classified the failure.
+    """
+    settings = settings or get_settings()
+    items = _pending(settings, report_version_pk, SENT_KINDS[kind], rows_for)
+    if not items:
+        return {"sent": 0}
+    target = peers.target_for(kind, destination, settings)
+    rows: dict[str, list[int]] = defaultdict(list)
+    for pk, outbound in items:
+        rows[outbound.identifier].append(pk)
+    try:
+        delivery = target.send([outbound for _, outbound in items])
+    except peers.DeliveryError as error:
+        _record([pk for i in error.delivered for pk in rows[i]], ok=True)
+        _record([pk for i in error.failed for pk in rows[i]], ok=False, error=str(error))
+        log.warning(
+            "delivery failed %s",
+            kv(
+                kind=kind,
+                destination=target.destination,
+                delivered=len(error.delivered),
+                failed=len(error.failed),
+                transient=isinstance(error, peers.TransientDeliveryError),
+            ),
+        )
+        if isinstance(error, peers.TransientDeliveryError):
+            raise TransientError(str(error)) from error
+        raise PermanentError(str(error)) from error
+    _record([pk for i in delivery.delivered for pk in rows[i]], ok=True)
+    log.info(
+        "delivered %s",
+        kv(
+            kind=kind,
+            destination=delivery.destination,
+            objects=len(delivery.delivered),
+            warnings=len(delivery.warnings),
+        ),
+    )
+    return {"sent": len(delivery.delivered), "export_s": round(delivery.seconds, 4)}
+
+
+def export_dicom_job(job_id: int, args: ExportDicom) -> dict[str, Any]:
+    """C-STORE the version's SR and GSPS objects to one destination (PS3.4 Annex B)."""
+    return deliver("dicom", args.report_version_pk, args.destination, rows_for=args.destination)
+
+
+def send_hl7_job(job_id: int, args: SendHl7) -> dict[str, Any]:
+    """Send the version's ORU^R01 over MLLP and check the ACK (HL7 v2.5.1 ch. 7)."""
+    settings = get_settings()
+    if not settings.ris_mllp:
+        raise PermanentError("RADDRAFT_RIS_MLLP is not set")
+    return deliver("hl7", args.report_version_pk, settings.ris_mllp, settings=settings)
+
+
+def push_fhir_job(job_id: int, args: PushFhir) -> dict[str, Any]:
+    """PUT the version's FHIR resources to the configured server (FHIR RESTful update)."""
+    settings = get_settings()
+    if not settings.fhir_server_url:
+        raise PermanentError("RADDRAFT_FHIR_SERVER_URL is not set")
+    return deliver("fhir", args.report_version_pk, settings.fhir_server_url, settings=settings)

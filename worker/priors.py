@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 import dicom_listener
 import report_drafts
-from dicom_listener.scu import ScuError, find_prior_studies, move_study
+from peers.dicom_scu import ScuError, find_prior_studies, move_study
 from raddraft.db import session_scope
 from raddraft.logging import kv
 from raddraft.settings import Settings

@@ -1,6 +1,6 @@
 """``raddraft up``: the whole of RadDraft on one machine, until Ctrl-C.
 
-Each part runs as its own process (listener, dispatcher, gpu worker, io worker, web), so a
+Each part runs as its own process (listener, router, gpu worker, io worker, web), so a
 crash in one is contained and the part is started again; that is also how they run in
 production, only spread over machines.
 """
@@ -23,7 +23,7 @@ log = logging.getLogger("raddraft.up")
 
 PARTS: dict[str, list[str]] = {
     "listener": ["listen"],
-    "dispatcher": ["dispatcher"],
+    "router": ["router"],
     "gpu-worker": ["worker", "--queues", "gpu"],
     "io-worker": ["worker", "--queues", "io", "--concurrency", "2"],
     "web": ["web"],
@@ -56,7 +56,7 @@ class Part:
     help="Leave a part out (for example web while it is served elsewhere).",
 )
 def up(without: tuple[str, ...]) -> None:
-    """Run listener, dispatcher, workers and web together on this machine until Ctrl-C."""
+    """Run listener, router, workers and web together on this machine until Ctrl-C."""
     from raddraft import migrate
     from raddraft.db import get_engine
 

@@ -1,4 +1,5 @@
-"""``raddraft worker``, ``raddraft dispatcher`` and ``raddraft exports``."""
+"""``raddraft worker``, ``raddraft router`` (also under its old name ``dispatcher``) and
+``raddraft exports``."""
 
 from __future__ import annotations
 
@@ -39,17 +40,27 @@ def worker(queues: str, concurrency: int, no_model: bool) -> None:
     run_worker(get_settings(), names, concurrency, load_model=not no_model)
 
 
-@click.command()
-def dispatcher() -> None:
-    """Send due jobs to the broker by priority and recover jobs of dead workers."""
-    from worker import dispatcher as dispatch
+def _run_router() -> None:
+    from worker import router as routing
     from worker.app import make_app
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     settings = get_settings()
-    dispatch.run(make_app(settings), settings, stop)
+    routing.run(make_app(settings), settings, stop)
+
+
+@click.command()
+def router() -> None:
+    """Send due jobs to the broker by priority and recover jobs of dead workers."""
+    _run_router()
+
+
+@click.command("dispatcher", hidden=True)
+def dispatcher_alias() -> None:
+    """The old name of ``router``, kept so deployments that start ``dispatcher`` still run."""
+    _run_router()
 
 
 @click.group(invoke_without_command=True)

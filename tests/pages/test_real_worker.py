@@ -1,6 +1,6 @@
 """The review desk on a draft that a real gpu worker made with the tiny checkpoint.
 
-The whole stack runs as processes (listener, dispatcher, workers, web) on PostgreSQL and Redis;
+The whole stack runs as processes (listener, router, workers, web) on PostgreSQL and Redis;
 DCMTK storescu pushes the study; a radiologist signs in in Chromium, finds the draft on the
 worklist, sees that it is a demo draft, edits the impression and signs.
 """

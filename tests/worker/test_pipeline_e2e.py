@@ -1,6 +1,6 @@
 """From a modality's push to a draft and DICOM results in a real PACS, with real processes.
 
-Every test runs RadDraft as separate processes (listener, dispatcher, Celery workers) against a
+Every test runs RadDraft as separate processes (listener, router, Celery workers) against a
 real Orthanc; DCMTK storescu is the modality. The model is either the tiny random-weight
 checkpoint loaded through ``from_pretrained`` (the real path), or a scripted OpenAI-compatible
 server where a test needs predictable grounded findings.

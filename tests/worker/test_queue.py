@@ -1,4 +1,4 @@
-"""The job table, the dispatcher and real Celery worker processes, on both brokers."""
+"""The job table, the router and real Celery worker processes, on both brokers."""
 
 from __future__ import annotations
 
@@ -48,7 +48,7 @@ def test_job_runs_once_through_a_real_worker(
             jobs.enqueue(session, task="raddraft.ping", key="ping:a", args={}, queue="io").id
             == job_id
         )
-    argvs = {"worker": ["worker", "-Q", "io", "-c", "1"], "dispatcher": ["dispatcher"]}
+    argvs = {"worker": ["worker", "-Q", "io", "-c", "1"], "router": ["router"]}
     with running(argvs, broker_env, tmp_path) as procs:
         wait_for(
             lambda: _state(engine, job_id).state == jobs.JobState.done,
@@ -78,7 +78,7 @@ def test_urgent_job_overtakes_routine_ones(
             priority=jobs.Priority.stat,
         ).id
     # A worker on the gpu queue without loading a model: ping needs none.
-    argvs = {"worker": ["worker", "-Q", "gpu", "--no-model"], "dispatcher": ["dispatcher"]}
+    argvs = {"worker": ["worker", "-Q", "gpu", "--no-model"], "router": ["router"]}
     with running(argvs, broker_env, tmp_path) as procs:
         wait_for(
             lambda: all(_state(engine, i).state == jobs.JobState.done for i in [*routine, stat]),

@@ -1,6 +1,6 @@
 """The RIS hears of every step, in order: HL7 ORU P, F, C over MLLP and FHIR PUTs.
 
-Real processes throughout: the listener, dispatcher and workers, the web API a radiologist signs
+Real processes throughout: the listener, router and workers, the web API a radiologist signs
 through, a real MLLP listener (hl7apy) as the RIS and a small FHIR server that records PUTs.
 """
 
@@ -19,7 +19,7 @@ import httpx
 import pytest
 from hl7apy.parser import parse_message
 
-from report_drafts.mllp import control_id_of
+from peers.mllp import control_id_of
 from tests.conftest import free_port
 from tests.dicom_factory import make_study
 from tests.mllp_listener import Listener

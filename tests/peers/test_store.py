@@ -10,7 +10,7 @@ import pytest
 from pydicom.dataset import Dataset
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from dicom_listener.scu import (
+from peers.dicom_scu import (
     PermanentExportError,
     ScuError,
     StoreOutcome,
@@ -21,7 +21,7 @@ from dicom_listener.scu import (
 from raddraft.settings import DicomNode
 from tests.dicom_factory import make_cxr
 from tests.orthanc import OrthancServer
-from tests.scu.conftest import RADDRAFT_AE, FakeScp, RawPeer, associate_rj, make_gsps, make_sr
+from tests.peers.conftest import RADDRAFT_AE, FakeScp, RawPeer, associate_rj, make_gsps, make_sr
 
 
 @pytest.fixture

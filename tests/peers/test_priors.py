@@ -8,7 +8,7 @@ from collections.abc import Callable
 import pytest
 from pydicom.dataset import Dataset
 
-from dicom_listener.scu import (
+from peers.dicom_scu import (
     MoveOutcome,
     PermanentQueryError,
     RetrievedInstance,
@@ -19,7 +19,7 @@ from dicom_listener.scu import (
 )
 from tests.dicom_factory import make_cxr, new_uid
 from tests.orthanc import OrthancServer
-from tests.scu.conftest import RADDRAFT_AE, FakeScp
+from tests.peers.conftest import RADDRAFT_AE, FakeScp
 
 PATIENT = "PRIOR01"
 

@@ -7,9 +7,7 @@ import time
 
 import pytest
 
-from report_drafts.builders.hl7_oru_r01 import oru_r01, text_lines
-from report_drafts.content import ReportContent
-from report_drafts.mllp import (
+from peers.mllp import (
     AckMismatchError,
     NoAckError,
     RejectedError,
@@ -17,6 +15,8 @@ from report_drafts.mllp import (
     send_message,
     send_with_retries,
 )
+from report_drafts.builders.hl7_oru_r01 import oru_r01, text_lines
+from report_drafts.content import ReportContent
 from tests.builders.helpers import TRICKY
 from tests.conftest import free_port
 from tests.mllp_listener import Listener

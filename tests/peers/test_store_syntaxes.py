@@ -13,12 +13,12 @@ from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
 from pynetdicom import AE, evt
 
-from dicom_listener.scu import PermanentExportError, TransientExportError, store
+from peers.dicom_scu import PermanentExportError, TransientExportError, store
 from raddraft.settings import DicomNode
 from tests.conftest import free_port
 from tests.dicom_factory import compress, make_cxr
 from tests.orthanc import OrthancServer
-from tests.scu.conftest import RADDRAFT_AE, FakeScp
+from tests.peers.conftest import RADDRAFT_AE, FakeScp
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def tls_scp(tmp_path: Path) -> Iterator[tuple[DicomNode, Path, list[str]]]:
 
 
 def test_store_over_tls(tls_scp: tuple[DicomNode, Path, list[str]], cxr_dir: Path) -> None:
-    from tests.scu.conftest import make_sr
+    from tests.peers.conftest import make_sr
 
     node, cert, stored = tls_scp
     sr = make_sr(make_cxr(rows=64, cols=64))
@@ -102,7 +102,7 @@ def test_store_over_tls(tls_scp: tuple[DicomNode, Path, list[str]], cxr_dir: Pat
 def test_tls_peer_with_an_untrusted_certificate_fails_permanently(
     tls_scp: tuple[DicomNode, Path, list[str]],
 ) -> None:
-    from tests.scu.conftest import make_sr
+    from tests.peers.conftest import make_sr
 
     node, _, stored = tls_scp
     sr = make_sr(make_cxr(rows=64, cols=64))
@@ -113,7 +113,7 @@ def test_tls_peer_with_an_untrusted_certificate_fails_permanently(
 
 
 def test_tls_to_a_peer_that_is_down_is_transient(cxr_dir: Path, tmp_path: Path) -> None:
-    from tests.scu.conftest import make_sr
+    from tests.peers.conftest import make_sr
 
     cert, _ = _self_signed(tmp_path)
     client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(cert))

@@ -1,4 +1,5 @@
-"""Peers for the SCU tests: real Orthanc, small pynetdicom SCPs that answer as told, raw sockets.
+"""Peers for the outbound tests: real Orthanc, a real MLLP listener, a real HTTP server as FHIR
+server, small pynetdicom SCPs that answer as told, raw sockets.
 
 Also minimal but valid results to send: a TID 1500 Comprehensive 3D SR and a GSPS built with
 highdicom on a synthetic DX image (``tests/dicom_factory.py``).
@@ -33,6 +34,8 @@ from pynetdicom.transport import ThreadedAssociationServer
 from raddraft.settings import DicomNode
 from tests.conftest import free_port
 from tests.dicom_factory import new_uid
+from tests.fhir_server import fhir_server  # noqa: F401  (fixture)
+from tests.mllp_listener import listener  # noqa: F401  (fixture)
 from tests.orthanc import orthanc, orthanc_factory  # noqa: F401  (fixtures)
 
 RADDRAFT_AE = "RADDRAFT"

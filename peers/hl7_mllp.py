@@ -1,0 +1,97 @@
+"""Report messages to a RIS as HL7 v2.5.1 over MLLP (HL7 v2 Appendix C; ch. 2 control, ch. 7 ORU).
+
+:class:`MllpTarget` sends one message at a time on its own connection with
+:func:`peers.mllp.send_message` and checks its acknowledgement (MSA-1 AA/CA, MSA-2 = MSH-10,
+HL7 v2.5.1 ch. 2.9) before sending the next, so messages reach the RIS in order and a failure
+stops the rest: those before it are delivered, it failed, those after it were not tried.
+No ACK and AE/AR/CE are transient, CR and an answer that is no ACK of the message permanent.
+"""
+
+from __future__ import annotations
+
+import ssl
+import time
+from collections.abc import Sequence
+
+from peers._target import Delivery, Outbound, PermanentDeliveryError, TransientDeliveryError
+from peers.mllp import MLLPError, RejectedError, send_message
+from raddraft.settings import Settings
+
+__all__ = ["MllpPermanentError", "MllpTarget", "MllpTransientError"]
+
+
+class MllpTransientError(TransientDeliveryError):
+    """No ACK, or an AE/AR/CE ACK: the RIS may take the message later.
+
+    ``ack_code`` is MSA-1 when the RIS answered with a negative ACK, else ``None``."""
+
+    def __init__(
+        self, error: MLLPError, *, delivered: Sequence[str], failed: Sequence[str]
+    ) -> None:
+        super().__init__(str(error), delivered=delivered, failed=failed)
+        self.ack_code: str | None = error.code if isinstance(error, RejectedError) else None
+
+
+class MllpPermanentError(PermanentDeliveryError):
+    """A CR ACK, or an answer that is no ACK of the message: a retry fails the same way."""
+
+    def __init__(
+        self, error: MLLPError, *, delivered: Sequence[str], failed: Sequence[str]
+    ) -> None:
+        super().__init__(str(error), delivered=delivered, failed=failed)
+        self.ack_code: str | None = error.code if isinstance(error, RejectedError) else None
+
+
+class MllpTarget:
+    """An HL7 v2 MLLP listener (a RIS) at ``host:port``."""
+
+    kind = "hl7"
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        timeout: float = 10.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.destination = f"{host}:{port}"
+        self.timeout = timeout
+        self.ssl_context = ssl_context
+
+    @classmethod
+    def configured(cls, destination: str, settings: Settings) -> MllpTarget:
+        """The target for ``host:port`` (``RADDRAFT_RIS_MLLP``)."""
+        host, _, port = destination.rpartition(":")
+        if not host or not port.isdigit():
+            raise ValueError(f"{destination!r} is not of the form host:port")
+        return cls(host, int(port))
+
+    def send(self, payload: Sequence[Outbound]) -> Delivery:
+        """Send each message (an ER7 file, UTF-8) and wait for its positive ACK."""
+        started = time.monotonic()
+        delivered: list[str] = []
+        acks: dict[str, str] = {}
+        for item in payload:
+            message = item.path.read_text(encoding="utf-8")
+            try:
+                ack = send_message(
+                    self.host,
+                    self.port,
+                    message,
+                    timeout=self.timeout,
+                    ssl_context=self.ssl_context,
+                )
+            except MLLPError as error:
+                kind = MllpTransientError if error.transient else MllpPermanentError
+                raise kind(error, delivered=delivered, failed=(item.identifier,)) from error
+            delivered.append(item.identifier)
+            acks[item.identifier] = ack.code
+        return Delivery(
+            destination=self.destination,
+            delivered=tuple(delivered),
+            seconds=time.monotonic() - started,
+            detail={"acks": acks},
+        )

@@ -1,0 +1,76 @@
+"""The router: sends due jobs from the job table to the broker, most urgent first.
+
+Only a few jobs per queue are outstanding on the broker at a time, so the job table (ordered by
+priority, then age) decides what runs next on any broker: a STAT study queued after a hundred
+routine ones still runs next. The same loop puts back jobs whose worker died (lease over) and
+jobs whose message the broker lost.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+
+from celery import Celery
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from raddraft import jobs
+from raddraft.db import session_scope, utcnow
+from raddraft.job_contract import QUEUES, Queue
+from raddraft.logging import kv
+from raddraft.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def outstanding_limit(session: Session, settings: Settings, queue: str) -> int:
+    """How many jobs a queue may hold on the broker.
+
+    ``gpu``: one per live worker and no more, so the job table's priority order decides what
+    runs next (a broker may reorder messages sent together; drafts take seconds, so a
+    lookahead would gain nothing). ``io``: a few per worker, order matters less there.
+    """
+    since = utcnow() - dt.timedelta(seconds=settings.job_lease_seconds)
+    live = session.scalars(
+        select(jobs.WorkerBeat.queues).where(jobs.WorkerBeat.last_seen >= since)
+    ).all()
+    serving = max(sum(1 for queues in live if queue in queues.split(",")), 1)
+    return serving if queue == Queue.gpu else 4 * serving
+
+
+def dispatch_once(app: Celery, settings: Settings, engine: Engine | None = None) -> int:
+    """One pass: recover expired jobs, then send what is due. Returns the number sent."""
+    sent = 0
+    with session_scope(engine) as session:
+        recovered = jobs.recover_expired(
+            session, dt.timedelta(seconds=settings.dispatch_stale_seconds)
+        )
+        if recovered:
+            log.warning("put back jobs whose worker or message was lost %s", kv(count=recovered))
+        for queue in QUEUES:
+            room = outstanding_limit(session, settings, queue) - jobs.outstanding(session, queue)
+            due = jobs.due(session, queue, room)
+            for job in due:
+                app.send_task(job.task, args=[job.id], queue=str(queue))
+            jobs.mark_dispatched(session, [job.id for job in due])
+            sent += len(due)
+            for job in due:
+                log.info("dispatched %s", kv(job=job.id, task=job.task, priority=job.priority))
+    return sent
+
+
+def run(app: Celery, settings: Settings, stop: threading.Event) -> None:
+    """Dispatch until ``stop`` is set; database or broker trouble is logged and retried."""
+    log.info("router started %s", kv(broker=app.conf.broker_url))
+    while not stop.is_set():
+        try:
+            busy = dispatch_once(app, settings) > 0
+        except Exception:
+            log.exception("dispatch pass failed; retrying")
+            busy = False
+        if not busy:
+            stop.wait(settings.dispatch_poll_seconds)
+    log.info("router stopped")
