@@ -426,7 +426,7 @@ class _ConnectErrors(logging.Handler):
 
 
 @contextmanager
-def _associate(
+def _associate(  # noqa: C901,PLR0913 (each association failure (PS3.8 9.3) is told apart here, once)
     node: DicomNode,
     *,
     calling_ae: str,
@@ -781,7 +781,7 @@ def _final_failure(
     return error(f"{what} failed{detail}", node=node, status=status, outcome=outcome)
 
 
-def find_prior_studies(
+def find_prior_studies(  # noqa: PLR0913 (the C-FIND keys of a prior-study query (PS3.4 C.6.1))
     node: DicomNode,
     *,
     calling_ae: str,

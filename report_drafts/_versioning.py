@@ -136,7 +136,7 @@ def may_send(settings: Settings, algorithm: Algorithm) -> bool:
     return not algorithm.demo or settings.allow_demo_export
 
 
-def new_version(
+def new_version(  # noqa: PLR0913 (one keyword per ReportVersion column)
     session: Session,
     report: Report,
     *,

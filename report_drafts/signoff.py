@@ -283,7 +283,7 @@ def reject(
     return row
 
 
-def amend(
+def amend(  # noqa: PLR0913 (the fields an amendment may change, by name)
     session: Session,
     report_pk: int,
     user: User,

@@ -55,7 +55,7 @@ class Part:
     type=click.Choice(sorted(PARTS)),
     help="Leave a part out (for example web while it is served elsewhere).",
 )
-def up(without: tuple[str, ...]) -> None:
+def up(without: tuple[str, ...]) -> None:  # noqa: C901 (one loop supervising every child process)
     """Run listener, router, workers and web together on this machine until Ctrl-C."""
     from raddraft import migrate
     from raddraft.db import get_engine

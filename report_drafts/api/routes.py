@@ -88,7 +88,7 @@ def me(user: CurrentUser) -> dict[str, Any]:
 
 
 @router.get("/worklist", tags=["review"])
-def worklist(
+def worklist(  # noqa: PLR0913 (FastAPI: one parameter per worklist query key)
     session: DbSession,
     user: Viewer,
     state: Annotated[list[str] | None, Query()] = None,
@@ -223,7 +223,7 @@ def images(report_id: int, session: DbSession, user: Viewer) -> list[dict[str, A
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}},
 )
-def image_png(
+def image_png(  # noqa: PLR0913 (FastAPI: one parameter per rendering query key)
     report_id: int,
     sop_instance_uid: str,
     request: Request,

@@ -52,7 +52,7 @@ def report_status(status: ReportStatus | str) -> str:
         ) from None
 
 
-def diagnostic_report(
+def diagnostic_report(  # noqa: PLR0913 (one keyword per DiagnosticReport element)
     content: ReportContent,
     *,
     resource_id: str,

@@ -22,7 +22,7 @@ from report_drafts.builders._fhir import (
 )
 
 
-def imaging_study(
+def imaging_study(  # noqa: C901 (one branch per optional ImagingStudy element)
     *,
     resource_id: str,
     study_instance_uid: str,

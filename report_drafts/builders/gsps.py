@@ -116,7 +116,7 @@ def _presentation_lut(source: Dataset) -> PresentationLUTTransformation:
     return PresentationLUTTransformation(presentation_lut_shape=shape)
 
 
-def build_gsps(
+def build_gsps(  # noqa: PLR0913 (one keyword per GSPS module attribute (PS3.3 A.33.1))
     source: Dataset,
     findings: Sequence[Finding],
     algorithm: Algorithm,

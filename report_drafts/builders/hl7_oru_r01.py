@@ -129,7 +129,7 @@ def _check_plain(value: str, what: str, limit: int) -> str:
     return value
 
 
-def oru_r01(
+def oru_r01(  # noqa: PLR0913 (one keyword per MSH/PID/OBR field (HL7 v2.5.1 ch. 7))
     content: ReportContent,
     *,
     patient_id: str,

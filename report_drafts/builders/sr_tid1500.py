@@ -229,7 +229,7 @@ def _check_versions(
         raise ValueError(f"an {content.status.value} SR must follow the signed (VERIFIED) SR")
 
 
-def build_sr(
+def build_sr(  # noqa: PLR0913 (one keyword per SR document attribute (PS3.3 A.35))
     sources: Sequence[Dataset],
     content: ReportContent,
     algorithm: Algorithm,

@@ -227,7 +227,7 @@ def home(user: PageUser) -> Response:
 
 
 @router.get("/worklist", response_class=HTMLResponse)
-def worklist(
+def worklist(  # noqa: PLR0913 (FastAPI: one parameter per form field)
     request: Request,
     session: DbSession,
     user: PageUser,
