@@ -1,6 +1,6 @@
 """Test data for the pages: users, archived studies and drafts stored the way the worker does.
 
-Drafts go through :func:`report_drafts.lifecycle.record_draft` (the worker's public entry), with
+Drafts go through :func:`report_drafts.record_draft` (the worker's public entry), with
 realistic content: findings with boxes on the archived frontal image, the eight stages with
 questions, answers and reasoning, a prior study. A full-stack fixture (a real worker drafting
 with the tiny checkpoint) can replace :func:`seed` as long as it returns a :class:`Seeded` whose

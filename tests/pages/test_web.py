@@ -14,8 +14,8 @@ from sqlalchemy.orm import Session
 
 from dicom_listener.tables import IngestEvent, IngestEventKind
 from raddraft import job_contract
-from report_drafts import outbox
-from report_drafts.pages import queue, viewmodel
+from report_drafts import outbox, queue_status
+from report_drafts.pages import viewmodel
 from report_drafts.pages.routes import safe_next
 from report_drafts.pages.session import SESSION_COOKIE, Signer
 from report_drafts.tables import SentObject, User
@@ -245,6 +245,6 @@ def test_stage_groups_and_percentiles() -> None:
     groups = viewmodel.stage_groups(flat)
     assert [g.number for g in groups] == [1, 2]
     assert len(groups[1].turns) == 2 and groups[1].seconds == 3.0
-    assert queue.percentile([], 0.5) is None
-    assert queue.percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
-    assert queue.percentile([float(v) for v in range(1, 101)], 0.95) == pytest.approx(95.05)
+    assert queue_status.percentile([], 0.5) is None
+    assert queue_status.percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
+    assert queue_status.percentile([float(v) for v in range(1, 101)], 0.95) == pytest.approx(95.05)

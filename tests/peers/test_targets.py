@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 from pydicom.dataset import Dataset
-from report_drafts.hl7 import oru_r01
 
 import peers
 from peers import (
@@ -35,6 +34,7 @@ from peers import (
 )
 from peers.dicom_scu import PermanentExportError, TransientExportError
 from raddraft.settings import DicomNode, Settings
+from report_drafts.builders import oru_r01
 from report_drafts.content import ReportContent
 from tests.conftest import free_port
 from tests.dicom_factory import make_cxr

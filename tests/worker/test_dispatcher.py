@@ -4,14 +4,15 @@ listener and an HTTP FHIR server, each object's attempt recorded on its sent-obj
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from raddraft import jobs
+from raddraft import job_contract, jobs
 from raddraft.db import session_scope
-from raddraft.job_contract import PushFhir, SendHl7
+from raddraft.job_contract import ExportDicom, PushFhir, SendHl7
 from raddraft.settings import DicomNode, Settings, reload_settings
 from report_drafts import drafting
 from report_drafts.tables import SentObject
@@ -22,9 +23,9 @@ from tests.mllp_listener import Listener
 from tests.orthanc import OrthancServer
 from worker import dispatcher
 from worker.errors import PermanentError, TransientError
-from worker.tasks import EXPORT_DICOM, PUSH_FHIR, SEND_HL7
 
-HANDLERS = {
+EXPORT_DICOM, SEND_HL7, PUSH_FHIR = ExportDicom.TASK, SendHl7.TASK, PushFhir.TASK
+HANDLERS: dict[str, Any] = {
     EXPORT_DICOM: dispatcher.export_dicom_job,
     SEND_HL7: dispatcher.send_hl7_job,
     PUSH_FHIR: dispatcher.push_fhir_job,
@@ -76,7 +77,9 @@ def _rows(engine: Engine, version_pk: int) -> list[SentObject]:
 
 
 def _run(job: jobs.Job) -> dict[str, object]:
-    return HANDLERS[job.task](job.id, dict(job.args))
+    args = job_contract.arguments_of(job.task, dict(job.args))
+    result: dict[str, object] = HANDLERS[job.task](job.id, args)
+    return result
 
 
 def test_each_kind_is_delivered_once_and_recorded(
