@@ -86,6 +86,7 @@ def audit_report(
 
 
 def report_for_version(session: Session, study_version_pk: int, *, lock: bool = False) -> Report:
+    """The study version's report, created (``queued``) on first use; ``lock``: FOR UPDATE."""
     query = select(Report).where(Report.study_version_pk == study_version_pk)
     report = session.scalar(query.with_for_update() if lock else query)
     if report is not None:
@@ -115,6 +116,7 @@ def report_for_version(session: Session, study_version_pk: int, *, lock: bool = 
 
 
 def start_review(report: Report, user: User) -> None:
+    """A radiologist's first look starts the reader-study clock; a fresh draft is in review."""
     if report.first_opened_at is None and user.role == Role.radiologist:
         report.first_opened_at = utcnow()
         report.first_opened_by_pk = user.id
@@ -124,6 +126,7 @@ def start_review(report: Report, user: User) -> None:
 
 
 def signer_for(user: User, settings: Settings) -> Signer:
+    """Who a signed version names: the radiologist and the institution (the SR's observer)."""
     return Signer(
         name=user.display_name or user.name,
         login=user.name,

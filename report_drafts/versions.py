@@ -34,10 +34,12 @@ def get_report(session: Session, report_pk: int, *, lock: bool = False) -> Repor
 
 
 def report_for_study_version(session: Session, study_version_pk: int) -> Report | None:
+    """The report of a study version, or None before anything was recorded for it."""
     return session.scalar(select(Report).where(Report.study_version_pk == study_version_pk))
 
 
 def version(session: Session, report_pk: int, number: int) -> ReportVersion:
+    """Version ``number`` of a report; :class:`NotFound` when it has none such."""
     row = session.scalar(
         select(ReportVersion).where(
             ReportVersion.report_pk == report_pk, ReportVersion.number == number
@@ -49,22 +51,26 @@ def version(session: Session, report_pk: int, number: int) -> ReportVersion:
 
 
 def current_version(session: Session, report: Report) -> ReportVersion:
+    """The report's head version; refused before the first draft."""
     if report.current_version == 0:
         raise IllegalTransition(report.state, ReportState.drafted, "no draft yet")
     return version(session, report.id, report.current_version)
 
 
 def current_content(session: Session, report: Report) -> ReportContent:
+    """What the head version says."""
     return ReportContent.from_json(current_version(session, report).content)
 
 
 def study_uid(session: Session, report: Report) -> str:
+    """The Study Instance UID the report belongs to (audit events are filed under it)."""
     return session.scalars(
         select(Study.study_instance_uid).where(Study.id == report.study_pk)
     ).one()
 
 
 def draft_run(session: Session, report: Report) -> DraftRun | None:
+    """The model run behind the report's AI draft (version 1), if there is one."""
     first = session.scalar(
         select(ReportVersion).where(ReportVersion.report_pk == report.id, ReportVersion.number == 1)
     )
@@ -74,6 +80,7 @@ def draft_run(session: Session, report: Report) -> DraftRun | None:
 
 
 def algorithm_of(run: DraftRun | None) -> Algorithm:
+    """The model and program that wrote a draft, as the builders name it."""
     if run is None:
         return Algorithm(name="unknown", version="", program_version="")
     return Algorithm(
@@ -106,6 +113,7 @@ def demo_mode(session: Session, live_within: dt.timedelta = dt.timedelta(minutes
 
 
 def report_text(content: ReportContent) -> str:
+    """The report's text as a reader sees it: findings, impression, comparison."""
     parts = [content.findings_text, content.impression]
     if content.progression:
         parts.append(content.progression)
