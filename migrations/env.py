@@ -6,6 +6,7 @@ from alembic import context
 
 from migrations.schema import metadata
 from raddraft.db import make_engine
+from raddraft.settings import get_settings
 
 config = context.config
 target_metadata = metadata()
@@ -15,8 +16,6 @@ def _url() -> str:
     url = config.get_main_option("sqlalchemy.url")
     if url:
         return url
-    from raddraft.settings import get_settings
-
     return get_settings().database_url
 
 

@@ -17,6 +17,8 @@ from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
+from raddraft.settings import get_settings
+
 # Stable constraint names, so Alembic's autogenerate and SQLite batch migrations agree.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -86,8 +88,7 @@ def engine_for(url: str) -> Engine:
 
 
 def get_engine() -> Engine:
-    from raddraft.settings import get_settings
-
+    """The engine of the configured database (creating the data folder for SQLite)."""
     settings = get_settings()
     if settings.database_url.startswith("sqlite:///"):
         settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from raddraft.db import session_scope
 from raddraft.job_contract import Queue
 from raddraft.logging import kv
 from raddraft.settings import Settings
+from worker import pipeline
 from worker.app import make_app
 from worker.runner import WORKER_NAME
 
@@ -43,8 +44,6 @@ def run_worker(
     """Serve ``queues`` until stopped. A ``gpu`` worker loads the model first, once."""
     model, demo = "", False
     if Queue.gpu in queues and load_model:
-        from worker import pipeline
-
         info = pipeline.load_reader(settings)
         model, demo = info.model_id, info.demo
         if demo:

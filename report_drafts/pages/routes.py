@@ -102,7 +102,7 @@ def page(
     found = page_session.session_of(request)
     csrf = page_session.signer_of(request).csrf_token(found) if found and user else ""
     if demo is None:
-        demo = viewmodel.demo_mode(session) if session is not None else False
+        demo = versions.demo_mode(session) if session is not None else False
     response = templates.TemplateResponse(
         request,
         template,
@@ -291,7 +291,7 @@ def worklist(  # noqa: PLR0913 (FastAPI: one parameter per form field)
         },
         session=session,
         user=user,
-        demo=viewmodel.demo_mode(session) or bool(demo_svs),
+        demo=versions.demo_mode(session) or bool(demo_svs),
     )
 
 

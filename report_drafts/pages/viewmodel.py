@@ -215,13 +215,6 @@ def is_frontal(view_position: str) -> bool:
     return view_position.upper() in ("PA", "AP", "")
 
 
-def demo_mode(session: Session) -> bool:
-    """Whether demo output is around (see :func:`report_drafts.versions.demo_mode`)."""
-    from report_drafts import versions
-
-    return versions.demo_mode(session)
-
-
 def demo_versions(session: Session, study_version_pks: list[int]) -> set[int]:
     """Which of these study versions were drafted by a demo model."""
     if not study_version_pks:
