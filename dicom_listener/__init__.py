@@ -28,6 +28,9 @@ instances obtained another way, e.g. C-GET or a file)::
         -> IngestResult      (a DICOM file's bytes, or a bare data set plus its syntax)
     store_file(path, *, calling_ae_title="LOCAL", settings=None) -> IngestResult
     complete_study(study_instance_uid, *, settings=None) -> list[Completed]
+    ingest_batch(items, *, calling_ae_title, peer="", settings=None) -> list[IngestResult]
+        several instances as one push (DICOMweb STOW-RS): each filed like ``ingest_bytes``,
+        then the two-view studies complete at once, as at an association's release
 
 ``IngestResult.status`` is the C-STORE status the listener would have answered (0x0000 stored or
 already stored, 0xA700 refused for resources, 0xA900/0xC000 quarantined).
@@ -38,6 +41,8 @@ A complete, eligible study version gets exactly one job
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from pathlib import Path
 
 from dicom_listener.archive_reads import (
@@ -49,6 +54,7 @@ from dicom_listener.archive_reads import (
     version_images,
 )
 from dicom_listener.completion import Completed
+from dicom_listener.completion import complete_pushed
 from dicom_listener.completion import complete_study as _complete
 from dicom_listener.ingest import Ingester, IngestResult, Origin, Outcome, Status
 from dicom_listener.tables import (
@@ -80,6 +86,7 @@ __all__ = [
     "StudyVersion",
     "VersionState",
     "complete_study",
+    "ingest_batch",
     "ingest_bytes",
     "latest_version_pk",
     "prior_versions",
@@ -87,6 +94,8 @@ __all__ = [
     "study_for_version",
     "version_images",
 ]
+
+log = logging.getLogger(__name__)
 
 _PREAMBLE_END = 132  # 128-byte preamble + "DICM" (PS3.10 7.1)
 
@@ -111,13 +120,55 @@ def ingest_bytes(
     data set, for which ``transfer_syntax_uid`` is required and file meta is added.
     """
     ingester = _ingester(settings)
+    origin = Origin(calling_ae_title=calling_ae_title, peer="local")
+    return _ingest_one(ingester, data, transfer_syntax_uid, origin)
+
+
+def _ingest_one(
+    ingester: Ingester, data: bytes, transfer_syntax_uid: str | None, origin: Origin
+) -> IngestResult:
     if data[128:_PREAMBLE_END] == b"DICM":
         spool = ingester.archive.spool_bytes(data)
     else:
         if not transfer_syntax_uid:
             raise ValueError("a bare data set needs its transfer_syntax_uid")
         spool = ingester.archive.spool_bytes(_file_meta_for(data, transfer_syntax_uid), data)
-    return ingester.ingest_spool(spool, Origin(calling_ae_title=calling_ae_title, peer="local"))
+    return ingester.ingest_spool(spool, origin)
+
+
+def ingest_batch(
+    items: Iterable[bytes],
+    *,
+    calling_ae_title: str,
+    peer: str = "",
+    settings: Settings | None = None,
+) -> list[IngestResult]:
+    """File DICOM files (PS3.10) received as one push, then complete its two-view studies.
+
+    This is the STOW-RS store transaction's filing (PS3.18 10.5): each instance gets the
+    C-STORE SCP's treatment (watermark, header check, quarantine, fsync + rename + commit
+    before its result exists), and the end of the request plays the part of an association's
+    release (:func:`dicom_listener.completion.complete_pushed`). Items that are not DICOM files
+    (no ``DICM`` prefix) are quarantined as unreadable (0xC000), never guessed at.
+    """
+    ingester = _ingester(settings)
+    origin = Origin(calling_ae_title=calling_ae_title, peer=peer)
+    results = []
+    for data in items:
+        if data[128:_PREAMBLE_END] != b"DICM":
+            spool = ingester.archive.spool_bytes(data)
+            why = "not a DICOM file (PS3.10 preamble and DICM prefix missing)"
+            results.append(ingester.quarantine(spool, origin, Status.cannot_understand, why))
+            continue
+        results.append(_ingest_one(ingester, data, None, origin))
+    stored = {r.study_instance_uid for r in results if r.status == Status.success}
+    if stored:
+        try:
+            complete_pushed(ingester.engine, stored)
+        except Exception:
+            # The completion timer covers these studies too; a failure only costs latency.
+            log.exception("completion after a batch failed")
+    return results
 
 
 def store_file(
