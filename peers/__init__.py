@@ -14,6 +14,7 @@ And one *target* per destination kind on top of them (:mod:`peers._target`): an 
 - ``dicom``: :class:`~peers.dicom_store.DicomStoreTarget`, C-STORE over one association.
 - ``hl7``: :class:`~peers.hl7_mllp.MllpTarget`, ORU messages over MLLP, ACK checked.
 - ``fhir``: :class:`~peers.fhir_rest.FhirTarget`, FHIR RESTful update (PUT).
+- ``stow``: :class:`~peers.dicomweb_stow.StowTarget`, DICOMweb STOW-RS (PS3.18 10.5).
 
 :func:`target_for` picks one by kind. A new destination kind (say DICOMweb STOW-RS) is one
 module with its target class plus one line in :data:`TARGETS`.
@@ -32,6 +33,12 @@ from peers._target import (
     PermanentDeliveryError,
     Target,
     TransientDeliveryError,
+)
+from peers.dicomweb_stow import (
+    StowPermanentError,
+    StowTarget,
+    StowTransientError,
+    is_stow_destination,
 )
 from peers.dicom_store import DicomStorePermanentError, DicomStoreTarget, DicomStoreTransientError
 from peers.fhir_rest import FhirPermanentError, FhirTarget, FhirTransientError
@@ -54,10 +61,14 @@ __all__ = [
     "MllpTransientError",
     "Outbound",
     "PermanentDeliveryError",
+    "StowPermanentError",
+    "StowTarget",
+    "StowTransientError",
     "Target",
     "TargetFactory",
     "TransientDeliveryError",
     "client_tls",
+    "is_stow_destination",
     "target_for",
 ]
 
@@ -69,11 +80,12 @@ TARGETS: dict[str, TargetFactory] = {
     DicomStoreTarget.kind: DicomStoreTarget.configured,
     MllpTarget.kind: MllpTarget.configured,
     FhirTarget.kind: FhirTarget.configured,
+    StowTarget.kind: StowTarget.configured,
 }
 
 
 def target_for(kind: str, destination: str, settings: Settings) -> Target:
-    """The target of ``kind`` (``dicom``, ``hl7``, ``fhir``) for ``destination``.
+    """The target of ``kind`` (``dicom``, ``hl7``, ``fhir``, ``stow``) for ``destination``.
 
     Raises :class:`ValueError` for an unknown kind or a destination the kind cannot parse.
     """

@@ -379,8 +379,7 @@ def register_outbound(
         if send:
             made.append(job_contract.enqueue(session, args, priority=report.priority))
 
-    for node in settings.destinations:
-        destination = str(node)
+    for destination in [*map(str, settings.destinations), *settings.stow_destinations]:
         for kind, uid, path in built.files:
             sent_object(kind, uid, destination, path)
         if built.files:
