@@ -4,6 +4,8 @@ The protocol clients:
 
 - :mod:`peers.dicom_scu`: the DIMSE service class user, C-STORE (DICOM PS3.4 Annex B) and
   C-FIND / C-MOVE / C-GET (PS3.4 Annex C), with typed transient and permanent errors.
+- :mod:`peers.dicomweb_wado`: WADO-RS retrieval of instances (PS3.18 10.4), for workers that
+  read images from the archive service instead of a shared disk.
 - :mod:`peers.mllp`: HL7 v2 messages over the Minimal Lower Layer Protocol (HL7 v2 Appendix C)
   with acknowledgement checking (HL7 v2.5.1 ch. 2).
 
@@ -40,6 +42,7 @@ from peers.dicomweb_stow import (
     StowTransientError,
     is_stow_destination,
 )
+from peers.dicomweb_wado import WadoPermanentError, WadoTransientError, retrieve_instance
 from peers.dicom_store import DicomStorePermanentError, DicomStoreTarget, DicomStoreTransientError
 from peers.fhir_rest import FhirPermanentError, FhirTarget, FhirTransientError
 from peers.hl7_mllp import MllpPermanentError, MllpTarget, MllpTransientError
@@ -67,8 +70,11 @@ __all__ = [
     "Target",
     "TargetFactory",
     "TransientDeliveryError",
+    "WadoPermanentError",
+    "WadoTransientError",
     "client_tls",
     "is_stow_destination",
+    "retrieve_instance",
     "target_for",
 ]
 

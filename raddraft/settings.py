@@ -183,6 +183,11 @@ class Settings(BaseSettings):
         return self.data_dir / "archive"
 
     @property
+    def image_cache_dir(self) -> Path:
+        """Images a worker read over WADO-RS (``archive_url``), bounded by ``image_cache_mb``."""
+        return self.data_dir / "cache" / "images"
+
+    @property
     def quarantine_dir(self) -> Path:
         return self.data_dir / "quarantine"
 

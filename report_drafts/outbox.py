@@ -124,11 +124,19 @@ def source_instances(session: Session, report: Report) -> list[Instance]:
 
 
 def load_sources(settings: Settings, instances: Sequence[Instance]) -> list[Dataset]:
-    """Source headers from the archive (pixels are not needed to reference an image)."""
-    return [
-        pydicom.dcmread(settings.archive_dir / inst.path, stop_before_pixels=True)
-        for inst in instances
-    ]
+    """Source headers from the archive (pixels are not needed to reference an image).
+
+    A worker without the archive's disk finds them in its WADO-RS image cache instead
+    (``settings.image_cache_dir``, filled by the worker before it drafts).
+    """
+    return [pydicom.dcmread(_source_path(settings, inst), stop_before_pixels=True) for inst in instances]
+
+
+def _source_path(settings: Settings, instance: Instance) -> Path:
+    archived = settings.archive_dir / instance.path
+    if archived.exists():
+        return archived
+    return settings.image_cache_dir / f"{instance.sop_instance_uid}.dcm"
 
 
 # --------------------------------------------------------------------------------------------
