@@ -35,6 +35,14 @@ instances obtained another way, e.g. C-GET or a file)::
 ``IngestResult.status`` is the C-STORE status the listener would have answered (0x0000 stored or
 already stored, 0xA700 refused for resources, 0xA900/0xC000 quarantined).
 
+Retention (the policy, which knows reports and exports, lives with them; it is asked again
+inside the purge's transaction)::
+
+    archived_study(session, study_pk) -> Purged      what a purge would take (a dry run)
+    purge_study(study_pk, *, still_purgeable, record, settings=None) -> Purged | None
+        instance rows out (with an ``ingest_events`` row and the caller's audit record in the
+        same transaction), then the files; never while a version is open
+
 A complete, eligible study version gets exactly one job
 :class:`raddraft.job_contract.DraftStudy` (by task name: the listener knows no worker).
 """
@@ -45,6 +53,8 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from sqlalchemy.orm import Session
+
 from dicom_listener.archive_reads import (
     ArchivedImage,
     StudyInfo,
@@ -53,10 +63,11 @@ from dicom_listener.archive_reads import (
     study_for_version,
     version_images,
 )
-from dicom_listener.completion import Completed
-from dicom_listener.completion import complete_pushed
+from dicom_listener.completion import Completed, complete_pushed
 from dicom_listener.completion import complete_study as _complete
 from dicom_listener.ingest import Ingester, IngestResult, Origin, Outcome, Status
+from dicom_listener.purge import Purged, RecordPurge, StillPurgeable, archived
+from dicom_listener.purge import purge_study as _purge_study
 from dicom_listener.tables import (
     IngestEvent,
     IngestEventKind,
@@ -79,17 +90,22 @@ __all__ = [
     "Instance",
     "Outcome",
     "Patient",
+    "Purged",
+    "RecordPurge",
     "Series",
     "Status",
+    "StillPurgeable",
     "Study",
     "StudyInfo",
     "StudyVersion",
     "VersionState",
+    "archived_study",
     "complete_study",
     "ingest_batch",
     "ingest_bytes",
     "latest_version_pk",
     "prior_versions",
+    "purge_study",
     "store_file",
     "study_for_version",
     "version_images",
@@ -184,6 +200,30 @@ def complete_study(study_instance_uid: str, *, settings: Settings | None = None)
     """Force completion of the study's open version now (``raddraft study complete``)."""
     settings = settings or get_settings()
     return _complete(engine_for(settings.database_url), study_instance_uid)
+
+
+def archived_study(session: Session, study_pk: int) -> Purged:
+    """What the archive holds of a study (what a purge would take)."""
+    return archived(session, study_pk)
+
+
+def purge_study(
+    study_pk: int,
+    *,
+    still_purgeable: StillPurgeable,
+    record: RecordPurge,
+    settings: Settings | None = None,
+) -> Purged | None:
+    """Take a study's instances out of the archive if ``still_purgeable`` agrees (see
+    :mod:`dicom_listener.purge`); None when it does not, or nothing was archived."""
+    settings = settings or get_settings()
+    return _purge_study(
+        engine_for(settings.database_url),
+        settings.archive_dir,
+        study_pk,
+        still_purgeable=still_purgeable,
+        record=record,
+    )
 
 
 def _file_meta_for(dataset: bytes, transfer_syntax_uid: str) -> bytes:

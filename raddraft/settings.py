@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     disk_watermark_percent: float = Field(default=90.0, description="Refuse C-STORE above this.")
     disk_min_free_mb: int = Field(default=1024, description="Refuse C-STORE below this free space.")
 
+    # Retention: images leave the archive this long after their report is final (0: never)
+    retention_days: float = Field(
+        default=0.0, description="Keep a study's images this many days after its report closed."
+    )
+    retention_interval_seconds: float = Field(
+        default=3600.0, description="How often the router runs the retention purge."
+    )
+
     # Study completion
     completion_quiet_seconds: float = 300.0
     completion_cxr_rule_seconds: float = Field(
