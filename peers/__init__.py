@@ -36,6 +36,7 @@ from peers._target import (
     Target,
     TransientDeliveryError,
 )
+from peers.dicom_store import DicomStorePermanentError, DicomStoreTarget, DicomStoreTransientError
 from peers.dicomweb_stow import (
     StowPermanentError,
     StowTarget,
@@ -43,7 +44,6 @@ from peers.dicomweb_stow import (
     is_stow_destination,
 )
 from peers.dicomweb_wado import WadoPermanentError, WadoTransientError, retrieve_instance
-from peers.dicom_store import DicomStorePermanentError, DicomStoreTarget, DicomStoreTransientError
 from peers.fhir_rest import FhirPermanentError, FhirTarget, FhirTransientError
 from peers.hl7_mllp import MllpPermanentError, MllpTarget, MllpTransientError
 from peers.tls import client_tls

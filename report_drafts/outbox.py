@@ -129,7 +129,9 @@ def load_sources(settings: Settings, instances: Sequence[Instance]) -> list[Data
     A worker without the archive's disk finds them in its WADO-RS image cache instead
     (``settings.image_cache_dir``, filled by the worker before it drafts).
     """
-    return [pydicom.dcmread(_source_path(settings, inst), stop_before_pixels=True) for inst in instances]
+    return [
+        pydicom.dcmread(_source_path(settings, inst), stop_before_pixels=True) for inst in instances
+    ]
 
 
 def _source_path(settings: Settings, instance: Instance) -> Path:

@@ -64,7 +64,7 @@ class _Facts:
     archived: dict[int, tuple[int, int]]
     open: set[int]
     reports: dict[int, list[tuple[str, dt.datetime]]]
-    completed: dict[int, dt.datetime]
+    completed: dict[int, dt.datetime | None]
     active_jobs: set[int]
     unsent: set[int]
     referenced_by: dict[str, set[int]]
@@ -81,7 +81,9 @@ def _facts(session: Session) -> _Facts:
             .group_by(Series.study_pk)
         )
     }
-    version_study = dict(session.execute(select(StudyVersion.id, StudyVersion.study_pk)).tuples().all())
+    version_study = dict(
+        session.execute(select(StudyVersion.id, StudyVersion.study_pk)).tuples().all()
+    )
     open_ = set(
         session.scalars(
             select(StudyVersion.study_pk).where(StudyVersion.state == VersionState.open)
@@ -92,7 +94,9 @@ def _facts(session: Session) -> _Facts:
             select(StudyVersion.study_pk, func.max(StudyVersion.completed_at)).group_by(
                 StudyVersion.study_pk
             )
-        ).tuples().all()
+        )
+        .tuples()
+        .all()
     )
     reports: dict[int, list[tuple[str, dt.datetime]]] = defaultdict(list)
     for study_pk, state, updated in session.execute(
@@ -104,7 +108,9 @@ def _facts(session: Session) -> _Facts:
             select(ReportVersion.id, Report.study_pk).join(
                 Report, Report.id == ReportVersion.report_pk
             )
-        ).tuples().all()
+        )
+        .tuples()
+        .all()
     )
     active: set[int] = set()
     for key in session.scalars(select(jobs.Job.key).where(jobs.Job.state.in_(ACTIVE_JOBS))):
@@ -141,7 +147,8 @@ def _own_reason(facts: _Facts, study_pk: int, keep_days: float, now: dt.datetime
         return "a job for it is waiting or running"
     if study_pk in facts.unsent:
         return "exports pending (not sent, or failed)"
-    times = [t for _, t in facts.reports.get(study_pk, [])] or [facts.completed.get(study_pk)]
+    times: list[dt.datetime | None] = [t for _, t in facts.reports.get(study_pk, [])]
+    times = times or [facts.completed.get(study_pk)]
     last = max((t for t in times if t is not None), default=None)
     if last is None:
         return "never completed"
@@ -155,9 +162,7 @@ def verdicts(session: Session, settings: Settings, now: dt.datetime | None = Non
     """The policy's verdict on every study with images in the archive, oldest study first."""
     now = now or utcnow()
     facts = _facts(session)
-    reasons = {
-        pk: _own_reason(facts, pk, settings.retention_days, now) for pk in facts.uid
-    }
+    reasons = {pk: _own_reason(facts, pk, settings.retention_days, now) for pk in facts.uid}
     # Rule 6: a kept study keeps its prior, and that prior's prior; repeat until stable.
     changed = True
     while changed:

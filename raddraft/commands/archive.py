@@ -15,7 +15,9 @@ def archive() -> None:
 
 
 @archive.command("purge")
-@click.option("--dry-run", is_flag=True, help="Say what would go and why the rest stays; change nothing.")
+@click.option(
+    "--dry-run", is_flag=True, help="Say what would go and why the rest stays; change nothing."
+)
 @click.option("--all", "show_all", is_flag=True, help="With --dry-run, list kept studies too.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def purge(dry_run: bool, show_all: bool, as_json: bool) -> None:
@@ -34,7 +36,8 @@ def purge(dry_run: bool, show_all: bool, as_json: bool) -> None:
             return
         for v in shown:
             verb = "would purge" if v.purgeable else "keeps"
-            click.echo(f"{verb} {v.study_instance_uid}: {v.instances} instances, {v.bytes} bytes ({v.reason})")
+            size = f"{v.instances} instances, {v.bytes} bytes"
+            click.echo(f"{verb} {v.study_instance_uid}: {size} ({v.reason})")
         going = [v for v in found if v.purgeable]
         click.echo(
             f"{len(going)} of {len(found)} archived studies would be purged, "

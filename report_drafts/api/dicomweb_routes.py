@@ -247,7 +247,9 @@ def _retrieve(request: Request, found: list[catalog.DicomObject]) -> Response:
     if wanted not in ("*", ExplicitVRLittleEndian) and any(
         i.transfer_syntax_uid != wanted for i in found
     ):
-        return _problem(406, f"transfer syntax {wanted} is not offered; ask for * or 1.2.840.10008.1.2.1")
+        return _problem(
+            406, f"transfer syntax {wanted} is not offered; ask for * or 1.2.840.10008.1.2.1"
+        )
     return StreamingResponse(
         multipart.stream_parts(boundary, parts()),
         media_type=multipart.related_type("application/dicom", boundary),
@@ -368,7 +370,10 @@ def _rendered(request: Request, found: list[catalog.DicomObject], frame: int) ->
     quality = request.query_params.get("quality", "90")
     try:
         body = pixels.rendered(
-            found[0].path, media_type, frame=frame, quality=int(quality) if quality.isdigit() else 90
+            found[0].path,
+            media_type,
+            frame=frame,
+            quality=int(quality) if quality.isdigit() else 90,
         )
     except pixels.NotAnImage as error:
         return _problem(400, f"{error}: nothing to render")

@@ -160,7 +160,9 @@ def _in_range(value: str, pattern: str) -> bool:
     if not value:
         return False
     width = len(value)
-    return (not low or value >= low[:width]) and (not high or value <= high.ljust(width, "9")[:width])
+    return (not low or value >= low[:width]) and (
+        not high or value <= high.ljust(width, "9")[:width]
+    )
 
 
 def matches(keyword: str, value: Any, pattern: str) -> bool:
@@ -346,9 +348,14 @@ def level_keys(level: str, query: Query) -> list[str]:
     """The attributes a response at ``level`` carries: the level's, those matched, included."""
     own = {
         "study": STUDY_KEYS + STUDY_COMPUTED,
-        "series": ("Modality", "SeriesInstanceUID", "SeriesNumber", "SeriesDescription")
-        + SERIES_COMPUTED,
-        "instance": ("StudyInstanceUID", "SeriesInstanceUID") + INSTANCE_KEYS,
+        "series": (
+            "Modality",
+            "SeriesInstanceUID",
+            "SeriesNumber",
+            "SeriesDescription",
+            *SERIES_COMPUTED,
+        ),
+        "instance": ("StudyInstanceUID", "SeriesInstanceUID", *INSTANCE_KEYS),
     }[level]
     return list(dict.fromkeys([*own, *query.match, *query.include]))
 

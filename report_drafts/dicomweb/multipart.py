@@ -95,9 +95,7 @@ def related_type(root: str, boundary: str, transfer_syntax: str | None = None) -
     return value
 
 
-def stream_parts(
-    boundary: str, parts: Iterable[tuple[str, bytes | Path]]
-) -> Iterator[bytes]:
+def stream_parts(boundary: str, parts: Iterable[tuple[str, bytes | Path]]) -> Iterator[bytes]:
     """The body's bytes: each part is ``(content type, bytes or a file read lazily)``."""
     delimiter = b"--" + boundary.encode("latin-1")
     for content_type, body in parts:

@@ -47,7 +47,12 @@ def identify(data: bytes) -> tuple[str, str, str, str]:
             BytesIO(data),
             stop_before_pixels=True,
             force=True,
-            specific_tags=["SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"],
+            specific_tags=[
+                "SOPClassUID",
+                "SOPInstanceUID",
+                "StudyInstanceUID",
+                "SeriesInstanceUID",
+            ],
         )
         return (
             str(ds.get("SOPClassUID", "")),

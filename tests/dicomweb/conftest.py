@@ -21,7 +21,11 @@ def tokens(engine: Engine) -> dict[str, str]:
     """A sending gateway, a reader and a radiologist, by role -> API token."""
     made = {}
     with session_scope(engine) as session:
-        for name, role in (("gateway", Role.sender), ("reader", Role.reader), ("rad", Role.radiologist)):
+        for name, role in (
+            ("gateway", Role.sender),
+            ("reader", Role.reader),
+            ("rad", Role.radiologist),
+        ):
             _user, token = add_user(session, name, role, display_name=f"{name}^test")
             made[role.value] = token
     return made

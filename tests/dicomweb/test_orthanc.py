@@ -73,7 +73,9 @@ def test_orthanc_queries_and_retrieves_from_raddraft(
             method="POST",
             json={"Resources": [{"Study": study_uid}]},
         )
-    assert pacs.study_instance_uids(ids.study_uid) == {pydicom.dcmread(p).SOPInstanceUID for p in paths}
+    assert pacs.study_instance_uids(ids.study_uid) == {
+        pydicom.dcmread(p).SOPInstanceUID for p in paths
+    }
     with session_scope(engine) as session:
         version = session.scalars(select(ReportVersion)).one()
         ours = {version.sr_sop_instance_uid, *version.gsps_sop_instance_uids}

@@ -208,7 +208,9 @@ def test_raddraft_sr_and_gsps_are_found_and_retrieved(
     reader = _client(web, tokens["reader"])
     found = reader.search_for_studies(search_filters={"StudyInstanceUID": study.study_instance_uid})
     assert set(found[0]["00080061"]["Value"]) == {"DX", "PR", "SR"}
-    by_modality = {s["00080060"]["Value"][0]: s for s in reader.search_for_series(study.study_instance_uid)}
+    by_modality = {
+        s["00080060"]["Value"][0]: s for s in reader.search_for_series(study.study_instance_uid)
+    }
     sr_series = by_modality["SR"]["0020000E"]["Value"][0]
     [sr] = reader.search_for_instances(study.study_instance_uid, sr_series)
     sr_uid = sr["00080018"]["Value"][0]

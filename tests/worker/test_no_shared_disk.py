@@ -68,7 +68,9 @@ def test_worker_with_its_own_disk_drafts_a_pushed_study(
     assert report.current_version == 1
     archive = Path(stack.env["RADDRAFT_DATA_DIR"]) / "archive"
     assert {p.stem for p in archive.rglob("*.dcm")} >= set(acked)
-    assert not (worker_dir / "archive").exists() or not list((worker_dir / "archive").rglob("*.dcm"))
+    assert not (worker_dir / "archive").exists() or not list(
+        (worker_dir / "archive").rglob("*.dcm")
+    )
     cached = {p.stem for p in (worker_dir / "cache" / "images").glob("*.dcm")}
     assert cached == set(acked)  # read over WADO-RS, every image of the study
     for sop in acked:

@@ -122,7 +122,11 @@ def test_purge_takes_only_what_nothing_needs(
 
     dry = CliRunner().invoke(main, ["archive", "purge", "--dry-run", "--all"])
     assert dry.exit_code == 0, dry.output
-    would = {line.split()[2].rstrip(":") for line in dry.output.splitlines() if line.startswith("would purge")}
+    would = {
+        line.split()[2].rstrip(":")
+        for line in dry.output.splitlines()
+        if line.startswith("would purge")
+    }
     assert would == {uids[label] for label in PURGEABLE}
     assert "report not signed" in dry.output and "prior of kept study" in dry.output
     assert "exports pending" in dry.output or "a job for it is waiting" in dry.output
