@@ -230,3 +230,36 @@ def test_raddraft_sr_and_gsps_are_found_and_retrieved(
     )
     assert rendered.status_code == 400  # an SR has no pixels to render
     assert json.loads(rendered.text)["detail"]
+
+
+def test_stow_target_reads_raddrafts_own_answers(
+    settings: Settings,
+    web: LiveServer,
+    tokens: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """RadDraft's STOW-RS service as the peer of its STOW-RS target: a 202 with one failed
+    instance is permanent for that one and delivered for the other; a 503 is transient."""
+    from peers import Outbound, StowPermanentError, StowTarget, StowTransientError
+    from report_drafts.web import create_web_app
+
+    _ids, datasets = _study(tmp_path)
+    good = Outbound(str(datasets[0].SOPInstanceUID), Path(datasets[0].filename))
+    junk_path = tmp_path / "junk.dcm"
+    junk_path.write_bytes(b"\x00" * 128 + b"DICM" + b"no data set here")
+    junk = Outbound("2.25.1", junk_path)
+    target = StowTarget(f"{web.url}/dicomweb", token=tokens["sender"])
+    with pytest.raises(StowPermanentError) as refused:
+        target.send([good, junk])
+    assert refused.value.delivered == (good.identifier,)
+    assert refused.value.failed == (junk.identifier,)
+    assert refused.value.http_status == 202
+
+    monkeypatch.setenv("RADDRAFT_DISK_WATERMARK_PERCENT", "0")
+    with LiveServer(create_web_app(reload_settings())) as full:
+        busy = StowTarget(f"{full.url}/dicomweb", token=tokens["sender"])
+        with pytest.raises(StowTransientError) as later:
+            busy.send([Outbound(str(datasets[1].SOPInstanceUID), Path(datasets[1].filename))])
+    assert later.value.http_status == 503
+    assert later.value.delivered == ()

@@ -9,6 +9,7 @@ queue page; a job that appears between the policy's look and the purge must stop
 from __future__ import annotations
 
 import datetime as dt
+import json
 from pathlib import Path
 
 import pytest
@@ -132,8 +133,10 @@ def test_purge_takes_only_what_nothing_needs(
     assert "exports pending" in dry.output or "a job for it is waiting" in dry.output
     assert {label: _files(settings, uid) for label, uid in uids.items()} == before  # dry: nothing
 
-    purged = purge_job.purge(settings)
-    assert {p.study_instance_uid for p in purged} == {uids[label] for label in PURGEABLE}
+    run = CliRunner().invoke(main, ["archive", "purge", "--json"])
+    assert run.exit_code == 0, run.output
+    purged = json.loads(run.stdout)
+    assert {p["study_instance_uid"] for p in purged} == {uids[label] for label in PURGEABLE}
     for label, uid in uids.items():
         if label in PURGEABLE:
             assert _files(settings, uid) == [], label
