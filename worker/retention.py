@@ -3,7 +3,8 @@
 :func:`purge` takes every study the policy lets go out of the archive, one transaction per
 study, asking the policy again inside it, and writes the audit record there too. The router
 runs it every ``retention_interval_seconds`` (:func:`purge_if_due`); ``raddraft archive purge``
-runs it by hand, ``--dry-run`` only says what would go.
+runs it by hand (everything at once), ``--dry-run`` only says what would go. A scheduled pass
+takes at most :data:`BATCH` studies, so the router's dispatching is never held up for long.
 """
 
 from __future__ import annotations
@@ -28,10 +29,16 @@ def candidates(settings: Settings) -> list[report_drafts.Verdict]:
         return report_drafts.purge_candidates(session, settings)
 
 
-def purge(settings: Settings) -> list[dicom_listener.Purged]:
-    """Purge every study the policy lets go; those that became needed meanwhile stay."""
+#: Studies one scheduled pass purges at most: the router's loop also dispatches jobs, so a
+#: pass stays short and the next one follows at once while there is more to take.
+BATCH = 20
+
+
+def purge(settings: Settings, *, limit: int | None = None) -> list[dicom_listener.Purged]:
+    """Purge the studies the policy lets go (at most ``limit``); those that became needed
+    meanwhile stay."""
     done = []
-    for verdict in candidates(settings):
+    for verdict in candidates(settings)[:limit]:
 
         def still(session: Session, study_pk: int) -> bool:
             return report_drafts.still_purgeable(session, settings, study_pk)
@@ -62,5 +69,8 @@ class PurgeSchedule:
     def purge_if_due(self) -> list[dicom_listener.Purged]:
         if self.settings.retention_days <= 0 or time.monotonic() < self.next_at:
             return []
-        self.next_at = time.monotonic() + self.settings.retention_interval_seconds
-        return purge(self.settings)
+        done = purge(self.settings, limit=BATCH)
+        # A full batch means more may be waiting: the next pass soon, not an interval later.
+        wait = 1.0 if len(done) >= BATCH else self.settings.retention_interval_seconds
+        self.next_at = time.monotonic() + wait
+        return done

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -193,3 +194,21 @@ def test_retention_off_purges_nothing_and_the_schedule_waits(
     _close(engine, report_pk, "signed", OLD)
     assert schedule.purge_if_due() == []  # not due again before the interval
     assert _files(settings, study.study_instance_uid)
+
+
+def test_a_scheduled_pass_takes_a_batch_and_comes_back_soon(
+    retaining: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(purge_job, "BATCH", 2)
+    studies = []
+    for number in range(3):
+        report_pk, study = make_draft(engine, retaining, patient_id=f"B{number}")
+        _close(engine, report_pk, "signed", OLD)
+        studies.append(study.study_instance_uid)
+    schedule = purge_job.PurgeSchedule(retaining)
+    assert len(schedule.purge_if_due()) == 2  # a full batch: the router's loop is not held
+    assert schedule.next_at - time.monotonic() <= 1.0
+    time.sleep(1.05)
+    assert len(schedule.purge_if_due()) == 1
+    assert schedule.next_at - time.monotonic() > 3000  # done: the interval again
+    assert all(not _files(retaining, uid) for uid in studies)
