@@ -136,8 +136,18 @@ def _search(
     except catalog.QueryError as error:
         return _problem(400, str(error))
     query.match.update(fixed)
-    objects = catalog.load_objects(session, _settings(request), query.match)
-    groups = catalog.search(objects, level, query)
+    page = catalog.study_page(session, query) if level == "study" else None
+    if page is None:
+        objects = catalog.load_objects(session, _settings(request), query.match)
+        groups = catalog.search(objects, level, query)
+    else:
+        # Matched and paged on the study rows: read only the page's instances.
+        objects = (
+            catalog.load_objects(session, _settings(request), {"StudyInstanceUID": ",".join(page)})
+            if page
+            else []
+        )
+        groups = catalog.search(objects, level, catalog.Query(match=query.match))
     base = _base(request)
     answers = []
     for group in groups:

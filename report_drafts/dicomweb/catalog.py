@@ -23,7 +23,7 @@ from typing import Any
 import pydicom
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
 from dicom_listener import Instance, Patient, Series, Study
@@ -194,9 +194,11 @@ def _exact(pattern: str | None) -> str | None:
     return pattern
 
 
-def _study_rows(session: Session, match: Mapping[str, str]) -> list[tuple[Study, Patient]]:
+def _study_rows(
+    session: Session, match: Mapping[str, str], *where: ColumnElement[bool]
+) -> list[tuple[Study, Patient]]:
     """Studies with their patients, narrowed in SQL by the exact study-level keys."""
-    query = select(Study, Patient).join(Patient, Study.patient_pk == Patient.id)
+    query = select(Study, Patient).join(Patient, Study.patient_pk == Patient.id).where(*where)
     uids = match.get("StudyInstanceUID")
     if uids:
         query = query.where(Study.study_instance_uid.in_(re.split(r"[,\\]", uids)))
@@ -205,6 +207,32 @@ def _study_rows(session: Session, match: Mapping[str, str]) -> list[tuple[Study,
     if accession := _exact(match.get("AccessionNumber")):
         query = query.where(Study.accession_number == accession)
     return [(study, patient) for study, patient in session.execute(query.order_by(Study.id))]
+
+
+def study_page(session: Session, query: Query) -> list[str] | None:
+    """For a study-level search on study attributes only: the StudyInstanceUIDs of the page
+    asked for, matched and paged on the study rows alone, so a worklist query (OHIF asks
+    ``/studies?limit=101``) reads the instances of one page, not of the whole archive.
+    None when the query needs the instances to match (``ModalitiesInStudy``)."""
+    if "ModalitiesInStudy" in query.match or not set(query.match) <= set(STUDY_KEYS):
+        return None
+    has_objects = or_(
+        select(Series.id)
+        .join(Instance, Instance.series_pk == Series.id)
+        .where(Series.study_pk == Study.id)
+        .exists(),
+        select(Report.id)
+        .join(ReportVersion, ReportVersion.report_pk == Report.id)
+        .where(Report.study_pk == Study.id, ReportVersion.sr_sop_instance_uid.is_not(None))
+        .exists(),
+    )
+    uids = [
+        study.study_instance_uid
+        for study, patient in _study_rows(session, query.match, has_objects)
+        if all(matches(k, _study_attributes(study, patient)[k], p) for k, p in query.match.items())
+    ]
+    end = None if query.limit is None else query.offset + query.limit
+    return uids[query.offset : end]
 
 
 def _study_attributes(study: Study, patient: Patient) -> dict[str, Any]:

@@ -263,3 +263,30 @@ def test_stow_target_reads_raddrafts_own_answers(
             busy.send([Outbound(str(datasets[1].SOPInstanceUID), Path(datasets[1].filename))])
     assert later.value.http_status == 503
     assert later.value.delivered == ()
+
+
+def test_qido_studies_pages_on_the_study_rows(
+    settings: Settings, engine: Engine, web: LiveServer, tokens: dict[str, str]
+) -> None:
+    from sqlalchemy import delete
+
+    from tests.drafts.conftest import archive_study
+
+    made = [archive_study(engine, settings, patient_id=f"PG{n}") for n in range(4)]
+    with session_scope(engine) as session:  # the last one's images are gone (purged)
+        session.execute(delete(Instance).where(Instance.version_pk == made[3].study_version_pk))
+    reader = _client(web, tokens["reader"])
+
+    def page(offset: int, **filters: str) -> list[str]:
+        found = reader.search_for_studies(search_filters=filters, limit=2, offset=offset)
+        return [f["0020000D"]["Value"][0] for f in found]
+
+    expected = [m.study_instance_uid for m in made[:3]]
+    assert page(0) + page(2) == expected
+    assert page(4) == []
+    assert page(0, PatientID="PG*") == expected[:2]
+    assert page(0, PatientID="PG1") == [expected[1]]
+    by_modality = reader.search_for_studies(search_filters={"ModalitiesInStudy": "DX"}, limit=2)
+    assert [f["0020000D"]["Value"][0] for f in by_modality] == expected[:2]
+    counted = reader.search_for_studies(search_filters={"PatientID": "PG2"})
+    assert counted[0]["00201208"]["Value"] == [1]  # NumberOfStudyRelatedInstances
