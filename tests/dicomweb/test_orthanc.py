@@ -141,3 +141,35 @@ def test_stow_unreachable_is_transient(tmp_path: Path) -> None:
     _ids, paths = make_study(tmp_path / "study", ("PA",))
     with pytest.raises(StowTransientError):
         StowTarget(f"http://127.0.0.1:{free_port()}/dicom-web").send([Outbound("1.2.5", paths[0])])
+
+
+def test_orthanc_stores_into_raddraft_by_stow_rs(
+    settings: Settings,
+    engine: Engine,
+    web: LiveServer,
+    tokens: dict[str, str],
+    tmp_path: Path,
+    orthanc_factory: Callable[..., OrthancServer],
+) -> None:
+    """Orthanc as a STOW-RS client (a PACS forwarding by DICOMweb): a two-view study lands in
+    the archive, recorded, and completes at the end of the request like a C-STORE push."""
+    from dicom_listener import Instance, StudyVersion
+
+    ids, paths = make_study(tmp_path / "study", ("PA", "LATERAL"))
+    pacs = orthanc_factory(
+        dicomweb_servers={
+            "raddraft-in": {
+                "Url": f"{web.url}/dicomweb/",
+                "HttpHeaders": {"Authorization": f"Bearer {tokens['sender']}"},
+            }
+        }
+    )
+    for path in paths:
+        pacs.upload(path)
+    study_id = pacs.study_id(ids.study_uid)
+    pacs.rest("/dicom-web/servers/raddraft-in/stow", method="POST", json={"Resources": [study_id]})
+    sent = {str(pydicom.dcmread(p).SOPInstanceUID) for p in paths}
+    with session_scope(engine) as session:
+        assert set(session.scalars(select(Instance.sop_instance_uid))) == sent
+        version = session.scalars(select(StudyVersion)).one()
+        assert (version.state, version.eligible) == ("complete", True)
