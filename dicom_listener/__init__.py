@@ -28,9 +28,20 @@ instances obtained another way, e.g. C-GET or a file)::
         -> IngestResult      (a DICOM file's bytes, or a bare data set plus its syntax)
     store_file(path, *, calling_ae_title="LOCAL", settings=None) -> IngestResult
     complete_study(study_instance_uid, *, settings=None) -> list[Completed]
+    ingest_batch(items, *, calling_ae_title, peer="", settings=None) -> list[IngestResult]
+        several instances as one push (DICOMweb STOW-RS): each filed like ``ingest_bytes``,
+        then the two-view studies complete at once, as at an association's release
 
 ``IngestResult.status`` is the C-STORE status the listener would have answered (0x0000 stored or
 already stored, 0xA700 refused for resources, 0xA900/0xC000 quarantined).
+
+Retention (the policy, which knows reports and exports, lives with them; it is asked again
+inside the purge's transaction)::
+
+    archived_study(session, study_pk) -> Purged      what a purge would take (a dry run)
+    purge_study(study_pk, *, still_purgeable, record, settings=None) -> Purged | None
+        instance rows out (with an ``ingest_events`` row and the caller's audit record in the
+        same transaction), then the files; never while a version is open
 
 A complete, eligible study version gets exactly one job
 :class:`raddraft.job_contract.DraftStudy` (by task name: the listener knows no worker).
@@ -38,7 +49,11 @@ A complete, eligible study version gets exactly one job
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterable
 from pathlib import Path
+
+from sqlalchemy.orm import Session
 
 from dicom_listener.archive_reads import (
     ArchivedImage,
@@ -48,9 +63,11 @@ from dicom_listener.archive_reads import (
     study_for_version,
     version_images,
 )
-from dicom_listener.completion import Completed
+from dicom_listener.completion import Completed, complete_pushed
 from dicom_listener.completion import complete_study as _complete
 from dicom_listener.ingest import Ingester, IngestResult, Origin, Outcome, Status
+from dicom_listener.purge import Purged, RecordPurge, StillPurgeable, archived
+from dicom_listener.purge import purge_study as _purge_study
 from dicom_listener.tables import (
     IngestEvent,
     IngestEventKind,
@@ -73,20 +90,28 @@ __all__ = [
     "Instance",
     "Outcome",
     "Patient",
+    "Purged",
+    "RecordPurge",
     "Series",
     "Status",
+    "StillPurgeable",
     "Study",
     "StudyInfo",
     "StudyVersion",
     "VersionState",
+    "archived_study",
     "complete_study",
+    "ingest_batch",
     "ingest_bytes",
     "latest_version_pk",
     "prior_versions",
+    "purge_study",
     "store_file",
     "study_for_version",
     "version_images",
 ]
+
+log = logging.getLogger(__name__)
 
 _PREAMBLE_END = 132  # 128-byte preamble + "DICM" (PS3.10 7.1)
 
@@ -111,13 +136,55 @@ def ingest_bytes(
     data set, for which ``transfer_syntax_uid`` is required and file meta is added.
     """
     ingester = _ingester(settings)
+    origin = Origin(calling_ae_title=calling_ae_title, peer="local")
+    return _ingest_one(ingester, data, transfer_syntax_uid, origin)
+
+
+def _ingest_one(
+    ingester: Ingester, data: bytes, transfer_syntax_uid: str | None, origin: Origin
+) -> IngestResult:
     if data[128:_PREAMBLE_END] == b"DICM":
         spool = ingester.archive.spool_bytes(data)
     else:
         if not transfer_syntax_uid:
             raise ValueError("a bare data set needs its transfer_syntax_uid")
         spool = ingester.archive.spool_bytes(_file_meta_for(data, transfer_syntax_uid), data)
-    return ingester.ingest_spool(spool, Origin(calling_ae_title=calling_ae_title, peer="local"))
+    return ingester.ingest_spool(spool, origin)
+
+
+def ingest_batch(
+    items: Iterable[bytes],
+    *,
+    calling_ae_title: str,
+    peer: str = "",
+    settings: Settings | None = None,
+) -> list[IngestResult]:
+    """File DICOM files (PS3.10) received as one push, then complete its two-view studies.
+
+    This is the STOW-RS store transaction's filing (PS3.18 10.5): each instance gets the
+    C-STORE SCP's treatment (watermark, header check, quarantine, fsync + rename + commit
+    before its result exists), and the end of the request plays the part of an association's
+    release (:func:`dicom_listener.completion.complete_pushed`). Items that are not DICOM files
+    (no ``DICM`` prefix) are quarantined as unreadable (0xC000), never guessed at.
+    """
+    ingester = _ingester(settings)
+    origin = Origin(calling_ae_title=calling_ae_title, peer=peer)
+    results = []
+    for data in items:
+        if data[128:_PREAMBLE_END] != b"DICM":
+            spool = ingester.archive.spool_bytes(data)
+            why = "not a DICOM file (PS3.10 preamble and DICM prefix missing)"
+            results.append(ingester.quarantine(spool, origin, Status.cannot_understand, why))
+            continue
+        results.append(_ingest_one(ingester, data, None, origin))
+    stored = {r.study_instance_uid for r in results if r.status == Status.success}
+    if stored:
+        try:
+            complete_pushed(ingester.engine, stored)
+        except Exception:
+            # The completion timer covers these studies too; a failure only costs latency.
+            log.exception("completion after a batch failed")
+    return results
 
 
 def store_file(
@@ -133,6 +200,30 @@ def complete_study(study_instance_uid: str, *, settings: Settings | None = None)
     """Force completion of the study's open version now (``raddraft study complete``)."""
     settings = settings or get_settings()
     return _complete(engine_for(settings.database_url), study_instance_uid)
+
+
+def archived_study(session: Session, study_pk: int) -> Purged:
+    """What the archive holds of a study (what a purge would take)."""
+    return archived(session, study_pk)
+
+
+def purge_study(
+    study_pk: int,
+    *,
+    still_purgeable: StillPurgeable,
+    record: RecordPurge,
+    settings: Settings | None = None,
+) -> Purged | None:
+    """Take a study's instances out of the archive if ``still_purgeable`` agrees (see
+    :mod:`dicom_listener.purge`); None when it does not, or nothing was archived."""
+    settings = settings or get_settings()
+    return _purge_study(
+        engine_for(settings.database_url),
+        settings.archive_dir,
+        study_pk,
+        still_purgeable=still_purgeable,
+        record=record,
+    )
 
 
 def _file_meta_for(dataset: bytes, transfer_syntax_uid: str) -> bytes:

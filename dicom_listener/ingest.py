@@ -238,6 +238,13 @@ class Ingester:
             reason=why,
         )
 
+    def quarantine(self, spool: Path, origin: Origin, status: Status, why: str) -> IngestResult:
+        """Quarantine the spool file without parsing it (a caller already knows it is bad)."""
+        try:
+            return self._quarantine(spool, origin, status, why, spool.stat().st_size)
+        finally:
+            spool.unlink(missing_ok=True)
+
     def _quarantine(
         self, spool: Path, origin: Origin, status: Status, why: str, size: int
     ) -> IngestResult:

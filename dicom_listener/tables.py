@@ -140,6 +140,7 @@ class IngestEventKind(enum.StrEnum):
     refused = "refused"  # out of resources: disk watermark, database down
     quarantined = "quarantined"  # unreadable or incomplete dataset
     completed = "completed"
+    purged = "purged"  # the retention policy took the study's instances out of the archive
 
 
 class IngestEvent(Base):

@@ -4,6 +4,8 @@ The protocol clients:
 
 - :mod:`peers.dicom_scu`: the DIMSE service class user, C-STORE (DICOM PS3.4 Annex B) and
   C-FIND / C-MOVE / C-GET (PS3.4 Annex C), with typed transient and permanent errors.
+- :mod:`peers.dicomweb_wado`: WADO-RS retrieval of instances (PS3.18 10.4), for workers that
+  read images from the archive service instead of a shared disk.
 - :mod:`peers.mllp`: HL7 v2 messages over the Minimal Lower Layer Protocol (HL7 v2 Appendix C)
   with acknowledgement checking (HL7 v2.5.1 ch. 2).
 
@@ -14,6 +16,7 @@ And one *target* per destination kind on top of them (:mod:`peers._target`): an 
 - ``dicom``: :class:`~peers.dicom_store.DicomStoreTarget`, C-STORE over one association.
 - ``hl7``: :class:`~peers.hl7_mllp.MllpTarget`, ORU messages over MLLP, ACK checked.
 - ``fhir``: :class:`~peers.fhir_rest.FhirTarget`, FHIR RESTful update (PUT).
+- ``stow``: :class:`~peers.dicomweb_stow.StowTarget`, DICOMweb STOW-RS (PS3.18 10.5).
 
 :func:`target_for` picks one by kind. A new destination kind (say DICOMweb STOW-RS) is one
 module with its target class plus one line in :data:`TARGETS`.
@@ -34,6 +37,13 @@ from peers._target import (
     TransientDeliveryError,
 )
 from peers.dicom_store import DicomStorePermanentError, DicomStoreTarget, DicomStoreTransientError
+from peers.dicomweb_stow import (
+    StowPermanentError,
+    StowTarget,
+    StowTransientError,
+    is_stow_destination,
+)
+from peers.dicomweb_wado import WadoPermanentError, WadoTransientError, retrieve_instance
 from peers.fhir_rest import FhirPermanentError, FhirTarget, FhirTransientError
 from peers.hl7_mllp import MllpPermanentError, MllpTarget, MllpTransientError
 from peers.tls import client_tls
@@ -54,10 +64,17 @@ __all__ = [
     "MllpTransientError",
     "Outbound",
     "PermanentDeliveryError",
+    "StowPermanentError",
+    "StowTarget",
+    "StowTransientError",
     "Target",
     "TargetFactory",
     "TransientDeliveryError",
+    "WadoPermanentError",
+    "WadoTransientError",
     "client_tls",
+    "is_stow_destination",
+    "retrieve_instance",
     "target_for",
 ]
 
@@ -69,11 +86,12 @@ TARGETS: dict[str, TargetFactory] = {
     DicomStoreTarget.kind: DicomStoreTarget.configured,
     MllpTarget.kind: MllpTarget.configured,
     FhirTarget.kind: FhirTarget.configured,
+    StowTarget.kind: StowTarget.configured,
 }
 
 
 def target_for(kind: str, destination: str, settings: Settings) -> Target:
-    """The target of ``kind`` (``dicom``, ``hl7``, ``fhir``) for ``destination``.
+    """The target of ``kind`` (``dicom``, ``hl7``, ``fhir``, ``stow``) for ``destination``.
 
     Raises :class:`ValueError` for an unknown kind or a destination the kind cannot parse.
     """

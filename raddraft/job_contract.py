@@ -48,7 +48,8 @@ class DraftStudy:
 
 @dataclass(frozen=True)
 class ExportDicom:
-    """Send a report version's SR and GSPS to one DICOM destination (``AET@host:port``)."""
+    """Send a report version's SR and GSPS to one destination: ``AET@host:port`` (C-STORE) or a
+    DICOMweb base URL (STOW-RS)."""
 
     TASK: ClassVar[str] = "raddraft.export_dicom"
     QUEUE: ClassVar[Queue] = Queue.io

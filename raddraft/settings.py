@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     disk_watermark_percent: float = Field(default=90.0, description="Refuse C-STORE above this.")
     disk_min_free_mb: int = Field(default=1024, description="Refuse C-STORE below this free space.")
 
+    # Retention: images leave the archive this long after their report is final (0: never)
+    retention_days: float = Field(
+        default=0.0, description="Keep a study's images this many days after its report closed."
+    )
+    retention_interval_seconds: float = Field(
+        default=3600.0, description="How often the router runs the retention purge."
+    )
+
     # Study completion
     completion_quiet_seconds: float = 300.0
     completion_cxr_rule_seconds: float = Field(
@@ -101,11 +109,24 @@ class Settings(BaseSettings):
 
     # Results
     destinations: Annotated[list[DicomNode], NoDecode] = Field(default_factory=list)
+    stow_destinations: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="DICOMweb base URLs that get SR and GSPS by STOW-RS."
+    )
+    stow_token: str = Field(default="", description="Bearer token for the STOW-RS destinations.")
     query_pacs: DicomNode | None = None
     prior_timeout_seconds: float = 60.0
     ris_mllp: str = Field(default="", description="host:port of the RIS HL7 v2 MLLP listener.")
     fhir_server_url: str = ""
     institution_name: str = "RadDraft Hospital"
+
+    # Where images are when this process has no archive of its own (a GPU worker elsewhere)
+    archive_url: str = Field(
+        default="", description="RadDraft's DICOMweb base URL (…/dicomweb) to read images from."
+    )
+    archive_token: str = Field(default="", description="A reader's API token for archive_url.")
+    image_cache_mb: int = Field(
+        default=2048, description="Bound of the local cache of images read over WADO-RS."
+    )
 
     # Web
     web_host: str = "127.0.0.1"
@@ -118,7 +139,7 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
-    @field_validator("allowed_callers", "allowed_hosts", mode="before")
+    @field_validator("allowed_callers", "allowed_hosts", "stow_destinations", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)
@@ -146,6 +167,16 @@ class Settings(BaseSettings):
             return None
         return value if isinstance(value, DicomNode) else DicomNode.parse(str(value))
 
+    @field_validator("stow_destinations", mode="after")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http(s) DICOMweb base URL")
+            if "@" in url.split("/")[2]:
+                raise ValueError(f"{url!r}: put credentials in RADDRAFT_STOW_TOKEN, not the URL")
+        return value
+
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:
         self.data_dir = self.data_dir.expanduser().resolve()
@@ -158,6 +189,11 @@ class Settings(BaseSettings):
     @property
     def archive_dir(self) -> Path:
         return self.data_dir / "archive"
+
+    @property
+    def image_cache_dir(self) -> Path:
+        """Images a worker read over WADO-RS (``archive_url``), bounded by ``image_cache_mb``."""
+        return self.data_dir / "cache" / "images"
 
     @property
     def quarantine_dir(self) -> Path:

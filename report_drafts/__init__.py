@@ -17,6 +17,9 @@ Administrators (:mod:`report_drafts.admin`):
 Reads (:mod:`report_drafts.versions` and others):
     ``get_report``, ``report_for_study_version``, ``version``, ``current_content``,
     ``report_text``, ``demo_mode``, ``reader_figures``, ``trace``, ``fhir_resources``
+Retention (:mod:`report_drafts.retention`, the policy; the purge is the listener's):
+    ``retention_verdicts``, ``purge_candidates``, ``still_purgeable``, ``record_purge``,
+    ``Verdict``
 Values: the content types of a draft (:mod:`report_drafts.content`) and the lifecycle's states
 and errors (:mod:`report_drafts.states`).
 
@@ -39,6 +42,8 @@ from report_drafts.content import (
 from report_drafts.drafting import mark_state, record_draft
 from report_drafts.figures import reader_figures
 from report_drafts.outbox import fhir_resources, outbox_file, pending_sends, record_sent
+from report_drafts.retention import Verdict, purge_candidates, record_purge, still_purgeable
+from report_drafts.retention import verdicts as retention_verdicts
 from report_drafts.signoff import amend, edit_text, finding_feedback, open_report, reject, sign
 from report_drafts.states import (
     SIGNED_STATES,
@@ -77,6 +82,7 @@ __all__ = [
     "ReportStatus",
     "Signer",
     "StaleVersion",
+    "Verdict",
     "add_user",
     "amend",
     "current_content",
@@ -89,15 +95,19 @@ __all__ = [
     "open_report",
     "outbox_file",
     "pending_sends",
+    "purge_candidates",
     "reader_figures",
     "record_draft",
+    "record_purge",
     "record_sent",
     "reject",
     "report_for_study_version",
     "report_text",
     "requeue",
+    "retention_verdicts",
     "retry_job",
     "sign",
+    "still_purgeable",
     "trace",
     "version",
 ]

@@ -124,11 +124,21 @@ def source_instances(session: Session, report: Report) -> list[Instance]:
 
 
 def load_sources(settings: Settings, instances: Sequence[Instance]) -> list[Dataset]:
-    """Source headers from the archive (pixels are not needed to reference an image)."""
+    """Source headers from the archive (pixels are not needed to reference an image).
+
+    A worker without the archive's disk finds them in its WADO-RS image cache instead
+    (``settings.image_cache_dir``, filled by the worker before it drafts).
+    """
     return [
-        pydicom.dcmread(settings.archive_dir / inst.path, stop_before_pixels=True)
-        for inst in instances
+        pydicom.dcmread(_source_path(settings, inst), stop_before_pixels=True) for inst in instances
     ]
+
+
+def _source_path(settings: Settings, instance: Instance) -> Path:
+    archived = settings.archive_dir / instance.path
+    if archived.exists():
+        return archived
+    return settings.image_cache_dir / f"{instance.sop_instance_uid}.dcm"
 
 
 # --------------------------------------------------------------------------------------------
@@ -379,8 +389,7 @@ def register_outbound(
         if send:
             made.append(job_contract.enqueue(session, args, priority=report.priority))
 
-    for node in settings.destinations:
-        destination = str(node)
+    for destination in [*map(str, settings.destinations), *settings.stow_destinations]:
         for kind, uid, path in built.files:
             sent_object(kind, uid, destination, path)
         if built.files:

@@ -24,6 +24,7 @@ class Role(enum.StrEnum):
     reader = "reader"  # view only
     radiologist = "radiologist"  # edit and sign
     admin = "admin"  # requeue, force, configure; never sign
+    sender = "sender"  # a modality or gateway storing instances by STOW-RS; reads nothing
 
 
 class EditReason(enum.StrEnum):

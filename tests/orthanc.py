@@ -43,6 +43,12 @@ ORTHANC_BINARY = (
     os.environ.get("RADDRAFT_TEST_ORTHANC") or shutil.which("Orthanc") or ("/usr/sbin/Orthanc")
 )
 
+#: Debian's ``orthanc-dicomweb`` plugin (PS3.18 client and server inside Orthanc).
+ORTHANC_DICOMWEB_PLUGIN = os.environ.get("RADDRAFT_TEST_ORTHANC_DICOMWEB") or next(
+    iter(sorted(Path("/usr/lib/orthanc").glob("libOrthancDicomWeb.so*"), reverse=True)),
+    Path("/usr/lib/orthanc/libOrthancDicomWeb.so"),
+)
+
 #: A modality Orthanc may talk to: ``(host, port)`` keyed by its AE title, or the full
 #: Orthanc form ``{"AET": ..., "Host": ..., "Port": ...}`` (any DicomModalities option).
 ModalitySpec = tuple[str, int] | Mapping[str, Any]
@@ -71,6 +77,10 @@ class OrthancServer:
       AE title), default ``False``.
     - ``allow_unknown_callers``: ``DicomAlwaysAllow{Echo,Store,Find,Move,Get}`` so any calling
       AE title may use it, default ``True``. With ``False`` only ``modalities`` may.
+    - ``dicomweb_servers``: load the DICOMweb plugin (Orthanc then serves ``/dicom-web/``) and
+      give it these remote DICOMweb servers, name -> ``{"Url": ..., "HttpHeaders": {...}}``
+      (``/dicom-web/servers/<name>/...`` queries and retrieves from them). ``{}``: the plugin
+      with no remote server.
     - ``config``: extra configuration entries, merged last (they win).
 
     Ports are picked once (free loopback ports) and kept across :meth:`stop` / :meth:`start`,
@@ -86,6 +96,7 @@ class OrthancServer:
         check_called_aet: bool = False,
         allow_unknown_callers: bool = True,
         config: Mapping[str, Any] | None = None,
+        dicomweb_servers: Mapping[str, Mapping[str, Any]] | None = None,
         start_timeout: float = 30.0,
     ) -> None:
         self.workdir = Path(workdir)
@@ -95,6 +106,7 @@ class OrthancServer:
         self.check_called_aet = check_called_aet
         self.allow_unknown_callers = allow_unknown_callers
         self.extra_config = dict(config or {})
+        self.dicomweb_servers = None if dicomweb_servers is None else dict(dicomweb_servers)
         self.start_timeout = start_timeout
         self.dicom_port = free_port()
         self.http_port = free_port()
@@ -172,6 +184,13 @@ class OrthancServer:
             "StableAge": 2,
             "OverwriteInstances": True,
         }
+        if self.dicomweb_servers is not None:
+            config["Plugins"] = [str(ORTHANC_DICOMWEB_PLUGIN)]
+            config["DicomWeb"] = {
+                "Enable": True,
+                "Root": "/dicom-web/",
+                "Servers": {name: dict(spec) for name, spec in self.dicomweb_servers.items()},
+            }
         config.update(self.extra_config)
         return config
 

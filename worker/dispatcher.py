@@ -28,6 +28,7 @@ SENT_KINDS: dict[str, tuple[str, ...]] = {
     "dicom": ("sr", "gsps"),
     "hl7": ("hl7",),
     "fhir": ("fhir",),
+    "stow": ("sr", "gsps"),
 }
 
 
@@ -107,8 +108,10 @@ def deliver(
 
 
 def export_dicom_job(job_id: int, args: ExportDicom) -> dict[str, Any]:
-    """C-STORE the version's SR and GSPS objects to one destination (PS3.4 Annex B)."""
-    return deliver("dicom", args.report_version_pk, args.destination, rows_for=args.destination)
+    """Send the version's SR and GSPS objects to one destination: C-STORE (PS3.4 Annex B) to
+    ``AET@host:port``, STOW-RS (PS3.18 10.5) to a DICOMweb base URL."""
+    kind = "stow" if peers.is_stow_destination(args.destination) else "dicom"
+    return deliver(kind, args.report_version_pk, args.destination, rows_for=args.destination)
 
 
 def send_hl7_job(job_id: int, args: SendHl7) -> dict[str, Any]:

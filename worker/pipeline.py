@@ -8,6 +8,7 @@ of findings are derived from the study version, so a re-run says the same thing 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -23,7 +24,7 @@ from raddraft.job_contract import DraftStudy
 from raddraft.logging import kv
 from raddraft.settings import Settings, get_settings
 from report_drafts import Algorithm, Box, Finding, ReportContent
-from worker import priors
+from worker import image_cache, priors
 from worker.errors import PermanentError
 
 log = logging.getLogger(__name__)
@@ -74,12 +75,19 @@ def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
             return {"skipped": "already drafted"}
         report_drafts.mark_state(session, version_pk, "drafting")
         images = priors.frontal_first(dicom_listener.version_images(session, version_pk))
+    # Every image of the study, not only the two read: the SR and GSPS reference them all.
+    images = image_cache.localize(settings, images, study.study_instance_uid)
     current = _current_images(images)
     if not current:
         raise PermanentError(f"study version {version_pk} has no image to read")
 
     timings: dict[str, Any] = {}
     prior = priors.find_prior(settings, study)
+    if prior.images and prior.study_instance_uid:
+        prior = dataclasses.replace(
+            prior,
+            images=image_cache.localize(settings, prior.images, prior.study_instance_uid),
+        )
     timings["prior_s"] = round(prior.seconds, 4)
 
     started = time.monotonic()

@@ -3,7 +3,8 @@
 Only a few jobs per queue are outstanding on the broker at a time, so the job table (ordered by
 priority, then age) decides what runs next on any broker: a STAT study queued after a hundred
 routine ones still runs next. The same loop puts back jobs whose worker died (lease over) and
-jobs whose message the broker lost.
+jobs whose message the broker lost, and runs the retention purge on its schedule
+(:mod:`worker.retention`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from raddraft.db import session_scope, utcnow
 from raddraft.job_contract import QUEUES, Queue
 from raddraft.logging import kv
 from raddraft.settings import Settings
+from worker import retention
 
 log = logging.getLogger(__name__)
 
@@ -65,12 +67,19 @@ def dispatch_once(app: Celery, settings: Settings, engine: Engine | None = None)
 def run(app: Celery, settings: Settings, stop: threading.Event) -> None:
     """Dispatch until ``stop`` is set; database or broker trouble is logged and retried."""
     log.info("router started %s", kv(broker=app.conf.broker_url))
+    schedule = retention.PurgeSchedule(settings)
     while not stop.is_set():
         try:
             busy = dispatch_once(app, settings) > 0
         except Exception:
             log.exception("dispatch pass failed; retrying")
             busy = False
+        try:
+            schedule.purge_if_due()
+        except Exception:
+            # The next interval tries again; a purge that failed took nothing it had not
+            # recorded (rows go before files, in one transaction per study).
+            log.exception("retention purge failed")
         if not busy:
             stop.wait(settings.dispatch_poll_seconds)
     log.info("router stopped")

@@ -6,7 +6,7 @@ import click
 
 from raddraft.settings import get_settings
 
-ROLES = ("reader", "radiologist", "admin")
+ROLES = ("reader", "radiologist", "admin", "sender")
 
 
 @click.group()

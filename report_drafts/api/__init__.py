@@ -12,13 +12,14 @@ from sqlalchemy.orm import Session
 from raddraft.db import engine_for, session_factory
 from raddraft.settings import Settings, get_settings
 from report_drafts import versions
-from report_drafts.api import fhir_routes, routes
+from report_drafts.api import dicomweb_routes, fhir_routes, routes
 from report_drafts.content import DEMO_WARNING
 from report_drafts.states import LifecycleError
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
-    """The API alone: review API at ``/api``, FHIR at ``/fhir``, ``/healthz`` and ``/readyz``.
+    """The API alone: review API at ``/api``, FHIR at ``/fhir``, DICOMweb at ``/dicomweb``,
+    ``/healthz`` and ``/readyz``.
 
     ``app.state.session_resolvers`` is a list the pages may append a cookie-session resolver
     to (see :mod:`report_drafts.api.auth`). The pages, which build on the API, are added by
@@ -71,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app.include_router(routes.router)
     app.include_router(fhir_routes.router)
+    app.include_router(dicomweb_routes.router)
     return app
 
 

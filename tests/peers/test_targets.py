@@ -55,12 +55,13 @@ def settings() -> Settings:
 # The registry
 
 
-def test_target_for_knows_the_three_kinds(settings: Settings) -> None:
-    assert set(peers.TARGETS) == {"dicom", "hl7", "fhir"}
+def test_target_for_knows_the_four_kinds(settings: Settings) -> None:
+    assert set(peers.TARGETS) == {"dicom", "hl7", "fhir", "stow"}
     made = {
         "dicom": target_for("dicom", "PACS@127.0.0.1:11113", settings),
         "hl7": target_for("hl7", "127.0.0.1:2575", settings),
         "fhir": target_for("fhir", "http://127.0.0.1:8080/fhir", settings),
+        "stow": target_for("stow", "http://127.0.0.1:8042/dicom-web", settings),
     }
     for kind, target in made.items():
         assert isinstance(target, Target)
@@ -68,16 +69,19 @@ def test_target_for_knows_the_three_kinds(settings: Settings) -> None:
     assert made["dicom"].destination == "PACS@127.0.0.1:11113"
     assert made["hl7"].destination == "127.0.0.1:2575"
     assert made["fhir"].destination == "http://127.0.0.1:8080/fhir"
+    assert made["stow"].destination == "http://127.0.0.1:8042/dicom-web"
     assert isinstance(made["dicom"], DicomStoreTarget)
     assert made["dicom"].calling_ae == CALLING_AE  # the settings' AE title is who calls
 
 
 def test_target_for_rejects_an_unknown_kind(settings: Settings) -> None:
-    with pytest.raises(ValueError, match=r"unknown destination kind 'stow'.*dicom, fhir, hl7"):
-        target_for("stow", "http://pacs/dicomweb", settings)
+    with pytest.raises(ValueError, match=r"unknown destination kind 'xds'.*dicom, fhir, hl7, stow"):
+        target_for("xds", "http://registry/xds", settings)
 
 
-@pytest.mark.parametrize(("kind", "destination"), [("dicom", "no-ae-title"), ("hl7", "ris")])
+@pytest.mark.parametrize(
+    ("kind", "destination"), [("dicom", "no-ae-title"), ("hl7", "ris"), ("stow", "PACS@host:104")]
+)
 def test_target_for_rejects_a_malformed_destination(
     settings: Settings, kind: str, destination: str
 ) -> None:

@@ -114,6 +114,17 @@
       return rows.length ? table("Latency", ["Step", "n", "p50", "p95"], rows.map((l) => [
         el("span", {}, l.group ? el("span", { class: "muted small" }, l.group + " · ") : "", l.name), l.n, seconds(l.p50), seconds(l.p95)])) : empty("No drafts in the last 24 hours.");
     },
+    "q-retention": (d) => {
+      const r = d.retention;
+      const policy = r.retention_days > 0
+        ? "Images leave the archive " + r.retention_days + " days after their report is final (never while a draft is unsigned, an export pending, or a kept study uses them as its prior)."
+        : "Retention is off: nothing is ever purged (RADDRAFT_RETENTION_DAYS=0).";
+      return el("div", {}, el("p", {}, policy),
+        el("dl", { class: "kv" },
+          el("dt", {}, "Last purge"), el("dd", {}, r.last_purge_at ? when(r.last_purge_at) : "never"),
+          el("dt", {}, "Purged, last 7 days"), el("dd", {}, r.purged_7d + " studies, " + bytes(r.purged_bytes_7d))),
+        r.recent.length ? table("Recently purged", ["Study", "Instances", "Size", "When"], r.recent.map((p) => [p.study_instance_uid, p.instances, bytes(p.bytes || 0), when(p.at)])) : "");
+    },
     "q-reader": (d) => {
       const f = d.reader_figures;
       const share = f.share_signed_without_edit === null ? "–" : (f.share_signed_without_edit * 100).toFixed(0) + "%";
@@ -131,6 +142,7 @@
     "q-disk": (d) => [d.disk.used_percent, d.disk.over], "q-workers": (d) => d.workers.map((w) => [w.name, w.alive, w.model, w.current_job, Math.round(w.age_s)]),
     "q-jobs": (d) => d.jobs, "q-dead": (d) => d.dead_jobs, "q-sends": (d) => d.failed_sends, "q-failed": (d) => d.failed_reports,
     "q-open": (d) => d.open_versions.map((v) => [v.study_version_pk, Math.round(v.quiet_s / 10)]), "q-latency": (d) => d.latency, "q-reader": (d) => d.reader_figures,
+    "q-retention": (d) => d.retention,
   };
 
   function show(data) {

@@ -1,0 +1,448 @@
+"""The DICOMweb service (PS3.18) at ``/dicomweb``: STOW-RS, QIDO-RS and WADO-RS.
+
+- STOW-RS (10.5): ``POST /dicomweb/studies[/{study}]`` with ``multipart/related;
+  type="application/dicom"``; each instance is filed by the listener
+  (:func:`dicom_listener.ingest_batch`: on disk and recorded before the response), the
+  response says per instance what was stored and why the rest was not.
+- QIDO-RS (10.6): ``/studies``, ``/series``, ``/instances`` and the nested forms, answered
+  ``application/dicom+json``.
+- WADO-RS (10.4): instances (``multipart/related; type="application/dicom"``), ``metadata``
+  (``application/dicom+json``), ``frames`` (``application/octet-stream``), ``rendered``
+  (``image/jpeg`` or ``image/png``) and ``bulk`` data.
+
+Authentication is the API's (a bearer token or the pages' session): reading needs a reader,
+radiologist or admin; storing needs a ``sender`` (a modality or gateway) or an admin.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydicom import Dataset
+from pydicom.dataelem import DataElement
+from pydicom.uid import ExplicitVRLittleEndian
+from starlette.concurrency import run_in_threadpool
+
+import dicom_listener
+from raddraft.settings import Settings
+from report_drafts.api.auth import DbSession, Viewer, require
+from report_drafts.dicomweb import catalog, multipart, pixels, stow
+from report_drafts.tables import Role, User
+
+router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
+
+DICOM_JSON = "application/dicom+json"
+Sender = Annotated[User, Depends(require(Role.sender, Role.admin))]
+
+
+def _base(request: Request) -> str:
+    return str(request.base_url).rstrip("/") + "/dicomweb"
+
+
+def _settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def _problem(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def _dicom_json(datasets: Sequence[Dataset], headers: dict[str, str] | None = None) -> Response:
+    body = json.dumps([ds.to_json_dict() for ds in datasets])
+    return Response(body, media_type=DICOM_JSON, headers=headers)
+
+
+# -- STOW-RS -----------------------------------------------------------------------------------
+
+
+async def _store(request: Request, user: User, study_uid: str | None) -> Response:
+    try:
+        media, parts = multipart.parse_related(
+            request.headers.get("content-type", ""), await request.body()
+        )
+    except multipart.MultipartError as error:
+        return _problem(400, str(error))
+    root = media.params.get("type", "").lower()
+    if root != "application/dicom":
+        return _problem(415, f'only type="application/dicom" is accepted, not {root!r}')
+    settings = _settings(request)
+    outcomes = await run_in_threadpool(_file_parts, parts, study_uid, user.name, request, settings)
+    body = stow.response(outcomes, _base(request), study_uid)
+    status = stow.http_status(outcomes)
+    headers = {"Retry-After": "60"} if status == 503 else None
+    return Response(
+        json.dumps(body.to_json_dict()), status_code=status, media_type=DICOM_JSON, headers=headers
+    )
+
+
+def _file_parts(
+    parts: Sequence[multipart.Part],
+    study_uid: str | None,
+    caller: str,
+    request: Request,
+    settings: Settings,
+) -> list[stow.StowOutcome]:
+    """File each part through the listener; parts of another type or study are refused."""
+    outcomes: list[stow.StowOutcome | None] = []
+    to_file: list[tuple[int, bytes, tuple[str, str, str, str]]] = []
+    for index, part in enumerate(parts):
+        ids = stow.identify(part.body)
+        kind = multipart.MediaType.parse(part.content_type).type
+        if kind != "application/dicom":
+            outcomes.append(stow.StowOutcome(*ids, stow.CANNOT_UNDERSTAND, f"part is {kind}"))
+        elif study_uid and ids[2] and ids[2] != study_uid:
+            why = f"instance of study {ids[2]} posted to study {study_uid}"
+            outcomes.append(stow.StowOutcome(*ids, stow.DOES_NOT_MATCH, why))
+        else:
+            outcomes.append(None)
+            to_file.append((index, part.body, ids))
+    client = request.client.host if request.client else ""
+    results = dicom_listener.ingest_batch(
+        [body for _, body, _ in to_file],
+        calling_ae_title=f"STOW:{caller}"[:16],
+        peer=f"dicomweb {client}",
+        settings=settings,
+    )
+    for (index, _, ids), result in zip(to_file, results, strict=True):
+        outcomes[index] = stow.StowOutcome(*ids, int(result.status), result.reason)
+    return [o for o in outcomes if o is not None]
+
+
+@router.post("/studies", summary="STOW-RS: store instances (PS3.18 10.5)")
+async def store_instances(request: Request, user: Sender) -> Response:
+    return await _store(request, user, None)
+
+
+@router.post("/studies/{study}", summary="STOW-RS: store instances of one study")
+async def store_study_instances(study: str, request: Request, user: Sender) -> Response:
+    return await _store(request, user, study)
+
+
+# -- QIDO-RS -----------------------------------------------------------------------------------
+
+
+def _search(
+    request: Request,
+    session: DbSession,
+    level: str,
+    fixed: dict[str, str],
+) -> Response:
+    try:
+        query = catalog.parse_query(request.query_params.multi_items(), level)
+    except catalog.QueryError as error:
+        return _problem(400, str(error))
+    query.match.update(fixed)
+    page = catalog.study_page(session, query) if level == "study" else None
+    if page is None:
+        objects = catalog.load_objects(session, _settings(request), query.match)
+        groups = catalog.search(objects, level, query)
+    else:
+        # Matched and paged on the study rows: read only the page's instances.
+        objects = (
+            catalog.load_objects(session, _settings(request), {"StudyInstanceUID": ",".join(page)})
+            if page
+            else []
+        )
+        groups = catalog.search(objects, level, catalog.Query(match=query.match))
+    base = _base(request)
+    answers = []
+    for group in groups:
+        ds = catalog.answer(group, level, query)
+        ds.RetrieveURL = _url(base, group[0], level)
+        answers.append(ds)
+    headers = None
+    if query.ignored:
+        names = ", ".join(query.ignored)
+        headers = {"Warning": f'299 RadDraft "The following query keys are not supported: {names}"'}
+    return _dicom_json(answers, headers)
+
+
+def _url(base: str, item: catalog.DicomObject, level: str) -> str:
+    url = f"{base}/studies/{item.study_uid}"
+    if level in ("series", "instance"):
+        url += f"/series/{item.series_uid}"
+    if level == "instance":
+        url += f"/instances/{item.sop_uid}"
+    return url
+
+
+@router.get("/studies", summary="QIDO-RS: search for studies")
+def search_studies(request: Request, session: DbSession, user: Viewer) -> Response:
+    return _search(request, session, "study", {})
+
+
+@router.get("/series", summary="QIDO-RS: search for series")
+def search_series(request: Request, session: DbSession, user: Viewer) -> Response:
+    return _search(request, session, "series", {})
+
+
+@router.get("/instances", summary="QIDO-RS: search for instances")
+def search_instances(request: Request, session: DbSession, user: Viewer) -> Response:
+    return _search(request, session, "instance", {})
+
+
+@router.get("/studies/{study}/series", summary="QIDO-RS: search for a study's series")
+def search_study_series(study: str, request: Request, session: DbSession, user: Viewer) -> Response:
+    return _search(request, session, "series", {"StudyInstanceUID": study})
+
+
+@router.get("/studies/{study}/instances", summary="QIDO-RS: search for a study's instances")
+def search_study_instances(
+    study: str, request: Request, session: DbSession, user: Viewer
+) -> Response:
+    return _search(request, session, "instance", {"StudyInstanceUID": study})
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances", summary="QIDO-RS: search a series' instances"
+)
+def search_series_instances(
+    study: str, series: str, request: Request, session: DbSession, user: Viewer
+) -> Response:
+    fixed = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
+    return _search(request, session, "instance", fixed)
+
+
+# -- WADO-RS -----------------------------------------------------------------------------------
+
+
+def _objects(
+    request: Request,
+    session: DbSession,
+    study: str,
+    series: str | None = None,
+    instance: str | None = None,
+) -> list[catalog.DicomObject]:
+    objects = catalog.load_objects(session, _settings(request), {"StudyInstanceUID": study})
+    return catalog.find(objects, study, series, instance)
+
+
+def _wanted_syntax(request: Request) -> str | None:
+    """The transfer syntax the client accepts for application/dicom: ``*``, a UID, or None
+    (nothing acceptable). Without a transfer-syntax parameter PS3.18 8.7.3.5.2 means
+    Explicit VR Little Endian."""
+    for media in multipart.accepted(request.headers.get("accept", "")):
+        root = media.params.get("type", "application/dicom").lower()
+        if media.type in ("multipart/related", "*/*", "multipart/*") and root in (
+            "application/dicom",
+            "*/*",
+        ):
+            return media.params.get("transfer-syntax", ExplicitVRLittleEndian)
+        if media.type == "application/dicom":
+            return media.params.get("transfer-syntax", ExplicitVRLittleEndian)
+    return None
+
+
+def _retrieve(request: Request, found: list[catalog.DicomObject]) -> Response:
+    if not found:
+        return _problem(404, "no such study, series or instance")
+    wanted = _wanted_syntax(request)
+    if wanted is None:
+        return _problem(406, 'only multipart/related; type="application/dicom" is served')
+    boundary = multipart.new_boundary()
+
+    def parts() -> Any:
+        for item in found:
+            syntax = item.transfer_syntax_uid
+            if wanted in ("*", syntax):
+                yield f"application/dicom; transfer-syntax={syntax}", item.path
+            else:
+                body = pixels.as_explicit_little(item.path)
+                yield f"application/dicom; transfer-syntax={ExplicitVRLittleEndian}", body
+
+    if wanted not in ("*", ExplicitVRLittleEndian) and any(
+        i.transfer_syntax_uid != wanted for i in found
+    ):
+        return _problem(
+            406, f"transfer syntax {wanted} is not offered; ask for * or 1.2.840.10008.1.2.1"
+        )
+    return StreamingResponse(
+        multipart.stream_parts(boundary, parts()),
+        media_type=multipart.related_type("application/dicom", boundary),
+    )
+
+
+@router.get("/studies/{study}", summary="WADO-RS: retrieve a study")
+def retrieve_study(study: str, request: Request, session: DbSession, user: Viewer) -> Response:
+    return _retrieve(request, _objects(request, session, study))
+
+
+@router.get("/studies/{study}/series/{series}", summary="WADO-RS: retrieve a series")
+def retrieve_series(
+    study: str, series: str, request: Request, session: DbSession, user: Viewer
+) -> Response:
+    return _retrieve(request, _objects(request, session, study, series))
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}", summary="WADO-RS: retrieve an instance"
+)
+def retrieve_instance(
+    study: str, series: str, instance: str, request: Request, session: DbSession, user: Viewer
+) -> Response:
+    return _retrieve(request, _objects(request, session, study, series, instance))
+
+
+def _metadata(request: Request, found: list[catalog.DicomObject]) -> Response:
+    if not found:
+        return _problem(404, "no such study, series or instance")
+    base = _base(request)
+    out = []
+    for item in found:
+        header = catalog.read_header(item.path)
+        url = _url(base, item, "instance")
+
+        def bulk(element: DataElement, url: str = url) -> str:
+            return f"{url}/bulk/{element.tag:08X}"
+
+        body = header.to_json_dict(bulk_data_threshold=1024, bulk_data_element_handler=bulk)
+        if item.get("Rows"):
+            body["7FE00010"] = {"vr": "OW", "BulkDataURI": f"{url}/frames/1"}
+        out.append(body)
+    return Response(json.dumps(out), media_type=DICOM_JSON)
+
+
+@router.get("/studies/{study}/metadata", summary="WADO-RS: a study's metadata")
+def study_metadata(study: str, request: Request, session: DbSession, user: Viewer) -> Response:
+    return _metadata(request, _objects(request, session, study))
+
+
+@router.get("/studies/{study}/series/{series}/metadata", summary="WADO-RS: a series' metadata")
+def series_metadata(
+    study: str, series: str, request: Request, session: DbSession, user: Viewer
+) -> Response:
+    return _metadata(request, _objects(request, session, study, series))
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/metadata",
+    summary="WADO-RS: an instance's metadata",
+)
+def instance_metadata(
+    study: str, series: str, instance: str, request: Request, session: DbSession, user: Viewer
+) -> Response:
+    return _metadata(request, _objects(request, session, study, series, instance))
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/frames/{numbers}",
+    summary="WADO-RS: frames, uncompressed (application/octet-stream)",
+)
+def retrieve_frames(
+    study: str,
+    series: str,
+    instance: str,
+    numbers: str,
+    request: Request,
+    session: DbSession,
+    user: Viewer,
+) -> Response:
+    found = _objects(request, session, study, series, instance)
+    if not found:
+        return _problem(404, "no such instance")
+    try:
+        wanted = [int(n) for n in numbers.split(",")]
+        data = pixels.frames(found[0].path, wanted)
+    except ValueError as error:
+        return _problem(400, f"frames are comma-separated numbers from 1: {error}")
+    except pixels.NotAnImage as error:
+        return _problem(400, str(error))
+    except IndexError as error:
+        return _problem(404, str(error))
+    boundary = multipart.new_boundary()
+    syntax = ExplicitVRLittleEndian
+    part_type = f"application/octet-stream; transfer-syntax={syntax}"
+    return StreamingResponse(
+        multipart.stream_parts(boundary, [(part_type, frame) for frame in data]),
+        media_type=multipart.related_type("application/octet-stream", boundary, syntax),
+    )
+
+
+def _rendered_type(request: Request) -> str | None:
+    for media in multipart.accepted(request.headers.get("accept", "")):
+        if media.type in pixels.RENDERED_TYPES:
+            return media.type
+        if media.type in ("*/*", "image/*"):
+            return "image/jpeg"
+    return None
+
+
+def _rendered(request: Request, found: list[catalog.DicomObject], frame: int) -> Response:
+    if not found:
+        return _problem(404, "no such instance")
+    media_type = _rendered_type(request)
+    if media_type is None:
+        return _problem(406, "rendered images are image/jpeg or image/png")
+    quality = request.query_params.get("quality", "90")
+    try:
+        body = pixels.rendered(
+            found[0].path,
+            media_type,
+            frame=frame,
+            quality=int(quality) if quality.isdigit() else 90,
+        )
+    except pixels.NotAnImage as error:
+        return _problem(400, f"{error}: nothing to render")
+    except IndexError as error:
+        return _problem(404, str(error))
+    return Response(body, media_type=media_type)
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/rendered",
+    summary="WADO-RS: the instance rendered for a browser (image/jpeg, image/png)",
+)
+def rendered_instance(
+    study: str, series: str, instance: str, request: Request, session: DbSession, user: Viewer
+) -> Response:
+    return _rendered(request, _objects(request, session, study, series, instance), 1)
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/frames/{frame}/rendered",
+    summary="WADO-RS: one frame rendered for a browser",
+)
+def rendered_frame(
+    study: str,
+    series: str,
+    instance: str,
+    frame: int,
+    request: Request,
+    session: DbSession,
+    user: Viewer,
+) -> Response:
+    return _rendered(request, _objects(request, session, study, series, instance), frame)
+
+
+@router.get(
+    "/studies/{study}/series/{series}/instances/{instance}/bulk/{tag}",
+    summary="WADO-RS: one bulk data element (a BulkDataURI of the metadata)",
+)
+def bulk_data(
+    study: str,
+    series: str,
+    instance: str,
+    tag: str,
+    request: Request,
+    session: DbSession,
+    user: Viewer,
+) -> Response:
+    found = _objects(request, session, study, series, instance)
+    try:
+        number = int(tag, 16)
+    except ValueError:
+        return _problem(400, f"{tag!r} is not a tag")
+    header = catalog.read_header(found[0].path) if found else None
+    if header is None or number not in header:
+        return _problem(404, "no such instance or element")
+    value = header[number].value
+    data = value if isinstance(value, bytes) else str(value).encode()
+    boundary = multipart.new_boundary()
+    return StreamingResponse(
+        multipart.stream_parts(boundary, [("application/octet-stream", data)]),
+        media_type=multipart.related_type("application/octet-stream", boundary),
+    )
