@@ -29,6 +29,7 @@ COMMANDS = (
     ("raddraft.commands.drafts", "users"),
     ("raddraft.commands.drafts", "web"),
     ("raddraft.commands.drafts", "trace"),
+    ("raddraft.commands.config", "settings"),
 )
 
 
