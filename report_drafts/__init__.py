@@ -19,6 +19,8 @@ Reads (:mod:`report_drafts.versions` and others):
     ``report_text``, ``demo_mode``, ``reader_figures``, ``trace``, ``fhir_resources``
 Values: the content types of a draft (:mod:`report_drafts.content`) and the lifecycle's states
 and errors (:mod:`report_drafts.states`).
+The text sanitiser (:mod:`report_drafts.text_safety`), between the model and everything else:
+    ``safe_content(content) -> ReportContent``, ``visible(text) -> str``
 
 The web app is :func:`report_drafts.web.create_web_app`; it is not imported here, so a worker
 never loads FastAPI.
@@ -50,6 +52,7 @@ from report_drafts.states import (
     ReportState,
     StaleVersion,
 )
+from report_drafts.text_safety import safe_content, visible
 from report_drafts.trace import trace
 from report_drafts.users import add_user
 from report_drafts.versions import (
@@ -97,7 +100,9 @@ __all__ = [
     "report_text",
     "requeue",
     "retry_job",
+    "safe_content",
     "sign",
     "trace",
     "version",
+    "visible",
 ]
