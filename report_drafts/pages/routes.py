@@ -165,6 +165,16 @@ def _login_page(
     return response
 
 
+@router.get("/login/session", response_model=None)
+def login_session(request: Request, session: DbSession) -> JSONResponse:
+    """Whether this browser's session is alive: 200 either way, so the sign-in page can ask
+    without a 401 in the console (``/api/me`` answers 401 when signed out, as an API must)."""
+    user = page_session.user_of_session(request, session)
+    response = JSONResponse({"signed_in": user is not None})
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
 @router.post("/login", response_model=None)
 def login(
     request: Request,
