@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
 
+from raddraft.logging import kv
 from raddraft.settings import get_settings
 
 ROLES = ("reader", "radiologist", "admin")
@@ -157,12 +159,15 @@ def web(host: str | None, port: int | None) -> None:
     from report_drafts.web import create_web_app
 
     settings = get_settings()
-    uvicorn.run(
-        create_web_app(settings),
-        host=host or settings.web_host,
-        port=port or settings.web_port,
-        log_level=settings.log_level.lower(),
+    app = create_web_app(settings)
+    bind, bind_port = host or settings.web_host, port or settings.web_port
+    url = f"http://{bind}:{bind_port}/"
+    logging.getLogger("raddraft.web").info(
+        "web serving %s", kv(url=url, api_docs=f"{url}docs", fhir=f"{url}fhir/")
     )
+    # log_config=None: uvicorn logs through RadDraft's handler, one format for every process;
+    # log_level=None: the levels stay as raddraft.logging set them (access lines at INFO).
+    uvicorn.run(app, host=bind, port=bind_port, log_level=None, log_config=None)
 
 
 @click.command()
