@@ -10,10 +10,10 @@ What is removed or replaced, and why:
 
 - C0 and C1 control characters and DEL (Unicode category Cc). PS3.5 6.2 allows only LF, FF, CR
   (and ESC for ISO 2022 code extensions) in ST/LT/UT values; HL7 v2 (2.7) has no escape for
-  them but ``\\Xhh\\``, and a receiver may treat 0x0B / 0x1C as MLLP framing; FHIR strings
-  admit only TAB, CR and LF below U+0020 (R4 2.24.0.1 "string"). Line ends (CR LF, CR, VT, FF,
-  NEL, U+2028, U+2029) become LF and TAB a space: the text keeps its shape.
-- Lone surrogates and Unicode noncharacters: they cannot be encoded in UTF-8 at all.
+  them that hl7apy keeps, and a receiver may take 0x0B / 0x1C for MLLP framing; FHIR strings
+  admit only TAB, CR and LF below U+0020 (FHIR R4B datatypes, ``string``). Line ends (CR LF,
+  CR, VT, FF, NEL, U+2028, U+2029) become LF and TAB a space: the text keeps its shape.
+- Lone surrogates (UTF-8 cannot encode them) and Unicode noncharacters (not for interchange).
 - Bidirectional embedding, override and isolate controls (U+202A-202E, U+2066-2069): they can
   make a report read differently from what it says ("Trojan Source", CVE-2021-42574).
 

@@ -75,7 +75,7 @@ def diagnostic_report(  # noqa: PLR0913 (one keyword per DiagnosticReport elemen
     """
     status = report_status(content.status)
     content.check_consistent()
-    # FHIR strings admit no control character but TAB, CR and LF (R4B 2.1.28.0.1 "string").
+    # FHIR strings admit no control character but TAB, CR and LF (R4B datatypes, "string").
     content = safe_content(content)
     warnings = content.warnings(demo=demo)
     conclusion = "\n\n".join([content.impression.strip(), *warnings]).strip()
