@@ -114,3 +114,23 @@ def test_trace_of_an_unknown_id_says_what_it_takes(engine: Engine, settings: Set
     result = CliRunner().invoke(main, ["trace", "1.2.3.999"])
     assert result.exit_code != 0
     assert "Study Instance UID, accession number" in result.output
+
+
+def test_a_radiologist_edit_is_stored_as_it_will_be_sent(
+    engine: Engine, settings: Settings
+) -> None:
+    from report_drafts import signoff
+    from report_drafts.tables import Role
+    from report_drafts.users import add_user
+
+    report_pk, _study = _hostile_draft(engine, settings)
+    with session_scope(engine) as session:
+        user, _token = add_user(session, "house", Role.radiologist, display_name="House^Greg")
+        row = signoff.edit_text(
+            session,
+            report_pk,
+            user,
+            expected_version=1,
+            impression="Pasted\x02 from\x1b[0m a terminal.",
+        )
+        assert row.content["impression"] == "Pasted from[0m a terminal."
