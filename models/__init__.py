@@ -61,19 +61,18 @@ from models._types import (
     Turn,
 )
 
-# Random weights write noise until the token limit; a short limit keeps demo mode quick on a
-# laptop CPU without changing anything a real model does.
-DEMO_MAX_NEW_TOKENS = 32
+#: The default of ``ReaderConfig.demo_max_new_tokens`` (the worker passes the setting).
+DEMO_MAX_NEW_TOKENS = ReaderConfig.demo_max_new_tokens
 
 
 def load_reader(config: ReaderConfig) -> Reader:
     """A :class:`Reader` for ``config``; the model itself is loaded once per process.
 
-    The demo model answers at most :data:`DEMO_MAX_NEW_TOKENS` tokens per question.
+    The demo model answers at most ``config.demo_max_new_tokens`` tokens per question.
     """
     backend, info = cached_backend(config)
-    if info.demo and config.max_new_tokens > DEMO_MAX_NEW_TOKENS:
-        config = dataclasses.replace(config, max_new_tokens=DEMO_MAX_NEW_TOKENS)
+    if info.demo and config.max_new_tokens > config.demo_max_new_tokens:
+        config = dataclasses.replace(config, max_new_tokens=config.demo_max_new_tokens)
     return Reader(backend, config, info)
 
 

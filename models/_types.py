@@ -34,6 +34,9 @@ class ReaderConfig:
     server_url: str = ""
     reasoning_stages: frozenset[int] = frozenset()
     max_new_tokens: int = 512
+    # Random weights write noise until the token limit; a short one keeps demo mode quick on a
+    # laptop CPU without changing anything a real model does.
+    demo_max_new_tokens: int = 32
     prefix_cache: bool = True
     findings_vocabulary: tuple[str, ...] = DEFAULT_FINDINGS
     consistency_samples: int = 0

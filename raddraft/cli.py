@@ -30,6 +30,7 @@ COMMANDS = (
     ("raddraft.commands.drafts", "web"),
     ("raddraft.commands.drafts", "trace"),
     ("raddraft.commands.archive", "archive"),
+    ("raddraft.commands.config", "settings"),
 )
 
 

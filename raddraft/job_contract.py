@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from sqlalchemy.orm import Session
 
 from raddraft import jobs
+from raddraft.settings import get_settings
 
 
 class Queue(enum.StrEnum):
@@ -118,11 +119,12 @@ def enqueue(
     *,
     priority: int = jobs.Priority.routine,
     queue: Queue | None = None,
-    max_attempts: int = 5,
+    max_attempts: int | None = None,
 ) -> jobs.Job:
     """Add ``job`` to the job table in the caller's transaction (idempotent by its key).
 
-    ``queue`` overrides the kind's queue; only tests of the router use that (a ping on gpu).
+    ``max_attempts`` defaults to ``RADDRAFT_JOB_MAX_ATTEMPTS``. ``queue`` overrides the kind's
+    queue; only tests of the router use that (a ping on gpu).
     """
     return jobs.enqueue(
         session,
@@ -131,7 +133,7 @@ def enqueue(
         args=dataclasses.asdict(job),
         queue=str(queue or job.QUEUE),
         priority=priority,
-        max_attempts=max_attempts,
+        max_attempts=get_settings().job_max_attempts if max_attempts is None else max_attempts,
     )
 
 

@@ -53,23 +53,43 @@ class Settings(BaseSettings):
     )
 
     # Storage
-    data_dir: Path = Field(default=Path("data"), description="Archive, quarantine, broker, model.")
-    database_url: str = Field(default="", description="Empty: SQLite in the data directory.")
-    broker_url: str = Field(default="", description="Empty: filesystem broker in the data dir.")
+    data_dir: Path = Field(
+        default=Path("data"),
+        description="archive, quarantine, embedded database and broker, demo model",
+    )
+    database_url: str = Field(
+        default="",
+        description="empty: SQLite in the data dir; e.g. postgresql+psycopg://user:pw@host/raddraft",
+    )
+    broker_url: str = Field(
+        default="", description="empty: filesystem broker in the data dir; e.g. redis://host:6379/0"
+    )
 
     # DICOM listener (PS3.7 association, PS3.4 Annex B storage)
-    ae_title: str = Field(default="RADDRAFT", max_length=16)
-    dicom_host: str = "0.0.0.0"
-    dicom_port: int = 11112
-    allowed_callers: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    max_associations: int = 16
-    max_pdu_size: int = 131072
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_ca: Path | None = Field(default=None, description="CA that signs client certificates.")
-    disk_watermark_percent: float = Field(default=90.0, description="Refuse C-STORE above this.")
-    disk_min_free_mb: int = Field(default=1024, description="Refuse C-STORE below this free space.")
+    ae_title: str = Field(default="RADDRAFT", max_length=16, description="the listener's AE title")
+    dicom_host: str = Field(default="0.0.0.0", description="the address the listener binds")
+    dicom_port: int = Field(default=11112, description="the listener's port")
+    allowed_callers: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated calling AE titles allowed to associate; * allows any; "
+        "empty: nobody",
+    )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="optional comma-separated peer addresses; empty: any"
+    )
+    max_associations: int = Field(default=16, description="concurrent associations")
+    max_pdu_size: int = Field(default=131072, description="maximum PDU size the listener offers")
+    tls_cert: Path | None = Field(default=None, description="DICOM TLS: the listener's certificate")
+    tls_key: Path | None = Field(default=None, description="DICOM TLS: its private key")
+    tls_ca: Path | None = Field(
+        default=None, description="DICOM TLS: with a CA, client certificates are required"
+    )
+    disk_watermark_percent: float = Field(
+        default=90.0, description="C-STORE answers 0xA700 above this disk use"
+    )
+    disk_min_free_mb: int = Field(
+        default=1024, description="... or below this much free space (MB)"
+    )
 
     # Retention: images leave the archive this long after their report is final (0: never)
     retention_days: float = Field(
@@ -80,64 +100,105 @@ class Settings(BaseSettings):
     )
 
     # Study completion
-    completion_quiet_seconds: float = 300.0
-    completion_cxr_rule_seconds: float = Field(
-        default=30.0, description="Shorter wait once a frontal view is present without a lateral."
+    completion_quiet_seconds: float = Field(
+        default=300.0, description="a study is complete after this long with no new instance"
     )
-    completion_poll_seconds: float = 1.0
+    completion_cxr_rule_seconds: float = Field(
+        default=30.0,
+        description="sooner once a frontal view is present (at once with a lateral too)",
+    )
+    completion_poll_seconds: float = Field(
+        default=1.0, description="how often the listener looks for studies that are complete"
+    )
 
     # Queue
-    job_lease_seconds: float = Field(default=120.0, description="A worker silent this long died.")
-    job_max_attempts: int = 5
-    job_backoff_seconds: float = 10.0
-    dispatch_poll_seconds: float = 0.1
+    job_lease_seconds: float = Field(
+        default=120.0, description="a worker silent this long is taken for dead; its job runs again"
+    )
+    job_max_attempts: int = Field(
+        default=5, description="attempts of a job before a transient failure dead-letters it"
+    )
+    job_backoff_seconds: float = Field(
+        default=10.0, description="first retry delay; doubles with each attempt"
+    )
+    dispatch_poll_seconds: float = Field(
+        default=0.1, description="how often the router looks for due jobs"
+    )
     dispatch_stale_seconds: float = Field(
-        default=60.0, description="A dispatched job not started this long is sent again."
+        default=60.0, description="a job sent to the broker but not started this long is sent again"
     )
 
     # Model
-    model: str = Field(default="auto", description="auto | tiny | a hub id | a local folder")
-    model_device: str = "auto"
-    model_dtype: str = "auto"
-    model_backend: Literal["transformers", "openai"] = "transformers"
-    model_server_url: str = ""
-    reasoning_stages: Annotated[list[int], NoDecode] = Field(default_factory=list)
-    max_new_tokens: int = 512
+    model: str = Field(
+        default="auto",
+        description="auto (CheXOne if it loads, else the demo model), tiny, a hub id or a local "
+        "folder",
+    )
+    model_device: str = Field(default="auto", description="auto: GPU if there is one, else CPU")
+    model_dtype: str = Field(default="auto", description="auto: fp32 on CPU, bf16 on GPU")
+    model_backend: Literal["transformers", "openai"] = Field(
+        default="transformers",
+        description="transformers (in the worker) or openai (an OpenAI-compatible server, vLLM)",
+    )
+    model_server_url: str = Field(
+        default="", description="the OpenAI-compatible server for the openai backend"
+    )
+    reasoning_stages: Annotated[list[int], NoDecode] = Field(
+        default_factory=list, description="stage numbers (1-8) read in reasoning mode"
+    )
+    max_new_tokens: int = Field(default=512, description="per model turn")
+    demo_max_new_tokens: int = Field(
+        default=32,
+        description="per model turn of the demo model (random weights write noise until the limit)",
+    )
     allow_demo_export: bool = Field(
-        default=False, description="Let a demo (random-weight) model's drafts go to PACS and RIS."
+        default=False, description="let a demo (random-weight) model's drafts go to PACS and RIS"
     )
 
     # Results
-    destinations: Annotated[list[DicomNode], NoDecode] = Field(default_factory=list)
-    stow_destinations: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="DICOMweb base URLs that get SR and GSPS by STOW-RS."
+    destinations: Annotated[list[DicomNode], NoDecode] = Field(
+        default_factory=list,
+        description="where SR and GSPS go: comma-separated AET@host:port",
     )
-    stow_token: str = Field(default="", description="Bearer token for the STOW-RS destinations.")
-    query_pacs: DicomNode | None = None
-    prior_timeout_seconds: float = 60.0
-    ris_mllp: str = Field(default="", description="host:port of the RIS HL7 v2 MLLP listener.")
-    fhir_server_url: str = ""
-    institution_name: str = "RadDraft Hospital"
+    query_pacs: DicomNode | None = Field(
+        default=None, description="the PACS to query for priors, AET@host:port"
+    )
+    prior_timeout_seconds: float = Field(
+        default=60.0, description="how long a draft waits for a prior from the PACS"
+    )
+    ris_mllp: str = Field(default="", description="host:port of the RIS HL7 v2 MLLP listener")
+    fhir_server_url: str = Field(
+        default="", description="a FHIR server to PUT DiagnosticReports to"
+    )
+    institution_name: str = Field(
+        default="RadDraft Hospital",
+        description="your institution: Institution Name of every SR and GSPS, the signer's "
+        "organisation in a signed SR, the HL7 sending facility; set it",
+    )
+    stow_destinations: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="DICOMweb base URLs that get SR and GSPS by STOW-RS"
+    )
+    stow_token: str = Field(default="", description="bearer token for the STOW-RS destinations")
 
     # Where images are when this process has no archive of its own (a GPU worker elsewhere)
     archive_url: str = Field(
-        default="", description="RadDraft's DICOMweb base URL (…/dicomweb) to read images from."
+        default="", description="RadDraft's DICOMweb base URL (…/dicomweb) to read images from"
     )
-    archive_token: str = Field(default="", description="A reader's API token for archive_url.")
+    archive_token: str = Field(default="", description="a reader's API token for archive_url")
     image_cache_mb: int = Field(
-        default=2048, description="Bound of the local cache of images read over WADO-RS."
+        default=2048, description="bound of the local cache of images read over WADO-RS"
     )
 
     # Web
-    web_host: str = "127.0.0.1"
-    web_port: int = 8080
+    web_host: str = Field(default="127.0.0.1", description="the web app's address")
+    web_port: int = Field(default=8080, description="the web app's port")
     web_secret: str = Field(
         default="",
-        description="Signs page sessions; the same on every web process. Empty: a random key "
-        "kept in the data directory (one host only).",
+        description="signs page sessions; set it, the same, on every web process; empty: a "
+        "random key kept in the data dir (one host only)",
     )
 
-    log_level: str = "INFO"
+    log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
 
     @field_validator("allowed_callers", "allowed_hosts", "stow_destinations", mode="before")
     @classmethod
@@ -209,6 +270,57 @@ class Settings(BaseSettings):
 def get_settings() -> Settings:
     """The process's settings, read once from the environment."""
     return Settings()
+
+
+@dataclass(frozen=True)
+class SettingInfo:
+    """One setting as ``raddraft settings`` and the README show it."""
+
+    variable: str  # the environment variable, e.g. RADDRAFT_AE_TITLE
+    value: str
+    default: str  # empty when the default is empty (or computed from the data dir)
+    meaning: str
+
+
+#: Settings whose value is never printed.
+_SECRET = frozenset({"web_secret"})
+_URL_PASSWORD = re.compile(r"(://[^:/@]*:)[^@]*@")
+
+
+def show_value(value: object) -> str:
+    """A setting's value as written in the environment (lists comma-separated, bools lower case,
+    whole-number floats without ``.0``)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, list | tuple):
+        return ",".join(show_value(v) for v in value)
+    if isinstance(value, Path) and not value.is_absolute():
+        return f"./{value}"
+    return str(value)
+
+
+def describe(settings: Settings) -> list[SettingInfo]:
+    """Every setting, in declaration order, with its value, default and meaning."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        value = getattr(settings, name)
+        shown = show_value(value)
+        if name in _SECRET and shown:
+            shown = "(set, not shown)"
+        rows.append(
+            SettingInfo(
+                variable=f"RADDRAFT_{name.upper()}",
+                value=_URL_PASSWORD.sub(r"\1***@", shown),
+                default=show_value(default),
+                meaning=field.description or "",
+            )
+        )
+    return rows
 
 
 def reload_settings() -> Settings:

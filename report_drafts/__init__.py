@@ -22,6 +22,8 @@ Retention (:mod:`report_drafts.retention`, the policy; the purge is the listener
     ``Verdict``
 Values: the content types of a draft (:mod:`report_drafts.content`) and the lifecycle's states
 and errors (:mod:`report_drafts.states`).
+The text sanitiser (:mod:`report_drafts.text_safety`), between the model and everything else:
+    ``safe_content(content) -> ReportContent``, ``visible(text) -> str``
 
 The web app is :func:`report_drafts.web.create_web_app`; it is not imported here, so a worker
 never loads FastAPI.
@@ -55,6 +57,7 @@ from report_drafts.states import (
     ReportState,
     StaleVersion,
 )
+from report_drafts.text_safety import safe_content, visible
 from report_drafts.trace import trace
 from report_drafts.users import add_user
 from report_drafts.versions import (
@@ -106,8 +109,10 @@ __all__ = [
     "requeue",
     "retention_verdicts",
     "retry_job",
+    "safe_content",
     "sign",
     "still_purgeable",
     "trace",
     "version",
+    "visible",
 ]

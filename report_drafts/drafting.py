@@ -32,6 +32,7 @@ from report_drafts.states import (
     check_transition,
 )
 from report_drafts.tables import DraftRun, Report, ReportVersion
+from report_drafts.text_safety import safe_content
 from report_drafts.versions import current_content, version
 
 log = logging.getLogger(__name__)
@@ -110,6 +111,7 @@ def record_draft(
     session.add(provenance)
     session.flush()
 
+    content = safe_content(content)  # the worker did; a direct caller may not have
     extra = dict(content.extra)
     if algorithm.demo:
         extra["warning"] = DEMO_WARNING

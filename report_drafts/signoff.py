@@ -34,6 +34,7 @@ from report_drafts.states import (
     check_transition,
 )
 from report_drafts.tables import EditReason, FindingFeedback, Report, ReportVersion, Role, User
+from report_drafts.text_safety import clean_text
 from report_drafts.versions import (
     algorithm_of,
     current_content,
@@ -78,8 +79,9 @@ def edit_text(
     """Change the draft's text; a new preliminary version (state ``in_review``)."""
     report, content = _for_radiologist_change(session, report_pk, user, expected_version)
     check_transition(report.state, ReportState.in_review, "edit")
+    # A pasted control character would be dropped by every builder: store what will be sent.
     changes: dict[str, Any] = {
-        k: v
+        k: clean_text(v)
         for k, v in {
             "findings_text": findings_text,
             "impression": impression,
@@ -306,8 +308,9 @@ def amend(  # noqa: PLR0913 (the fields an amendment may change, by name)
     report, content = _for_radiologist_change(session, report_pk, user, expected_version)
     target = ReportState.corrected if corrected else ReportState.amended
     check_transition(report.state, target, "amend")
+    # A pasted control character would be dropped by every builder: store what will be sent.
     changes: dict[str, Any] = {
-        k: v
+        k: clean_text(v)
         for k, v in {
             "findings_text": findings_text,
             "impression": impression,

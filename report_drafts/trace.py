@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.orm import Session
 
+from dicom_listener import Instance, Study, StudyVersion
 from report_drafts.content import ReportContent
 from report_drafts.tables import DraftRun, Report, ReportVersion, SentObject
 
@@ -15,7 +17,7 @@ from report_drafts.tables import DraftRun, Report, ReportVersion, SentObject
 @dataclass
 class TraceResult:
     identifier: str
-    matched: str  # what the identifier is: sr, gsps, hl7, fhir, report
+    matched: str  # what the identifier is: study, accession, image, sr, gsps, hl7, fhir, report
     report_id: int
     version: int
     status: str
@@ -32,39 +34,120 @@ class TraceResult:
     sent: list[dict[str, Any]] = field(default_factory=list)
 
 
-def find_versions(session: Session, identifier: str) -> list[tuple[str, ReportVersion]]:
-    """Every report version ``identifier`` names, with what kind of identifier it is."""
-    found: list[tuple[str, ReportVersion]] = []
-    seen: set[int] = set()
+class _Found:
+    """Report versions found so far, each once, in the order found, with the kind of id."""
 
-    def add(kind: str, row: ReportVersion | None) -> None:
-        if row is not None and row.id not in seen:
-            seen.add(row.id)
-            found.append((kind, row))
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.rows: list[tuple[str, ReportVersion]] = []
+        self.seen: set[int] = set()
 
+    def add(self, kind: str, row: ReportVersion | None) -> None:
+        if row is not None and row.id not in self.seen:
+            self.seen.add(row.id)
+            self.rows.append((kind, row))
+
+    def add_current(self, kind: str, reports: Iterable[Report]) -> None:
+        """The current version of each report (a study or an image names the report, not one
+        version of it); reports without a draft yet have none."""
+        for report in reports:
+            if report.current_version > 0:
+                self.add(
+                    kind,
+                    self.session.scalar(
+                        select(ReportVersion).where(
+                            ReportVersion.report_pk == report.id,
+                            ReportVersion.number == report.current_version,
+                        )
+                    ),
+                )
+
+
+def _sent(found: _Found, identifier: str) -> None:
+    """SR and GSPS SOP Instance UIDs, HL7 control ids (MSH-10) and FHIR ids (``Kind/id`` or the
+    bare id of any resource RadDraft sent)."""
+    session = found.session
     for row in session.scalars(
         select(ReportVersion).where(ReportVersion.sr_sop_instance_uid == identifier)
     ):
-        add("sr", row)
+        found.add("sr", row)
     bare = identifier.split("/", 1)[-1]
     for sent in session.scalars(
         select(SentObject).where(
-            SentObject.identifier.in_([identifier, f"DiagnosticReport/{bare}"])
+            or_(
+                SentObject.identifier == identifier,
+                and_(SentObject.kind == "fhir", SentObject.identifier.endswith(f"/{bare}")),
+            )
         )
     ):
-        add(sent.kind, session.get(ReportVersion, sent.report_version_pk))
+        found.add(sent.kind, session.get(ReportVersion, sent.report_version_pk))
     report = session.scalar(select(Report).where(Report.uid == bare))
     if report is not None:
         for row in report.versions:
-            add("report", row)
-    if not found:
-        # GSPS UIDs live in a JSON list; scan versions that have any (few per report).
-        for row in session.scalars(
-            select(ReportVersion).where(ReportVersion.sr_sop_instance_uid.is_not(None))
-        ):
-            if identifier in (row.gsps_sop_instance_uids or []):
-                add("gsps", row)
-    return found
+            found.add("report", row)
+
+
+def _gsps(found: _Found, identifier: str) -> None:
+    # GSPS UIDs live in a JSON list; scan versions that have any (few per report).
+    for row in found.session.scalars(
+        select(ReportVersion).where(ReportVersion.sr_sop_instance_uid.is_not(None))
+    ):
+        if identifier in (row.gsps_sop_instance_uids or []):
+            found.add("gsps", row)
+
+
+def _received(found: _Found, identifier: str) -> None:
+    """A Study Instance UID, an accession number, or the SOP Instance UID of a received image:
+    the reports of that study (for an image, of the study versions that hold it)."""
+    session = found.session
+    studies = session.scalars(
+        select(Study.id).where(
+            or_(Study.study_instance_uid == identifier, Study.accession_number == identifier)
+        )
+    ).all()
+    for study_pk in studies:
+        study = session.get(Study, study_pk)
+        kind = "study" if study and study.study_instance_uid == identifier else "accession"
+        found.add_current(kind, _reports(session, Report.study_pk == study_pk))
+    image = session.scalar(select(Instance).where(Instance.sop_instance_uid == identifier))
+    if image is not None:
+        received_in = session.get(StudyVersion, image.version_pk)
+        assert received_in is not None
+        holding = select(StudyVersion.id).where(
+            StudyVersion.study_pk == received_in.study_pk,
+            StudyVersion.number >= received_in.number,
+        )
+        found.add_current("image", _reports(session, Report.study_version_pk.in_(holding)))
+
+
+def _reports(session: Session, where: ColumnElement[bool]) -> list[Report]:
+    return list(
+        session.scalars(
+            select(Report)
+            .join(StudyVersion, StudyVersion.id == Report.study_version_pk)
+            .where(where)
+            .order_by(StudyVersion.number)
+        )
+    )
+
+
+def find_versions(session: Session, identifier: str) -> list[tuple[str, ReportVersion]]:
+    """Every report version ``identifier`` names, with what kind of identifier it is.
+
+    Any id a user has: a Study Instance UID or accession number (``study`` / ``accession``: each
+    of the study's reports, current version), the SOP Instance UID of a received image
+    (``image``) or of a sent SR or GSPS (``sr`` / ``gsps``), a FHIR id (``fhir``), an HL7
+    control id (``hl7``) or a report's own uid (``report``).
+    """
+    identifier = identifier.strip()
+    found = _Found(session)
+    if not identifier:
+        return []
+    _sent(found, identifier)
+    _received(found, identifier)
+    if not found.rows:
+        _gsps(found, identifier)
+    return found.rows
 
 
 def trace(session: Session, identifier: str) -> list[TraceResult]:

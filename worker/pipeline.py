@@ -42,6 +42,7 @@ def reader_config(settings: Settings) -> models.ReaderConfig:
         server_url=settings.model_server_url,
         reasoning_stages=frozenset(settings.reasoning_stages),
         max_new_tokens=settings.max_new_tokens,
+        demo_max_new_tokens=settings.demo_max_new_tokens,
     )
 
 
@@ -160,7 +161,11 @@ def _current_images(
 
 
 def report_content(reading: models.Reading, *, study_version_uid: str) -> ReportContent:
-    """The draft's text and findings from a reading; one grounded finding per box."""
+    """The draft's text and findings from a reading; one grounded finding per box.
+
+    The model's text goes through :func:`report_drafts.safe_content`: control characters out,
+    what was removed recorded in ``extra["sanitised"]``; the raw answers stay in the stage rows.
+    """
     findings: list[Finding] = []
     for finding in reading.findings:
         if not finding.present:
@@ -181,7 +186,7 @@ def report_content(reading: models.Reading, *, study_version_uid: str) -> Report
                     certainty=finding.confidence,
                 )
             )
-    return ReportContent(
+    raw = ReportContent(
         findings_text=reading.findings_text,
         impression=reading.impression,
         progression=reading.progression_text,
@@ -189,10 +194,11 @@ def report_content(reading: models.Reading, *, study_version_uid: str) -> Report
         extra={
             "view": reading.view,
             "quality": reading.quality,
-            "quality_warnings": list(reading.quality_warnings),
-            "unparsed": list(reading.unparsed),
+            "quality_warnings": [report_drafts.visible(w) for w in reading.quality_warnings],
+            "unparsed": [report_drafts.visible(u) for u in reading.unparsed],
         },
     )
+    return report_drafts.safe_content(raw)
 
 
 def stage_rows(reading: models.Reading) -> list[dict[str, Any]]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import warnings
 
 from raddraft import jobs
 from raddraft.db import session_scope
@@ -12,7 +13,7 @@ from raddraft.job_contract import Queue
 from raddraft.logging import kv
 from raddraft.settings import Settings
 from worker import pipeline
-from worker.app import make_app
+from worker.app import broker_options, make_app
 from worker.runner import WORKER_NAME
 
 log = logging.getLogger(__name__)
@@ -38,11 +39,23 @@ def _announce(
             return
 
 
+def _quiet_start(*, model_stack: bool) -> None:
+    """No progress bars in a service's log (model download and load), and no Celery warning
+    about running as root, which containers do by design (the image chooses the user)."""
+    if model_stack:
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", message=r"You're running the worker with superuser")
+
+
 def run_worker(
     settings: Settings, queues: list[str], concurrency: int, *, load_model: bool = True
 ) -> None:
     """Serve ``queues`` until stopped. A ``gpu`` worker loads the model first, once."""
     model, demo = "", False
+    _quiet_start(model_stack=Queue.gpu in queues and load_model)
     if Queue.gpu in queues and load_model:
         info = pipeline.load_reader(settings)
         model, demo = info.model_id, info.demo
@@ -60,7 +73,19 @@ def run_worker(
     # The gpu queue runs in this very process (solo pool), where the model was loaded; io
     # workers may fork several children.
     pool = "solo" if Queue.gpu in queues else "prefork"
+    log.info(
+        "worker serving %s",
+        kv(
+            queues=",".join(queues),
+            model=model or "none (no gpu queue)",
+            demo=demo,
+            pool=pool,
+            broker=broker_options(settings)[0],
+        ),
+    )
     argv = [
+        # No banner (a global option, before the sub-command): the line above says it all.
+        "--quiet",
         "worker",
         "-Q",
         ",".join(queues),

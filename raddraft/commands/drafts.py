@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 import click
 
+from raddraft.logging import kv
 from raddraft.settings import get_settings
 
 ROLES = ("reader", "radiologist", "admin", "sender")
@@ -20,27 +24,81 @@ def users() -> None:
 @click.option("--display-name", default="", help='DICOM person name, "Family^Given".')
 @click.option(
     "--password",
+    "ask_password",
     is_flag=True,
     default=False,
-    help="Also set a password for the pages' sign-in (asked for, not echoed).",
+    help="Ask for a password for the pages' sign-in (on a terminal this is asked anyway).",
 )
-def add(name: str, role: str, display_name: str, password: bool) -> None:
-    """Add user NAME and print their API token (shown this once only)."""
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    default=False,
+    help="Read the password from the first line of standard input (for scripts).",
+)
+@click.option(
+    "--no-password", is_flag=True, default=False, help="Token only: do not ask for a password."
+)
+def add(
+    name: str,
+    role: str,
+    display_name: str,
+    ask_password: bool,
+    password_stdin: bool,
+    no_password: bool,
+) -> None:
+    """Add user NAME and print their API token (shown this once only).
+
+    On a terminal you are asked for a password (hidden, typed twice; empty for none) to sign
+    in to the pages with; scripts pass it with --password-stdin.
+    """
     from raddraft.db import get_engine, session_scope
     from report_drafts.states import InvalidRequest
     from report_drafts.users import add_user
 
-    secret = (
-        click.prompt("password", hide_input=True, confirmation_prompt=True) if password else None
-    )
+    secret = _new_password(ask=ask_password, from_stdin=password_stdin, never=no_password)
     try:
         with session_scope(get_engine()) as session:
             user, token = add_user(session, name, role, display_name=display_name, password=secret)
             role_name = user.role
     except InvalidRequest as error:
         raise click.ClickException(str(error)) from error
+    settings = get_settings()
+    url = f"http://{settings.web_host}:{settings.web_port}/login"
+    how = "user name and password, or the API token" if secret else "the API token"
     click.echo(f"user {name} ({role_name}) added; API token, shown only now:", err=True)
     click.echo(token)
+    click.echo(f"sign in at {url} with {how}", err=True)
+
+
+def stdin_is_terminal() -> bool:
+    """Whether a person can be asked (a password prompt needs a terminal)."""
+    return sys.stdin.isatty()
+
+
+def _new_password(*, ask: bool, from_stdin: bool, never: bool) -> str | None:
+    """The new user's password: from stdin, asked on a terminal, or none (token only)."""
+    if sum((ask, from_stdin, never)) > 1:
+        raise click.UsageError("use one of --password, --password-stdin and --no-password")
+    if never:
+        return None
+    if from_stdin:
+        line = sys.stdin.readline().rstrip("\r\n")
+        if not line:
+            raise click.UsageError("--password-stdin: standard input had no password line")
+        return line
+    if not stdin_is_terminal():
+        if ask:
+            # getpass would warn (GetPassWarning) and echo the password: refuse instead.
+            raise click.UsageError("not a terminal: pass the password with --password-stdin")
+        return None
+    secret = click.prompt(
+        "password for the pages' sign-in (empty for token only)",
+        default="",
+        show_default=False,
+        hide_input=True,
+        confirmation_prompt="repeat the password",
+    )
+    return str(secret) or None
 
 
 @users.command("list")
@@ -101,26 +159,35 @@ def web(host: str | None, port: int | None) -> None:
     from report_drafts.web import create_web_app
 
     settings = get_settings()
-    uvicorn.run(
-        create_web_app(settings),
-        host=host or settings.web_host,
-        port=port or settings.web_port,
-        log_level=settings.log_level.lower(),
+    app = create_web_app(settings)
+    bind, bind_port = host or settings.web_host, port or settings.web_port
+    url = f"http://{bind}:{bind_port}/"
+    logging.getLogger("raddraft.web").info(
+        "web serving %s", kv(url=url, api_docs=f"{url}docs", fhir=f"{url}fhir/")
     )
+    # log_config=None: uvicorn logs through RadDraft's handler, one format for every process;
+    # log_level=None: the levels stay as raddraft.logging set them (access lines at INFO).
+    uvicorn.run(app, host=bind, port=bind_port, log_level=None, log_config=None)
 
 
 @click.command()
 @click.argument("identifier")
 def trace(identifier: str) -> None:
-    """From a sent object's id (SR/GSPS SOP Instance UID, FHIR id, HL7 control id) to the draft
-    version, model, program version, stage traces and signer."""
+    """From any id you have to the draft version, model, program version, stage traces and
+    signer: a Study Instance UID, an accession number, the SOP Instance UID of a received image
+    or of a sent SR or GSPS, a FHIR id (DiagnosticReport/..., or bare), an HL7 control id."""
     from raddraft.db import get_engine, session_scope
+    from report_drafts import visible
     from report_drafts.trace import trace as find
 
     with session_scope(get_engine()) as session:
         results = find(session, identifier)
     if not results:
-        raise click.ClickException(f"nothing RadDraft sent is called {identifier!r}")
+        raise click.ClickException(
+            f"no study, image, report or sent object is called {identifier!r} "
+            "(try a Study Instance UID, accession number, SOP Instance UID, FHIR id or HL7 "
+            "control id)"
+        )
     for t in results:
         click.echo(f"{identifier} ({t.matched}) -> report {t.report_id} version {t.version}")
         click.echo(f"  status {t.status}, state {t.state}, by {t.actor} at {t.at}")
@@ -137,10 +204,12 @@ def trace(identifier: str) -> None:
         )
         click.echo(f"  prior: {t.prior or '-'}")
         for stage in t.stages:
-            answer = str(stage.get("answer") or "").replace("\n", " ")
+            # The raw model answer, its control characters shown as symbols, never printed.
+            question = visible(str(stage.get("question") or "")).replace("\n", " ")
+            answer = visible(str(stage.get("answer") or "")).replace("\n", " ")
             click.echo(
-                f"  stage {stage.get('stage')}: {str(stage.get('question') or '')[:60]!r} -> "
-                f"{answer[:80]!r} ({stage.get('seconds')} s)"
+                f'  stage {stage.get("stage")}: "{question[:60]}" -> "{answer[:80]}" '
+                f"({stage.get('seconds')} s)"
             )
         for sent in t.sent:
             click.echo(

@@ -30,6 +30,7 @@ def reader_config(settings: Settings, **overrides: Any) -> Any:
         "server_url": settings.model_server_url,
         "reasoning_stages": frozenset(settings.reasoning_stages),
         "max_new_tokens": settings.max_new_tokens,
+        "demo_max_new_tokens": settings.demo_max_new_tokens,
     }
     values.update(overrides)
     return ReaderConfig(**values)

@@ -1,4 +1,5 @@
-"""The review API as a FastAPI app: ``create_app(settings)``; OpenAPI docs at ``/docs``."""
+"""The review API as a FastAPI app: ``create_app(settings)``; OpenAPI docs at ``/docs``, served
+from the package's own Swagger UI (:mod:`report_drafts.api.docs`)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 from raddraft.db import engine_for, session_factory
 from raddraft.settings import Settings, get_settings
 from report_drafts import versions
-from report_drafts.api import dicomweb_routes, fhir_routes, routes
+from report_drafts.api import dicomweb_routes, docs, fhir_routes, routes
 from report_drafts.content import DEMO_WARNING
 from report_drafts.states import LifecycleError
 
@@ -33,6 +34,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "as final without a named radiologist's signature."
         ),
         version="0.1.0",
+        # Our own /docs: FastAPI's loads Swagger UI from a CDN (report_drafts.api.docs).
+        docs_url=None,
+        redoc_url=None,
     )
     engine = engine_for(settings.database_url)
     app.state.settings = settings
@@ -73,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(routes.router)
     app.include_router(fhir_routes.router)
     app.include_router(dicomweb_routes.router)
+    docs.install(app)
     return app
 
 

@@ -20,6 +20,7 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from report_drafts.content import Algorithm
+from report_drafts.text_safety import clean_text, fit
 
 MANUFACTURER = "RadDraft"
 PRIVATE_SCHEME = "99RADDRAFT"
@@ -105,7 +106,9 @@ def private_code(label: str) -> CodedConcept:
     Values over 16 characters become a Long Code Value (PS3.3 8.8), which highdicom does itself.
     """
     value = normalize_label(label).replace("\\", "/") or "unspecified"
-    return CodedConcept(value=value, scheme_designator=PRIVATE_SCHEME, meaning=label.strip()[:64])
+    return CodedConcept(
+        value=value, scheme_designator=PRIVATE_SCHEME, meaning=fit(clean_text(label).strip(), 64)
+    )
 
 
 def finding_code(label: str) -> CodedConcept:

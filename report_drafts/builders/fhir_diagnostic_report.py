@@ -34,6 +34,7 @@ from report_drafts.builders._fhir import (
     study_identifier,
 )
 from report_drafts.content import ReportContent, ReportStatus
+from report_drafts.text_safety import safe_content
 
 #: LOINC 36643-5 "XR Chest 2 Views" (PA and lateral), the default report code.
 CHEST_XRAY_2_VIEWS = ("36643-5", "XR Chest 2 Views")
@@ -74,6 +75,8 @@ def diagnostic_report(  # noqa: PLR0913 (one keyword per DiagnosticReport elemen
     """
     status = report_status(content.status)
     content.check_consistent()
+    # FHIR strings admit no control character but TAB, CR and LF (R4B datatypes, "string").
+    content = safe_content(content)
     warnings = content.warnings(demo=demo)
     conclusion = "\n\n".join([content.impression.strip(), *warnings]).strip()
     study_ref: dict[str, Any] = {

@@ -29,6 +29,7 @@ from pydicom import Dataset
 
 from report_drafts.builders._dicom import MANUFACTURER, check_uid, new_uid, prepared_source
 from report_drafts.content import DEMO_WARNING, DRAFT_WARNING, Algorithm, Finding
+from report_drafts.text_safety import clean_text, dicom_character_set, fit
 
 #: Graphic Layer (0070,0002) is a CS: at most 16 characters of A-Z, 0-9, space and underscore.
 GRAPHIC_LAYER = "RADDRAFT AI"
@@ -65,13 +66,18 @@ def warning_text(*, signed: bool, demo: bool) -> str:
     return " / ".join(lines)
 
 
+def _group_label(finding: Finding) -> str:
+    """Graphic Group Label (LO, 64 chars) of a finding, its free text cleaned."""
+    return fit(clean_text(finding.label).strip() or "finding", 64)
+
+
 def _finding_label(finding: Finding) -> str:
-    label = finding.label.strip() or "finding"
+    label = clean_text(finding.label).strip() or "finding"
     if finding.laterality:
-        label = f"{finding.laterality} {label}"
+        label = f"{clean_text(finding.laterality)} {label}"
     if finding.certainty is not None:
         label = f"{label} ({finding.certainty:.0%})"
-    return label[:64]
+    return fit(label, 64)
 
 
 def _finding_objects(
@@ -165,7 +171,7 @@ def build_gsps(  # noqa: PLR0913 (one keyword per GSPS module attribute (PS3.3 A
     for number, finding in enumerate(mine, start=1):
         group = GraphicGroup(
             graphic_group_id=number,
-            label=(finding.label.strip() or "finding")[:64],
+            label=_group_label(finding),
             description=f"tracking UID {finding.tracking_uid}",
         )
         graphic, text = _finding_objects(finding, group, columns, rows)
@@ -173,6 +179,10 @@ def build_gsps(  # noqa: PLR0913 (one keyword per GSPS module attribute (PS3.3 A
         graphics.append(graphic)
         texts.append(text)
 
+    charset = dicom_character_set(
+        [*(_finding_label(f) for f in mine), institution, algorithm.name],
+        image.get("SpecificCharacterSet"),
+    )
     annotation = GraphicAnnotation(
         referenced_images=[image],
         graphic_layer=layer,
@@ -186,9 +196,9 @@ def build_gsps(  # noqa: PLR0913 (one keyword per GSPS module attribute (PS3.3 A
         sop_instance_uid=check_uid(sop_instance_uid or new_uid(), "sop_instance_uid"),
         instance_number=instance_number,
         manufacturer=MANUFACTURER,
-        manufacturer_model_name=algorithm.name[:64],
+        manufacturer_model_name=fit(algorithm.name, 64),
         software_versions=algorithm.program_version,
-        device_serial_number=algorithm.version[:64],
+        device_serial_number=fit(algorithm.version, 64),
         content_label=label,
         content_description=description(signed=signed, demo=demo),
         graphic_annotations=[annotation],
@@ -197,6 +207,7 @@ def build_gsps(  # noqa: PLR0913 (one keyword per GSPS module attribute (PS3.3 A
         institution_name=institution,
         presentation_lut_transformation=_presentation_lut(image),
         series_description=(("DEMO " if demo else "") + GSPS_SERIES_DESCRIPTION)[:64],
+        specific_character_set=charset,
     )
     if "BodyPartExamined" in image:
         gsps.BodyPartExamined = image.BodyPartExamined

@@ -4,7 +4,10 @@ MSH, PID, ORC (when a placer order is known), OBR and one OBX of type TX per lin
 text (chapter 7.4.2: a TX value is one line of display text), preceded by one ST OBX carrying
 the Study Instance UID (DCM 110180). OBR-25 / OBX-11 result status: P for a draft, F once signed,
 C for an amendment or correction. OBR-32 names the principal result interpreter of a signed
-report. Values are escaped (ch. 2.7): ``\\ | ^ & ~`` become ``\\E\\ \\F\\ \\S\\ \\T\\ \\R\\``.
+report. Values are escaped (ch. 2.7): ``\\ | ^ & ~`` become ``\\E\\ \\F\\ \\S\\ \\T\\ \\R\\``,
+line ends ``\\.br\\``; other control characters are removed. The report text is cleaned first
+(:func:`report_drafts.text_safety.safe_content`) and sent as UTF-8, which MSH-18 declares
+(``UNICODE UTF-8``, table 0211).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 from hl7apy.core import Message
 
 from report_drafts.content import ReportContent, ReportStatus, Signer
+from report_drafts.text_safety import HL7_UTF8, clean_text, safe_content
 
 HL7_VERSION = "2.5.1"
 MESSAGE_TYPE = "ORU^R01^ORU_R01"
@@ -46,20 +50,23 @@ _UNESCAPES = {"E": "\\", "F": "|", "S": "^", "T": "&", "R": "~", ".br": "\n"}
 def escape(value: str) -> str:
     """HL7 escaping of one value (v2.5.1 2.7.1); the escape character goes first.
 
-    Carriage returns and line feeds would end the segment: they become ``\\.br\\``.
+    Line ends would end the segment: they become ``\\.br\\``. Any other control character
+    (which MLLP framing or a parser may act on) is removed (:func:`text_safety.clean_text`):
+    a hex escape ``\\Xhh\\`` would not survive hl7apy, which escapes its backslashes again.
     """
+    value = clean_text(value)
     for char, sequence in _ESCAPES:
         value = value.replace(char, sequence)
-    return value.replace("\r\n", "\\.br\\").replace("\r", "\\.br\\").replace("\n", "\\.br\\")
+    return value.replace("\n", "\\.br\\")
 
 
 def unescape(value: str) -> str:
-    """Undo :func:`escape` (and hex ``\\Xhh\\`` sequences)."""
+    """Undo :func:`escape` (and hex ``\\Xhh\\`` sequences, as UTF-8 bytes per MSH-18)."""
 
     def one(match: re.Match[str]) -> str:
         code = match.group(1)
         if code.startswith("X"):
-            return bytes.fromhex(code[1:]).decode("latin-1")
+            return bytes.fromhex(code[1:]).decode("utf-8", errors="replace")
         return _UNESCAPES[code]
 
     return _UNESCAPE_RE.sub(one, value)
@@ -155,6 +162,7 @@ def oru_r01(  # noqa: PLR0913 (one keyword per MSH/PID/OBR field (HL7 v2.5.1 ch.
     (ORC-2 / OBR-2, with an ORC when given). ``observed`` is the study time (OBR-7).
     """
     content.check_consistent()
+    content = safe_content(content)
     status = result_status(content.status)
     _check_plain(control_id, "control_id", 20)
     now = timestamp or dt.datetime.now(dt.UTC)
@@ -170,6 +178,7 @@ def oru_r01(  # noqa: PLR0913 (one keyword per MSH/PID/OBR field (HL7 v2.5.1 ch.
     msh.msh_10 = control_id
     msh.msh_11 = _check_plain(processing_id, "processing_id", 3)
     msh.msh_12 = HL7_VERSION
+    msh.msh_18 = HL7_UTF8
 
     result = message.add_group("ORU_R01_PATIENT_RESULT")
     pid = result.add_group("ORU_R01_PATIENT").pid

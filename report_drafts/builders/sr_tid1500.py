@@ -60,6 +60,7 @@ from report_drafts.content import (
     ReportContent,
     ReportStatus,
 )
+from report_drafts.text_safety import content_values, dicom_character_set, fit, safe_content
 
 #: TID 1500 row 12 container (the code PS3.16 gives for it).
 QUALITATIVE_EVALUATIONS = CodedConcept(
@@ -163,7 +164,7 @@ def _observation_context(
             uid=check_uid(device_uid, "device_uid"),
             name=MANUFACTURER,
             manufacturer_name=MANUFACTURER,
-            model_name=f"{algorithm.name} {algorithm.version}"[:64],
+            model_name=fit(f"{algorithm.name} {algorithm.version}", 64),
         ),
     )
     person = None
@@ -245,13 +246,17 @@ def build_sr(  # noqa: PLR0913 (one keyword per SR document attribute (PS3.3 A.3
     """The TID 1500 Comprehensive 3D SR of one report version.
 
     ``sources`` are the study's images (header only is enough), all of one study; they become the
-    evidence. Only accepted findings appear: a TID 1410 group with a closed 5-point POLYLINE
+    evidence. Free text is cleaned (:func:`report_drafts.text_safety.safe_content`) and the
+    Specific Character Set (0008,0005) chosen to fit it: ISO_IR 192 when any value is beyond
+    ASCII. Only accepted findings appear: a TID 1410 group with a closed 5-point POLYLINE
     (clipped to [0, Columns] x [0, Rows]) for each grounded one, a TID 1501 group for an accepted
     finding without a box. ``previous`` is the predecessor (required once signed: the draft for
     a final report, the signed SR for an amendment). The sources are never modified.
     """
     if not sources:
         raise ValueError("an SR needs at least one source image")
+    # Defensive: the worker cleaned the model's text, but an edit or an old draft may not be.
+    content = safe_content(content)
     prepared = [prepared_source(s) for s in sources]
     study_uid = check_same_study(prepared)
     sop_uid = check_uid(sop_instance_uid or new_uid(), "sop_instance_uid")
@@ -279,6 +284,10 @@ def build_sr(  # noqa: PLR0913 (one keyword per SR document attribute (PS3.3 A.3
 
     signed = content.status.is_signed
     signer = content.signer if signed else None
+    charset = dicom_character_set(
+        [*content_values(content), institution, algorithm.name, algorithm.program_version],
+        prepared[0].get("SpecificCharacterSet"),
+    )
     sr = Comprehensive3DSR(
         evidence=prepared,
         content=report,
@@ -296,8 +305,9 @@ def build_sr(  # noqa: PLR0913 (one keyword per SR document attribute (PS3.3 A.3
         previous_versions=[previous] if previous is not None else None,
         coding_schemes=coding_schemes(),
         series_description=_series_description(content, algorithm),
-        manufacturer_model_name=algorithm.name[:64],
+        manufacturer_model_name=fit(algorithm.name, 64),
         software_versions=algorithm.program_version,
+        specific_character_set=charset,
     )
     return sr
 

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from dicom_listener import Instance
 from raddraft.db import utcnow
 from raddraft.settings import Settings
-from report_drafts import audit, queue_status, render, signoff, versions
+from report_drafts import audit, queue_status, render, signoff, text_safety, versions
 from report_drafts.api import views
 from report_drafts.api.auth import DbSession
 from report_drafts.content import DEMO_WARNING, DRAFT_WARNING
@@ -162,6 +162,16 @@ def _login_page(
     )
     if fresh:
         page_session.set_login_cookie(response, request, fresh)
+    return response
+
+
+@router.get("/login/session", response_model=None)
+def login_session(request: Request, session: DbSession) -> JSONResponse:
+    """Whether this browser's session is alive: 200 either way, so the sign-in page can ask
+    without a 401 in the console (``/api/me`` answers 401 when signed out, as an API must)."""
+    user = page_session.user_of_session(request, session)
+    response = JSONResponse({"signed_in": user is not None})
+    response.headers["Cache-Control"] = "no-store"
     return response
 
 
@@ -326,7 +336,7 @@ def review_context(
     """Everything review.html needs, derived from the API's detail view."""
     report_id = detail["id"]
     provenance = detail["provenance"] or {}
-    content = detail["content"] or {}
+    content = _display_content(detail["content"] or {})
     demo = bool(provenance.get("demo"))
     instances = {
         i.sop_instance_uid: i
@@ -395,7 +405,18 @@ def review_context(
         "sent": detail["sent"],
         "image_max_size": IMAGE_MAX_SIZE,
         "unsigned": state not in SIGNED_STATES,
+        "sanitised": text_safety.removed_count(content.get("extra") or {}),
     }
+
+
+def _display_content(content: dict[str, Any]) -> dict[str, Any]:
+    """The stored content with its text fields cleaned: a draft stored before the sanitiser
+    must not show control bytes in the Findings box either."""
+    cleaned = dict(content)
+    for name in ("findings_text", "impression", "progression"):
+        if isinstance(cleaned.get(name), str):
+            cleaned[name] = text_safety.clean_text(cleaned[name])
+    return cleaned
 
 
 @router.get("/reports/{report_id}/prior/{sop_instance_uid}.png", response_model=None)

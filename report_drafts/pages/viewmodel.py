@@ -16,6 +16,7 @@ from sqlalchemy.orm import Session
 
 from dicom_listener import Instance, Series, Study
 from report_drafts.tables import DraftRun
+from report_drafts.text_safety import visible
 
 # Findings a radiologist wants to see first: the ones that usually need a phone call.
 URGENT_TERMS = (
@@ -159,7 +160,9 @@ def stage_groups(stages: list[Any] | None) -> list[StageGroup]:
             group.seconds = (group.seconds or 0.0) + float(item["seconds"])
         group.mode = str(item.get("mode", group.mode) or "")
         if item.get("skipped"):
-            group.skipped = str(item.get("skip_reason") or "skipped")
+            # The worker stores the reason in "skipped" itself; older rows used "skip_reason".
+            reason = item.get("skip_reason") or item.get("skipped")
+            group.skipped = reason if isinstance(reason, str) else "no reason recorded"
         turns = item.get("turns")
         if isinstance(turns, list):
             for turn in turns:
@@ -171,10 +174,11 @@ def stage_groups(stages: list[Any] | None) -> list[StageGroup]:
 
 
 def _turn(item: dict[str, Any]) -> StageTurn:
+    # The raw model answers, their control characters shown rather than sent to the browser.
     return StageTurn(
-        question=str(item.get("question", "")),
-        answer=str(item.get("answer", "")),
-        reasoning=str(item.get("reasoning", "") or ""),
+        question=visible(str(item.get("question", ""))),
+        answer=visible(str(item.get("answer", ""))),
+        reasoning=visible(str(item.get("reasoning", "") or "")),
         kind=str(item.get("kind", "") or ""),
     )
 

@@ -1,6 +1,7 @@
 """The builders' layout rule, checked on their source with ``ast``: a builder module imports
-nothing of RadDraft but ``report_drafts.content`` and the builders package itself (its private
-``_dicom`` / ``_fhir``), so no database, no settings, no SQLAlchemy reach what leaves RadDraft."""
+nothing of RadDraft but ``report_drafts.content``, the text sanitiser ``report_drafts.text_safety``
+(pure functions over content) and the builders package itself (its private ``_dicom`` / ``_fhir``),
+so no database, no settings, no SQLAlchemy reach what leaves RadDraft."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import report_drafts.builders as builders
 
 BUILDERS_DIR = Path(builders.__file__).parent
 PACKAGE = "report_drafts.builders"
-ALLOWED_PREFIXES = ("report_drafts.content", PACKAGE)
+ALLOWED_PREFIXES = ("report_drafts.content", "report_drafts.text_safety", PACKAGE)
 #: Top-level packages a builder must not import at all: RadDraft's other packages and the ORM.
 FORBIDDEN_ROOTS = frozenset({"raddraft", "dicom_listener", "worker", "models", "sqlalchemy"})
 EXPECTED_MODULES = {
@@ -137,6 +138,13 @@ def test_content_imports_nothing_of_raddraft() -> None:
     path = BUILDERS_DIR.parent / "content.py"
     names = imported_modules(path.read_text(encoding="utf-8"), "report_drafts.content")
     assert [n for n in names if n.split(".")[0] in FORBIDDEN_ROOTS | {"report_drafts"}] == []
+
+
+def test_text_safety_imports_only_content() -> None:
+    path = BUILDERS_DIR.parent / "text_safety.py"
+    names = imported_modules(path.read_text(encoding="utf-8"), "report_drafts.text_safety")
+    raddraft = [n for n in names if n.split(".")[0] in FORBIDDEN_ROOTS | {"report_drafts"}]
+    assert raddraft and all(n.startswith("report_drafts.content.") for n in raddraft)
 
 
 def test_public_face_is_listed_and_importable() -> None:

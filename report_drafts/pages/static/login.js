@@ -7,8 +7,10 @@
   const form = document.querySelector('form[action="/login"]');
   if (!form || document.getElementById("login-error")) return;
   try {
-    const response = await fetch("/api/me", { credentials: "same-origin", headers: { "Accept": "application/json" } });
-    if (response.ok) {
+    // 200 whether signed in or not: no 401 in the console for a signed-out visitor.
+    const response = await fetch("/login/session", { credentials: "same-origin", headers: { "Accept": "application/json" } });
+    const state = response.ok ? await response.json() : { signed_in: false };
+    if (state.signed_in) {
       const next = form.elements.namedItem("next").value || "/";
       window.location.replace(next.startsWith("/") && !next.startsWith("//") ? next : "/");
     }

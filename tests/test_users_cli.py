@@ -1,0 +1,96 @@
+"""``raddraft users add`` offers a password: asked (hidden, twice) on a terminal, read from
+``--password-stdin`` in scripts without a GetPassWarning, refused rather than echoed when asked
+for without a terminal; and the new user can sign in with it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy.engine import Engine
+
+from raddraft.cli import main
+from raddraft.commands import drafts
+from raddraft.db import session_scope
+from raddraft.settings import Settings
+from report_drafts.users import user_for_password, user_for_token
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _can_sign_in(engine: Engine, name: str, password: str) -> bool:
+    with session_scope(engine) as session:
+        return user_for_password(session, name, password) is not None
+
+
+def test_password_stdin_in_a_real_pipe_without_getpass_warning(
+    settings: Settings, engine: Engine
+) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "default"}
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "raddraft",
+            "users",
+            "add",
+            "curie",
+            "--role",
+            "radiologist",
+            "--password-stdin",
+        ],
+        input="radium 1898\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "GetPassWarning" not in proc.stderr and "getpass" not in proc.stderr
+    token = proc.stdout.strip()
+    assert "sign in at http://127.0.0.1:8080/login with user name and password" in proc.stderr
+    assert _can_sign_in(engine, "curie", "radium 1898")
+    assert not _can_sign_in(engine, "curie", "radium 1898\n")
+    with session_scope(engine) as session:
+        user = user_for_token(session, token)
+        assert user is not None and user.name == "curie"
+
+
+def test_on_a_terminal_the_password_is_asked_twice(
+    settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(drafts, "stdin_is_terminal", lambda: True)
+    result = CliRunner().invoke(
+        main, ["users", "add", "noether", "--role", "reader"], input="ring theory\nring theory\n"
+    )
+    assert result.exit_code == 0, result.output
+    assert "ring theory" not in result.output  # hidden
+    assert "repeat the password" in result.output
+    assert _can_sign_in(engine, "noether", "ring theory")
+
+    mismatch = CliRunner().invoke(
+        main, ["users", "add", "hopper", "--role", "reader"], input="one\ntwo\nbug\nbug\n"
+    )
+    assert mismatch.exit_code == 0, mismatch.output
+    assert _can_sign_in(engine, "hopper", "bug")
+
+
+def test_without_a_terminal_token_only_and_password_flag_refused(
+    settings: Settings, engine: Engine
+) -> None:
+    plain = CliRunner().invoke(main, ["users", "add", "lovelace", "--role", "reader"])
+    assert plain.exit_code == 0, plain.output
+    assert "with the API token" in plain.output
+    refused = CliRunner().invoke(main, ["users", "add", "turing", "--role", "reader", "--password"])
+    assert refused.exit_code != 0
+    assert "--password-stdin" in refused.output
+    empty = CliRunner().invoke(
+        main, ["users", "add", "babbage", "--role", "reader", "--password-stdin"], input=""
+    )
+    assert empty.exit_code != 0 and "no password line" in empty.output
