@@ -34,6 +34,7 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.engine import Engine
 
 from dicom_listener import _tuning
+from dicom_listener.archive import Spool
 from dicom_listener.completion import CompletionTimer, complete_pushed
 from dicom_listener.ingest import Ingester, IngestResult, Origin, Status
 from dicom_listener.tables import IngestEvent, IngestEventKind
@@ -160,6 +161,21 @@ def handle_rejected(event: Event, ingester: Ingester) -> None:
     _record_event(ingester.engine, IngestEventKind.association_rejected, origin, why)
 
 
+def handle_closed(event: Event, ingester: Ingester) -> None:
+    """The connection closed (released, aborted or dropped, PS3.8 7.3/7.4): a data set still
+    being received is never answered, so its spool in ``archive/.tmp`` is removed now rather
+    than at the next start (bench/fuzz.py: aborted C-STOREs otherwise fill the disk)."""
+    message = getattr(getattr(event.assoc, "dimse", None), "message", None)
+    spool = getattr(message, "_data_set_file", None)
+    if isinstance(spool, Spool) and not spool.closed:
+        spool.close()
+        Path(spool.name).unlink(missing_ok=True)
+        log.warning(
+            "partial data set removed, connection closed mid-transfer %s",
+            kv(peer=_origin(event).peer, bytes=spool.size),
+        )
+
+
 def handle_accepted(event: Event, ingester: Ingester) -> None:
     origin = _origin(event)
     log.info("association accepted %s", kv(calling=origin.calling_ae_title, peer=origin.peer))
@@ -193,9 +209,9 @@ def build_ae(settings: Settings) -> AE:
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu_size
     ae.maximum_associations = settings.max_associations
-    ae.network_timeout = 60
-    ae.acse_timeout = 30
-    ae.dimse_timeout = 60
+    ae.network_timeout = settings.network_timeout_seconds
+    ae.acse_timeout = settings.acse_timeout_seconds
+    ae.dimse_timeout = settings.dimse_timeout_seconds
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
@@ -247,6 +263,9 @@ class ListenerServer(ThreadedAssociationServer):
         assert self.socket is not None
         client, address = self.socket.accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # An accepted socket blocks forever by default: a peer that stops mid-PDU would hold
+        # its thread and association slot for good. network_timeout bounds every read.
+        read_timeout = self.ae.network_timeout
         if self.ssl_context:
             client.settimeout(self.handshake_timeout)
             try:
@@ -258,7 +277,7 @@ class ListenerServer(ThreadedAssociationServer):
                 )
                 client.close()
                 raise
-            client.settimeout(None)
+        client.settimeout(read_timeout)
         return client, address
 
 
@@ -282,13 +301,18 @@ class Listener:
     def start(self, port: int | None = None, host: str | None = None) -> Listener:
         """Bind and serve in background threads; returns once connections are accepted."""
         removed = self.ingester.archive.prepare()
-        _tuning.apply(self.ingester.archive.tmp)
+        _tuning.apply(
+            self.ingester.archive.tmp,
+            max_dataset_bytes=self.ingester.limits.max_dataset_bytes,
+            max_pdu_read=max(self.settings.max_received_pdu_bytes, self.settings.max_pdu_size),
+        )
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, handle_echo, [self.ingester]),
             (evt.EVT_C_STORE, handle_store, [self.ingester]),
             (evt.EVT_REJECTED, handle_rejected, [self.ingester]),
             (evt.EVT_ACCEPTED, handle_accepted, [self.ingester]),
             (evt.EVT_RELEASED, handle_released, [self.ingester]),
+            (evt.EVT_CONN_CLOSE, handle_closed, [self.ingester]),
         ]
         address = (
             host or self.settings.dicom_host,

@@ -70,6 +70,28 @@ class Settings(BaseSettings):
     tls_ca: Path | None = Field(default=None, description="CA that signs client certificates.")
     disk_watermark_percent: float = Field(default=90.0, description="Refuse C-STORE above this.")
     disk_min_free_mb: int = Field(default=1024, description="Refuse C-STORE below this free space.")
+    # Bounded resources (PS3.4 B.2.3 statuses; see dicom_listener/limits.py)
+    max_dataset_mb: int = Field(
+        default=1024, ge=1, description="A larger data set (or one inflating beyond) gets 0xA700."
+    )
+    max_pixel_data_mb: int = Field(
+        default=1024,
+        ge=1,
+        description="Rows x Columns x Samples x BitsAllocated x Frames beyond this: 0xA700.",
+    )
+    max_sequence_depth: int = Field(
+        default=32, ge=1, le=200, description="Sequences nested deeper: 0xC000."
+    )
+    max_received_pdu_bytes: int = Field(
+        default=1048576,
+        ge=65536,
+        description="A PDU declaring more (the larger of this and max_pdu_size) is aborted.",
+    )
+    acse_timeout_seconds: float = Field(default=30.0, gt=0)
+    dimse_timeout_seconds: float = Field(default=60.0, gt=0)
+    network_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="A silent peer (also mid-PDU) is aborted after this."
+    )
 
     # Study completion
     completion_quiet_seconds: float = 300.0
