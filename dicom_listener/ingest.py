@@ -80,6 +80,8 @@ class IngestResult:
     study_instance_uid: str = ""
     path: Path | None = None
     reason: str = ""
+    patient_id: str = ""
+    sop_class_uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,8 @@ class Ingester:
             header.sop_instance_uid,
             header.study_instance_uid,
             self.archive.absolute(relative),
+            patient_id=header.patient_id,
+            sop_class_uid=header.sop_class_uid,
         )
 
     def _already_stored(self, sop_instance_uid: str) -> bool:

@@ -36,11 +36,13 @@ from sqlalchemy.engine import Engine
 from dicom_listener import _tuning
 from dicom_listener.archive import Spool
 from dicom_listener.completion import CompletionTimer, complete_pushed
-from dicom_listener.ingest import Ingester, IngestResult, Origin, Status
+from dicom_listener.ingest import Ingester, IngestResult, Origin, Outcome, Status
 from dicom_listener.tables import IngestEvent, IngestEventKind
+from raddraft import atna
 from raddraft.db import engine_for, session_scope
 from raddraft.logging import kv
 from raddraft.settings import Settings
+from raddraft.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +97,40 @@ def handle_store(event: Event, ingester: Ingester) -> int:
     result: IngestResult = ingester.ingest_spool(spool, origin)
     if result.status == Status.success and result.study_instance_uid:
         _pushed_studies(event).add(result.study_instance_uid)
+        if result.outcome == Outcome.stored:
+            _count_transferred(event, result)
     return int(result.status)
+
+
+def _count_transferred(event: Event, result: IngestResult) -> None:
+    """Tally stored instances per patient, study and SOP class for the ATNA record at close."""
+    tally: dict[str, dict[str, dict[str, int]]] | None = getattr(
+        event.assoc, "raddraft_transferred", None
+    )
+    if tally is None:
+        tally = {}
+        event.assoc.raddraft_transferred = tally  # type: ignore[attr-defined]
+    classes = tally.setdefault(result.patient_id, {}).setdefault(result.study_instance_uid, {})
+    classes[result.sop_class_uid] = classes.get(result.sop_class_uid, 0) + 1
+
+
+def _audit_transferred(event: Event) -> None:
+    """One DICOM Instances Transferred record per patient (PS3.15 A.5.3.4) when the
+    association ends, as IHE ATNA expects per transfer rather than per instance."""
+    tally = getattr(event.assoc, "raddraft_transferred", None)
+    if not tally:
+        return
+    event.assoc.raddraft_transferred = {}  # type: ignore[attr-defined]
+    origin = _origin(event)
+    for patient_id, studies in tally.items():
+        atna.emit(
+            atna.instances_transferred(
+                source_aet=origin.calling_ae_title,
+                source_address=origin.peer.rsplit(":", 1)[0],
+                patient_id=patient_id,
+                studies=studies,
+            )
+        )
 
 
 def _pushed_studies(event: Event) -> set[str]:
@@ -159,12 +194,17 @@ def handle_rejected(event: Event, ingester: Ingester) -> None:
         ),
     )
     _record_event(ingester.engine, IngestEventKind.association_rejected, origin, why)
+    if atna.enabled(settings):
+        alert = atna.security_alert(peer=origin.peer, calling_aet=origin.calling_ae_title, why=why)
+        atna.emit(alert)
 
 
 def handle_closed(event: Event, ingester: Ingester) -> None:
     """The connection closed (released, aborted or dropped, PS3.8 7.3/7.4): a data set still
     being received is never answered, so its spool in ``archive/.tmp`` is removed now rather
     than at the next start (bench/fuzz.py: aborted C-STOREs otherwise fill the disk)."""
+    if atna.enabled(ingester.settings):
+        _audit_transferred(event)
     message = getattr(getattr(event.assoc, "dimse", None), "message", None)
     spool = getattr(message, "_data_set_file", None)
     if isinstance(spool, Spool) and not spool.closed:
@@ -226,19 +266,13 @@ def build_ae(settings: Settings) -> AE:
 
 
 def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    """TLS server context; client certificates are required when a CA is configured (PS3.15 B.1)."""
+    """TLS server context per PS3.15 B.9 (BCP 195, :mod:`raddraft.tls`); client certificates
+    are required when a CA is configured."""
     if not (settings.tls_cert and settings.tls_key):
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(certfile=str(settings.tls_cert), keyfile=str(settings.tls_key))
-    if settings.tls_ca:
-        context.load_verify_locations(cafile=str(settings.tls_ca))
-        context.verify_mode = ssl.CERT_REQUIRED
-    else:
+    if not settings.tls_ca:
         log.warning("TLS without RADDRAFT_TLS_CA: client certificates are not checked")
-        context.verify_mode = ssl.CERT_NONE
-    return context
+    return server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
 
 
 class ListenerServer(ThreadedAssociationServer):
@@ -271,10 +305,13 @@ class ListenerServer(ThreadedAssociationServer):
             try:
                 client = self.ssl_context.wrap_socket(client, server_side=True)
             except (ssl.SSLError, OSError) as error:
+                peer = f"{address[0]}:{address[1]}"
                 log.warning(
-                    "TLS handshake failed, connection closed %s",
-                    kv(peer=f"{address[0]}:{address[1]}", why=str(error)),
+                    "TLS handshake failed, connection closed %s", kv(peer=peer, why=str(error))
                 )
+                if atna.enabled():
+                    why = f"TLS handshake failed: {error}"
+                    atna.emit(atna.security_alert(peer=peer, calling_aet="", why=why))
                 client.close()
                 raise
         client.settimeout(read_timeout)

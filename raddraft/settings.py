@@ -138,6 +138,14 @@ class Settings(BaseSettings):
         "kept in the data directory (one host only).",
     )
 
+    # Audit (IHE ATNA: PS3.15 A.5 messages over syslog, RFC 5424/5425/5426)
+    atna_collector: str = Field(default="", description="host:port of the audit repository.")
+    atna_transport: Literal["tls", "udp", "tcp"] = "tls"
+    atna_tls_ca: Path | None = Field(default=None, description="CA of the collector's cert.")
+    atna_tls_cert: Path | None = Field(default=None, description="Empty: RADDRAFT_TLS_CERT.")
+    atna_tls_key: Path | None = Field(default=None, description="Empty: RADDRAFT_TLS_KEY.")
+    atna_source_id: str = Field(default="", description="AuditSourceID; empty: the AE title.")
+
     log_level: str = "INFO"
 
     @field_validator("allowed_callers", "allowed_hosts", mode="before")

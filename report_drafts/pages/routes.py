@@ -19,6 +19,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
 from dicom_listener import Instance
+from raddraft import atna
 from raddraft.db import utcnow
 from raddraft.settings import Settings
 from report_drafts import audit, queue_status, render, signoff, versions
@@ -189,7 +190,10 @@ def login(
         user = user_for_token(session, token.strip())
     elif username.strip() and password:
         user = user_for_password(session, username.strip(), password)
+    address = request.client.host if request.client else ""
     if user is None:
+        tried = username.strip()[:64] or "(token)"
+        atna.emit(atna.user_authentication(tried, address, success=False))
         return _login_page(
             request,
             session,
@@ -199,6 +203,7 @@ def login(
         )
     audit.record(session, "sign_in", user=user, detail={"via": "token" if token else "password"})
     session.commit()
+    atna.emit(atna.user_authentication(user.name, address))
     target = safe_next(next)
     if target == "/":
         target = "/queue" if user.role == Role.admin else "/worklist"
@@ -215,6 +220,10 @@ def logout(
         return error_page(request, session, None, 403, "Sign-out refused: invalid CSRF token.")
     response = RedirectResponse("/login", status_code=303)
     page_session.clear_session_cookie(response)
+    user = page_session.user_of_session(request, session)
+    if user is not None:
+        address = request.client.host if request.client else ""
+        atna.emit(atna.user_authentication(user.name, address, logout=True))
     return response
 
 
