@@ -126,12 +126,20 @@ class Settings(BaseSettings):
     query_pacs: DicomNode | None = None
     prior_timeout_seconds: float = 60.0
     ris_mllp: str = Field(default="", description="host:port of the RIS HL7 v2 MLLP listener.")
+    ris_mllp_tls: bool = Field(
+        default=False, description="MLLP over TLS (RADDRAFT_TLS_CA checks the RIS's certificate)."
+    )
     fhir_server_url: str = ""
     institution_name: str = "RadDraft Hospital"
 
     # Web
     web_host: str = "127.0.0.1"
     web_port: int = 8080
+    web_tls_cert: Path | None = Field(default=None, description="Serve HTTPS with this cert.")
+    web_tls_key: Path | None = None
+    web_tls_ca: Path | None = Field(default=None, description="Require client certs it signed.")
+    login_max_failures: int = Field(default=5, ge=1, description="Per user and address ...")
+    login_failure_window_seconds: float = Field(default=900.0, gt=0, description="... per this.")
     web_secret: str = Field(
         default="",
         description="Signs page sessions; the same on every web process. Empty: a random key "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from raddraft.settings import get_settings
+from raddraft.tls import server_context
 
 ROLES = ("reader", "radiologist", "admin")
 
@@ -101,12 +102,19 @@ def web(host: str | None, port: int | None) -> None:
     from report_drafts.web import create_web_app
 
     settings = get_settings()
-    uvicorn.run(
+    config = uvicorn.Config(
         create_web_app(settings),
         host=host or settings.web_host,
         port=port or settings.web_port,
         log_level=settings.log_level.lower(),
     )
+    config.load()
+    if settings.web_tls_cert and settings.web_tls_key:
+        # uvicorn's own ssl options cannot set a minimum version: the PS3.15 B.9 (BCP 195)
+        # context from raddraft.tls replaces the one it would build.
+        cert, key, ca = settings.web_tls_cert, settings.web_tls_key, settings.web_tls_ca
+        config.ssl = server_context(cert, key, ca)
+    uvicorn.Server(config).run()
 
 
 @click.command()
