@@ -447,11 +447,13 @@ def flush(timeout: float = 10.0) -> bool:
 
 def emit_on_commit(session: Session, xml: bytes) -> None:
     """Queue ``xml`` once ``session`` commits, so a rolled-back change leaves no record."""
-    pending: list[bytes] = session.info.setdefault("atna_pending", [])
-    if not pending:
-        event.listen(session, "after_commit", _flush_pending, once=True)
-        event.listen(session, "after_rollback", _drop_pending, once=True)
-    pending.append(xml)
+    if not session.info.get("atna_hooked"):
+        # Listeners for the session's whole life: SQLAlchemy keys a listener by its function,
+        # so once=True listeners registered again after the first fired would never fire.
+        event.listen(session, "after_commit", _flush_pending)
+        event.listen(session, "after_rollback", _drop_pending)
+        session.info["atna_hooked"] = True
+    session.info.setdefault("atna_pending", []).append(xml)
 
 
 def _flush_pending(session: Session) -> None:

@@ -10,10 +10,14 @@ from xml.etree import ElementTree as ET
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 from raddraft import atna
 from raddraft.settings import Settings, reload_settings
+from report_drafts import signoff, versions
+from report_drafts.tables import User
 from report_drafts.web import create_web_app
 from tests.certs import certificates
 from tests.dicom_factory import make_study
@@ -135,3 +139,52 @@ def test_sign_in_and_out_are_audited_over_udp(
         ("110114", "Login", "0", "curie"),
         ("110114", "Logout", "0", "curie"),
     ]
+
+
+def test_report_view_and_sign_off_are_audited_on_commit(
+    settings: Settings,
+    engine: Engine,
+    collector: tuple[Rsyslog, dict[str, Path]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rsyslog, _certs = collector
+    monkeypatch.setenv("RADDRAFT_ATNA_COLLECTOR", f"127.0.0.1:{rsyslog.udp_port}")
+    monkeypatch.setenv("RADDRAFT_ATNA_TRANSPORT", "udp")
+    monkeypatch.setenv("RADDRAFT_DESTINATIONS", "PACS@127.0.0.1:1")  # what seed expects
+    wired = reload_settings()
+    seeded = seed(wired, engine)
+    with Session(engine) as session:
+        curie = session.scalars(select(User).where(User.name == "curie")).one()
+        report = signoff.open_report(session, seeded.routine_report, curie)
+        session.rollback()  # rolled back: no record may go out
+        assert atna.flush(5)
+        report = signoff.open_report(session, seeded.routine_report, curie)
+        session.commit()
+        version = report.current_version
+        signoff.sign(
+            session,
+            seeded.routine_report,
+            curie,
+            expected_version=version,
+            edit_reason="none",
+            settings=wired,
+        )
+        session.commit()
+        study_uid = versions.study_uid(session, versions.get_report(session, seeded.routine_report))
+    assert atna.flush(10)
+    messages = _messages(rsyslog.wait_for(2), "imudp")
+    assert [
+        (_event(m), m.find("EventIdentification").attrib["EventActionCode"]) for m in messages
+    ] == [
+        ("110103", "R"),
+        ("110110", "U"),
+    ]
+    for message in messages:
+        assert (
+            message.find("ActiveParticipant[@UserIsRequestor='true']").attrib["UserID"] == "curie"
+        )
+        ids = [
+            o.attrib["ParticipantObjectID"] for o in message.iter("ParticipantObjectIdentification")
+        ]
+        names = [n.text for n in message.iter("ParticipantObjectName")]
+        assert study_uid in ids + names
