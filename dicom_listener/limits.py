@@ -288,13 +288,12 @@ def _delimiter(walk: _Walk, tag: int, length: int) -> None:
         else:
             raise OverLimit(CANNOT_UNDERSTAND, "item tag (FFFE,E000) outside a sequence")
     elif tag == _ITEM_END:
-        if top is None or top.kind != "item":
-            raise OverLimit(CANNOT_UNDERSTAND, "item delimiter outside an item")
-        walk.stack.pop()
+        # A stray delimiter costs nothing; it is pydicom's to accept or refuse, not a limit's.
+        if top is not None and top.kind == "item":
+            walk.stack.pop()
     elif tag == _SEQUENCE_END:
-        if top is None or top.kind == "item":
-            raise OverLimit(CANNOT_UNDERSTAND, "sequence delimiter outside a sequence")
-        walk.stack.pop()
+        if top is not None and top.kind != "item":
+            walk.stack.pop()
     else:
         raise OverLimit(CANNOT_UNDERSTAND, f"unknown delimiter tag (FFFE,{tag & 0xFFFF:04X})")
 
@@ -319,20 +318,30 @@ def _read_length(reader: _Reader, order: str, size: int) -> int:
 def _vr_and_length(reader: _Reader, order: str, implicit: bool, tag: int) -> tuple[bytes, int]:
     if implicit:
         length = _read_length(reader, order, 4)
-        try:
-            vr = dictionary_VR(tag).encode("ascii")
-        except KeyError:
-            vr = b"UN"
-        if length == _UNDEFINED and vr not in (b"SQ", b"OB", b"OW") and tag != _PIXEL_DATA:
-            vr = b"SQ"  # PS3.5 7.5.1: undefined length in implicit VR is a sequence
-        return vr[:2], length
+        return _implicit_vr(tag, length), length
     vr = reader.read(2)
     if len(vr) < 2:
         raise OverLimit(CANNOT_UNDERSTAND, "truncated: data set ends inside an element header")
+    if not vr.isalpha() or not vr.isupper():
+        # Not a VR: an implicit VR element inside an explicit VR data set, which pydicom reads
+        # too (a known encoder bug). These two bytes begin its 4-byte length.
+        length = struct.unpack(order + "I", vr + reader.read(2))[0]
+        return _implicit_vr(tag, length), length
     if vr in _LONG_VRS:
         reader.read(2)
         return vr, _read_length(reader, order, 4)
     return vr, _read_length(reader, order, 2)
+
+
+def _implicit_vr(tag: int, length: int) -> bytes:
+    """The VR an implicit VR element has: the dictionary's, SQ for other undefined lengths."""
+    try:
+        vr = dictionary_VR(tag).encode("ascii")[:2]
+    except KeyError:
+        vr = b"UN"
+    if length == _UNDEFINED and vr not in (b"SQ", b"OB", b"OW") and tag != _PIXEL_DATA:
+        vr = b"SQ"  # PS3.5 7.5.1: undefined length in implicit VR is a sequence
+    return vr
 
 
 def _end(reader: _Reader, length: int) -> int | None:
