@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import subprocess
 import sys
 import time
@@ -35,7 +36,9 @@ class Web:
 
 
 @pytest.fixture
-def https_web(pages_settings: Settings, engine: Engine, tmp_path: Path) -> Iterator[Web]:
+def https_web(
+    pages_settings: Settings, engine: Engine, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Web]:
     seeded = seed(pages_settings, engine)
     certs = certificates(tmp_path)
     port = free_port()
@@ -45,6 +48,8 @@ def https_web(pages_settings: Settings, engine: Engine, tmp_path: Path) -> Itera
         "RADDRAFT_WEB_TLS_KEY": str(certs["server_key"]),
         "RADDRAFT_LOGIN_MAX_FAILURES": "3",
     }
+    if getattr(request, "param", None) == "mutual":
+        env["RADDRAFT_WEB_TLS_CA"] = str(certs["ca"])
     log = tmp_path / "web.log"
     with log.open("wb") as out:
         process = subprocess.Popen(
@@ -146,3 +151,13 @@ def test_chromium_pages_are_a_secure_context_without_csp_violations(
         assert violations == [], problems
     finally:
         context.close()
+
+
+@pytest.mark.parametrize("https_web", ["mutual"], indirect=True)
+def test_with_a_web_ca_browsers_need_a_client_certificate(https_web: Web) -> None:
+    with pytest.raises(httpx.TransportError), https_web.client() as anonymous:
+        anonymous.get("/login")
+    with_certificate = ssl.create_default_context(cafile=str(https_web.certs["ca"]))
+    with_certificate.load_cert_chain(https_web.certs["client_crt"], https_web.certs["client_key"])
+    with httpx.Client(base_url=https_web.url, verify=with_certificate, timeout=20) as client:
+        assert client.get("/login").status_code == 200
