@@ -14,6 +14,7 @@ atomic; ext4/xfs need the directory fsync for the new name itself to survive a p
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import logging
 import os
 import shutil
@@ -68,8 +69,9 @@ class Spool:
     short. Only the methods pynetdicom calls are provided.
     """
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, limit: int | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
+        self.limit = limit  # bytes; beyond it the rest is dropped and ``error`` set
         self.fd, name = tempfile.mkstemp(suffix=SPOOL_SUFFIX, dir=directory)
         self.name = name
         self.path = Path(name)
@@ -89,6 +91,11 @@ class Spool:
         if self.error is not None:
             return len(data)
         view = memoryview(data)
+        if self.limit is not None and self.size + len(view) > self.limit:
+            # Stop writing (the disk is not the sender's to fill) and answer 0xA700 at the end.
+            self.error = OSError(errno.EFBIG, f"data set larger than the {self.limit} byte limit")
+            os.ftruncate(self.fd, 0)
+            return len(view)
         written = 0
         try:
             while written < len(view):

@@ -16,6 +16,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
+from dicom_listener.limits import Limits, check_file
 from raddraft.jobs import Priority
 
 # The tags read from each instance (PS3.3 attribute names). Sequences are listed whole; pydicom
@@ -243,14 +244,19 @@ def header_from_dataset(ds: Dataset, transfer_syntax_uid: str = "") -> InstanceH
     return header
 
 
-def read_header(path: Path) -> InstanceHeader:
+def read_header(path: Path, limits: Limits | None = None) -> InstanceHeader:
     """Parse the header of the DICOM file at ``path`` (preamble and file meta present).
+
+    :func:`dicom_listener.limits.check_file` runs first, so a data set that is too large,
+    nests too deep or would inflate too far raises :class:`~dicom_listener.limits.OverLimit`
+    before pydicom reads any of it.
 
     Values over a kilobyte are skipped, not read, so the pixel data costs nothing; its length
     is still checked against the file's size, which catches a truncated dataset (PS3.5 7.1).
     Raises :class:`UnreadableDataset` when pydicom cannot parse it or it is truncated, and
     :class:`IncompleteDataset` when an identifier is missing.
     """
+    check_file(path, limits or Limits())
     try:
         # pydicom only warns when an undefined-length value runs past the end of the file;
         # catch_warnings is process-global, hence the lock around it.

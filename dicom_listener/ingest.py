@@ -5,7 +5,9 @@ file that already holds the bytes as received, and so do :func:`ingest_bytes` an
 :func:`store_file` for instances that arrive another way. Order, per instance:
 
 1. refuse (0xA700, out of resources) above the disk watermark;
-2. parse the header only; unreadable -> 0xC000, identifiers missing -> 0xA900, quarantined;
+2. check the bounds (:mod:`dicom_listener.limits`: too large or inflating too far -> 0xA700,
+   refused; nested too deep or lying lengths -> 0xC000, quarantined), then parse the header
+   only; unreadable -> 0xC000, identifiers missing -> 0xA900, quarantined;
 3. already recorded with its file present -> 0x0000, the new copy dropped (stored once);
 4. fsync, rename into ``archive/<Study>/<Series>/<SOP>.dcm``, fsync the folder;
 5. one transaction: patient, study, series, open study version, instance, ingest event;
@@ -34,6 +36,7 @@ from dicom_listener.header import (
     UnreadableDataset,
     read_header,
 )
+from dicom_listener.limits import Limits, OverLimit
 from dicom_listener.tables import (
     IngestEvent,
     IngestEventKind,
@@ -77,6 +80,8 @@ class IngestResult:
     study_instance_uid: str = ""
     path: Path | None = None
     reason: str = ""
+    patient_id: str = ""
+    sop_class_uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -96,6 +101,7 @@ class Ingester:
         self.settings = settings
         self.engine = engine
         self.archive = Archive(settings.archive_dir, settings.quarantine_dir)
+        self.limits = Limits.from_settings(settings)
 
     # -- the steps ---------------------------------------------------------------------------
 
@@ -116,7 +122,12 @@ class Ingester:
             return self.refuse(origin, disk.why, size)
 
         try:
-            header = read_header(spool)
+            header = read_header(spool, self.limits)
+        except OverLimit as error:
+            if error.status == Status.out_of_resources:
+                # Too large to keep, even in quarantine: refused, the sender still has it.
+                return self.refuse(origin, str(error), size)
+            return self._quarantine(spool, origin, Status.cannot_understand, str(error), size)
         except UnreadableDataset as error:
             return self._quarantine(spool, origin, Status.cannot_understand, str(error), size)
         except IncompleteDataset as error:
@@ -130,6 +141,7 @@ class Ingester:
             )
             return self._quarantine(spool, origin, Status.dataset_mismatch, why, size)
 
+        _neutralise_preamble(spool)
         relative = self.archive.relative_path(
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         )
@@ -185,6 +197,8 @@ class Ingester:
             header.sop_instance_uid,
             header.study_instance_uid,
             self.archive.absolute(relative),
+            patient_id=header.patient_id,
+            sop_class_uid=header.sop_class_uid,
         )
 
     def _already_stored(self, sop_instance_uid: str) -> bool:
@@ -295,6 +309,23 @@ class Ingester:
             self._event(*args)  # type: ignore[arg-type]
         except Exception:
             log.warning("could not record ingest event", exc_info=True)
+
+
+def _neutralise_preamble(spool: Path) -> None:
+    """Zero a non-zero 128-byte preamble before the file enters the archive.
+
+    The preamble is no part of the data set (PS3.10 7.1) and never travels over DIMSE, but a
+    Part 10 file handed to :func:`dicom_listener.ingest_bytes` may carry one that makes it a
+    polyglot (a Windows executable, HTML, a shell script, a ZIP) which a later download would
+    hand to another program. PS3.10 7.5 leaves the preamble's use to application profiles;
+    RadDraft's archive uses none, so it is all zeros.
+    """
+    with spool.open("r+b") as file:
+        preamble = file.read(128)
+        if len(preamble) == 128 and preamble.strip(b"\0") and file.read(4) == b"DICM":
+            file.seek(0)
+            file.write(b"\0" * 128)
+            log.warning("non-zero file preamble replaced by zeros %s", kv(file=spool.name))
 
 
 def _ingest_event(

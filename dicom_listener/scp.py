@@ -34,12 +34,15 @@ from pynetdicom.transport import ThreadedAssociationServer
 from sqlalchemy.engine import Engine
 
 from dicom_listener import _tuning
+from dicom_listener.archive import Spool
 from dicom_listener.completion import CompletionTimer, complete_pushed
-from dicom_listener.ingest import Ingester, IngestResult, Origin, Status
+from dicom_listener.ingest import Ingester, IngestResult, Origin, Outcome, Status
 from dicom_listener.tables import IngestEvent, IngestEventKind
+from raddraft import atna
 from raddraft.db import engine_for, session_scope
 from raddraft.logging import kv
 from raddraft.settings import Settings
+from raddraft.tls import server_context
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +97,40 @@ def handle_store(event: Event, ingester: Ingester) -> int:
     result: IngestResult = ingester.ingest_spool(spool, origin)
     if result.status == Status.success and result.study_instance_uid:
         _pushed_studies(event).add(result.study_instance_uid)
+        if result.outcome == Outcome.stored:
+            _count_transferred(event, result)
     return int(result.status)
+
+
+def _count_transferred(event: Event, result: IngestResult) -> None:
+    """Tally stored instances per patient, study and SOP class for the ATNA record at close."""
+    tally: dict[str, dict[str, dict[str, int]]] | None = getattr(
+        event.assoc, "raddraft_transferred", None
+    )
+    if tally is None:
+        tally = {}
+        event.assoc.raddraft_transferred = tally  # type: ignore[attr-defined]
+    classes = tally.setdefault(result.patient_id, {}).setdefault(result.study_instance_uid, {})
+    classes[result.sop_class_uid] = classes.get(result.sop_class_uid, 0) + 1
+
+
+def _audit_transferred(event: Event) -> None:
+    """One DICOM Instances Transferred record per patient (PS3.15 A.5.3.4) when the
+    association ends, as IHE ATNA expects per transfer rather than per instance."""
+    tally = getattr(event.assoc, "raddraft_transferred", None)
+    if not tally:
+        return
+    event.assoc.raddraft_transferred = {}  # type: ignore[attr-defined]
+    origin = _origin(event)
+    for patient_id, studies in tally.items():
+        atna.emit(
+            atna.instances_transferred(
+                source_aet=origin.calling_ae_title,
+                source_address=origin.peer.rsplit(":", 1)[0],
+                patient_id=patient_id,
+                studies=studies,
+            )
+        )
 
 
 def _pushed_studies(event: Event) -> set[str]:
@@ -158,6 +194,26 @@ def handle_rejected(event: Event, ingester: Ingester) -> None:
         ),
     )
     _record_event(ingester.engine, IngestEventKind.association_rejected, origin, why)
+    if atna.enabled(settings):
+        alert = atna.security_alert(peer=origin.peer, calling_aet=origin.calling_ae_title, why=why)
+        atna.emit(alert)
+
+
+def handle_closed(event: Event, ingester: Ingester) -> None:
+    """The connection closed (released, aborted or dropped, PS3.8 7.3/7.4): a data set still
+    being received is never answered, so its spool in ``archive/.tmp`` is removed now rather
+    than at the next start (bench/fuzz.py: aborted C-STOREs otherwise fill the disk)."""
+    if atna.enabled(ingester.settings):
+        _audit_transferred(event)
+    message = getattr(getattr(event.assoc, "dimse", None), "message", None)
+    spool = getattr(message, "_data_set_file", None)
+    if isinstance(spool, Spool) and not spool.closed:
+        spool.close()
+        Path(spool.name).unlink(missing_ok=True)
+        log.warning(
+            "partial data set removed, connection closed mid-transfer %s",
+            kv(peer=_origin(event).peer, bytes=spool.size),
+        )
 
 
 def handle_accepted(event: Event, ingester: Ingester) -> None:
@@ -193,9 +249,9 @@ def build_ae(settings: Settings) -> AE:
     ae = AE(ae_title=settings.ae_title)
     ae.maximum_pdu_size = settings.max_pdu_size
     ae.maximum_associations = settings.max_associations
-    ae.network_timeout = 60
-    ae.acse_timeout = 30
-    ae.dimse_timeout = 60
+    ae.network_timeout = settings.network_timeout_seconds
+    ae.acse_timeout = settings.acse_timeout_seconds
+    ae.dimse_timeout = settings.dimse_timeout_seconds
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
@@ -210,19 +266,13 @@ def build_ae(settings: Settings) -> AE:
 
 
 def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
-    """TLS server context; client certificates are required when a CA is configured (PS3.15 B.1)."""
+    """TLS server context per PS3.15 B.9 (BCP 195, :mod:`raddraft.tls`); client certificates
+    are required when a CA is configured."""
     if not (settings.tls_cert and settings.tls_key):
         return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    context.load_cert_chain(certfile=str(settings.tls_cert), keyfile=str(settings.tls_key))
-    if settings.tls_ca:
-        context.load_verify_locations(cafile=str(settings.tls_ca))
-        context.verify_mode = ssl.CERT_REQUIRED
-    else:
+    if not settings.tls_ca:
         log.warning("TLS without RADDRAFT_TLS_CA: client certificates are not checked")
-        context.verify_mode = ssl.CERT_NONE
-    return context
+    return server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
 
 
 class ListenerServer(ThreadedAssociationServer):
@@ -247,18 +297,24 @@ class ListenerServer(ThreadedAssociationServer):
         assert self.socket is not None
         client, address = self.socket.accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # An accepted socket blocks forever by default: a peer that stops mid-PDU would hold
+        # its thread and association slot for good. network_timeout bounds every read.
+        read_timeout = self.ae.network_timeout
         if self.ssl_context:
             client.settimeout(self.handshake_timeout)
             try:
                 client = self.ssl_context.wrap_socket(client, server_side=True)
             except (ssl.SSLError, OSError) as error:
+                peer = f"{address[0]}:{address[1]}"
                 log.warning(
-                    "TLS handshake failed, connection closed %s",
-                    kv(peer=f"{address[0]}:{address[1]}", why=str(error)),
+                    "TLS handshake failed, connection closed %s", kv(peer=peer, why=str(error))
                 )
+                if atna.enabled():
+                    why = f"TLS handshake failed: {error}"
+                    atna.emit(atna.security_alert(peer=peer, calling_aet="", why=why))
                 client.close()
                 raise
-            client.settimeout(None)
+        client.settimeout(read_timeout)
         return client, address
 
 
@@ -282,13 +338,18 @@ class Listener:
     def start(self, port: int | None = None, host: str | None = None) -> Listener:
         """Bind and serve in background threads; returns once connections are accepted."""
         removed = self.ingester.archive.prepare()
-        _tuning.apply(self.ingester.archive.tmp)
+        _tuning.apply(
+            self.ingester.archive.tmp,
+            max_dataset_bytes=self.ingester.limits.max_dataset_bytes,
+            max_pdu_read=max(self.settings.max_received_pdu_bytes, self.settings.max_pdu_size),
+        )
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, handle_echo, [self.ingester]),
             (evt.EVT_C_STORE, handle_store, [self.ingester]),
             (evt.EVT_REJECTED, handle_rejected, [self.ingester]),
             (evt.EVT_ACCEPTED, handle_accepted, [self.ingester]),
             (evt.EVT_RELEASED, handle_released, [self.ingester]),
+            (evt.EVT_CONN_CLOSE, handle_closed, [self.ingester]),
         ]
         address = (
             host or self.settings.dicom_host,

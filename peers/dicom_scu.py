@@ -38,6 +38,8 @@ from typing import ClassVar, Literal, cast
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_dataset
 from pydicom.uid import (
     UID,
     DeflatedExplicitVRLittleEndian,
@@ -63,6 +65,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelMove,
 )
 
+from raddraft import atna
 from raddraft.settings import DicomNode
 
 __all__ = [
@@ -811,47 +814,52 @@ def find_prior_studies(  # noqa: PLR0913 (the C-FIND keys of a prior-study query
     wanted = tuple(m.upper() for m in modalities)
     found: dict[str, PriorStudy] = {}
     context = build_context(StudyRootQueryRetrieveInformationModelFind, list(UNCOMPRESSED))
-    with (
-        _associate(
-            node,
-            calling_ae=calling_ae,
-            contexts=[context],
-            timeout=timeout,
-            tls=tls,
-            transient=TransientQueryError,
-            permanent=PermanentQueryError,
-        ) as assoc,
-        _deadline(assoc, timeout) as expired,
-    ):
-        for number, modality in enumerate(wanted or (None,), start=1):
-            query = _study_query(patient_id, f"-{before_date}", modality)
-            responses = assoc.send_c_find(
-                query, StudyRootQueryRetrieveInformationModelFind, msg_id=number
-            )
-            for status_ds, identifier in responses:
-                if not status_ds or "Status" not in status_ds:
-                    why = "time limit reached" if expired.is_set() else "no answer or abort"
-                    raise TransientQueryError(f"C-FIND: {why} ({timeout:g} s)", node=node)
-                kind = classify_status(int(status_ds.Status))
-                if kind == "pending" and identifier is not None:
-                    prior = PriorStudy(
-                        study_instance_uid=_text(identifier, "StudyInstanceUID"),
-                        study_date=_text(identifier, "StudyDate"),
-                        study_time=_text(identifier, "StudyTime"),
-                        modalities=tuple(
-                            m for m in _text(identifier, "ModalitiesInStudy").split("\\") if m
-                        ),
-                        study_description=_text(identifier, "StudyDescription"),
-                        accession_number=_text(identifier, "AccessionNumber"),
-                        patient_id=_text(identifier, "PatientID") or patient_id,
-                        retrieve_ae_title=_text(identifier, "RetrieveAETitle"),
-                    )
-                    if prior.study_instance_uid:
-                        found.setdefault(prior.study_instance_uid, prior)
-                elif kind not in ("success", "warning", "pending"):
-                    raise _final_failure(
-                        "C-FIND", status_ds, node, TransientQueryError, PermanentQueryError
-                    )
+    try:
+        with (
+            _associate(
+                node,
+                calling_ae=calling_ae,
+                contexts=[context],
+                timeout=timeout,
+                tls=tls,
+                transient=TransientQueryError,
+                permanent=PermanentQueryError,
+            ) as assoc,
+            _deadline(assoc, timeout) as expired,
+        ):
+            for number, modality in enumerate(wanted or (None,), start=1):
+                query = _study_query(patient_id, f"-{before_date}", modality)
+                responses = assoc.send_c_find(
+                    query, StudyRootQueryRetrieveInformationModelFind, msg_id=number
+                )
+                for status_ds, identifier in responses:
+                    if not status_ds or "Status" not in status_ds:
+                        why = "time limit reached" if expired.is_set() else "no answer or abort"
+                        raise TransientQueryError(f"C-FIND: {why} ({timeout:g} s)", node=node)
+                    kind = classify_status(int(status_ds.Status))
+                    if kind == "pending" and identifier is not None:
+                        prior = PriorStudy(
+                            study_instance_uid=_text(identifier, "StudyInstanceUID"),
+                            study_date=_text(identifier, "StudyDate"),
+                            study_time=_text(identifier, "StudyTime"),
+                            modalities=tuple(
+                                m for m in _text(identifier, "ModalitiesInStudy").split("\\") if m
+                            ),
+                            study_description=_text(identifier, "StudyDescription"),
+                            accession_number=_text(identifier, "AccessionNumber"),
+                            patient_id=_text(identifier, "PatientID") or patient_id,
+                            retrieve_ae_title=_text(identifier, "RetrieveAETitle"),
+                        )
+                        if prior.study_instance_uid:
+                            found.setdefault(prior.study_instance_uid, prior)
+                    elif kind not in ("success", "warning", "pending"):
+                        raise _final_failure(
+                            "C-FIND", status_ds, node, TransientQueryError, PermanentQueryError
+                        )
+    except (TransientQueryError, PermanentQueryError):
+        _audit_query(node, patient_id, before_date, atna.MINOR_FAILURE)
+        raise
+    _audit_query(node, patient_id, before_date, atna.SUCCESS)
     priors = [
         p
         for p in found.values()
@@ -863,6 +871,24 @@ def find_prior_studies(  # noqa: PLR0913 (the C-FIND keys of a prior-study query
     ]
     priors.sort(key=lambda p: p.when, reverse=True)
     return priors
+
+
+def _audit_query(node: DicomNode, patient_id: str, before_date: str, outcome: str) -> None:
+    """The ATNA Query record of a prior-study C-FIND (PS3.15 A.5.3.12), its keys attached."""
+    if not atna.enabled():
+        return
+    keys = _study_query(patient_id, f"-{before_date}", None)
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, True  # the record says 1.2.840.10008.1.2
+    write_dataset(buffer, keys)
+    xml = atna.query(
+        destination=node.ae_title,
+        address=node.host,
+        sop_class_uid=str(StudyRootQueryRetrieveInformationModelFind),
+        identifier=buffer.getvalue(),
+        outcome=outcome,
+    )
+    atna.emit(xml)
 
 
 def _study_identifier(study_uid: str) -> Dataset:

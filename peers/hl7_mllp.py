@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from peers._target import Delivery, Outbound, PermanentDeliveryError, TransientDeliveryError
 from peers.mllp import MLLPError, RejectedError, send_message
+from peers.tls import mllp_tls
 from raddraft.settings import Settings
 
 __all__ = ["MllpPermanentError", "MllpTarget", "MllpTransientError"]
@@ -67,7 +68,7 @@ class MllpTarget:
         host, _, port = destination.rpartition(":")
         if not host or not port.isdigit():
             raise ValueError(f"{destination!r} is not of the form host:port")
-        return cls(host, int(port))
+        return cls(host, int(port), ssl_context=mllp_tls(settings))
 
     def send(self, payload: Sequence[Outbound]) -> Delivery:
         """Send each message (an ER7 file, UTF-8) and wait for its positive ACK."""

@@ -149,9 +149,12 @@ def send_message(
     except OSError as exc:
         raise NoAckError(f"cannot connect to {host}:{port}: {exc}") from exc
     try:
-        sock: socket.socket = (
-            ssl_context.wrap_socket(raw_sock, server_hostname=host) if ssl_context else raw_sock
-        )
+        try:
+            sock: socket.socket = (
+                ssl_context.wrap_socket(raw_sock, server_hostname=host) if ssl_context else raw_sock
+            )
+        except OSError as exc:  # ssl.SSLError too: a refused handshake is no ACK, not a crash
+            raise NoAckError(f"TLS with {host}:{port} failed: {exc}") from exc
         with sock:
             try:
                 sock.sendall(payload)

@@ -91,6 +91,33 @@ class Settings(BaseSettings):
         default=1024, description="... or below this much free space (MB)"
     )
 
+    # Bounded resources (PS3.4 B.2.3 statuses; see dicom_listener/limits.py)
+    max_dataset_mb: int = Field(
+        default=1024, ge=1, description="a larger data set (or one inflating beyond) gets 0xA700"
+    )
+    max_pixel_data_mb: int = Field(
+        default=1024,
+        ge=1,
+        description="Rows x Columns x Samples x BitsAllocated x Frames beyond this: 0xA700",
+    )
+    max_sequence_depth: int = Field(
+        default=32, ge=1, le=200, description="sequences nested deeper: 0xC000"
+    )
+    max_received_pdu_bytes: int = Field(
+        default=1048576,
+        ge=65536,
+        description="a PDU declaring more (the larger of this and max_pdu_size) is aborted",
+    )
+    acse_timeout_seconds: float = Field(
+        default=30.0, gt=0, description="association negotiation (A-ASSOCIATE) time limit"
+    )
+    dimse_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="time limit for a DIMSE message's next fragment"
+    )
+    network_timeout_seconds: float = Field(
+        default=60.0, gt=0, description="a silent peer (also mid-PDU) is aborted after this"
+    )
+
     # Retention: images leave the archive this long after their report is final (0: never)
     retention_days: float = Field(
         default=0.0, description="Keep a study's images this many days after its report closed."
@@ -167,6 +194,9 @@ class Settings(BaseSettings):
         default=60.0, description="how long a draft waits for a prior from the PACS"
     )
     ris_mllp: str = Field(default="", description="host:port of the RIS HL7 v2 MLLP listener")
+    ris_mllp_tls: bool = Field(
+        default=False, description="MLLP over TLS (RADDRAFT_TLS_CA checks the RIS's certificate)"
+    )
     fhir_server_url: str = Field(
         default="", description="a FHIR server to PUT DiagnosticReports to"
     )
@@ -192,11 +222,32 @@ class Settings(BaseSettings):
     # Web
     web_host: str = Field(default="127.0.0.1", description="the web app's address")
     web_port: int = Field(default=8080, description="the web app's port")
+    web_tls_cert: Path | None = Field(default=None, description="serve HTTPS with this certificate")
+    web_tls_key: Path | None = Field(default=None, description="the HTTPS certificate's key")
+    web_tls_ca: Path | None = Field(
+        default=None, description="require browser client certificates signed by this CA"
+    )
+    login_max_failures: int = Field(
+        default=5, ge=1, description="failed sign-ins per user and address before 429"
+    )
+    login_failure_window_seconds: float = Field(
+        default=900.0, gt=0, description="the window those failed sign-ins count in"
+    )
     web_secret: str = Field(
         default="",
         description="signs page sessions; set it, the same, on every web process; empty: a "
         "random key kept in the data dir (one host only)",
     )
+
+    # Audit (IHE ATNA: PS3.15 A.5 messages over syslog, RFC 5424/5425/5426)
+    atna_collector: str = Field(default="", description="host:port of the audit repository")
+    atna_transport: Literal["tls", "udp", "tcp"] = Field(
+        default="tls", description="tls (RFC 5425), udp (RFC 5426, labs) or tcp"
+    )
+    atna_tls_ca: Path | None = Field(default=None, description="CA of the collector's certificate")
+    atna_tls_cert: Path | None = Field(default=None, description="empty: RADDRAFT_TLS_CERT")
+    atna_tls_key: Path | None = Field(default=None, description="empty: RADDRAFT_TLS_KEY")
+    atna_source_id: str = Field(default="", description="AuditSourceID; empty: the AE title")
 
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
 

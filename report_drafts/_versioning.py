@@ -15,6 +15,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from dicom_listener import Study, StudyVersion
+from raddraft import atna
 from raddraft.db import utcnow
 from raddraft.settings import Settings
 from report_drafts import audit, outbox
@@ -73,16 +74,30 @@ def audit_report(
     version: int | None = None,
     detail: dict[str, Any] | None = None,
 ) -> None:
-    """An audit event about ``report``, filed under its study."""
+    """An audit event about ``report``, filed under its study; the ATNA copy on commit."""
+    study = study_uid(session, report)
     audit.record(
         session,
         action,
         user=user,
-        study_instance_uid=study_uid(session, report),
+        study_instance_uid=study,
         report_pk=report.id,
         version=version,
         detail=detail,
     )
+    who = user.name if user else "raddraft"
+    if not atna.enabled():
+        return
+    if action == "view":
+        atna.emit_on_commit(session, atna.instances_accessed(who, "", "", study))
+    elif action in _ATNA_RECORD_ACTIONS:
+        report_id = f"report {report.id} version {version or report.current_version}"
+        xml = atna.patient_record(user=who, patient_id="", study_uid=study, report=report_id)
+        atna.emit_on_commit(session, xml)
+
+
+# Report changes a hospital's audit repository hears of as Patient Record events (A.5.3.10).
+_ATNA_RECORD_ACTIONS = frozenset(("sign", "amend", "reject"))
 
 
 def report_for_version(session: Session, study_version_pk: int, *, lock: bool = False) -> Report:

@@ -3,9 +3,11 @@ control id or nothing, as scripted, and keeps what it received."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from hl7apy.mllp import AbstractHandler, MLLPServer
@@ -51,12 +53,15 @@ def _handler(listener: Listener) -> type[AbstractHandler]:
     return Handler
 
 
-@pytest.fixture
-def listener() -> Iterator[tuple[Listener, int]]:
+@contextmanager
+def serving(ssl_context: ssl.SSLContext | None = None) -> Iterator[tuple[Listener, int]]:
+    """The listener on a free loopback port; with ``ssl_context``, MLLP over TLS."""
     state = Listener()
     port = free_port()
     server = MLLPServer("127.0.0.1", port, {"ORU^R01^ORU_R01": (_handler(state),)}, timeout=5)
     server.daemon_threads = True
+    if ssl_context is not None:
+        server.socket = ssl_context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -65,3 +70,9 @@ def listener() -> Iterator[tuple[Listener, int]]:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[Listener, int]]:
+    with serving() as running:
+        yield running

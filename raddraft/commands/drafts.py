@@ -9,6 +9,7 @@ import click
 
 from raddraft.logging import kv
 from raddraft.settings import get_settings
+from raddraft.tls import server_context
 
 ROLES = ("reader", "radiologist", "admin", "sender")
 
@@ -159,15 +160,25 @@ def web(host: str | None, port: int | None) -> None:
     from report_drafts.web import create_web_app
 
     settings = get_settings()
-    app = create_web_app(settings)
     bind, bind_port = host or settings.web_host, port or settings.web_port
-    url = f"http://{bind}:{bind_port}/"
+    tls = bool(settings.web_tls_cert and settings.web_tls_key)
+    url = f"{'https' if tls else 'http'}://{bind}:{bind_port}/"
+    # log_config=None: uvicorn logs through RadDraft's handler, one format for every process;
+    # log_level=None: the levels stay as raddraft.logging set them (access lines at INFO).
+    config = uvicorn.Config(
+        create_web_app(settings), host=bind, port=bind_port, log_level=None, log_config=None
+    )
+    config.load()
+    if tls:
+        # uvicorn's own ssl options cannot set a minimum version: the PS3.15 B.9 (BCP 195)
+        # context from raddraft.tls replaces the one it would build.
+        cert, key, ca = settings.web_tls_cert, settings.web_tls_key, settings.web_tls_ca
+        assert cert is not None and key is not None
+        config.ssl = server_context(cert, key, ca)
     logging.getLogger("raddraft.web").info(
         "web serving %s", kv(url=url, api_docs=f"{url}docs", fhir=f"{url}fhir/")
     )
-    # log_config=None: uvicorn logs through RadDraft's handler, one format for every process;
-    # log_level=None: the levels stay as raddraft.logging set them (access lines at INFO).
-    uvicorn.run(app, host=bind, port=bind_port, log_level=None, log_config=None)
+    uvicorn.Server(config).run()
 
 
 @click.command()

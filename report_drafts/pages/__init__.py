@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 
 from raddraft.settings import Settings
 from report_drafts.pages import session as page_session
+from report_drafts.pages.ratelimit import LoginLimiter
 from report_drafts.pages.routes import SignInRequired, router
 
 STATIC_DIR = Path(__file__).parent / "static"
@@ -30,6 +31,9 @@ def install(app: FastAPI, settings: Settings) -> None:
         return
     app.state.pages_installed = True
     app.state.page_signer = page_session.Signer(page_session.load_secret(settings))
+    app.state.login_limiter = LoginLimiter(
+        settings.login_max_failures, settings.login_failure_window_seconds
+    )
     resolvers = getattr(app.state, "session_resolvers", None)
     if resolvers is None:
         resolvers = app.state.session_resolvers = []

@@ -9,6 +9,7 @@ what is allowed: a page that shows a button never grants the right to press it.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote, urlencode
@@ -19,7 +20,9 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
 from dicom_listener import Instance
+from raddraft import atna
 from raddraft.db import utcnow
+from raddraft.logging import kv
 from raddraft.settings import Settings
 from report_drafts import audit, queue_status, render, signoff, text_safety, versions
 from report_drafts.api import views
@@ -27,6 +30,7 @@ from report_drafts.api.auth import DbSession
 from report_drafts.content import DEMO_WARNING, DRAFT_WARNING
 from report_drafts.pages import session as page_session
 from report_drafts.pages import viewmodel
+from report_drafts.pages.ratelimit import LoginLimiter
 from report_drafts.states import EDITABLE, SIGNED_STATES, LifecycleError, NotFound, ReportState
 from report_drafts.tables import EditReason, Role, User
 from report_drafts.users import user_for_password, user_for_token
@@ -45,6 +49,7 @@ templates.env.globals.update(
 )
 
 router = APIRouter(include_in_schema=False)
+log = logging.getLogger(__name__)
 
 PAGE_SIZE = 25
 IMAGE_MAX_SIZE = 1400  # pixels on the long side; boxes scale with it (SVG viewBox)
@@ -194,12 +199,29 @@ def login(
             error="The sign-in form expired. Please try again.",
             status_code=400,
         )
+    address = request.client.host if request.client else ""
+    tried = username.strip()[:64] if not token.strip() else "(token)"
+    limiter: LoginLimiter = request.app.state.login_limiter
+    wait = limiter.retry_after(tried, address)
+    if wait:
+        log.warning("sign-in refused, too many failures %s", kv(user=tried, peer=address))
+        refused = _login_page(
+            request,
+            session,
+            next_path=next,
+            error=f"Too many failed sign-ins. Try again in {wait} s.",
+            status_code=429,
+        )
+        refused.headers["Retry-After"] = str(wait)
+        return refused
     user: User | None = None
     if token.strip():
         user = user_for_token(session, token.strip())
     elif username.strip() and password:
         user = user_for_password(session, username.strip(), password)
     if user is None:
+        limiter.failed(tried, address)
+        atna.emit(atna.user_authentication(tried, address, success=False))
         return _login_page(
             request,
             session,
@@ -207,8 +229,10 @@ def login(
             error="Unknown user name, password or token.",
             status_code=401,
         )
+    limiter.succeeded(tried, address)
     audit.record(session, "sign_in", user=user, detail={"via": "token" if token else "password"})
     session.commit()
+    atna.emit(atna.user_authentication(user.name, address))
     target = safe_next(next)
     if target == "/":
         target = "/queue" if user.role == Role.admin else "/worklist"
@@ -225,6 +249,10 @@ def logout(
         return error_page(request, session, None, 403, "Sign-out refused: invalid CSRF token.")
     response = RedirectResponse("/login", status_code=303)
     page_session.clear_session_cookie(response)
+    user = page_session.user_of_session(request, session)
+    if user is not None:
+        address = request.client.host if request.client else ""
+        atna.emit(atna.user_authentication(user.name, address, logout=True))
     return response
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import os
 import subprocess
 import time
@@ -17,6 +16,7 @@ from pynetdicom import AE, _config
 from sqlalchemy.engine import Engine
 
 from raddraft.settings import Settings
+from tests.certs import certificates
 from tests.dicom_factory import DX_FOR_PRESENTATION, StudyIds, make_cxr, new_uid
 from tests.listener.conftest import (
     complete_versions,
@@ -190,65 +190,10 @@ def test_malformed_datasets_are_refused_and_quarantined(
     assert instance_uids(engine) == [good.SOPInstanceUID]
 
 
-def _certificates(folder: Path) -> dict[str, Path]:
-    """A throw-away CA, a server and a client certificate (never committed anywhere)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = dt.datetime.now(dt.UTC)
-
-    def name(common: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
-
-    def write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> Path:
-        path.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.TraditionalOpenSSL,
-                serialization.NoEncryption(),
-            )
-        )
-        return path
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name("RadDraft test CA"))
-        .issuer_name(name("RadDraft test CA"))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = {"ca": folder / "ca.crt"}
-    paths["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    for role in ("server", "client"):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(name(f"raddraft-{role}"))
-            .issuer_name(ca.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-            .sign(ca_key, hashes.SHA256())
-        )
-        paths[f"{role}_key"] = write_key(key, folder / f"{role}.key")
-        paths[f"{role}_crt"] = folder / f"{role}.crt"
-        paths[f"{role}_crt"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return paths
-
-
 def test_tls_accepts_a_client_certificate_and_refuses_without(
     settings: Settings, engine: Engine, tmp_path: Path
 ) -> None:
-    certs = _certificates(tmp_path)
+    certs = certificates(tmp_path)
     env = {
         "RADDRAFT_TLS_CERT": str(certs["server_crt"]),
         "RADDRAFT_TLS_KEY": str(certs["server_key"]),

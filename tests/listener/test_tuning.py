@@ -9,7 +9,8 @@ import tomllib
 from pathlib import Path
 
 import pynetdicom
-from pynetdicom import dimse_messages, transport
+from pynetdicom import association, dimse_messages, transport
+from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 
 from dicom_listener import _tuning
@@ -32,12 +33,19 @@ def test_the_seams_are_where_the_patch_expects_them() -> None:
     assert "NamedTemporaryFile(" in inspect.getsource(dimse_messages.DIMSEMessage)
     signature = inspect.signature(AssociationSocket.recv)
     assert list(signature.parameters) == ["self", "nr_bytes"]
+    # The acceptor waits for its A-ASSOCIATE-RQ through receive_pdu(wait=True, timeout=...).
+    receive = inspect.signature(_tuning._original_receive_pdu)
+    assert list(receive.parameters) == ["self", "wait", "timeout"]
+    assert "receive_pdu(wait=True, timeout=self.acse_timeout)" in inspect.getsource(
+        association.Association.run_reactor
+    )
 
 
 def test_apply_patches_pynetdicom(tmp_path: Path) -> None:
     assert _tuning.apply(tmp_path)
     assert AssociationSocket.recv is _tuning._recv_exact
     assert transport.deepcopy is _tuning._share_contexts
+    assert DULServiceProvider.receive_pdu is _tuning._receive_pdu
     spool = dimse_messages.NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")
     try:
         assert Path(spool.name).parent == tmp_path
@@ -58,3 +66,23 @@ def test_recv_exact_keeps_pynetdicoms_contract() -> None:
         assert bytes(_tuning._recv_exact(holder, 10)) == b"ef"
     finally:
         ours.close()
+
+
+def test_recv_exact_refuses_a_pdu_longer_than_the_limit(tmp_path: Path) -> None:
+    """The PDU length is the peer's word: 4 GiB declared must not become a 4 GiB buffer."""
+    _tuning.apply(tmp_path, max_pdu_read=1 << 20)
+    ours, theirs = socket.socketpair()
+    try:
+        holder = AssociationSocket.__new__(AssociationSocket)
+        holder.socket = ours
+        try:
+            _tuning._recv_exact(holder, 0xFFFFFFF0)
+        except _tuning.PduTooLong as error:
+            assert "4294967280" in str(error)
+        else:
+            raise AssertionError("a 4 GiB read was attempted")
+        theirs.sendall(b"abcd")
+        assert bytes(_tuning._recv_exact(holder, 4)) == b"abcd"
+    finally:
+        ours.close()
+        theirs.close()

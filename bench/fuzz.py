@@ -1,0 +1,378 @@
+"""Fuzz the running DICOM listener over the network while a valid push goes on beside it.
+
+    python bench/fuzz.py [--inputs 1000] [--seed 1] [--push-rounds 0]
+
+Starts ``python -m raddraft listen`` (as tests/listener_process.py does) on a loopback port with
+its own data directory and SQLite database, then sends ``--inputs`` malformed or hostile inputs,
+drawn in turn from these families (tests/hostile.py builds them byte by byte):
+
+- ``pdu``: raw upper-layer PDUs (PS3.8 9.3): truncated, lying or 4 GiB length fields, unknown
+  types, oversized bodies, random bytes, a valid A-ASSOCIATE-RQ cut or mutated;
+- ``dimse``: a valid association, then P-DATA-TF with lying PDV lengths, broken command sets,
+  a C-STORE command with no data set, random fragments;
+- ``dataset``: C-STORE of hostile data sets: sequences nested thousands deep (explicit,
+  implicit, UN), element lengths of up to 4 GiB, compressed pixel data declaring terabytes,
+  deflate bombs, UIDs with ``/``, ``\\`` and ``..``, a wrong transfer syntax claim, non-DICOM
+  payloads, Part 10 files with polyglot preambles sent as the data set, byte-level mutations.
+
+After every input a C-ECHO checks the listener still serves. Meanwhile DCMTK ``storescu``
+pushes valid studies (new instances each round); at the end every instance it saw acknowledged
+must be in the database and the archive. Figures: inputs tried, inputs after which the listener
+still served, the listener's peak RSS (VmHWM from /proc), files left outside archive/ and
+quarantine/ (must be 0), acknowledged instances lost (must be 0). The last line is
+
+    RESULT fuzz_inputs=<n> serving=<n> peak_rss_mb=<MB> stray_files=<n> lost=<n>
+
+The baseline in the same run is the listener's RSS after start-up (printed before the RESULT).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import struct
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pydicom import dcmread  # noqa: E402
+from sqlalchemy import create_engine, select  # noqa: E402
+
+from dicom_listener.tables import Instance  # noqa: E402
+from raddraft import migrate  # noqa: E402
+from tests import hostile  # noqa: E402
+from tests.dicom_factory import make_cxr, new_uid  # noqa: E402
+from tests.listener_process import ListenerProcess, acknowledged, storescu  # noqa: E402
+
+Input = Callable[[int, Path], object]
+
+
+def _raw(data: bytes, *, then_read: bool = True) -> Input:
+    """Send ``data`` on a bare TCP connection, read what comes back, close."""
+
+    def send(port: int, _folder: Path) -> object:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            try:
+                sock.sendall(data)
+                sock.shutdown(socket.SHUT_WR)
+                return sock.recv(64) if then_read else b""
+            except OSError as error:  # the listener closing on us is an answer too
+                return error.__class__.__name__
+
+    return send
+
+
+def _associated(*pdus: bytes) -> Input:
+    """Associate (Verification, implicit VR LE) by hand, then send ``pdus`` raw."""
+
+    def send(port: int, _folder: Path) -> object:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            try:
+                sock.sendall(hostile.associate_rq(calling="FUZZER"))
+                if sock.recv(6)[:1] != b"\x02":
+                    return "not accepted"
+                sock.recv(65536)
+                for pdu in pdus:
+                    sock.sendall(pdu)
+                sock.shutdown(socket.SHUT_WR)
+                return sock.recv(64)
+            except OSError as error:
+                return error.__class__.__name__
+
+    return send
+
+
+def _store(data: bytes) -> Input:
+    def send(port: int, folder: Path) -> object:
+        return hostile.send_part10(port, data, folder)
+
+    return send
+
+
+def pdu_inputs(rng: random.Random) -> list[tuple[str, Input]]:
+    rq = hostile.associate_rq()
+    cases: list[tuple[str, Input]] = [
+        ("pdu:4GiB-length", _raw(struct.pack(">BBL", 0x01, 0, 0xFFFFFFFF) + b"\0" * 64)),
+        ("pdu:p-data-4GiB", _raw(struct.pack(">BBL", 0x04, 0, 0xFFFFFFF0) + b"\0" * 64)),
+        ("pdu:2MiB-body", _raw(struct.pack(">BBL", 0x01, 0, 2 << 20) + b"\0" * (2 << 20))),
+        ("pdu:empty", _raw(b"")),
+        ("pdu:header-only", _raw(b"\x01\x00")),
+        ("pdu:http", _raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")),
+        ("pdu:tls-hello", _raw(bytes.fromhex("160301002a010000260303") + os.urandom(32))),
+    ]
+    for _ in range(40):
+        cut = rng.randrange(1, len(rq))
+        cases.append(("pdu:truncated-rq", _raw(rq[:cut])))
+        kind = rng.choice([0x00, 0x08, 0x09, 0x7F, 0xFF, 0x02, 0x03, 0x05, 0x06, 0x07])
+        cases.append((f"pdu:type-{kind:02x}", _raw(bytes([kind]) + rq[1:])))
+        mutated = bytearray(rq)
+        for _ in range(rng.randrange(1, 8)):
+            mutated[rng.randrange(6, len(mutated))] = rng.randrange(256)
+        cases.append(("pdu:mutated-rq", _raw(bytes(mutated))))
+        lying = bytearray(rq)
+        at = rng.randrange(74, len(rq) - 4)  # inside the variable items: their lengths lie
+        lying[at : at + 2] = struct.pack(">H", rng.choice([0, 1, 0xFFFF, rng.randrange(65536)]))
+        cases.append(("pdu:lying-item-length", _raw(bytes(lying))))
+        cases.append(("pdu:random", _raw(rng.randbytes(rng.randrange(1, 4096)))))
+    return cases
+
+
+def dimse_inputs(rng: random.Random) -> list[tuple[str, Input]]:
+    echo = hostile.c_echo_rq()
+    store_rq = hostile.command_set(
+        [
+            (0x0002, hostile.DX_FOR_PRESENTATION.encode()),
+            (0x0100, struct.pack("<H", 0x0001)),
+            (0x0110, struct.pack("<H", 7)),
+            (0x0700, struct.pack("<H", 0)),
+            (0x0800, struct.pack("<H", 0x0000)),
+            (0x1000, new_uid().encode()),
+        ]
+    )
+    cases: list[tuple[str, Input]] = [
+        ("dimse:pdv-length-lies", _associated(hostile.p_data(echo, pdv_length=0xFFFFFFF0))),
+        ("dimse:pdv-length-zero", _associated(hostile.p_data(echo, pdv_length=0))),
+        ("dimse:unknown-context", _associated(hostile.p_data(echo, context_id=99))),
+        ("dimse:store-without-data", _associated(hostile.p_data(store_rq))),
+        ("dimse:data-before-command", _associated(hostile.p_data(b"\0" * 64, header=0x02))),
+    ]
+    for _ in range(40):
+        broken = bytearray(echo)
+        for _ in range(rng.randrange(1, 6)):
+            broken[rng.randrange(len(broken))] = rng.randrange(256)
+        cases.append(("dimse:mutated-command", _associated(hostile.p_data(bytes(broken)))))
+        fragment = rng.randbytes(rng.randrange(0, 2048))
+        header = rng.choice([0x00, 0x01, 0x02, 0x03, 0xFF])
+        cases.append(
+            ("dimse:random-fragment", _associated(hostile.p_data(fragment, header=header)))
+        )
+        cases.append(
+            (
+                "dimse:store-then-garbage",
+                _associated(
+                    hostile.p_data(store_rq), hostile.p_data(rng.randbytes(512), header=0x02)
+                ),
+            )
+        )
+    return cases
+
+
+def dataset_inputs(rng: random.Random, count: int) -> list[tuple[str, Input]]:
+    base = hostile.valid(64, 64)
+    cases: list[tuple[str, Input]] = []
+    for depth in (33, 100, 1000, 5000, 20000):
+        cases.append((f"dataset:deep-{depth}", _store(hostile.deep_sequences(depth))))
+        cases.append(
+            (f"dataset:deep-implicit-{depth}", _store(hostile.deep_sequences(depth, implicit=True)))
+        )
+        cases.append((f"dataset:deep-UN-{depth}", _store(hostile.deep_sequences(depth, vr=b"UN"))))
+    for rows, cols, frames in ((65535, 65535, 1000), (65535, 65535, 1), (30000, 30000, 2)):
+        for syntax in (hostile.RLE, hostile.JPEG_BASELINE):
+            cases.append(
+                ("dataset:pixel-bomb", _store(hostile.pixel_bomb(rows, cols, frames, syntax)))
+            )
+    for declared in (0xFFFFFFF0, 0x7FFFFFFF, 1 << 30, 65536):
+        cases.append(("dataset:lying-length", _store(hostile.lying_length(declared))))
+    cases.append(("dataset:deflate-bomb", _store(hostile.deflate_bomb(64))))
+    for uid in hostile.TRAVERSAL_UIDS:
+        cases.append(
+            ("dataset:traversal-uid", _store(hostile.with_uids(uid, new_uid(), new_uid())))
+        )
+        cases.append(
+            ("dataset:traversal-uid", _store(hostile.with_uids(new_uid(), uid, new_uid())))
+        )
+        cases.append(
+            ("dataset:traversal-uid", _store(hostile.with_uids(new_uid(), new_uid(), uid)))
+        )
+    explicit_body = base[132 + len(hostile.file_meta("1.2", hostile.EXPLICIT)) :]
+    for claim in (hostile.IMPLICIT, hostile.DEFLATED, hostile.RLE, hostile.JPEG_BASELINE):
+        cases.append(
+            ("dataset:wrong-syntax", _store(hostile.part10(explicit_body, new_uid(), claim)))
+        )
+    for preamble in hostile.POLYGLOT_PREAMBLES:
+        cases.append(
+            (
+                "dataset:polyglot-inside",
+                _store(
+                    hostile.part10(preamble.ljust(128, b"\0") + b"DICM" + base[132:], new_uid())
+                ),
+            )
+        )
+    for payload in (b'{"resourceType": "Patient"}', b"MSH|^~\\&|", b"\x89PNG\r\n\x1a\n", b""):
+        cases.append(("dataset:not-dicom", _store(hostile.part10(payload, new_uid()))))
+    mutations = hostile.mutations(rng.randrange(1 << 30), base, max(count - len(cases), 0))
+    cases += [("dataset:mutation", _store(data)) for data in mutations]
+    return cases
+
+
+def inputs(seed: int, total: int) -> list[tuple[str, Input]]:
+    rng = random.Random(seed)
+    fixed = pdu_inputs(rng) + dimse_inputs(rng)
+    cases = fixed + dataset_inputs(rng, total - len(fixed))
+    rng.shuffle(cases)
+    return cases[:total]
+
+
+class Rss:
+    """The listener's resident memory, sampled; the peak is the kernel's VmHWM."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def field(self, name: str) -> float:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(name + ":"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+
+class Push(threading.Thread):
+    """storescu rounds of new valid instances until told to stop; remembers what was acked."""
+
+    def __init__(self, port: int, folder: Path, rounds: int) -> None:
+        super().__init__(daemon=True)
+        self.port, self.folder, self.rounds = port, folder, rounds
+        self.stop = threading.Event()
+        self.acked: list[str] = []
+        self.sent = 0
+
+    def run(self) -> None:
+        number = 0
+        while not self.stop.is_set() and (self.rounds == 0 or number < self.rounds):
+            number += 1
+            study = new_uid()
+            files = [
+                make_cxr(None, rows=128, cols=128, study_uid=study, seed=i, instance_number=i)
+                for i in range(1, 11)
+            ]
+            paths = []
+            for i, ds in enumerate(files):
+                path = self.folder / f"push-{number}-{i}.dcm"
+                ds.save_as(path, enforce_file_format=True)
+                paths.append(path)
+            result = storescu(self.port, paths, aet="STORESCU")
+            self.sent += len(paths)
+            done = acknowledged(result.stdout + result.stderr)
+            self.acked += [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in done]
+
+
+def _expected(path: Path, work: Path, quarantine: Path) -> bool:
+    if path.is_relative_to(quarantine) or path.parent in (work / "send", work / "push"):
+        return True
+    return path.name.startswith("raddraft.db") or path.name == "listener.log"
+
+
+def stray_files(work: Path, data: Path) -> list[Path]:
+    """Files under ``work`` that are not the listener's expected ones (archive, quarantine,
+    database, log, the sender's own folders); and any archived file that is not at
+    archive/<Study>/<Series>/<SOP>.dcm inside the archive."""
+    archive, quarantine = data / "archive", data / "quarantine"
+    strays = []
+    for path in work.rglob("*"):
+        if path.is_dir():
+            continue
+        if path.is_relative_to(archive):
+            relative = path.resolve().relative_to(archive.resolve())
+            inside = len(relative.parts) == 3 and relative.suffix == ".dcm"
+            if not inside or relative.parts[0] == ".tmp":
+                strays.append(path)
+        elif not _expected(path, work, quarantine):
+            strays.append(path)
+    strays += [p for p in Path("/tmp").glob("raddraft-escape*")]
+    return strays
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--inputs", type=int, default=1000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--push-rounds", type=int, default=0, help="0: push until fuzzing ends")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="raddraft-fuzz-") as tmp:
+        work = Path(tmp)
+        data = work / "data"
+        data.mkdir()
+        (work / "send").mkdir()
+        (work / "push").mkdir()
+        url = f"sqlite:///{data / 'raddraft.db'}"
+        migrate.upgrade(url)
+        env = {
+            "RADDRAFT_DATA_DIR": str(data),
+            "RADDRAFT_DATABASE_URL": url,
+            "RADDRAFT_ALLOWED_CALLERS": "*",
+            "RADDRAFT_MAX_DATASET_MB": "16",
+            "RADDRAFT_NETWORK_TIMEOUT_SECONDS": "5",
+            "RADDRAFT_MAX_ASSOCIATIONS": "32",
+        }
+        listener = ListenerProcess(work / "listener.log", env=env).start()
+        assert listener.process is not None
+        rss = Rss(listener.process.pid)
+        baseline = rss.field("VmRSS")
+        push = Push(listener.port, work / "push", args.push_rounds)
+        push.start()
+        cases = inputs(args.seed, args.inputs)
+        families: Counter[str] = Counter()
+        serving = 0
+        down: list[str] = []
+        started = time.monotonic()
+        try:
+            for number, (name, send) in enumerate(cases, 1):
+                families[name.split(":")[0]] += 1
+                send(listener.port, work / "send")
+                if listener.alive() and hostile.echo(listener.port):
+                    serving += 1
+                else:
+                    down.append(name)
+                    if not listener.alive():
+                        print(f"listener died after input {number} ({name})")
+                        break
+                if number % 100 == 0:
+                    now = rss.field("VmRSS")
+                    print(f"  {number} inputs, serving after {serving}, rss {now:.0f} MB")
+        finally:
+            push.stop.set()
+            push.join(300)
+            peak = rss.field("VmHWM") if listener.alive() else float("nan")
+            listener.stop()
+        elapsed = time.monotonic() - started
+        engine = create_engine(url)
+        with engine.connect() as connection:
+            rows = dict(connection.execute(select(Instance.sop_instance_uid, Instance.path)).all())
+        lost = [
+            uid
+            for uid in push.acked
+            if uid not in rows or not (data / "archive" / rows[uid]).is_file()
+        ]
+        strays = stray_files(work, data)
+        quarantined = len(list((data / "quarantine").glob("*.dcm")))
+        mix = ", ".join(f"{k} {v}" for k, v in sorted(families.items()))
+        print(f"inputs tried: {len(cases)} ({mix}) in {elapsed:.0f} s")
+        print(
+            f"listener serving after each input: {serving} of {len(cases)}"
+            + (f"; not after {Counter(down)}" if down else "")
+        )
+        print(f"listener RSS: {baseline:.0f} MB after start (baseline), peak {peak:.0f} MB")
+        print(
+            f"quarantined: {quarantined}; stray files: {len(strays)} {[str(p) for p in strays[:5]]}"
+        )
+        print(
+            f"concurrent push: {push.sent} sent, {len(push.acked)} acknowledged, {len(lost)} lost"
+        )
+        print(
+            f"RESULT fuzz_inputs={len(cases)} serving={serving} peak_rss_mb={peak:.0f} "
+            f"stray_files={len(strays)} lost={len(lost)}"
+        )
+
+
+if __name__ == "__main__":
+    main()
