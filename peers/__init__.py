@@ -13,7 +13,8 @@ And one *target* per destination kind on top of them (:mod:`peers._target`): an 
 
 - ``dicom``: :class:`~peers.dicom_store.DicomStoreTarget`, C-STORE over one association.
 - ``hl7``: :class:`~peers.hl7_mllp.MllpTarget`, ORU messages over MLLP, ACK checked.
-- ``fhir``: :class:`~peers.fhir_rest.FhirTarget`, FHIR RESTful update (PUT).
+- ``fhir``: :class:`~peers.fhir_rest.FhirTarget`, FHIR RESTful update (PUT), ``If-Match``
+  when the sender names the version it expects.
 
 :func:`target_for` picks one by kind. A new destination kind (say DICOMweb STOW-RS) is one
 module with its target class plus one line in :data:`TARGETS`.
@@ -34,7 +35,12 @@ from peers._target import (
     TransientDeliveryError,
 )
 from peers.dicom_store import DicomStorePermanentError, DicomStoreTarget, DicomStoreTransientError
-from peers.fhir_rest import FhirPermanentError, FhirTarget, FhirTransientError
+from peers.fhir_rest import (
+    FhirConflictError,
+    FhirPermanentError,
+    FhirTarget,
+    FhirTransientError,
+)
 from peers.hl7_mllp import MllpPermanentError, MllpTarget, MllpTransientError
 from peers.tls import client_tls
 from raddraft.settings import Settings
@@ -46,6 +52,7 @@ __all__ = [
     "DicomStorePermanentError",
     "DicomStoreTarget",
     "DicomStoreTransientError",
+    "FhirConflictError",
     "FhirPermanentError",
     "FhirTarget",
     "FhirTransientError",

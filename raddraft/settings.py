@@ -39,6 +39,10 @@ class DicomNode:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+#: Unsigned AI drafts: ``send`` them (marked as unverified drafts) or ``hold`` until sign-off.
+ReleasePolicy = Literal["send", "hold"]
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -106,6 +110,16 @@ class Settings(BaseSettings):
     ris_mllp: str = Field(default="", description="host:port of the RIS HL7 v2 MLLP listener.")
     fhir_server_url: str = ""
     institution_name: str = "RadDraft Hospital"
+    # What leaves before a radiologist signs, per destination kind (README: "Release policy").
+    release_unsigned_pacs: ReleasePolicy = Field(
+        default="send", description="Unsigned SR/GSPS to PACS (they say UNVERIFIED AI DRAFT)."
+    )
+    release_unsigned_hl7: ReleasePolicy = Field(
+        default="hold", description="HL7 ORU with OBR-25 P to the RIS before sign-off."
+    )
+    release_unsigned_fhir: ReleasePolicy = Field(
+        default="hold", description="FHIR DiagnosticReport status preliminary before sign-off."
+    )
 
     # Web
     web_host: str = "127.0.0.1"
