@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from hl7apy.mllp import AbstractHandler, MLLPServer
@@ -51,17 +52,24 @@ def _handler(listener: Listener) -> type[AbstractHandler]:
     return Handler
 
 
-@pytest.fixture
-def listener() -> Iterator[tuple[Listener, int]]:
-    state = Listener()
-    port = free_port()
+@contextmanager
+def serving(state: Listener, port: int) -> Iterator[None]:
+    """Run the listener on ``port`` until the block ends (a RIS that is up, then down)."""
     server = MLLPServer("127.0.0.1", port, {"ORU^R01^ORU_R01": (_handler(state),)}, timeout=5)
     server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield state, port
+        yield
     finally:
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+
+
+@pytest.fixture
+def listener() -> Iterator[tuple[Listener, int]]:
+    state = Listener()
+    port = free_port()
+    with serving(state, port):
+        yield state, port

@@ -111,7 +111,9 @@ def test_fhir_read_and_search(
 def test_fhir_push_objects_written_for_the_worker(
     engine: Engine, settings: Settings, tokens: dict[str, str]
 ) -> None:
-    wired = settings.model_copy(update={"fhir_server_url": "http://fhir.example/fhir"})
+    wired = settings.model_copy(
+        update={"fhir_server_url": "http://fhir.example/fhir", "release_unsigned_fhir": "send"}
+    )
     _report_id, _ = make_draft(engine, wired)
     with session_scope(engine) as session:
         rows = session.scalars(select(SentObject).where(SentObject.kind == "fhir")).all()

@@ -98,6 +98,9 @@ def test_preliminary_final_and_corrected_reach_the_ris_in_order(
         "RADDRAFT_MODEL": "StanfordAIMI/CheXOne",
         "RADDRAFT_RIS_MLLP": f"127.0.0.1:{ris_port}",
         "RADDRAFT_FHIR_SERVER_URL": fhir_server.url,
+        # The preliminary goes out too here (the default holds it until sign-off).
+        "RADDRAFT_RELEASE_UNSIGNED_HL7": "send",
+        "RADDRAFT_RELEASE_UNSIGNED_FHIR": "send",
         "RADDRAFT_WEB_HOST": "127.0.0.1",
         "RADDRAFT_WEB_PORT": str(web_port),
     }
