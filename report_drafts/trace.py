@@ -1,4 +1,11 @@
-"""Provenance: from any identifier a receiver saw back to the draft, the model and the signer."""
+"""Provenance: from any identifier a receiver saw back to the draft, the model and the signer.
+
+An identifier is an SR, GSPS or rejection-note SOP Instance UID, an HL7 control id (MSH-10 of
+a message RadDraft sent, or MSA-2 of the ACK the RIS answered), a FHIR ``Type/id`` or a
+report's uid. Each version found lists what it sent where, and every attempt from the audit
+log with the peer's answer: the MLLP ACK code and control ids, the DICOM status, the HTTP
+status and ETag; an obsolete object names the version that replaced it.
+"""
 
 from __future__ import annotations
 
@@ -9,13 +16,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from report_drafts.content import ReportContent
-from report_drafts.tables import DraftRun, Report, ReportVersion, SentObject
+from report_drafts.tables import AuditEvent, DraftRun, Report, ReportVersion, SentObject
 
 
 @dataclass
 class TraceResult:
     identifier: str
-    matched: str  # what the identifier is: sr, gsps, hl7, fhir, report
+    matched: str  # what the identifier is: sr, gsps, kos, hl7, fhir, report
     report_id: int
     version: int
     status: str
@@ -30,6 +37,59 @@ class TraceResult:
     prior: dict[str, Any]
     stages: list[dict[str, Any]] = field(default_factory=list)  # stage, question, answer, seconds
     sent: list[dict[str, Any]] = field(default_factory=list)
+    # every attempt and obsolescence from the audit log: at, identifier, ok, response, error
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+
+SEND_ACTIONS = ("message", "export", "obsolete")
+
+
+def _version_row(session: Session, event: AuditEvent) -> ReportVersion | None:
+    return session.scalar(
+        select(ReportVersion).where(
+            ReportVersion.report_pk == event.report_pk, ReportVersion.number == event.version
+        )
+    )
+
+
+def _attempts(session: Session, row: ReportVersion) -> list[dict[str, Any]]:
+    """The version's sends, ACKs and obsolescences from the audit log, oldest first."""
+    events = session.scalars(
+        select(AuditEvent)
+        .where(
+            AuditEvent.report_pk == row.report_pk,
+            AuditEvent.version == row.number,
+            AuditEvent.action.in_(SEND_ACTIONS),
+        )
+        .order_by(AuditEvent.at, AuditEvent.id)
+    )
+    return [
+        {
+            "at": e.at.isoformat(),
+            "action": e.action,
+            "kind": e.detail.get("kind"),
+            "identifier": e.detail.get("identifier"),
+            "destination": e.detail.get("destination"),
+            "ok": e.detail.get("ok"),
+            "response": e.detail.get("response") or {},
+            "error": e.detail.get("error") or e.detail.get("why"),
+        }
+        for e in events
+    ]
+
+
+def _acked_versions(session: Session, control_id: str) -> list[ReportVersion | None]:
+    """Versions whose message an ACK with this MSH-10 answered: only the audit log keeps it."""
+    found = []
+    for event in session.scalars(
+        select(AuditEvent).where(
+            AuditEvent.action.in_(SEND_ACTIONS), AuditEvent.report_pk.is_not(None)
+        )
+    ):
+        response = (event.detail or {}).get("response") or {}
+        if control_id and response.get("ack_control_id") == control_id:
+            found.append(_version_row(session, event))
+    return found
 
 
 def find_versions(session: Session, identifier: str) -> list[tuple[str, ReportVersion]]:
@@ -53,6 +113,9 @@ def find_versions(session: Session, identifier: str) -> list[tuple[str, ReportVe
         )
     ):
         add(sent.kind, session.get(ReportVersion, sent.report_version_pk))
+    if not found:
+        for row in _acked_versions(session, identifier):
+            add("ack", row)
     report = session.scalar(select(Report).where(Report.uid == bare))
     if report is not None:
         for row in report.versions:
@@ -117,9 +180,14 @@ def trace(session: Session, identifier: str) -> list[TraceResult]:
                         "destination": s.destination,
                         "state": s.state,
                         "attempts": s.attempts,
+                        "sent_at": s.sent_at.isoformat() if s.sent_at else None,
+                        "replaced_by_version": s.replaced_by_version,
+                        "response": s.response or {},
+                        "note": s.last_error,
                     }
                     for s in sent
                 ],
+                attempts=_attempts(session, row),
             )
         )
     return results
