@@ -78,17 +78,26 @@ def _attempts(session: Session, row: ReportVersion) -> list[dict[str, Any]]:
     ]
 
 
-def _acked_versions(session: Session, control_id: str) -> list[ReportVersion | None]:
-    """Versions whose message an ACK with this MSH-10 answered: only the audit log keeps it."""
-    found = []
+def _scanned_versions(session: Session, identifier: str) -> list[tuple[str, ReportVersion]]:
+    """Versions found only by scanning: a GSPS UID (a JSON list on the version) or an ACK's
+    own control id (its MSH-10, kept only in the audit log's copy of the answer)."""
+    found: list[tuple[str, ReportVersion]] = []
+    for row in session.scalars(
+        select(ReportVersion).where(ReportVersion.sr_sop_instance_uid.is_not(None))
+    ):
+        if identifier in (row.gsps_sop_instance_uids or []):
+            found.append(("gsps", row))
     for event in session.scalars(
         select(AuditEvent).where(
             AuditEvent.action.in_(SEND_ACTIONS), AuditEvent.report_pk.is_not(None)
         )
     ):
         response = (event.detail or {}).get("response") or {}
-        if control_id and response.get("ack_control_id") == control_id:
-            found.append(_version_row(session, event))
+        acked = (
+            _version_row(session, event) if response.get("ack_control_id") == identifier else None
+        )
+        if identifier and acked is not None:
+            found.append(("ack", acked))
     return found
 
 
@@ -113,20 +122,13 @@ def find_versions(session: Session, identifier: str) -> list[tuple[str, ReportVe
         )
     ):
         add(sent.kind, session.get(ReportVersion, sent.report_version_pk))
-    if not found:
-        for row in _acked_versions(session, identifier):
-            add("ack", row)
     report = session.scalar(select(Report).where(Report.uid == bare))
     if report is not None:
         for row in report.versions:
             add("report", row)
     if not found:
-        # GSPS UIDs live in a JSON list; scan versions that have any (few per report).
-        for row in session.scalars(
-            select(ReportVersion).where(ReportVersion.sr_sop_instance_uid.is_not(None))
-        ):
-            if identifier in (row.gsps_sop_instance_uids or []):
-                add("gsps", row)
+        for kind, row in _scanned_versions(session, identifier):
+            add(kind, row)
     return found
 
 
