@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -34,7 +35,9 @@ def _ack(message: str, code: str) -> str:
     control_id = "WRONG" if code == "WRONG" else control_id_of(message)
     msa_code = "AA" if code == "WRONG" else code
     segments = [
-        "MSH|^~\\&|RIS|GH|RADDRAFT|GH|20250301093000||ACK^R01^ACK|A1|P|2.5.1",
+        # Each ACK has its own control id (MSH-10), as a RIS gives it.
+        "MSH|^~\\&|RIS|GH|RADDRAFT|GH|20250301093000||ACK^R01^ACK|"
+        f"A{uuid.uuid4().hex[:12]}|P|2.5.1",
         f"MSA|{msa_code}|{control_id}|{'rejected by test' if code != 'AA' else ''}",
     ]
     return (START_BLOCK + "\r".join(segments).encode() + END_BLOCK).decode()

@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 #: The sent-object kinds each destination kind carries.
 SENT_KINDS: dict[str, tuple[str, ...]] = {
-    "dicom": ("sr", "gsps"),
+    "dicom": ("sr", "gsps", "kos"),
     "hl7": ("hl7",),
     "fhir": ("fhir",),
 }
