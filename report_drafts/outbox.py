@@ -47,6 +47,7 @@ from report_drafts.builders import (
     resource_id_for,
 )
 from report_drafts.content import Algorithm, ReportContent
+from report_drafts.states import SIGNED_STATES
 from report_drafts.tables import Report, ReportVersion, SentKind, SentObject, SentState
 from report_drafts.versions import algorithm_of, draft_run
 
@@ -404,18 +405,30 @@ RELEASE_POLICY: dict[str, str] = {
 
 
 def release_state(
-    settings: Settings, kind: str, *, send: bool, signed: bool, withdrawal: bool
+    settings: Settings,
+    kind: str,
+    *,
+    send: bool,
+    signed: bool,
+    withdrawal: bool,
+    study_signed: bool = False,
 ) -> tuple[SentState, str | None]:
     """Whether a version's objects for destination ``kind`` go now, and if not, why.
 
     A demo model's objects are held unless demo export is allowed; an unsigned draft's are held
-    when that kind's release policy says ``hold``. Signed versions and withdrawals always go
-    (a withdrawal with nothing delivered before it is dropped at sending time instead).
+    when that kind's release policy says ``hold``, and always for the RIS and FHIR when another
+    report of the study is signed (``study_signed``: a later study version's draft must not
+    follow the final the RIS shows for that accession). Signed versions and withdrawals always
+    go (a withdrawal with nothing delivered before it is dropped at sending time instead).
     """
     if not send:
         return SentState.held, "demo model: RADDRAFT_ALLOW_DEMO_EXPORT is off"
+    if signed or withdrawal:
+        return SentState.pending, None
+    if study_signed and kind in ("hl7", "fhir"):
+        return SentState.held, "a signed report of this study was sent: no preliminary follows it"
     name = RELEASE_POLICY[kind]
-    if not signed and not withdrawal and getattr(settings, name) == "hold":
+    if getattr(settings, name) == "hold":
         return SentState.held, f"unsigned AI draft held until sign-off: RADDRAFT_{name.upper()}"
     return SentState.pending, None
 
@@ -431,6 +444,7 @@ class _Registrar:
     send: bool
     signed: bool
     withdrawal: str | None
+    study_signed: bool = False
     made: list[jobs.Job] = field(default_factory=list)
 
     def state_for(self, group: str) -> tuple[SentState, str | None]:
@@ -440,6 +454,7 @@ class _Registrar:
             send=self.send,
             signed=self.signed,
             withdrawal=self.withdrawal is not None,
+            study_signed=self.study_signed,
         )
 
     def add(self, kind: str, identifier: str, destination: str, path: str, group: str) -> None:
@@ -491,6 +506,7 @@ def register_outbound(
         send=send,
         signed=ReportContent.from_json(version.content).status.is_signed,
         withdrawal=withdrawal,
+        study_signed=_study_signed(session, report),
     )
     for node in settings.destinations:
         destination = str(node)
@@ -504,6 +520,20 @@ def register_outbound(
         _register_fhir(out)
     session.flush()
     return out.made
+
+
+def _study_signed(session: Session, report: Report) -> bool:
+    """Whether another report of the same study was signed (its final went out)."""
+    other = session.scalar(
+        select(Report.id)
+        .where(
+            Report.study_pk == report.study_pk,
+            Report.id != report.id,
+            Report.state.in_(list(SIGNED_STATES)),
+        )
+        .limit(1)
+    )
+    return other is not None
 
 
 def _register_hl7(out: _Registrar) -> None:

@@ -237,3 +237,33 @@ def test_a_superseded_draft_is_withdrawn_and_the_new_draft_sent(
         for pk in (_version_pk(engine, old_report, 1), withdrawal_pk, new_pk)
     ]
     assert [control_id_of(m) for m in ris.received] == expected
+
+
+def test_no_preliminary_follows_a_signed_report_of_the_same_study(
+    engine: Engine,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    listener: tuple[Listener, int],
+) -> None:
+    """Images arriving after sign-off open a new study version and a new draft: the RIS shows
+    the final for that accession, so the new draft's ORU P is held even under ``send``."""
+    ris, ris_port = listener
+    wired = _wire(monkeypatch, ris_mllp=f"127.0.0.1:{ris_port}", release_unsigned_hl7="send")
+    report_id, study = make_draft(engine, wired)
+    assert _run(_jobs(engine, _version_pk(engine, report_id, 1))[SendHl7.TASK]) == "done"
+    signed_pk = _sign(engine, report_id, wired)
+    assert _run(_jobs(engine, signed_pk)[SendHl7.TASK]) == "done"
+    later = archive_study(engine, wired, study_uid=study.study_instance_uid, version_number=2)
+    with session_scope(engine) as session:
+        new_pk = drafting.record_draft(
+            session,
+            study_version_pk=later.study_version_pk,
+            content=draft_content(later.sop_instance_uids[0]),
+            run=RUN,
+            algorithm=ALGORITHM,
+            settings=wired,
+        ).id
+    assert SendHl7.TASK not in _jobs(engine, new_pk)
+    (row,) = _rows(engine, new_pk, "hl7")
+    assert row.state == "held" and "no preliminary follows" in (row.last_error or "")
+    assert [_obr25_obx11(m)[0] for m in ris.received] == ["P", "F"]
