@@ -102,7 +102,7 @@ def deliver(
         rows[item.identifier].append(item.sent_object_pk)
     outbound = [peers.Outbound(i.identifier, i.path, if_match=i.if_match) for i in items]
     try:
-        delivery = target.send(outbound)
+        delivery = _send(target, outbound)
     except peers.DeliveryError as error:
         answers = _by_row(rows, error.responses)
         _record([pk for i in error.delivered for pk in rows[i]], ok=True, responses=answers)
@@ -140,6 +140,19 @@ def deliver(
         "export_s": round(delivery.seconds, 4),
         **({"replaced": claim.replaced} if claim.replaced else {}),
     }
+
+
+def _send(target: peers.Target, outbound: list[peers.Outbound]) -> peers.Delivery:
+    """The target's send; anything but a classified failure counts as a transient one for
+    every object, so no claimed row is left ``sending`` (later versions would wait on it)."""
+    try:
+        return target.send(outbound)
+    except peers.DeliveryError:
+        raise
+    except Exception as error:
+        raise peers.TransientDeliveryError(
+            f"{type(error).__name__}: {error}", failed=[o.identifier for o in outbound]
+        ) from error
 
 
 def _by_row(

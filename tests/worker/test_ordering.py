@@ -277,3 +277,26 @@ def test_a_lost_answer_is_recognised_on_retry(
     assert [v["status"] for v in fhir.history[path]] == ["preliminary", "final"]
     (dr_row,) = [r for r in _rows(engine, signed_pk, "fhir") if "DiagnosticReport" in r.identifier]
     assert dr_row.response["http_status"] == 412 and dr_row.response["already_current"] is True
+
+
+def test_an_unexpected_failure_leaves_nothing_in_flight(
+    engine: Engine,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    listener: tuple[Listener, int],
+    fhir: FhirServer,
+) -> None:
+    """A payload that cannot be read fails its rows (no row stays ``sending``), so the next
+    version is not kept waiting behind it."""
+    ris, ris_port = listener
+    wired = _wire(monkeypatch, ris_port, fhir.url, release_unsigned_hl7="send")
+    report_id, _study = make_draft(engine, wired)
+    draft_pk = _version_pk(engine, report_id, 1)
+    (p_row,) = _rows(engine, draft_pk, "hl7")
+    (wired.data_dir / "outbox" / p_row.path).unlink()
+    assert _run(_jobs(engine, draft_pk)[SendHl7.TASK]) == "retry"
+    (p_row,) = _rows(engine, draft_pk, "hl7")
+    assert p_row.state == "failed" and "FileNotFoundError" in (p_row.last_error or "")
+    signed_pk = _sign(engine, report_id, wired)
+    assert _run(_jobs(engine, signed_pk)[SendHl7.TASK]) == "done"
+    assert [_status(m)[0] for m in ris.received] == ["F"]
