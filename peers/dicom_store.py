@@ -93,8 +93,7 @@ class DicomStoreTarget:
                 "statuses": [i.status for i in outcome.instances],
             },
             responses={
-                i.sop_instance_uid: {"dicom_status": f"0x{i.status:04X}"}
-                for i in outcome.instances
+                i.sop_instance_uid: {"dicom_status": f"0x{i.status:04X}"} for i in outcome.instances
             },
         )
 

@@ -185,9 +185,7 @@ class FhirTarget:
             return None
         current = response.json()
         stamps = [k for k in ("issued", "recorded") if resource.get(k)]
-        same = bool(stamps) and all(
-            current.get(k) == resource.get(k) for k in ("status", *stamps)
-        )
+        same = bool(stamps) and all(current.get(k) == resource.get(k) for k in ("status", *stamps))
         return _answer(response, if_match=None) if same else None
 
 
@@ -196,8 +194,22 @@ def _answer(response: httpx.Response, *, if_match: str | None) -> dict[str, Any]
     answer: dict[str, Any] = {"http_status": response.status_code}
     if response.headers.get("ETag"):
         answer["etag"] = response.headers["ETag"]
+    elif (version_id := _version_id(response)) is not None:
+        # Servers that return the resource but no ETag still say its meta.versionId.
+        answer["etag"] = f'W/"{version_id}"'
     if response.headers.get("Location"):
         answer["location"] = response.headers["Location"]
     if if_match:
         answer["if_match"] = if_match
     return answer
+
+
+def _version_id(response: httpx.Response) -> str | None:
+    """``meta.versionId`` of the resource a server returned, if it returned one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    meta = body.get("meta") if isinstance(body, dict) else None
+    version_id = meta.get("versionId") if isinstance(meta, dict) else None
+    return str(version_id) if version_id else None

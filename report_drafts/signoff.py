@@ -285,8 +285,7 @@ def reject(
         action="reject",
         user=user,
         note=reason.strip(),
-        why=f"AI draft rejected by radiologist {user.display_name or user.name}: "
-        f"{reason.strip()}",
+        why=f"AI draft rejected by radiologist {user.display_name or user.name}: {reason.strip()}",
     )
     audit_report(
         session,

@@ -125,6 +125,11 @@ def test_preliminary_final_and_corrected_reach_the_ris_in_order(
         stack.push(files)
         report = stack.wait_for_draft(ids.study_uid)
         wait_for(lambda: len(ris.received) >= 1, 90, "the preliminary ORU", stack.processes)
+        # Each step waits for both messages: a version signed before its predecessor went out
+        # makes the predecessor obsolete (never sent after it), by design.
+        wait_for(
+            lambda: len(fhir_server.statuses()) >= 1, 90, "the FHIR preliminary", stack.processes
+        )
         api = httpx.Client(
             base_url=f"http://127.0.0.1:{web_port}/api",
             headers={"Authorization": f"Bearer {token}"},
@@ -138,6 +143,7 @@ def test_preliminary_final_and_corrected_reach_the_ris_in_order(
         )
         assert signed.status_code == 200, signed.text
         wait_for(lambda: len(ris.received) >= 2, 90, "the final ORU", stack.processes)
+        wait_for(lambda: len(fhir_server.statuses()) >= 2, 90, "the FHIR final", stack.processes)
         amended = api.post(
             f"/reports/{report.id}/amend",
             json={
