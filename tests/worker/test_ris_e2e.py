@@ -171,6 +171,8 @@ def test_preliminary_final_and_corrected_reach_the_ris_in_order(
     assert fhir_server.statuses() == ["preliminary", "final", "corrected"]
     assert any(r["resourceType"] == "Provenance" for r in fhir_server.puts)
     assert "Smith" in trace and ids.study_uid in trace
+    # the send and the RIS's answer to it, from the audit log
+    assert f"hl7 {control_id} -> 127.0.0.1:{ris_port}: ok ack_code=AA ack_for={control_id}" in trace
 
 
 def _up(api: httpx.Client) -> bool:
