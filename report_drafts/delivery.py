@@ -10,8 +10,9 @@ database's write lock (SQLite), and the claim decides, per destination:
   undelivered objects are ``obsolete`` (``replaced_by_version`` names that version) and nothing
   is sent. A final is therefore never followed by a preliminary, nor a withdrawal by the draft
   it withdraws;
-- an **earlier** version's objects are being sent right now (``sending``): not yet, the job
-  comes back shortly (:attr:`Claim.wait`), so the older message arrives first;
+- an **earlier** version's objects are being sent right now (``sending``, their job not dead):
+  not yet, the job comes back shortly (:attr:`Claim.wait`), so the older message arrives
+  first;
 - an earlier version's objects still waiting (``pending``, ``failed``, ``held``) will never be
   sent: they become ``obsolete``, replaced by this version;
 - a **withdrawal** (a rejected or superseded draft) of which nothing earlier reached the
@@ -36,12 +37,13 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from raddraft import job_contract, jobs
 from raddraft.db import utcnow
 from raddraft.settings import Settings
 from report_drafts import audit
 from report_drafts.outbox import outbox_file
 from report_drafts.states import NotFound
-from report_drafts.tables import Report, ReportVersion, SentObject, SentState
+from report_drafts.tables import Report, ReportVersion, SentKind, SentObject, SentState
 from report_drafts.versions import study_uid
 
 #: Version actions that withdraw what was sent of a report (IOCM note, HL7 W, FHIR
@@ -50,7 +52,7 @@ WITHDRAWAL_ACTIONS = frozenset({"reject", "supersede", "withdraw"})
 #: A row in one of these states may still be (or have been) delivered by its own job.
 CLAIMABLE = (SentState.pending, SentState.failed, SentState.sending)
 #: Undelivered rows a later version makes obsolete.
-UNDELIVERED = (SentState.pending, SentState.failed, SentState.held)
+UNDELIVERED = (SentState.pending, SentState.failed, SentState.held, SentState.sending)
 
 
 @dataclass(frozen=True)
@@ -145,6 +147,24 @@ def _make_obsolete(
         )
 
 
+def _job_key(row: SentObject) -> str:
+    """The key of the job that sends ``row`` (:mod:`raddraft.job_contract`)."""
+    if row.kind == SentKind.hl7:
+        return job_contract.SendHl7(row.report_version_pk).key
+    if row.kind == SentKind.fhir:
+        return job_contract.PushFhir(row.report_version_pk).key
+    return job_contract.ExportDicom(row.report_version_pk, row.destination).key
+
+
+def _in_flight(session: Session, row: SentObject) -> bool:
+    """A row its job is sending now. A ``sending`` row whose job is dead-lettered (its worker
+    failed even to record the outcome) is not waited for: it counts as undelivered."""
+    if row.state != SentState.sending:
+        return False
+    state = session.scalar(select(jobs.Job.state).where(jobs.Job.key == _job_key(row)))
+    return state not in (jobs.JobState.dead, jobs.JobState.done)
+
+
 def _if_match(row: SentObject, earlier: Sequence[tuple[SentObject, int, str]]) -> str | None:
     """The ETag of the last version of this FHIR DiagnosticReport RadDraft delivered."""
     if not row.identifier.startswith("DiagnosticReport/"):
@@ -184,7 +204,7 @@ def claim_sends(
         session.flush()
         return Claim(obsolete=len(own), reason=why)
     earlier = [(r, n, a) for r, n, a in rows if n < version_row.number]
-    if any(r.state == SentState.sending for r, _n, _a in earlier):
+    if any(_in_flight(session, r) for r, _n, _a in earlier):
         return Claim(wait=True, reason="an earlier version is being sent to this destination")
     waiting = [r for r, _n, _a in earlier if r.state in UNDELIVERED]
     by_version: dict[int, list[SentObject]] = {}

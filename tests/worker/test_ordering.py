@@ -300,3 +300,26 @@ def test_an_unexpected_failure_leaves_nothing_in_flight(
     signed_pk = _sign(engine, report_id, wired)
     assert _run(_jobs(engine, signed_pk)[SendHl7.TASK]) == "done"
     assert [_status(m)[0] for m in ris.received] == ["F"]
+
+
+def test_a_dead_job_left_sending_does_not_hold_up_the_final(
+    engine: Engine,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    listener: tuple[Listener, int],
+    fhir: FhirServer,
+) -> None:
+    ris, ris_port = listener
+    wired = _wire(monkeypatch, ris_port, fhir.url, release_unsigned_hl7="send")
+    report_id, _study = make_draft(engine, wired)
+    draft_pk = _version_pk(engine, report_id, 1)
+    with session_scope(engine) as session:  # claimed, then its job was dead-lettered
+        assert len(claim_sends(session, wired, draft_pk, kinds=("hl7",), destination=None).items)
+        dead = session.get(jobs.Job, _jobs(engine, draft_pk)[SendHl7.TASK].id)
+        assert dead is not None
+        dead.state = jobs.JobState.dead
+    signed_pk = _sign(engine, report_id, wired)
+    assert _run(_jobs(engine, signed_pk)[SendHl7.TASK]) == "done"
+    assert [_status(m)[0] for m in ris.received] == ["F"]
+    (p_row,) = _rows(engine, draft_pk, "hl7")
+    assert (p_row.state, p_row.replaced_by_version) == ("obsolete", 2)
