@@ -15,7 +15,8 @@ And one *target* per destination kind on top of them (:mod:`peers._target`): an 
 
 - ``dicom``: :class:`~peers.dicom_store.DicomStoreTarget`, C-STORE over one association.
 - ``hl7``: :class:`~peers.hl7_mllp.MllpTarget`, ORU messages over MLLP, ACK checked.
-- ``fhir``: :class:`~peers.fhir_rest.FhirTarget`, FHIR RESTful update (PUT).
+- ``fhir``: :class:`~peers.fhir_rest.FhirTarget`, FHIR RESTful update (PUT), ``If-Match``
+  when the sender names the version it expects.
 - ``stow``: :class:`~peers.dicomweb_stow.StowTarget`, DICOMweb STOW-RS (PS3.18 10.5).
 
 :func:`target_for` picks one by kind. A new destination kind (say DICOMweb STOW-RS) is one
@@ -44,7 +45,12 @@ from peers.dicomweb_stow import (
     is_stow_destination,
 )
 from peers.dicomweb_wado import WadoPermanentError, WadoTransientError, retrieve_instance
-from peers.fhir_rest import FhirPermanentError, FhirTarget, FhirTransientError
+from peers.fhir_rest import (
+    FhirConflictError,
+    FhirPermanentError,
+    FhirTarget,
+    FhirTransientError,
+)
 from peers.hl7_mllp import MllpPermanentError, MllpTarget, MllpTransientError
 from peers.tls import client_tls
 from raddraft.settings import Settings
@@ -56,6 +62,7 @@ __all__ = [
     "DicomStorePermanentError",
     "DicomStoreTarget",
     "DicomStoreTransientError",
+    "FhirConflictError",
     "FhirPermanentError",
     "FhirTarget",
     "FhirTransientError",

@@ -5,7 +5,9 @@ RESTful update). It is handed :class:`Outbound` objects, each a payload file alr
 once in the outbox together with the identifier the peer knows it by (SOP Instance UID, HL7
 MSH-10 control id, FHIR ``Type/id``), and either returns a :class:`Delivery` listing what the
 peer took, in order, or raises a :class:`DeliveryError` saying what was delivered before the
-failure, what failed, and (by its class) whether a retry may help.
+failure, what failed, and (by its class) whether a retry may help. Both carry ``responses``:
+per identifier, what the peer answered (MLLP ACK code and control ids, DICOM status, HTTP
+status and ETag), for the audit log.
 """
 
 from __future__ import annotations
@@ -31,6 +33,9 @@ class Outbound:
 
     identifier: str
     path: Path
+    #: The version the sender expects the peer to hold (an HTTP ETag for FHIR ``If-Match``);
+    #: ``None`` sends unconditionally. Kinds without versioned resources ignore it.
+    if_match: str | None = None
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,8 @@ class Delivery:
     seconds: float
     warnings: tuple[str, ...] = ()
     detail: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    #: Per identifier, what the peer answered (ACK code, status, ETag...).
+    responses: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False, hash=False)
 
 
 class DeliveryError(Exception):
@@ -49,11 +56,18 @@ class DeliveryError(Exception):
     and not taken. Identifiers in neither were not tried."""
 
     def __init__(
-        self, message: str, *, delivered: Sequence[str] = (), failed: Sequence[str] = ()
+        self,
+        message: str,
+        *,
+        delivered: Sequence[str] = (),
+        failed: Sequence[str] = (),
+        responses: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(message)
         self.delivered: tuple[str, ...] = tuple(delivered)
         self.failed: tuple[str, ...] = tuple(failed)
+        #: Per identifier, what the peer answered before or at the failure.
+        self.responses: dict[str, dict[str, Any]] = dict(responses or {})
 
 
 class TransientDeliveryError(DeliveryError):

@@ -27,7 +27,7 @@ class DicomStoreTransientError(TransientDeliveryError):
     ``status`` is the DIMSE status when the peer answered with one (PS3.7 Annex C)."""
 
     def __init__(self, error: ScuError, *, failed: Sequence[str]) -> None:
-        super().__init__(str(error), failed=failed)
+        super().__init__(str(error), failed=failed, responses=_status_of(failed, error.status))
         self.status: int | None = error.status
 
 
@@ -35,7 +35,7 @@ class DicomStorePermanentError(PermanentDeliveryError):
     """C-STORE failed in a way a retry will not fix (see :class:`PermanentExportError`)."""
 
     def __init__(self, error: ScuError, *, failed: Sequence[str]) -> None:
-        super().__init__(str(error), failed=failed)
+        super().__init__(str(error), failed=failed, responses=_status_of(failed, error.status))
         self.status: int | None = error.status
 
 
@@ -92,4 +92,13 @@ class DicomStoreTarget:
                 "calling_ae": self.calling_ae,
                 "statuses": [i.status for i in outcome.instances],
             },
+            responses={
+                i.sop_instance_uid: {"dicom_status": f"0x{i.status:04X}"} for i in outcome.instances
+            },
         )
+
+
+def _status_of(identifiers: Sequence[str], status: int | None) -> dict[str, dict[str, object]]:
+    """The DIMSE status (PS3.7 Annex C) a failure answered, for each object it failed."""
+    value = None if status is None else f"0x{status:04X}"
+    return {identifier: {"dicom_status": value} for identifier in identifiers}

@@ -5,6 +5,14 @@ one at a time in order; a client-assigned id makes the update idempotent, so a r
 lost answer does no harm. A network failure, 5xx and 429 (too many requests) are transient;
 any other 4xx is permanent (the server will not take this resource as it is). The first
 failure stops the rest: those before it are delivered, it failed, those after it were not tried.
+
+Version-aware updates (FHIR R4 http.html "Managing Resource Contention"): an
+:class:`~peers._target.Outbound` with ``if_match`` is PUT with ``If-Match: <ETag>``, the
+version the sender last wrote, and the ETag the server answers (``W/"<versionId>"``) is
+recorded. A 412 Precondition Failed or 409 Conflict means the server holds another version
+than the one RadDraft wrote: a :class:`FhirConflictError` (permanent, never an overwrite),
+unless the server's current resource is the very one being sent (our earlier attempt's answer
+was lost), which counts as delivered.
 """
 
 from __future__ import annotations
@@ -12,13 +20,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import httpx
 
 from peers._target import Delivery, Outbound, PermanentDeliveryError, TransientDeliveryError
 from raddraft.settings import Settings
 
-__all__ = ["FhirPermanentError", "FhirTarget", "FhirTransientError"]
+__all__ = ["FhirConflictError", "FhirPermanentError", "FhirTarget", "FhirTransientError"]
 
 
 class FhirTransientError(TransientDeliveryError):
@@ -31,8 +40,9 @@ class FhirTransientError(TransientDeliveryError):
         delivered: Sequence[str],
         failed: Sequence[str],
         status_code: int | None = None,
+        responses: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        super().__init__(message, delivered=delivered, failed=failed)
+        super().__init__(message, delivered=delivered, failed=failed, responses=responses)
         self.status_code = status_code
 
 
@@ -40,10 +50,24 @@ class FhirPermanentError(PermanentDeliveryError):
     """A 4xx other than 429: the server refuses the resource as it is."""
 
     def __init__(
-        self, message: str, *, delivered: Sequence[str], failed: Sequence[str], status_code: int
+        self,
+        message: str,
+        *,
+        delivered: Sequence[str],
+        failed: Sequence[str],
+        status_code: int,
+        responses: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        super().__init__(message, delivered=delivered, failed=failed)
+        super().__init__(message, delivered=delivered, failed=failed, responses=responses)
         self.status_code = status_code
+
+
+class FhirConflictError(FhirPermanentError):
+    """412/409: the server's resource is not the version RadDraft last wrote; resolve by hand."""
+
+
+#: Precondition Failed (If-Match did not match) and Conflict (RFC 9110 15.5.13, 15.5.10).
+CONFLICT_STATUSES = frozenset({409, 412})
 
 
 def is_transient_status(status_code: int) -> bool:
@@ -67,37 +91,125 @@ class FhirTarget:
         return cls(destination)
 
     def send(self, payload: Sequence[Outbound]) -> Delivery:
-        """PUT each resource (a JSON file) to ``[base]/[resourceType]/[id]``."""
+        """PUT each resource (a JSON file) to ``[base]/[resourceType]/[id]``, in order."""
         started = time.monotonic()
         delivered: list[str] = []
         statuses: dict[str, int] = {}
+        responses: dict[str, dict[str, Any]] = {}
         with httpx.Client(timeout=self.timeout) as client:
             for item in payload:
-                resource = json.loads(item.path.read_text(encoding="utf-8"))
-                url = f"{self.base}/{resource['resourceType']}/{resource['id']}"
                 try:
-                    response = client.put(
-                        url, json=resource, headers={"Content-Type": "application/fhir+json"}
-                    )
-                except httpx.HTTPError as error:
+                    responses[item.identifier] = self._put(client, item)
+                except FhirTransientError as error:
                     raise FhirTransientError(
-                        f"{url}: {error}", delivered=delivered, failed=(item.identifier,)
+                        str(error),
+                        delivered=delivered,
+                        failed=(item.identifier,),
+                        status_code=error.status_code,
+                        responses={**responses, **error.responses},
                     ) from error
-                code = response.status_code
-                if code >= 400:
-                    text = f"{url}: HTTP {code} {response.text[:200]}"
-                    if is_transient_status(code):
-                        raise FhirTransientError(
-                            text, delivered=delivered, failed=(item.identifier,), status_code=code
-                        )
-                    raise FhirPermanentError(
-                        text, delivered=delivered, failed=(item.identifier,), status_code=code
-                    )
+                except FhirPermanentError as error:
+                    kind = type(error)
+                    raise kind(
+                        str(error),
+                        delivered=delivered,
+                        failed=(item.identifier,),
+                        status_code=error.status_code,
+                        responses={**responses, **error.responses},
+                    ) from error
                 delivered.append(item.identifier)
-                statuses[item.identifier] = code
+                statuses[item.identifier] = responses[item.identifier]["http_status"]
         return Delivery(
             destination=self.destination,
             delivered=tuple(delivered),
             seconds=time.monotonic() - started,
             detail={"status_codes": statuses},
+            responses=responses,
         )
+
+    def _put(self, client: httpx.Client, item: Outbound) -> dict[str, Any]:
+        """PUT one resource; its answer (HTTP status, ETag, Location) or a classified error."""
+        resource = json.loads(item.path.read_text(encoding="utf-8"))
+        url = f"{self.base}/{resource['resourceType']}/{resource['id']}"
+        headers = {"Content-Type": "application/fhir+json"}
+        if item.if_match:
+            headers["If-Match"] = item.if_match
+        try:
+            response = client.put(url, json=resource, headers=headers)
+        except httpx.HTTPError as error:
+            raise FhirTransientError(
+                f"{url}: {error}",
+                delivered=(),
+                failed=(item.identifier,),
+                responses={item.identifier: {"http_status": None, "error": str(error)}},
+            ) from error
+        answer = _answer(response, if_match=item.if_match)
+        code = response.status_code
+        if code in CONFLICT_STATUSES:
+            current = self._current_if_same(client, url, resource)
+            if current is not None:
+                return {**current, "http_status": code, "already_current": True}
+            raise FhirConflictError(
+                f"{url}: HTTP {code}: version conflict, the server no longer holds the version "
+                f"RadDraft last wrote (If-Match {item.if_match or 'none'}); someone else changed "
+                f"{resource['resourceType']}/{resource['id']}. RadDraft does not overwrite it: "
+                "compare the server's resource history with RadDraft's and resolve by hand, "
+                "then retry the job",
+                delivered=(),
+                failed=(item.identifier,),
+                status_code=code,
+                responses={item.identifier: answer},
+            )
+        if code >= 400:
+            text = f"{url}: HTTP {code} {response.text[:200]}"
+            kind = FhirTransientError if is_transient_status(code) else FhirPermanentError
+            raise kind(
+                text,
+                delivered=(),
+                failed=(item.identifier,),
+                status_code=code,
+                responses={item.identifier: answer},
+            )
+        return answer
+
+    def _current_if_same(
+        self, client: httpx.Client, url: str, resource: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """The server's current answer when it already holds ``resource`` (same status and
+        issued time: our own earlier PUT whose answer was lost), else ``None``."""
+        try:
+            response = client.get(url, headers={"Accept": "application/fhir+json"})
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        current = response.json()
+        stamps = [k for k in ("issued", "recorded") if resource.get(k)]
+        same = bool(stamps) and all(current.get(k) == resource.get(k) for k in ("status", *stamps))
+        return _answer(response, if_match=None) if same else None
+
+
+def _answer(response: httpx.Response, *, if_match: str | None) -> dict[str, Any]:
+    """What the server said: status, ETag (``W/"<versionId>"``), Location."""
+    answer: dict[str, Any] = {"http_status": response.status_code}
+    if response.headers.get("ETag"):
+        answer["etag"] = response.headers["ETag"]
+    elif (version_id := _version_id(response)) is not None:
+        # Servers that return the resource but no ETag still say its meta.versionId.
+        answer["etag"] = f'W/"{version_id}"'
+    if response.headers.get("Location"):
+        answer["location"] = response.headers["Location"]
+    if if_match:
+        answer["if_match"] = if_match
+    return answer
+
+
+def _version_id(response: httpx.Response) -> str | None:
+    """``meta.versionId`` of the resource a server returned, if it returned one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    meta = body.get("meta") if isinstance(body, dict) else None
+    version_id = meta.get("versionId") if isinstance(meta, dict) else None
+    return str(version_id) if version_id else None

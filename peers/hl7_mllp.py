@@ -12,9 +12,10 @@ from __future__ import annotations
 import ssl
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from peers._target import Delivery, Outbound, PermanentDeliveryError, TransientDeliveryError
-from peers.mllp import MLLPError, RejectedError, send_message
+from peers.mllp import Ack, MLLPError, RejectedError, control_id_of, send_message
 from peers.tls import mllp_tls
 from raddraft.settings import Settings
 
@@ -27,9 +28,14 @@ class MllpTransientError(TransientDeliveryError):
     ``ack_code`` is MSA-1 when the RIS answered with a negative ACK, else ``None``."""
 
     def __init__(
-        self, error: MLLPError, *, delivered: Sequence[str], failed: Sequence[str]
+        self,
+        error: MLLPError,
+        *,
+        delivered: Sequence[str],
+        failed: Sequence[str],
+        responses: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        super().__init__(str(error), delivered=delivered, failed=failed)
+        super().__init__(str(error), delivered=delivered, failed=failed, responses=responses)
         self.ack_code: str | None = error.code if isinstance(error, RejectedError) else None
 
 
@@ -37,9 +43,14 @@ class MllpPermanentError(PermanentDeliveryError):
     """A CR ACK, or an answer that is no ACK of the message: a retry fails the same way."""
 
     def __init__(
-        self, error: MLLPError, *, delivered: Sequence[str], failed: Sequence[str]
+        self,
+        error: MLLPError,
+        *,
+        delivered: Sequence[str],
+        failed: Sequence[str],
+        responses: dict[str, dict[str, Any]] | None = None,
     ) -> None:
-        super().__init__(str(error), delivered=delivered, failed=failed)
+        super().__init__(str(error), delivered=delivered, failed=failed, responses=responses)
         self.ack_code: str | None = error.code if isinstance(error, RejectedError) else None
 
 
@@ -75,6 +86,7 @@ class MllpTarget:
         started = time.monotonic()
         delivered: list[str] = []
         acks: dict[str, str] = {}
+        responses: dict[str, dict[str, Any]] = {}
         for item in payload:
             message = item.path.read_text(encoding="utf-8")
             try:
@@ -87,12 +99,39 @@ class MllpTarget:
                 )
             except MLLPError as error:
                 kind = MllpTransientError if error.transient else MllpPermanentError
-                raise kind(error, delivered=delivered, failed=(item.identifier,)) from error
+                responses[item.identifier] = _refusal(error)
+                raise kind(
+                    error, delivered=delivered, failed=(item.identifier,), responses=responses
+                ) from error
             delivered.append(item.identifier)
             acks[item.identifier] = ack.code
+            responses[item.identifier] = _ack_fields(ack)
         return Delivery(
             destination=self.destination,
             delivered=tuple(delivered),
             seconds=time.monotonic() - started,
             detail={"acks": acks},
+            responses=responses,
         )
+
+
+def _ack_fields(ack: Ack) -> dict[str, Any]:
+    """MSA-1 (acknowledgment code), MSA-2 (the control id acknowledged), MSA-3 and the ACK's
+    own MSH-10 (HL7 v2.5.1 ch. 2.14.8, 2.15.9)."""
+    try:
+        own = control_id_of(ack.raw)
+    except ValueError:
+        own = ""
+    return {
+        "ack_code": ack.code,
+        "ack_for": ack.control_id,
+        "ack_text": ack.text,
+        "ack_control_id": own,
+    }
+
+
+def _refusal(error: MLLPError) -> dict[str, Any]:
+    """What the RIS answered when it did not take the message: its code, or no ACK at all."""
+    if isinstance(error, RejectedError):
+        return {"ack_code": error.code, "ack_for": error.control_id, "ack_text": error.text}
+    return {"ack_code": None, "error": str(error)}

@@ -168,6 +168,20 @@ def fail(
     return JobState(job.state)
 
 
+def defer(session: Session, job_id: int, reason: str, *, delay: dt.timedelta) -> None:
+    """Put a running job back for later without spending an attempt (it waited, not failed)."""
+    job = session.get(Job, job_id)
+    if job is None:
+        return
+    job.state = JobState.pending
+    job.attempts = max(job.attempts - 1, 0)
+    job.lease_until = None
+    job.worker = None
+    job.not_before = utcnow() + delay
+    job.last_error = f"waiting: {reason}"[:4000]
+    session.commit()
+
+
 def retry(session: Session, job_id: int) -> Job:
     """Give a dead or failed job a fresh set of attempts (an administrator's action)."""
     job = session.get(Job, job_id)

@@ -39,6 +39,10 @@ class DicomNode:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+#: Unsigned AI drafts: ``send`` them (marked as unverified drafts) or ``hold`` until sign-off.
+ReleasePolicy = Literal["send", "hold"]
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -209,6 +213,18 @@ class Settings(BaseSettings):
         default_factory=list, description="DICOMweb base URLs that get SR and GSPS by STOW-RS"
     )
     stow_token: str = Field(default="", description="bearer token for the STOW-RS destinations")
+    # What leaves before a radiologist signs, per destination kind (README: "Release policy").
+    release_unsigned_pacs: ReleasePolicy = Field(
+        default="send",
+        description="unsigned SR/GSPS to PACS: send or hold (they say UNVERIFIED AI DRAFT)",
+    )
+    release_unsigned_hl7: ReleasePolicy = Field(
+        default="hold", description="HL7 ORU with OBR-25 P to the RIS before sign-off: send or hold"
+    )
+    release_unsigned_fhir: ReleasePolicy = Field(
+        default="hold",
+        description="FHIR DiagnosticReport status preliminary before sign-off: send or hold",
+    )
 
     # Where images are when this process has no archive of its own (a GPU worker elsewhere)
     archive_url: str = Field(

@@ -9,7 +9,10 @@ The worker (:mod:`report_drafts.drafting`, :mod:`report_drafts.outbox`):
     -> ReportVersion``
     ``pending_sends(session, report_version_pk, *, kinds=("sr", "gsps"), destination=None)
     -> list[SentObject]``, ``outbox_file(settings, sent_object) -> Path``
-    ``record_sent(session, sent_object_pk, *, ok, error=None) -> SentObject``
+    ``claim_sends(session, settings, report_version_pk, *, kinds, destination) -> Claim``:
+    what a job sends now, in version order (:mod:`report_drafts.delivery`)
+    ``record_sent(session, sent_object_pk, *, ok, error=None, response=None) -> SentObject``,
+    ``release(session, sent_object_pks)`` (claimed, not tried)
 Radiologists (:mod:`report_drafts.signoff`):
     ``open_report``, ``edit_text``, ``finding_feedback``, ``sign``, ``reject``, ``amend``
 Administrators (:mod:`report_drafts.admin`):
@@ -41,9 +44,10 @@ from report_drafts.content import (
     ReportStatus,
     Signer,
 )
+from report_drafts.delivery import Claim, SendItem, claim_sends, record_sent, release
 from report_drafts.drafting import mark_state, record_draft
 from report_drafts.figures import reader_figures
-from report_drafts.outbox import fhir_resources, outbox_file, pending_sends, record_sent
+from report_drafts.outbox import fhir_resources, outbox_file, pending_sends
 from report_drafts.retention import Verdict, purge_candidates, record_purge, still_purgeable
 from report_drafts.retention import verdicts as retention_verdicts
 from report_drafts.signoff import amend, edit_text, finding_feedback, open_report, reject, sign
@@ -74,6 +78,7 @@ __all__ = [
     "SIGNED_STATES",
     "Algorithm",
     "Box",
+    "Claim",
     "Finding",
     "IllegalTransition",
     "InvalidRequest",
@@ -83,11 +88,13 @@ __all__ = [
     "ReportContent",
     "ReportState",
     "ReportStatus",
+    "SendItem",
     "Signer",
     "StaleVersion",
     "Verdict",
     "add_user",
     "amend",
+    "claim_sends",
     "current_content",
     "demo_mode",
     "edit_text",
@@ -104,6 +111,7 @@ __all__ = [
     "record_purge",
     "record_sent",
     "reject",
+    "release",
     "report_for_study_version",
     "report_text",
     "requeue",

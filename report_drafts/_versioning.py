@@ -29,7 +29,14 @@ from report_drafts.tables import (
     Role,
     User,
 )
-from report_drafts.versions import diff_stats, study_uid, version
+from report_drafts.versions import (
+    algorithm_of,
+    current_content,
+    diff_stats,
+    draft_run,
+    study_uid,
+    version,
+)
 
 
 def publish_version(
@@ -63,6 +70,40 @@ def publish_version(
         session, settings, row, built, algorithm=algorithm, send=may_send(settings, algorithm)
     )
     return row, built
+
+
+def withdraw_version(
+    session: Session,
+    settings: Settings,
+    report: Report,
+    *,
+    state: ReportState,
+    action: str,
+    user: User | None,
+    note: str,
+    why: str,
+) -> ReportVersion:
+    """Store the version that ends an unsigned draft (rejected, superseded) and withdraw
+    what was sent of it: an IOCM rejection note for its SR/GSPS, HL7 OBR-25 X / OBX-11 W, FHIR
+    entered-in-error, registered and sent in order like any version (the newest message for
+    each destination; nothing goes where nothing of the draft was delivered).
+    """
+    content = current_content(session, report)
+    built = outbox.build_withdrawal_dicom(session, settings, report=report, reason=why)
+    row = new_version(
+        session, report, content=content, state=state, action=action, user=user, note=note
+    )
+    algorithm = algorithm_of(draft_run(session, report))
+    outbox.register_outbound(
+        session,
+        settings,
+        row,
+        built,
+        algorithm=algorithm,
+        send=may_send(settings, algorithm),
+        withdrawal=why,
+    )
+    return row
 
 
 def audit_report(

@@ -22,6 +22,7 @@ from report_drafts._versioning import (
     new_version,
     publish_version,
     report_for_version,
+    withdraw_version,
 )
 from report_drafts.content import DEMO_WARNING, Algorithm, ReportContent, ReportStatus
 from report_drafts.states import (
@@ -138,16 +139,18 @@ def record_draft(
         version=row.number,
         detail={"model": algorithm.name, "revision": algorithm.version, "demo": algorithm.demo},
     )
-    _supersede_older(session, report)
+    _supersede_older(session, settings, report)
     session.flush()
     return row
 
 
-def _supersede_older(session: Session, newest: Report) -> None:
+def _supersede_older(session: Session, settings: Settings, newest: Report) -> None:
     """Leave one live draft per study: the latest study version's; unsigned older ones yield.
 
     Handles both orders (a late draft of an older study version is superseded at once).
     Signed reports stay as they are: they were sent, and only an amendment changes them.
+    What was sent of a superseded draft is withdrawn (IOCM note, HL7 X/W, FHIR
+    entered-in-error); the newer draft's objects take its place.
     """
     rows = session.execute(
         select(Report, StudyVersion.number)
@@ -161,17 +164,31 @@ def _supersede_older(session: Session, newest: Report) -> None:
     for report, _number in rows[1:]:
         if report.state in SIGNED_STATES or report.state == ReportState.superseded:
             continue
-        content = current_content(session, report)
         check_transition(report.state, ReportState.superseded, "supersede")
-        new_version(
-            session,
-            report,
-            content=content,
-            state=ReportState.superseded,
-            action="supersede",
-            user=None,
-            note=f"superseded by report {live.id} (later study version)",
-        )
+        note = f"superseded by report {live.id} (later study version)"
+        if report.state == ReportState.rejected:
+            # Its rejection already withdrew what was sent: nothing more leaves.
+            new_version(
+                session,
+                report,
+                content=current_content(session, report),
+                state=ReportState.superseded,
+                action="supersede",
+                user=None,
+                note=note,
+            )
+        else:
+            withdraw_version(
+                session,
+                settings,
+                report,
+                state=ReportState.superseded,
+                action="supersede",
+                user=None,
+                note=note,
+                why="AI draft superseded by a newer draft of a later study version "
+                f"(report {live.uid})",
+            )
         report.superseded_by_pk = live.id
         audit_report(
             session,

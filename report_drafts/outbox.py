@@ -30,13 +30,12 @@ from sqlalchemy.orm import Session
 
 from dicom_listener import Instance, Patient, Series, Study, StudyVersion
 from raddraft import job_contract, jobs
-from raddraft.db import utcnow
 from raddraft.settings import Settings
-from report_drafts import audit
 from report_drafts.builders import (
     ImageRef,
     PatientRef,
     build_gsps,
+    build_rejection_note,
     build_sr,
     device,
     device_uid_for,
@@ -48,9 +47,9 @@ from report_drafts.builders import (
     resource_id_for,
 )
 from report_drafts.content import Algorithm, ReportContent
-from report_drafts.states import NotFound
+from report_drafts.states import SIGNED_STATES
 from report_drafts.tables import Report, ReportVersion, SentKind, SentObject, SentState
-from report_drafts.versions import algorithm_of, draft_run, study_uid
+from report_drafts.versions import algorithm_of, draft_run
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +210,42 @@ def _series_uid(report: Report, kind: str) -> str:
     return str(generate_uid(entropy_srcs=["raddraft-series", report.uid, kind]))
 
 
+KOS_SERIES_NUMBER = 9903
+
+
+def build_withdrawal_dicom(
+    session: Session, settings: Settings, *, report: Report, reason: str
+) -> BuiltDicom:
+    """The IOCM rejection note withdrawing every SR and GSPS the report's versions built.
+
+    Written to the outbox like the SR it withdraws; empty when the report built none.
+    """
+    uids: list[str] = []
+    for row in session.scalars(
+        select(ReportVersion)
+        .where(ReportVersion.report_pk == report.id)
+        .order_by(ReportVersion.number)
+    ):
+        uids.extend(u for u in [row.sr_sop_instance_uid, *row.gsps_sop_instance_uids] if u)
+    withdrawn = [
+        read_outbox_dataset(settings, uid)
+        for uid in dict.fromkeys(uids)
+        if (outbox_dir(settings) / f"{uid}.dcm").exists()
+    ]
+    if not withdrawn:
+        return BuiltDicom()
+    note = build_rejection_note(
+        withdrawn,
+        series_instance_uid=_series_uid(report, "kos"),
+        series_number=KOS_SERIES_NUMBER,
+        instance_number=report.current_version + 1,
+        institution=settings.institution_name,
+        reason=reason,
+    )
+    uid = str(note.SOPInstanceUID)
+    return BuiltDicom(files=[(SentKind.kos, uid, _write_dataset(settings, note))])
+
+
 # --------------------------------------------------------------------------------------------
 # FHIR and HL7
 
@@ -250,9 +285,16 @@ def version_context(
     )
 
 
-def fhir_resources(session: Session, settings: Settings, version: ReportVersion) -> dict[str, Any]:
+def fhir_resources(
+    session: Session,
+    settings: Settings,
+    version: ReportVersion,
+    *,
+    withdrawal: str | None = None,
+) -> dict[str, Any]:
     """The R4B resources for a version, by type: DiagnosticReport, ImagingStudy, Provenance,
-    Device (the AI author) and, once signed, Practitioner (the verifier).
+    Device (the AI author) and, once signed, Practitioner (the verifier). A ``withdrawal``
+    (why) is the DiagnosticReport alone, status entered-in-error.
 
     The DiagnosticReport's id is the report's uid and stays across versions (each version
     updates it: preliminary, final, amended); the Provenance ``<uid>-v<n>`` names the AI device
@@ -280,6 +322,7 @@ def fhir_resources(session: Session, settings: Settings, version: ReportVersion)
             imaging_study_id=study_id,
             accession=ctx.study.accession_number or None,
             sr_sop_instance_uid=version.sr_sop_instance_uid,
+            withdrawal=withdrawal,
         ),
         "ImagingStudy": imaging_study(
             resource_id=study_id,
@@ -299,6 +342,8 @@ def fhir_resources(session: Session, settings: Settings, version: ReportVersion)
         ),
         "Device": device(ctx.algorithm, resource_id=device_id, device_uid=device_uid),
     }
+    if withdrawal is not None:
+        return {"DiagnosticReport": resources["DiagnosticReport"]}
     if ctx.content.signer is not None:
         resources["Practitioner"] = practitioner(ctx.content.signer)
     return resources
@@ -329,9 +374,15 @@ def imaging_study_id(study: Study) -> str:
 
 
 def hl7_message(
-    session: Session, settings: Settings, version: ReportVersion, control_id: str
+    session: Session,
+    settings: Settings,
+    version: ReportVersion,
+    control_id: str,
+    *,
+    withdrawal: str | None = None,
 ) -> str:
-    """The ORU^R01 for a version: OBR-25 P (draft), F (signed), C (amended/corrected)."""
+    """The ORU^R01 for a version: OBR-25 P (draft), F (signed), C (amended/corrected), X with
+    OBX-11 W for a ``withdrawal``."""
     ctx = version_context(session, version)
     return oru_r01(
         ctx.content,
@@ -347,11 +398,94 @@ def hl7_message(
         demo=ctx.algorithm.demo,
         patient_id_authority=ctx.patient.issuer_of_patient_id or None,
         timestamp=ctx.issued,
+        withdrawal=withdrawal,
     )
 
 
 # --------------------------------------------------------------------------------------------
 # Outbound rows and jobs
+
+
+#: The release-policy setting of each destination kind (README: "Release policy").
+RELEASE_POLICY: dict[str, str] = {
+    "dicom": "release_unsigned_pacs",
+    "hl7": "release_unsigned_hl7",
+    "fhir": "release_unsigned_fhir",
+}
+
+
+def release_state(
+    settings: Settings,
+    kind: str,
+    *,
+    send: bool,
+    signed: bool,
+    withdrawal: bool,
+    study_signed: bool = False,
+) -> tuple[SentState, str | None]:
+    """Whether a version's objects for destination ``kind`` go now, and if not, why.
+
+    A demo model's objects are held unless demo export is allowed; an unsigned draft's are held
+    when that kind's release policy says ``hold``, and always for the RIS and FHIR when another
+    report of the study is signed (``study_signed``: a later study version's draft must not
+    follow the final the RIS shows for that accession). Signed versions and withdrawals always
+    go (a withdrawal with nothing delivered before it is dropped at sending time instead).
+    """
+    if not send:
+        return SentState.held, "demo model: RADDRAFT_ALLOW_DEMO_EXPORT is off"
+    if signed or withdrawal:
+        return SentState.pending, None
+    if study_signed and kind in ("hl7", "fhir"):
+        return SentState.held, "a signed report of this study was sent: no preliminary follows it"
+    name = RELEASE_POLICY[kind]
+    if getattr(settings, name) == "hold":
+        return SentState.held, f"unsigned AI draft held until sign-off: RADDRAFT_{name.upper()}"
+    return SentState.pending, None
+
+
+@dataclass
+class _Registrar:
+    """Adds one version's sent-object rows and jobs, each in the state its policy gives."""
+
+    session: Session
+    settings: Settings
+    version: ReportVersion
+    report: Report
+    send: bool
+    signed: bool
+    withdrawal: str | None
+    study_signed: bool = False
+    made: list[jobs.Job] = field(default_factory=list)
+
+    def state_for(self, group: str) -> tuple[SentState, str | None]:
+        return release_state(
+            self.settings,
+            group,
+            send=self.send,
+            signed=self.signed,
+            withdrawal=self.withdrawal is not None,
+            study_signed=self.study_signed,
+        )
+
+    def add(self, kind: str, identifier: str, destination: str, path: str, group: str) -> None:
+        state, why = self.state_for(group)
+        self.session.add(
+            SentObject(
+                report_version_pk=self.version.id,
+                kind=kind,
+                identifier=identifier,
+                destination=destination,
+                path=path,
+                state=state,
+                last_error=why,
+            )
+        )
+
+    def job(self, group: str, args: job_contract.JobArgs) -> None:
+        if self.state_for(group)[0] == SentState.pending:
+            self.made.append(
+                job_contract.enqueue(self.session, args, priority=self.report.priority)
+            )
 
 
 def register_outbound(
@@ -362,58 +496,76 @@ def register_outbound(
     *,
     algorithm: Algorithm,
     send: bool,
+    withdrawal: str | None = None,
 ) -> list[jobs.Job]:
     """Record what goes where for ``version`` and enqueue one job per destination.
 
-    With ``send`` false (a demo model's draft) the rows are written as ``held`` and no job is
-    made: the objects exist for viewing and provenance, but nothing leaves RadDraft.
+    Rows that may not leave now (:func:`release_state`: a demo model's draft, an unsigned draft
+    under a ``hold`` policy) are written as ``held`` with the reason, and no job is made for
+    them: the objects exist for viewing and provenance, but nothing leaves RadDraft. A
+    ``withdrawal`` (why) registers the withdrawal messages of a rejected or superseded draft:
+    ``built`` holds its IOCM rejection note, HL7 and FHIR say withdrawn.
     """
-    state = SentState.pending if send else SentState.held
-    made: list[jobs.Job] = []
     report = session.get(Report, version.report_pk)
     assert report is not None
-
-    def sent_object(kind: str, identifier: str, destination: str, path: str) -> None:
-        session.add(
-            SentObject(
-                report_version_pk=version.id,
-                kind=kind,
-                identifier=identifier,
-                destination=destination,
-                path=path,
-                state=state,
-            )
-        )
-
-    def job(args: job_contract.JobArgs) -> None:
-        if send:
-            made.append(job_contract.enqueue(session, args, priority=report.priority))
-
+    out = _Registrar(
+        session,
+        settings,
+        version,
+        report,
+        send=send,
+        signed=ReportContent.from_json(version.content).status.is_signed,
+        withdrawal=withdrawal,
+        study_signed=_study_signed(session, report),
+    )
     for destination in [*map(str, settings.destinations), *settings.stow_destinations]:
         for kind, uid, path in built.files:
-            sent_object(kind, uid, destination, path)
+            out.add(kind, uid, destination, path, "dicom")
         if built.files:
-            job(job_contract.ExportDicom(version.id, destination))
-
+            out.job("dicom", job_contract.ExportDicom(version.id, destination))
     if settings.ris_mllp:
-        control_id = "RD" + uuid.uuid4().hex[:18].upper()
-        message = hl7_message(session, settings, version, control_id)
-        relative = f"hl7/{control_id}.hl7"
-        _write_once(outbox_dir(settings) / relative, message.encode("utf-8"))
-        sent_object(SentKind.hl7, control_id, settings.ris_mllp, relative)
-        job(job_contract.SendHl7(version.id))
-
+        _register_hl7(out)
     if settings.fhir_server_url:
-        for resource in fhir_resources(session, settings, version).values():
-            kind = resource.get_resource_type()
-            relative = f"fhir/{report.uid}-v{version.number}-{kind}.json"
-            body = json.dumps(json.loads(resource.model_dump_json()), indent=1)
-            _write_once(outbox_dir(settings) / relative, body.encode("utf-8"))
-            sent_object(SentKind.fhir, f"{kind}/{resource.id}", settings.fhir_server_url, relative)
-        job(job_contract.PushFhir(version.id))
-
+        _register_fhir(out)
     session.flush()
-    return made
+    return out.made
+
+
+def _study_signed(session: Session, report: Report) -> bool:
+    """Whether another report of the same study was signed (its final went out)."""
+    other = session.scalar(
+        select(Report.id)
+        .where(
+            Report.study_pk == report.study_pk,
+            Report.id != report.id,
+            Report.state.in_(list(SIGNED_STATES)),
+        )
+        .limit(1)
+    )
+    return other is not None
+
+
+def _register_hl7(out: _Registrar) -> None:
+    control_id = "RD" + uuid.uuid4().hex[:18].upper()
+    message = hl7_message(
+        out.session, out.settings, out.version, control_id, withdrawal=out.withdrawal
+    )
+    relative = f"hl7/{control_id}.hl7"
+    _write_once(outbox_dir(out.settings) / relative, message.encode("utf-8"))
+    out.add(SentKind.hl7, control_id, out.settings.ris_mllp, relative, "hl7")
+    out.job("hl7", job_contract.SendHl7(out.version.id))
+
+
+def _register_fhir(out: _Registrar) -> None:
+    resources = fhir_resources(out.session, out.settings, out.version, withdrawal=out.withdrawal)
+    for resource in resources.values():
+        kind = resource.get_resource_type()
+        relative = f"fhir/{out.report.uid}-v{out.version.number}-{kind}.json"
+        body = json.dumps(json.loads(resource.model_dump_json()), indent=1)
+        _write_once(outbox_dir(out.settings) / relative, body.encode("utf-8"))
+        identifier = f"{kind}/{resource.id}"
+        out.add(SentKind.fhir, identifier, out.settings.fhir_server_url, relative, "fhir")
+    out.job("fhir", job_contract.PushFhir(out.version.id))
 
 
 # --------------------------------------------------------------------------------------------
@@ -439,38 +591,3 @@ def pending_sends(
     if destination is not None:
         query = query.where(SentObject.destination == destination)
     return list(session.scalars(query.order_by(SentObject.id)))
-
-
-def record_sent(
-    session: Session, sent_object_pk: int, *, ok: bool, error: str | None = None
-) -> SentObject:
-    """Record one attempt to send an object (the worker calls this per object per try)."""
-    row = session.get(SentObject, sent_object_pk)
-    if row is None:
-        raise NotFound(f"no sent object {sent_object_pk}")
-    row.attempts += 1
-    if ok:
-        row.state = SentState.sent
-        row.sent_at = utcnow()
-        row.last_error = None
-    else:
-        row.state = SentState.failed
-        row.last_error = (error or "failed")[:4000]
-    version_row = session.get(ReportVersion, row.report_version_pk)
-    report = session.get(Report, version_row.report_pk) if version_row else None
-    audit.record(
-        session,
-        "message" if row.kind in ("hl7", "fhir") else "export",
-        study_instance_uid=study_uid(session, report) if report else "",
-        report_pk=report.id if report else None,
-        version=version_row.number if version_row else None,
-        detail={
-            "kind": row.kind,
-            "identifier": row.identifier,
-            "destination": row.destination,
-            "ok": ok,
-            "error": row.last_error,
-        },
-    )
-    session.flush()
-    return row

@@ -22,6 +22,7 @@ from report_drafts._versioning import (
     publish_version,
     signer_for,
     start_review,
+    withdraw_version,
 )
 from report_drafts.content import Box, ReportContent, ReportStatus
 from report_drafts.states import (
@@ -257,22 +258,36 @@ def sign(
 
 
 def reject(
-    session: Session, report_pk: int, user: User, *, expected_version: int, reason: str
+    session: Session,
+    report_pk: int,
+    user: User,
+    *,
+    expected_version: int,
+    reason: str,
+    settings: Settings | None = None,
 ) -> ReportVersion:
-    """Refuse the draft: a new version in state ``rejected``; nothing final is written or sent."""
+    """Refuse the draft: a new version in state ``rejected``; nothing final is written.
+
+    What was sent of the draft is withdrawn in the same transaction
+    (:func:`report_drafts._versioning.withdraw_version`): an IOCM rejection note to PACS,
+    HL7 OBR-25 X / OBX-11 W and FHIR entered-in-error to the RIS, each only where the draft
+    reached.
+    """
+    settings = settings or get_settings()
     if not reason.strip():
         raise InvalidRequest("say why the draft is rejected")
-    report, content = _for_radiologist_change(session, report_pk, user, expected_version)
+    report, _content = _for_radiologist_change(session, report_pk, user, expected_version)
     check_transition(report.state, ReportState.rejected, "reject")
     start_review(report, user)
-    row = new_version(
+    row = withdraw_version(
         session,
+        settings,
         report,
-        content=content,
         state=ReportState.rejected,
         action="reject",
         user=user,
         note=reason.strip(),
+        why=f"AI draft rejected by radiologist {user.display_name or user.name}: {reason.strip()}",
     )
     audit_report(
         session,

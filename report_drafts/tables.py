@@ -41,13 +41,20 @@ class SentKind(enum.StrEnum):
     gsps = "gsps"
     fhir = "fhir"
     hl7 = "hl7"
+    kos = "kos"  # an IHE IOCM rejection note (Key Object Selection) withdrawing SR/GSPS
 
 
 class SentState(enum.StrEnum):
     pending = "pending"
+    sending = "sending"  # claimed by a running job: the peer may have it (ordering waits)
     sent = "sent"
     failed = "failed"  # last attempt failed; the job may retry
-    held = "held"  # not sent on purpose (a demo model's draft without allow_demo_export)
+    # Not sent on purpose: a demo model's draft without allow_demo_export, or an unsigned
+    # draft under a release policy of "hold" (RADDRAFT_RELEASE_UNSIGNED_*).
+    held = "held"
+    # Never to be sent: a later version of the report has objects for this destination
+    # (``replaced_by_version`` names it), or a withdrawal found nothing delivered to withdraw.
+    obsolete = "obsolete"
 
 
 DEVICE_ACTOR = "raddraft"  # the actor of versions written by the worker (the AI device)
@@ -191,6 +198,11 @@ class SentObject(Base):
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # The report version whose objects made this one obsolete (state ``obsolete``).
+    replaced_by_version: Mapped[int | None] = mapped_column(default=None)
+    # What the peer answered to the last attempt: MLLP ACK code and control ids, DICOM
+    # status, HTTP status and ETag (also in the audit log, one event per attempt).
+    response: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
     # A FHIR DiagnosticReport keeps its id across versions (each version PUTs it again), so the
     # same identifier may appear once per report version.

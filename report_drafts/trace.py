@@ -1,4 +1,11 @@
-"""Provenance: from any identifier a receiver saw back to the draft, the model and the signer."""
+"""Provenance: from any identifier a receiver saw back to the draft, the model and the signer.
+
+An identifier is an SR, GSPS or rejection-note SOP Instance UID, an HL7 control id (MSH-10 of
+a message RadDraft sent, or MSA-2 of the ACK the RIS answered), a FHIR ``Type/id`` or a
+report's uid. Each version found lists what it sent where, and every attempt from the audit
+log with the peer's answer: the MLLP ACK code and control ids, the DICOM status, the HTTP
+status and ETag; an obsolete object names the version that replaced it.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +18,13 @@ from sqlalchemy.orm import Session
 
 from dicom_listener import Instance, Study, StudyVersion
 from report_drafts.content import ReportContent
-from report_drafts.tables import DraftRun, Report, ReportVersion, SentObject
+from report_drafts.tables import AuditEvent, DraftRun, Report, ReportVersion, SentObject
 
 
 @dataclass
 class TraceResult:
     identifier: str
-    matched: str  # what the identifier is: study, accession, image, sr, gsps, hl7, fhir, report
+    matched: str  # what the id is: study, accession, image, sr, gsps, kos, hl7, ack, fhir, report
     report_id: int
     version: int
     status: str
@@ -32,6 +39,68 @@ class TraceResult:
     prior: dict[str, Any]
     stages: list[dict[str, Any]] = field(default_factory=list)  # stage, question, answer, seconds
     sent: list[dict[str, Any]] = field(default_factory=list)
+    # every attempt and obsolescence from the audit log: at, identifier, ok, response, error
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+
+
+SEND_ACTIONS = ("message", "export", "obsolete")
+
+
+def _version_row(session: Session, event: AuditEvent) -> ReportVersion | None:
+    return session.scalar(
+        select(ReportVersion).where(
+            ReportVersion.report_pk == event.report_pk, ReportVersion.number == event.version
+        )
+    )
+
+
+def _attempts(session: Session, row: ReportVersion) -> list[dict[str, Any]]:
+    """The version's sends, ACKs and obsolescences from the audit log, oldest first."""
+    events = session.scalars(
+        select(AuditEvent)
+        .where(
+            AuditEvent.report_pk == row.report_pk,
+            AuditEvent.version == row.number,
+            AuditEvent.action.in_(SEND_ACTIONS),
+        )
+        .order_by(AuditEvent.at, AuditEvent.id)
+    )
+    return [
+        {
+            "at": e.at.isoformat(),
+            "action": e.action,
+            "kind": e.detail.get("kind"),
+            "identifier": e.detail.get("identifier"),
+            "destination": e.detail.get("destination"),
+            "ok": e.detail.get("ok"),
+            "response": e.detail.get("response") or {},
+            "error": e.detail.get("error") or e.detail.get("why"),
+        }
+        for e in events
+    ]
+
+
+def _scanned_versions(session: Session, identifier: str) -> list[tuple[str, ReportVersion]]:
+    """Versions found only by scanning: a GSPS UID (a JSON list on the version) or an ACK's
+    own control id (its MSH-10, kept only in the audit log's copy of the answer)."""
+    found: list[tuple[str, ReportVersion]] = []
+    for row in session.scalars(
+        select(ReportVersion).where(ReportVersion.sr_sop_instance_uid.is_not(None))
+    ):
+        if identifier in (row.gsps_sop_instance_uids or []):
+            found.append(("gsps", row))
+    for event in session.scalars(
+        select(AuditEvent).where(
+            AuditEvent.action.in_(SEND_ACTIONS), AuditEvent.report_pk.is_not(None)
+        )
+    ):
+        response = (event.detail or {}).get("response") or {}
+        acked = (
+            _version_row(session, event) if response.get("ack_control_id") == identifier else None
+        )
+        if identifier and acked is not None:
+            found.append(("ack", acked))
+    return found
 
 
 class _Found:
@@ -87,15 +156,6 @@ def _sent(found: _Found, identifier: str) -> None:
             found.add("report", row)
 
 
-def _gsps(found: _Found, identifier: str) -> None:
-    # GSPS UIDs live in a JSON list; scan versions that have any (few per report).
-    for row in found.session.scalars(
-        select(ReportVersion).where(ReportVersion.sr_sop_instance_uid.is_not(None))
-    ):
-        if identifier in (row.gsps_sop_instance_uids or []):
-            found.add("gsps", row)
-
-
 def _received(found: _Found, identifier: str) -> None:
     """A Study Instance UID, an accession number, or the SOP Instance UID of a received image:
     the reports of that study (for an image, of the study versions that hold it)."""
@@ -136,8 +196,9 @@ def find_versions(session: Session, identifier: str) -> list[tuple[str, ReportVe
 
     Any id a user has: a Study Instance UID or accession number (``study`` / ``accession``: each
     of the study's reports, current version), the SOP Instance UID of a received image
-    (``image``) or of a sent SR or GSPS (``sr`` / ``gsps``), a FHIR id (``fhir``), an HL7
-    control id (``hl7``) or a report's own uid (``report``).
+    (``image``) or of a sent SR, GSPS or rejection note (``sr`` / ``gsps`` / ``kos``), a FHIR id
+    (``fhir``), an HL7 control id of a message (``hl7``) or of its ACK (``ack``), or a report's own
+    uid (``report``).
     """
     identifier = identifier.strip()
     found = _Found(session)
@@ -146,7 +207,8 @@ def find_versions(session: Session, identifier: str) -> list[tuple[str, ReportVe
     _sent(found, identifier)
     _received(found, identifier)
     if not found.rows:
-        _gsps(found, identifier)
+        for kind, row in _scanned_versions(session, identifier):
+            found.add(kind, row)
     return found.rows
 
 
@@ -200,9 +262,14 @@ def trace(session: Session, identifier: str) -> list[TraceResult]:
                         "destination": s.destination,
                         "state": s.state,
                         "attempts": s.attempts,
+                        "sent_at": s.sent_at.isoformat() if s.sent_at else None,
+                        "replaced_by_version": s.replaced_by_version,
+                        "response": s.response or {},
+                        "note": s.last_error,
                     }
                     for s in sent
                 ],
+                attempts=_attempts(session, row),
             )
         )
     return results

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ssl
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -35,7 +36,9 @@ def _ack(message: str, code: str) -> str:
     control_id = "WRONG" if code == "WRONG" else control_id_of(message)
     msa_code = "AA" if code == "WRONG" else code
     segments = [
-        "MSH|^~\\&|RIS|GH|RADDRAFT|GH|20250301093000||ACK^R01^ACK|A1|P|2.5.1",
+        # Each ACK has its own control id (MSH-10), as a RIS gives it.
+        "MSH|^~\\&|RIS|GH|RADDRAFT|GH|20250301093000||ACK^R01^ACK|"
+        f"A{uuid.uuid4().hex[:12]}|P|2.5.1",
         f"MSA|{msa_code}|{control_id}|{'rejected by test' if code != 'AA' else ''}",
     ]
     return (START_BLOCK + "\r".join(segments).encode() + END_BLOCK).decode()
@@ -54,10 +57,11 @@ def _handler(listener: Listener) -> type[AbstractHandler]:
 
 
 @contextmanager
-def serving(ssl_context: ssl.SSLContext | None = None) -> Iterator[tuple[Listener, int]]:
-    """The listener on a free loopback port; with ``ssl_context``, MLLP over TLS."""
-    state = Listener()
-    port = free_port()
+def serving(
+    state: Listener, port: int, ssl_context: ssl.SSLContext | None = None
+) -> Iterator[None]:
+    """Run the listener on ``port`` until the block ends (a RIS that is up, then down); with
+    ``ssl_context``, MLLP over TLS."""
     server = MLLPServer("127.0.0.1", port, {"ORU^R01^ORU_R01": (_handler(state),)}, timeout=5)
     server.daemon_threads = True
     if ssl_context is not None:
@@ -65,7 +69,7 @@ def serving(ssl_context: ssl.SSLContext | None = None) -> Iterator[tuple[Listene
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        yield state, port
+        yield
     finally:
         server.shutdown()
         server.server_close()
@@ -74,5 +78,16 @@ def serving(ssl_context: ssl.SSLContext | None = None) -> Iterator[tuple[Listene
 
 @pytest.fixture
 def listener() -> Iterator[tuple[Listener, int]]:
-    with serving() as running:
-        yield running
+    state = Listener()
+    port = free_port()
+    with serving(state, port):
+        yield state, port
+
+
+@contextmanager
+def serving_tls(ssl_context: ssl.SSLContext) -> Iterator[tuple[Listener, int]]:
+    """The listener on a free loopback port, MLLP over TLS."""
+    state = Listener()
+    port = free_port()
+    with serving(state, port, ssl_context):
+        yield state, port

@@ -4,7 +4,8 @@ Each job sends what the lifecycle built and left in the outbox for one report ve
 rebuilding it: a retry sends the very bytes built at drafting or sign-off) to one destination,
 through the :mod:`peers` target of its kind, and records each attempt per object. Failures are
 classified by the target so the job runner retries a peer that is down and dead-letters one
-that refuses us for good.
+that refuses us for good. A report's versions reach each destination in version order
+(:mod:`report_drafts.delivery`): a job never sends an older version after a newer one.
 """
 
 from __future__ import annotations
@@ -19,38 +20,52 @@ from raddraft.db import session_scope
 from raddraft.job_contract import ExportDicom, PushFhir, SendHl7
 from raddraft.logging import kv
 from raddraft.settings import Settings, get_settings
-from worker.errors import PermanentError, TransientError
+from worker.errors import NotYet, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
 
 #: The sent-object kinds each destination kind carries.
 SENT_KINDS: dict[str, tuple[str, ...]] = {
-    "dicom": ("sr", "gsps"),
+    "dicom": ("sr", "gsps", "kos"),
     "hl7": ("hl7",),
     "fhir": ("fhir",),
-    "stow": ("sr", "gsps"),
+    "stow": ("sr", "gsps", "kos"),
 }
 
 
-def _pending(
+def _claim(
     settings: Settings, version_pk: int, kinds: tuple[str, ...], destination: str | None
-) -> list[tuple[int, peers.Outbound]]:
+) -> report_drafts.Claim:
     with session_scope() as session:
-        rows = report_drafts.pending_sends(
-            session, version_pk, kinds=kinds, destination=destination
+        return report_drafts.claim_sends(
+            session, settings, version_pk, kinds=kinds, destination=destination
         )
-        return [
-            (row.id, peers.Outbound(row.identifier, report_drafts.outbox_file(settings, row)))
-            for row in rows
-        ]
 
 
-def _record(sent: list[int], *, ok: bool, error: str | None = None) -> None:
+def _record(
+    sent: list[int],
+    *,
+    ok: bool,
+    error: str | None = None,
+    responses: dict[int, dict[str, Any]] | None = None,
+) -> None:
     if not sent:
         return
     with session_scope() as session:
         for sent_pk in sent:
-            report_drafts.record_sent(session, sent_pk, ok=ok, error=error)
+            report_drafts.record_sent(
+                session, sent_pk, ok=ok, error=error, response=(responses or {}).get(sent_pk)
+            )
+
+
+def _release(pks: list[int]) -> None:
+    if pks:
+        with session_scope() as session:
+            report_drafts.release(session, pks)
+
+
+#: How soon a job waiting for an earlier version's delivery looks again (no attempt counted).
+WAIT_SECONDS = 1.0
 
 
 def deliver(
@@ -61,26 +76,41 @@ def deliver(
     rows_for: str | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """Send a version's pending objects of ``kind`` to ``destination`` and record each one.
+    """Send a version's claimed objects of ``kind`` to ``destination`` and record each one.
 
     ``rows_for`` limits the objects to those recorded for that destination (one job per PACS);
     ``None`` takes every pending one of the kind (the single RIS or FHIR server, wherever it is
-    now). Returns the timings ``sent`` (objects delivered) and ``export_s``; raises
-    :class:`TransientError` / :class:`PermanentError` as the target classified the failure.
+    now). The claim (:func:`report_drafts.claim_sends`) keeps the report's versions in order:
+    a later version's objects make these obsolete, an earlier version still being sent makes
+    this job wait (:class:`NotYet`). Returns the timings ``sent`` (objects delivered),
+    ``obsolete`` and ``export_s``; raises :class:`TransientError` / :class:`PermanentError` as
+    the target classified the failure.
     """
     settings = settings or get_settings()
-    items = _pending(settings, report_version_pk, SENT_KINDS[kind], rows_for)
-    if not items:
-        return {"sent": 0}
-    target = peers.target_for(kind, destination, settings)
-    rows: dict[str, list[int]] = defaultdict(list)
-    for pk, outbound in items:
-        rows[outbound.identifier].append(pk)
+    claim = _claim(settings, report_version_pk, SENT_KINDS[kind], rows_for)
+    if claim.wait:
+        raise NotYet(claim.reason, delay_seconds=WAIT_SECONDS)
+    if not claim.items:
+        return {"sent": 0, **({"obsolete": claim.obsolete} if claim.obsolete else {})}
+    items = claim.items
     try:
-        delivery = target.send([outbound for _, outbound in items])
+        target = peers.target_for(kind, destination, settings)
+    except ValueError:
+        _release([item.sent_object_pk for item in items])
+        raise
+    rows: dict[str, list[int]] = defaultdict(list)
+    for item in items:
+        rows[item.identifier].append(item.sent_object_pk)
+    outbound = [peers.Outbound(i.identifier, i.path, if_match=i.if_match) for i in items]
+    try:
+        delivery = _send(target, outbound)
     except peers.DeliveryError as error:
-        _record([pk for i in error.delivered for pk in rows[i]], ok=True)
-        _record([pk for i in error.failed for pk in rows[i]], ok=False, error=str(error))
+        answers = _by_row(rows, error.responses)
+        _record([pk for i in error.delivered for pk in rows[i]], ok=True, responses=answers)
+        failed = [pk for i in error.failed for pk in rows[i]]
+        _record(failed, ok=False, error=str(error), responses=answers)
+        tried = set(error.delivered) | set(error.failed)
+        _release([pk for i, pks in rows.items() if i not in tried for pk in pks])
         log.warning(
             "delivery failed %s",
             kv(
@@ -94,7 +124,9 @@ def deliver(
         if isinstance(error, peers.TransientDeliveryError):
             raise TransientError(str(error)) from error
         raise PermanentError(str(error)) from error
-    _record([pk for i in delivery.delivered for pk in rows[i]], ok=True)
+    answers = _by_row(rows, delivery.responses)
+    _record([pk for i in delivery.delivered for pk in rows[i]], ok=True, responses=answers)
+    _release([pk for i, pks in rows.items() if i not in delivery.delivered for pk in pks])
     log.info(
         "delivered %s",
         kv(
@@ -104,7 +136,31 @@ def deliver(
             warnings=len(delivery.warnings),
         ),
     )
-    return {"sent": len(delivery.delivered), "export_s": round(delivery.seconds, 4)}
+    return {
+        "sent": len(delivery.delivered),
+        "export_s": round(delivery.seconds, 4),
+        **({"replaced": claim.replaced} if claim.replaced else {}),
+    }
+
+
+def _send(target: peers.Target, outbound: list[peers.Outbound]) -> peers.Delivery:
+    """The target's send; anything but a classified failure counts as a transient one for
+    every object, so no claimed row is left ``sending`` (later versions would wait on it)."""
+    try:
+        return target.send(outbound)
+    except peers.DeliveryError:
+        raise
+    except Exception as error:
+        raise peers.TransientDeliveryError(
+            f"{type(error).__name__}: {error}", failed=[o.identifier for o in outbound]
+        ) from error
+
+
+def _by_row(
+    rows: dict[str, list[int]], responses: dict[str, dict[str, Any]]
+) -> dict[int, dict[str, Any]]:
+    """The peer's answer per identifier, spread to the sent-object rows of that identifier."""
+    return {pk: answer for i, answer in responses.items() for pk in rows.get(i, [])}
 
 
 def export_dicom_job(job_id: int, args: ExportDicom) -> dict[str, Any]:

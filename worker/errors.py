@@ -9,3 +9,13 @@ class PermanentError(Exception):
 
 class TransientError(Exception):
     """Worth another try after a backoff (a peer is down, a database hiccup)."""
+
+
+class NotYet(Exception):
+    """Not now, and no failure: an earlier job must finish first (an older report version
+    still being delivered to the same destination). The job comes back after
+    ``delay_seconds`` without spending an attempt."""
+
+    def __init__(self, message: str, *, delay_seconds: float) -> None:
+        super().__init__(message)
+        self.delay_seconds = delay_seconds

@@ -16,7 +16,7 @@ from raddraft import job_contract, jobs
 from raddraft.db import session_scope
 from raddraft.logging import kv
 from raddraft.settings import get_settings
-from worker.errors import PermanentError
+from worker.errors import NotYet, PermanentError
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +59,8 @@ def run_job(
 
     The job row's arguments are read as ``kind`` (a dataclass of the job contract); a row
     that does not fit is dead-lettered, never guessed at. Returns what happened: ``skipped``
-    (not claimed), ``done``, ``retry`` or ``dead``. ``on_dead`` gets the job's arguments and
-    the error when the job is dead-lettered.
+    (not claimed), ``done``, ``waiting`` (deferred, no attempt spent), ``retry`` or ``dead``.
+    ``on_dead`` gets the job's arguments and the error when the job is dead-lettered.
     """
     settings = get_settings()
     lease = dt.timedelta(seconds=settings.job_lease_seconds)
@@ -80,6 +80,16 @@ def run_job(
     try:
         with _lease_kept(job_id, lease):
             timings = handler(job_id, args) or {}
+    except NotYet as waiting:
+        with session_scope() as session:
+            jobs.defer(
+                session,
+                job_id,
+                str(waiting),
+                delay=dt.timedelta(seconds=waiting.delay_seconds),
+            )
+        log.info("job waits %s", kv(job=job_id, reason=str(waiting)))
+        return "waiting"
     except Exception as error:
         outcome = _failed(job_id, error, transient=not isinstance(error, PermanentError))
         if outcome == "dead" and on_dead is not None:

@@ -184,9 +184,11 @@ def web(host: str | None, port: int | None) -> None:
 @click.command()
 @click.argument("identifier")
 def trace(identifier: str) -> None:
-    """From any id you have to the draft version, model, program version, stage traces and
-    signer: a Study Instance UID, an accession number, the SOP Instance UID of a received image
-    or of a sent SR or GSPS, a FHIR id (DiagnosticReport/..., or bare), an HL7 control id."""
+    """From any id you have to the draft version, model, program version, stage traces, signer
+    and every send with the peer's answer (ACK, DICOM status, HTTP status and ETag): a Study
+    Instance UID, an accession number, the SOP Instance UID of a received image or of a sent SR,
+    GSPS or rejection note, a FHIR id (DiagnosticReport/..., or bare), an HL7 control id of a
+    message or its ACK."""
     from raddraft.db import get_engine, session_scope
     from report_drafts import visible
     from report_drafts.trace import trace as find
@@ -223,7 +225,18 @@ def trace(identifier: str) -> None:
                 f"({stage.get('seconds')} s)"
             )
         for sent in t.sent:
+            replaced = sent.get("replaced_by_version")
             click.echo(
                 f"  sent {sent['kind']} {sent['identifier']} to {sent['destination']}: "
                 f"{sent['state']} after {sent['attempts']} attempt(s)"
+                + (f", replaced by version {replaced}" if replaced else "")
+                + (f" ({sent['note']})" if sent.get("note") and sent["state"] != "sent" else "")
+            )
+        for attempt in t.attempts:
+            answer = " ".join(f"{k}={v}" for k, v in attempt["response"].items() if v is not None)
+            outcome = {True: "ok", False: "failed", None: attempt["action"]}[attempt["ok"]]
+            click.echo(
+                f"  {attempt['at']} {attempt['kind']} {attempt['identifier']} -> "
+                f"{attempt['destination']}: {outcome} {answer}".rstrip()
+                + (f" [{attempt['error']}]" if attempt.get("error") else "")
             )

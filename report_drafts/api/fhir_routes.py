@@ -1,7 +1,8 @@
 """FHIR R4B read and search at ``/fhir/``: DiagnosticReport, ImagingStudy, Provenance.
 
 A DiagnosticReport shows a report's latest *published* version (the AI draft, the signature,
-each amendment), never a half-edited review state: the RIS sees what it was also sent.
+each amendment), never a half-edited review state: the RIS sees what it was also sent. A
+withdrawn draft (rejected, superseded) reads as ``entered-in-error``, as it was pushed.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ router = APIRouter(prefix="/fhir", tags=["fhir"])
 
 FHIR_JSON = "application/fhir+json"
 PUBLISHED_ACTIONS = ("draft", "sign", "amend", "correct")
+#: Versions that withdraw an unsigned draft, and how the withdrawal says so.
+WITHDRAWN_BY = {"reject": "AI draft rejected", "supersede": "AI draft superseded"}
 
 
 def _json(resource: Any, status: int = 200) -> Response:
@@ -47,7 +50,26 @@ def _resources(request: Request, session: Session, report: Report) -> dict[str, 
     row = published_version(session, report)
     if row is None:
         raise NotFound(f"report {report.uid} has no published version")
-    return outbox.fhir_resources(session, request.app.state.settings, row)
+    settings = request.app.state.settings
+    resources = outbox.fhir_resources(session, settings, row)
+    withdrawn = withdrawal_version(session, report)
+    if withdrawn is not None:
+        # What was pushed last: the withdrawal (entered-in-error), never the draft it withdrew.
+        why = f"{WITHDRAWN_BY[withdrawn.action]}: {withdrawn.note}"
+        resources["DiagnosticReport"] = outbox.fhir_resources(
+            session, settings, withdrawn, withdrawal=why
+        )["DiagnosticReport"]
+    return resources
+
+
+def withdrawal_version(session: Session, report: Report) -> ReportVersion | None:
+    """The version that withdrew the report's draft (rejected, superseded), if any."""
+    return session.scalar(
+        select(ReportVersion)
+        .where(ReportVersion.report_pk == report.id, ReportVersion.action.in_(WITHDRAWN_BY))
+        .order_by(ReportVersion.number)
+        .limit(1)
+    )
 
 
 def _bundle(entries: list[dict[str, Any]], base: str) -> Response:

@@ -179,10 +179,16 @@ def sign(
 
 @router.post("/reports/{report_id}/reject", tags=["review"])
 def reject(
-    report_id: int, body: RejectBody, session: DbSession, user: Radiologist
+    report_id: int, body: RejectBody, request: Request, session: DbSession, user: Radiologist
 ) -> dict[str, Any]:
+    """Reject the draft; what was sent of it is withdrawn (IOCM note, HL7 X/W, FHIR)."""
     row = signoff.reject(
-        session, report_id, user, expected_version=body.expected_version, reason=body.reason
+        session,
+        report_id,
+        user,
+        expected_version=body.expected_version,
+        reason=body.reason,
+        settings=_settings(request),
     )
     return _changed(session, report_id, row)
 

@@ -8,9 +8,12 @@ DICOM (:mod:`.sr_tid1500`, :mod:`.gsps`, shared codes and checks in the private 
     ``build_sr``: PS3.16 TID 1500 Measurement Report in a Comprehensive 3D SR, PS3.3 A.35.13
     ``build_gsps``: Grayscale Softcopy Presentation State IOD, PS3.3 A.33.1
     ``device_uid_for``: the Device Observer UID of a model version, PS3.16 TID 1004
+    ``build_rejection_note``: IHE IOCM rejection note, Key Object Selection Document PS3.3
+    A.35.4 (:mod:`.kos_rejection_note`), withdrawing a draft's SR and GSPS
 HL7 v2 (:mod:`.hl7_oru_r01`)
     ``oru_r01``: ORU^R01, HL7 v2.5.1 ch. 7 (values escaped per ch. 2.7)
     ``result_status``: OBR-25 / OBX-11 result status, HL7 v2.5.1 table 0123 / 0085
+    (``oru_r01(..., withdrawal=why)``: OBR-25 X, OBX-11 W)
     ``text_lines``: the TX OBX-5 lines of an ORU^R01, unescaped (HL7 v2.5.1 ch. 7.4.2)
 FHIR R4B 4.3.0 (one module per resource, shared pieces in the private :mod:`._fhir`)
     ``diagnostic_report``: DiagnosticReport (:mod:`.fhir_diagnostic_report`), R4B DiagnosticReport
@@ -51,12 +54,14 @@ from report_drafts.builders.fhir_imaging_study import imaging_study
 from report_drafts.builders.fhir_provenance import device, practitioner, provenance
 from report_drafts.builders.gsps import build_gsps
 from report_drafts.builders.hl7_oru_r01 import oru_r01, result_status, text_lines
+from report_drafts.builders.kos_rejection_note import build_rejection_note
 from report_drafts.builders.sr_tid1500 import build_sr
 
 __all__ = [
     "ImageRef",
     "PatientRef",
     "build_gsps",
+    "build_rejection_note",
     "build_sr",
     "capability_statement",
     "device",

@@ -39,12 +39,20 @@ from report_drafts.text_safety import safe_content
 #: LOINC 36643-5 "XR Chest 2 Views" (PA and lateral), the default report code.
 CHEST_XRAY_2_VIEWS = ("36643-5", "XR Chest 2 Views")
 
+#: The status of a withdrawn draft (R4B diagnostic-report-status "entered-in-error": "The
+#: report has been withdrawn following a previous final release. This electronic record should
+#: never have existed, though it is possible that real-world decisions were based on it.").
+#: Not "cancelled", which says the examination was never done or not completed.
+WITHDRAWN_STATUS = "entered-in-error"
+
 #: DiagnosticReport.status values RadDraft writes (R4B value set diagnostic-report-status).
-REPORT_STATUSES = frozenset(s.value for s in ReportStatus)
+REPORT_STATUSES = frozenset({*(s.value for s in ReportStatus), WITHDRAWN_STATUS})
 
 
 def report_status(status: ReportStatus | str) -> str:
     """The DiagnosticReport.status for a report status; anything else is refused."""
+    if status == WITHDRAWN_STATUS:
+        return WITHDRAWN_STATUS
     try:
         return ReportStatus(status).value
     except ValueError:
@@ -66,18 +74,26 @@ def diagnostic_report(  # noqa: PLR0913 (one keyword per DiagnosticReport elemen
     accession: str | None = None,
     sr_sop_instance_uid: str | None = None,
     code: tuple[str, str] = CHEST_XRAY_2_VIEWS,
+    withdrawal: str | None = None,
 ) -> DiagnosticReport:
     """The DiagnosticReport of one report version.
 
     ``issued`` is when this version was made, ``effective`` the study time (both timezone
     aware). ``imaging_study_id`` adds a literal ``ImagingStudy/<id>`` reference next to the
     DICOM study identifier; ``sr_sop_instance_uid`` records the SR as an identifier.
+    ``withdrawal`` (why, in words) withdraws an unsigned draft: status entered-in-error, the
+    reason first in the conclusion.
     """
     status = report_status(content.status)
     content.check_consistent()
     # FHIR strings admit no control character but TAB, CR and LF (R4B datatypes, "string").
     content = safe_content(content)
     warnings = content.warnings(demo=demo)
+    if withdrawal is not None:
+        if content.status.is_signed:
+            raise ValueError("only an unsigned draft is withdrawn; a signed report is amended")
+        status = WITHDRAWN_STATUS
+        warnings = (f"WITHDRAWN: {withdrawal}", *warnings)
     conclusion = "\n\n".join([content.impression.strip(), *warnings]).strip()
     study_ref: dict[str, Any] = {
         "type": "ImagingStudy",

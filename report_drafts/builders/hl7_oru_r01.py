@@ -3,9 +3,10 @@
 MSH, PID, ORC (when a placer order is known), OBR and one OBX of type TX per line of the report
 text (chapter 7.4.2: a TX value is one line of display text), preceded by one ST OBX carrying
 the Study Instance UID (DCM 110180). OBR-25 / OBX-11 result status: P for a draft, F once signed,
-C for an amendment or correction. OBR-32 names the principal result interpreter of a signed
-report. Values are escaped (ch. 2.7): ``\\ | ^ & ~`` become ``\\E\\ \\F\\ \\S\\ \\T\\ \\R\\``,
-line ends ``\\.br\\``; other control characters are removed. The report text is cleaned first
+C for an amendment or correction; a withdrawal (:data:`WITHDRAWN_RESULT_STATUS`) X with every
+OBX W. OBR-32 names the principal result interpreter of a signed report. Values are escaped
+(ch. 2.7): ``\\ | ^ & ~`` become ``\\E\\ \\F\\ \\S\\ \\T\\ \\R\\``, line ends ``\\.br\\``;
+other control characters are removed. The report text is cleaned first
 (:func:`report_drafts.text_safety.safe_content`) and sent as UTF-8, which MSH-18 declares
 (``UNICODE UTF-8``, table 0211).
 """
@@ -31,6 +32,15 @@ RESULT_STATUS: dict[ReportStatus, str] = {
     ReportStatus.amended: "C",
     ReportStatus.corrected: "C",
 }
+
+#: A withdrawn draft (rejected or superseded). HL7 v2.5.1 table 0123 (OBR-25 Result Status)
+#: has no "withdrawn" value: "X" ("No results available; Order canceled") is the one that says
+#: the result sent for this order is no longer available ("W" is not in table 0123). Table 0085
+#: (OBX-11 Observation Result Status) has "W": "Post original as wrong, e.g., transmitted for
+#: wrong patient", which tells the RIS to replace the observations it holds with this message's.
+#: The ORC stays RE (observations to follow), never CA: the order itself is not cancelled.
+WITHDRAWN_RESULT_STATUS = "X"
+WITHDRAWN_OBSERVATION_STATUS = "W"
 
 #: OBX-3 per report section (LOINC radiology narrative codes; warnings in RadDraft's scheme).
 SECTION_CODES: dict[str, tuple[str, str, str]] = {
@@ -78,6 +88,16 @@ def result_status(status: ReportStatus | str) -> str:
         return RESULT_STATUS[ReportStatus(status)]
     except ValueError:
         raise ValueError(f"invalid report status {status!r}") from None
+
+
+def _statuses(content: ReportContent, *, withdrawn: bool) -> tuple[str, str]:
+    """OBR-25 and OBX-11 of a message: the version's status, or X / W for a withdrawal."""
+    if not withdrawn:
+        status = result_status(content.status)
+        return status, status
+    if content.status.is_signed:
+        raise ValueError("only an unsigned draft is withdrawn; a signed report is amended")
+    return WITHDRAWN_RESULT_STATUS, WITHDRAWN_OBSERVATION_STATUS
 
 
 def _components(*parts: str) -> str:
@@ -154,8 +174,12 @@ def oru_r01(  # noqa: PLR0913 (one keyword per MSH/PID/OBR field (HL7 v2.5.1 ch.
     observed: dt.datetime | None = None,
     timestamp: dt.datetime | None = None,
     processing_id: str = "P",
+    withdrawal: str | None = None,
 ) -> str:
     """The ORU^R01 of one report version as ER7 text (segments joined by ``\\r``).
+
+    ``withdrawal`` (why, in words) makes it the withdrawal of an unsigned draft sent before:
+    OBR-25 X, OBX-11 W on every observation, and a first WARNING line saying so.
 
     ``control_id`` (MSH-10, at most 20 characters) must be unique per message: the ACK echoes it.
     ``accession`` is the filler order number (OBR-3), ``order_placer`` the placer order number
@@ -163,7 +187,7 @@ def oru_r01(  # noqa: PLR0913 (one keyword per MSH/PID/OBR field (HL7 v2.5.1 ch.
     """
     content.check_consistent()
     content = safe_content(content)
-    status = result_status(content.status)
+    status, observation_status = _statuses(content, withdrawn=withdrawal is not None)
     _check_plain(control_id, "control_id", 20)
     now = timestamp or dt.datetime.now(dt.UTC)
 
@@ -217,11 +241,14 @@ def oru_r01(  # noqa: PLR0913 (one keyword per MSH/PID/OBR field (HL7 v2.5.1 ch.
         obx.obx_4 = sub_id
         if value:
             obx.obx_5 = value
-        obx.obx_11 = status
+        obx.obx_11 = observation_status
 
     add_obx("ST", STUDY_UID_CODE, "", escape(study_uid))
     sections = [heading for heading, _ in content.sections(demo=demo)]
-    for line in report_lines(content, demo=demo):
+    lines = report_lines(content, demo=demo)
+    if withdrawal is not None:
+        lines.insert(0, ObxLine("WARNING", f"WITHDRAWN: {withdrawal}"))
+    for line in lines:
         sub_id = str(sections.index(line.section) + 1)
         add_obx("TX", SECTION_CODES[line.section], sub_id, escape(line.text))
     return str(message.to_er7())

@@ -172,3 +172,15 @@ def test_capability_statement() -> None:
         assert {i.code for i in resource.interaction} == {"read", "search-type"}
     params = {p.name for p in resources["DiagnosticReport"].searchParam}
     assert {"patient", "study", "status", "date"} <= params
+
+
+def test_a_withdrawn_draft_is_entered_in_error() -> None:
+    withdrawn = _round_trip(_report(CONTENT, withdrawal="AI draft rejected by radiologist"))
+    assert withdrawn.status == "entered-in-error"
+    assert withdrawn.conclusion.startswith(CONTENT.impression)
+    assert "WITHDRAWN: AI draft rejected by radiologist" in withdrawn.conclusion
+    assert DRAFT_WARNING in withdrawn.conclusion
+    assert parse_diagnostic_report(withdrawn.model_dump_json()).status == "entered-in-error"
+    signed = dataclasses.replace(CONTENT, status=ReportStatus.final, signer=SIGNER)
+    with pytest.raises(ValueError, match="amended"):
+        _report(signed, withdrawal="no")

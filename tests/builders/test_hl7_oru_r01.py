@@ -111,3 +111,21 @@ def test_refusals() -> None:
         _message(CONTENT, control_id="A|B")
     with pytest.raises(ValueError, match="invalid report status"):
         result_status("registered")
+
+
+def test_a_withdrawal_says_x_and_every_observation_w() -> None:
+    """HL7 v2.5.1 table 0123 "X" on OBR-25, table 0085 "W" (post original as wrong) on OBX-11."""
+    message = _message(CONTENT, withdrawal="AI draft rejected by radiologist House: wrong side")
+    _parsed, order = _obr(message)
+    assert order.obr.obr_25.to_er7() == "X"
+    assert order.orc.orc_1.to_er7() == "RE"  # the order itself stays open
+    assert {obs.obx.obx_11.to_er7() for obs in order.oru_r01_observation} == {"W"}
+    lines = text_lines(message)
+    assert lines[0] == "WITHDRAWN: AI draft rejected by radiologist House: wrong side"
+    assert DRAFT_WARNING in lines
+
+
+def test_a_signed_report_is_never_withdrawn() -> None:
+    signed = dataclasses.replace(CONTENT, status=ReportStatus.final, signer=SIGNER)
+    with pytest.raises(ValueError, match="amended"):
+        _message(signed, withdrawal="no")

@@ -27,6 +27,7 @@ EXPECTED_MODULES = {
     "fhir_provenance",
     "gsps",
     "hl7_oru_r01",
+    "kos_rejection_note",
     "sr_tid1500",
 }
 

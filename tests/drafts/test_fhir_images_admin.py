@@ -108,10 +108,34 @@ def test_fhir_read_and_search(
     assert other_id != report_id
 
 
+def test_fhir_read_of_a_rejected_draft_is_entered_in_error(
+    engine: Engine, settings: Settings, tokens: dict[str, str], client: TestClient
+) -> None:
+    """RadDraft's own FHIR read agrees with what it pushed: a withdrawn draft is withdrawn."""
+    rad = auth(tokens["rad"])
+    report_id, _study = make_draft(engine, settings)
+    uid = client.get(f"/api/reports/{report_id}", headers=rad).json()["uid"]
+    rejected = client.post(
+        f"/api/reports/{report_id}/reject",
+        json={"expected_version": 1, "reason": "wrong side"},
+        headers=rad,
+    )
+    assert rejected.status_code == 200, rejected.text
+    withdrawn = DiagnosticReport.model_validate_json(
+        client.get(f"/fhir/DiagnosticReport/{uid}", headers=rad).content
+    )
+    assert withdrawn.status == "entered-in-error"
+    assert "WITHDRAWN: AI draft rejected: wrong side" in withdrawn.conclusion
+    response = client.get("/fhir/DiagnosticReport?status=preliminary", headers=rad)
+    assert uid not in response.text
+
+
 def test_fhir_push_objects_written_for_the_worker(
     engine: Engine, settings: Settings, tokens: dict[str, str]
 ) -> None:
-    wired = settings.model_copy(update={"fhir_server_url": "http://fhir.example/fhir"})
+    wired = settings.model_copy(
+        update={"fhir_server_url": "http://fhir.example/fhir", "release_unsigned_fhir": "send"}
+    )
     _report_id, _ = make_draft(engine, wired)
     with session_scope(engine) as session:
         rows = session.scalars(select(SentObject).where(SentObject.kind == "fhir")).all()

@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from dicom_listener.tables import IngestEvent, IngestEventKind
 from raddraft import job_contract
-from report_drafts import outbox, queue_status
+from report_drafts import delivery, queue_status
 from report_drafts.pages import viewmodel
 from report_drafts.pages.routes import safe_next
 from report_drafts.pages.session import SESSION_COOKIE, Signer
@@ -108,7 +108,7 @@ def test_metrics_text_format_and_counters(
         session.add(IngestEvent(kind=IngestEventKind.refused))
         sent = session.query(SentObject).filter(SentObject.kind == "sr").first()
         assert sent is not None
-        outbox.record_sent(session, sent.id, ok=False, error="timeout")
+        delivery.record_sent(session, sent.id, ok=False, error="timeout")
         session.commit()
     after = client.get("/metrics").text
     assert metric(after, "raddraft_ingest_events_total", kind="stored") == stored + 1

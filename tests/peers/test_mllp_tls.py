@@ -14,7 +14,7 @@ from peers._target import Outbound
 from raddraft.settings import Settings
 from raddraft.tls import server_context
 from tests.certs import certificates
-from tests.mllp_listener import serving
+from tests.mllp_listener import serving_tls
 from tests.peers.test_mllp import _message
 
 
@@ -36,7 +36,7 @@ def _outbound(tmp_path: Path, control_id: str) -> list[Outbound]:
 def test_mllp_over_mutual_tls_is_delivered(tmp_path: Path) -> None:
     certs = certificates(tmp_path)
     context = server_context(certs["server_crt"], certs["server_key"], certs["ca"])
-    with serving(context) as (state, port):
+    with serving_tls(context) as (state, port):
         target = MllpTarget.configured(f"127.0.0.1:{port}", _settings(certs, certs["ca"]))
         assert target.ssl_context is not None
         delivery = target.send(_outbound(tmp_path, "RDTLS001"))
@@ -50,7 +50,7 @@ def test_mllp_refuses_a_tls_1_1_ris_and_an_unknown_certificate(tmp_path: Path) -
     legacy.load_cert_chain(certs["server_crt"], certs["server_key"])
     legacy.minimum_version = legacy.maximum_version = ssl.TLSVersion.TLSv1_1
     legacy.set_ciphers("DEFAULT@SECLEVEL=0")
-    with serving(legacy) as (state, port):
+    with serving_tls(legacy) as (state, port):
         target = MllpTarget.configured(f"127.0.0.1:{port}", _settings(certs, certs["ca"]))
         with pytest.raises(MllpTransientError):
             target.send(_outbound(tmp_path, "RDTLS002"))
@@ -59,7 +59,7 @@ def test_mllp_refuses_a_tls_1_1_ris_and_an_unknown_certificate(tmp_path: Path) -
     (tmp_path / "other").mkdir()
     strangers = certificates(tmp_path / "other")
     context = server_context(strangers["server_crt"], strangers["server_key"])
-    with serving(context) as (state, port):
+    with serving_tls(context) as (state, port):
         target = MllpTarget.configured(f"127.0.0.1:{port}", _settings(certs, certs["ca"]))
         with pytest.raises(MllpTransientError, match=r"CERTIFICATE_VERIFY_FAILED|certificate"):
             target.send(_outbound(tmp_path, "RDTLS003"))

@@ -22,6 +22,7 @@ from peers import (
     DicomStorePermanentError,
     DicomStoreTarget,
     DicomStoreTransientError,
+    FhirConflictError,
     FhirPermanentError,
     FhirTransientError,
     MllpPermanentError,
@@ -367,3 +368,38 @@ def test_fhir_error_status_stops_at_that_resource(
     assert (error.delivered, error.failed) == (("Observation/obs-1",), ("DiagnosticReport/rep-1",))
     assert f"HTTP {status}" in str(error)
     assert len(fhir_server.puts) == 2  # the Provenance was not tried
+
+
+def test_fhir_update_names_the_version_it_replaces(
+    fhir_server: FhirServer, settings: Settings, fhir_payload: list[Outbound], tmp_path: Path
+) -> None:
+    """FHIR R4 "Managing Resource Contention": the ETag of each PUT is recorded; an update
+    with If-Match the current ETag is taken, one with a stale ETag refused (412, nothing
+    changed) as a :class:`FhirConflictError`, and the server keeps every version."""
+    target = target_for("fhir", fhir_server.url, settings)
+    first = target.send(fhir_payload)
+    report = "DiagnosticReport/rep-1"
+    assert first.responses[report] == {"http_status": 201, "etag": 'W/"1"'}
+    final = tmp_path / "final.json"
+    final.write_text(
+        json.dumps({**RESOURCES[1], "status": "final", "issued": "2026-12-02T10:00:00Z"})
+    )
+
+    second = target.send([Outbound(report, final, if_match='W/"1"')])
+    assert second.responses[report]["etag"] == 'W/"2"'
+    assert fhir_server.if_match[-1] == 'W/"1"'
+
+    # The same body again with the old ETag: the server holds it already (a lost answer).
+    again = target.send([Outbound(report, final, if_match='W/"1"')])
+    assert again.responses[report]["already_current"] is True
+
+    amended = tmp_path / "amended.json"
+    amended.write_text(
+        json.dumps({**RESOURCES[1], "status": "amended", "issued": "2026-12-02T11:00:00Z"})
+    )
+    with pytest.raises(FhirConflictError) as failure:
+        target.send([Outbound(report, amended, if_match='W/"1"')])  # stale: not what it holds
+    assert failure.value.status_code == 412 and "version conflict" in str(failure.value)
+    assert failure.value.responses[report]["if_match"] == 'W/"1"'
+    history = fhir_server.history["/fhir/DiagnosticReport/rep-1"]
+    assert [v["status"] for v in history] == ["preliminary", "final"]

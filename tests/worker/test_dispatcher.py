@@ -45,6 +45,9 @@ def _wire(
     monkeypatch.setenv("RADDRAFT_DESTINATIONS", str(pacs))
     monkeypatch.setenv("RADDRAFT_RIS_MLLP", f"127.0.0.1:{ris_port}")
     monkeypatch.setenv("RADDRAFT_FHIR_SERVER_URL", fhir_url)
+    # These tests send the draft everywhere; tests/worker/test_ordering.py tests the holds.
+    monkeypatch.setenv("RADDRAFT_RELEASE_UNSIGNED_HL7", "send")
+    monkeypatch.setenv("RADDRAFT_RELEASE_UNSIGNED_FHIR", "send")
     return reload_settings()
 
 

@@ -18,11 +18,14 @@ from typing import Any
 import httpx
 import pytest
 from hl7apy.parser import parse_message
+from sqlalchemy import select
 
 from peers.mllp import control_id_of
+from raddraft.db import session_scope
+from report_drafts.tables import ReportVersion, SentObject
 from tests.conftest import free_port
 from tests.dicom_factory import make_study
-from tests.mllp_listener import Listener
+from tests.mllp_listener import Listener, serving
 from tests.processes import wait_for
 from tests.stack import PARTS, Stack
 from tests.worker.model_server import ScriptedModelServer
@@ -98,6 +101,9 @@ def test_preliminary_final_and_corrected_reach_the_ris_in_order(
         "RADDRAFT_MODEL": "StanfordAIMI/CheXOne",
         "RADDRAFT_RIS_MLLP": f"127.0.0.1:{ris_port}",
         "RADDRAFT_FHIR_SERVER_URL": fhir_server.url,
+        # The preliminary goes out too here (the default holds it until sign-off).
+        "RADDRAFT_RELEASE_UNSIGNED_HL7": "send",
+        "RADDRAFT_RELEASE_UNSIGNED_FHIR": "send",
         "RADDRAFT_WEB_HOST": "127.0.0.1",
         "RADDRAFT_WEB_PORT": str(web_port),
     }
@@ -122,6 +128,11 @@ def test_preliminary_final_and_corrected_reach_the_ris_in_order(
         stack.push(files)
         report = stack.wait_for_draft(ids.study_uid)
         wait_for(lambda: len(ris.received) >= 1, 90, "the preliminary ORU", stack.processes)
+        # Each step waits for both messages: a version signed before its predecessor went out
+        # makes the predecessor obsolete (never sent after it), by design.
+        wait_for(
+            lambda: len(fhir_server.statuses()) >= 1, 90, "the FHIR preliminary", stack.processes
+        )
         api = httpx.Client(
             base_url=f"http://127.0.0.1:{web_port}/api",
             headers={"Authorization": f"Bearer {token}"},
@@ -135,6 +146,7 @@ def test_preliminary_final_and_corrected_reach_the_ris_in_order(
         )
         assert signed.status_code == 200, signed.text
         wait_for(lambda: len(ris.received) >= 2, 90, "the final ORU", stack.processes)
+        wait_for(lambda: len(fhir_server.statuses()) >= 2, 90, "the FHIR final", stack.processes)
         amended = api.post(
             f"/reports/{report.id}/amend",
             json={
@@ -159,6 +171,8 @@ def test_preliminary_final_and_corrected_reach_the_ris_in_order(
     assert fhir_server.statuses() == ["preliminary", "final", "corrected"]
     assert any(r["resourceType"] == "Provenance" for r in fhir_server.puts)
     assert "Smith" in trace and ids.study_uid in trace
+    # the send and the RIS's answer to it, from the audit log
+    assert f"hl7 {control_id} -> 127.0.0.1:{ris_port}: ok ack_code=AA ack_for={control_id}" in trace
 
 
 def _up(api: httpx.Client) -> bool:
@@ -166,3 +180,85 @@ def _up(api: httpx.Client) -> bool:
         return api.get("/me").status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _hl7_rows(stack: Stack) -> list[SentObject]:
+    with session_scope(stack.engine) as session:
+        rows = list(
+            session.scalars(
+                select(SentObject).where(SentObject.kind == "hl7").order_by(SentObject.id)
+            )
+        )
+        session.expunge_all()
+        return rows
+
+
+def test_a_ris_down_while_p_waits_sees_only_the_final(
+    production_env: dict[str, str],
+    scripted_model: ScriptedModelServer,
+    tmp_path: Path,
+) -> None:
+    """The whole stack, the reorder forced: the RIS is down while the ORU P waits for its
+    retry, the radiologist signs, the RIS comes back: it gets the F, never the P after it."""
+    ris, ris_port = Listener(), free_port()
+    web_port = free_port()
+    env = {
+        **production_env,
+        "RADDRAFT_MODEL_BACKEND": "openai",
+        "RADDRAFT_MODEL_SERVER_URL": scripted_model.url,
+        "RADDRAFT_MODEL": "StanfordAIMI/CheXOne",
+        "RADDRAFT_RIS_MLLP": f"127.0.0.1:{ris_port}",
+        "RADDRAFT_RELEASE_UNSIGNED_HL7": "send",
+        "RADDRAFT_JOB_BACKOFF_SECONDS": "2",
+        "RADDRAFT_WEB_HOST": "127.0.0.1",
+        "RADDRAFT_WEB_PORT": str(web_port),
+    }
+    stack = Stack(tmp_path / "logs", env, parts={**PARTS, "web": ["web"]})
+    token = (
+        _raddraft(stack.env, "users", "add", "asmith", "--role", "radiologist")
+        .strip()
+        .splitlines()[-1]
+    )
+    ids, files = make_study(tmp_path / "study", ("PA", "LATERAL"), rows=400, cols=360)
+    stack.start()
+    try:
+        stack.push(files)
+        report = stack.wait_for_draft(ids.study_uid)
+        wait_for(
+            lambda: any(r.attempts >= 1 for r in _hl7_rows(stack)),
+            90,
+            "a failed attempt at the ORU P",
+            stack.processes,
+        )
+        api = httpx.Client(
+            base_url=f"http://127.0.0.1:{web_port}/api",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        wait_for(lambda: _up(api), 60, "the web app", stack.processes)
+        detail = api.get(f"/reports/{report.id}").json()
+        signed = api.post(
+            f"/reports/{report.id}/sign",
+            json={"expected_version": detail["current_version"], "edit_reason": "none"},
+        )
+        assert signed.status_code == 200, signed.text
+        with serving(ris, ris_port):
+            wait_for(lambda: len(ris.received) >= 1, 120, "the final ORU", stack.processes)
+            wait_for(
+                lambda: [r.state for r in _hl7_rows(stack)] == ["obsolete", "sent"],
+                120,
+                "the P obsolete, the F sent",
+                stack.processes,
+            )
+    finally:
+        stack.stop()
+    assert [_obr25(m) for m in ris.received] == ["F"]
+    p_row, f_row = _hl7_rows(stack)
+    assert p_row.replaced_by_version == f_row_version(stack, f_row)
+
+
+def f_row_version(stack: Stack, row: SentObject) -> int:
+    with session_scope(stack.engine) as session:
+        version = session.get(ReportVersion, row.report_version_pk)
+        assert version is not None
+        return version.number
