@@ -14,6 +14,7 @@ And one *target* per destination kind on top of them (:mod:`peers._target`): an 
 - ``dicom``: :class:`~peers.dicom_store.DicomStoreTarget`, C-STORE over one association.
 - ``hl7``: :class:`~peers.hl7_mllp.MllpTarget`, ORU messages over MLLP, ACK checked.
 - ``fhir``: :class:`~peers.fhir_rest.FhirTarget`, FHIR RESTful update (PUT).
+- ``smtp``: :class:`~peers.smtp.SmtpTarget`, critical-finding notices by e-mail.
 
 :func:`target_for` picks one by kind. A new destination kind (say DICOMweb STOW-RS) is one
 module with its target class plus one line in :data:`TARGETS`.
@@ -36,6 +37,7 @@ from peers._target import (
 from peers.dicom_store import DicomStorePermanentError, DicomStoreTarget, DicomStoreTransientError
 from peers.fhir_rest import FhirPermanentError, FhirTarget, FhirTransientError
 from peers.hl7_mllp import MllpPermanentError, MllpTarget, MllpTransientError
+from peers.smtp import SmtpPermanentError, SmtpTarget, SmtpTransientError
 from peers.tls import client_tls
 from raddraft.settings import Settings
 
@@ -54,6 +56,9 @@ __all__ = [
     "MllpTransientError",
     "Outbound",
     "PermanentDeliveryError",
+    "SmtpPermanentError",
+    "SmtpTarget",
+    "SmtpTransientError",
     "Target",
     "TargetFactory",
     "TransientDeliveryError",
@@ -69,6 +74,7 @@ TARGETS: dict[str, TargetFactory] = {
     DicomStoreTarget.kind: DicomStoreTarget.configured,
     MllpTarget.kind: MllpTarget.configured,
     FhirTarget.kind: FhirTarget.configured,
+    SmtpTarget.kind: SmtpTarget.configured,
 }
 
 

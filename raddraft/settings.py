@@ -39,6 +39,35 @@ class DicomNode:
         return f"{self.ae_title}@{self.host}:{self.port}"
 
 
+#: The default critical findings, after the ACR Actionable Reporting Work Group (Larson PA et
+#: al., "Actionable findings and the role of IT support: report of the ACR Actionable Reporting
+#: Work Group", J Am Coll Radiol 2014;11:552-558). The work group sorts actionable findings by
+#: how soon the referrer must hear: Category 1, within minutes (immediately life-threatening),
+#: Category 2, within hours (could become so), Category 3, within days. The defaults are the
+#: Category 1 and 2 findings a chest radiograph shows: pneumothorax (tension or not),
+#: pneumoperitoneum / free air, pneumomediastinum, a malpositioned or misplaced tube or line
+#: (an endotracheal tube in a bronchus or the oesophagus, a misplaced nasogastric tube), and a
+#: widened mediastinum or aortic dissection. Left out on purpose: pleural effusion, pulmonary
+#: oedema and consolidation, which are common, usually expected by the referrer and at most
+#: Category 2-3 by context; a nodule or mass, Category 3. A site adds them with
+#: ``RADDRAFT_CRITICAL_FINDINGS``. Each term matches a finding label containing it and an
+#: affirmative mention in the findings text or impression.
+DEFAULT_CRITICAL_FINDINGS = (
+    "pneumothorax",
+    "tension pneumothorax",
+    "pneumoperitoneum",
+    "free air",
+    "pneumomediastinum",
+    "malpositioned",
+    "misplaced",
+    "endobronchial intubation",
+    "oesophageal intubation",
+    "esophageal intubation",
+    "widened mediastinum",
+    "aortic dissection",
+)
+
+
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
@@ -107,6 +136,29 @@ class Settings(BaseSettings):
     fhir_server_url: str = ""
     institution_name: str = "RadDraft Hospital"
 
+    # Critical findings (issue 10.4)
+    critical_findings: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_CRITICAL_FINDINGS),
+        description="Findings that raise a draft to STAT and notify (DEFAULT_CRITICAL_FINDINGS).",
+    )
+    critical_mllp: str = Field(
+        default="", description="host:port of the critical-results HL7 v2 MLLP receiver."
+    )
+    critical_smtp: str = Field(default="", description="host:port of the SMTP relay for notices.")
+    critical_smtp_starttls: bool = False
+    critical_smtp_user: str = ""
+    critical_smtp_password: str = ""
+    critical_email_from: str = "raddraft@localhost"
+    critical_email_to: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    # Orders in (issue 10.6): the HL7 v2 MLLP order listener
+    orders_host: str = "0.0.0.0"
+    orders_port: int = 2575
+    orders_allowed_facilities: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="MSH-4 sending facilities whose orders are taken; * takes any; empty none.",
+    )
+
     # Web
     web_host: str = "127.0.0.1"
     web_port: int = 8080
@@ -118,7 +170,14 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
-    @field_validator("allowed_callers", "allowed_hosts", mode="before")
+    @field_validator(
+        "allowed_callers",
+        "allowed_hosts",
+        "critical_findings",
+        "critical_email_to",
+        "orders_allowed_facilities",
+        mode="before",
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

@@ -11,7 +11,12 @@ The worker (:mod:`report_drafts.drafting`, :mod:`report_drafts.outbox`):
     -> list[SentObject]``, ``outbox_file(settings, sent_object) -> Path``
     ``record_sent(session, sent_object_pk, *, ok, error=None) -> SentObject``
 Radiologists (:mod:`report_drafts.signoff`):
-    ``open_report``, ``edit_text``, ``finding_feedback``, ``sign``, ``reject``, ``amend``
+    ``open_report``, ``edit_text``, ``finding_feedback``, ``add_finding``, ``sign``, ``reject``,
+    ``amend``
+Orders (:mod:`report_drafts.order_effects`):
+    ``apply_order``, ``order_for_draft``
+Critical findings (:mod:`report_drafts.notifications`):
+    ``notification``, ``record_notification``, ``recent_notifications``
 Administrators (:mod:`report_drafts.admin`):
     ``requeue``, ``retry_job``
 Reads (:mod:`report_drafts.versions` and others):
@@ -38,8 +43,18 @@ from report_drafts.content import (
 )
 from report_drafts.drafting import mark_state, record_draft
 from report_drafts.figures import reader_figures
+from report_drafts.notifications import notification, recent_notifications, record_notification
+from report_drafts.order_effects import apply_order, order_for_draft
 from report_drafts.outbox import fhir_resources, outbox_file, pending_sends, record_sent
-from report_drafts.signoff import amend, edit_text, finding_feedback, open_report, reject, sign
+from report_drafts.signoff import (
+    add_finding,
+    amend,
+    edit_text,
+    finding_feedback,
+    open_report,
+    reject,
+    sign,
+)
 from report_drafts.states import (
     SIGNED_STATES,
     IllegalTransition,
@@ -77,8 +92,10 @@ __all__ = [
     "ReportStatus",
     "Signer",
     "StaleVersion",
+    "add_finding",
     "add_user",
     "amend",
+    "apply_order",
     "current_content",
     "demo_mode",
     "edit_text",
@@ -86,11 +103,15 @@ __all__ = [
     "finding_feedback",
     "get_report",
     "mark_state",
+    "notification",
     "open_report",
+    "order_for_draft",
     "outbox_file",
     "pending_sends",
     "reader_figures",
+    "recent_notifications",
     "record_draft",
+    "record_notification",
     "record_sent",
     "reject",
     "report_for_study_version",

@@ -16,10 +16,11 @@ from pydicom.uid import generate_uid
 
 import dicom_listener
 import models
+import orders
 import report_drafts
 from raddraft import __version__ as raddraft_version
 from raddraft.db import session_scope
-from raddraft.job_contract import DraftStudy
+from raddraft.job_contract import ApplyOrder, DraftStudy
 from raddraft.logging import kv
 from raddraft.settings import Settings, get_settings
 from report_drafts import Algorithm, Box, Finding, ReportContent
@@ -72,6 +73,10 @@ def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
         existing = report_drafts.report_for_study_version(session, version_pk)
         if existing is not None and existing.current_version > 0:
             return {"skipped": "already drafted"}
+        order = orders.order_for_accession(session, study.accession_number)
+        if not _order_allows(session, version_pk, order):
+            log.info("not drafting: order cancelled %s", kv(accession=study.accession_number))
+            return {"skipped": "order cancelled"}
         report_drafts.mark_state(session, version_pk, "drafting")
         images = priors.frontal_first(dicom_listener.version_images(session, version_pk))
     current = _current_images(images)
@@ -88,7 +93,8 @@ def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
     reading = _reader.read(
         [models.StudyImage.from_path(image.path) for image in current],
         [models.StudyImage.from_path(image.path) for image in prior.images] or None,
-        indication=study.indication or None,
+        # The RIS order's reason for study is the indication of record; the header's otherwise.
+        indication=(order.indication if order else "") or study.indication or None,
         prior_report=prior.report_text,
     )
     timings["model_s"] = round(time.monotonic() - started, 4)
@@ -109,6 +115,10 @@ def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
         "timings": timings,
     }
     with session_scope() as session:
+        # Cancelled while the model read: store nothing (the order may arrive at any time).
+        order = orders.order_for_accession(session, study.accession_number)
+        if not _order_allows(session, version_pk, order):
+            return {**timings, "skipped": "order cancelled"}
         draft = report_drafts.record_draft(
             session,
             study_version_pk=version_pk,
@@ -131,6 +141,35 @@ def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
         ),
     )
     return timings
+
+
+def _order_allows(session: Any, version_pk: int, order: orders.OrderInfo | None) -> bool:
+    """Apply the study's order to its report (priority); False when it was cancelled."""
+    if order is None:
+        return True
+    return report_drafts.order_for_draft(
+        session,
+        version_pk,
+        priority=order.priority,
+        cancelled=order.cancelled,
+        control=order.order_control,
+    )
+
+
+def apply_order_job(job_id: int, args: ApplyOrder) -> dict[str, Any]:
+    """Apply a received order to its study's reports: STAT raises them, a cancel marks them."""
+    with session_scope() as session:
+        order = orders.order_for_message(session, args.order_message_pk)
+        if order is None:
+            return {"skipped": "no order for this message"}
+        touched = report_drafts.apply_order(
+            session,
+            order.accession_number,
+            priority=order.priority,
+            cancelled=order.cancelled,
+            control=order.order_control,
+        )
+    return {"reports": touched}
 
 
 def draft_failed(args: DraftStudy, error: str) -> None:
@@ -183,8 +222,21 @@ def report_content(reading: models.Reading, *, study_version_uid: str) -> Report
             "quality": reading.quality,
             "quality_warnings": list(reading.quality_warnings),
             "unparsed": list(reading.unparsed),
+            "needs_review": needs_review(reading),
         },
     )
+
+
+def needs_review(reading: models.Reading) -> list[str]:
+    """The labels a stage answer could not be read for: a presence answer that is neither yes
+    nor no, or a per-finding answer (attributes, box, change) not understood. Each is shown on
+    the draft, the page and the SR instead of vanishing from the findings."""
+    labels = [f.label for f in reading.findings if f.present is None]
+    for stage in reading.stages:
+        for turn in stage.turns:
+            if turn.target and (not turn.parsed or turn.boxed_missing):
+                labels.append(turn.target)
+    return list(dict.fromkeys(labels))
 
 
 def stage_rows(reading: models.Reading) -> list[dict[str, Any]]:

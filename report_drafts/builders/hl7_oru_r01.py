@@ -4,7 +4,11 @@ MSH, PID, ORC (when a placer order is known), OBR and one OBX of type TX per lin
 text (chapter 7.4.2: a TX value is one line of display text), preceded by one ST OBX carrying
 the Study Instance UID (DCM 110180). OBR-25 / OBX-11 result status: P for a draft, F once signed,
 C for an amendment or correction. OBR-32 names the principal result interpreter of a signed
-report. Values are escaped (ch. 2.7): ``\\ | ^ & ~`` become ``\\E\\ \\F\\ \\S\\ \\T\\ \\R\\``.
+report. A version suspecting a critical finding (``content.critical``) is marked STAT and
+critical: OBR-5 priority ``S`` (HL7 table 0027), ORC-7 quantity/timing component 6 and TQ1-9
+priority ``S`` (ch. 4.5.4), and OBX-8 abnormal flag ``AA`` "critical abnormal" (table 0078) on
+its text lines; the text itself says it is an AI suspicion pending review while unsigned.
+Values are escaped (ch. 2.7): ``\\ | ^ & ~`` become ``\\E\\ \\F\\ \\S\\ \\T\\ \\R\\``.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from hl7apy.core import Message
 
@@ -33,8 +38,12 @@ SECTION_CODES: dict[str, tuple[str, str, str]] = {
     "FINDINGS": ("18782-3", "Radiology Study observation (narrative)", "LN"),
     "IMPRESSION": ("19005-8", "Radiology Imaging study [Impression] (narrative)", "LN"),
     "COMPARISON": ("18834-2", "Radiology Comparison study (narrative)", "LN"),
+    "REVIEW": ("REVIEW", "RadDraft review note", "99RADDRAFT"),
     "WARNING": ("WARNING", "RadDraft warning", "99RADDRAFT"),
 }
+#: HL7 table 0027 priority and table 0078 abnormal flag of a version with a critical finding.
+STAT_PRIORITY = "S"
+CRITICAL_ABNORMAL = "AA"
 STUDY_UID_CODE = ("110180", "Study Instance UID", "DCM")
 REPORT_CODE = ("36643-5", "XR Chest 2 Views", "LN")
 
@@ -129,6 +138,16 @@ def _check_plain(value: str, what: str, limit: int) -> str:
     return value
 
 
+def _mark_stat(order: Any, *, with_orc: bool) -> None:
+    """STAT priority of an order observation: OBR-5, ORC-7.6 (when there is an ORC), TQ1-9."""
+    if with_orc:
+        order.orc.orc_7 = "^^^^^" + STAT_PRIORITY
+    order.obr.obr_5 = STAT_PRIORITY
+    timing = order.add_group("ORU_R01_TIMING_QTY").tq1
+    timing.tq1_1 = "1"
+    timing.tq1_9 = STAT_PRIORITY
+
+
 def oru_r01(  # noqa: PLR0913 (one keyword per MSH/PID/OBR field (HL7 v2.5.1 ch. 7))
     content: ReportContent,
     *,
@@ -197,6 +216,8 @@ def oru_r01(  # noqa: PLR0913 (one keyword per MSH/PID/OBR field (HL7 v2.5.1 ch.
     if content.status.is_signed:
         assert content.signer is not None
         obr.obr_32 = _interpreter(content.signer)
+    if content.critical:
+        _mark_stat(order, with_orc=bool(order_placer))
 
     set_ids = iter(range(1, 10_000))
 
@@ -208,6 +229,8 @@ def oru_r01(  # noqa: PLR0913 (one keyword per MSH/PID/OBR field (HL7 v2.5.1 ch.
         obx.obx_4 = sub_id
         if value:
             obx.obx_5 = value
+        if content.critical and value_type == "TX":
+            obx.obx_8 = CRITICAL_ABNORMAL
         obx.obx_11 = status
 
     add_obx("ST", STUDY_UID_CODE, "", escape(study_uid))
