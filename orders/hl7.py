@@ -168,8 +168,8 @@ def parse_order(raw: str, header: Header) -> OrderFields:
     if header.message_type not in ORDER_TYPES:
         raise OrderError(
             "AR",
-            f"message type {header.message_type or '(none)'} is not taken here: "
-            f"only {', '.join(sorted(ORDER_TYPES))}",
+            f"message type {header.message_type.replace('^', ' ') or '(none)'} is not taken "
+            f"here: only {', '.join(sorted(t.replace('^', ' ') for t in ORDER_TYPES))}",
             ERR_UNSUPPORTED_MESSAGE_TYPE,
         )
     try:
