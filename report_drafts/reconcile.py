@@ -59,30 +59,42 @@ _NEGATION = re.compile(
     r"\b(no|not|without|negative for|free of|absence of|absent|resolved|ruled out|rules out)\b",
     re.I,
 )
-# Clauses end at sentence ends, semicolons, commas and "but": "No pneumothorax, small effusion."
-_CLAUSE_END = re.compile(r"[.;:,\n]|\bbut\b|\bhowever\b", re.I)
+# Sentences end at full stops, semicolons, colons, line ends and "but"/"however".
+_SENTENCE_END = re.compile(r"[.;:\n]|\bbut\b|\bhowever\b", re.I)
+_LIST_JOINER = re.compile(r"^\s*(?:or|and|nor)\s+")
 
 
-def _clauses(text: str) -> list[str]:
-    return [c for c in _CLAUSE_END.split(text) if c.strip()]
+def _term_pattern(term: str) -> re.Pattern[str]:
+    return re.compile(r"(?<![a-z])" + re.escape(term) + r"(?![a-z])")
 
 
 def affirmed(text: str, terms: Iterable[str]) -> list[str]:
-    """The ``terms`` the text names affirmatively, longest first, each once, in term order.
+    """The ``terms`` the text names affirmatively, longest first, each once.
 
-    A longer term hides the shorter ones inside it ("pleural effusion" is not also "effusion").
+    Within a sentence a negation covers the rest of its comma part and the list that follows
+    it ("No consolidation, effusion or pneumothorax."), but a part that does not start with a
+    term ends it ("No pneumothorax, small effusion."). A longer term hides the shorter ones
+    inside it ("pleural effusion" is not also "effusion").
     """
     ordered = sorted(dict.fromkeys(t.lower() for t in terms), key=len, reverse=True)
+    patterns = [(term, _term_pattern(term)) for term in ordered]
     found: list[str] = []
-    for clause in _clauses(text):
-        rest = clause.lower()
-        for term in ordered:
-            match = re.search(r"(?<![a-z])" + re.escape(term) + r"(?![a-z])", rest)
-            if match is None:
-                continue
-            if not _NEGATION.search(rest[: match.start()]) and term not in found:
-                found.append(term)
-            rest = rest[: match.start()] + " " * len(term) + rest[match.end() :]
+    for sentence in _SENTENCE_END.split(text.lower()):
+        negated_list = False
+        for part in sentence.split(","):
+            rest = _LIST_JOINER.sub("", part.strip())
+            if not any(rest.startswith(term) for term in ordered):
+                negated_list = False
+            for term, pattern in patterns:
+                match = pattern.search(rest)
+                if match is None:
+                    continue
+                negated = negated_list or _NEGATION.search(rest[: match.start()]) is not None
+                if not negated and term not in found:
+                    found.append(term)
+                rest = rest[: match.start()] + " " * len(term) + rest[match.end() :]
+            if _NEGATION.search(part):
+                negated_list = True
     return found
 
 
