@@ -23,7 +23,7 @@ class Relay:
         self.reply = reply
         self.accepted: list[tuple[list[str], bytes]] = []
 
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.reply.startswith("250"):
             self.accepted.append((list(envelope.rcpt_tos), envelope.content))
         return self.reply
