@@ -239,3 +239,31 @@ def test_critical_labels(text: str, labels: list[str], expected: list[str]) -> N
         ),
     )
     assert critical_labels(content, Settings().critical_findings) == expected
+
+
+def test_the_critical_draft_tops_the_worklist_and_its_page_says_stat(
+    engine: Engine, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from report_drafts.tables import Role
+    from report_drafts.users import add_user
+    from report_drafts.web import create_web_app
+    from tests.drafts.test_no_silent_loss import PASSWORD, _review_page
+
+    monkeypatch.setenv("RADDRAFT_WEB_SECRET", "test-secret-not-for-production")
+    settings = wire(monkeypatch, free_port(), free_port())
+    routine, _ = record(engine, settings, draft_content)
+    critical, _ = record(engine, settings, critical_content)
+    with session_scope(engine) as session:
+        _u, token = add_user(
+            session, "rad", Role.radiologist, display_name="House^G", password=PASSWORD
+        )
+    with TestClient(create_web_app(settings)) as client:
+        items = client.get("/api/worklist", headers={"Authorization": f"Bearer {token}"}).json()
+        assert [i["id"] for i in items["items"]][:2] == [critical, routine]
+        page = _review_page(client, critical)
+        assert 'data-testid="critical-banner"' in page
+        assert "AI suspicion of a critical finding" in page and "not a diagnosis" in page
+        quiet = _review_page(client, routine)
+        assert 'data-testid="critical-banner"' not in quiet
