@@ -55,12 +55,13 @@ def settings() -> Settings:
 # The registry
 
 
-def test_target_for_knows_the_three_kinds(settings: Settings) -> None:
-    assert set(peers.TARGETS) == {"dicom", "hl7", "fhir"}
+def test_target_for_knows_the_four_kinds(settings: Settings) -> None:
+    assert set(peers.TARGETS) == {"dicom", "hl7", "fhir", "smtp"}
     made = {
         "dicom": target_for("dicom", "PACS@127.0.0.1:11113", settings),
         "hl7": target_for("hl7", "127.0.0.1:2575", settings),
         "fhir": target_for("fhir", "http://127.0.0.1:8080/fhir", settings),
+        "smtp": target_for("smtp", "127.0.0.1:2525", settings),
     }
     for kind, target in made.items():
         assert isinstance(target, Target)
@@ -68,6 +69,7 @@ def test_target_for_knows_the_three_kinds(settings: Settings) -> None:
     assert made["dicom"].destination == "PACS@127.0.0.1:11113"
     assert made["hl7"].destination == "127.0.0.1:2575"
     assert made["fhir"].destination == "http://127.0.0.1:8080/fhir"
+    assert made["smtp"].destination == "127.0.0.1:2525"
     assert isinstance(made["dicom"], DicomStoreTarget)
     assert made["dicom"].calling_ae == CALLING_AE  # the settings' AE title is who calls
 
