@@ -11,6 +11,7 @@ The public face:
     ``receive(raw, peer, settings) -> str``: take one message, return its ACK
     ``order_for_accession(session, accession) -> OrderInfo | None``
     ``order_for_message(session, order_message_pk) -> OrderInfo | None``
+    ``raise_waiting_drafts(session) -> int``: the router's pass for orders before images
     the tables ``Order``, ``OrderMessage``, ``OrderStatus`` for read-only joins
 """
 
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from orders.receive import receive
+from orders.receive import raise_waiting_drafts, receive
 from orders.server import OrderServer
 from orders.tables import Order, OrderMessage, OrderStatus
 
@@ -33,6 +34,7 @@ __all__ = [
     "OrderStatus",
     "order_for_accession",
     "order_for_message",
+    "raise_waiting_drafts",
     "receive",
 ]
 

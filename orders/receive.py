@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy import select, update
+from sqlalchemy import String, cast, literal, select, update
 from sqlalchemy.orm import Session
 
 from dicom_listener import Study, StudyVersion
@@ -177,3 +177,29 @@ def _stop_drafts(session: Session, keys: list[str]) -> None:
                 finished_at=utcnow(),
             )
         )
+
+
+def raise_waiting_drafts(session: Session) -> int:
+    """Give pending draft jobs the priority of their study's active order, when higher.
+
+    For an order that came before the images: the listener enqueues the draft at the DICOM
+    header's priority (it knows nothing of orders); the router calls this before each pass so
+    the STAT order still decides what runs next. Returns the number of jobs raised.
+    """
+    prefix = job_contract.DraftStudy(0).key[: -len("0")]
+    rows = session.execute(
+        select(jobs.Job.id, Order.priority)
+        .select_from(jobs.Job)
+        .join(StudyVersion, jobs.Job.key == literal(prefix) + cast(StudyVersion.id, String))
+        .join(Study, Study.id == StudyVersion.study_pk)
+        .join(Order, Order.accession_number == Study.accession_number)
+        .where(
+            jobs.Job.state == jobs.JobState.pending,
+            jobs.Job.task == job_contract.DraftStudy.TASK,
+            Order.status == OrderStatus.active,
+            Order.priority < jobs.Job.priority,
+        )
+    ).all()
+    for job_id, priority in rows:
+        session.execute(update(jobs.Job).where(jobs.Job.id == job_id).values(priority=priority))
+    return len(rows)

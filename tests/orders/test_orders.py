@@ -278,3 +278,23 @@ def test_bad_messages_get_a_clear_negative_ack_and_are_kept(
     assert kept[0].raw == raw and kept[0].ack_code == code and why in (kept[0].error or "")
     with session_scope(engine) as session:
         assert session.scalar(select(Order).where(Order.accession_number == "ACC0500")) is not None
+
+
+def test_a_stat_order_before_the_images_raises_the_draft_job_the_listener_queues(
+    engine: Engine, server: tuple[Settings, Client]
+) -> None:
+    settings, client = server
+    assert client.send(orm("M10", accession="ACC0777", priority="S"))["MSA"][1] == "AA"
+    study = archive_study(engine, settings, accession="ACC0777", priority=jobs.Priority.routine)
+    other = archive_study(engine, settings, accession="ACC0778", patient_id="P0778")
+    with session_scope(engine) as session:
+        # What the listener does on completion: the header's (routine) priority.
+        job_contract.enqueue(session, job_contract.DraftStudy(study.study_version_pk))
+        job_contract.enqueue(session, job_contract.DraftStudy(other.study_version_pk))
+    with session_scope(engine) as session:
+        assert orders.raise_waiting_drafts(session) == 1
+    with session_scope(engine) as session:
+        by_key = {j.key: j.priority for j in session.scalars(select(jobs.Job))}
+        assert orders.raise_waiting_drafts(session) == 0  # once is enough
+    assert by_key[job_contract.DraftStudy(study.study_version_pk).key] == jobs.Priority.stat
+    assert by_key[job_contract.DraftStudy(other.study_version_pk).key] == jobs.Priority.routine
