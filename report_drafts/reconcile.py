@@ -141,3 +141,16 @@ def reconciled(content: ReportContent, critical: Sequence[str]) -> ReportContent
     extra["unlisted_findings"] = unlisted_findings(content)
     extra["critical"] = critical_labels(content, critical)
     return dataclasses.replace(content, extra=extra)
+
+
+def after_review_change(content: ReportContent, *, decided: str | None = None) -> ReportContent:
+    """``content`` after a radiologist's change: the unlisted findings recomputed against the
+    new text and findings, and ``decided`` (a label the radiologist just added) no longer
+    waiting for review."""
+    extra = dict(content.extra)
+    extra["unlisted_findings"] = unlisted_findings(content)
+    if decided is not None:
+        extra["needs_review"] = [
+            label for label in content.needs_review if label.lower() != decided.lower()
+        ]
+    return dataclasses.replace(content, extra=extra)

@@ -93,6 +93,7 @@ def edit_text(
     new = dataclasses.replace(content, **changes)
     if new == content:
         return current_version(session, report)
+    new = reconcile.after_review_change(new)
     start_review(report, user)
     row = new_version(
         session,
@@ -154,9 +155,11 @@ def finding_feedback(
             box=box if box is not None else before.box,
             accepted=True,
         )
-    new = dataclasses.replace(
-        content,
-        findings=tuple(after if f.tracking_uid == tracking_uid else f for f in content.findings),
+    new = reconcile.after_review_change(
+        dataclasses.replace(
+            content,
+            findings=tuple(after if f.tracking_uid == tracking_uid else f for f in content.findings),
+        )
     )
     start_review(report, user)
     row = new_version(
@@ -228,7 +231,9 @@ def add_finding(
         accepted=True,
         added_by=user.name,
     )
-    new = dataclasses.replace(content, findings=(*content.findings, added))
+    new = reconcile.after_review_change(
+        dataclasses.replace(content, findings=(*content.findings, added)), decided=added.label
+    )
     start_review(report, user)
     row = new_version(
         session,

@@ -186,19 +186,29 @@ def test_a_radiologist_adds_a_missed_finding_with_a_box(
         assert added.status_code == 200, added.text
         again = client.post(f"/api/reports/{report_id}/findings", json=body, headers=auth(rad))
         assert again.status_code == 409  # stale version: a replay adds nothing
+        signed = client.post(
+            f"/api/reports/{report_id}/sign",
+            json={"expected_version": 2, "edit_reason": "content"},
+            headers=auth(rad),
+        )
+        assert signed.status_code == 200, signed.text
         figures = client.get("/api/figures", headers=auth(rad)).json()
     with session_scope(engine) as session:
         current = session.scalars(
             select(ReportVersion)
             .where(ReportVersion.report_pk == report_id)
             .order_by(ReportVersion.number)
-        ).all()[-1]
+        ).all()[-2]
         assert current.action == "finding_add"
         found = [f for f in current.content["findings"] if f["label"] == "Pneumothorax"]
     assert len(found) == 1
     assert found[0]["box"] == {"x0": 2, "y0": 3, "x1": 20, "y1": 30}
     assert found[0]["sop_instance_uid"] == sop and found[0]["added_by"] == "rad"
+    # The label the radiologist decided no longer waits for review.
+    assert current.content["extra"]["needs_review"] == []
     assert figures["feedback"]["add"] == 1
+    # Signed with an added finding is not "signed with no edit".
+    assert figures["signed"] == 1 and figures["signed_without_edit"] == 0
     assert figures["feedback_by_label"]["Pneumothorax"]["add"] == 1
 
 
