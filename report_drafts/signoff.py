@@ -155,12 +155,8 @@ def finding_feedback(
             box=box if box is not None else before.box,
             accepted=True,
         )
-    new = reconcile.after_review_change(
-        dataclasses.replace(
-            content,
-            findings=tuple(after if f.tracking_uid == tracking_uid else f for f in content.findings),
-        )
-    )
+    findings = tuple(after if f.tracking_uid == tracking_uid else f for f in content.findings)
+    new = reconcile.after_review_change(dataclasses.replace(content, findings=findings))
     start_review(report, user)
     row = new_version(
         session,
