@@ -229,6 +229,10 @@ def test_a_cancelled_order_stops_drafting_and_marks_the_sent_draft(
 
     with TestClient(create_app(settings)) as api:
         rad = auth(tokens["rad"])
+        detail = api.get(f"/api/reports/{drafted_report}", headers=rad).json()
+        assert detail["order_cancelled_at"] is not None
+        assert detail["order"]["cancelled"] is True
+        assert detail["order"]["ordering_provider"] == "1234^Smith^John"
         answer = api.post(
             f"/api/reports/{drafted_report}/sign",
             json={"expected_version": 1, "edit_reason": "none"},
