@@ -73,7 +73,7 @@ def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
         existing = report_drafts.report_for_study_version(session, version_pk)
         if existing is not None and existing.current_version > 0:
             return {"skipped": "already drafted"}
-        order = orders.order_for_accession(session, study.accession_number)
+        order = matching_order(session, study)
         if not _order_allows(session, version_pk, order):
             log.info("not drafting: order cancelled %s", kv(accession=study.accession_number))
             return {"skipped": "order cancelled"}
@@ -116,7 +116,7 @@ def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
     }
     with session_scope() as session:
         # Cancelled while the model read: store nothing (the order may arrive at any time).
-        order = orders.order_for_accession(session, study.accession_number)
+        order = matching_order(session, study)
         if not _order_allows(session, version_pk, order):
             return {**timings, "skipped": "order cancelled"}
         draft = report_drafts.record_draft(
@@ -141,6 +141,19 @@ def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
         ),
     )
     return timings
+
+
+def matching_order(session: Any, study: dicom_listener.StudyInfo) -> orders.OrderInfo | None:
+    """The RIS order for the study's accession, if it is for the same patient (PID-3 against
+    the header's PatientID); an order for someone else is ignored and logged, never used."""
+    order = orders.order_for_accession(session, study.accession_number)
+    if order is None or not order.patient_id or order.patient_id == study.patient_id:
+        return order
+    log.warning(
+        "order ignored: another patient %s",
+        kv(accession=study.accession_number, order_patient=order.patient_id),
+    )
+    return None
 
 
 def _order_allows(session: Any, version_pk: int, order: orders.OrderInfo | None) -> bool:

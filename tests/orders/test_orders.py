@@ -302,3 +302,23 @@ def test_a_stat_order_before_the_images_raises_the_draft_job_the_listener_queues
         assert orders.raise_waiting_drafts(session) == 0  # once is enough
     assert by_key[job_contract.DraftStudy(study.study_version_pk).key] == jobs.Priority.stat
     assert by_key[job_contract.DraftStudy(other.study_version_pk).key] == jobs.Priority.routine
+
+
+def test_an_order_for_another_patient_is_not_used(
+    engine: Engine, server: tuple[Settings, Client]
+) -> None:
+    import dicom_listener
+
+    settings, client = server
+    study = archive_study(engine, settings, accession="ACC0888", patient_id="P0888")
+    assert client.send(orm("M11", accession="ACC0888"))["MSA"][1] == "AA"  # PID-3 P0001
+    with session_scope(engine) as session:
+        info = dicom_listener.study_for_version(session, study.study_version_pk)
+        assert orders.order_for_accession(session, "ACC0888") is not None
+        assert pipeline.matching_order(session, info) is None
+    same = archive_study(engine, settings, accession="ACC0889", patient_id="P0001")
+    assert client.send(orm("M12", accession="ACC0889"))["MSA"][1] == "AA"
+    with session_scope(engine) as session:
+        info = dicom_listener.study_for_version(session, same.study_version_pk)
+        found = pipeline.matching_order(session, info)
+    assert found is not None and found.indication == "Shortness of breath"
