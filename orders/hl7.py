@@ -248,7 +248,8 @@ def ack(
                 stamp,
                 "",
                 f"ACK^{_clean(trigger, 3)}^ACK",
-                "ACK" + stamp + _clean(control_id, 6),
+                # MSH-10 is at most 20 characters in v2.5.1: A + yymmddhhmmss + 7.
+                "A" + stamp[2:] + _clean(control_id, 7),
                 "P",
                 "2.5.1",
             ]

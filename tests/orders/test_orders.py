@@ -129,6 +129,8 @@ def test_an_order_before_the_images_gives_the_draft_its_indication_and_priority(
     settings, client = server
     ack = client.send(orm("M1", priority="S"))
     assert ack["MSA"][1:3] == ["AA", "M1"]
+    assert ack["MSH"][8] == "ACK^O01^ACK" and 0 < len(ack["MSH"][9]) <= 20  # MSH-9, MSH-10
+    assert ack["MSH"][2:6] == ["RADDRAFT", "RAD", "RIS", "GENHOSP"]  # sender and receiver swapped
     with session_scope(engine) as session:
         order = orders.order_for_accession(session, "ACC0001")
     assert order is not None
