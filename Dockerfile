@@ -11,6 +11,7 @@ COPY worker worker
 COPY models models
 COPY report_drafts report_drafts
 COPY peers peers
+COPY orders orders
 COPY migrations migrations
 RUN pip install --no-cache-dir '.[model]'
 ENV RADDRAFT_DATA_DIR=/data PYTHONUNBUFFERED=1

@@ -9,12 +9,19 @@ from __future__ import annotations
 from sqlalchemy import MetaData
 
 import dicom_listener.tables
+import orders.tables
 import raddraft.jobs
 import report_drafts.tables
 import worker.tables
 from raddraft.db import Base
 
-TABLE_MODULES = (raddraft.jobs, dicom_listener.tables, report_drafts.tables, worker.tables)
+TABLE_MODULES = (
+    raddraft.jobs,
+    dicom_listener.tables,
+    orders.tables,
+    report_drafts.tables,
+    worker.tables,
+)
 
 
 def metadata() -> MetaData:

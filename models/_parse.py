@@ -87,8 +87,10 @@ def parse_choice(answer: str, options: list[str]) -> Choice:
     """Which of ``options`` (in order (a), (b), ...) an answer picks.
 
     Accepts the letter alone or in brackets, "(b) AP", the option's text ("LATERAL", "Yes"), and
-    phrases such as "The answer is C". Letters beyond the options, or text naming several options,
-    give ``Choice(None, ...)``.
+    phrases such as "The answer is C". An answer that opens with one option's text as a sentence
+    of its own ("Yes, there is a small effusion. No pneumothorax.") picks that option whatever
+    the free text after it says. Letters beyond the options, or text naming several options
+    otherwise, give ``Choice(None, ...)``.
     """
     text = answer.strip().strip("$").strip()
     text = re.sub(r"^\\boxed\{(.*)\}$", r"\1", text, flags=re.S).strip()
@@ -101,6 +103,9 @@ def parse_choice(answer: str, options: list[str]) -> Choice:
             # A single out-of-range letter: still try the option texts below.
             break
     lowered = text.lower()
+    leading = _leading_option(lowered, options)
+    if leading is not None:
+        return Choice(leading, chr(ord("A") + leading), options[leading])
     hits = [
         i
         for i, option in enumerate(options)
@@ -110,6 +115,24 @@ def parse_choice(answer: str, options: list[str]) -> Choice:
         index = hits[0]
         return Choice(index, chr(ord("A") + index), options[index])
     return Choice(None, None, None)
+
+
+# Markdown emphasis the model sometimes puts around its first word ("**Yes**, ...").
+_LEADING_NOISE = re.compile(r"^[\s*_`\"']+")
+
+
+def _leading_option(lowered: str, options: list[str]) -> int | None:
+    """The option whose text opens the answer and is closed by punctuation or the end.
+
+    "Yes, there is ..." and "No. ..." qualify; "Yes and no" does not (the option is not a
+    sentence of its own there), so it still falls through to the several-options rule.
+    """
+    text = _LEADING_NOISE.sub("", lowered)
+    for index, option in enumerate(options):
+        pattern = re.escape(option.lower()) + r"[\s*_`\"']*(?:[,.;:!\u2013\u2014-]|$)"
+        if re.match(pattern, text):
+            return index
+    return None
 
 
 _NUMBER = r"[-+]?\d+(?:\.\d+)?"

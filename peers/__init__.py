@@ -18,6 +18,7 @@ And one *target* per destination kind on top of them (:mod:`peers._target`): an 
 - ``fhir``: :class:`~peers.fhir_rest.FhirTarget`, FHIR RESTful update (PUT), ``If-Match``
   when the sender names the version it expects.
 - ``stow``: :class:`~peers.dicomweb_stow.StowTarget`, DICOMweb STOW-RS (PS3.18 10.5).
+- ``smtp``: :class:`~peers.smtp.SmtpTarget`, critical-finding notices by e-mail.
 
 :func:`target_for` picks one by kind. A new destination kind (say DICOMweb STOW-RS) is one
 module with its target class plus one line in :data:`TARGETS`.
@@ -52,6 +53,7 @@ from peers.fhir_rest import (
     FhirTransientError,
 )
 from peers.hl7_mllp import MllpPermanentError, MllpTarget, MllpTransientError
+from peers.smtp import SmtpPermanentError, SmtpTarget, SmtpTransientError
 from peers.tls import client_tls
 from raddraft.settings import Settings
 
@@ -71,6 +73,9 @@ __all__ = [
     "MllpTransientError",
     "Outbound",
     "PermanentDeliveryError",
+    "SmtpPermanentError",
+    "SmtpTarget",
+    "SmtpTransientError",
     "StowPermanentError",
     "StowTarget",
     "StowTransientError",
@@ -94,6 +99,7 @@ TARGETS: dict[str, TargetFactory] = {
     MllpTarget.kind: MllpTarget.configured,
     FhirTarget.kind: FhirTarget.configured,
     StowTarget.kind: StowTarget.configured,
+    SmtpTarget.kind: SmtpTarget.configured,
 }
 
 

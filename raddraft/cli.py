@@ -19,6 +19,7 @@ COMMANDS = (
     ("raddraft.commands.listener", "listen"),
     ("raddraft.commands.listener", "studies"),
     ("raddraft.commands.listener", "study"),
+    ("raddraft.commands.orders", "orders"),
     ("raddraft.commands.worker", "worker"),
     ("raddraft.commands.worker", "router"),
     ("raddraft.commands.worker", "dispatcher_alias"),

@@ -92,6 +92,35 @@ class PushFhir:
 
 
 @dataclass(frozen=True)
+class NotifyCritical:
+    """Send one recorded critical-finding notice (HL7 to the critical-results receiver, or
+    e-mail) and record its acknowledgement; retried like any export."""
+
+    TASK: ClassVar[str] = "raddraft.notify_critical"
+    QUEUE: ClassVar[Queue] = Queue.io
+
+    notification_pk: int
+
+    @property
+    def key(self) -> str:
+        return f"critical:{self.notification_pk}"
+
+
+@dataclass(frozen=True)
+class ApplyOrder:
+    """Apply a received order to the drafts of its study (priority, cancellation)."""
+
+    TASK: ClassVar[str] = "raddraft.apply_order"
+    QUEUE: ClassVar[Queue] = Queue.io
+
+    order_message_pk: int
+
+    @property
+    def key(self) -> str:
+        return f"order:{self.order_message_pk}"
+
+
+@dataclass(frozen=True)
 class Ping:
     """A no-op job that proves table -> router -> broker -> worker -> table works."""
 
@@ -106,11 +135,24 @@ class Ping:
         return f"ping:{self.name}"
 
 
-JobArgs = DraftStudy | ExportDicom | SendHl7 | PushFhir | Ping
-KINDS: tuple[type[JobArgs], ...] = (DraftStudy, ExportDicom, SendHl7, PushFhir, Ping)
+JobArgs = DraftStudy | ExportDicom | SendHl7 | PushFhir | NotifyCritical | ApplyOrder | Ping
+KINDS: tuple[type[JobArgs], ...] = (
+    DraftStudy,
+    ExportDicom,
+    SendHl7,
+    PushFhir,
+    NotifyCritical,
+    ApplyOrder,
+    Ping,
+)
 BY_TASK: dict[str, type[JobArgs]] = {kind.TASK: kind for kind in KINDS}
 # The jobs whose failures an administrator sees as failed exports.
-EXPORT_TASKS: tuple[str, ...] = (ExportDicom.TASK, SendHl7.TASK, PushFhir.TASK)
+EXPORT_TASKS: tuple[str, ...] = (
+    ExportDicom.TASK,
+    SendHl7.TASK,
+    PushFhir.TASK,
+    NotifyCritical.TASK,
+)
 
 
 def enqueue(

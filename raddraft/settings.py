@@ -42,6 +42,34 @@ class DicomNode:
 #: Unsigned AI drafts: ``send`` them (marked as unverified drafts) or ``hold`` until sign-off.
 ReleasePolicy = Literal["send", "hold"]
 
+#: The default critical findings, after the ACR Actionable Reporting Work Group (Larson PA et
+#: al., "Actionable findings and the role of IT support: report of the ACR Actionable Reporting
+#: Work Group", J Am Coll Radiol 2014;11:552-558). The work group sorts actionable findings by
+#: how soon the referrer must hear: Category 1, within minutes (immediately life-threatening),
+#: Category 2, within hours (could become so), Category 3, within days. The defaults are the
+#: Category 1 and 2 findings a chest radiograph shows: pneumothorax (tension or not),
+#: pneumoperitoneum / free air, pneumomediastinum, a malpositioned or misplaced tube or line
+#: (an endotracheal tube in a bronchus or the oesophagus, a misplaced nasogastric tube), and a
+#: widened mediastinum or aortic dissection. Left out on purpose: pleural effusion, pulmonary
+#: oedema and consolidation, which are common, usually expected by the referrer and at most
+#: Category 2-3 by context; a nodule or mass, Category 3. A site adds them with
+#: ``RADDRAFT_CRITICAL_FINDINGS``. Each term matches a finding label containing it and an
+#: affirmative mention in the findings text or impression.
+DEFAULT_CRITICAL_FINDINGS = (
+    "pneumothorax",
+    "tension pneumothorax",
+    "pneumoperitoneum",
+    "free air",
+    "pneumomediastinum",
+    "malpositioned",
+    "misplaced",
+    "endobronchial intubation",
+    "oesophageal intubation",
+    "esophageal intubation",
+    "widened mediastinum",
+    "aortic dissection",
+)
+
 
 def _split_csv(value: object) -> object:
     if isinstance(value, str):
@@ -226,6 +254,35 @@ class Settings(BaseSettings):
         description="FHIR DiagnosticReport status preliminary before sign-off: send or hold",
     )
 
+    # Critical findings: a draft naming one goes STAT and notifies (DEFAULT_CRITICAL_FINDINGS)
+    critical_findings: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_CRITICAL_FINDINGS),
+        description="findings that raise a draft to STAT and notify (ACR categories 1-2)",
+    )
+    critical_mllp: str = Field(
+        default="", description="host:port of the critical-results HL7 v2 MLLP receiver"
+    )
+    critical_smtp: str = Field(default="", description="host:port of the SMTP relay for notices")
+    critical_smtp_starttls: bool = Field(
+        default=False, description="upgrade the SMTP session with STARTTLS"
+    )
+    critical_smtp_user: str = Field(default="", description="SMTP AUTH user, when asked")
+    critical_smtp_password: str = Field(default="", description="SMTP AUTH password")
+    critical_email_from: str = Field(
+        default="raddraft@localhost", description="the notices' sender"
+    )
+    critical_email_to: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated recipients of critical notices"
+    )
+
+    # Orders in: the HL7 v2 MLLP order listener (orders/)
+    orders_host: str = Field(default="0.0.0.0", description="the order listener's address")
+    orders_port: int = Field(default=2575, description="the order listener's port")
+    orders_allowed_facilities: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="MSH-4 sending facilities whose orders are taken; * takes any; empty none",
+    )
+
     # Where images are when this process has no archive of its own (a GPU worker elsewhere)
     archive_url: str = Field(
         default="", description="RadDraft's DICOMweb base URL (…/dicomweb) to read images from"
@@ -267,7 +324,15 @@ class Settings(BaseSettings):
 
     log_level: str = Field(default="INFO", description="DEBUG, INFO, WARNING or ERROR")
 
-    @field_validator("allowed_callers", "allowed_hosts", "stow_destinations", mode="before")
+    @field_validator(
+        "allowed_callers",
+        "allowed_hosts",
+        "stow_destinations",
+        "critical_findings",
+        "critical_email_to",
+        "orders_allowed_facilities",
+        mode="before",
+    )
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

@@ -14,7 +14,12 @@ The worker (:mod:`report_drafts.drafting`, :mod:`report_drafts.outbox`):
     ``record_sent(session, sent_object_pk, *, ok, error=None, response=None) -> SentObject``,
     ``release(session, sent_object_pks)`` (claimed, not tried)
 Radiologists (:mod:`report_drafts.signoff`):
-    ``open_report``, ``edit_text``, ``finding_feedback``, ``sign``, ``reject``, ``amend``
+    ``open_report``, ``edit_text``, ``finding_feedback``, ``add_finding``, ``sign``, ``reject``,
+    ``amend``
+Orders (:mod:`report_drafts.order_effects`):
+    ``apply_order``, ``order_for_draft``
+Critical findings (:mod:`report_drafts.notifications`):
+    ``notification``, ``record_notification``, ``recent_notifications``
 Administrators (:mod:`report_drafts.admin`):
     ``requeue``, ``retry_job``
 Reads (:mod:`report_drafts.versions` and others):
@@ -47,10 +52,20 @@ from report_drafts.content import (
 from report_drafts.delivery import Claim, SendItem, claim_sends, record_sent, release
 from report_drafts.drafting import mark_state, record_draft
 from report_drafts.figures import reader_figures
+from report_drafts.notifications import notification, recent_notifications, record_notification
+from report_drafts.order_effects import apply_order, order_for_draft
 from report_drafts.outbox import fhir_resources, outbox_file, pending_sends
 from report_drafts.retention import Verdict, purge_candidates, record_purge, still_purgeable
 from report_drafts.retention import verdicts as retention_verdicts
-from report_drafts.signoff import amend, edit_text, finding_feedback, open_report, reject, sign
+from report_drafts.signoff import (
+    add_finding,
+    amend,
+    edit_text,
+    finding_feedback,
+    open_report,
+    reject,
+    sign,
+)
 from report_drafts.states import (
     SIGNED_STATES,
     IllegalTransition,
@@ -92,8 +107,10 @@ __all__ = [
     "Signer",
     "StaleVersion",
     "Verdict",
+    "add_finding",
     "add_user",
     "amend",
+    "apply_order",
     "claim_sends",
     "current_content",
     "demo_mode",
@@ -102,12 +119,16 @@ __all__ = [
     "finding_feedback",
     "get_report",
     "mark_state",
+    "notification",
     "open_report",
+    "order_for_draft",
     "outbox_file",
     "pending_sends",
     "purge_candidates",
     "reader_figures",
+    "recent_notifications",
     "record_draft",
+    "record_notification",
     "record_purge",
     "record_sent",
     "reject",

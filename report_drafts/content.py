@@ -12,6 +12,9 @@ from typing import Any
 
 DEMO_WARNING = "demo model, random weights, not a clinical draft"
 DRAFT_WARNING = "Unverified AI draft: not reviewed by a radiologist"
+CRITICAL_NOTICE = (
+    "AI suspicion of a critical finding ({labels}), pending radiologist review; not a diagnosis"
+)
 
 
 class ReportStatus(enum.StrEnum):
@@ -72,6 +75,7 @@ class Finding:
     site: str | None = None  # e.g. "lower lobe of lung"
     certainty: float | None = None  # 0..1, e.g. self-consistency
     accepted: bool = True  # a radiologist's reject sets False
+    added_by: str | None = None  # the radiologist who added a finding the model missed
 
 
 @dataclass(frozen=True)
@@ -114,6 +118,39 @@ class ReportContent:
         """Accepted findings with a box on a named image: the ones drawn in SR and GSPS."""
         return tuple(f for f in self.accepted_findings if f.box is not None and f.sop_instance_uid)
 
+    @property
+    def needs_review(self) -> tuple[str, ...]:
+        """Labels whose stage answers the model gave could not be read: neither yes nor no."""
+        return tuple(self.extra.get("needs_review", ()))
+
+    @property
+    def unlisted(self) -> tuple[str, ...]:
+        """Findings the findings text names that are not among the draft's findings."""
+        return tuple(self.extra.get("unlisted_findings", ()))
+
+    @property
+    def critical(self) -> tuple[str, ...]:
+        """The critical findings this version suspects (set by the lifecycle from settings)."""
+        return tuple(self.extra.get("critical", ()))
+
+    def review_notes(self) -> tuple[str, ...]:
+        """What the radiologist must look at before signing; none once signed (they did)."""
+        if self.status.is_signed:
+            return ()
+        notes: list[str] = []
+        if self.critical:
+            notes.append(CRITICAL_NOTICE.format(labels=", ".join(self.critical)))
+        if self.needs_review:
+            notes.append(
+                "Needs review: the model's answer could not be read for "
+                + ", ".join(self.needs_review)
+            )
+        if self.unlisted:
+            notes.append(
+                "Named in the findings text but not among the findings: " + ", ".join(self.unlisted)
+            )
+        return tuple(notes)
+
     def check_consistent(self) -> None:
         """Refuse a signed status without a signer: nothing AI-written leaves as final unsigned."""
         if self.status.is_signed and self.signer is None:
@@ -136,6 +173,9 @@ class ReportContent:
             ("COMPARISON", self.progression.strip()),
         ]
         found = [(heading, text) for heading, text in parts if text]
+        notes = self.review_notes()
+        if notes:
+            found.append(("REVIEW", "\n".join(notes)))
         warnings = self.warnings(demo=demo)
         if warnings:
             found.append(("WARNING", "\n".join(warnings)))

@@ -17,8 +17,10 @@ from sqlalchemy.orm import Session
 from dicom_listener import StudyVersion
 from raddraft.db import utcnow
 from raddraft.settings import Settings, get_settings
+from report_drafts import notifications, reconcile
 from report_drafts._versioning import (
     audit_report,
+    may_send,
     new_version,
     publish_version,
     report_for_version,
@@ -118,6 +120,10 @@ def record_draft(
         extra["warning"] = DEMO_WARNING
     # A draft is preliminary and unsigned whatever the caller passed.
     draft = dataclasses.replace(content, status=ReportStatus.preliminary, signer=None, extra=extra)
+    draft = reconcile.reconciled(draft, settings.critical_findings)
+    if draft.critical:
+        # Before publishing, so the SR, the RIS messages and their jobs are STAT too.
+        notifications.raise_critical(session, report, list(draft.critical))
     row, _ = publish_version(
         session,
         settings,
@@ -132,6 +138,15 @@ def record_draft(
         draft_run_pk=provenance.id,
     )
     report.failure = None
+    if draft.critical:
+        notifications.notify_critical(
+            session,
+            settings,
+            report,
+            row,
+            list(draft.critical),
+            send=may_send(settings, algorithm),
+        )
     audit_report(
         session,
         "draft",

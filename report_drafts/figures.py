@@ -28,7 +28,9 @@ class ReaderFigures:
     edit_reasons: dict[str, int] = field(default_factory=dict)
     median_seconds_to_sign: float | None = None
     mean_edit_ratio: float | None = None
-    feedback: dict[str, int] = field(default_factory=dict)  # accept/reject/edit counts
+    feedback: dict[str, int] = field(default_factory=dict)  # accept/reject/edit/add counts
+    # Per label: how often radiologists accepted, rejected, edited or added (the model missed).
+    feedback_by_label: dict[str, dict[str, int]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -56,7 +58,7 @@ def reader_figures(
         fb_query = fb_query.where(FindingFeedback.at >= since)
     if until is not None:
         fb_query = fb_query.where(FindingFeedback.at < until)
-    feedback = {"accept": 0, "reject": 0, "edit": 0}
+    feedback = {"accept": 0, "reject": 0, "edit": 0, "add": 0}
     feedback.update({action: int(count) for action, count in session.execute(fb_query)})
 
     return ReaderFigures(
@@ -67,4 +69,22 @@ def reader_figures(
         median_seconds_to_sign=statistics.median(seconds) if seconds else None,
         mean_edit_ratio=statistics.fmean(ratios) if ratios else None,
         feedback=feedback,
+        feedback_by_label=_by_label(session, since, until),
     )
+
+
+def _by_label(
+    session: Session, since: dt.datetime | None, until: dt.datetime | None
+) -> dict[str, dict[str, int]]:
+    """Feedback counts per finding label (the label before an edit; the new one for an add)."""
+    query = select(FindingFeedback.action, FindingFeedback.before, FindingFeedback.after)
+    if since is not None:
+        query = query.where(FindingFeedback.at >= since)
+    if until is not None:
+        query = query.where(FindingFeedback.at < until)
+    counts: dict[str, dict[str, int]] = {}
+    for action, before, after in session.execute(query):
+        label = str((before or {}).get("label") or (after or {}).get("label") or "?")
+        per = counts.setdefault(label, {"accept": 0, "reject": 0, "edit": 0, "add": 0})
+        per[action] = per.get(action, 0) + 1
+    return dict(sorted(counts.items()))

@@ -20,7 +20,7 @@ from dicom_listener import IngestEvent, IngestEventKind, Study, StudyVersion, Ve
 from raddraft import job_contract, jobs
 from raddraft.db import utcnow
 from raddraft.settings import Settings
-from report_drafts import figures, retention
+from report_drafts import figures, notifications, retention
 from report_drafts.states import ReportState
 from report_drafts.tables import DraftRun, Report, ReportVersion, SentObject, SentState
 
@@ -347,4 +347,5 @@ def queue_figures(
         "open_versions": open_versions(session, now),
         "retention": retention.retention_figures(session, settings, now),
         "reader_figures": reader,
+        "critical_notifications": notifications.recent_notifications(session),
     }

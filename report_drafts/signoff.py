@@ -12,10 +12,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from pydicom.uid import generate_uid
 from sqlalchemy.orm import Session
 
 from raddraft.db import utcnow
 from raddraft.settings import Settings, get_settings
+from report_drafts import outbox, reconcile
 from report_drafts._versioning import (
     audit_report,
     new_version,
@@ -24,9 +26,10 @@ from report_drafts._versioning import (
     start_review,
     withdraw_version,
 )
-from report_drafts.content import Box, ReportContent, ReportStatus
+from report_drafts.content import Box, Finding, ReportContent, ReportStatus
 from report_drafts.states import (
     EDITABLE,
+    IllegalTransition,
     InvalidRequest,
     NotFound,
     PermissionDenied,
@@ -93,6 +96,7 @@ def edit_text(
     new = dataclasses.replace(content, **changes)
     if new == content:
         return current_version(session, report)
+    new = reconcile.after_review_change(new)
     start_review(report, user)
     row = new_version(
         session,
@@ -154,10 +158,8 @@ def finding_feedback(
             box=box if box is not None else before.box,
             accepted=True,
         )
-    new = dataclasses.replace(
-        content,
-        findings=tuple(after if f.tracking_uid == tracking_uid else f for f in content.findings),
-    )
+    findings = tuple(after if f.tracking_uid == tracking_uid else f for f in content.findings)
+    new = reconcile.after_review_change(dataclasses.replace(content, findings=findings))
     start_review(report, user)
     row = new_version(
         session,
@@ -190,6 +192,83 @@ def finding_feedback(
     return row
 
 
+def add_finding(
+    session: Session,
+    report_pk: int,
+    user: User,
+    *,
+    expected_version: int,
+    label: str,
+    sop_instance_uid: str | None = None,
+    box: Box | None = None,
+    laterality: str | None = None,
+) -> ReportVersion:
+    """Add a finding the model missed, with a box drawn on one image (or on none).
+
+    A new version (state ``in_review``) and a feedback row with action ``add``, so the reader
+    figures count what the model missed per label.
+    """
+    if not label.strip():
+        raise InvalidRequest("a finding label cannot be empty")
+    if box is not None:
+        if sop_instance_uid is None:
+            raise InvalidRequest("a box is drawn on an image: name its SOP Instance UID")
+        if box.x1 <= box.x0 or box.y1 <= box.y0 or min(box.x0, box.y0) < 0:
+            raise InvalidRequest("a box needs 0 <= x0 < x1 and 0 <= y0 < y1")
+    if laterality not in (None, "left", "right", "bilateral"):
+        raise InvalidRequest("laterality is left, right or bilateral")
+    report, content = _for_radiologist_change(session, report_pk, user, expected_version)
+    check_transition(report.state, ReportState.in_review, "finding add")
+    if sop_instance_uid is not None and sop_instance_uid not in _report_images(session, report):
+        raise InvalidRequest(f"image {sop_instance_uid} is not part of this report's study")
+    added = Finding(
+        tracking_uid=str(generate_uid()),
+        label=label.strip(),
+        sop_instance_uid=sop_instance_uid,
+        box=box,
+        laterality=laterality,
+        accepted=True,
+        added_by=user.name,
+    )
+    new = reconcile.after_review_change(
+        dataclasses.replace(content, findings=(*content.findings, added)), decided=added.label
+    )
+    start_review(report, user)
+    row = new_version(
+        session,
+        report,
+        content=new,
+        state=ReportState.in_review,
+        action="finding_add",
+        user=user,
+        note=f"add {added.label}",
+    )
+    session.add(
+        FindingFeedback(
+            report_pk=report.id,
+            version_number=row.number,
+            tracking_uid=added.tracking_uid,
+            action="add",
+            before={},
+            after=dataclasses.asdict(added),
+            user_pk=user.id,
+        )
+    )
+    audit_report(
+        session,
+        "feedback",
+        user=user,
+        report=report,
+        version=row.number,
+        detail={"tracking_uid": added.tracking_uid, "action": "add", "label": added.label},
+    )
+    return row
+
+
+def _report_images(session: Session, report: Report) -> set[str]:
+    return {i.sop_instance_uid for i in outbox.source_instances(session, report)}
+
+
 def sign(
     session: Session,
     report_pk: int,
@@ -214,6 +293,8 @@ def sign(
         raise InvalidRequest(f"edit_reason is one of {[r.value for r in EditReason]}") from error
     report, content = _for_radiologist_change(session, report_pk, user, expected_version)
     check_transition(report.state, ReportState.signed, "sign")
+    if report.order_cancelled_at is not None:
+        raise IllegalTransition(report.state, ReportState.signed, "sign: the order was cancelled")
     start_review(report, user)
     signed_at = utcnow()
     final = dataclasses.replace(
@@ -222,6 +303,8 @@ def sign(
         signer=signer_for(user, settings),
         extra={**content.extra, "signed_at": signed_at.isoformat()},
     )
+    # What the radiologist signed decides whether the final is flagged critical (AA, STAT).
+    final = reconcile.reconciled(final, settings.critical_findings)
     run = draft_run(session, report)
     algorithm = algorithm_of(run)
     previous = version(session, report.id, 1).sr_sop_instance_uid

@@ -107,6 +107,8 @@ class Report(Base):
     failure: Mapped[str | None] = mapped_column(Text, default=None)
     first_opened_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     first_opened_by_pk: Mapped[int | None] = mapped_column(ForeignKey("users.id"), default=None)
+    # The RIS cancelled the order (ORC-1 CA/OC): no signature; what was sent is to be withdrawn.
+    order_cancelled_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
@@ -207,6 +209,35 @@ class SentObject(Base):
     # A FHIR DiagnosticReport keeps its id across versions (each version PUTs it again), so the
     # same identifier may appear once per report version.
     __table_args__ = (UniqueConstraint("report_version_pk", "kind", "identifier", "destination"),)
+
+
+class NotificationChannel(enum.StrEnum):
+    """How a critical-finding notice travels: an HL7 v2 message or an e-mail."""
+
+    hl7 = "hl7"  # ORU^R01 over MLLP to the critical-results receiver; ACK MSA-1 AA
+    email = "email"  # SMTP; the server's 250 after DATA is the acknowledgement
+
+
+class CriticalNotification(Base):
+    """One notice of a suspected critical finding on one channel: recorded when the draft is
+    stored, sent by a ``NotifyCritical`` job, acknowledged (``ack``) or retried."""
+
+    __tablename__ = "critical_notifications"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    report_pk: Mapped[int] = mapped_column(ForeignKey("reports.id"), index=True)
+    report_version_pk: Mapped[int] = mapped_column(ForeignKey("report_versions.id"))
+    channel: Mapped[str] = mapped_column(String(8))
+    destination: Mapped[str] = mapped_column(String(256))
+    identifier: Mapped[str] = mapped_column(String(128), index=True)  # MSH-10 or Message-ID
+    path: Mapped[str] = mapped_column(String(512))  # the notice, relative to data_dir/outbox
+    labels: Mapped[list[Any]] = mapped_column(default=list)
+    state: Mapped[str] = mapped_column(String(16), default=SentState.pending)
+    attempts: Mapped[int] = mapped_column(default=0)
+    ack: Mapped[str | None] = mapped_column(Text, default=None)  # MSA-1 / SMTP reply
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 
 class ImmutableVersionError(RuntimeError):

@@ -132,6 +132,8 @@ def diff_stats(draft: ReportContent, now: ReportContent) -> dict[str, Any]:
         if f.tracking_uid in by_uid
         and (f.label != by_uid[f.tracking_uid].label or f.box != by_uid[f.tracking_uid].box)
     )
+    # Findings a radiologist added (the model missed them): the draft was not signed as written.
+    added = sum(1 for f in now.findings if f.tracking_uid not in by_uid)
     return {
         "text_changed": a != b,
         "edit_ratio": round(1.0 - ratio, 6),
@@ -139,5 +141,6 @@ def diff_stats(draft: ReportContent, now: ReportContent) -> dict[str, Any]:
         "chars_now": len(b),
         "findings_rejected": rejected,
         "findings_edited": edited,
-        "unchanged": a == b and rejected == 0 and edited == 0,
+        "findings_added": added,
+        "unchanged": a == b and rejected == 0 and edited == 0 and added == 0,
     }

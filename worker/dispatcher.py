@@ -17,7 +17,7 @@ from typing import Any
 import peers
 import report_drafts
 from raddraft.db import session_scope
-from raddraft.job_contract import ExportDicom, PushFhir, SendHl7
+from raddraft.job_contract import ExportDicom, NotifyCritical, PushFhir, SendHl7
 from raddraft.logging import kv
 from raddraft.settings import Settings, get_settings
 from worker.errors import NotYet, PermanentError, TransientError
@@ -184,3 +184,43 @@ def push_fhir_job(job_id: int, args: PushFhir) -> dict[str, Any]:
     if not settings.fhir_server_url:
         raise PermanentError("RADDRAFT_FHIR_SERVER_URL is not set")
     return deliver("fhir", args.report_version_pk, settings.fhir_server_url, settings=settings)
+
+
+#: The peers target kind of each critical-notice channel.
+NOTICE_KINDS: dict[str, str] = {"hl7": "hl7", "email": "smtp"}
+
+
+def notify_critical_job(job_id: int, args: NotifyCritical) -> dict[str, Any]:
+    """Send one critical-finding notice and record its acknowledgement (MSA-1, or SMTP 250).
+
+    A failure is recorded on the notice and raised as the target classified it, so the job
+    runner retries a receiver that is down and dead-letters one that refuses the notice.
+    """
+    settings = get_settings()
+    with session_scope() as session:
+        row = report_drafts.notification(session, args.notification_pk)
+        if row.state in ("sent", "held"):
+            return {"sent": 0, "state": row.state}
+        kind = NOTICE_KINDS[row.channel]
+        destination = row.destination
+        outbound = peers.Outbound(row.identifier, settings.data_dir / "outbox" / row.path)
+    target = peers.target_for(kind, destination, settings)
+    try:
+        delivery = target.send([outbound])
+    except peers.DeliveryError as error:
+        with session_scope() as session:
+            report_drafts.record_notification(
+                session, args.notification_pk, ok=False, error=str(error)
+            )
+        log.warning(
+            "critical notice failed %s",
+            kv(channel=kind, destination=destination, notice=args.notification_pk),
+        )
+        if isinstance(error, peers.TransientDeliveryError):
+            raise TransientError(str(error)) from error
+        raise PermanentError(str(error)) from error
+    ack = str(delivery.detail.get("acks", {}).get(outbound.identifier, ""))
+    with session_scope() as session:
+        report_drafts.record_notification(session, args.notification_pk, ok=True, ack=ack)
+    log.info("critical notice acknowledged %s", kv(channel=kind, ack=ack[:40]))
+    return {"sent": 1, "ack": ack}

@@ -17,10 +17,11 @@ from pydicom.uid import generate_uid
 
 import dicom_listener
 import models
+import orders
 import report_drafts
 from raddraft import __version__ as raddraft_version
 from raddraft.db import session_scope
-from raddraft.job_contract import DraftStudy
+from raddraft.job_contract import ApplyOrder, DraftStudy
 from raddraft.logging import kv
 from raddraft.settings import Settings, get_settings
 from report_drafts import Algorithm, Box, Finding, ReportContent
@@ -74,6 +75,10 @@ def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
         existing = report_drafts.report_for_study_version(session, version_pk)
         if existing is not None and existing.current_version > 0:
             return {"skipped": "already drafted"}
+        order = matching_order(session, study)
+        if not _order_allows(session, version_pk, order):
+            log.info("not drafting: order cancelled %s", kv(accession=study.accession_number))
+            return {"skipped": "order cancelled"}
         report_drafts.mark_state(session, version_pk, "drafting")
         images = priors.frontal_first(dicom_listener.version_images(session, version_pk))
     # Every image of the study, not only the two read: the SR and GSPS reference them all.
@@ -97,7 +102,8 @@ def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
     reading = _reader.read(
         [models.StudyImage.from_path(image.path) for image in current],
         [models.StudyImage.from_path(image.path) for image in prior.images] or None,
-        indication=study.indication or None,
+        # The RIS order's reason for study is the indication of record; the header's otherwise.
+        indication=(order.indication if order else "") or study.indication or None,
         prior_report=prior.report_text,
     )
     timings["model_s"] = round(time.monotonic() - started, 4)
@@ -118,6 +124,10 @@ def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
         "timings": timings,
     }
     with session_scope() as session:
+        # Cancelled while the model read: store nothing (the order may arrive at any time).
+        order = matching_order(session, study)
+        if not _order_allows(session, version_pk, order):
+            return {**timings, "skipped": "order cancelled"}
         draft = report_drafts.record_draft(
             session,
             study_version_pk=version_pk,
@@ -140,6 +150,48 @@ def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
         ),
     )
     return timings
+
+
+def matching_order(session: Any, study: dicom_listener.StudyInfo) -> orders.OrderInfo | None:
+    """The RIS order for the study's accession, if it is for the same patient (PID-3 against
+    the header's PatientID); an order for someone else is ignored and logged, never used."""
+    order = orders.order_for_accession(session, study.accession_number)
+    if order is None or not order.patient_id or order.patient_id == study.patient_id:
+        return order
+    log.warning(
+        "order ignored: another patient %s",
+        kv(accession=study.accession_number, order_patient=order.patient_id),
+    )
+    return None
+
+
+def _order_allows(session: Any, version_pk: int, order: orders.OrderInfo | None) -> bool:
+    """Apply the study's order to its report (priority); False when it was cancelled."""
+    if order is None:
+        return True
+    return report_drafts.order_for_draft(
+        session,
+        version_pk,
+        priority=order.priority,
+        cancelled=order.cancelled,
+        control=order.order_control,
+    )
+
+
+def apply_order_job(job_id: int, args: ApplyOrder) -> dict[str, Any]:
+    """Apply a received order to its study's reports: STAT raises them, a cancel marks them."""
+    with session_scope() as session:
+        order = orders.order_for_message(session, args.order_message_pk)
+        if order is None:
+            return {"skipped": "no order for this message"}
+        touched = report_drafts.apply_order(
+            session,
+            order.accession_number,
+            priority=order.priority,
+            cancelled=order.cancelled,
+            control=order.order_control,
+        )
+    return {"reports": touched}
 
 
 def draft_failed(args: DraftStudy, error: str) -> None:
@@ -196,9 +248,22 @@ def report_content(reading: models.Reading, *, study_version_uid: str) -> Report
             "quality": reading.quality,
             "quality_warnings": [report_drafts.visible(w) for w in reading.quality_warnings],
             "unparsed": [report_drafts.visible(u) for u in reading.unparsed],
+            "needs_review": needs_review(reading),
         },
     )
     return report_drafts.safe_content(raw)
+
+
+def needs_review(reading: models.Reading) -> list[str]:
+    """The labels a stage answer could not be read for: a presence answer that is neither yes
+    nor no, or a per-finding answer (attributes, box, change) not understood. Each is shown on
+    the draft, the page and the SR instead of vanishing from the findings."""
+    labels = [f.label for f in reading.findings if f.present is None]
+    for stage in reading.stages:
+        for turn in stage.turns:
+            if turn.target and (not turn.parsed or turn.boxed_missing):
+                labels.append(turn.target)
+    return list(dict.fromkeys(labels))
 
 
 def stage_rows(reading: models.Reading) -> list[dict[str, Any]]:

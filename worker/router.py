@@ -18,6 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+import orders
 from raddraft import jobs
 from raddraft.db import session_scope, utcnow
 from raddraft.job_contract import QUEUES, Queue
@@ -52,6 +53,10 @@ def dispatch_once(app: Celery, settings: Settings, engine: Engine | None = None)
         )
         if recovered:
             log.warning("put back jobs whose worker or message was lost %s", kv(count=recovered))
+        # An order that came before its images: its priority, not the header's, decides.
+        raised = orders.raise_waiting_drafts(session)
+        if raised:
+            log.info("draft jobs raised to their order's priority %s", kv(count=raised))
         for queue in QUEUES:
             room = outstanding_limit(session, settings, queue) - jobs.outstanding(session, queue)
             due = jobs.due(session, queue, room)

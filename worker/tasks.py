@@ -12,7 +12,15 @@ from typing import Any
 
 from celery import shared_task
 
-from raddraft.job_contract import DraftStudy, ExportDicom, Ping, PushFhir, SendHl7
+from raddraft.job_contract import (
+    ApplyOrder,
+    DraftStudy,
+    ExportDicom,
+    NotifyCritical,
+    Ping,
+    PushFhir,
+    SendHl7,
+)
 from worker import dispatcher, pipeline
 from worker.runner import run_job
 
@@ -35,6 +43,16 @@ def send_hl7(job_id: int) -> str:
 @shared_task(name=PushFhir.TASK)
 def push_fhir(job_id: int) -> str:
     return run_job(job_id, PushFhir, dispatcher.push_fhir_job)
+
+
+@shared_task(name=ApplyOrder.TASK)
+def apply_order(job_id: int) -> str:
+    return run_job(job_id, ApplyOrder, pipeline.apply_order_job)
+
+
+@shared_task(name=NotifyCritical.TASK)
+def notify_critical(job_id: int) -> str:
+    return run_job(job_id, NotifyCritical, dispatcher.notify_critical_job)
 
 
 def _pong(job_id: int, args: Ping) -> dict[str, Any]:

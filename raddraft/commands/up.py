@@ -23,6 +23,7 @@ log = logging.getLogger("raddraft.up")
 
 PARTS: dict[str, list[str]] = {
     "listener": ["listen"],
+    "orders": ["orders"],
     "router": ["router"],
     "gpu-worker": ["worker", "--queues", "gpu"],
     "io-worker": ["worker", "--queues", "io", "--concurrency", "2"],
@@ -67,7 +68,8 @@ def up(without: tuple[str, ...]) -> None:  # noqa: C901 (one loop supervising ev
         log.warning("RADDRAFT_ALLOWED_CALLERS is empty: every C-STORE will be refused")
     click.echo(
         f"RadDraft up: DICOM {settings.ae_title}@{settings.dicom_host}:"
-        f"{settings.dicom_port}, web http://{settings.web_host}:{settings.web_port}/, "
+        f"{settings.dicom_port}, orders MLLP {settings.orders_host}:"
+        f"{settings.orders_port}, web http://{settings.web_host}:{settings.web_port}/, "
         f"data {settings.data_dir}"
     )
     parts = [Part(name, argv) for name, argv in PARTS.items() if name not in without]

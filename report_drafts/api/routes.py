@@ -52,6 +52,14 @@ class FindingBody(_Body):
     box: BoxBody | None = None
 
 
+class NewFindingBody(_Body):
+    expected_version: int
+    label: str = Field(description="The finding the model missed, e.g. 'Pneumothorax'.")
+    sop_instance_uid: str | None = Field(default=None, description="The image the box is on.")
+    box: BoxBody | None = Field(default=None, description="Stored pixels (column, row).")
+    laterality: Literal["left", "right", "bilateral"] | None = None
+
+
 class SignBody(_Body):
     expected_version: int = Field(description="The version on screen; a stale one gets 409.")
     edit_reason: Literal["none", "content", "style", "both"]
@@ -140,6 +148,24 @@ def edit(report_id: int, body: EditBody, session: DbSession, user: Radiologist) 
         impression=body.impression,
         progression=body.progression,
         note=body.note,
+    )
+    return _changed(session, report_id, row)
+
+
+@router.post("/reports/{report_id}/findings", tags=["review"])
+def add_finding(
+    report_id: int, body: NewFindingBody, session: DbSession, user: Radiologist
+) -> dict[str, Any]:
+    """Add a finding the model missed, with a box drawn on the page (counted per label)."""
+    row = signoff.add_finding(
+        session,
+        report_id,
+        user,
+        expected_version=body.expected_version,
+        label=body.label,
+        sop_instance_uid=body.sop_instance_uid,
+        box=Box(**body.box.model_dump()) if body.box else None,
+        laterality=body.laterality,
     )
     return _changed(session, report_id, row)
 

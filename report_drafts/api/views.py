@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+import orders
 from dicom_listener import Instance, Patient, Study, StudyVersion
 from report_drafts import outbox, versions
 from report_drafts.content import DEMO_WARNING, DRAFT_WARNING, ReportContent
@@ -204,8 +205,11 @@ def detail(session: Session, report: Report) -> dict[str, Any]:
     if report.state not in SIGNED_STATES:
         warnings.append(DRAFT_WARNING)
     by_version = {v.id: v.number for v in rows}
+    order = orders.order_for_accession(session, row.study.accession_number)
     return {
         **summary_json(row, content),
+        "order_cancelled_at": _iso(report.order_cancelled_at),
+        "order": order_json(order),
         "warnings": warnings,
         "first_opened_at": _iso(report.first_opened_at),
         "content": current.content if current else None,
@@ -217,6 +221,19 @@ def detail(session: Session, report: Report) -> dict[str, Any]:
         "prior": run.prior if run else None,
         "images": images_json(session, report),
         "sent": [{**sent_json(s), "version": by_version[s.report_version_pk]} for s in sent],
+    }
+
+
+def order_json(order: orders.OrderInfo | None) -> dict[str, Any] | None:
+    """The RIS's order for the study, as received (indication, priority, ordering provider)."""
+    if order is None:
+        return None
+    return {
+        "accession_number": order.accession_number,
+        "indication": order.indication,
+        "priority": order.priority,
+        "cancelled": order.cancelled,
+        "ordering_provider": order.ordering_provider,
     }
 
 

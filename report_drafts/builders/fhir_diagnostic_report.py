@@ -9,6 +9,11 @@ the full text, warnings included, as a text/plain presentedForm. ``resultsInterp
 Practitioner / Organization only and is set for signed versions only: the AI is recorded as
 author by a Provenance (:mod:`.fhir_provenance`). fhir.resources checks neither code values nor
 reference targets: statuses and signers are checked here.
+
+A version suspecting a critical finding carries ``meta.tag`` v3-ObservationInterpretation
+``AA`` "Critical abnormal" (DiagnosticReport has no ``interpretation``; its Observations would)
+and RadDraft's tag ``ai-critical-suspicion`` while unsigned, and names the findings in
+``conclusionCode`` text; the conclusion says it is an AI suspicion pending review.
 """
 
 from __future__ import annotations
@@ -44,6 +49,26 @@ CHEST_XRAY_2_VIEWS = ("36643-5", "XR Chest 2 Views")
 #: never have existed, though it is possible that real-world decisions were based on it.").
 #: Not "cancelled", which says the examination was never done or not completed.
 WITHDRAWN_STATUS = "entered-in-error"
+
+V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
+RADDRAFT_FLAGS = "urn:raddraft:flag"
+
+
+def critical_tags(content: ReportContent) -> list[dict[str, str]]:
+    """``meta.tag`` codings of a version suspecting a critical finding (none otherwise)."""
+    if not content.critical:
+        return []
+    tags = [{"system": V3_INTERPRETATION, "code": "AA", "display": "Critical abnormal"}]
+    if not content.status.is_signed:
+        tags.append(
+            {
+                "system": RADDRAFT_FLAGS,
+                "code": "ai-critical-suspicion",
+                "display": "AI suspicion of a critical finding, pending radiologist review",
+            }
+        )
+    return tags
+
 
 #: DiagnosticReport.status values RadDraft writes (R4B value set diagnostic-report-status).
 REPORT_STATUSES = frozenset({*(s.value for s in ReportStatus), WITHDRAWN_STATUS})
@@ -94,7 +119,9 @@ def diagnostic_report(  # noqa: PLR0913 (one keyword per DiagnosticReport elemen
             raise ValueError("only an unsigned draft is withdrawn; a signed report is amended")
         status = WITHDRAWN_STATUS
         warnings = (f"WITHDRAWN: {withdrawal}", *warnings)
-    conclusion = "\n\n".join([content.impression.strip(), *warnings]).strip()
+    conclusion = "\n\n".join(
+        [content.impression.strip(), *content.review_notes(), *warnings]
+    ).strip()
     study_ref: dict[str, Any] = {
         "type": "ImagingStudy",
         "identifier": study_identifier(study_instance_uid),
@@ -137,6 +164,9 @@ def diagnostic_report(  # noqa: PLR0913 (one keyword per DiagnosticReport elemen
     }
     if identifiers:
         data["identifier"] = identifiers
+    if content.critical:
+        data["meta"] = {"tag": critical_tags(content)}
+        data["conclusionCode"] = [{"text": label} for label in content.critical]
     if effective is not None:
         data["effectiveDateTime"] = instant(effective, "effective")
     if content.status.is_signed:

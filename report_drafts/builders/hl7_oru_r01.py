@@ -8,7 +8,11 @@ OBX W. OBR-32 names the principal result interpreter of a signed report. Values 
 (ch. 2.7): ``\\ | ^ & ~`` become ``\\E\\ \\F\\ \\S\\ \\T\\ \\R\\``, line ends ``\\.br\\``;
 other control characters are removed. The report text is cleaned first
 (:func:`report_drafts.text_safety.safe_content`) and sent as UTF-8, which MSH-18 declares
-(``UNICODE UTF-8``, table 0211).
+(``UNICODE UTF-8``, table 0211). A version suspecting a critical finding (``content.critical``)
+is marked STAT and critical: OBR-5 priority ``S`` (HL7 table 0027), ORC-7 quantity/timing
+component 6 and TQ1-9 priority ``S`` (ch. 4.5.4), and OBX-8 abnormal flag ``AA`` "critical
+abnormal" (table 0078) on its text lines; the text itself says it is an AI suspicion pending
+review while unsigned.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from hl7apy.core import Message
 
@@ -47,8 +52,12 @@ SECTION_CODES: dict[str, tuple[str, str, str]] = {
     "FINDINGS": ("18782-3", "Radiology Study observation (narrative)", "LN"),
     "IMPRESSION": ("19005-8", "Radiology Imaging study [Impression] (narrative)", "LN"),
     "COMPARISON": ("18834-2", "Radiology Comparison study (narrative)", "LN"),
+    "REVIEW": ("REVIEW", "RadDraft review note", "99RADDRAFT"),
     "WARNING": ("WARNING", "RadDraft warning", "99RADDRAFT"),
 }
+#: HL7 table 0027 priority and table 0078 abnormal flag of a version with a critical finding.
+STAT_PRIORITY = "S"
+CRITICAL_ABNORMAL = "AA"
 STUDY_UID_CODE = ("110180", "Study Instance UID", "DCM")
 REPORT_CODE = ("36643-5", "XR Chest 2 Views", "LN")
 
@@ -156,6 +165,52 @@ def _check_plain(value: str, what: str, limit: int) -> str:
     return value
 
 
+def _mark_stat(order: Any, *, with_orc: bool) -> None:
+    """STAT priority of an order observation: OBR-5, ORC-7.6 (when there is an ORC), TQ1-9."""
+    if with_orc:
+        order.orc.orc_7 = "^^^^^" + STAT_PRIORITY
+    order.obr.obr_5 = STAT_PRIORITY
+    timing = order.add_group("ORU_R01_TIMING_QTY").tq1
+    timing.tq1_1 = "1"
+    timing.tq1_9 = STAT_PRIORITY
+
+
+def _order_and_request(
+    order: Any,
+    content: ReportContent,
+    *,
+    accession: str,
+    order_placer: str | None,
+    observed: dt.datetime | None,
+    now: dt.datetime,
+    status: str,
+) -> None:
+    """ORC (when the placer order is known) and OBR of the order observation (ch. 4.5.1, 7.4.1):
+    order numbers, the report code, times, result status, the interpreter once signed, and the
+    STAT marks of a critical suspicion."""
+    if order_placer:
+        order.orc.orc_1 = "RE"
+        order.orc.orc_2 = escape(order_placer)
+        order.orc.orc_3 = escape(accession)
+        order.orc.orc_5 = "CM"
+    obr = order.obr
+    obr.obr_1 = "1"
+    if order_placer:
+        obr.obr_2 = escape(order_placer)
+    obr.obr_3 = escape(accession)
+    obr.obr_4 = _coded(REPORT_CODE)
+    if observed is not None:
+        obr.obr_7 = _hl7_time(observed)
+    obr.obr_22 = _hl7_time(now)
+    obr.obr_24 = "RAD"
+    obr.obr_25 = status
+    if content.status.is_signed:
+        assert content.signer is not None
+        obr.obr_32 = _interpreter(content.signer)
+    if content.critical:
+        _mark_stat(order, with_orc=bool(order_placer))
+
+
 def oru_r01(  # noqa: PLR0913 (one keyword per MSH/PID/OBR field (HL7 v2.5.1 ch. 7))
     content: ReportContent,
     *,
@@ -211,25 +266,15 @@ def oru_r01(  # noqa: PLR0913 (one keyword per MSH/PID/OBR field (HL7 v2.5.1 ch.
     pid.pid_5 = person_name(patient_name)
 
     order = result.add_group("ORU_R01_ORDER_OBSERVATION")
-    if order_placer:
-        order.orc.orc_1 = "RE"
-        order.orc.orc_2 = escape(order_placer)
-        order.orc.orc_3 = escape(accession)
-        order.orc.orc_5 = "CM"
-    obr = order.obr
-    obr.obr_1 = "1"
-    if order_placer:
-        obr.obr_2 = escape(order_placer)
-    obr.obr_3 = escape(accession)
-    obr.obr_4 = _coded(REPORT_CODE)
-    if observed is not None:
-        obr.obr_7 = _hl7_time(observed)
-    obr.obr_22 = _hl7_time(now)
-    obr.obr_24 = "RAD"
-    obr.obr_25 = status
-    if content.status.is_signed:
-        assert content.signer is not None
-        obr.obr_32 = _interpreter(content.signer)
+    _order_and_request(
+        order,
+        content,
+        accession=accession,
+        order_placer=order_placer,
+        observed=observed,
+        now=now,
+        status=status,
+    )
 
     set_ids = iter(range(1, 10_000))
 
@@ -241,6 +286,8 @@ def oru_r01(  # noqa: PLR0913 (one keyword per MSH/PID/OBR field (HL7 v2.5.1 ch.
         obx.obx_4 = sub_id
         if value:
             obx.obx_5 = value
+        if content.critical and value_type == "TX":
+            obx.obx_8 = CRITICAL_ABNORMAL
         obx.obx_11 = observation_status
 
     add_obx("ST", STUDY_UID_CODE, "", escape(study_uid))

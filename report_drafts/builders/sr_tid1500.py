@@ -190,7 +190,8 @@ def qualitative_evaluations(content: ReportContent, *, demo: bool) -> ContainerC
 
     Findings and impression are DCM 121071 / 121073; the comparison with the prior is a Finding
     starting with :data:`PROGRESSION_PREFIX`. While a warning applies (demo model, unsigned
-    draft) each text item ends with it, and each warning is also its own Comment (DCM 121106).
+    draft) each text item ends with it, and each warning is also its own Comment (DCM 121106), as is
+    each review note of an unsigned draft (:meth:`ReportContent.review_notes`).
     """
     warnings = content.warnings(demo=demo)
     suffix = "".join(f"\n\n{w}" for w in warnings)
@@ -201,6 +202,9 @@ def qualitative_evaluations(content: ReportContent, *, demo: bool) -> ContainerC
         items.append(_text_item(IMPRESSION, content.impression.strip() + suffix))
     if content.progression.strip():
         items.append(_text_item(FINDING, PROGRESSION_PREFIX + content.progression.strip() + suffix))
+    # Review notes (critical suspicion, labels not understood, findings named only in the
+    # text) are Comments of their own, so a PACS viewer shows them next to the findings.
+    items.extend(_text_item(COMMENT, note) for note in content.review_notes())
     items.extend(_text_item(COMMENT, w) for w in warnings)
     container = ContainerContentItem(
         name=QUALITATIVE_EVALUATIONS, relationship_type=RelationshipTypeValues.CONTAINS

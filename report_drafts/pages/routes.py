@@ -406,6 +406,7 @@ def review_context(
             "view_position": first.view_position,
         }
     state = detail["state"]
+    extra = content.get("extra") or {}
     signed_version = None
     if state in SIGNED_STATES:
         signed_version = next(
@@ -434,6 +435,10 @@ def review_context(
         "image_max_size": IMAGE_MAX_SIZE,
         "unsigned": state not in SIGNED_STATES,
         "sanitised": text_safety.removed_count(content.get("extra") or {}),
+        "critical": list(extra.get("critical", [])),
+        "needs_review": list(extra.get("needs_review", [])),
+        "unlisted": list(extra.get("unlisted_findings", [])),
+        "vocabulary": viewmodel.FINDING_LABELS,
     }
 
 

@@ -32,6 +32,23 @@ URGENT_TERMS = (
     "misplaced",
 )
 
+#: The labels the model is asked about (CheXpert's 13), offered when adding a missed finding.
+FINDING_LABELS = (
+    "Enlarged Cardiomediastinum",
+    "Cardiomegaly",
+    "Lung Opacity",
+    "Lung Lesion",
+    "Edema",
+    "Consolidation",
+    "Pneumonia",
+    "Atelectasis",
+    "Pneumothorax",
+    "Pleural Effusion",
+    "Pleural Other",
+    "Fracture",
+    "Support Devices",
+)
+
 PRIORITY_LABELS = {0: "STAT", 1: "High", 2: "Routine", 3: "Low"}
 
 STATE_LABELS = {

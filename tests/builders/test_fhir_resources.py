@@ -184,3 +184,21 @@ def test_a_withdrawn_draft_is_entered_in_error() -> None:
     signed = dataclasses.replace(CONTENT, status=ReportStatus.final, signer=SIGNER)
     with pytest.raises(ValueError, match="amended"):
         _report(signed, withdrawal="no")
+
+
+def test_a_critical_version_is_tagged_critical_and_says_it_is_a_suspicion() -> None:
+    critical = dataclasses.replace(CONTENT, extra={"critical": ["pneumothorax"]})
+    draft = parse_diagnostic_report(_report(critical).model_dump_json())
+    tags = {(t.system, t.code) for t in draft.meta.tag}
+    assert tags == {
+        ("http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation", "AA"),
+        ("urn:raddraft:flag", "ai-critical-suspicion"),
+    }
+    assert [c.text for c in draft.conclusionCode] == ["pneumothorax"]
+    assert "pending radiologist review; not a diagnosis" in draft.conclusion
+    signed = dataclasses.replace(critical, status=ReportStatus.final, signer=SIGNER)
+    final = parse_diagnostic_report(_report(signed).model_dump_json())
+    # Signed: still critical abnormal, no longer an AI suspicion.
+    assert {t.code for t in final.meta.tag} == {"AA"}
+    assert "AI suspicion" not in (final.conclusion or "")
+    assert _report(CONTENT).meta is None

@@ -129,3 +129,34 @@ def test_a_signed_report_is_never_withdrawn() -> None:
     signed = dataclasses.replace(CONTENT, status=ReportStatus.final, signer=SIGNER)
     with pytest.raises(ValueError, match="amended"):
         _message(signed, withdrawal="no")
+
+
+def _segments(message: str, name: str) -> list[list[str]]:
+    return [s.split("|") for s in message.split("\r") if s.startswith(name + "|")]
+
+
+def test_a_critical_version_is_stat_and_critical_abnormal() -> None:
+    critical = dataclasses.replace(CONTENT, extra={"critical": ["pneumothorax"]})
+    message = _message(critical)
+    parse_message(message, find_groups=True)  # still a valid ORU^R01
+    (obr,) = _segments(message, "OBR")
+    assert obr[5] == "S"  # OBR-5 priority (table 0027)
+    (orc,) = _segments(message, "ORC")
+    assert orc[7].split("^")[5] == "S"  # ORC-7.6
+    (tq1,) = _segments(message, "TQ1")
+    assert tq1[9] == "S"  # TQ1-9
+    text = [obx for obx in _segments(message, "OBX") if obx[2] == "TX"]
+    assert text and {obx[8] for obx in text} == {"AA"}  # OBX-8 critical abnormal (table 0078)
+    lines = text_lines(message)
+    assert "REVIEW:" in lines
+    assert any("AI suspicion of a critical finding (pneumothorax)" in line for line in lines)
+    assert any("not a diagnosis" in line for line in lines)
+
+
+def test_a_routine_version_carries_no_critical_flags() -> None:
+    message = _message(CONTENT)
+    (obr,) = _segments(message, "OBR")
+    assert len(obr) <= 5 or obr[5] == ""
+    assert _segments(message, "TQ1") == []
+    assert all(len(obx) <= 8 or obx[8] == "" for obx in _segments(message, "OBX"))
+    assert "REVIEW:" not in text_lines(message)

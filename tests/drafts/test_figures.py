@@ -105,5 +105,5 @@ def test_reader_study_figures(
     assert figures["median_seconds_to_sign"] == pytest.approx(
         statistics.median(s for s, _r, _a in script)
     )
-    assert figures["feedback"] == {"accept": 1, "reject": 1, "edit": 1}
+    assert figures["feedback"] == {"accept": 1, "reject": 1, "edit": 1, "add": 0}
     assert 0 < figures["mean_edit_ratio"] < 1

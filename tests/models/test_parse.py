@@ -165,3 +165,20 @@ def test_site() -> None:
 def test_clean_output_strips_control_tokens() -> None:
     text = "a<|im_start|>b<|image_pad|>c<|ref|>d\ufffd<|im_end|>"
     assert clean_output(text) == "abc<|ref|>d"
+
+
+@pytest.mark.parametrize(
+    ("answer", "index"),
+    [
+        ("Yes, there is a small effusion. No pneumothorax.", 0),
+        ("No. The lungs are clear; yes, the heart is normal.", 1),
+        ("**Yes**, a small left effusion.", 0),
+        ("Yes - small effusion", 0),
+        ("no", 1),
+        ("Yes and no", None),  # no sentence of its own: ambiguous
+        ("Not clearly", None),  # "no" only as part of a word
+        ("There is no effusion, yes.", None),  # names both, neither leads
+    ],
+)
+def test_parse_choice_yes_no_with_free_text(answer: str, index: int | None) -> None:
+    assert parse_choice(answer, ["Yes", "No"]).index == index

@@ -57,12 +57,13 @@ def settings() -> Settings:
 
 
 def test_target_for_knows_the_four_kinds(settings: Settings) -> None:
-    assert set(peers.TARGETS) == {"dicom", "hl7", "fhir", "stow"}
+    assert set(peers.TARGETS) == {"dicom", "hl7", "fhir", "stow", "smtp"}
     made = {
         "dicom": target_for("dicom", "PACS@127.0.0.1:11113", settings),
         "hl7": target_for("hl7", "127.0.0.1:2575", settings),
         "fhir": target_for("fhir", "http://127.0.0.1:8080/fhir", settings),
         "stow": target_for("stow", "http://127.0.0.1:8042/dicom-web", settings),
+        "smtp": target_for("smtp", "127.0.0.1:2525", settings),
     }
     for kind, target in made.items():
         assert isinstance(target, Target)
@@ -71,12 +72,13 @@ def test_target_for_knows_the_four_kinds(settings: Settings) -> None:
     assert made["hl7"].destination == "127.0.0.1:2575"
     assert made["fhir"].destination == "http://127.0.0.1:8080/fhir"
     assert made["stow"].destination == "http://127.0.0.1:8042/dicom-web"
+    assert made["smtp"].destination == "127.0.0.1:2525"
     assert isinstance(made["dicom"], DicomStoreTarget)
     assert made["dicom"].calling_ae == CALLING_AE  # the settings' AE title is who calls
 
 
 def test_target_for_rejects_an_unknown_kind(settings: Settings) -> None:
-    with pytest.raises(ValueError, match=r"unknown destination kind 'xds'.*dicom, fhir, hl7, stow"):
+    with pytest.raises(ValueError, match=r"unknown destination kind 'xds'.*dicom, fhir, hl7, smtp, stow"):
         target_for("xds", "http://registry/xds", settings)
 
 

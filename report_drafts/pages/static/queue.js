@@ -101,6 +101,11 @@
     ])) : empty("No failed jobs."),
     "q-sends": (d) => d.failed_sends.length ? el("div", {}, el("h3", {}, "Objects whose last send failed"),
       table("Failed sends", ["What", "Identifier", "Where", "Tries", "Error"], d.failed_sends.map((s) => [s.kind.toUpperCase(), s.identifier, s.destination, s.attempts, s.last_error || ""]))) : el("span"),
+    "q-critical": (d) => (d.critical_notifications || []).length ? table("Critical-finding notices",
+      ["Report", "Finding", "Channel", "Where", "State", "Tries", "Ack / error"],
+      d.critical_notifications.map((n) => [
+        el("a", { href: "/reports/" + n.report }, String(n.report)), n.labels.join(", "), n.channel, n.destination,
+        el("span", { class: "badge send-" + n.state }, n.state), n.attempts, n.ack || n.error || ""])) : empty("No critical-finding notice."),
     "q-failed": (d) => d.failed_reports.length ? table("Failed drafts", ["Study", "Failure", "When", ""], d.failed_reports.map((r) => [
       r.accession || r.study_instance_uid, el("span", { class: "error-text" }, r.failure || ""), when(r.updated_at),
       actionButton("Requeue", "/api/admin/study-versions/" + r.study_version_pk + "/requeue", "study " + (r.accession || r.study_instance_uid)),
@@ -140,7 +145,7 @@
   const sectionData = {
     "q-states": (d) => d.reports_by_state, "q-throughput": (d) => d.throughput, "q-oldest": (d) => [d.oldest_waiting && d.oldest_waiting.draft && d.oldest_waiting.draft.report_id, d.oldest_waiting.review && d.oldest_waiting.review.report_id, Math.round(((d.oldest_waiting.draft || {}).waiting_s || 0) / 10), Math.round(((d.oldest_waiting.review || {}).waiting_s || 0) / 10)],
     "q-disk": (d) => [d.disk.used_percent, d.disk.over], "q-workers": (d) => d.workers.map((w) => [w.name, w.alive, w.model, w.current_job, Math.round(w.age_s)]),
-    "q-jobs": (d) => d.jobs, "q-dead": (d) => d.dead_jobs, "q-sends": (d) => d.failed_sends, "q-failed": (d) => d.failed_reports,
+    "q-jobs": (d) => d.jobs, "q-dead": (d) => d.dead_jobs, "q-sends": (d) => d.failed_sends, "q-critical": (d) => d.critical_notifications, "q-failed": (d) => d.failed_reports,
     "q-open": (d) => d.open_versions.map((v) => [v.study_version_pk, Math.round(v.quiet_s / 10)]), "q-latency": (d) => d.latency, "q-reader": (d) => d.reader_figures,
     "q-retention": (d) => d.retention,
   };

@@ -191,6 +191,79 @@
     findingAction(form.dataset.uid, "edit", extra).then(() => { form.closest("details").open = false; });
   }));
 
+  /* ---- add a missed finding: drag a box over the current image, in stored pixels ---- */
+  const addForm = document.getElementById("add-finding-form");
+  const drawButton = document.getElementById("draw-box");
+  let drawing = false;
+  let dragStart = null;
+  function storedPoint(event) {
+    const img = current.querySelector("img");
+    const rect = img.getBoundingClientRect();
+    const cols = Number(img.getAttribute("width")) || 1;
+    const rows = Number(img.getAttribute("height")) || 1;
+    const x = Math.min(Math.max((event.clientX - rect.left) / rect.width, 0), 1) * cols;
+    const y = Math.min(Math.max((event.clientY - rect.top) / rect.height, 0), 1) * rows;
+    return { x: Math.round(x), y: Math.round(y) };
+  }
+  function drawnRect() {
+    const svg = current.querySelector("svg.overlay");
+    let rect = svg.querySelector("rect.drawn");
+    if (!rect) {
+      rect = document.createElementNS("http://www.w3.org/2000/svg", "rect");
+      rect.setAttribute("class", "drawn");
+      rect.setAttribute("vector-effect", "non-scaling-stroke");
+      svg.appendChild(rect);
+    }
+    return rect;
+  }
+  function setBox(a, b) {
+    const box = { x0: Math.min(a.x, b.x), y0: Math.min(a.y, b.y), x1: Math.max(a.x, b.x), y1: Math.max(a.y, b.y) };
+    ["x0", "y0", "x1", "y1"].forEach((k) => { document.getElementById("add-" + k).value = box[k]; });
+    const rect = drawnRect();
+    rect.setAttribute("x", box.x0); rect.setAttribute("y", box.y0);
+    rect.setAttribute("width", box.x1 - box.x0); rect.setAttribute("height", box.y1 - box.y0);
+    document.getElementById("add-sop").value = current.dataset.sop;
+  }
+  if (drawButton && stage) {
+    drawButton.addEventListener("click", () => {
+      drawing = !drawing;
+      drawButton.setAttribute("aria-pressed", drawing ? "true" : "false");
+      frames.forEach((f) => f.classList.toggle("drawing", drawing));
+    });
+    stage.addEventListener("pointerdown", (e) => {
+      if (!drawing || !current) return;
+      e.preventDefault();
+      dragStart = storedPoint(e);
+    });
+    stage.addEventListener("pointermove", (e) => { if (drawing && dragStart) setBox(dragStart, storedPoint(e)); });
+    stage.addEventListener("pointerup", (e) => {
+      if (!drawing || !dragStart) return;
+      setBox(dragStart, storedPoint(e));
+      dragStart = null;
+    });
+  }
+  if (addForm) addForm.addEventListener("submit", async (e) => {
+    e.preventDefault();
+    if (busy) return;
+    const data = new FormData(addForm);
+    const body = { expected_version: version, label: String(data.get("label") || "").trim() };
+    if (data.get("laterality")) body.laterality = String(data.get("laterality"));
+    const coords = ["x0", "y0", "x1", "y1"].map((k) => data.get(k));
+    if (coords.every((v) => v !== null && v !== "")) {
+      body.sop_instance_uid = String(data.get("sop_instance_uid"));
+      body.box = { x0: Number(coords[0]), y0: Number(coords[1]), x1: Number(coords[2]), y1: Number(coords[3]) };
+    }
+    busy = true;
+    try {
+      await R.post("/api/reports/" + reportId + "/findings", body);
+      window.location.reload();
+    } catch (error) {
+      showError(error);
+    } finally {
+      busy = false;
+    }
+  });
+
   /* ---- text ---- */
   const textForm = document.getElementById("text-form");
   const fields = ["findings_text", "impression", "progression"];

@@ -1,0 +1,156 @@
+"""What the draft's text says against what its findings list: nothing named is dropped silently.
+
+The findings come from the yes/no questions over the 13 CheXpert labels (stage 2); the findings
+text is written by the model separately (stage 8). This module finds the findings the text names
+affirmatively (a small negation rule in the spirit of NegEx: "no", "without", "negative for" ...
+earlier in the same clause negate a term) and reports those that are not among the accepted
+findings, and which configured critical findings a version suspects. Pure functions over text
+and :class:`~report_drafts.content.ReportContent`; nothing here knows the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Iterable, Sequence
+
+from report_drafts.content import ReportContent
+
+#: Terms a chest radiograph report uses, and the CheXpert label each belongs to (None: a
+#: finding outside the 13 labels, always worth a radiologist's look when the text names it).
+TERMS: dict[str, str | None] = {
+    "pleural effusion": "Pleural Effusion",
+    "effusion": "Pleural Effusion",
+    "pneumothorax": "Pneumothorax",
+    "cardiomegaly": "Cardiomegaly",
+    "enlarged heart": "Cardiomegaly",
+    "enlarged cardiac silhouette": "Cardiomegaly",
+    "pulmonary edema": "Edema",
+    "pulmonary oedema": "Edema",
+    "edema": "Edema",
+    "oedema": "Edema",
+    "consolidation": "Consolidation",
+    "pneumonia": "Pneumonia",
+    "atelectasis": "Atelectasis",
+    "opacity": "Lung Opacity",
+    "opacities": "Lung Opacity",
+    "nodule": "Lung Lesion",
+    "mass": "Lung Lesion",
+    "fracture": "Fracture",
+    "widened mediastinum": "Enlarged Cardiomediastinum",
+    "mediastinal widening": "Enlarged Cardiomediastinum",
+    "enlarged cardiomediastinum": "Enlarged Cardiomediastinum",
+    "pleural thickening": "Pleural Other",
+    "endotracheal tube": "Support Devices",
+    "nasogastric tube": "Support Devices",
+    "chest tube": "Support Devices",
+    "central venous catheter": "Support Devices",
+    "pacemaker": "Support Devices",
+    "pneumoperitoneum": None,
+    "free air": None,
+    "pneumomediastinum": None,
+    "subcutaneous emphysema": None,
+    "hiatal hernia": None,
+    "aortic dissection": None,
+}
+
+# A negation cue earlier in the clause negates the term ("No pneumothorax or effusion").
+_NEGATION = re.compile(
+    r"\b(no|not|without|negative for|free of|absence of|absent|resolved|ruled out|rules out)\b",
+    re.I,
+)
+# Sentences end at full stops, semicolons, colons, line ends and "but"/"however".
+_SENTENCE_END = re.compile(r"[.;:\n]|\bbut\b|\bhowever\b", re.I)
+_LIST_JOINER = re.compile(r"^\s*(?:or|and|nor)\s+")
+
+
+def _term_pattern(term: str) -> re.Pattern[str]:
+    return re.compile(r"(?<![a-z])" + re.escape(term) + r"(?![a-z])")
+
+
+def affirmed(text: str, terms: Iterable[str]) -> list[str]:
+    """The ``terms`` the text names affirmatively, longest first, each once.
+
+    Within a sentence a negation covers the rest of its comma part and the list that follows
+    it ("No consolidation, effusion or pneumothorax."), but a part that does not start with a
+    term ends it ("No pneumothorax, small effusion."). A longer term hides the shorter ones
+    inside it ("pleural effusion" is not also "effusion").
+    """
+    ordered = sorted(dict.fromkeys(t.lower() for t in terms), key=len, reverse=True)
+    patterns = [(term, _term_pattern(term)) for term in ordered]
+    found: list[str] = []
+    for sentence in _SENTENCE_END.split(text.lower()):
+        negated_list = False
+        for part in sentence.split(","):
+            rest = _LIST_JOINER.sub("", part.strip())
+            if not any(rest.startswith(term) for term in ordered):
+                negated_list = False
+            for term, pattern in patterns:
+                match = pattern.search(rest)
+                if match is None:
+                    continue
+                negated = negated_list or _NEGATION.search(rest[: match.start()]) is not None
+                if not negated and term not in found:
+                    found.append(term)
+                rest = rest[: match.start()] + " " * len(term) + rest[match.end() :]
+            if _NEGATION.search(part):
+                negated_list = True
+    return found
+
+
+def unlisted_findings(content: ReportContent) -> list[str]:
+    """Findings the findings text and impression name that no accepted finding carries.
+
+    A term of a label the draft lists is fine; a term of a label answered "no" (or not read),
+    or of no label at all, is returned as ``"term"`` or ``"term (Label)"``.
+    """
+    listed = {f.label.lower() for f in content.accepted_findings}
+    text = "\n".join((content.findings_text, content.impression))
+    out: list[str] = []
+    for term in affirmed(text, TERMS):
+        label = TERMS[term]
+        if label is not None and label.lower() in listed:
+            continue
+        named = f"{term} ({label})" if label else term
+        if label is None or all(label not in o for o in out):
+            out.append(named)
+    return out
+
+
+def critical_labels(content: ReportContent, critical: Sequence[str]) -> list[str]:
+    """Which configured critical findings this version suspects: an accepted finding whose
+    label names one, or the findings text / impression naming one affirmatively."""
+    terms = [t.strip().lower() for t in critical if t.strip()]
+    hits: list[str] = []
+    for finding in content.accepted_findings:
+        label = finding.label.lower()
+        for term in terms:
+            if term in label and term not in hits:
+                hits.append(term)
+    text = "\n".join((content.findings_text, content.impression))
+    for term in affirmed(text, terms):
+        if term not in hits:
+            hits.append(term)
+    return hits
+
+
+def reconciled(content: ReportContent, critical: Sequence[str]) -> ReportContent:
+    """``content`` with what its text names outside its findings and the critical findings it
+    suspects recorded in ``extra`` (``unlisted_findings``, ``critical``), for every rendering."""
+    extra = dict(content.extra)
+    extra["unlisted_findings"] = unlisted_findings(content)
+    extra["critical"] = critical_labels(content, critical)
+    return dataclasses.replace(content, extra=extra)
+
+
+def after_review_change(content: ReportContent, *, decided: str | None = None) -> ReportContent:
+    """``content`` after a radiologist's change: the unlisted findings recomputed against the
+    new text and findings, and ``decided`` (a label the radiologist just added) no longer
+    waiting for review."""
+    extra = dict(content.extra)
+    extra["unlisted_findings"] = unlisted_findings(content)
+    if decided is not None:
+        extra["needs_review"] = [
+            label for label in content.needs_review if label.lower() != decided.lower()
+        ]
+    return dataclasses.replace(content, extra=extra)
