@@ -3,9 +3,11 @@
 Called by the worker's ``ApplyOrder`` job and by the processor when it drafts (the order may
 come before or after the images). A STAT order raises the reports (worklist top, and the jobs
 they enqueue from then on). A cancelled order (ORC-1 CA/OC) stops what has not been drafted
-yet, refuses a later signature, and marks each drafted report ``order_cancelled_at`` with an
-audit event ``order_cancelled``: the hook for withdrawing what was already sent (issue 10.3,
-branch i10a), which reads those marks; until then nothing sent is recalled automatically.
+yet, refuses a later signature, marks each report ``order_cancelled_at`` with an audit event
+``order_cancelled``, and withdraws an unsigned draft like a rejection
+(:func:`report_drafts._versioning.withdraw_version`: IOCM rejection note, HL7 X/W, FHIR
+entered-in-error, wherever the draft reached). A signed report is left to its radiologist:
+only an amendment changes what was signed.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from sqlalchemy.orm import Session
 
 from dicom_listener import Study
 from raddraft.db import utcnow
-from report_drafts._versioning import audit_report, report_for_version
-from report_drafts.states import PRE_DRAFT, ReportState, check_transition
+from raddraft.settings import Settings, get_settings
+from report_drafts._versioning import audit_report, report_for_version, withdraw_version
+from report_drafts.states import EDITABLE, PRE_DRAFT, ReportState, check_transition
 from report_drafts.tables import Report
 
 ORDER_CANCELLED = "order cancelled by the RIS"
@@ -49,16 +52,32 @@ def raise_priority(session: Session, report: Report, priority: int, *, why: str)
     return True
 
 
-def cancel_for_order(session: Session, report: Report, *, control: str) -> None:
-    """Mark a report whose order was cancelled; a report not drafted yet stops there."""
+def cancel_for_order(
+    session: Session, report: Report, *, control: str, settings: Settings | None = None
+) -> None:
+    """Mark a report whose order was cancelled: one not drafted yet stops there, an unsigned
+    draft is withdrawn from wherever it was sent."""
     if report.order_cancelled_at is not None:
         return
     report.order_cancelled_at = utcnow()
     report.updated_at = utcnow()
+    why = f"{ORDER_CANCELLED} (ORC-1 {control})"
     if report.state in PRE_DRAFT:
         check_transition(report.state, ReportState.failed, "order cancelled")
         report.state = ReportState.failed
-        report.failure = f"{ORDER_CANCELLED} (ORC-1 {control})"
+        report.failure = why
+    elif report.state in EDITABLE:
+        check_transition(report.state, ReportState.rejected, "order cancelled")
+        withdraw_version(
+            session,
+            settings or get_settings(),
+            report,
+            state=ReportState.rejected,
+            action="order_cancelled",
+            user=None,
+            note=why,
+            why=f"AI draft withdrawn: {why}",
+        )
     audit_report(
         session,
         "order_cancelled",

@@ -292,9 +292,9 @@ def sign(
     except ValueError as error:
         raise InvalidRequest(f"edit_reason is one of {[r.value for r in EditReason]}") from error
     report, content = _for_radiologist_change(session, report_pk, user, expected_version)
-    check_transition(report.state, ReportState.signed, "sign")
     if report.order_cancelled_at is not None:
         raise IllegalTransition(report.state, ReportState.signed, "sign: the order was cancelled")
+    check_transition(report.state, ReportState.signed, "sign")
     start_review(report, user)
     signed_at = utcnow()
     final = dataclasses.replace(

@@ -18,7 +18,7 @@ from orders.tables import Order, OrderMessage
 from raddraft import job_contract, jobs
 from raddraft.db import session_scope
 from raddraft.settings import Settings, reload_settings
-from report_drafts import drafting, order_effects
+from report_drafts import drafting, order_effects, versions
 from report_drafts.tables import Report
 from tests.conftest import free_port
 from tests.drafts.conftest import (
@@ -217,6 +217,10 @@ def test_a_cancelled_order_stops_drafting_and_marks_the_sent_draft(
     with session_scope(engine) as session:
         report = session.get(Report, drafted_report)
         assert report is not None and report.order_cancelled_at is not None
+        # The unsigned draft is withdrawn, as a rejection would withdraw it.
+        assert (report.state, report.current_version) == ("rejected", 2)
+        withdrawal = versions.version(session, drafted_report, 2)
+        assert withdrawal.action == "order_cancelled" and "ORC-1 OC" in withdrawal.note
         # The draft job itself refuses to draft a cancelled order.
         info = orders.order_for_accession(session, "ACC0002")
         assert info is not None and info.cancelled
@@ -237,7 +241,7 @@ def test_a_cancelled_order_stops_drafting_and_marks_the_sent_draft(
         assert detail["order"]["ordering_provider"] == "1234^Smith^John"
         answer = api.post(
             f"/api/reports/{drafted_report}/sign",
-            json={"expected_version": 1, "edit_reason": "none"},
+            json={"expected_version": detail["current_version"], "edit_reason": "none"},
             headers=rad,
         )
     assert answer.status_code == 409

@@ -78,7 +78,9 @@ def test_target_for_knows_the_four_kinds(settings: Settings) -> None:
 
 
 def test_target_for_rejects_an_unknown_kind(settings: Settings) -> None:
-    with pytest.raises(ValueError, match=r"unknown destination kind 'xds'.*dicom, fhir, hl7, smtp, stow"):
+    with pytest.raises(
+        ValueError, match=r"unknown destination kind 'xds'.*dicom, fhir, hl7, smtp, stow"
+    ):
         target_for("xds", "http://registry/xds", settings)
 
 
