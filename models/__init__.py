@@ -11,7 +11,9 @@ Public API
     explicitly cannot be loaded. ``auto`` falls back to the tiny random-weight demo model.
 ``Reader.read(current: list[StudyImage], prior: list[StudyImage] | None = None,
 indication: str | None = None) -> Reading``
-    The eight-stage CXRTrek reading. ``Reader.model`` (:class:`ModelInfo`) gives ``model_id``,
+    The eight-stage CXRTrek reading, then (``report_source=single_turn``, the default) the
+    report texts asked in CheXOne's trained single-turn form. Thread-safe; concurrent readings
+    run at once on the OpenAI-compatible backend and one at a time on the transformers one. ``Reader.model`` (:class:`ModelInfo`) gives ``model_id``,
     ``revision``, ``backend``, ``demo`` and ``label`` (the demo warning text).
 ``Reading``
     Per stage the questions, answers, reasoning, tokens and timings; findings with boxes in
@@ -69,11 +71,14 @@ DEMO_MAX_NEW_TOKENS = 32
 def load_reader(config: ReaderConfig) -> Reader:
     """A :class:`Reader` for ``config``; the model itself is loaded once per process.
 
-    The demo model answers at most :data:`DEMO_MAX_NEW_TOKENS` tokens per question.
+    The demo model answers at most :data:`DEMO_MAX_NEW_TOKENS` tokens per question, in either
+    mode.
     """
     backend, info = cached_backend(config)
     if info.demo and config.max_new_tokens > DEMO_MAX_NEW_TOKENS:
         config = dataclasses.replace(config, max_new_tokens=DEMO_MAX_NEW_TOKENS)
+    if info.demo and config.max_new_tokens_reasoning > DEMO_MAX_NEW_TOKENS:
+        config = dataclasses.replace(config, max_new_tokens_reasoning=DEMO_MAX_NEW_TOKENS)
     return Reader(backend, config, info)
 
 

@@ -94,7 +94,24 @@ class Settings(BaseSettings):
     model_backend: Literal["transformers", "openai"] = "transformers"
     model_server_url: str = ""
     reasoning_stages: Annotated[list[int], NoDecode] = Field(default_factory=list)
-    max_new_tokens: int = 512
+    max_new_tokens: int = Field(default=512, gt=0, description="Answer limit, instruction mode.")
+    max_new_tokens_reasoning: int = Field(
+        default=2048, gt=0, description="Answer limit, reasoning mode (the paper's 2048)."
+    )
+    report_source: Literal["single_turn", "staged"] = Field(
+        default="single_turn",
+        description="single_turn: report texts asked as CheXOne was trained; staged: stage 8's.",
+    )
+    consistency_samples: int = Field(
+        default=0, ge=0, description="Sampled answers per presence question for confidence."
+    )
+    consistency_temperature: float = Field(default=0.7, gt=0.0)
+    consistency_labels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Vocabulary labels sampled; empty: all."
+    )
+    studies_in_flight: int = Field(
+        default=1, ge=1, description="Studies a gpu worker drafts at once (openai backend)."
+    )
     allow_demo_export: bool = Field(
         default=False, description="Let a demo (random-weight) model's drafts go to PACS and RIS."
     )
@@ -118,7 +135,7 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
 
-    @field_validator("allowed_callers", "allowed_hosts", mode="before")
+    @field_validator("allowed_callers", "allowed_hosts", "consistency_labels", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

@@ -9,6 +9,7 @@ of findings are derived from the study version, so a re-run says the same thing 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -29,6 +30,7 @@ from worker.errors import PermanentError
 log = logging.getLogger(__name__)
 
 _reader: models.Reader | None = None
+_reader_lock = threading.Lock()  # a threads pool (studies_in_flight > 1) loads it once
 
 
 def reader_config(settings: Settings) -> models.ReaderConfig:
@@ -41,21 +43,29 @@ def reader_config(settings: Settings) -> models.ReaderConfig:
         server_url=settings.model_server_url,
         reasoning_stages=frozenset(settings.reasoning_stages),
         max_new_tokens=settings.max_new_tokens,
+        max_new_tokens_reasoning=settings.max_new_tokens_reasoning,
+        report_source=settings.report_source,
+        consistency_samples=settings.consistency_samples,
+        consistency_temperature=settings.consistency_temperature,
+        consistency_labels=tuple(settings.consistency_labels),
     )
 
 
 def load_reader(settings: Settings) -> models.ModelInfo:
     """Load the model for this process (once); a worker calls this before taking tasks."""
     global _reader
-    if _reader is None:
-        _reader = models.load_reader(reader_config(settings))
-        log.info(
-            "model loaded %s",
-            kv(
-                model=_reader.model.model_id, demo=_reader.model.demo, backend=_reader.model.backend
-            ),
-        )
-    return _reader.model
+    with _reader_lock:
+        if _reader is None:
+            _reader = models.load_reader(reader_config(settings))
+            log.info(
+                "model loaded %s",
+                kv(
+                    model=_reader.model.model_id,
+                    demo=_reader.model.demo,
+                    backend=_reader.model.backend,
+                ),
+            )
+        return _reader.model
 
 
 def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
@@ -183,12 +193,38 @@ def report_content(reading: models.Reading, *, study_version_uid: str) -> Report
             "quality": reading.quality,
             "quality_warnings": list(reading.quality_warnings),
             "unparsed": list(reading.unparsed),
+            # Answers cut by the token limit: shown on the review page as incomplete.
+            "truncated": list(reading.truncated),
+            "report_source": reading.report_source,
+            "text_sources": dict(reading.text_sources),
+            "staged_report": dict(reading.staged_report),
         },
     )
 
 
+def _turn_row(stage: int | str, name: str, turn: models.Turn) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "name": name,
+        "kind": turn.kind,
+        "question": turn.question,
+        "answer": turn.answer,
+        "reasoning": turn.reasoning,
+        "seconds": round(turn.seconds, 3),
+        "tokens": turn.completion_tokens,
+        "parsed": turn.parsed,
+        "truncated": turn.truncated,
+        "conversation": turn.conversation,
+        "mode": turn.mode,
+    }
+
+
+REPORT_STAGE = "report"  # the single-turn report prompts' group on the review page
+
+
 def stage_rows(reading: models.Reading) -> list[dict[str, Any]]:
-    """One row per question asked, in order, for the review page's stage list."""
+    """One row per question asked, in order, for the review page's stage list: the eight
+    CXRTrek stages, then the single-turn report prompts (each row says its conversation)."""
     rows: list[dict[str, Any]] = []
     for stage in reading.stages:
         if stage.skipped:
@@ -203,18 +239,9 @@ def stage_rows(reading: models.Reading) -> list[dict[str, Any]]:
                     "skipped": stage.skip_reason,
                 }
             )
-        for turn in stage.turns:
-            rows.append(
-                {
-                    "stage": stage.stage,
-                    "name": stage.name,
-                    "kind": turn.kind,
-                    "question": turn.question,
-                    "answer": turn.answer,
-                    "reasoning": turn.reasoning,
-                    "seconds": round(turn.seconds, 3),
-                    "tokens": turn.completion_tokens,
-                    "parsed": turn.parsed,
-                }
-            )
+        rows.extend(_turn_row(stage.stage, stage.name, turn) for turn in stage.turns)
+    rows.extend(
+        _turn_row(REPORT_STAGE, "report texts, single-turn as CheXOne was trained", turn)
+        for turn in reading.report_turns
+    )
     return rows

@@ -37,6 +37,27 @@ def _announce(
             return
 
 
+def worker_pool(settings: Settings, queues: list[str], concurrency: int) -> tuple[str, int]:
+    """Celery's pool and its size for these queues.
+
+    The gpu queue runs in this very process, where the model was loaded: one study at a time
+    (solo pool), or ``studies_in_flight`` at once in threads sharing the one loaded model. The
+    OpenAI-compatible backend (vLLM) serves those readings concurrently, the server batching
+    their sequences; the transformers backend reads them one by one under its lock (its one KV
+    cache holds one conversation), so more in flight only queues there. io workers fork.
+    """
+    if Queue.gpu not in queues:
+        return "prefork", concurrency
+    if settings.studies_in_flight <= 1:
+        return "solo", 1
+    if settings.model_backend != "openai":
+        log.warning(
+            "studies in flight > 1 with the transformers backend: readings take turns %s",
+            kv(studies_in_flight=settings.studies_in_flight),
+        )
+    return "threads", settings.studies_in_flight
+
+
 def run_worker(
     settings: Settings, queues: list[str], concurrency: int, *, load_model: bool = True
 ) -> None:
@@ -58,9 +79,7 @@ def run_worker(
     )
     beat.start()
     app = make_app(settings)
-    # The gpu queue runs in this very process (solo pool), where the model was loaded; io
-    # workers may fork several children.
-    pool = "solo" if Queue.gpu in queues else "prefork"
+    pool, concurrency = worker_pool(settings, queues, concurrency)
     argv = [
         "worker",
         "-Q",
