@@ -13,8 +13,9 @@ Public API
 indication: str | None = None) -> Reading``
     The eight-stage CXRTrek reading, then (``report_source=single_turn``, the default) the
     report texts asked in CheXOne's trained single-turn form. Thread-safe; concurrent readings
-    run at once on the OpenAI-compatible backend and one at a time on the transformers one. ``Reader.model`` (:class:`ModelInfo`) gives ``model_id``,
-    ``revision``, ``backend``, ``demo`` and ``label`` (the demo warning text).
+    run at once on the OpenAI-compatible backend and one at a time on the transformers one.
+    ``Reader.model`` (:class:`ModelInfo`) gives ``model_id``, ``revision``, ``backend``,
+    ``demo`` and ``label`` (the demo warning text).
 ``Reading``
     Per stage the questions, answers, reasoning, tokens and timings; findings with boxes in
     stored-pixel coordinates (and the SOP Instance UID of their image); findings text,

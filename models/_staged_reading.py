@@ -113,7 +113,7 @@ def consistency(answers: Sequence[int | None], n_options: int) -> float:
     return 1.0 - entropy / math.log(n_options + 1)
 
 
-def _turn_from(  # noqa: PLR0913 (one answer and everything the trace says about it)
+def _turn_from(
     generation: Generation,
     *,
     kind: str,
@@ -183,9 +183,7 @@ class _Session:
         return result
 
     def _options(self, stage: StageResult) -> DecodeOptions:
-        return DecodeOptions(
-            max_new_tokens=_limit(self.config, stage.mode), seed=self.config.seed
-        )
+        return DecodeOptions(max_new_tokens=_limit(self.config, stage.mode), seed=self.config.seed)
 
     def _turn(
         self,
@@ -243,9 +241,7 @@ class _Session:
         its siblings; all questions and answers join the conversation afterwards, in order).
         Questions whose target is in ``sampled`` also get self-consistency samples."""
         if stage.stage not in self.config.branch_stages or len(questions) < 2:
-            return [
-                self.ask(stage, kind, q, target=t, sample=t in sampled) for q, t in questions
-            ]
+            return [self.ask(stage, kind, q, target=t, sample=t in sampled) for q, t in questions]
         prompts = [self._prompt(stage, q) for q, _ in questions]
         branches = [self.conversation.then(Message("user", p)) for p in prompts]
         generations = self.backend.generate_batch(branches, self._options(stage))

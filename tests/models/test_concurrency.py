@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
 from PIL import Image
@@ -127,9 +126,7 @@ def test_studies_in_flight_through_the_server_never_mix(
     backend, info = load_backend(config)
     reader = Reader(backend, config, info)
     studies = [study(seed) for seed in range(8)]
-    own = [
-        {pixels_digest(prepare_image(image.dataset)[0]) for image in pair} for pair in studies
-    ]
+    own = [{pixels_digest(prepare_image(image.dataset)[0]) for image in pair} for pair in studies]
     assert len(set.union(*own)) == 2 * len(studies)  # every image differs
 
     with ThreadPoolExecutor(max_workers=len(studies)) as pool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 
@@ -146,7 +147,7 @@ def test_full_reading_with_prior(current: StudyImage, prior: StudyImage) -> None
 
     # One growing conversation: each call extends the previous one by exactly its new turns.
     staged = staged_calls(backend)
-    for before, after in zip(staged, staged[1:], strict=False):
+    for before, after in itertools.pairwise(staged):
         assert after.turns[: len(before.turns)] == before.turns
         assert after.turns[len(before.turns)].role == "assistant"
     assert backend.seen[0].system.startswith("You are a helpful radiology assistant")
@@ -308,7 +309,10 @@ def test_report_texts_in_the_trained_single_turn_form(
         assert turn.role == "user" and turn.images
     by_prompt = {c.turns[0].text.split(":")[0][:30]: c.turns[0] for c in asked}
     findings = next(c.turns[0] for c in asked if "findings section" in c.turns[0].text)
-    assert findings.text == 'Given the indication: "fever", write a structured findings section for the CXR.'
+    assert (
+        findings.text
+        == 'Given the indication: "fever", write a structured findings section for the CXR.'
+    )
     assert findings.images == (first_image,)
     progression = next(c.turns[0] for c in asked if "trajectory" in c.turns[0].text)
     assert len(progression.images) == 2 and progression.images[1] is first_image
@@ -395,9 +399,9 @@ def test_token_limits_per_mode_and_cut_answers_flagged(current: StudyImage) -> N
 
 def test_consistency_only_for_the_chosen_labels(current: StudyImage) -> None:
     backend = ScriptedBackend(script)
-    reading = reader(
-        backend, consistency_samples=4, consistency_labels=("pleural effusion",)
-    ).read([current])
+    reading = reader(backend, consistency_samples=4, consistency_labels=("pleural effusion",)).read(
+        [current]
+    )
     sampled = [o for o in backend.options if o.do_sample]
     assert len(sampled) == 1 and sampled[0].n == 4
     by_label = {f.label: f.confidence for f in reading.findings}
