@@ -27,6 +27,7 @@ not fit in the memory available is skipped and says so. The last line is
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import os
@@ -187,7 +188,12 @@ def build(target: Path, seed: int) -> int:
                 # Qwen's 0.02: the layers, not the echo of the input token, decide the logits.
                 param.normal_(0.0, 0.02, generator=generator)
             elif param.dim() >= 2:
-                param.normal_(0.0, param[0].numel() ** -0.5, generator=generator)
+                scale = param[0].numel() ** -0.5
+                if name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight")):
+                    # Sharper attention, so each position's answer depends on its context
+                    # rather than on its own token alone (a random model's usual echo).
+                    scale *= 3.0
+                param.normal_(0.0, scale, generator=generator)
             elif "norm" in name:
                 param.fill_(1.0)
             else:  # biases: small, so they matter without swamping the products
@@ -214,6 +220,40 @@ def chest_image() -> Any:
     ds = make_cxr(rows=2500, cols=2048, bits_stored=16, seed=7)
     image, geometry = prepare_image(ds, max_pixels=MAX_PIXELS)
     return image, geometry
+
+
+def next_token_logits(backend: Any, conversation: Any) -> dict[str, Any]:
+    """The next-token logits of ``conversation`` from the cache (kept prefix plus the new
+    tokens) and from one full forward pass as ``generate`` runs it: how far apart they are,
+    whatever a random model's greedy tokens happen to be."""
+    import torch
+
+    with torch.inference_mode():
+        encoded = backend.encode(conversation)
+        positions = backend._rope_positions(encoded)
+        saved = (backend._cache, backend._cached_ids, backend._cached_images)
+        backend._cache = copy.deepcopy(backend._cache)  # leave the real cache to the check
+        cached, reused = backend._prefill(encoded, positions)
+        backend._cache, backend._cached_ids, backend._cached_images = saved
+        ids = encoded.ids[None].to(backend.device)
+        backend.model.model.rope_deltas = None
+        full = backend.model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            pixel_values=encoded.pixel_values.to(backend.device),
+            image_grid_thw=encoded.grid.to(backend.device),
+            mm_token_type_ids=(ids == backend.image_token_id).to(torch.int),
+            logits_to_keep=1,
+        ).logits[:, -1, :]
+        cached, full = cached.float(), full.float()
+        top = torch.topk(full[0], 2).values
+    return {
+        "logits_max_abs_diff": float((cached - full).abs().max()),
+        "logits_scale": float(full.std()),
+        "top2_gap": float(top[0] - top[1]),
+        "same_argmax": int(cached.argmax()) == int(full.argmax()),
+        "reused_for_logits": reused,
+    }
 
 
 def compare(backend: Any, image: Any, tokens: int, branches: bool) -> list[dict[str, Any]]:
@@ -257,7 +297,9 @@ def compare(backend: Any, image: Any, tokens: int, branches: bool) -> list[dict[
     answer = run("turn 1 (cold cache)", [first])[0]
     # The stock path never touches the cache: it still holds turn 1 for turn 2 to reuse.
     second = first.then(Message("assistant", answer.text), Message("user", SECOND))
+    logits_row = next_token_logits(backend, second)
     run("turn 2 (prefix reused)", [second])
+    rows[-1].update(logits_row)
     if branches:
         backend.reset_cache()
         run(
@@ -338,9 +380,20 @@ def main() -> None:
                 f"cached {row['cached_s']:6.1f} s stock {row['stock_s']:6.1f} s same={row['same']}"
             )
             print(f"    cached {row['cached_ids']}\n    stock  {row['stock_ids']}")
+            if "logits_max_abs_diff" in row:
+                print(
+                    f"    next-token logits, cache ({row['reused_for_logits']} reused) vs one "
+                    f"full pass: max |diff| {row['logits_max_abs_diff']:.4f} (logit std "
+                    f"{row['logits_scale']:.3f}, top-2 gap {row['top2_gap']:.4f}), same argmax "
+                    f"{row['same_argmax']}"
+                )
         same = all(r["same"] for r in rows)
         distinct = len({t for r in rows for t in r["stock_ids"]})
-        results[dtype] = f"{'same' if same else 'DIFFERENT'}({distinct} distinct tokens)"
+        diffs = [r["logits_max_abs_diff"] for r in rows if "logits_max_abs_diff" in r]
+        results[dtype] = (
+            f"{'same' if same else 'DIFFERENT'}({distinct} distinct tokens, "
+            f"logit diff {max(diffs):.3g})"
+        )
         all_same &= same
         del backend
         gc.collect()
