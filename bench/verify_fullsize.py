@@ -12,7 +12,15 @@ it, loads it through the very ``from_pretrained`` path CheXOne takes
   prepared to ``max_pixels`` 262144 as for CheXOne) and the findings prompt, cold cache;
 * turn 2: that conversation with its answer and a second question: the cached path runs only
   the new tokens on top of the kept keys/values, the stock path runs everything again;
-* with ``--branches``: two single-turn prompts over the same image as one batch of branches.
+* with ``--branches``: two single-turn prompts over the same image as one batch of branches;
+* with ``--logits-only`` (no generation, so fp32 fits in minutes on a CPU): turn 2's next-token
+  logits from the cache against one full pass, and with ``--noise-floor`` what the dtype moves
+  on its own: a batch of two against one, and one decode step on a KV cache (how ``generate``
+  makes every token after the first) against a full pass.
+
+On a random network rounding differences grow from layer to layer (the fp32 difference is
+about 1e-3 of the logits' spread, bf16's 65000 times coarser steps grow to the spread itself),
+so in bf16 the comparison to read is the cache's difference against KV caching's own.
 
 The weights are redrawn N(0, 1/fan_in) rather than Qwen's N(0, 0.02): at 0.02 a 36-layer random
 model with tied embeddings only echoes its input token, which would make any comparison pass.
@@ -256,6 +264,105 @@ def next_token_logits(backend: Any, conversation: Any) -> dict[str, Any]:
     }
 
 
+def noise_floor(backend: Any, conversation: Any) -> float:
+    """Max |difference| between the next-token logits of one full pass and of the same pass
+    in a batch of two identical rows: what the dtype's rounding alone moves (other matmul
+    shapes, other summation order), to read the cache's difference against."""
+    import torch
+
+    with torch.inference_mode():
+        encoded = backend.encode(conversation)
+        ids = encoded.ids[None].to(backend.device)
+        kwargs = {
+            "pixel_values": encoded.pixel_values.to(backend.device),
+            "image_grid_thw": encoded.grid.to(backend.device),
+            "logits_to_keep": 1,
+        }
+        backend.model.model.rope_deltas = None
+        one = backend.model(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            mm_token_type_ids=(ids == backend.image_token_id).to(torch.int),
+            **kwargs,
+        ).logits[0, -1, :]
+        two_ids = ids.expand(2, -1).contiguous()
+        backend.model.model.rope_deltas = None
+        two = backend.model(
+            input_ids=two_ids,
+            attention_mask=torch.ones_like(two_ids),
+            mm_token_type_ids=(two_ids == backend.image_token_id).to(torch.int),
+            pixel_values=torch.cat([kwargs["pixel_values"]] * 2),
+            image_grid_thw=torch.cat([kwargs["image_grid_thw"]] * 2),
+            logits_to_keep=1,
+        ).logits[1, -1, :]
+    return float((one.float() - two.float()).abs().max())
+
+
+def decode_step_floor(backend: Any, conversation: Any) -> float:
+    """What KV caching itself moves in this dtype: the logits after one decode step on a cache
+    (as ``generate`` makes every token after the first) against one full pass over the prompt
+    plus that token. Max |difference|."""
+    import torch
+    from transformers import DynamicCache
+
+    model = backend.model
+    with torch.inference_mode():
+        encoded = backend.encode(conversation)
+        ids = encoded.ids[None].to(backend.device)
+        positions = backend._rope_positions(encoded)
+        cache = DynamicCache(config=model.config)
+        embeds = backend._embed_tail(encoded, 0)
+        out = model(
+            inputs_embeds=embeds[None],
+            position_ids=positions,
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        token = out.logits[0, -1].argmax().view(1, 1)
+        step = model(
+            input_ids=token,
+            position_ids=(positions.max() + 1).view(1, 1, 1).expand(3, 1, 1),
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        ).logits[0, -1]
+        longer = torch.cat([ids, token], dim=1)
+        model.model.rope_deltas = None
+        full = model(
+            input_ids=longer,
+            attention_mask=torch.ones_like(longer),
+            pixel_values=encoded.pixel_values.to(backend.device),
+            image_grid_thw=encoded.grid.to(backend.device),
+            mm_token_type_ids=(longer == backend.image_token_id).to(torch.int),
+            logits_to_keep=1,
+        ).logits[0, -1]
+    return float((step.float() - full.float()).abs().max())
+
+
+def logits_only(backend: Any, image: Any, floor: bool) -> list[dict[str, Any]]:
+    """The cache against one full pass on turn 2, without generating (fast enough for fp32
+    on a CPU): turn 1 prefilled into the cache, turn 2's tail run on top of it."""
+    from models import Conversation, Message
+    from models._prompts import QWEN_SYSTEM_PROMPT
+
+    first = Conversation(QWEN_SYSTEM_PROMPT, (Message("user", FINDINGS, (image,)),))
+    second = first.then(Message("assistant", "No acute findings."), Message("user", SECOND))
+    import torch
+
+    backend.reset_cache()
+    with torch.inference_mode():
+        encoded = backend.encode(first)
+        backend._prefill(encoded, backend._rope_positions(encoded))
+    row: dict[str, Any] = {"check": "turn 2 logits", "same": True}
+    row.update(next_token_logits(backend, second))
+    row["same"] = row["same_argmax"]
+    if floor:
+        row["noise_floor"] = noise_floor(backend, second)
+        row["decode_step_floor"] = decode_step_floor(backend, second)
+    return [row]
+
+
 def compare(backend: Any, image: Any, tokens: int, branches: bool) -> list[dict[str, Any]]:
     """Each check: the cached path, then the stock path, token ids side by side."""
     from models import Conversation, DecodeOptions, Message
@@ -321,6 +428,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", default="", help="folder to keep the checkpoint in (reused)")
     parser.add_argument(
+        "--logits-only",
+        action="store_true",
+        help="compare turn 2's next-token logits only (no generation): fp32 in minutes",
+    )
+    parser.add_argument(
+        "--noise-floor", action="store_true", help="also the dtype's own rounding difference"
+    )
+    parser.add_argument(
         "--smoke-layers",
         type=int,
         default=0,
@@ -372,14 +487,28 @@ def main() -> None:
         )
         loaded = time.perf_counter() - started
         print(f"{dtype}: loaded through from_pretrained in {loaded:.0f} s ({backend.model.dtype})")
-        rows = compare(backend, image, args.max_new_tokens, args.branches)
+        if args.logits_only:
+            rows = logits_only(backend, image, args.noise_floor and dtype != "fp32")
+        else:
+            rows = compare(backend, image, args.max_new_tokens, args.branches)
         for row in rows:
-            print(
-                f"  {row['check']:24s} prompt {row['prompt_tokens']:4d} "
-                f"reused {row['cached_tokens']:4d} "
-                f"cached {row['cached_s']:6.1f} s stock {row['stock_s']:6.1f} s same={row['same']}"
-            )
-            print(f"    cached {row['cached_ids']}\n    stock  {row['stock_ids']}")
+            if "cached_ids" in row:
+                print(
+                    f"  {row['check']:24s} prompt {row['prompt_tokens']:4d} "
+                    f"reused {row['cached_tokens']:4d} cached {row['cached_s']:6.1f} s "
+                    f"stock {row['stock_s']:6.1f} s same={row['same']}"
+                )
+                print(f"    cached {row['cached_ids']}\n    stock  {row['stock_ids']}")
+            if "noise_floor" in row:
+                print(
+                    f"    noise floor ({dtype}: one full pass vs the same in a batch of two): "
+                    f"max |diff| {row['noise_floor']:.4f}"
+                )
+                print(
+                    f"    KV caching itself ({dtype}: one decode step on a cache, as generate "
+                    f"makes every later token, vs a full pass): max |diff| "
+                    f"{row['decode_step_floor']:.4f}"
+                )
             if "logits_max_abs_diff" in row:
                 print(
                     f"    next-token logits, cache ({row['reused_for_logits']} reused) vs one "
@@ -388,7 +517,7 @@ def main() -> None:
                     f"{row['same_argmax']}"
                 )
         same = all(r["same"] for r in rows)
-        distinct = len({t for r in rows for t in r["stock_ids"]})
+        distinct = len({t for r in rows for t in r.get("stock_ids", [])})
         diffs = [r["logits_max_abs_diff"] for r in rows if "logits_max_abs_diff" in r]
         results[dtype] = (
             f"{'same' if same else 'DIFFERENT'}({distinct} distinct tokens, "
