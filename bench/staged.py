@@ -10,13 +10,18 @@ writes about that many tokens):
 * staged, reuse: the prefix cache (images encoded once, earlier turns never re-read);
 * staged, reuse + stage-2 branches: presence questions decoded as one batch from the shared
   prefix (a different conversation: siblings do not see each other's answers);
+* staged, reuse + self-consistency: 8 answers sampled per presence question (the paper's
+  confidence), the cost of turning ``RADDRAFT_CONSISTENCY_SAMPLES`` on;
 * single: one findings prompt on the current image alone.
+
+Every staged variant includes the single-turn report prompts (findings, impression,
+grounding, progression) that follow the eight stages by default.
 
 Each variant runs ``--repeats`` times after one warm-up; the best time counts. Both wall-clock
 and process CPU time are printed. On the CPU the RESULT uses CPU time with one torch thread
 (``--clock auto``): on a small machine shared with other work, wall time scatters threefold from
 run to run while CPU time measures this process's own work. On a GPU it uses wall time.
-The last line is ``RESULT staged_over_single=<x> reuse_speedup=<y>``.
+The last line is ``RESULT staged_over_single=<x> reuse_speedup=<y> consistency_cost=<z>``.
 """
 
 from __future__ import annotations
@@ -111,6 +116,7 @@ def main() -> None:
         device=args.device,
         dtype=args.dtype,
         max_new_tokens=args.max_new_tokens,
+        max_new_tokens_reasoning=args.max_new_tokens,
     )
     backend, info = load_backend(base)
     print(
@@ -121,8 +127,17 @@ def main() -> None:
     current = StudyImage.from_dataset(radiograph(2048, 1700, 1))
     prior = StudyImage.from_dataset(radiograph(2000, 1800, 2))
 
-    def staged(reuse: bool, branches: frozenset[int] = frozenset()) -> Callable[[], object]:
-        config = ReaderConfig(**{**base.__dict__, "prefix_cache": reuse, "branch_stages": branches})
+    def staged(
+        reuse: bool, branches: frozenset[int] = frozenset(), samples: int = 0
+    ) -> Callable[[], object]:
+        config = ReaderConfig(
+            **{
+                **base.__dict__,
+                "prefix_cache": reuse,
+                "branch_stages": branches,
+                "consistency_samples": samples,
+            }
+        )
         reader = Reader(
             backend, config, ModelInfo(info.model_id, info.revision, info.demo, "bench", "")
         )
@@ -158,6 +173,8 @@ def main() -> None:
         for t in s.turns  # type: ignore[attr-defined]
     ]
     branched = best(staged(True, frozenset({2})), args.repeats)
+    sampled = best(staged(True, samples=8), args.repeats)
+    confidences = [f.confidence for f in sampled[2].findings]  # type: ignore[attr-defined]
     alone = best(single, args.repeats)
 
     on_gpu = str(getattr(backend, "device", "cpu")).startswith("cuda")
@@ -173,6 +190,11 @@ def main() -> None:
         ("staged, no reuse", no_reuse, ""),
         ("staged, prefix reuse", reuse, f"same text as no reuse: {same}"),
         ("staged, reuse+branches", branched, "stage-2 presence questions batched"),
+        (
+            "staged, consistency x8",
+            sampled,
+            "confidences " + " ".join("-" if c is None else f"{c:.2f}" for c in confidences),
+        ),
         ("single findings prompt", alone, f"{alone[2].prompt_tokens} prompt tokens"),  # type: ignore[attr-defined]
     ):
         print(f"{name:24s} {timing[0]:7.3f}  {timing[1]:7.3f}   {note}")
@@ -183,7 +205,8 @@ def main() -> None:
     )
     print(
         f"RESULT staged_over_single={reuse[pick] / alone[pick]:.2f} "
-        f"reuse_speedup={no_reuse[pick] / reuse[pick]:.2f}"
+        f"reuse_speedup={no_reuse[pick] / reuse[pick]:.2f} "
+        f"consistency_cost={sampled[pick] / reuse[pick]:.2f}"
     )
     scratch.cleanup()
 

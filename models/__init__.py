@@ -11,8 +11,11 @@ Public API
     explicitly cannot be loaded. ``auto`` falls back to the tiny random-weight demo model.
 ``Reader.read(current: list[StudyImage], prior: list[StudyImage] | None = None,
 indication: str | None = None) -> Reading``
-    The eight-stage CXRTrek reading. ``Reader.model`` (:class:`ModelInfo`) gives ``model_id``,
-    ``revision``, ``backend``, ``demo`` and ``label`` (the demo warning text).
+    The eight-stage CXRTrek reading, then (``report_source=single_turn``, the default) the
+    report texts asked in CheXOne's trained single-turn form. Thread-safe; concurrent readings
+    run at once on the OpenAI-compatible backend and one at a time on the transformers one.
+    ``Reader.model`` (:class:`ModelInfo`) gives ``model_id``, ``revision``, ``backend``,
+    ``demo`` and ``label`` (the demo warning text).
 ``Reading``
     Per stage the questions, answers, reasoning, tokens and timings; findings with boxes in
     stored-pixel coordinates (and the SOP Instance UID of their image); findings text,
@@ -68,11 +71,15 @@ DEMO_MAX_NEW_TOKENS = ReaderConfig.demo_max_new_tokens
 def load_reader(config: ReaderConfig) -> Reader:
     """A :class:`Reader` for ``config``; the model itself is loaded once per process.
 
-    The demo model answers at most ``config.demo_max_new_tokens`` tokens per question.
+    The demo model answers at most ``config.demo_max_new_tokens`` tokens per question, in
+    either mode.
     """
     backend, info = cached_backend(config)
-    if info.demo and config.max_new_tokens > config.demo_max_new_tokens:
-        config = dataclasses.replace(config, max_new_tokens=config.demo_max_new_tokens)
+    cap = config.demo_max_new_tokens
+    if info.demo and config.max_new_tokens > cap:
+        config = dataclasses.replace(config, max_new_tokens=cap)
+    if info.demo and config.max_new_tokens_reasoning > cap:
+        config = dataclasses.replace(config, max_new_tokens_reasoning=cap)
     return Reader(backend, config, info)
 
 

@@ -71,6 +71,7 @@ class Generation:
     decode_seconds: float = 0.0
     total_seconds: float = 0.0
     finish_reasons: list[str] = field(default_factory=list)  # "stop" or "length" per text
+    token_ids: list[list[int]] = field(default_factory=list)  # per text, where the backend knows
 
     @property
     def text(self) -> str:

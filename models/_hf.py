@@ -407,6 +407,7 @@ class TransformersBackend:
             cached_tokens=0,
             total_seconds=total,
             finish_reasons=reasons,
+            token_ids=[self._trim(row) for row in new],
         )
 
     def _trim(self, tokens: list[int]) -> list[int]:
@@ -553,6 +554,7 @@ class TransformersBackend:
             finish_reasons=[
                 "stop" if row and row[-1] in self.eos_ids else "length" for row in tokens
             ],
+            token_ids=tokens,
         )
 
     def _branch_point(self, encoded: list[_Encoded]) -> int | None:
@@ -632,6 +634,7 @@ class TransformersBackend:
                 decode_seconds=(finished - prefilled) * share,
                 total_seconds=(finished - started) * share,
                 finish_reasons=["stop" if row and row[-1] in self.eos_ids else "length"],
+                token_ids=[row],
             )
             for i, (enc, row) in enumerate(zip(encoded, tokens, strict=True))
         ]

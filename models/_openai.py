@@ -1,14 +1,28 @@
 """The OpenAI-compatible backend: vLLM's server (or any ``/v1/chat/completions``) for throughput.
 
 Images travel as PNG data URLs, in order, before the text of their turn (CheXOne's layout). The
-server does its own prefix caching (vLLM: automatic prefix caching), so nothing is kept here.
+server does its own prefix caching (vLLM: automatic prefix caching), so no KV cache is kept here,
+and one backend serves many readings at once (``concurrent_readings``): the throughput path, the
+server's continuous batching filling the GPU with sequences from several studies.
+
+Every request carries a ``cache_salt`` (vLLM's per-request prefix-cache namespace) made from the
+pixels of its conversation's first images. vLLM has had a bug where identical prompts with
+different images shared cached blocks; with the salt, two studies' requests can never share a
+cached prefix, while one study's own requests (same first images) still do.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import socket
+import threading
 import time
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from PIL import Image
@@ -24,14 +38,51 @@ def image_data_url(image: Image.Image) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
-def chat_messages(conversation: Conversation) -> list[dict[str, Any]]:
+class _Encoded:
+    """Data URLs and pixel digests of the images in use, so a study's images are PNG-encoded
+    once, not once per question. Keyed by object identity, checked through a weak reference
+    (PIL images are unhashable and a reused id must never return another image's pixels)."""
+
+    def __init__(self, size: int = 64) -> None:
+        self.size = size
+        self._items: OrderedDict[int, tuple[weakref.ref[Image.Image], str, str]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, image: Image.Image) -> tuple[str, str]:
+        """(data URL, pixel digest) of ``image``."""
+        key = id(image)
+        with self._lock:
+            item = self._items.get(key)
+            if item is not None and item[0]() is image:
+                self._items.move_to_end(key)
+                return item[1], item[2]
+        digest = hashlib.blake2b(
+            f"{image.mode}:{image.size}".encode() + image.tobytes(), digest_size=16
+        ).hexdigest()
+        url = image_data_url(image)
+        with self._lock:
+            self._items[key] = (weakref.ref(image), url, digest)
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return url, digest
+
+
+def cache_salt(conversation: Conversation, digest: Callable[[Image.Image], str]) -> str:
+    """The prefix-cache namespace of a conversation: the pixels of its first images."""
+    first = next((turn for turn in conversation.turns if turn.images), None)
+    digests = [digest(image) for image in (first.images if first else ())]
+    return hashlib.blake2b("|".join(digests).encode(), digest_size=16).hexdigest()
+
+
+def chat_messages(
+    conversation: Conversation, url: Callable[[Image.Image], str] = image_data_url
+) -> list[dict[str, Any]]:
     """The conversation in the OpenAI chat format."""
     messages: list[dict[str, Any]] = [{"role": "system", "content": conversation.system}]
     for turn in conversation.turns:
         if turn.images:
             content: list[dict[str, Any]] = [
-                {"type": "image_url", "image_url": {"url": image_data_url(image)}}
-                for image in turn.images
+                {"type": "image_url", "image_url": {"url": url(image)}} for image in turn.images
             ]
             content.append({"type": "text", "text": turn.text})
             messages.append({"role": turn.role, "content": content})
@@ -41,7 +92,9 @@ def chat_messages(conversation: Conversation) -> list[dict[str, Any]]:
 
 
 class OpenAIBackend:
-    """Answers through an OpenAI-compatible HTTP server."""
+    """Answers through an OpenAI-compatible HTTP server; thread-safe, for many readings at once."""
+
+    concurrent_readings = True
 
     def __init__(
         self,
@@ -69,13 +122,21 @@ class OpenAIBackend:
         )
         self.model_id = model_id
         self.revision = revision
-        self.client = httpx.Client(timeout=timeout_seconds)
+        # Enough connections for every study in flight with its branches; no Nagle delay
+        # between a request's head and its body (tens of ms per question otherwise).
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+        transport = httpx.HTTPTransport(
+            limits=limits, socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
+        )
+        self.client = httpx.Client(timeout=timeout_seconds, transport=transport)
+        self._encoded = _Encoded()
 
     def request_body(self, conversation: Conversation, options: DecodeOptions) -> dict[str, Any]:
         """The JSON body sent for one conversation."""
         body: dict[str, Any] = {
             "model": self.model_id,
-            "messages": chat_messages(conversation),
+            "messages": chat_messages(conversation, lambda image: self._encoded.get(image)[0]),
+            "cache_salt": cache_salt(conversation, lambda image: self._encoded.get(image)[1]),
             "max_tokens": options.max_new_tokens,
             "temperature": options.temperature if options.do_sample else 0.0,
             "n": options.n if options.do_sample else 1,
@@ -115,8 +176,11 @@ class OpenAIBackend:
     def generate_batch(
         self, conversations: list[Conversation], options: DecodeOptions
     ) -> list[Generation]:
-        """One request per conversation; the server batches concurrent work itself."""
-        return [self.generate(c, options) for c in conversations]
+        """One request per conversation, all in flight at once: the server batches them."""
+        if len(conversations) < 2:
+            return [self.generate(c, options) for c in conversations]
+        with ThreadPoolExecutor(max_workers=min(len(conversations), 16)) as pool:
+            return list(pool.map(lambda c: self.generate(c, options), conversations))
 
     def close(self) -> None:
         self.client.close()

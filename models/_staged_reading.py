@@ -4,15 +4,23 @@ Each question is a user turn; the model's (cleaned) output is kept as the assist
 stages read the model's earlier answers. The current image(s) enter with the first question; the
 prior study's first image enters at stage 5 together with the current image again, prior first
 (CheXOne's progression layout: "the second image" is the current one).
+
+The texts that go into the report are asked again afterwards in CheXOne's trained form
+(:func:`_report_pass`): a fresh single-turn conversation each, under the stock system prompt,
+images first and then the task prompt. Those conversations share their image prefix, so a
+backend with prefix reuse encodes the images once and batches the prompts as branches. The
+staged reading stays the reading trace, its own stage-8 report kept beside the single-turn one;
+``ReaderConfig.report_source`` says which of the two feeds the report.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -105,6 +113,49 @@ def consistency(answers: Sequence[int | None], n_options: int) -> float:
     return 1.0 - entropy / math.log(n_options + 1)
 
 
+def _turn_from(
+    generation: Generation,
+    *,
+    kind: str,
+    prompt: str,
+    mode: Literal["instruction", "reasoning"],
+    target: str | None,
+    images: list[int],
+    conversation: Literal["cxrtrek", "single-turn"] = "cxrtrek",
+) -> Turn:
+    """A trace entry for one answer; an answer cut by the token limit is marked truncated."""
+    raw = generation.text
+    finish = generation.finish_reasons[0] if generation.finish_reasons else ""
+    turn = Turn(
+        kind=kind,
+        question=prompt,
+        answer=raw,
+        raw=raw,
+        mode=mode,
+        target=target,
+        prompt_tokens=generation.prompt_tokens,
+        completion_tokens=sum(generation.completion_tokens),
+        cached_tokens=generation.cached_tokens,
+        seconds=generation.total_seconds,
+        finish_reason=finish,
+        truncated=finish == "length",
+        conversation=conversation,
+        images=images,
+    )
+    if mode == "reasoning":
+        split = split_reasoning(raw)
+        turn.answer, turn.reasoning = split.answer, split.reasoning
+        turn.boxed_missing = not split.boxed
+        # A box opened and never closed was cut short, whatever the server said.
+        turn.truncated = turn.truncated or not split.complete
+    return turn
+
+
+def _limit(config: ReaderConfig, mode: str) -> int:
+    """The answer limit of a mode (reasoning traces need room before the box closes)."""
+    return config.max_new_tokens_reasoning if mode == "reasoning" else config.max_new_tokens
+
+
 def _context_text(turn: Turn) -> str:
     """What stays in the conversation as the model's answer: in reasoning mode the boxed
     answer without its trace (traces of up to 2048 tokens over some 25 turns would overrun
@@ -131,8 +182,8 @@ class _Session:
         self.stages.append(result)
         return result
 
-    def _options(self) -> DecodeOptions:
-        return DecodeOptions(max_new_tokens=self.config.max_new_tokens, seed=self.config.seed)
+    def _options(self, stage: StageResult) -> DecodeOptions:
+        return DecodeOptions(max_new_tokens=_limit(self.config, stage.mode), seed=self.config.seed)
 
     def _turn(
         self,
@@ -143,25 +194,9 @@ class _Session:
         target: str | None,
         images: list[int],
     ) -> Turn:
-        raw = generation.text
-        turn = Turn(
-            kind=kind,
-            question=question,
-            answer=raw,
-            raw=raw,
-            mode=stage.mode,
-            target=target,
-            prompt_tokens=generation.prompt_tokens,
-            completion_tokens=sum(generation.completion_tokens),
-            cached_tokens=generation.cached_tokens,
-            seconds=generation.total_seconds,
-            finish_reason=generation.finish_reasons[0] if generation.finish_reasons else "",
-            images=images,
+        turn = _turn_from(
+            generation, kind=kind, prompt=question, mode=stage.mode, target=target, images=images
         )
-        if stage.mode == "reasoning":
-            split = split_reasoning(raw)
-            turn.answer, turn.reasoning = split.answer, split.reasoning
-            turn.boxed_missing = not split.boxed
         stage.turns.append(turn)
         return turn
 
@@ -186,11 +221,11 @@ class _Session:
         """
         prompt = self._prompt(stage, question)
         asked = self.conversation.then(Message("user", prompt, tuple(image for _, image in images)))
-        generation = self.backend.generate(asked, self._options())
+        generation = self.backend.generate(asked, self._options(stage))
         turn = self._turn(stage, kind, prompt, generation, target, [i for i, _ in images])
         self.conversation = asked.then(Message("assistant", _context_text(turn)))
         if sample:
-            turn.samples = self._sample(asked)
+            turn.samples = self._sample(asked, stage)
         return turn
 
     def ask_all(
@@ -199,16 +234,17 @@ class _Session:
         kind: str,
         questions: Sequence[tuple[str, str | None]],
         *,
-        sample: bool = False,
+        sampled: Container[str | None] = (),
     ) -> list[Turn]:
         """Text-only questions of one stage: in turn, or as branches of the shared prefix when
         the stage is in ``branch_stages`` (each then sees the conversation up to the stage, not
-        its siblings; all questions and answers join the conversation afterwards, in order)."""
+        its siblings; all questions and answers join the conversation afterwards, in order).
+        Questions whose target is in ``sampled`` also get self-consistency samples."""
         if stage.stage not in self.config.branch_stages or len(questions) < 2:
-            return [self.ask(stage, kind, q, target=t, sample=sample) for q, t in questions]
+            return [self.ask(stage, kind, q, target=t, sample=t in sampled) for q, t in questions]
         prompts = [self._prompt(stage, q) for q, _ in questions]
         branches = [self.conversation.then(Message("user", p)) for p in prompts]
-        generations = self.backend.generate_batch(branches, self._options())
+        generations = self.backend.generate_batch(branches, self._options(stage))
         turns = []
         for prompt, (_, target), generation, branch in zip(
             prompts, questions, generations, branches, strict=True
@@ -217,15 +253,15 @@ class _Session:
             self.conversation = self.conversation.then(
                 Message("user", prompt), Message("assistant", _context_text(turn))
             )
-            if sample:
-                turn.samples = self._sample(branch)
+            if target in sampled:
+                turn.samples = self._sample(branch, stage)
             turns.append(turn)
         return turns
 
-    def _sample(self, asked: Conversation) -> list[str]:
+    def _sample(self, asked: Conversation, stage: StageResult) -> list[str]:
         """``consistency_samples`` answers sampled at ``consistency_temperature``."""
         options = DecodeOptions(
-            max_new_tokens=self.config.max_new_tokens,
+            max_new_tokens=_limit(self.config, stage.mode),
             do_sample=True,
             temperature=self.config.consistency_temperature,
             n=self.config.consistency_samples,
@@ -239,16 +275,27 @@ _LOCKS_GUARD = threading.Lock()
 
 
 class Reader:
-    """Runs the staged reading of one study at a time (see :func:`models.load_reader`)."""
+    """Runs the staged reading of a study (see :func:`models.load_reader`).
+
+    Several threads may call :meth:`read` at once. A backend that says
+    ``concurrent_readings`` (the OpenAI-compatible one: each request carries its whole
+    conversation, the server batches them) serves them all at the same time; any other (the
+    transformers backend, whose one KV cache holds one conversation) reads one study at a time
+    under a lock per backend.
+    """
 
     def __init__(self, backend: Backend, config: ReaderConfig, model: ModelInfo) -> None:
         self.backend = backend
         self.config = config
         self.model = model
-        # One backend holds one KV cache: one reading at a time per backend, whichever Reader
-        # (load_reader hands out a new Reader around the same cached backend each call).
-        with _LOCKS_GUARD:
-            self._lock = _BACKEND_LOCKS.setdefault(id(backend), threading.Lock())
+        self._lock: contextlib.AbstractContextManager[object]
+        if getattr(backend, "concurrent_readings", False):
+            self._lock = contextlib.nullcontext()
+        else:
+            # load_reader hands out a new Reader around the same cached backend each call: the
+            # lock belongs to the backend, not to the Reader.
+            with _LOCKS_GUARD:
+                self._lock = _BACKEND_LOCKS.setdefault(id(backend), threading.Lock())
 
     @property
     def demo(self) -> bool:
@@ -299,6 +346,7 @@ class Reader:
             stages=session.stages,
             findings=[],
             indication=indication,
+            report_source=config.report_source,
         )
         stage_runs = (
             lambda: self._stage1(session, reading, now),
@@ -316,17 +364,11 @@ class Reader:
             stage_started = time.perf_counter()
             run()
             session.stages[number - 1].seconds = time.perf_counter() - stage_started
-        for stage in session.stages:
-            for turn in stage.turns:
-                if not turn.parsed:
-                    reading.unparsed.append(
-                        f"stage {stage.stage} {turn.kind}"
-                        f"{' (' + turn.target + ')' if turn.target else ''}: {turn.parse_note}"
-                    )
-                if turn.boxed_missing:
-                    reading.unparsed.append(
-                        f"stage {stage.stage} {turn.kind}: no \\boxed{{}} answer"
-                    )
+        if config.report_source == "single_turn":
+            _report_pass(self.backend, config, reading, now, before)
+        else:
+            _report_from_stages(reading)
+        _record_problems(reading)
         reading.total_seconds = time.perf_counter() - started
         return reading
 
@@ -364,8 +406,8 @@ class Reader:
             )
             for label in self.config.findings_vocabulary
         ]
-        sample = self.config.consistency_samples > 0
-        turns = session.ask_all(stage, "presence", questions, sample=sample)
+        sampled = _sampled_labels(self.config)
+        turns = session.ask_all(stage, "presence", questions, sampled=sampled)
         for (_, label), turn in zip(questions, turns, strict=True):
             choice = parse_choice(turn.answer, P.PRESENCE_OPTIONS)
             finding = Finding(
@@ -375,7 +417,7 @@ class Reader:
             )
             if choice.index is None:
                 turn.parsed, turn.parse_note = False, "neither yes nor no"
-            if sample and finding.present is not None:
+            if label in sampled and finding.present is not None:
                 # Sampled from the same conversation the greedy answer came from: the
                 # confidence is that of this answer, in its context. (An answer not understood
                 # gets none: agreement on gibberish is not confidence in a finding.)
@@ -415,34 +457,12 @@ class Reader:
             parsed = parse_boxes(grounding.answer, finding.label)
             if not parsed.understood and grounding.answer != grounding.raw:
                 parsed = parse_boxes(grounding.raw, finding.label)  # box written outside \boxed{}
-            self._keep_boxes(parsed, finding, first, grounding)
-            if finding.laterality is None and finding.boxes:
-                finding.laterality = parse_laterality(" ".join(b.label for b in finding.boxes))
-
-    @staticmethod
-    def _keep_boxes(parsed: BoxParse, finding: Finding, image: ImageInfo, turn: Turn) -> None:
-        """Map the model's percent boxes to the stored pixels of the first current image."""
-        for box in parsed.boxes:
-            x1, y1, x2, y2 = image.geometry.box_percent_to_stored((box.x1, box.y1, box.x2, box.y2))
-            finding.boxes.append(
-                Box(
-                    label=box.label or finding.label,
-                    x1=x1,
-                    y1=y1,
-                    x2=x2,
-                    y2=y2,
-                    image_index=image.index,
-                    sop_instance_uid=image.sop_instance_uid,
-                    stage=3,
-                    model_percent=(box.x1, box.y1, box.x2, box.y2),
-                    clipped=box.clipped,
+            finding.staged_boxes = _keep_boxes(parsed, finding, first, grounding, stage=3)
+            finding.grounding_negative = parsed.negative
+            if finding.laterality is None and finding.staged_boxes:
+                finding.laterality = parse_laterality(
+                    " ".join(b.label for b in finding.staged_boxes)
                 )
-            )
-        finding.grounding_negative = parsed.negative
-        if not parsed.understood:
-            turn.parsed, turn.parse_note = False, "no box and no negative answer"
-        elif parsed.rejected:
-            turn.parse_note = "rejected: " + "; ".join(parsed.rejected)
 
     def _single(
         self,
@@ -471,7 +491,7 @@ class Reader:
             return
         pair = [(before[0].info.index, before[0].image), (now[0].info.index, now[0].image)]
         progression = session.ask(stage, "progression", P.PROGRESSION_PROMPT, images=pair)
-        reading.progression_text = progression.answer
+        reading.staged_report["progression_text"] = progression.answer
         for finding in reading.positive_findings:
             turn = session.ask(
                 stage,
@@ -492,5 +512,180 @@ class Reader:
             prompt = P.FINDINGS_WITH_INDICATION_PROMPT.format(indication=reading.indication)
         else:
             prompt = P.FINDINGS_PROMPT
-        reading.findings_text = session.ask(stage, "findings", prompt).answer
-        reading.impression = session.ask(stage, "impression", P.IMPRESSION_PROMPT).answer
+        reading.staged_report["findings_text"] = session.ask(stage, "findings", prompt).answer
+        reading.staged_report["impression"] = session.ask(
+            stage, "impression", P.IMPRESSION_PROMPT
+        ).answer
+
+
+def _sampled_labels(config: ReaderConfig) -> frozenset[str | None]:
+    """The vocabulary labels whose presence answer gets self-consistency samples."""
+    if config.consistency_samples <= 0:
+        return frozenset()
+    wanted = {label.lower() for label in config.consistency_labels}
+    return frozenset(
+        label for label in config.findings_vocabulary if not wanted or label.lower() in wanted
+    )
+
+
+def _keep_boxes(
+    parsed: BoxParse, finding: Finding, image: ImageInfo, turn: Turn, *, stage: int
+) -> list[Box]:
+    """The model's percent boxes mapped to the stored pixels of ``image`` (the first current
+    one); what was not understood is noted on the turn."""
+    boxes = []
+    for box in parsed.boxes:
+        x1, y1, x2, y2 = image.geometry.box_percent_to_stored((box.x1, box.y1, box.x2, box.y2))
+        boxes.append(
+            Box(
+                label=box.label or finding.label,
+                x1=x1,
+                y1=y1,
+                x2=x2,
+                y2=y2,
+                image_index=image.index,
+                sop_instance_uid=image.sop_instance_uid,
+                stage=stage,
+                model_percent=(box.x1, box.y1, box.x2, box.y2),
+                clipped=box.clipped,
+            )
+        )
+    if not parsed.understood:
+        turn.parsed, turn.parse_note = False, "no box and no negative answer"
+    elif parsed.rejected:
+        turn.parse_note = "rejected: " + "; ".join(parsed.rejected)
+    return boxes
+
+
+def _grounding_parse(turn: Turn, label: str) -> BoxParse:
+    parsed = parse_boxes(turn.answer, label)
+    if not parsed.understood and turn.answer != turn.raw:
+        parsed = parse_boxes(turn.raw, label)  # box written outside \boxed{}
+    return parsed
+
+
+def _report_from_stages(reading: Reading) -> None:
+    """``report_source=staged``: stage 8's texts, stage 5's progression and stage 3's boxes."""
+    for name in ("findings_text", "impression", "progression_text"):
+        setattr(reading, name, reading.staged_report.get(name, ""))
+    for stage in reading.stages:
+        for turn in stage.turns:
+            field = {"findings": "findings_text", "impression": "impression"}.get(turn.kind)
+            if stage.stage == 5 and turn.kind == "progression":
+                field = "progression_text"
+            if field and stage.stage in (5, 8):
+                reading.text_sources[field] = f"CXRTrek stage {stage.stage}: {turn.question}"
+    for finding in reading.findings:
+        finding.boxes = list(finding.staged_boxes)
+        if finding.present:
+            finding.grounding_source = "CXRTrek stage 3"
+
+
+@dataclass(frozen=True)
+class _Ask:
+    """One single-turn report prompt: what it asks, about which images, in which mode."""
+
+    kind: str
+    field: str  # the Reading attribute its answer fills ("" for grounding)
+    prompt: str
+    stage: int  # the staged-reading stage that asks the same task (its mode applies)
+    images: tuple[_Prepared, ...]
+    target: Finding | None = None
+
+
+def _report_asks(
+    config: ReaderConfig, reading: Reading, now: list[_Prepared], before: list[_Prepared]
+) -> list[_Ask]:
+    """The report prompts, as CheXOne's task templates word them."""
+    findings_prompt = (
+        P.FINDINGS_WITH_INDICATION_PROMPT.format(indication=reading.indication)
+        if reading.indication
+        else P.FINDINGS_PROMPT
+    )
+    current = tuple(now)
+    asks = [
+        _Ask("findings", "findings_text", findings_prompt, 8, current),
+        _Ask("impression", "impression", P.IMPRESSION_PROMPT, 8, current),
+    ]
+    hint = P.GROUNDING_FORMAT_HINT if config.grounding_hint else ""
+    for finding in reading.positive_findings:
+        prompt = P.ABNORMALITY_GROUNDING_PROMPT.format(finding=P.finding_phrase(finding.label))
+        # The boxes are read on one image: ask about the frontal view alone, as trained.
+        asks.append(_Ask("grounding", "", prompt + hint, 3, (now[0],), finding))
+    if before:
+        # Exactly two images, prior first: "the second image" is the current one.
+        asks.append(
+            _Ask("progression", "progression_text", P.PROGRESSION_PROMPT, 5, (before[0], now[0]))
+        )
+    return asks
+
+
+def _report_pass(
+    backend: Backend,
+    config: ReaderConfig,
+    reading: Reading,
+    now: list[_Prepared],
+    before: list[_Prepared],
+) -> None:
+    """Ask the report texts in CheXOne's trained form and let them feed the report.
+
+    Each prompt is a fresh conversation: the stock system prompt, one user turn with the images
+    first and then the task prompt. Prompts over the same images in the same mode go to the
+    backend together as branches of their shared image prefix.
+    """
+    asks = _report_asks(config, reading, now, before)
+    groups: dict[tuple[str, tuple[int, ...]], list[_Ask]] = {}
+    for ask in asks:
+        mode = "reasoning" if ask.stage in config.reasoning_stages else "instruction"
+        groups.setdefault((mode, tuple(p.info.index for p in ask.images)), []).append(ask)
+    answered: dict[int, Turn] = {}
+    for (mode, indices), members in groups.items():
+        suffix = REASONING_SUFFIX if mode == "reasoning" else ""
+        conversations = [
+            Conversation(
+                P.QWEN_SYSTEM_PROMPT,
+                (Message("user", a.prompt + suffix, tuple(p.image for p in a.images)),),
+            )
+            for a in members
+        ]
+        options = DecodeOptions(max_new_tokens=_limit(config, mode), seed=config.seed)
+        generations = backend.generate_batch(conversations, options)
+        for ask, generation in zip(members, generations, strict=True):
+            answered[id(ask)] = _turn_from(
+                generation,
+                kind=ask.kind,
+                prompt=ask.prompt + suffix,
+                mode="reasoning" if mode == "reasoning" else "instruction",
+                target=ask.target.label if ask.target else None,
+                images=list(indices),
+                conversation="single-turn",
+            )
+    for ask in asks:  # in the order asked, whatever the batching
+        turn = answered[id(ask)]
+        reading.report_turns.append(turn)
+        if ask.target is None:
+            setattr(reading, ask.field, turn.answer)
+            reading.text_sources[ask.field] = f"single-turn {ask.kind}: {turn.question}"
+            continue
+        parsed = _grounding_parse(turn, ask.target.label)
+        ask.target.boxes = _keep_boxes(parsed, ask.target, reading.images[0], turn, stage=0)
+        ask.target.grounding_negative = parsed.negative
+        ask.target.grounding_source = "single-turn"
+        if ask.target.laterality is None and ask.target.boxes:
+            ask.target.laterality = parse_laterality(" ".join(b.label for b in ask.target.boxes))
+
+
+def _record_problems(reading: Reading) -> None:
+    """One line per answer not understood, without its \\boxed{} answer, or cut short."""
+    traced = [(f"stage {s.stage}", t) for s in reading.stages for t in s.turns]
+    traced += [("single-turn", t) for t in reading.report_turns]
+    for where, turn in traced:
+        about = f" ({turn.target})" if turn.target else ""
+        if not turn.parsed:
+            reading.unparsed.append(f"{where} {turn.kind}{about}: {turn.parse_note}")
+        if turn.boxed_missing:
+            reading.unparsed.append(f"{where} {turn.kind}: no \\boxed{{}} answer")
+        if turn.truncated:
+            reading.truncated.append(
+                f"{where} {turn.kind}{about}: cut at {turn.completion_tokens} tokens, incomplete"
+            )

@@ -24,6 +24,11 @@ class ReaderConfig:
     ``consistency_samples``: 0 for none, else that many sampled answers per stage-2 question.
     ``branch_stages``: stages whose independent questions run as branches of the shared prefix
     (each sees the conversation up to the stage, not its sibling questions).
+    ``max_new_tokens`` / ``max_new_tokens_reasoning``: the answer limit per mode (the paper
+    decodes up to 2048 tokens in reasoning mode). ``report_source``: which texts and boxes feed
+    the report: ``single_turn`` (CheXOne's trained form: a fresh one-turn conversation per text
+    under the stock system prompt) or ``staged`` (stage 3 and stage 8 of the CXRTrek reading).
+    ``consistency_labels``: the vocabulary labels sampled for confidence (empty: all).
     """
 
     model: str = "auto"
@@ -34,6 +39,8 @@ class ReaderConfig:
     server_url: str = ""
     reasoning_stages: frozenset[int] = frozenset()
     max_new_tokens: int = 512
+    max_new_tokens_reasoning: int = 2048
+    report_source: Literal["single_turn", "staged"] = "single_turn"
     # Random weights write noise until the token limit; a short one keeps demo mode quick on a
     # laptop CPU without changing anything a real model does.
     demo_max_new_tokens: int = 32
@@ -41,6 +48,7 @@ class ReaderConfig:
     findings_vocabulary: tuple[str, ...] = DEFAULT_FINDINGS
     consistency_samples: int = 0
     consistency_temperature: float = 0.7
+    consistency_labels: tuple[str, ...] = ()
     branch_stages: frozenset[int] = frozenset()
     grounding_hint: bool = True
     min_pixels: int = DEFAULT_MIN_PIXELS
@@ -116,7 +124,7 @@ class Box:
     y2: float
     image_index: int  # index into Reading.images
     sop_instance_uid: str | None
-    stage: int
+    stage: int  # 3 for the staged reading's grounding, 0 for the single-turn report prompt
     model_percent: tuple[float, float, float, float]  # the box as the model wrote it (0-100)
     clipped: bool = False
 
@@ -133,7 +141,9 @@ class Finding:
     attributes: str = ""
     laterality: str | None = None
     site: str | None = None
-    boxes: list[Box] = field(default_factory=list)
+    boxes: list[Box] = field(default_factory=list)  # from the source that feeds the report
+    grounding_source: str = ""  # "single-turn" or "stage 3": which prompt gave ``boxes``
+    staged_boxes: list[Box] = field(default_factory=list)  # stage 3's, kept beside single-turn
     grounding_negative: bool = False  # the model said "No ... detected." when asked to locate it
     progression: str | None = None  # worsening / stable / improving, with a prior
 
@@ -157,6 +167,8 @@ class Turn:
     cached_tokens: int = 0
     seconds: float = 0.0
     finish_reason: str = ""
+    truncated: bool = False  # cut by the token limit: the answer is incomplete
+    conversation: Literal["cxrtrek", "single-turn"] = "cxrtrek"
     images: list[int] = field(default_factory=list)  # Reading.images indices this turn added
     samples: list[str] = field(default_factory=list)  # self-consistency answers, if any
 
@@ -214,7 +226,12 @@ class Reading:
     relations_text: str = ""
     trend_text: str = ""
     advice_text: str = ""
+    report_source: str = "staged"  # which conversation wrote findings_text, impression, ...
+    text_sources: dict[str, str] = field(default_factory=dict)  # text -> the prompt it came from
+    report_turns: list[Turn] = field(default_factory=list)  # the single-turn report prompts
+    staged_report: dict[str, str] = field(default_factory=dict)  # stage 8's (and 5's) own texts
     unparsed: list[str] = field(default_factory=list)  # one line per answer not understood
+    truncated: list[str] = field(default_factory=list)  # one line per answer cut by the limit
     total_seconds: float = 0.0
 
     @property
@@ -232,11 +249,16 @@ class Reading:
 
     @property
     def prompt_tokens(self) -> int:
-        return sum(s.prompt_tokens for s in self.stages)
+        """Over the staged reading and the single-turn report prompts."""
+        return sum(s.prompt_tokens for s in self.stages) + sum(
+            t.prompt_tokens for t in self.report_turns
+        )
 
     @property
     def completion_tokens(self) -> int:
-        return sum(s.completion_tokens for s in self.stages)
+        return sum(s.completion_tokens for s in self.stages) + sum(
+            t.completion_tokens for t in self.report_turns
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dictionaries and lists (with the demo label spelled out)."""

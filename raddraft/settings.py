@@ -205,7 +205,28 @@ class Settings(BaseSettings):
     reasoning_stages: Annotated[list[int], NoDecode] = Field(
         default_factory=list, description="stage numbers (1-8) read in reasoning mode"
     )
-    max_new_tokens: int = Field(default=512, description="per model turn")
+    max_new_tokens: int = Field(
+        default=512, gt=0, description="answer limit per model turn, instruction mode"
+    )
+    max_new_tokens_reasoning: int = Field(
+        default=2048, gt=0, description="answer limit per model turn, reasoning mode (the paper's)"
+    )
+    report_source: Literal["single_turn", "staged"] = Field(
+        default="single_turn",
+        description="single_turn: report texts asked as CheXOne was trained; staged: stage 8's",
+    )
+    consistency_samples: int = Field(
+        default=0, ge=0, description="sampled answers per presence question for confidence; 0 off"
+    )
+    consistency_temperature: float = Field(
+        default=0.7, gt=0.0, description="sampling temperature of those answers"
+    )
+    consistency_labels: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="vocabulary labels sampled; empty: all"
+    )
+    studies_in_flight: int = Field(
+        default=1, ge=1, description="studies a gpu worker drafts at once (openai backend)"
+    )
     demo_max_new_tokens: int = Field(
         default=32,
         description="per model turn of the demo model (random weights write noise until the limit)",
@@ -331,6 +352,7 @@ class Settings(BaseSettings):
         "critical_findings",
         "critical_email_to",
         "orders_allowed_facilities",
+        "consistency_labels",
         mode="before",
     )
     @classmethod

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from typing import Any
 
@@ -31,6 +32,7 @@ from worker.errors import PermanentError
 log = logging.getLogger(__name__)
 
 _reader: models.Reader | None = None
+_reader_lock = threading.Lock()  # a threads pool (studies_in_flight > 1) loads it once
 
 
 def reader_config(settings: Settings) -> models.ReaderConfig:
@@ -44,21 +46,29 @@ def reader_config(settings: Settings) -> models.ReaderConfig:
         reasoning_stages=frozenset(settings.reasoning_stages),
         max_new_tokens=settings.max_new_tokens,
         demo_max_new_tokens=settings.demo_max_new_tokens,
+        max_new_tokens_reasoning=settings.max_new_tokens_reasoning,
+        report_source=settings.report_source,
+        consistency_samples=settings.consistency_samples,
+        consistency_temperature=settings.consistency_temperature,
+        consistency_labels=tuple(settings.consistency_labels),
     )
 
 
 def load_reader(settings: Settings) -> models.ModelInfo:
     """Load the model for this process (once); a worker calls this before taking tasks."""
     global _reader
-    if _reader is None:
-        _reader = models.load_reader(reader_config(settings))
-        log.info(
-            "model loaded %s",
-            kv(
-                model=_reader.model.model_id, demo=_reader.model.demo, backend=_reader.model.backend
-            ),
-        )
-    return _reader.model
+    with _reader_lock:
+        if _reader is None:
+            _reader = models.load_reader(reader_config(settings))
+            log.info(
+                "model loaded %s",
+                kv(
+                    model=_reader.model.model_id,
+                    demo=_reader.model.demo,
+                    backend=_reader.model.backend,
+                ),
+            )
+        return _reader.model
 
 
 def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
@@ -249,6 +259,11 @@ def report_content(reading: models.Reading, *, study_version_uid: str) -> Report
             "quality_warnings": [report_drafts.visible(w) for w in reading.quality_warnings],
             "unparsed": [report_drafts.visible(u) for u in reading.unparsed],
             "needs_review": needs_review(reading),
+            # Answers cut by the token limit: shown on the review page as incomplete.
+            "truncated": list(reading.truncated),
+            "report_source": reading.report_source,
+            "text_sources": dict(reading.text_sources),
+            "staged_report": dict(reading.staged_report),
         },
     )
     return report_drafts.safe_content(raw)
@@ -266,8 +281,29 @@ def needs_review(reading: models.Reading) -> list[str]:
     return list(dict.fromkeys(labels))
 
 
+def _turn_row(stage: int | str, name: str, turn: models.Turn) -> dict[str, Any]:
+    return {
+        "stage": stage,
+        "name": name,
+        "kind": turn.kind,
+        "question": turn.question,
+        "answer": turn.answer,
+        "reasoning": turn.reasoning,
+        "seconds": round(turn.seconds, 3),
+        "tokens": turn.completion_tokens,
+        "parsed": turn.parsed,
+        "truncated": turn.truncated,
+        "conversation": turn.conversation,
+        "mode": turn.mode,
+    }
+
+
+REPORT_STAGE = "report"  # the single-turn report prompts' group on the review page
+
+
 def stage_rows(reading: models.Reading) -> list[dict[str, Any]]:
-    """One row per question asked, in order, for the review page's stage list."""
+    """One row per question asked, in order, for the review page's stage list: the eight
+    CXRTrek stages, then the single-turn report prompts (each row says its conversation)."""
     rows: list[dict[str, Any]] = []
     for stage in reading.stages:
         if stage.skipped:
@@ -282,18 +318,9 @@ def stage_rows(reading: models.Reading) -> list[dict[str, Any]]:
                     "skipped": stage.skip_reason,
                 }
             )
-        for turn in stage.turns:
-            rows.append(
-                {
-                    "stage": stage.stage,
-                    "name": stage.name,
-                    "kind": turn.kind,
-                    "question": turn.question,
-                    "answer": turn.answer,
-                    "reasoning": turn.reasoning,
-                    "seconds": round(turn.seconds, 3),
-                    "tokens": turn.completion_tokens,
-                    "parsed": turn.parsed,
-                }
-            )
+        rows.extend(_turn_row(stage.stage, stage.name, turn) for turn in stage.turns)
+    rows.extend(
+        _turn_row(REPORT_STAGE, "report texts, single-turn as CheXOne was trained", turn)
+        for turn in reading.report_turns
+    )
     return rows

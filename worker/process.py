@@ -50,6 +50,27 @@ def _quiet_start(*, model_stack: bool) -> None:
     warnings.filterwarnings("ignore", message=r"You're running the worker with superuser")
 
 
+def worker_pool(settings: Settings, queues: list[str], concurrency: int) -> tuple[str, int]:
+    """Celery's pool and its size for these queues.
+
+    The gpu queue runs in this very process, where the model was loaded: one study at a time
+    (solo pool), or ``studies_in_flight`` at once in threads sharing the one loaded model. The
+    OpenAI-compatible backend (vLLM) serves those readings concurrently, the server batching
+    their sequences; the transformers backend reads them one by one under its lock (its one KV
+    cache holds one conversation), so more in flight only queues there. io workers fork.
+    """
+    if Queue.gpu not in queues:
+        return "prefork", concurrency
+    if settings.studies_in_flight <= 1:
+        return "solo", 1
+    if settings.model_backend != "openai":
+        log.warning(
+            "studies in flight > 1 with the transformers backend: readings take turns %s",
+            kv(studies_in_flight=settings.studies_in_flight),
+        )
+    return "threads", settings.studies_in_flight
+
+
 def run_worker(
     settings: Settings, queues: list[str], concurrency: int, *, load_model: bool = True
 ) -> None:
@@ -70,9 +91,7 @@ def run_worker(
     )
     beat.start()
     app = make_app(settings)
-    # The gpu queue runs in this very process (solo pool), where the model was loaded; io
-    # workers may fork several children.
-    pool = "solo" if Queue.gpu in queues else "prefork"
+    pool, concurrency = worker_pool(settings, queues, concurrency)
     log.info(
         "worker serving %s",
         kv(
@@ -80,6 +99,7 @@ def run_worker(
             model=model or "none (no gpu queue)",
             demo=demo,
             pool=pool,
+            concurrency=concurrency,
             broker=broker_options(settings)[0],
         ),
     )

@@ -32,16 +32,17 @@ log = logging.getLogger(__name__)
 def outstanding_limit(session: Session, settings: Settings, queue: str) -> int:
     """How many jobs a queue may hold on the broker.
 
-    ``gpu``: one per live worker and no more, so the job table's priority order decides what
-    runs next (a broker may reorder messages sent together; drafts take seconds, so a
-    lookahead would gain nothing). ``io``: a few per worker, order matters less there.
+    ``gpu``: as many per live worker as it drafts at once (``studies_in_flight``) and no more,
+    so the job table's priority order decides what runs next (a broker may reorder messages
+    sent together; drafts take seconds, so a lookahead would gain nothing). ``io``: a few per
+    worker, order matters less there.
     """
     since = utcnow() - dt.timedelta(seconds=settings.job_lease_seconds)
     live = session.scalars(
         select(jobs.WorkerBeat.queues).where(jobs.WorkerBeat.last_seen >= since)
     ).all()
     serving = max(sum(1 for queues in live if queue in queues.split(",")), 1)
-    return serving if queue == Queue.gpu else 4 * serving
+    return serving * settings.studies_in_flight if queue == Queue.gpu else 4 * serving
 
 
 def dispatch_once(app: Celery, settings: Settings, engine: Engine | None = None) -> int:

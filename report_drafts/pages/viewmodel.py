@@ -147,6 +147,8 @@ class StageTurn:
     answer: str
     reasoning: str = ""
     kind: str = ""
+    truncated: bool = False  # cut by the model's token limit: incomplete
+    conversation: str = ""  # "cxrtrek" (the staged reading) or "single-turn"
 
 
 @dataclass
@@ -197,6 +199,8 @@ def _turn(item: dict[str, Any]) -> StageTurn:
         answer=visible(str(item.get("answer", ""))),
         reasoning=visible(str(item.get("reasoning", "") or "")),
         kind=str(item.get("kind", "") or ""),
+        truncated=bool(item.get("truncated")),
+        conversation=str(item.get("conversation", "") or ""),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from collections.abc import Callable
 
@@ -87,6 +88,15 @@ def reasoning_script(question: str) -> str:
 VOCAB = ("Cardiomegaly", "Pleural Effusion", "Pneumothorax")
 
 
+def staged_calls(backend: ScriptedBackend) -> list[Conversation]:
+    """The CXRTrek conversation's calls (the single-turn report prompts left out)."""
+    return [c for c in backend.seen if c.system.startswith("You are a helpful radiology")]
+
+
+def single_turn_calls(backend: ScriptedBackend) -> list[Conversation]:
+    return [c for c in backend.seen if c.system == "You are a helpful assistant."]
+
+
 def reader(backend: ScriptedBackend, **config: object) -> Reader:
     cfg = ReaderConfig(findings_vocabulary=VOCAB, max_new_tokens=16, **config)  # type: ignore[arg-type]
     return Reader(
@@ -122,9 +132,13 @@ def test_full_reading_with_prior(current: StudyImage, prior: StudyImage) -> None
     # 60-90 % of 300 columns, 70-95 % of 200 rows, on the current image's stored grid.
     assert (box.x1, box.y1, box.x2, box.y2) == pytest.approx((180, 140, 270, 190))
     assert box.sop_instance_uid == current.sop_instance_uid
-    assert box.stage == 3 and box.label == "left pleural effusion"
+    # The report's box comes from the single-turn grounding prompt; stage 3's is kept beside it.
+    assert box.stage == 0 and box.label == "left pleural effusion"
+    assert effusion.grounding_source == "single-turn"
+    (staged_box,) = effusion.staged_boxes
+    assert staged_box.stage == 3 and (staged_box.x1, staged_box.y2) == pytest.approx((180, 190))
     heart = next(f for f in reading.findings if f.label == "Cardiomegaly")
-    assert heart.boxes == [] and heart.grounding_negative
+    assert heart.boxes == [] and heart.staged_boxes == [] and heart.grounding_negative
 
     assert reading.progression_text == "Effusion has decreased."
     assert reading.findings_text == "Small left effusion. Cardiomegaly."
@@ -132,7 +146,8 @@ def test_full_reading_with_prior(current: StudyImage, prior: StudyImage) -> None
     assert reading.unparsed == []
 
     # One growing conversation: each call extends the previous one by exactly its new turns.
-    for before, after in zip(backend.seen, backend.seen[1:], strict=False):
+    staged = staged_calls(backend)
+    for before, after in itertools.pairwise(staged):
         assert after.turns[: len(before.turns)] == before.turns
         assert after.turns[len(before.turns)].role == "assistant"
     assert backend.seen[0].system.startswith("You are a helpful radiology assistant")
@@ -145,7 +160,7 @@ def test_full_reading_with_prior(current: StudyImage, prior: StudyImage) -> None
     assert prior_image.size != current_image.size  # the prior (280 wide) prepared separately
     # The grounding questions carry the format hint; greedy decoding throughout.
     grounding = [c.turns[-1].text for c in backend.seen if "Locate areas" in c.turns[-1].text]
-    assert len(grounding) == 2 and all("Output format:\n<|ref|>" in q for q in grounding)
+    assert len(grounding) == 4 and all("Output format:\n<|ref|>" in q for q in grounding)
     assert all(not o.do_sample for o in backend.options)
     findings_q = next(
         c.turns[-1].text for c in backend.seen if "findings section" in c.turns[-1].text
@@ -169,7 +184,10 @@ def test_without_prior_stage5_is_skipped(current: StudyImage) -> None:
     assert stage5.skipped and stage5.skip_reason == "no prior study" and stage5.turns == []
     assert reading.progression_text == ""
     assert all(len(c.images) == 1 for c in backend.seen)
-    assert backend.seen[-2].turns[-1].text == "Write an example findings section for the CXR."
+    assert staged_calls(backend)[-2].turns[-1].text == (
+        "Write an example findings section for the CXR."
+    )
+    assert not any("trajectory" in c.turns[-1].text for c in backend.seen)
 
 
 def test_reasoning_mode_splits_trace(current: StudyImage) -> None:
@@ -224,7 +242,7 @@ def test_consistency_values() -> None:
 def test_branch_stage_batches_siblings(current: StudyImage) -> None:
     backend = ScriptedBackend(script)
     reading = reader(backend, branch_stages=frozenset({2})).read([current])
-    assert backend.batches == [len(VOCAB)]
+    assert backend.batches[0] == len(VOCAB)  # then the single-turn report prompts' batches
     presence = [c for c in backend.seen if "Is there" in c.turns[-1].text]
     assert len({len(c.turns) for c in presence}) == 1  # siblings do not see each other
     later = next(c for c in backend.seen if "relate to each other" in c.turns[-1].text)
@@ -255,7 +273,7 @@ def test_picture_input_and_empty_input() -> None:
 def test_reasoning_traces_stay_out_of_the_context(current: StudyImage) -> None:
     backend = ScriptedBackend(reasoning_script)
     reader(backend, reasoning_stages=frozenset({1})).read([current])
-    last = backend.seen[-1]
+    last = staged_calls(backend)[-1]
     answers = [t.text for t in last.turns if t.role == "assistant"]
     assert answers[0] == "(b) AP"  # stage 1, reasoning: the boxed answer only
     assert answers[2].startswith("**Thinking Process:**")  # stage 2, instruction: all of it
@@ -272,3 +290,120 @@ def test_prior_signed_report_goes_into_the_comparison(
     backend = ScriptedBackend(script)
     reader(backend).read([current], None, prior_report="Small left effusion.")
     assert not any("reported as" in c.turns[-1].text for c in backend.seen)
+
+
+def test_report_texts_in_the_trained_single_turn_form(
+    current: StudyImage, prior: StudyImage
+) -> None:
+    backend = ScriptedBackend(script)
+    reading = reader(backend).read([current], [prior], indication="fever")
+    asked = single_turn_calls(backend)
+    # Findings, impression, one grounding per positive finding, progression.
+    assert sorted(t.kind for t in reading.report_turns) == sorted(
+        ["findings", "impression", "grounding", "grounding", "progression"]
+    )
+    assert len(asked) == len(reading.report_turns)
+    first_image = staged_calls(backend)[0].turns[0].images[0]
+    for conversation in asked:
+        (turn,) = conversation.turns  # a fresh conversation: one user turn, nothing before
+        assert turn.role == "user" and turn.images
+    by_prompt = {c.turns[0].text.split(":")[0][:30]: c.turns[0] for c in asked}
+    findings = next(c.turns[0] for c in asked if "findings section" in c.turns[0].text)
+    assert (
+        findings.text
+        == 'Given the indication: "fever", write a structured findings section for the CXR.'
+    )
+    assert findings.images == (first_image,)
+    progression = next(c.turns[0] for c in asked if "trajectory" in c.turns[0].text)
+    assert len(progression.images) == 2 and progression.images[1] is first_image
+    assert progression.images[0].size != first_image.size  # prior first, then current
+    assert by_prompt and all(t.conversation == "single-turn" for t in reading.report_turns)
+    # The texts say where they came from; stage 8's own report is kept beside them.
+    assert reading.report_source == "single_turn"
+    assert reading.text_sources["findings_text"].startswith("single-turn findings: Given the")
+    assert reading.text_sources["progression_text"] == (
+        "single-turn progression: Write the trajectory of findings by comparing the second "
+        "image to the first one."
+    )
+    assert reading.staged_report == {
+        "progression_text": "Effusion has decreased.",
+        "findings_text": "Small left effusion. Cardiomegaly.",
+        "impression": "Small left effusion.",
+    }
+    data = json.loads(reading.to_json())
+    assert [t["kind"] for t in data["report_turns"]] == [t.kind for t in reading.report_turns]
+
+
+def test_single_turn_answers_feed_the_report_not_stage_8(current: StudyImage) -> None:
+    def differing(question: str) -> str:
+        if question.startswith("Write an example findings"):
+            # Stage 8 and the single-turn prompt are the same words: tell them apart by
+            # counting (the staged one comes first).
+            differing.calls += 1  # type: ignore[attr-defined]
+            return "staged findings" if differing.calls == 1 else "single-turn findings"  # type: ignore[attr-defined]
+        return script(question)
+
+    differing.calls = 0  # type: ignore[attr-defined]
+    reading = reader(ScriptedBackend(differing)).read([current])
+    assert reading.findings_text == "single-turn findings"
+    assert reading.staged_report["findings_text"] == "staged findings"
+    differing.calls = 0  # type: ignore[attr-defined]
+    backend = ScriptedBackend(differing)
+    staged = reader(backend, report_source="staged").read([current])
+    assert staged.findings_text == "staged findings" and staged.report_turns == []
+    assert single_turn_calls(backend) == []
+    assert staged.text_sources["findings_text"] == (
+        "CXRTrek stage 8: Write an example findings section for the CXR."
+    )
+    effusion = next(f for f in staged.findings if f.label == "Pleural Effusion")
+    assert effusion.boxes == effusion.staged_boxes and effusion.boxes[0].stage == 3
+    assert effusion.grounding_source == "CXRTrek stage 3"
+
+
+class CutBackend(ScriptedBackend):
+    """Says every findings answer was cut by the token limit."""
+
+    def generate(self, conversation: Conversation, options: DecodeOptions) -> Generation:
+        out = super().generate(conversation, options)
+        if "findings section" in conversation.turns[-1].text:
+            out.finish_reasons = ["length"]
+        return out
+
+
+def test_token_limits_per_mode_and_cut_answers_flagged(current: StudyImage) -> None:
+    backend = CutBackend(script)
+    cfg = ReaderConfig(
+        findings_vocabulary=VOCAB,
+        max_new_tokens=300,
+        max_new_tokens_reasoning=2048,
+        reasoning_stages=frozenset({8}),
+    )
+    info = ModelInfo("scripted", "test", demo=True, backend="test", source="-")
+    reading = Reader(backend, cfg, info).read([current])
+    limits = {
+        (c.system[:20], c.turns[-1].text): o.max_new_tokens
+        for c, o in zip(backend.seen, backend.options, strict=True)
+    }
+    assert {v for k, v in limits.items() if "findings section" in k[1] or "impression" in k[1]} == {
+        2048
+    }
+    assert {v for k, v in limits.items() if "view of this" in k[1]} == {300}
+    assert len(reading.truncated) == 2  # stage 8 and the single-turn findings prompt
+    assert all("findings" in line and "incomplete" in line for line in reading.truncated)
+    assert reading.stages[7].turns[0].truncated and not reading.stages[7].turns[1].truncated
+    # An unclosed \boxed{ in reasoning mode is a cut answer too, whatever the server said.
+    backend = ScriptedBackend(lambda q: "**Thinking** ... \\boxed{Small left eff")
+    cut = reader(backend, reasoning_stages=frozenset({8})).read([current])
+    assert any(line.startswith("stage 8 impression") for line in cut.truncated)
+
+
+def test_consistency_only_for_the_chosen_labels(current: StudyImage) -> None:
+    backend = ScriptedBackend(script)
+    reading = reader(backend, consistency_samples=4, consistency_labels=("pleural effusion",)).read(
+        [current]
+    )
+    sampled = [o for o in backend.options if o.do_sample]
+    assert len(sampled) == 1 and sampled[0].n == 4
+    by_label = {f.label: f.confidence for f in reading.findings}
+    assert by_label["Cardiomegaly"] is None and by_label["Pneumothorax"] is None
+    assert by_label["Pleural Effusion"] == pytest.approx(consistency([1, 0, 0, 0], 2))

@@ -37,7 +37,12 @@ def backend(tiny_backend: TransformersBackend) -> Iterator[TransformersBackend]:
 
 
 def make_reader(backend: TransformersBackend, **config: object) -> Reader:
-    cfg = ReaderConfig(findings_vocabulary=VOCAB, max_new_tokens=TOKENS, **config)  # type: ignore[arg-type]
+    cfg = ReaderConfig(
+        findings_vocabulary=VOCAB,
+        max_new_tokens=TOKENS,
+        max_new_tokens_reasoning=TOKENS,
+        **config,  # type: ignore[arg-type]
+    )
     info = ModelInfo("raddraft/tiny-qwen2.5-vl", backend.revision, True, "transformers", "tiny")
     return Reader(backend, cfg, info)
 

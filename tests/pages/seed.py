@@ -175,6 +175,9 @@ def archive_study(
     return ArchivedStudy(study, version, instances)
 
 
+DEMO_CUT = "single-turn findings: cut at 32 tokens, incomplete"
+
+
 def stages(findings: list[tuple[str, str]], prior: bool) -> list[dict[str, object]]:
     """The eight CXRTrek stages as the staged reading stores them (stage -> turns)."""
     present = [label for label, _ in findings]
@@ -492,9 +495,22 @@ def seed(settings: Settings, engine: Engine) -> Seeded:
                         certainty=0.5,
                     ),
                 ),
+                # A random-weight model writes until the token limit: its answers are cut.
+                extra={"truncated": [DEMO_CUT]},
             ),
             run={
-                "stages": stages([("Consolidation", "Right lower zone.")], prior=False),
+                "stages": [
+                    *stages([("Consolidation", "Right lower zone.")], prior=False),
+                    {
+                        "stage": "report",
+                        "name": "report texts, single-turn as CheXOne was trained",
+                        "kind": "findings",
+                        "question": "Write an example findings section for the CXR.",
+                        "answer": "Patchy opacity in the right lower zone.",
+                        "truncated": True,
+                        "conversation": "single-turn",
+                    },
+                ],
                 "prior": {"none": "no earlier study"},
             },
             algorithm=DEMO,

@@ -20,7 +20,7 @@ from report_drafts.pages.routes import safe_next
 from report_drafts.pages.session import SESSION_COOKIE, Signer
 from report_drafts.tables import SentObject, User
 from report_drafts.users import rotate_token
-from tests.pages.seed import PASSWORD, Seeded
+from tests.pages.seed import DEMO_CUT, PASSWORD, Seeded
 
 SAMPLE = re.compile(
     r'^(raddraft_[a-z_]+)(\{[a-z_]+="(?:[^"\\]|\\.)*"(?:,[a-z_]+="(?:[^"\\]|\\.)*")*\})? '
@@ -248,3 +248,17 @@ def test_stage_groups_and_percentiles() -> None:
     assert queue_status.percentile([], 0.5) is None
     assert queue_status.percentile([1.0, 2.0, 3.0, 4.0], 0.5) == 2.5
     assert queue_status.percentile([float(v) for v in range(1, 101)], 0.95) == pytest.approx(95.05)
+
+
+def test_review_page_flags_cut_answers_and_shows_the_report_prompts(
+    client: TestClient, seeded: Seeded
+) -> None:
+    """A draft whose answers were cut by the token limit says so on the page, and the
+    single-turn report prompts show as their own group beside the eight stages."""
+    sign_in(client, "curie")
+    page = client.get(f"/reports/{seeded.demo_report}").text
+    assert 'data-testid="truncated-warning"' in page and DEMO_CUT in page
+    assert "Report texts: report texts, single-turn as CheXOne was trained" in page
+    assert "cut at the token limit, incomplete</strong> Patchy opacity" in page
+    plain = client.get(f"/reports/{seeded.routine_report}").text
+    assert "truncated-warning" not in plain and "cut at the token limit" not in plain

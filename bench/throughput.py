@@ -1,0 +1,211 @@
+"""Studies per hour against studies in flight, one GPU worker, the OpenAI-compatible backend.
+
+    python bench/throughput.py [--in-flight 1,4,16,64] [--studies-per-slot 2]
+                               [--per-token-ms 15] [--first-token-ms 40] [--server URL]
+
+A study's questions are sequential (each stage reads the answers before it), so a GPU serves
+many studies an hour only with many studies in flight: the worker's threads pool
+(``RADDRAFT_STUDIES_IN_FLIGHT``) runs that many readings at once through one thread-safe
+:class:`models.Reader` on the OpenAI backend, and the server (vLLM) batches their sequences.
+
+Without ``--server`` the server is simulated here, on the CPU: an OpenAI-compatible HTTP server
+that answers CheXOne's prompts like ``tests/worker/model_server.py`` (a left pleural effusion)
+after a realistic delay: ``first-token-ms`` plus ``per-token-ms`` per answer token (about 4
+characters a token), each request on its own, as continuous batching serves a few dozen
+sequences. It therefore measures RadDraft's side: that readings really overlap and what the
+client costs (image preparation, PNG data URLs, JSON), not a GPU's limits. With ``--server``
+it measures a real server (vLLM serving a random-weight Qwen2.5-VL-3B, say) the same way.
+
+Each level reads ``studies-per-slot x in-flight`` studies (two 1200x1000 12-bit DX views: a
+current PA and a prior) through a pool of that many threads. The baseline is one at a time
+(in flight 1) in the same run. The last line is
+``RESULT studies_per_hour_1=<a> ... scaling_16=<x> scaling_64=<y>``; the target is near-linear
+scaling to 16 in flight on the simulated server (scaling_16 near 16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+class SimulatedServer:
+    """``POST /v1/chat/completions`` answering like a model that needs time per token."""
+
+    def __init__(self, first_token_s: float, per_token_s: float) -> None:
+        from tests.worker.model_server import answer
+
+        self.requests = 0
+        self.in_flight = 0
+        self.most_in_flight = 0
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a client pool expects
+            # Headers and body go out as two writes: with Nagle's algorithm on, the client's
+            # delayed ACK would add 40 ms to every answer, a delay no real server has.
+            disable_nagle_algorithm = True
+
+            def do_POST(self) -> None:
+                with lock:
+                    outer.requests += 1
+                    outer.in_flight += 1
+                    outer.most_in_flight = max(outer.most_in_flight, outer.in_flight)
+                started = time.perf_counter()
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                last = body["messages"][-1]["content"]
+                question = last if isinstance(last, str) else last[-1]["text"]
+                text = answer(question)
+                tokens = max(1, len(text) // 4)
+                delay = first_token_s + tokens * per_token_s
+                time.sleep(max(0.0, delay - (time.perf_counter() - started)))
+                reply = {
+                    "choices": [
+                        {"index": 0, "message": {"content": text}, "finish_reason": "stop"}
+                    ],
+                    "usage": {"prompt_tokens": 400, "completion_tokens": tokens},
+                }
+                data = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                with lock:
+                    outer.in_flight -= 1
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 512
+            daemon_threads = True
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def studies(count: int) -> list[tuple[Any, Any]]:
+    """``count`` distinct (current, prior) pairs of synthetic DX views."""
+    from models import StudyImage
+    from tests.dicom_factory import make_cxr
+
+    return [
+        (
+            StudyImage.from_dataset(make_cxr(rows=1200, cols=1000, seed=2 * i, view="PA")),
+            StudyImage.from_dataset(make_cxr(rows=1200, cols=1000, seed=2 * i + 1, view="PA")),
+        )
+        for i in range(count)
+    ]
+
+
+def level(reader: Any, pairs: list[tuple[Any, Any]], in_flight: int, n: int) -> dict[str, float]:
+    """Read ``n`` studies, ``in_flight`` at a time; studies per hour and latency."""
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def one(index: int) -> None:
+        current, prior = pairs[index % len(pairs)]
+        started = time.perf_counter()
+        reading = reader.read([current], [prior])
+        if not reading.findings_text:
+            raise RuntimeError("a reading came back without its findings text")
+        with lock:
+            latencies.append(time.perf_counter() - started)
+
+    started, cpu = time.perf_counter(), time.process_time()
+    with ThreadPoolExecutor(max_workers=in_flight) as pool:
+        list(pool.map(one, range(n)))
+    wall = time.perf_counter() - started
+    latencies.sort()
+    return {
+        "studies": n,
+        "wall_s": wall,
+        # This process's CPU (client and simulated server) per study: when wall time per
+        # study nears it divided by the cores this process gets, the CPU is the limit.
+        "cpu_per_study_s": (time.process_time() - cpu) / n,
+        "per_hour": n / wall * 3600,
+        "p50_s": latencies[len(latencies) // 2],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--in-flight", default="1,4,16,64")
+    parser.add_argument("--studies-per-slot", type=int, default=2)
+    parser.add_argument("--first-token-ms", type=float, default=40.0)
+    parser.add_argument("--per-token-ms", type=float, default=15.0)
+    parser.add_argument("--server", default="", help="a real OpenAI-compatible server's URL")
+    parser.add_argument("--model", default="StanfordAIMI/CheXOne")
+    args = parser.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from models import ReaderConfig, load_reader
+
+    simulated = None
+    url = args.server
+    if not url:
+        simulated = SimulatedServer(args.first_token_ms / 1000, args.per_token_ms / 1000)
+        url = simulated.url
+    scratch = tempfile.TemporaryDirectory()
+    reader = load_reader(
+        ReaderConfig(
+            backend="openai", server_url=url, model=args.model, data_dir=Path(scratch.name)
+        )
+    )
+    levels = [int(x) for x in args.in_flight.split(",") if x.strip()]
+    pairs = studies(8)
+    where = "simulated server" if simulated else url
+    print(
+        f"server: {where}; first token {args.first_token_ms:.0f} ms, "
+        f"{args.per_token_ms:.0f} ms per token; {os.cpu_count()} CPUs here"
+    )
+    reader.read([pairs[0][0]], [pairs[0][1]])  # warm-up: connections, imports
+    requests_before = simulated.requests if simulated else 0
+    results: dict[int, dict[str, float]] = {}
+    print(f"load average at start {os.getloadavg()[0]:.1f}")
+    print("in flight  studies   wall s  studies/h   p50 s  cpu s/study  ratio to 1")
+    for k in levels:
+        results[k] = level(reader, pairs, k, max(args.studies_per_slot * k, 4))
+        base = results[levels[0]]["per_hour"]
+        r = results[k]
+        print(
+            f"{k:9d}  {int(r['studies']):7d}  {r['wall_s']:7.1f}  {r['per_hour']:9.0f}  "
+            f"{r['p50_s']:6.2f}  {r['cpu_per_study_s']:11.3f}  {r['per_hour'] / base:6.2f}"
+        )
+    if simulated:
+        done = sum(int(r["studies"]) for r in results.values())
+        print(
+            f"requests per study {(simulated.requests - requests_before) / done:.1f}; "
+            f"most requests in flight at the server {simulated.most_in_flight}"
+        )
+        simulated.close()
+    base = results[levels[0]]["per_hour"]
+    print(
+        "RESULT "
+        + " ".join(f"studies_per_hour_{k}={r['per_hour']:.0f}" for k, r in results.items())
+        + " "
+        + " ".join(f"scaling_{k}={r['per_hour'] / base:.2f}" for k, r in results.items() if k != 1)
+    )
+    scratch.cleanup()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,178 @@
+"""Many studies in flight: never one study's prefix, image or answer in another's reading.
+
+vLLM has had a bug where identical prompts with different images shared cached blocks. Here
+several studies whose prompts are word for word the same, with different images, are read at
+the same time: through the OpenAI-compatible backend against a real HTTP server that answers
+from the pixels it received (a test double for vLLM), and on the tiny model through the
+transformers backend's prefix cache, compared with readings done alone without any reuse.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from models import ModelInfo, Reader, ReaderConfig, Reading, StudyImage, load_backend, prepare_image
+from models._hf import TransformersBackend
+from tests.models.conftest import radiograph
+
+VOCAB = ("Pleural Effusion",)
+
+
+def pixels_digest(image: Image.Image) -> str:
+    return hashlib.blake2b(image.tobytes(), digest_size=6).hexdigest()
+
+
+class PixelServer:
+    """A chat-completions server that answers from the images it was sent: every answer names
+    the digests of the request's images, so an answer shows which pixels it was made from."""
+
+    def __init__(self, delay: float = 0.02) -> None:
+        self.salts: list[tuple[str, tuple[str, ...]]] = []
+        self.in_flight = 0
+        self.most_in_flight = 0
+        lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                with lock:
+                    outer.in_flight += 1
+                    outer.most_in_flight = max(outer.most_in_flight, outer.in_flight)
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                digests = []
+                for message in body["messages"]:
+                    for part in message["content"] if isinstance(message["content"], list) else []:
+                        if part["type"] == "image_url":
+                            data = part["image_url"]["url"].split(",", 1)[1]
+                            digests.append(
+                                pixels_digest(Image.open(io.BytesIO(base64.b64decode(data))))
+                            )
+                last = body["messages"][-1]["content"]
+                question = last if isinstance(last, str) else last[-1]["text"]
+                with lock:
+                    outer.salts.append((body.get("cache_salt", ""), tuple(digests)))
+                time.sleep(delay)  # so that the studies' requests overlap
+                text = "(A) Yes" if question.startswith("Is there") else "seen " + " ".join(digests)
+                reply = {
+                    "choices": [
+                        {"index": 0, "message": {"content": text}, "finish_reason": "stop"}
+                    ],
+                    "usage": {"prompt_tokens": 10, "completion_tokens": 3},
+                }
+                data = json.dumps(reply).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                with lock:
+                    outer.in_flight -= 1
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        ThreadingHTTPServer.request_queue_size = 64
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def pixel_server() -> Iterator[PixelServer]:
+    server = PixelServer()
+    yield server
+    server.close()
+
+
+def study(seed: int) -> tuple[StudyImage, StudyImage]:
+    """A current and a prior image, different for every seed (the bright block moves)."""
+    current = radiograph(200, 180, (10 + seed * 7, 20, 60 + seed * 7, 90))
+    prior = radiograph(190, 170, (15, 25 + seed * 5, 70, 95 + seed * 5))
+    return StudyImage.from_dataset(current), StudyImage.from_dataset(prior)
+
+
+def answers(reading: Reading) -> list[str]:
+    turns = [t for s in reading.stages for t in s.turns] + reading.report_turns
+    return [t.answer for t in turns if t.answer.startswith("seen")]
+
+
+def test_studies_in_flight_through_the_server_never_mix(
+    pixel_server: PixelServer, tmp_path: Path
+) -> None:
+    config = ReaderConfig(
+        backend="openai",
+        server_url=pixel_server.url,
+        data_dir=tmp_path,
+        findings_vocabulary=VOCAB,
+        max_new_tokens=8,
+    )
+    backend, info = load_backend(config)
+    reader = Reader(backend, config, info)
+    studies = [study(seed) for seed in range(8)]
+    own = [{pixels_digest(prepare_image(image.dataset)[0]) for image in pair} for pair in studies]
+    assert len(set.union(*own)) == 2 * len(studies)  # every image differs
+
+    with ThreadPoolExecutor(max_workers=len(studies)) as pool:
+        readings = list(pool.map(lambda s: reader.read([s[0]], [s[1]]), studies))
+
+    assert pixel_server.most_in_flight > 1  # the studies really were read at the same time
+    for reading, digests in zip(readings, own, strict=True):
+        seen = answers(reading)
+        assert len(seen) >= 8  # the staged turns and the single-turn report prompts
+        for answer in seen:
+            assert set(answer.split()[1:]) <= digests, (answer, digests)
+        assert reading.findings_text.startswith("seen ")
+    # The prefix-cache namespace follows the images: one per first-turn image set, never shared.
+    salts: dict[str, set[tuple[str, ...]]] = {}
+    for salt, digests in pixel_server.salts:
+        salts.setdefault(salt, set()).add(digests[:1])
+    assert all(salt for salt in salts)
+    assert all(len(firsts) == 1 for firsts in salts.values())
+
+
+@pytest.fixture
+def backend(tiny_backend: TransformersBackend) -> Iterator[TransformersBackend]:
+    tiny_backend.reset_cache()
+    yield tiny_backend
+    tiny_backend.prefix_cache = True
+    tiny_backend.reset_cache()
+
+
+def test_concurrent_readings_on_the_transformers_backend_equal_readings_alone(
+    backend: TransformersBackend,
+) -> None:
+    """Two threads, identical prompts, different images: each reading equals the same reading
+    done alone with no prefix reuse at all (the lock keeps the one KV cache to one study)."""
+    config = ReaderConfig(findings_vocabulary=VOCAB, max_new_tokens=5)
+    info = ModelInfo("raddraft/tiny-qwen2.5-vl", backend.revision, True, "transformers", "tiny")
+    reader = Reader(backend, config, info)
+    studies = [study(seed) for seed in (0, 3)]
+
+    def texts(reading: Reading) -> list[str]:
+        return [t.raw for s in reading.stages for t in s.turns] + [
+            t.raw for t in reading.report_turns
+        ]
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        together = list(pool.map(lambda s: texts(reader.read([s[0]], [s[1]])), studies))
+    backend.prefix_cache = False
+    alone = [texts(reader.read([s[0]], [s[1]])) for s in studies]
+    assert together == alone
+    assert together[0] != together[1]  # the images do change the answers
