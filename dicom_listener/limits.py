@@ -325,7 +325,10 @@ def _vr_and_length(reader: _Reader, order: str, implicit: bool, tag: int) -> tup
     if not vr.isalpha() or not vr.isupper():
         # Not a VR: an implicit VR element inside an explicit VR data set, which pydicom reads
         # too (a known encoder bug). These two bytes begin its 4-byte length.
-        length = struct.unpack(order + "I", vr + reader.read(2))[0]
+        rest = reader.read(2)
+        if len(rest) < 2:
+            raise OverLimit(CANNOT_UNDERSTAND, "truncated: data set ends inside an element header")
+        length = int(struct.unpack(order + "I", vr + rest)[0])
         return _implicit_vr(tag, length), length
     if vr in _LONG_VRS:
         reader.read(2)

@@ -12,7 +12,7 @@ import contextlib
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dicom_listener.header import IncompleteDataset, UnreadableDataset, read_header
@@ -95,7 +95,14 @@ _ALLOWED = (OverLimit, UnreadableDataset, IncompleteDataset)
 _BASE = hostile.valid(32, 32)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# derandomize: CI explores the same inputs every run, so a red build names a real regression;
+# run with --hypothesis-seed=random locally to look further.
+@settings(
+    max_examples=300,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(
     st.lists(
         st.tuples(st.integers(132, len(_BASE) - 1), st.integers(0, 255)), min_size=1, max_size=12
@@ -114,7 +121,14 @@ def test_mutated_files_give_only_the_three_refusals(
         _read(folder, bytes(data))
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=200,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+# Found by this test: a non-VR pair at the very end of a deflated data set (struct.error).
+@example(body=b"\n\x08\x08\x08\x08H\x00\x00", syntax="1.2.840.10008.1.2.1.99")
 @given(
     st.binary(min_size=0, max_size=2048),
     st.sampled_from(
