@@ -5,12 +5,16 @@ from __future__ import annotations
 import inspect
 import re
 import socket
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pynetdicom
+import pytest
 from pynetdicom import association, dimse_messages, transport
-from pynetdicom.dul import DULServiceProvider
 from pynetdicom.transport import AssociationSocket
 
 from dicom_listener import _tuning
@@ -42,24 +46,36 @@ def test_the_seams_are_where_the_patch_expects_them() -> None:
 
 
 def test_apply_patches_pynetdicom(tmp_path: Path) -> None:
-    assert _tuning.apply(tmp_path)
-    assert AssociationSocket.recv is _tuning._recv_exact
-    assert transport.deepcopy is _tuning._share_contexts
-    assert DULServiceProvider.receive_pdu is _tuning._receive_pdu
-    spool = dimse_messages.NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")
-    try:
-        assert Path(spool.name).parent == tmp_path
-    finally:
-        spool.close()
-        Path(spool.name).unlink(missing_ok=True)
+    """In a fresh interpreter: the patch is process-wide (chunked C-STORE data sets, the socket
+    read), and must not leak into the other tests' pynetdicom clients in this process."""
+    code = f"""
+from pathlib import Path
+from pynetdicom import _config, dimse_messages, transport
+from pynetdicom.transport import AssociationSocket
+from dicom_listener import _tuning
+assert _tuning.apply(Path({str(tmp_path)!r}))
+assert AssociationSocket.recv is _tuning._recv_exact
+assert transport.deepcopy is _tuning._share_contexts
+assert _config.STORE_RECV_CHUNKED_DATASET is True
+spool = dimse_messages.NamedTemporaryFile(delete=False, mode="wb", suffix=".dcm")
+spool.close()
+assert Path(spool.name).parent == Path({str(tmp_path)!r}), spool.name
+print("patched")
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "patched"
 
 
 def test_recv_exact_keeps_pynetdicoms_contract() -> None:
     """Up to ``nr_bytes``; fewer only when the peer closed."""
     ours, theirs = socket.socketpair()
     try:
-        holder = AssociationSocket.__new__(AssociationSocket)
-        holder.socket = ours
+        # A stand-in with the one attribute _recv_exact reads: a half-made AssociationSocket
+        # would upset pynetdicom's state for the tests that run after this one.
+        holder = cast(AssociationSocket, SimpleNamespace(socket=ours))
         theirs.sendall(b"abcdef")
         assert bytes(_tuning._recv_exact(holder, 4)) == b"abcd"
         theirs.close()
@@ -68,13 +84,15 @@ def test_recv_exact_keeps_pynetdicoms_contract() -> None:
         ours.close()
 
 
-def test_recv_exact_refuses_a_pdu_longer_than_the_limit(tmp_path: Path) -> None:
+def test_recv_exact_refuses_a_pdu_longer_than_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     """The PDU length is the peer's word: 4 GiB declared must not become a 4 GiB buffer."""
-    _tuning.apply(tmp_path, max_pdu_read=1 << 20)
+    # The limit apply() would set, without patching pynetdicom for the rest of this process.
+    monkeypatch.setattr(_tuning, "_max_read", 1 << 20)
     ours, theirs = socket.socketpair()
     try:
-        holder = AssociationSocket.__new__(AssociationSocket)
-        holder.socket = ours
+        # A stand-in with the one attribute _recv_exact reads: a half-made AssociationSocket
+        # would upset pynetdicom's state for the tests that run after this one.
+        holder = cast(AssociationSocket, SimpleNamespace(socket=ours))
         try:
             _tuning._recv_exact(holder, 0xFFFFFFF0)
         except _tuning.PduTooLong as error:
