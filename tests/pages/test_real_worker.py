@@ -95,7 +95,13 @@ def test_radiologist_signs_a_draft_the_worker_made(
         expect(page.get_by_test_id("demo-banner")).to_contain_text(
             "demo model, random weights, not a clinical draft"
         )
-        expect(page.locator("details.stage-details")).to_have_count(8)
+        # The eight CXRTrek stages, then the single-turn report prompts that fed the report
+        # (RADDRAFT_REPORT_SOURCE=single_turn, the default).
+        stages = page.locator("details.stage-details summary")
+        expect(stages).to_have_count(9)
+        for number in range(1, 9):
+            expect(stages.nth(number - 1)).to_contain_text(f"Stage {number}:")
+        expect(stages.nth(8)).to_contain_text("Report texts")
         # The worker-archived image renders: wait until the browser has decoded it.
         page.wait_for_function(
             "() => [...document.querySelectorAll('img[alt^=\"Current study\"]')]"
