@@ -170,24 +170,8 @@ def finding_feedback(
         user=user,
         note=f"{action} {before.label}",
     )
-    session.add(
-        FindingFeedback(
-            report_pk=report.id,
-            version_number=row.number,
-            tracking_uid=tracking_uid,
-            action=action,
-            before=dataclasses.asdict(before),
-            after=dataclasses.asdict(after),
-            user_pk=user.id,
-        )
-    )
-    audit_report(
-        session,
-        "feedback",
-        user=user,
-        report=report,
-        version=row.number,
-        detail={"tracking_uid": tracking_uid, "action": action},
+    _record_feedback(
+        session, report, user, row, tracking_uid, action, dataclasses.asdict(before), after
     )
     return row
 
@@ -243,24 +227,8 @@ def add_finding(
         user=user,
         note=f"add {added.label}",
     )
-    session.add(
-        FindingFeedback(
-            report_pk=report.id,
-            version_number=row.number,
-            tracking_uid=added.tracking_uid,
-            action="add",
-            before={},
-            after=dataclasses.asdict(added),
-            user_pk=user.id,
-        )
-    )
-    audit_report(
-        session,
-        "feedback",
-        user=user,
-        report=report,
-        version=row.number,
-        detail={"tracking_uid": added.tracking_uid, "action": "add", "label": added.label},
+    _record_feedback(
+        session, report, user, row, added.tracking_uid, "add", {}, added, label=added.label
     )
     return row
 
@@ -461,3 +429,36 @@ def _for_radiologist_change(
     if report.current_version != expected_version:
         raise StaleVersion(expected_version, report.current_version)
     return report, current_content(session, report)
+
+
+def _record_feedback(
+    session: Session,
+    report: Report,
+    user: User,
+    row: ReportVersion,
+    tracking_uid: str,
+    action: str,
+    before: dict[str, Any],
+    after: Finding,
+    **detail: str,
+) -> None:
+    """One finding-feedback row (the reader study's per-label figures) and its audit event."""
+    session.add(
+        FindingFeedback(
+            report_pk=report.id,
+            version_number=row.number,
+            tracking_uid=tracking_uid,
+            action=action,
+            before=before,
+            after=dataclasses.asdict(after),
+            user_pk=user.id,
+        )
+    )
+    audit_report(
+        session,
+        "feedback",
+        user=user,
+        report=report,
+        version=row.number,
+        detail={"tracking_uid": tracking_uid, "action": action, **detail},
+    )

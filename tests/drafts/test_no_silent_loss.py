@@ -226,3 +226,12 @@ def _review_page(client: TestClient, report_id: int) -> str:
     assert page.status_code == 200
     client.cookies.clear()
     return page.text
+
+
+def test_the_pages_vocabulary_is_the_models() -> None:
+    """report_drafts may not import models, so the review page keeps its own copy of the labels
+    the model is asked about (for adding a missed finding): it must stay the same list."""
+    from models._prompts import DEFAULT_FINDINGS
+    from report_drafts.pages.viewmodel import FINDING_LABELS
+
+    assert FINDING_LABELS == DEFAULT_FINDINGS
