@@ -21,6 +21,7 @@ import socket
 import socketserver
 import ssl
 import threading
+import time
 
 from orders.receive import receive
 from raddraft.logging import kv
@@ -33,6 +34,8 @@ START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"
 #: How much of an oversized frame is stored beside its AR: enough to read who sent what.
 KEPT_OF_OVERSIZED = 64 * 1024
+#: How long a refused sender's remaining bytes are read (and dropped) before the close.
+DRAIN_SECONDS = 2.0
 
 
 def _frames(buffer: bytearray) -> list[bytes]:
@@ -98,6 +101,12 @@ class _Handler(socketserver.BaseRequestHandler):
                     return
                 continue
             for data in _frames(buffer):
+                if len(data) > limit:  # whole, but too large: refused, the framing still holds
+                    why = f"message larger than {limit // 1024} KiB; refused"
+                    log.warning("order frame refused %s", kv(peer=self.peer, why=why))
+                    kept = as_text(data[:KEPT_OF_OVERSIZED])
+                    self._answer(receive(kept, self.peer, self.server.settings, refused=why))
+                    continue
                 self._answer(receive(as_text(data), self.peer, self.server.settings))
             if len(buffer) > limit:
                 self._refuse(buffer, f"message larger than {limit // 1024} KiB; refused")
@@ -114,6 +123,19 @@ class _Handler(socketserver.BaseRequestHandler):
         log.warning("order frame refused %s", kv(peer=self.peer, why=why, bytes=len(buffer)))
         kept = as_text(bytes(buffer[1 : 1 + KEPT_OF_OVERSIZED]))
         self._answer(receive(kept, self.peer, self.server.settings, refused=why))
+        self._drain()
+
+    def _drain(self) -> None:
+        """Read what the sender still sends, for a moment, before closing: closing on unread
+        bytes resets the connection, and the reset can overtake the AR on its way."""
+        deadline = time.monotonic() + DRAIN_SECONDS
+        try:
+            while (left := deadline - time.monotonic()) > 0:
+                self.sock.settimeout(left)
+                if not self.sock.recv(65536):
+                    return
+        except OSError:
+            return
 
     def _unfinished(self, buffer: bytearray, why: str) -> None:
         if buffer.strip(b"\r\n\t "):

@@ -139,7 +139,9 @@ def _file_parts(
         settings=settings,
     )
     for (index, _, ids), result in zip(to_file, results, strict=True):
-        outcomes[index] = stow.StowOutcome(*ids, int(result.status), result.reason)
+        outcomes[index] = stow.StowOutcome(
+            *ids, int(result.status), result.reason, transient=result.transient
+        )
     return [o for o in outcomes if o is not None]
 
 

@@ -7,7 +7,8 @@ the listener would have answered (0xA700 out of resources, 0xA900 data set does 
 0xC000 cannot understand). The HTTP status (PS3.18 Table 10.5.3-1): 200 when every instance
 was stored, 202 when some were, 409 when none was; 503 with ``Retry-After`` when none was
 because the archive is out of resources (the disk watermark), so a sender retries later as a
-C-STORE SCU does on 0xA700.
+C-STORE SCU does on 0xA700. An instance refused for breaking the bounds (too large, inflating
+too far: also 0xA700) is no reason to retry: 409.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class StowOutcome:
     series_instance_uid: str
     status: int
     reason: str = ""
+    transient: bool = False  # refused for now (disk, database): worth sending again later
 
     @property
     def stored(self) -> bool:
@@ -70,7 +72,7 @@ def http_status(outcomes: Sequence[StowOutcome]) -> int:
         return 200
     if stored:
         return 202
-    if outcomes and all(o.status == OUT_OF_RESOURCES for o in outcomes):
+    if outcomes and all(o.status == OUT_OF_RESOURCES and o.transient for o in outcomes):
         return 503
     return 409
 
