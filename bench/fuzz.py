@@ -44,6 +44,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fuzz_entry import Figures, run_orders, run_stow  # noqa: E402  (bench/, beside this file)
 from pydicom import dcmread  # noqa: E402
 from sqlalchemy import create_engine, select  # noqa: E402
 
@@ -52,8 +53,6 @@ from raddraft import migrate  # noqa: E402
 from tests import hostile  # noqa: E402
 from tests.dicom_factory import make_cxr, new_uid  # noqa: E402
 from tests.listener_process import ListenerProcess, acknowledged, storescu  # noqa: E402
-
-from fuzz_entry import Figures, run_orders, run_stow  # noqa: E402  (bench/, beside this file)
 
 Input = Callable[[int, Path], object]
 
@@ -355,7 +354,9 @@ def run_dicom(work: Path, seed: int, count: int, push_rounds: int) -> Figures:
         f"dicom: quarantined {quarantined}; stray files {len(strays)} "
         f"{[str(p) for p in strays[:5]]}"
     )
-    print(f"dicom: concurrent push {push.sent} sent, {len(push.acked)} acknowledged, {len(lost)} lost")
+    print(
+        f"dicom: concurrent push {push.sent} sent, {len(push.acked)} acknowledged, {len(lost)} lost"
+    )
     figures.inputs, figures.serving, figures.peak_rss_mb = len(cases), serving, peak
     figures.stray_files, figures.lost = len(strays), len(lost)
     return figures
@@ -387,9 +388,11 @@ def main() -> None:
             else:
                 figures = run_orders(work, args.seed, args.inputs)
             mix = ", ".join(f"{k} {v}" for k, v in sorted(figures.families.items()))
-            print(f"{target}: inputs tried {figures.inputs} ({mix}) in {time.monotonic() - started:.0f} s")
+            took = time.monotonic() - started
+            print(f"{target}: inputs tried {figures.inputs} ({mix}) in {took:.0f} s")
             print(
-                f"{target}: serving after {figures.serving}, peak RSS {figures.peak_rss_mb:.0f} MB, "
+                f"{target}: serving after {figures.serving}, "
+                f"peak RSS {figures.peak_rss_mb:.0f} MB, "
                 f"stray files {figures.stray_files}, lost {figures.lost}, "
                 f"without a clear error {len(figures.unanswered)} {figures.unanswered[:8]}"
             )

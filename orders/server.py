@@ -81,7 +81,7 @@ class _Handler(socketserver.BaseRequestHandler):
             except (ssl.SSLError, OSError) as error:
                 log.warning("order TLS handshake refused %s", kv(peer=self.peer, why=error))
                 return
-        limit = self.server.settings.orders_max_message_kb * 1024
+        self.limit = self.server.settings.orders_max_message_kb * 1024
         buffer = bytearray()
         while True:
             try:
@@ -95,22 +95,19 @@ class _Handler(socketserver.BaseRequestHandler):
             buffer.extend(chunk)
             # Look for frames only when this chunk (or its seam) holds an end block: a frame of
             # many chunks is then scanned once, not once per chunk.
-            if END_BLOCK not in buffer[-(len(chunk) + 1) :]:
-                if len(buffer) > limit:
-                    self._refuse(buffer, f"message larger than {limit // 1024} KiB; refused")
-                    return
-                continue
-            for data in _frames(buffer):
-                if len(data) > limit:  # whole, but too large: refused, the framing still holds
-                    why = f"message larger than {limit // 1024} KiB; refused"
-                    log.warning("order frame refused %s", kv(peer=self.peer, why=why))
-                    kept = as_text(data[:KEPT_OF_OVERSIZED])
-                    self._answer(receive(kept, self.peer, self.server.settings, refused=why))
-                    continue
-                self._answer(receive(as_text(data), self.peer, self.server.settings))
-            if len(buffer) > limit:
-                self._refuse(buffer, f"message larger than {limit // 1024} KiB; refused")
+            if END_BLOCK in buffer[-(len(chunk) + 1) :]:
+                for data in _frames(buffer):
+                    self._take(data)
+            if len(buffer) > self.limit:
+                self._refuse(buffer, f"message larger than {self.limit // 1024} KiB; refused")
+                self._drain()
                 return
+
+    def _take(self, data: bytes) -> None:
+        if len(data) > self.limit:  # whole, but too large: refused, the framing still holds
+            self._refuse(data, f"message larger than {self.limit // 1024} KiB; refused", 0)
+        else:
+            self._answer(receive(as_text(data), self.peer, self.server.settings))
 
     def _answer(self, ack: str) -> None:
         try:
@@ -118,12 +115,12 @@ class _Handler(socketserver.BaseRequestHandler):
         except OSError:
             log.warning("order ACK not delivered %s", kv(peer=self.peer))
 
-    def _refuse(self, buffer: bytearray, why: str) -> None:
-        """Store what came of a frame that cannot be taken, answer AR, and close."""
-        log.warning("order frame refused %s", kv(peer=self.peer, why=why, bytes=len(buffer)))
-        kept = as_text(bytes(buffer[1 : 1 + KEPT_OF_OVERSIZED]))
+    def _refuse(self, frame: bytes | bytearray, why: str, skip: int = 1) -> None:
+        """Store what came of a frame that cannot be taken (after ``skip`` bytes: the start
+        block of an unfinished one) and answer AR."""
+        log.warning("order frame refused %s", kv(peer=self.peer, why=why, bytes=len(frame)))
+        kept = as_text(bytes(frame[skip : skip + KEPT_OF_OVERSIZED]))
         self._answer(receive(kept, self.peer, self.server.settings, refused=why))
-        self._drain()
 
     def _drain(self) -> None:
         """Read what the sender still sends, for a moment, before closing: closing on unread
@@ -140,6 +137,7 @@ class _Handler(socketserver.BaseRequestHandler):
     def _unfinished(self, buffer: bytearray, why: str) -> None:
         if buffer.strip(b"\r\n\t "):
             self._refuse(buffer, why)
+            self._drain()
 
 
 class OrderServer(socketserver.ThreadingTCPServer):

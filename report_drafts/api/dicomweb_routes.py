@@ -94,19 +94,23 @@ async def _store(request: Request, user: User, study_uid: str | None) -> Respons
     except _TooLarge:
         log.warning("STOW-RS request refused %s", kv(why="too large", limit_mb=limit >> 20))
         return _problem(
-            413, f"request body larger than {settings.dicomweb_max_request_mb} MB "
+            413,
+            f"request body larger than {settings.dicomweb_max_request_mb} MB "
             "(RADDRAFT_DICOMWEB_MAX_REQUEST_MB); send fewer instances per request",
         )
-    del body
+    del body  # the parts are their own copies: the whole body need not wait for the filing
     root = media.params.get("type", "").lower()
     if root != "application/dicom":
         return _problem(415, f'only type="application/dicom" is accepted, not {root!r}')
     outcomes = await run_in_threadpool(_file_parts, parts, study_uid, user.name, request, settings)
-    body = stow.response(outcomes, _base(request), study_uid)
+    answer = stow.response(outcomes, _base(request), study_uid)
     status = stow.http_status(outcomes)
     headers = {"Retry-After": "60"} if status == 503 else None
     return Response(
-        json.dumps(body.to_json_dict()), status_code=status, media_type=DICOM_JSON, headers=headers
+        json.dumps(answer.to_json_dict()),
+        status_code=status,
+        media_type=DICOM_JSON,
+        headers=headers,
     )
 
 
