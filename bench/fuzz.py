@@ -355,7 +355,8 @@ def run_dicom(work: Path, seed: int, count: int, push_rounds: int) -> Figures:
         f"{[str(p) for p in strays[:5]]}"
     )
     print(
-        f"dicom: concurrent push {push.sent} sent, {len(push.acked)} acknowledged, {len(lost)} lost"
+        f"dicom: concurrent push: {push.sent} sent, {len(push.acked)} acknowledged, "
+        f"{len(lost)} lost"
     )
     figures.inputs, figures.serving, figures.peak_rss_mb = len(cases), serving, peak
     figures.stray_files, figures.lost = len(strays), len(lost)

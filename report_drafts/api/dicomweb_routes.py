@@ -29,6 +29,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 from starlette.concurrency import run_in_threadpool
 
 import dicom_listener
+from raddraft import atna
 from raddraft.logging import kv
 from raddraft.settings import Settings
 from report_drafts.api.auth import DbSession, Viewer, require
@@ -142,11 +143,33 @@ def _file_parts(
         peer=f"dicomweb {client}",
         settings=settings,
     )
+    if atna.enabled():  # the process's settings, as every other record of the web app
+        _audit_transferred(results, caller, client)
     for (index, _, ids), result in zip(to_file, results, strict=True):
         outcomes[index] = stow.StowOutcome(
             *ids, int(result.status), result.reason, transient=result.transient
         )
     return [o for o in outcomes if o is not None]
+
+
+def _audit_transferred(
+    results: Sequence[dicom_listener.IngestResult], caller: str, client: str
+) -> None:
+    """One DICOM Instances Transferred record per patient (PS3.15 A.5.3.4) for the instances
+    this request stored, as the listener sends one per association: the request is the
+    transfer, the sending user its source."""
+    tally: dict[str, dict[str, dict[str, int]]] = {}
+    for result in results:
+        if result.status == 0x0000:
+            classes = tally.setdefault(result.patient_id, {}).setdefault(
+                result.study_instance_uid, {}
+            )
+            classes[result.sop_class_uid] = classes.get(result.sop_class_uid, 0) + 1
+    for patient_id, studies in tally.items():
+        xml = atna.instances_transferred(
+            source_aet=caller, source_address=client, patient_id=patient_id, studies=studies
+        )
+        atna.emit(xml)
 
 
 @router.post("/studies", summary="STOW-RS: store instances (PS3.18 10.5)")
