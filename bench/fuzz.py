@@ -1,10 +1,13 @@
-"""Fuzz the running DICOM listener over the network while a valid push goes on beside it.
+"""Fuzz RadDraft's entry points over the network: the DICOM listener (beside a valid push),
+STOW-RS on ``raddraft web`` and the HL7 order listener ``raddraft orders``.
 
-    python bench/fuzz.py [--inputs 1000] [--seed 1] [--push-rounds 0]
+    python bench/fuzz.py [--targets dicom,stow,orders] [--inputs 1000] [--seed 1] [--push-rounds 0]
 
-Starts ``python -m raddraft listen`` (as tests/listener_process.py does) on a loopback port with
-its own data directory and SQLite database, then sends ``--inputs`` malformed or hostile inputs,
-drawn in turn from these families (tests/hostile.py builds them byte by byte):
+``--inputs`` is per target. Each target runs as its own ``python -m raddraft`` child on a
+loopback port with its own data directory and SQLite database.
+
+``dicom``: ``raddraft listen`` gets malformed or hostile inputs drawn in turn from these families
+(tests/hostile.py builds them byte by byte):
 
 - ``pdu``: raw upper-layer PDUs (PS3.8 9.3): truncated, lying or 4 GiB length fields, unknown
   types, oversized bodies, random bytes, a valid A-ASSOCIATE-RQ cut or mutated;
@@ -17,13 +20,27 @@ drawn in turn from these families (tests/hostile.py builds them byte by byte):
 
 After every input a C-ECHO checks the listener still serves. Meanwhile DCMTK ``storescu``
 pushes valid studies (new instances each round); at the end every instance it saw acknowledged
-must be in the database and the archive. Figures: inputs tried, inputs after which the listener
-still served, the listener's peak RSS (VmHWM from /proc), files left outside archive/ and
-quarantine/ (must be 0), acknowledged instances lost (must be 0). The last line is
+must be in the database and the archive.
 
-    RESULT fuzz_inputs=<n> serving=<n> peak_rss_mb=<MB> stray_files=<n> lost=<n>
+``stow`` and ``orders`` (bench/fuzz_entry.py): hostile multipart bodies to ``POST
+/dicomweb/studies`` (lying, missing or over-long boundaries, bodies over the request limit
+declared or chunked, parts declaring huge lengths, non-DICOM parts, deflate and pixel bombs,
+path-traversal UIDs in the instance and the URL, random and mutated bodies), each to be
+answered 4xx, a valid small POST after each to be stored (200); hostile MLLP frames (no end
+block, oversized frames and fields, binary junk inside and outside frames, malformed segments,
+wrong encoding characters, NUL and 8859-1 bytes, mutations) to the order listener, each
+malformed one to be answered AE/AR, a valid ORM^O01 after each to get AA, every ACKed message
+to be stored in ``order_messages``.
 
-The baseline in the same run is the listener's RSS after start-up (printed before the RESULT).
+Figures per target: inputs tried, inputs after which it still served, its peak RSS (VmHWM from
+/proc; the baseline in the same run is its RSS after start-up, printed before the RESULT),
+files left outside archive/ and quarantine/ (must be 0), acknowledged instances or ACKed order
+messages lost (must be 0), inputs without a clear error (must be 0). The last line sums them
+(the peak is the largest) and repeats them per target:
+
+    RESULT fuzz_inputs=<n> serving=<n> peak_rss_mb=<MB> stray_files=<n> lost=<n> unanswered=<n>
+        <target>_inputs=<n> <target>_serving=<n> <target>_peak_rss_mb=<MB>
+        <target>_unanswered=<n> ...
 """
 
 from __future__ import annotations
