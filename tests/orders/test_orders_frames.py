@@ -7,6 +7,7 @@ SQLite, instead of the AE 'not stored' a database error gave."""
 from __future__ import annotations
 
 import socket
+import tracemalloc
 from collections.abc import Iterator
 
 import pytest
@@ -14,6 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 import orders
+from orders.hl7 import header_of, parse_order
 from orders.tables import OrderMessage
 from raddraft.db import session_scope
 from raddraft.settings import Settings, reload_settings
@@ -101,3 +103,21 @@ def test_latin_1_and_nul_bytes_are_stored_not_refused(engine: Engine, port: int)
     assert "Müller^Jürgen" in message(engine, "LAT1").raw
     kept = message(engine, "NUL1")
     assert "Short\ufffdness" in kept.raw and "not stored" not in (kept.error or "")
+
+
+def test_a_message_of_many_segments_is_read_in_bounded_memory(engine: Engine, port: int) -> None:
+    many = orm("MANY1") + "\rNTE|1||note" * 20000
+    started = tracemalloc.is_tracing()
+    tracemalloc.start()
+    try:
+        fields = parse_order(many, header_of(many))
+        _size, peak = tracemalloc.get_traced_memory()
+    finally:
+        if not started:
+            tracemalloc.stop()
+    assert fields.accession_number == "ACC0001"
+    assert peak < 20 << 20  # bytes; hl7apy's tree of all 20,000 segments took about 150 MB
+    client = Client(port)
+    assert client.send(many)["MSA"][1:3] == ["AA", "MANY1"]
+    client.close()
+    assert message(engine, "MANY1").raw == many  # stored whole, as received
