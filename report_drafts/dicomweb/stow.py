@@ -13,6 +13,7 @@ too far: also 0xA700) is no reason to retry: 409.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from io import BytesIO
@@ -42,11 +43,28 @@ class StowOutcome:
         return self.status == 0x0000
 
 
+DEFLATED = b"1.2.840.10008.1.2.1.99"
+#: How much of a deflated data set is inflated to find its UIDs (they come before the images).
+HEADER_BYTES = 1 << 20
+
+
+def _readable(data: bytes) -> BytesIO:
+    """The part as pydicom may read it for its UIDs. pydicom inflates a deflated data set whole
+    before reading a tag (a 64 MB deflate bomb cost the web process 128 MB, bench/fuzz.py), so
+    only its first ``HEADER_BYTES`` are inflated here, read as a bare explicit VR data set; the
+    listener's bounded reader files the part itself."""
+    if data[128:132] != b"DICM" or DEFLATED not in data[132:1024]:
+        return BytesIO(data)
+    group_length = int.from_bytes(data[140:144], "little")  # (0002,0000) UL, PS3.10 7.1
+    inflater = zlib.decompressobj(-zlib.MAX_WBITS)
+    return BytesIO(inflater.decompress(data[144 + group_length :], HEADER_BYTES))
+
+
 def identify(data: bytes) -> tuple[str, str, str, str]:
     """(SOP Class, SOP Instance, Study, Series Instance UID) of a part; empty if unreadable."""
     try:
         ds = pydicom.dcmread(
-            BytesIO(data),
+            _readable(data),
             stop_before_pixels=True,
             force=True,
             specific_tags=[

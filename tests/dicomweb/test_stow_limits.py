@@ -2,23 +2,30 @@
 413 whether its Content-Length says so or it streams in chunked (the web process never holds
 more); a boundary that is missing, too long or not in the body is 400 before any filing; an
 instance refused for breaking the listener's bounds (a deflate bomb) is 409, not the 503 that
-tells a sender to retry; and the service still stores a valid instance after each."""
+tells a sender to retry, and its UIDs are read without inflating it whole; and the service
+still stores a valid instance after each."""
 
 from __future__ import annotations
 
 import http.client
+import tracemalloc
 from collections.abc import Iterator
 
 import httpx
 import pytest
+from pydicom import dcmwrite
+from pydicom.filebase import DicomBytesIO
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 
 from dicom_listener.tables import Instance
 from raddraft.db import session_scope
 from raddraft.settings import Settings, reload_settings
+from report_drafts.dicomweb import stow
 from report_drafts.web import create_web_app
 from tests import hostile
+from tests.dicom_factory import make_cxr
 from tests.pages.conftest import LiveServer
 
 BOUNDARY = "limitBOUNDARY"
@@ -113,3 +120,21 @@ def test_an_instance_over_the_bounds_is_409_not_retry_later(
     failed = answer.json()["00081198"]["Value"][0]
     assert failed["00081197"]["Value"] == [0xA700]  # FailureReason: the listener's status
     assert instances(engine) == 0
+
+
+def test_a_deflated_part_is_identified_without_inflating_it_whole() -> None:
+    ds = make_cxr(None, rows=64, cols=64)
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buffer = DicomBytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    assert stow.identify(buffer.getvalue())[1:3] == (ds.SOPInstanceUID, ds.StudyInstanceUID)
+    bomb = hostile.deflate_bomb(64)
+    started = tracemalloc.is_tracing()
+    tracemalloc.start()
+    try:
+        stow.identify(bomb)
+        _size, peak = tracemalloc.get_traced_memory()
+    finally:
+        if not started:
+            tracemalloc.stop()
+    assert peak < 8 << 20  # bytes; pydicom inflating the 64 MB bomb whole took 128 MB
