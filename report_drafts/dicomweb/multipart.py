@@ -14,6 +14,7 @@ from pathlib import Path
 
 CRLF = b"\r\n"
 _CHUNK = 1 << 20
+MAX_BOUNDARY = 200
 
 
 class MultipartError(ValueError):
@@ -55,16 +56,17 @@ class Part:
 
 
 def check_related(content_type: str) -> MediaType:
-    """The request's media type, if it is multipart/related with a usable boundary (RFC 2046
-    5.1.1: 1 to 70 characters); checked before the body is read."""
+    """The request's media type, if it is multipart/related with a usable boundary; checked
+    before the body is read. RFC 2046 5.1.1 allows 1 to 70 characters, but Orthanc's STOW-RS
+    client sends 73 (two UUIDs), so up to ``MAX_BOUNDARY`` are taken."""
     media = MediaType.parse(content_type)
     if media.type != "multipart/related":
         raise MultipartError(f"expected multipart/related, got {media.type or 'nothing'}")
     boundary = media.params.get("boundary")
     if not boundary:
         raise MultipartError("multipart/related without a boundary parameter")
-    if len(boundary) > 70 or not boundary.isascii():
-        raise MultipartError("the boundary parameter is not 1 to 70 ASCII characters (RFC 2046)")
+    if len(boundary) > MAX_BOUNDARY or not boundary.isascii():
+        raise MultipartError(f"the boundary parameter is not 1 to {MAX_BOUNDARY} ASCII characters")
     return media
 
 

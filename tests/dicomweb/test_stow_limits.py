@@ -96,7 +96,7 @@ def test_a_body_over_the_limit_is_413_declared_or_chunked(
     [
         'multipart/related; type="application/dicom"',  # no boundary
         'multipart/related; type="application/dicom"; boundary=other',  # not in the body
-        f'multipart/related; type="application/dicom"; boundary={"b" * 71}',  # RFC 2046: 70
+        f'multipart/related; type="application/dicom"; boundary={"b" * 201}',  # Orthanc: 73
     ],
 )
 def test_a_boundary_that_does_not_frame_the_body_is_400(
