@@ -1,10 +1,13 @@
-"""Fuzz the running DICOM listener over the network while a valid push goes on beside it.
+"""Fuzz RadDraft's entry points over the network: the DICOM listener (beside a valid push),
+STOW-RS on ``raddraft web`` and the HL7 order listener ``raddraft orders``.
 
-    python bench/fuzz.py [--inputs 1000] [--seed 1] [--push-rounds 0]
+    python bench/fuzz.py [--targets dicom,stow,orders] [--inputs 1000] [--seed 1] [--push-rounds 0]
 
-Starts ``python -m raddraft listen`` (as tests/listener_process.py does) on a loopback port with
-its own data directory and SQLite database, then sends ``--inputs`` malformed or hostile inputs,
-drawn in turn from these families (tests/hostile.py builds them byte by byte):
+``--inputs`` is per target. Each target runs as its own ``python -m raddraft`` child on a
+loopback port with its own data directory and SQLite database.
+
+``dicom``: ``raddraft listen`` gets malformed or hostile inputs drawn in turn from these families
+(tests/hostile.py builds them byte by byte):
 
 - ``pdu``: raw upper-layer PDUs (PS3.8 9.3): truncated, lying or 4 GiB length fields, unknown
   types, oversized bodies, random bytes, a valid A-ASSOCIATE-RQ cut or mutated;
@@ -17,13 +20,27 @@ drawn in turn from these families (tests/hostile.py builds them byte by byte):
 
 After every input a C-ECHO checks the listener still serves. Meanwhile DCMTK ``storescu``
 pushes valid studies (new instances each round); at the end every instance it saw acknowledged
-must be in the database and the archive. Figures: inputs tried, inputs after which the listener
-still served, the listener's peak RSS (VmHWM from /proc), files left outside archive/ and
-quarantine/ (must be 0), acknowledged instances lost (must be 0). The last line is
+must be in the database and the archive.
 
-    RESULT fuzz_inputs=<n> serving=<n> peak_rss_mb=<MB> stray_files=<n> lost=<n>
+``stow`` and ``orders`` (bench/fuzz_entry.py): hostile multipart bodies to ``POST
+/dicomweb/studies`` (lying, missing or over-long boundaries, bodies over the request limit
+declared or chunked, parts declaring huge lengths, non-DICOM parts, deflate and pixel bombs,
+path-traversal UIDs in the instance and the URL, random and mutated bodies), each to be
+answered 4xx, a valid small POST after each to be stored (200); hostile MLLP frames (no end
+block, oversized frames and fields, binary junk inside and outside frames, malformed segments,
+wrong encoding characters, NUL and 8859-1 bytes, mutations) to the order listener, each
+malformed one to be answered AE/AR, a valid ORM^O01 after each to get AA, every ACKed message
+to be stored in ``order_messages``.
 
-The baseline in the same run is the listener's RSS after start-up (printed before the RESULT).
+Figures per target: inputs tried, inputs after which it still served, its peak RSS (VmHWM from
+/proc; the baseline in the same run is its RSS after start-up, printed before the RESULT),
+files left outside archive/ and quarantine/ (must be 0), acknowledged instances or ACKed order
+messages lost (must be 0), inputs without a clear error (must be 0). The last line sums them
+(the peak is the largest) and repeats them per target:
+
+    RESULT fuzz_inputs=<n> serving=<n> peak_rss_mb=<MB> stray_files=<n> lost=<n> unanswered=<n>
+        <target>_inputs=<n> <target>_serving=<n> <target>_peak_rss_mb=<MB>
+        <target>_unanswered=<n> ...
 """
 
 from __future__ import annotations
@@ -44,6 +61,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from fuzz_entry import Figures, run_orders, run_stow  # noqa: E402  (bench/, beside this file)
 from pydicom import dcmread  # noqa: E402
 from sqlalchemy import create_engine, select  # noqa: E402
 
@@ -291,87 +309,126 @@ def stray_files(work: Path, data: Path) -> list[Path]:
     return strays
 
 
+def run_dicom(work: Path, seed: int, count: int, push_rounds: int) -> Figures:
+    """Fuzz a running ``raddraft listen`` beside a valid push; prints its own figures."""
+    data = work / "data"
+    data.mkdir()
+    (work / "send").mkdir()
+    (work / "push").mkdir()
+    url = f"sqlite:///{data / 'raddraft.db'}"
+    migrate.upgrade(url)
+    env = {
+        "RADDRAFT_DATA_DIR": str(data),
+        "RADDRAFT_DATABASE_URL": url,
+        "RADDRAFT_ALLOWED_CALLERS": "*",
+        "RADDRAFT_MAX_DATASET_MB": "16",
+        "RADDRAFT_NETWORK_TIMEOUT_SECONDS": "5",
+        "RADDRAFT_MAX_ASSOCIATIONS": "32",
+    }
+    listener = ListenerProcess(work / "listener.log", env=env).start()
+    assert listener.process is not None
+    rss = Rss(listener.process.pid)
+    baseline = rss.field("VmRSS")
+    push = Push(listener.port, work / "push", push_rounds)
+    push.start()
+    cases = inputs(seed, count)
+    figures = Figures("dicom")
+    serving = 0
+    down: list[str] = []
+    try:
+        for number, (name, send) in enumerate(cases, 1):
+            figures.families[name.split(":")[0]] += 1
+            send(listener.port, work / "send")
+            if listener.alive() and hostile.echo(listener.port):
+                serving += 1
+            else:
+                down.append(name)
+                if not listener.alive():
+                    print(f"listener died after input {number} ({name})")
+                    break
+            if number % 100 == 0:
+                now = rss.field("VmRSS")
+                print(f"  {number} inputs, serving after {serving}, rss {now:.0f} MB")
+    finally:
+        push.stop.set()
+        push.join(300)
+        peak = rss.field("VmHWM") if listener.alive() else float("nan")
+        listener.stop()
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        rows = dict(connection.execute(select(Instance.sop_instance_uid, Instance.path)).all())
+    lost = [
+        uid for uid in push.acked if uid not in rows or not (data / "archive" / rows[uid]).is_file()
+    ]
+    strays = stray_files(work, data)
+    quarantined = len(list((data / "quarantine").glob("*.dcm")))
+    print(
+        f"dicom: listener serving after each input: {serving} of {len(cases)}"
+        + (f"; not after {Counter(down)}" if down else "")
+    )
+    print(f"dicom: listener RSS {baseline:.0f} MB after start (baseline), peak {peak:.0f} MB")
+    print(
+        f"dicom: quarantined {quarantined}; stray files {len(strays)} "
+        f"{[str(p) for p in strays[:5]]}"
+    )
+    print(
+        f"dicom: concurrent push: {push.sent} sent, {len(push.acked)} acknowledged, "
+        f"{len(lost)} lost"
+    )
+    figures.inputs, figures.serving, figures.peak_rss_mb = len(cases), serving, peak
+    figures.stray_files, figures.lost = len(strays), len(lost)
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--inputs", type=int, default=1000)
+    parser.add_argument("--inputs", type=int, default=1000, help="inputs per target")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--push-rounds", type=int, default=0, help="0: push until fuzzing ends")
+    parser.add_argument(
+        "--targets", default="dicom,stow,orders", help="comma-separated: dicom, stow, orders"
+    )
     args = parser.parse_args()
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = set(targets) - {"dicom", "stow", "orders"}
+    if unknown:
+        parser.error(f"unknown targets {sorted(unknown)}")
 
+    results: list[Figures] = []
     with tempfile.TemporaryDirectory(prefix="raddraft-fuzz-") as tmp:
         work = Path(tmp)
-        data = work / "data"
-        data.mkdir()
-        (work / "send").mkdir()
-        (work / "push").mkdir()
-        url = f"sqlite:///{data / 'raddraft.db'}"
-        migrate.upgrade(url)
-        env = {
-            "RADDRAFT_DATA_DIR": str(data),
-            "RADDRAFT_DATABASE_URL": url,
-            "RADDRAFT_ALLOWED_CALLERS": "*",
-            "RADDRAFT_MAX_DATASET_MB": "16",
-            "RADDRAFT_NETWORK_TIMEOUT_SECONDS": "5",
-            "RADDRAFT_MAX_ASSOCIATIONS": "32",
-        }
-        listener = ListenerProcess(work / "listener.log", env=env).start()
-        assert listener.process is not None
-        rss = Rss(listener.process.pid)
-        baseline = rss.field("VmRSS")
-        push = Push(listener.port, work / "push", args.push_rounds)
-        push.start()
-        cases = inputs(args.seed, args.inputs)
-        families: Counter[str] = Counter()
-        serving = 0
-        down: list[str] = []
-        started = time.monotonic()
-        try:
-            for number, (name, send) in enumerate(cases, 1):
-                families[name.split(":")[0]] += 1
-                send(listener.port, work / "send")
-                if listener.alive() and hostile.echo(listener.port):
-                    serving += 1
-                else:
-                    down.append(name)
-                    if not listener.alive():
-                        print(f"listener died after input {number} ({name})")
-                        break
-                if number % 100 == 0:
-                    now = rss.field("VmRSS")
-                    print(f"  {number} inputs, serving after {serving}, rss {now:.0f} MB")
-        finally:
-            push.stop.set()
-            push.join(300)
-            peak = rss.field("VmHWM") if listener.alive() else float("nan")
-            listener.stop()
-        elapsed = time.monotonic() - started
-        engine = create_engine(url)
-        with engine.connect() as connection:
-            rows = dict(connection.execute(select(Instance.sop_instance_uid, Instance.path)).all())
-        lost = [
-            uid
-            for uid in push.acked
-            if uid not in rows or not (data / "archive" / rows[uid]).is_file()
-        ]
-        strays = stray_files(work, data)
-        quarantined = len(list((data / "quarantine").glob("*.dcm")))
-        mix = ", ".join(f"{k} {v}" for k, v in sorted(families.items()))
-        print(f"inputs tried: {len(cases)} ({mix}) in {elapsed:.0f} s")
-        print(
-            f"listener serving after each input: {serving} of {len(cases)}"
-            + (f"; not after {Counter(down)}" if down else "")
-        )
-        print(f"listener RSS: {baseline:.0f} MB after start (baseline), peak {peak:.0f} MB")
-        print(
-            f"quarantined: {quarantined}; stray files: {len(strays)} {[str(p) for p in strays[:5]]}"
-        )
-        print(
-            f"concurrent push: {push.sent} sent, {len(push.acked)} acknowledged, {len(lost)} lost"
-        )
-        print(
-            f"RESULT fuzz_inputs={len(cases)} serving={serving} peak_rss_mb={peak:.0f} "
-            f"stray_files={len(strays)} lost={len(lost)}"
-        )
+        for target in targets:
+            started = time.monotonic()
+            if target == "dicom":
+                figures = run_dicom(work, args.seed, args.inputs, args.push_rounds)
+            elif target == "stow":
+                figures = run_stow(work, args.seed, args.inputs, stray_files)
+            else:
+                figures = run_orders(work, args.seed, args.inputs)
+            mix = ", ".join(f"{k} {v}" for k, v in sorted(figures.families.items()))
+            took = time.monotonic() - started
+            print(f"{target}: inputs tried {figures.inputs} ({mix}) in {took:.0f} s")
+            print(
+                f"{target}: serving after {figures.serving}, "
+                f"peak RSS {figures.peak_rss_mb:.0f} MB, "
+                f"stray files {figures.stray_files}, lost {figures.lost}, "
+                f"without a clear error {len(figures.unanswered)} {figures.unanswered[:8]}"
+            )
+            for note in figures.notes:
+                print(f"{target}: {note}")
+            results.append(figures)
+    total = sum(f.inputs for f in results)
+    per_target = " ".join(
+        f"{f.target}_inputs={f.inputs} {f.target}_serving={f.serving} "
+        f"{f.target}_peak_rss_mb={f.peak_rss_mb:.0f} {f.target}_unanswered={len(f.unanswered)}"
+        for f in results
+    )
+    print(
+        f"RESULT fuzz_inputs={total} serving={sum(f.serving for f in results)} "
+        f"peak_rss_mb={max(f.peak_rss_mb for f in results):.0f} "
+        f"stray_files={sum(f.stray_files for f in results)} lost={sum(f.lost for f in results)} "
+        f"unanswered={sum(len(f.unanswered) for f in results)} {per_target}"
+    )
 
 
 if __name__ == "__main__":

@@ -82,6 +82,9 @@ class IngestResult:
     reason: str = ""
     patient_id: str = ""
     sop_class_uid: str = ""
+    #: A refusal that passes (disk, database, archive write): sending again later can work.
+    #: An over-limit data set is refused too (0xA700) but never with this set.
+    transient: bool = False
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ class Ingester:
         except OverLimit as error:
             if error.status == Status.out_of_resources:
                 # Too large to keep, even in quarantine: refused, the sender still has it.
-                return self.refuse(origin, str(error), size)
+                return self.refuse(origin, str(error), size, transient=False)
             return self._quarantine(spool, origin, Status.cannot_understand, str(error), size)
         except UnreadableDataset as error:
             return self._quarantine(spool, origin, Status.cannot_understand, str(error), size)
@@ -236,7 +239,9 @@ class Ingester:
 
     # -- failures ----------------------------------------------------------------------------
 
-    def refuse(self, origin: Origin, why: str, size: int) -> IngestResult:
+    def refuse(
+        self, origin: Origin, why: str, size: int, *, transient: bool = True
+    ) -> IngestResult:
         """Answer 0xA700 (out of resources, PS3.4 B.2.3): the sender keeps it and retries."""
         log.warning(
             "C-STORE refused, out of resources %s",
@@ -250,6 +255,7 @@ class Ingester:
             Outcome.refused,
             origin.affected_sop_instance_uid,
             reason=why,
+            transient=transient,
         )
 
     def quarantine(self, spool: Path, origin: Origin, status: Status, why: str) -> IngestResult:

@@ -58,8 +58,18 @@ def _finish(message_pk: int, header: Header | None, code: str, error: str | None
             row.control_id = header.control_id[:64]
 
 
-def receive(raw: str, peer: str, settings: Settings) -> str:
-    """Take one order message; return the ER7 ACK to send back."""
+def _header_if_any(raw: str) -> Header | None:
+    try:
+        return header_of(raw)
+    except OrderError:
+        return None
+
+
+def receive(raw: str, peer: str, settings: Settings, *, refused: str = "") -> str:
+    """Take one order message; return the ER7 ACK to send back.
+
+    ``refused``: the listener could not take the frame whole (too large, no end block); what
+    came is stored all the same and answered AR with this reason."""
     try:
         message_pk = _store_raw(raw, peer)
     except Exception as error:  # the database is down: refuse so the sender keeps it
@@ -67,6 +77,9 @@ def receive(raw: str, peer: str, settings: Settings) -> str:
         return ack(None, "AE", f"not stored, send again: {error}", ERR_APPLICATION_INTERNAL)
     header: Header | None = None
     try:
+        if refused:
+            header = _header_if_any(raw)
+            raise OrderError("AR", refused, ERR_APPLICATION_INTERNAL)
         header = header_of(raw)
         if not facility_allowed(settings, header.sending_facility):
             raise OrderError(

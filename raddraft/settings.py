@@ -303,6 +303,18 @@ class Settings(BaseSettings):
         default_factory=list,
         description="MSH-4 sending facilities whose orders are taken; * takes any; empty none",
     )
+    # Their own TLS files, not RADDRAFT_TLS_*: the RIS is often signed by another CA than the
+    # modalities, and turning DICOM TLS on must not cut off a RIS that still sends in clear.
+    orders_tls_cert: Path | None = Field(
+        default=None, description="MLLP over TLS (PS3.15 B.9): the order listener's certificate"
+    )
+    orders_tls_key: Path | None = Field(default=None, description="its private key")
+    orders_tls_ca: Path | None = Field(
+        default=None, description="with a CA, the RIS must present a certificate it signed"
+    )
+    orders_max_message_kb: int = Field(
+        default=16384, ge=1, description="a larger MLLP frame is answered AR and closed"
+    )
 
     # Where images are when this process has no archive of its own (a GPU worker elsewhere)
     archive_url: str = Field(
@@ -320,6 +332,12 @@ class Settings(BaseSettings):
     web_tls_key: Path | None = Field(default=None, description="the HTTPS certificate's key")
     web_tls_ca: Path | None = Field(
         default=None, description="require browser client certificates signed by this CA"
+    )
+    dicomweb_max_request_mb: int = Field(
+        default=512,
+        ge=1,
+        description="a STOW-RS request body larger than this is refused with 413 (it is held "
+        "in memory while its parts are filed)",
     )
     login_max_failures: int = Field(
         default=5, ge=1, description="failed sign-ins per user and address before 429"

@@ -17,6 +17,7 @@ radiologist or admin; storing needs a ``sender`` (a modality or gateway) or an a
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from typing import Annotated, Any
 
@@ -28,11 +29,14 @@ from pydicom.uid import ExplicitVRLittleEndian
 from starlette.concurrency import run_in_threadpool
 
 import dicom_listener
+from raddraft import atna
+from raddraft.logging import kv
 from raddraft.settings import Settings
 from report_drafts.api.auth import DbSession, Viewer, require
 from report_drafts.dicomweb import catalog, multipart, pixels, stow
 from report_drafts.tables import Role, User
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
 
 DICOM_JSON = "application/dicom+json"
@@ -59,23 +63,55 @@ def _dicom_json(datasets: Sequence[Dataset], headers: dict[str, str] | None = No
 # -- STOW-RS -----------------------------------------------------------------------------------
 
 
+class _TooLarge(Exception):
+    pass
+
+
+async def _bounded_body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) beyond ``limit`` bytes: a declared Content-Length is
+    checked before anything is read, and a chunked or lying body as it streams in, so a sender
+    can never make the web process hold more than the limit."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise _TooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _TooLarge
+    return bytes(body)
+
+
 async def _store(request: Request, user: User, study_uid: str | None) -> Response:
+    settings = _settings(request)
+    limit = settings.dicomweb_max_request_mb * 1024 * 1024
+    content_type = request.headers.get("content-type", "")
     try:
-        media, parts = multipart.parse_related(
-            request.headers.get("content-type", ""), await request.body()
-        )
+        multipart.check_related(content_type)
+        body = await _bounded_body(request, limit)
+        media, parts = multipart.parse_related(content_type, body)
     except multipart.MultipartError as error:
         return _problem(400, str(error))
+    except _TooLarge:
+        log.warning("STOW-RS request refused %s", kv(why="too large", limit_mb=limit >> 20))
+        return _problem(
+            413,
+            f"request body larger than {settings.dicomweb_max_request_mb} MB "
+            "(RADDRAFT_DICOMWEB_MAX_REQUEST_MB); send fewer instances per request",
+        )
+    del body  # the parts are their own copies: the whole body need not wait for the filing
     root = media.params.get("type", "").lower()
     if root != "application/dicom":
         return _problem(415, f'only type="application/dicom" is accepted, not {root!r}')
-    settings = _settings(request)
     outcomes = await run_in_threadpool(_file_parts, parts, study_uid, user.name, request, settings)
-    body = stow.response(outcomes, _base(request), study_uid)
+    answer = stow.response(outcomes, _base(request), study_uid)
     status = stow.http_status(outcomes)
     headers = {"Retry-After": "60"} if status == 503 else None
     return Response(
-        json.dumps(body.to_json_dict()), status_code=status, media_type=DICOM_JSON, headers=headers
+        json.dumps(answer.to_json_dict()),
+        status_code=status,
+        media_type=DICOM_JSON,
+        headers=headers,
     )
 
 
@@ -107,9 +143,33 @@ def _file_parts(
         peer=f"dicomweb {client}",
         settings=settings,
     )
+    if atna.enabled():  # the process's settings, as every other record of the web app
+        _audit_transferred(results, caller, client)
     for (index, _, ids), result in zip(to_file, results, strict=True):
-        outcomes[index] = stow.StowOutcome(*ids, int(result.status), result.reason)
+        outcomes[index] = stow.StowOutcome(
+            *ids, int(result.status), result.reason, transient=result.transient
+        )
     return [o for o in outcomes if o is not None]
+
+
+def _audit_transferred(
+    results: Sequence[dicom_listener.IngestResult], caller: str, client: str
+) -> None:
+    """One DICOM Instances Transferred record per patient (PS3.15 A.5.3.4) for the instances
+    this request stored, as the listener sends one per association: the request is the
+    transfer, the sending user its source."""
+    tally: dict[str, dict[str, dict[str, int]]] = {}
+    for result in results:
+        if result.status == 0x0000:
+            classes = tally.setdefault(result.patient_id, {}).setdefault(
+                result.study_instance_uid, {}
+            )
+            classes[result.sop_class_uid] = classes.get(result.sop_class_uid, 0) + 1
+    for patient_id, studies in tally.items():
+        xml = atna.instances_transferred(
+            source_aet=caller, source_address=client, patient_id=patient_id, studies=studies
+        )
+        atna.emit(xml)
 
 
 @router.post("/studies", summary="STOW-RS: store instances (PS3.18 10.5)")

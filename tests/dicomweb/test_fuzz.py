@@ -1,0 +1,18 @@
+"""The short CI run of bench/fuzz.py against STOW-RS: hostile multipart bodies (lying or missing
+boundaries, bodies over the limit declared or chunked, non-DICOM parts, deflate and pixel bombs,
+path-traversal UIDs, random and mutated bodies) to a running ``raddraft web``; after each a valid
+POST is stored, every hostile one is answered 4xx, nothing is lost or left outside the archive."""
+
+from __future__ import annotations
+
+from tests.fuzz_run import fuzz
+
+
+def test_stow_fuzz_short_run_answers_4xx_keeps_serving_and_loses_nothing() -> None:
+    figures, output = fuzz("stow", 120, 11)
+    assert figures["fuzz_inputs"] == figures["stow_inputs"] == 120
+    assert figures["stow_serving"] == 120, output[-4000:]
+    assert figures["stow_unanswered"] == 0, output[-4000:]
+    assert figures["stray_files"] == 0 and figures["lost"] == 0, output[-4000:]
+    assert figures["stow_peak_rss_mb"] < 500, output[-4000:]  # 8 MB limit; a body held whole shows
+    assert "413" in output  # the over-limit bodies were refused as too large, not read
