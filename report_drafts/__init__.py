@@ -8,7 +8,8 @@ The worker (:mod:`report_drafts.drafting`, :mod:`report_drafts.outbox`):
     ``record_draft(session, *, study_version_pk, content, run, algorithm, settings=None)
     -> ReportVersion``
     ``pending_sends(session, report_version_pk, *, kinds=("sr", "gsps"), destination=None)
-    -> list[SentObject]``, ``outbox_file(settings, sent_object) -> Path``
+    -> list[SentObject]``, ``outbox_file(settings, sent_object) -> Path``,
+    ``materialise(session, settings, relative) -> Path`` (any outbox object, from the database)
     ``claim_sends(session, settings, report_version_pk, *, kinds, destination) -> Claim``:
     what a job sends now, in version order (:mod:`report_drafts.delivery`)
     ``record_sent(session, sent_object_pk, *, ok, error=None, response=None) -> SentObject``,
@@ -54,7 +55,13 @@ from report_drafts.drafting import mark_state, record_draft
 from report_drafts.figures import reader_figures
 from report_drafts.notifications import notification, recent_notifications, record_notification
 from report_drafts.order_effects import apply_order, order_for_draft
-from report_drafts.outbox import fhir_resources, outbox_file, pending_sends
+from report_drafts.outbox import (
+    OutboxPayloadError,
+    fhir_resources,
+    materialise,
+    outbox_file,
+    pending_sends,
+)
 from report_drafts.retention import Verdict, purge_candidates, record_purge, still_purgeable
 from report_drafts.retention import verdicts as retention_verdicts
 from report_drafts.signoff import (
@@ -99,6 +106,7 @@ __all__ = [
     "InvalidRequest",
     "LifecycleError",
     "NotFound",
+    "OutboxPayloadError",
     "PermissionDenied",
     "ReportContent",
     "ReportState",
@@ -119,6 +127,7 @@ __all__ = [
     "finding_feedback",
     "get_report",
     "mark_state",
+    "materialise",
     "notification",
     "open_report",
     "order_for_draft",

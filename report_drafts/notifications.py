@@ -28,7 +28,7 @@ from raddraft.settings import Settings
 from report_drafts import audit
 from report_drafts._versioning import audit_report
 from report_drafts.content import CRITICAL_NOTICE
-from report_drafts.outbox import _write_once, hl7_message, outbox_dir
+from report_drafts.outbox import _write_once, hl7_message
 from report_drafts.states import NotFound
 from report_drafts.tables import (
     CriticalNotification,
@@ -118,13 +118,13 @@ def notify_critical(
         control_id = "RC" + uuid.uuid4().hex[:18].upper()
         relative = f"critical/{control_id}.hl7"
         message = hl7_message(session, settings, version, control_id)
-        _write_once(outbox_dir(settings) / relative, message.encode("utf-8"))
+        _write_once(session, settings, relative, message.encode("utf-8"))
         record(NotificationChannel.hl7, settings.critical_mllp, control_id, relative)
     if settings.critical_smtp and settings.critical_email_to:
         message_id = email.utils.make_msgid("raddraft-critical")
         relative = f"critical/{uuid.uuid4().hex}.eml"
         body = _email(settings, study, patient, labels, message_id)
-        _write_once(outbox_dir(settings) / relative, body)
+        _write_once(session, settings, relative, body)
         record(NotificationChannel.email, settings.critical_smtp, message_id, relative)
     for row in made:
         if send:

@@ -13,6 +13,8 @@ identifier a receiver saw.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import io
 import json
 import logging
 import os
@@ -26,7 +28,7 @@ import pydicom
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, object_session
 
 from dicom_listener import Instance, Patient, Series, Study, StudyVersion
 from raddraft import job_contract, jobs
@@ -48,7 +50,14 @@ from report_drafts.builders import (
 )
 from report_drafts.content import Algorithm, ReportContent
 from report_drafts.states import SIGNED_STATES
-from report_drafts.tables import Report, ReportVersion, SentKind, SentObject, SentState
+from report_drafts.tables import (
+    OutboxPayload,
+    Report,
+    ReportVersion,
+    SentKind,
+    SentObject,
+    SentState,
+)
 from report_drafts.versions import algorithm_of, draft_run
 
 log = logging.getLogger(__name__)
@@ -67,41 +76,100 @@ def outbox_dir(settings: Settings) -> Path:
     return settings.data_dir / "outbox"
 
 
+class OutboxPayloadError(FileNotFoundError):
+    """An outbox object cannot be had: no payload row (and no local copy), or its bytes do not
+    match the sha256 recorded when it was written."""
+
+
 def outbox_file(settings: Settings, row: SentObject) -> Path:
-    """Where the payload of ``row`` lies (the worker reads it; nobody writes it twice)."""
-    return outbox_dir(settings) / row.path
+    """Where the payload of ``row`` lies locally, materialised from the database if need be.
+
+    A payload that cannot be had is logged and its (absent) path returned, so the send fails
+    on that row (recorded, retried) instead of the claim failing for every row.
+    """
+    session = object_session(row)
+    if session is None:
+        return outbox_dir(settings) / row.path
+    try:
+        return materialise(session, settings, row.path)
+    except OutboxPayloadError as error:
+        log.error("%s", error)
+        return outbox_dir(settings) / row.path
 
 
-def _write_once(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new file durably (temp file, fsync, rename); never overwrite."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+def materialise(session: Session, settings: Settings, relative: str) -> Path:
+    """The local file of outbox object ``relative``; written from its database row if absent.
+
+    The row's bytes are checked against its sha256 and written atomically (temp file, fsync,
+    rename), so a reader never sees a partial file. Raises :class:`OutboxPayloadError`.
+    """
+    path = outbox_dir(settings) / relative
     if path.exists():
-        raise FileExistsError(f"{path} exists; outbox objects are never rewritten")
+        return path
+    payload = session.get(OutboxPayload, relative)
+    if payload is None:
+        raise OutboxPayloadError(f"outbox object {relative}: no payload in the database")
+    data = bytes(payload.data)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != payload.sha256 or len(data) != payload.size:
+        raise OutboxPayloadError(
+            f"outbox object {relative}: stored bytes do not match (sha256 {digest}, "
+            f"{len(data)} bytes; recorded {payload.sha256}, {payload.size} bytes)"
+        )
+    _write_file(path, data, replace=True)
+    return path
+
+
+def _write_file(path: Path, data: bytes, *, replace: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
     with open(tmp, "wb") as handle:
         handle.write(data)
         handle.flush()
         os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _write_dataset(settings: Settings, ds: Dataset) -> str:
-    relative = f"{ds.SOPInstanceUID}.dcm"
-    path = outbox_dir(settings) / relative
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    ds.save_as(tmp, enforce_file_format=True)
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    if path.exists():
+    if not replace and path.exists():
         tmp.unlink()
         raise FileExistsError(f"{path} exists; outbox objects are never rewritten")
     os.replace(tmp, path)
+
+
+def _write_once(session: Session, settings: Settings, relative: str, data: bytes) -> None:
+    """Record ``data`` as outbox object ``relative`` in the caller's transaction; never twice.
+
+    The database row is the durable copy (it commits with the version that references it);
+    the local file under ``data_dir/outbox/`` is a cache of it for this process.
+    """
+    if session.get(OutboxPayload, relative) is not None:
+        raise FileExistsError(
+            f"outbox object {relative} exists; outbox objects are never rewritten"
+        )
+    session.add(
+        OutboxPayload(
+            path=relative, data=data, sha256=hashlib.sha256(data).hexdigest(), size=len(data)
+        )
+    )
+    session.flush()
+    # A file left by a transaction that rolled back is only a stale cache: the row decides.
+    _write_file(outbox_dir(settings) / relative, data, replace=True)
+
+
+def _write_dataset(session: Session, settings: Settings, ds: Dataset) -> str:
+    """Write ``ds`` once as ``<SOPInstanceUID>.dcm`` (PS3.10 file format) in the outbox."""
+    relative = f"{ds.SOPInstanceUID}.dcm"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    _write_once(session, settings, relative, buffer.getvalue())
     return relative
 
 
-def read_outbox_dataset(settings: Settings, sop_instance_uid: str) -> Dataset:
-    return pydicom.dcmread(outbox_dir(settings) / f"{sop_instance_uid}.dcm")
+def read_outbox_dataset(session: Session, settings: Settings, sop_instance_uid: str) -> Dataset:
+    return pydicom.dcmread(materialise(session, settings, f"{sop_instance_uid}.dcm"))
+
+
+def has_outbox_object(session: Session, settings: Settings, relative: str) -> bool:
+    return (outbox_dir(settings) / relative).exists() or session.get(
+        OutboxPayload, relative
+    ) is not None
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,7 +230,7 @@ def build_dicom(
     if not sources:
         log.warning("report %s: no archived source images; no SR/GSPS", report.id)
         return BuiltDicom()
-    previous = read_outbox_dataset(settings, previous_sr_uid) if previous_sr_uid else None
+    previous = read_outbox_dataset(session, settings, previous_sr_uid) if previous_sr_uid else None
     built = BuiltDicom()
     number = report.current_version + 1  # the version these objects will belong to
     sr = build_sr(
@@ -177,7 +245,7 @@ def build_dicom(
         previous=previous,
     )
     built.sr_uid = str(sr.SOPInstanceUID)
-    built.files.append((SentKind.sr, built.sr_uid, _write_dataset(settings, sr)))
+    built.files.append((SentKind.sr, built.sr_uid, _write_dataset(session, settings, sr)))
     by_uid = {str(ds.SOPInstanceUID): ds for ds in sources}
     boxed = [f for f in content.accepted_findings if f.box is not None and f.sop_instance_uid]
     for image_uid in dict.fromkeys(f.sop_instance_uid for f in boxed):
@@ -196,7 +264,7 @@ def build_dicom(
         )
         uid = str(presentation.SOPInstanceUID)
         built.gsps_uids.append(uid)
-        built.files.append((SentKind.gsps, uid, _write_dataset(settings, presentation)))
+        built.files.append((SentKind.gsps, uid, _write_dataset(session, settings, presentation)))
     return built
 
 
@@ -228,9 +296,9 @@ def build_withdrawal_dicom(
     ):
         uids.extend(u for u in [row.sr_sop_instance_uid, *row.gsps_sop_instance_uids] if u)
     withdrawn = [
-        read_outbox_dataset(settings, uid)
+        read_outbox_dataset(session, settings, uid)
         for uid in dict.fromkeys(uids)
-        if (outbox_dir(settings) / f"{uid}.dcm").exists()
+        if has_outbox_object(session, settings, f"{uid}.dcm")
     ]
     if not withdrawn:
         return BuiltDicom()
@@ -243,7 +311,7 @@ def build_withdrawal_dicom(
         reason=reason,
     )
     uid = str(note.SOPInstanceUID)
-    return BuiltDicom(files=[(SentKind.kos, uid, _write_dataset(settings, note))])
+    return BuiltDicom(files=[(SentKind.kos, uid, _write_dataset(session, settings, note))])
 
 
 # --------------------------------------------------------------------------------------------
@@ -551,7 +619,7 @@ def _register_hl7(out: _Registrar) -> None:
         out.session, out.settings, out.version, control_id, withdrawal=out.withdrawal
     )
     relative = f"hl7/{control_id}.hl7"
-    _write_once(outbox_dir(out.settings) / relative, message.encode("utf-8"))
+    _write_once(out.session, out.settings, relative, message.encode("utf-8"))
     out.add(SentKind.hl7, control_id, out.settings.ris_mllp, relative, "hl7")
     out.job("hl7", job_contract.SendHl7(out.version.id))
 
@@ -562,7 +630,7 @@ def _register_fhir(out: _Registrar) -> None:
         kind = resource.get_resource_type()
         relative = f"fhir/{out.report.uid}-v{out.version.number}-{kind}.json"
         body = json.dumps(json.loads(resource.model_dump_json()), indent=1)
-        _write_once(outbox_dir(out.settings) / relative, body.encode("utf-8"))
+        _write_once(out.session, out.settings, relative, body.encode("utf-8"))
         identifier = f"{kind}/{resource.id}"
         out.add(SentKind.fhir, identifier, out.settings.fhir_server_url, relative, "fhir")
     out.job("fhir", job_contract.PushFhir(out.version.id))

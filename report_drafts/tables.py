@@ -13,7 +13,7 @@ import datetime as dt
 import enum
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, String, Text, UniqueConstraint, event
+from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint, event
 from sqlalchemy.orm import Mapped, Mapper, mapped_column, relationship
 
 from raddraft.db import Base, utcnow
@@ -209,6 +209,24 @@ class SentObject(Base):
     # A FHIR DiagnosticReport keeps its id across versions (each version PUTs it again), so the
     # same identifier may appear once per report version.
     __table_args__ = (UniqueConstraint("report_version_pk", "kind", "identifier", "destination"),)
+
+
+class OutboxPayload(Base):
+    """The bytes of one outbox object, by its path relative to ``data_dir/outbox/``.
+
+    Written in the transaction that registers the object, so a payload commits exactly with the
+    version (or notice) that references it, and any process (a GPU worker on another machine,
+    the io worker, the web app) materialises it into its own ``data_dir/outbox/`` from here: no
+    process needs another's disk. Written once: a second insert of a path is refused.
+    """
+
+    __tablename__ = "outbox_payloads"
+
+    path: Mapped[str] = mapped_column(String(512), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int] = mapped_column()
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 
 class NotificationChannel(enum.StrEnum):

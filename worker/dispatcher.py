@@ -203,7 +203,12 @@ def notify_critical_job(job_id: int, args: NotifyCritical) -> dict[str, Any]:
             return {"sent": 0, "state": row.state}
         kind = NOTICE_KINDS[row.channel]
         destination = row.destination
-        outbound = peers.Outbound(row.identifier, settings.data_dir / "outbox" / row.path)
+        try:
+            path = report_drafts.materialise(session, settings, row.path)
+        except report_drafts.OutboxPayloadError as error:
+            log.error("%s", error)
+            path = settings.data_dir / "outbox" / row.path  # absent: the send fails, recorded
+        outbound = peers.Outbound(row.identifier, path)
     target = peers.target_for(kind, destination, settings)
     try:
         delivery = target.send([outbound])

@@ -7,12 +7,14 @@ date/time range; other keys are ignored and named in a ``Warning`` header (PS3.1
 Attributes asked for by ``includefield`` that the tables do not hold are read from an
 instance's header (the first of the study or series).
 
-RadDraft's SR (TID 1500) and GSPS objects live in ``data_dir/outbox`` (written once, never
-changed), so their headers are read from the file and cached for the life of the process.
+RadDraft's SR (TID 1500) and GSPS objects live in the database's outbox (written once, never
+changed) and are materialised into this process's ``data_dir/outbox``, so their headers are read
+from the file and cached for the life of the process.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +30,10 @@ from sqlalchemy.orm import Session
 
 from dicom_listener import Instance, Patient, Series, Study
 from raddraft.settings import Settings
+from report_drafts.outbox import OutboxPayloadError, materialise
 from report_drafts.tables import Report, ReportVersion
+
+log = logging.getLogger(__name__)
 
 STUDY_KEYS = (
     "StudyInstanceUID",
@@ -302,7 +307,12 @@ def _outbox_objects(
     for version, study_pk in rows:
         uids = [version.sr_sop_instance_uid, *version.gsps_sop_instance_uids]
         for uid in (u for u in uids if u):
-            path = settings.data_dir / "outbox" / f"{uid}.dcm"
+            try:
+                # From the database when this process's disk has not seen it yet.
+                path = materialise(session, settings, f"{uid}.dcm")
+            except OutboxPayloadError as error:
+                log.error("%s", error)
+                continue
             header = _outbox_header(path)
             if header is None:
                 continue

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from hl7apy.parser import parse_message
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.engine import Engine
 
 import peers
@@ -23,7 +23,7 @@ from raddraft.db import session_scope
 from raddraft.job_contract import ExportDicom, JobArgs, PushFhir, SendHl7
 from raddraft.settings import Settings, reload_settings
 from report_drafts import claim_sends, queue_status, record_sent, signoff, trace
-from report_drafts.tables import ReportVersion, Role, SentObject
+from report_drafts.tables import OutboxPayload, ReportVersion, Role, SentObject
 from report_drafts.users import add_user
 from tests.conftest import free_port
 from tests.drafts.helpers import make_draft
@@ -294,6 +294,8 @@ def test_an_unexpected_failure_leaves_nothing_in_flight(
     draft_pk = _version_pk(engine, report_id, 1)
     (p_row,) = _rows(engine, draft_pk, "hl7")
     (wired.data_dir / "outbox" / p_row.path).unlink()
+    with session_scope(engine) as session:  # gone from the database too: nowhere to read it
+        session.execute(delete(OutboxPayload).where(OutboxPayload.path == p_row.path))
     assert _run(_jobs(engine, draft_pk)[SendHl7.TASK]) == "retry"
     (p_row,) = _rows(engine, draft_pk, "hl7")
     assert p_row.state == "failed" and "FileNotFoundError" in (p_row.last_error or "")
