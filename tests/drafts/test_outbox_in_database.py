@@ -52,7 +52,7 @@ def _dataset() -> Dataset:
 def test_a_payload_written_on_one_disk_is_read_on_another(
     engine: Engine, settings: Settings, tmp_path: Path
 ) -> None:
-    message = "MSH|^~\\&|RADDRAFT|\rOBX|1|TX|||preliminary\r".encode()
+    message = b"MSH|^~\\&|RADDRAFT|\rOBX|1|TX|||preliminary\r"
     ds = _dataset()
     with session_scope(engine) as session:
         _write_once(session, settings, "hl7/RD1.hl7", message)
