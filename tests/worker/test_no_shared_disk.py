@@ -1,9 +1,11 @@
-"""A GPU worker on "another machine": its own data directory, images over WADO-RS.
+"""Workers on "other machines": each its own data directory, nothing shared but the database.
 
 The listener, router and web app share one data directory (the archive); the GPU worker gets
-a different, empty one and only the database, the broker and ``RADDRAFT_ARCHIVE_URL``. A pushed
-study must still be drafted, with the images read from the archive service into the worker's
-bounded cache. The cache's eviction is checked on its own below.
+a different, empty one and only the database, the broker and ``RADDRAFT_ARCHIVE_URL``; the io
+worker a third one. A pushed study must still be drafted, with the images read from the archive
+service into the worker's bounded cache, and its SR must still reach the PACS (Orthanc), sent by
+the io worker from the outbox it materialises from the database. The cache's eviction is
+checked on its own below.
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from sqlalchemy import select
 
 from raddraft.db import engine_for, session_scope
-from report_drafts.tables import Role
+from report_drafts.tables import ReportVersion, Role
 from report_drafts.users import add_user
 from tests.conftest import free_port
 from tests.dicom_factory import make_study
 from tests.listener_process import port_open
+from tests.orthanc import OrthancServer
 from tests.processes import RadDraftProcess, raddraft_env
 from tests.stack import STACK_ENV, Stack
 from worker.image_cache import evict
@@ -28,13 +32,18 @@ from worker.image_cache import evict
 pytestmark = pytest.mark.slow
 
 
-def test_worker_with_its_own_disk_drafts_a_pushed_study(
-    production_env: dict[str, str], tiny_checkpoint: Path, tmp_path: Path
+def test_workers_with_their_own_disks_draft_a_pushed_study_and_deliver_it(
+    production_env: dict[str, str], orthanc: OrthancServer, tiny_checkpoint: Path, tmp_path: Path
 ) -> None:
     web_port = free_port()
     with session_scope(engine_for(production_env["RADDRAFT_DATABASE_URL"])) as session:
         _user, token = add_user(session, "gpu-worker", Role.reader)
-    env = {**production_env, "RADDRAFT_WEB_PORT": str(web_port)}
+    env = {
+        **production_env,
+        "RADDRAFT_WEB_PORT": str(web_port),
+        "RADDRAFT_DESTINATIONS": str(orthanc.dicom_node),
+        "RADDRAFT_ALLOW_DEMO_EXPORT": "true",  # the tiny checkpoint is a demo model
+    }
     stack = Stack(
         tmp_path / "logs",
         env,
@@ -44,7 +53,7 @@ def test_worker_with_its_own_disk_drafts_a_pushed_study(
     worker_env = raddraft_env(
         **{
             **STACK_ENV,
-            **production_env,
+            **env,
             "RADDRAFT_DATA_DIR": str(worker_dir),
             "RADDRAFT_MODEL": str(tiny_checkpoint),
             "RADDRAFT_ARCHIVE_URL": f"http://127.0.0.1:{web_port}/dicomweb",
@@ -54,6 +63,11 @@ def test_worker_with_its_own_disk_drafts_a_pushed_study(
     worker = RadDraftProcess(
         ["worker", "--queues", "gpu"], worker_env, tmp_path / "logs" / "remote-worker.log"
     ).start()
+    io_dir = tmp_path / "io-worker-data"
+    io_env = raddraft_env(**{**STACK_ENV, **env, "RADDRAFT_DATA_DIR": str(io_dir)})
+    io_worker = RadDraftProcess(
+        ["worker", "--queues", "io"], io_env, tmp_path / "logs" / "io-worker.log"
+    ).start()
     try:
         deadline = time.monotonic() + 30
         while not port_open(web_port) and time.monotonic() < deadline:
@@ -62,10 +76,21 @@ def test_worker_with_its_own_disk_drafts_a_pushed_study(
         stack.push(files)
         acked = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
         report = stack.wait_for_draft(ids.study_uid)
+        stack.wait_for_jobs("raddraft.export_dicom", {"done"}, 1)
     finally:
+        io_worker.stop()
         worker.stop()
         stack.stop()
     assert report.current_version == 1
+    with session_scope(stack.engine) as session:
+        version = session.scalar(select(ReportVersion).where(ReportVersion.report_pk == report.id))
+        assert version is not None and version.sr_sop_instance_uid
+        sr_uid = version.sr_sop_instance_uid
+    # Built on the GPU worker's disk, sent from the io worker's: the same bytes, in the PACS.
+    built = (worker_dir / "outbox" / f"{sr_uid}.dcm").read_bytes()
+    sent = (io_dir / "outbox" / f"{sr_uid}.dcm").read_bytes()
+    assert sent == built
+    assert orthanc.instance_tags(sr_uid)["StudyInstanceUID"] == ids.study_uid
     archive = Path(stack.env["RADDRAFT_DATA_DIR"]) / "archive"
     assert {p.stem for p in archive.rglob("*.dcm")} >= set(acked)
     assert not (worker_dir / "archive").exists() or not list(
