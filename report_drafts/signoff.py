@@ -83,16 +83,7 @@ def edit_text(
     """Change the draft's text; a new preliminary version (state ``in_review``)."""
     report, content = _for_radiologist_change(session, report_pk, user, expected_version)
     check_transition(report.state, ReportState.in_review, "edit")
-    # A pasted control character would be dropped by every builder: store what will be sent.
-    changes: dict[str, Any] = {
-        k: clean_text(v)
-        for k, v in {
-            "findings_text": findings_text,
-            "impression": impression,
-            "progression": progression,
-        }.items()
-        if v is not None
-    }
+    changes = _text_changes(findings_text, impression, progression)
     new = dataclasses.replace(content, **changes)
     if new == content:
         return current_version(session, report)
@@ -148,8 +139,7 @@ def finding_feedback(
         if label is not None and not label.strip():
             raise InvalidRequest("a finding label cannot be empty")
         if box is not None:
-            if box.x1 <= box.x0 or box.y1 <= box.y0 or min(box.x0, box.y0) < 0:
-                raise InvalidRequest("a box needs 0 <= x0 < x1 and 0 <= y0 < y1")
+            _check_box(box)
             if before.sop_instance_uid is None:
                 raise InvalidRequest("this finding is on no image; it cannot have a box")
         after = dataclasses.replace(
@@ -197,8 +187,7 @@ def add_finding(
     if box is not None:
         if sop_instance_uid is None:
             raise InvalidRequest("a box is drawn on an image: name its SOP Instance UID")
-        if box.x1 <= box.x0 or box.y1 <= box.y0 or min(box.x0, box.y0) < 0:
-            raise InvalidRequest("a box needs 0 <= x0 < x1 and 0 <= y0 < y1")
+        _check_box(box)
     if laterality not in (None, "left", "right", "bilateral"):
         raise InvalidRequest("laterality is left, right or bilateral")
     report, content = _for_radiologist_change(session, report_pk, user, expected_version)
@@ -374,16 +363,7 @@ def amend(  # noqa: PLR0913 (the fields an amendment may change, by name)
     report, content = _for_radiologist_change(session, report_pk, user, expected_version)
     target = ReportState.corrected if corrected else ReportState.amended
     check_transition(report.state, target, "amend")
-    # A pasted control character would be dropped by every builder: store what will be sent.
-    changes: dict[str, Any] = {
-        k: clean_text(v)
-        for k, v in {
-            "findings_text": findings_text,
-            "impression": impression,
-            "progression": progression,
-        }.items()
-        if v is not None
-    }
+    changes = _text_changes(findings_text, impression, progression)
     if not changes:
         raise InvalidRequest("an amendment changes the findings, impression or progression")
     now = utcnow()
@@ -462,3 +442,18 @@ def _record_feedback(
         version=row.number,
         detail={"tracking_uid": tracking_uid, "action": action, **detail},
     )
+
+
+def _text_changes(
+    findings_text: str | None, impression: str | None, progression: str | None
+) -> dict[str, Any]:
+    """The text fields a radiologist changed, cleaned as every builder would clean them (a
+    pasted control character would be dropped on the way out: store what will be sent)."""
+    given = {"findings_text": findings_text, "impression": impression, "progression": progression}
+    return {k: clean_text(v) for k, v in given.items() if v is not None}
+
+
+def _check_box(box: Box) -> None:
+    """A box in stored-pixel coordinates must have area and lie right and below the origin."""
+    if box.x1 <= box.x0 or box.y1 <= box.y0 or min(box.x0, box.y0) < 0:
+        raise InvalidRequest("a box needs 0 <= x0 < x1 and 0 <= y0 < y1")
