@@ -8,6 +8,7 @@ server where a test needs predictable grounded findings.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,17 @@ def _scripted(server: ScriptedModelServer) -> dict[str, str]:
 
 def _tiny(path: Path) -> dict[str, str]:
     return {"RADDRAFT_MODEL": str(path), "RADDRAFT_ALLOW_DEMO_EXPORT": "true"}
+
+
+def _failures_logged(stack: Stack, job_id: int) -> list[tuple[str, str]]:
+    """(next state, error) of each failed try of job ``job_id``, from the io-worker's log."""
+    pattern = re.compile(rf"job failed job={job_id} next=(\w+) error=(.*)$")
+    log = stack.log_dir / "io-worker.log"
+    return [
+        (found.group(1), found.group(2))
+        for line in log.read_text(errors="replace").splitlines()
+        if (found := pattern.search(line))
+    ]
 
 
 def _objects_in_orthanc(orthanc: OrthancServer, study_uid: str) -> dict[str, list[str]]:
@@ -287,7 +299,24 @@ def test_pacs_down_then_up_and_a_permanent_rejection(
         stack.push(files)
         stack.wait_for_draft(ids.study_uid)
         dead = stack.wait_for_jobs("raddraft.export_dicom", {"dead"}, 1)
-        assert dead[0].args["destination"] == wrong_aet and dead[0].attempts == 1
+        assert dead[0].args["destination"] == wrong_aet
+        # The rejection (PS3.8 9.3.4 rejected-permanent) dead-letters the job at once. A busy
+        # machine may first see a transient failure (a reset before the A-ASSOCIATE-RJ was
+        # read); that try is retried, the rejection never is.
+        # The worker logs a failure just after recording it.
+        wait_for(
+            lambda: any(state == "dead" for state, _ in _failures_logged(stack, dead[0].id)),
+            10,
+            "the io-worker's log of the dead-lettering",
+            stack.processes,
+        )
+        failures = _failures_logged(stack, dead[0].id)
+        assert failures and "Rejected Permanent" in failures[-1][1], failures
+        assert failures[-1][0] == "dead" and dead[0].attempts == len(failures), failures
+        assert all(
+            state == "pending" and "Rejected Permanent" not in error
+            for state, error in failures[:-1]
+        ), failures
         # The PACS that is down: retried with backoff, not dead-lettered.
         wait_for(
             lambda: any(
@@ -303,7 +332,7 @@ def test_pacs_down_then_up_and_a_permanent_rejection(
         time.sleep(2)  # a dead job must stay dead: no retry loop
         assert [
             j.attempts for j in stack.jobs("raddraft.export_dicom") if j.state == jobs.JobState.dead
-        ] == [1]
+        ] == [dead[0].attempts]
     finally:
         stack.stop()
     found = _objects_in_orthanc(pacs, ids.study_uid)
