@@ -15,8 +15,9 @@ it, loads it through the very ``from_pretrained`` path CheXOne takes
 * with ``--branches``: two single-turn prompts over the same image as one batch of branches;
 * with ``--logits-only`` (no generation, so fp32 fits in minutes on a CPU): turn 2's next-token
   logits from the cache against one full pass, and with ``--noise-floor`` what the dtype moves
-  on its own: a batch of two against one, and one decode step on a KV cache (how ``generate``
-  makes every token after the first) against a full pass.
+  on its own: a batch of two against one, one decode step on a KV cache (how ``generate``
+  makes every token after the first) against a full pass, and transformers' own forward run in
+  the cache's two chunks against both.
 
 On a random network rounding differences grow from layer to layer (the fp32 difference is
 about 1e-3 of the logits' spread, bf16's 65000 times coarser steps grow to the spread itself),
@@ -340,6 +341,74 @@ def decode_step_floor(backend: Any, conversation: Any) -> float:
     return float((step.float() - full.float()).abs().max())
 
 
+def chunked_reference(backend: Any, first: Any, second: Any) -> dict[str, float]:
+    """Turn 2's next-token logits computed by transformers alone, in the same two chunks the
+    cache uses: the model's own forward (its own image embedding and scatter) over the prefix
+    turn 1 shares with turn 2, into a ``DynamicCache``, then turn 2's remaining tokens on it.
+    Only the token ids and the model's own 3D positions come from RadDraft. Max |difference|
+    of these logits from RadDraft's cache and from one full pass: if the first is at the
+    batch floor and the second is the cache's own difference, the cache computes what
+    transformers computes for the same split, and what is left is the split's rounding."""
+    import torch
+    from transformers import DynamicCache
+
+    model = backend.model
+    with torch.inference_mode():
+        ids1, ids2 = backend.encode(first).ids, backend.encode(second).ids
+        limit = min(len(ids1), len(ids2) - 1)
+        split = int((ids1[:limit] == ids2[:limit]).to(torch.int).cumprod(0).sum())
+        encoded = backend.encode(second)
+        ids = encoded.ids[None].to(backend.device)
+        positions = backend._rope_positions(encoded)
+        cache = DynamicCache(config=model.config)
+        model.model.rope_deltas = None
+        model(
+            input_ids=ids[:, :split],
+            attention_mask=torch.ones_like(ids[:, :split]),
+            pixel_values=encoded.pixel_values.to(backend.device),
+            image_grid_thw=encoded.grid.to(backend.device),
+            mm_token_type_ids=(ids[:, :split] == backend.image_token_id).to(torch.int),
+            position_ids=positions[:, :, :split],
+            past_key_values=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        chunked = (
+            model(
+                input_ids=ids[:, split:],
+                position_ids=positions[:, :, split:],
+                past_key_values=cache,
+                use_cache=True,
+                logits_to_keep=1,
+            )
+            .logits[0, -1]
+            .float()
+        )
+        saved = (backend._cache, backend._cached_ids, backend._cached_images)
+        backend._cache = copy.deepcopy(backend._cache)
+        ours, reused = backend._prefill(encoded, positions)
+        backend._cache, backend._cached_ids, backend._cached_images = saved
+        model.model.rope_deltas = None
+        full = (
+            model(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                pixel_values=encoded.pixel_values.to(backend.device),
+                image_grid_thw=encoded.grid.to(backend.device),
+                mm_token_type_ids=(ids == backend.image_token_id).to(torch.int),
+                logits_to_keep=1,
+            )
+            .logits[0, -1]
+            .float()
+        )
+    assert reused == split, (reused, split)
+    return {
+        "chunked_vs_cache": float((chunked - ours[0].float()).abs().max()),
+        "chunked_vs_full": float((chunked - full).abs().max()),
+        "chunked_split": float(split),
+    }
+
+
 def logits_only(backend: Any, image: Any, floor: bool) -> list[dict[str, Any]]:
     """The cache against one full pass on turn 2, without generating (fast enough for fp32
     on a CPU): turn 1 prefilled into the cache, turn 2's tail run on top of it."""
@@ -360,6 +429,7 @@ def logits_only(backend: Any, image: Any, floor: bool) -> list[dict[str, Any]]:
     if floor:
         row["noise_floor"] = noise_floor(backend, second)
         row["decode_step_floor"] = decode_step_floor(backend, second)
+        row.update(chunked_reference(backend, first, second))
     return [row]
 
 
@@ -417,6 +487,40 @@ def compare(backend: Any, image: Any, tokens: int, branches: bool) -> list[dict[
             ],
         )
     return rows
+
+
+def print_row(row: dict[str, Any], dtype: str) -> None:
+    """One check's figures, as the README quotes them."""
+    if "cached_ids" in row:
+        print(
+            f"  {row['check']:24s} prompt {row['prompt_tokens']:4d} "
+            f"reused {row['cached_tokens']:4d} cached {row['cached_s']:6.1f} s "
+            f"stock {row['stock_s']:6.1f} s same={row['same']}"
+        )
+        print(f"    cached {row['cached_ids']}\n    stock  {row['stock_ids']}")
+    if "noise_floor" in row:
+        print(
+            f"    noise floor ({dtype}: one full pass vs the same in a batch of two): "
+            f"max |diff| {row['noise_floor']:.4f}"
+        )
+        print(
+            f"    KV caching itself ({dtype}: one decode step on a cache, as generate "
+            f"makes every later token, vs a full pass): max |diff| "
+            f"{row['decode_step_floor']:.4f}"
+        )
+    if "chunked_vs_cache" in row:
+        print(
+            f"    transformers alone, same split ({row['chunked_split']:.0f} tokens "
+            f"then the rest): vs the cache max |diff| {row['chunked_vs_cache']:.4f}, "
+            f"vs one full pass {row['chunked_vs_full']:.4f}"
+        )
+    if "logits_max_abs_diff" in row:
+        print(
+            f"    next-token logits, cache ({row['reused_for_logits']} reused) vs one "
+            f"full pass: max |diff| {row['logits_max_abs_diff']:.4f} (logit std "
+            f"{row['logits_scale']:.3f}, top-2 gap {row['top2_gap']:.4f}), same argmax "
+            f"{row['same_argmax']}"
+        )
 
 
 def main() -> None:
@@ -492,30 +596,7 @@ def main() -> None:
         else:
             rows = compare(backend, image, args.max_new_tokens, args.branches)
         for row in rows:
-            if "cached_ids" in row:
-                print(
-                    f"  {row['check']:24s} prompt {row['prompt_tokens']:4d} "
-                    f"reused {row['cached_tokens']:4d} cached {row['cached_s']:6.1f} s "
-                    f"stock {row['stock_s']:6.1f} s same={row['same']}"
-                )
-                print(f"    cached {row['cached_ids']}\n    stock  {row['stock_ids']}")
-            if "noise_floor" in row:
-                print(
-                    f"    noise floor ({dtype}: one full pass vs the same in a batch of two): "
-                    f"max |diff| {row['noise_floor']:.4f}"
-                )
-                print(
-                    f"    KV caching itself ({dtype}: one decode step on a cache, as generate "
-                    f"makes every later token, vs a full pass): max |diff| "
-                    f"{row['decode_step_floor']:.4f}"
-                )
-            if "logits_max_abs_diff" in row:
-                print(
-                    f"    next-token logits, cache ({row['reused_for_logits']} reused) vs one "
-                    f"full pass: max |diff| {row['logits_max_abs_diff']:.4f} (logit std "
-                    f"{row['logits_scale']:.3f}, top-2 gap {row['top2_gap']:.4f}), same argmax "
-                    f"{row['same_argmax']}"
-                )
+            print_row(row, dtype)
         same = all(r["same"] for r in rows)
         distinct = len({t for r in rows for t in r.get("stock_ids", [])})
         diffs = [r["logits_max_abs_diff"] for r in rows if "logits_max_abs_diff" in r]
