@@ -232,6 +232,36 @@ def chest_image() -> Any:
     return image, geometry
 
 
+def full_pass(backend: Any, encoded: Any, ids: Any = None) -> Any:
+    """The last position's logits (fp32, one row) of one full forward pass as ``generate``
+    runs its first step: token ids, pixels and grid, the model's own positions. ``ids`` (1, L)
+    defaults to ``encoded``'s; a longer row extends it past the images."""
+    import torch
+
+    if ids is None:
+        ids = encoded.ids[None].to(backend.device)
+    backend.model.model.rope_deltas = None
+    logits = backend.model(
+        input_ids=ids,
+        attention_mask=torch.ones_like(ids),
+        pixel_values=encoded.pixel_values.to(backend.device),
+        image_grid_thw=encoded.grid.to(backend.device),
+        mm_token_type_ids=(ids == backend.image_token_id).to(torch.int),
+        logits_to_keep=1,
+    ).logits
+    return logits[0, -1].float()
+
+
+def cache_logits(backend: Any, encoded: Any, positions: Any) -> tuple[Any, int]:
+    """The backend's prefix-cached next-token logits (fp32, one row) and tokens reused, on a
+    copy of its cache, so the check leaves the real cache as it was."""
+    saved = (backend._cache, backend._cached_ids, backend._cached_images)
+    backend._cache = copy.deepcopy(backend._cache)
+    logits, reused = backend._prefill(encoded, positions)
+    backend._cache, backend._cached_ids, backend._cached_images = saved
+    return logits[0].float(), reused
+
+
 def next_token_logits(backend: Any, conversation: Any) -> dict[str, Any]:
     """The next-token logits of ``conversation`` from the cache (kept prefix plus the new
     tokens) and from one full forward pass as ``generate`` runs it: how far apart they are,
@@ -240,23 +270,9 @@ def next_token_logits(backend: Any, conversation: Any) -> dict[str, Any]:
 
     with torch.inference_mode():
         encoded = backend.encode(conversation)
-        positions = backend._rope_positions(encoded)
-        saved = (backend._cache, backend._cached_ids, backend._cached_images)
-        backend._cache = copy.deepcopy(backend._cache)  # leave the real cache to the check
-        cached, reused = backend._prefill(encoded, positions)
-        backend._cache, backend._cached_ids, backend._cached_images = saved
-        ids = encoded.ids[None].to(backend.device)
-        backend.model.model.rope_deltas = None
-        full = backend.model(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            pixel_values=encoded.pixel_values.to(backend.device),
-            image_grid_thw=encoded.grid.to(backend.device),
-            mm_token_type_ids=(ids == backend.image_token_id).to(torch.int),
-            logits_to_keep=1,
-        ).logits[:, -1, :]
-        cached, full = cached.float(), full.float()
-        top = torch.topk(full[0], 2).values
+        cached, reused = cache_logits(backend, encoded, backend._rope_positions(encoded))
+        full = full_pass(backend, encoded)
+        top = torch.topk(full, 2).values
     return {
         "logits_max_abs_diff": float((cached - full).abs().max()),
         "logits_scale": float(full.std()),
@@ -274,30 +290,18 @@ def noise_floor(backend: Any, conversation: Any) -> float:
 
     with torch.inference_mode():
         encoded = backend.encode(conversation)
-        ids = encoded.ids[None].to(backend.device)
-        kwargs = {
-            "pixel_values": encoded.pixel_values.to(backend.device),
-            "image_grid_thw": encoded.grid.to(backend.device),
-            "logits_to_keep": 1,
-        }
-        backend.model.model.rope_deltas = None
-        one = backend.model(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            mm_token_type_ids=(ids == backend.image_token_id).to(torch.int),
-            **kwargs,
-        ).logits[0, -1, :]
-        two_ids = ids.expand(2, -1).contiguous()
+        one = full_pass(backend, encoded)
+        two_ids = encoded.ids[None].to(backend.device).expand(2, -1).contiguous()
         backend.model.model.rope_deltas = None
         two = backend.model(
             input_ids=two_ids,
             attention_mask=torch.ones_like(two_ids),
             mm_token_type_ids=(two_ids == backend.image_token_id).to(torch.int),
-            pixel_values=torch.cat([kwargs["pixel_values"]] * 2),
-            image_grid_thw=torch.cat([kwargs["image_grid_thw"]] * 2),
+            pixel_values=torch.cat([encoded.pixel_values.to(backend.device)] * 2),
+            image_grid_thw=torch.cat([encoded.grid.to(backend.device)] * 2),
             logits_to_keep=1,
         ).logits[1, -1, :]
-    return float((one.float() - two.float()).abs().max())
+    return float((one - two.float()).abs().max())
 
 
 def decode_step_floor(backend: Any, conversation: Any) -> float:
@@ -329,16 +333,7 @@ def decode_step_floor(backend: Any, conversation: Any) -> float:
             use_cache=True,
             logits_to_keep=1,
         ).logits[0, -1]
-        longer = torch.cat([ids, token], dim=1)
-        model.model.rope_deltas = None
-        full = model(
-            input_ids=longer,
-            attention_mask=torch.ones_like(longer),
-            pixel_values=encoded.pixel_values.to(backend.device),
-            image_grid_thw=encoded.grid.to(backend.device),
-            mm_token_type_ids=(longer == backend.image_token_id).to(torch.int),
-            logits_to_keep=1,
-        ).logits[0, -1]
+        full = full_pass(backend, encoded, torch.cat([ids, token], dim=1))
     return float((step.float() - full.float()).abs().max())
 
 
@@ -355,10 +350,10 @@ def chunked_reference(backend: Any, first: Any, second: Any) -> dict[str, float]
 
     model = backend.model
     with torch.inference_mode():
-        ids1, ids2 = backend.encode(first).ids, backend.encode(second).ids
+        encoded = backend.encode(second)
+        ids1, ids2 = backend.encode(first).ids, encoded.ids
         limit = min(len(ids1), len(ids2) - 1)
         split = int((ids1[:limit] == ids2[:limit]).to(torch.int).cumprod(0).sum())
-        encoded = backend.encode(second)
         ids = encoded.ids[None].to(backend.device)
         positions = backend._rope_positions(encoded)
         cache = DynamicCache(config=model.config)
@@ -385,26 +380,11 @@ def chunked_reference(backend: Any, first: Any, second: Any) -> dict[str, float]
             .logits[0, -1]
             .float()
         )
-        saved = (backend._cache, backend._cached_ids, backend._cached_images)
-        backend._cache = copy.deepcopy(backend._cache)
-        ours, reused = backend._prefill(encoded, positions)
-        backend._cache, backend._cached_ids, backend._cached_images = saved
-        model.model.rope_deltas = None
-        full = (
-            model(
-                input_ids=ids,
-                attention_mask=torch.ones_like(ids),
-                pixel_values=encoded.pixel_values.to(backend.device),
-                image_grid_thw=encoded.grid.to(backend.device),
-                mm_token_type_ids=(ids == backend.image_token_id).to(torch.int),
-                logits_to_keep=1,
-            )
-            .logits[0, -1]
-            .float()
-        )
+        ours, reused = cache_logits(backend, encoded, positions)
+        full = full_pass(backend, encoded)
     assert reused == split, (reused, split)
     return {
-        "chunked_vs_cache": float((chunked - ours[0].float()).abs().max()),
+        "chunked_vs_cache": float((chunked - ours).abs().max()),
         "chunked_vs_full": float((chunked - full).abs().max()),
         "chunked_split": float(split),
     }
