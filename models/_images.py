@@ -140,8 +140,12 @@ def _first_value(value: Any) -> float:
         return float(value)
 
 
-def _window(dataset: Any, pixels: np.ndarray) -> np.ndarray:
-    """Apply the VOI transform and return floats in 0..1 (MONOCHROME2 sense)."""
+def _window(dataset: Any, pixels: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+    """Apply the VOI transform and return floats in 0..1 (MONOCHROME2 sense).
+
+    ``counts``, when given, says how many pixels hold each of ``pixels``' values (the distinct
+    values of an image, see :func:`dataset_to_gray`): only the percentile window needs it.
+    """
     from pydicom.pixels import apply_voi_lut
 
     if "VOILUTSequence" in dataset:
@@ -157,7 +161,10 @@ def _window(dataset: Any, pixels: np.ndarray) -> np.ndarray:
         # PS3.3 C.11.2.1.2.1 linear function (the DICOM default VOI LUT function).
         low = center - 0.5 - (width - 1.0) / 2.0
         return np.clip((pixels - low) / (width - 1.0 if width > 1.0 else 1.0), 0.0, 1.0)
-    low, high = np.percentile(pixels, PERCENTILE_WINDOW)
+    # The percentile of the whole image: its values repeated as often as they occur, in order
+    # (an already sorted array is numpy's quickest to partition).
+    every = pixels if counts is None else np.repeat(pixels, counts)
+    low, high = np.percentile(every, PERCENTILE_WINDOW)
     if high <= low:
         low, high = float(pixels.min()), float(pixels.max())
     if high <= low:
@@ -165,10 +172,47 @@ def _window(dataset: Any, pixels: np.ndarray) -> np.ndarray:
     return np.clip((pixels - low) / (high - low), 0.0, 1.0)
 
 
-def dataset_to_gray(dataset: Any) -> np.ndarray:
-    """Decode a single-frame grayscale or colour dataset to uint8 grey, display-ready (0 black)."""
+def _display_gray(dataset: Any, raw: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
+    """Stored values to uint8 grey: modality LUT, VOI, MONOCHROME1 inversion, 8 bits."""
     from pydicom.pixels import apply_modality_lut
 
+    pixels = np.asarray(apply_modality_lut(raw, dataset), dtype=np.float64)
+    unit = _window(dataset, pixels, counts)
+    if str(getattr(dataset, "PhotometricInterpretation", "MONOCHROME2")).upper() == "MONOCHROME1":
+        unit = 1.0 - unit  # MONOCHROME1 shows low values white; the model expects bright bone
+    return np.round(unit * 255.0).astype(np.uint8)
+
+
+# Integer images whose values span at most this many steps are mapped through a lookup table.
+_LOOKUP_SPAN = 1 << 16
+
+
+def _lookup_gray(dataset: Any, raw: np.ndarray) -> np.ndarray | None:
+    """:func:`_display_gray` of an integer image through a table of its distinct values.
+
+    Every step is a function of the stored value alone, except the percentile window, which
+    gets each value's pixel count: so the result is the same, exactly, for a few thousand values
+    computed instead of a million (the drafting worker prepares every image of every study).
+    None when the values are not integers or span too much for a table.
+    """
+    if raw.dtype.kind not in "iu" or raw.size == 0:
+        return None
+    # Unsigned values index the table as they are; signed ones from their minimum.
+    low = min(int(raw.min()), 0) if raw.dtype.kind == "i" else 0
+    span = int(raw.max()) - low + 1
+    if span > _LOOKUP_SPAN:
+        return None
+    offsets = raw if low == 0 else np.subtract(raw, low, dtype=np.int32)
+    counts = np.bincount(offsets.ravel(), minlength=span)
+    present = np.flatnonzero(counts)
+    table = np.zeros(span, dtype=np.uint8)
+    values = (present + low).astype(raw.dtype)
+    table[present] = _display_gray(dataset, values, counts[present])
+    return table[offsets]
+
+
+def dataset_to_gray(dataset: Any) -> np.ndarray:
+    """Decode a single-frame grayscale or colour dataset to uint8 grey, display-ready (0 black)."""
     raw = dataset.pixel_array
     if int(getattr(dataset, "NumberOfFrames", 1) or 1) > 1:
         raw = raw[0]  # radiographs are single-frame; take the first frame of anything else
@@ -180,11 +224,8 @@ def dataset_to_gray(dataset: Any) -> np.ndarray:
 
             rgb = convert_color_space(rgb, photometric, "RGB")
         return np.asarray(Image.fromarray(rgb.astype(np.uint8)).convert("L"))
-    pixels = np.asarray(apply_modality_lut(raw, dataset), dtype=np.float64)
-    unit = _window(dataset, pixels)
-    if photometric == "MONOCHROME1":
-        unit = 1.0 - unit  # MONOCHROME1 shows low values white; the model expects bright bone
-    return np.round(unit * 255.0).astype(np.uint8)
+    gray = _lookup_gray(dataset, raw)
+    return gray if gray is not None else _display_gray(dataset, raw)
 
 
 def prepare_gray(

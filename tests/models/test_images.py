@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from PIL import Image
+from pydicom.dataset import Dataset
 
 from models import Geometry, prepare_image, smart_resize
 from models._images import dataset_to_gray
@@ -128,3 +129,69 @@ def test_geometry_with_crop() -> None:
     assert geometry.percent_to_stored(0, 0) == (100.0, 50.0)
     assert geometry.percent_to_stored(100, 100) == (900.0, 650.0)
     assert geometry.stored_to_percent(500.0, 350.0) == pytest.approx((50.0, 50.0))
+
+
+def _noisy(ds: Dataset, rng: np.random.Generator, signed: bool = False) -> None:
+    """Give ``ds`` random 12-bit pixels (signed: centred on zero), for exactness checks."""
+    shape = (int(ds.Rows), int(ds.Columns))
+    if signed:
+        ds.PixelRepresentation = 1
+        ds.PixelData = rng.integers(-2048, 2048, shape).astype(np.int16).tobytes()
+    else:
+        ds.PixelData = rng.integers(0, 4096, shape).astype(np.uint16).tobytes()
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "window",
+        "percentile",
+        "monochrome1 percentile",
+        "negative slope percentile",
+        "signed window",
+        "voi lut sequence",
+    ],
+)
+def test_lookup_table_path_equals_the_per_pixel_computation(case: str) -> None:
+    """The table of distinct values gives every pixel exactly what computing each pixel gives
+    (the percentile window included, from the values' counts)."""
+    from pydicom.sequence import Sequence
+
+    from models._images import _display_gray, _lookup_gray
+
+    rng = np.random.default_rng(len(case))
+    window = (1800.0, 2500.0) if "window" in case else None
+    photometric = "MONOCHROME1" if "monochrome1" in case else "MONOCHROME2"
+    slope, intercept = (-0.5, 3000.0) if "negative" in case else (1.0, 0.0)
+    ds = radiograph(
+        73,
+        91,
+        (5, 5, 30, 30),
+        window=window,
+        photometric=photometric,
+        slope=slope,
+        intercept=intercept,
+    )
+    _noisy(ds, rng, signed="signed" in case)
+    if "voi lut" in case:
+        item = Dataset()
+        item.LUTDescriptor = [4096, 0, 12]
+        item.LUTData = list(rng.integers(0, 4096, 4096))
+        ds.VOILUTSequence = Sequence([item])
+    raw = ds.pixel_array
+    fast = _lookup_gray(ds, raw)
+    assert fast is not None
+    slow = _display_gray(ds, raw)
+    assert fast.dtype == slow.dtype == np.uint8
+    assert np.array_equal(fast, slow)
+    assert np.array_equal(dataset_to_gray(ds), slow)
+    assert len(np.unique(slow)) > 10  # a real spread of grey, not a constant image
+
+
+def test_float_pixels_and_wide_spans_take_the_per_pixel_path() -> None:
+    from models._images import _lookup_gray
+
+    ds = radiograph(8, 8, (1, 1, 4, 4))
+    assert _lookup_gray(ds, np.zeros((8, 8), dtype=np.float32)) is None
+    wide = np.array([[0, 1 << 20]], dtype=np.int32)
+    assert _lookup_gray(ds, wide) is None
