@@ -56,9 +56,9 @@ class PixelServer:
                     for part in message["content"] if isinstance(message["content"], list) else []:
                         if part["type"] == "image_url":
                             data = part["image_url"]["url"].split(",", 1)[1]
-                            digests.append(
-                                pixels_digest(Image.open(io.BytesIO(base64.b64decode(data))))
-                            )
+                            sent = Image.open(io.BytesIO(base64.b64decode(data)))
+                            # RGB, as vLLM's image loader makes every image it receives.
+                            digests.append(pixels_digest(sent.convert("RGB")))
                 last = body["messages"][-1]["content"]
                 question = last if isinstance(last, str) else last[-1]["text"]
                 with lock:

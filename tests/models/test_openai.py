@@ -120,9 +120,29 @@ def test_request_body(server: FakeServer) -> None:
     assert [part["type"] for part in last] == ["image_url", "image_url", "text"]
     assert last[2]["text"] == "second"
     first_image = decode_data_url(last[0]["image_url"]["url"])
-    assert first_image.size == (84, 56) and first_image.getpixel((0, 0)) == (200, 200, 200)
+    assert first_image.size == (84, 56)
+    assert first_image.convert("RGB").getpixel((0, 0)) == (200, 200, 200)
     assert result.text == "No pneumothorax detected."  # control tokens removed
     assert result.prompt_tokens == 100 and result.cached_tokens == 64
+
+
+def test_data_urls_carry_the_prepared_pixels_exactly() -> None:
+    """A grey radiograph travels as one channel, a colour image as RGB; both come back as the
+    very RGB pixels prepared here once converted to RGB, as vLLM and Qwen's processor do."""
+    import numpy as np
+
+    from models._openai import image_data_url
+
+    rng = np.random.default_rng(4)
+    grey = rng.integers(0, 256, (60, 44), dtype=np.uint8)
+    prepared = Image.fromarray(grey, mode="L").convert("RGB")
+    sent = decode_data_url(image_data_url(prepared))
+    assert sent.mode == "L"
+    assert sent.convert("RGB").tobytes() == prepared.tobytes()
+    colour = prepared.copy()
+    colour.putpixel((3, 5), (9, 200, 9))  # one pixel off grey: it must not be flattened
+    sent = decode_data_url(image_data_url(colour))
+    assert sent.mode == "RGB" and sent.tobytes() == colour.tobytes()
 
 
 def test_sampling_request(server: FakeServer) -> None:
