@@ -1,6 +1,6 @@
 """Studies per hour against studies in flight, one GPU worker, the OpenAI-compatible backend.
 
-    python bench/throughput.py [--in-flight 1,4,16,64] [--studies-per-slot 2]
+    python bench/throughput.py [--in-flight 1,4,16,64] [--studies-per-slot 4]
                                [--per-token-ms 15] [--first-token-ms 40] [--server URL]
 
 A study's questions are sequential (each stage reads the answers before it), so a GPU serves
@@ -12,13 +12,15 @@ Without ``--server`` the server is simulated here, on the CPU: an OpenAI-compati
 that answers CheXOne's prompts like ``tests/worker/model_server.py`` (a left pleural effusion)
 after a realistic delay: ``first-token-ms`` plus ``per-token-ms`` per answer token (about 4
 characters a token), each request on its own, as continuous batching serves a few dozen
-sequences. It therefore measures RadDraft's side: that readings really overlap and what the
-client costs (image preparation, PNG data URLs, JSON), not a GPU's limits. With ``--server``
-it measures a real server (vLLM serving a random-weight Qwen2.5-VL-3B, say) the same way.
+sequences, in its own process as vLLM is. It therefore measures RadDraft's side: that readings
+really overlap and what the client costs (image preparation, PNG data URLs, JSON), not a GPU's
+limits. With ``--server`` it measures a real server (vLLM serving a random-weight
+Qwen2.5-VL-3B, say) the same way.
 
 Each level reads ``studies-per-slot x in-flight`` studies (two 1200x1000 12-bit DX views: a
-current PA and a prior) through a pool of that many threads. The baseline is one at a time
-(in flight 1) in the same run. The last line is
+current PA and a prior) through a pool of that many threads; four a slot by default, so the
+steady state outweighs the start, when every thread prepares its images at once. The baseline
+is one at a time (in flight 1) in the same run. The last line is
 ``RESULT studies_per_hour_1=<a> ... scaling_16=<x> scaling_64=<y>``; the target is near-linear
 scaling to 16 in flight on the simulated server (scaling_16 near 16).
 """
@@ -27,11 +29,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -40,66 +44,88 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
+def _serve(first_token_s: float, per_token_s: float, ports: Any) -> None:
+    """The simulated server's process: answer until terminated."""
+    from tests.worker.model_server import answer
+
+    counts = {"requests": 0, "in_flight": 0, "most_in_flight": 0}
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"  # keep-alive, as a client pool expects
+        # Headers and body go out as two writes: with Nagle's algorithm on, the client's
+        # delayed ACK would add 40 ms to every answer, a delay no real server has.
+        disable_nagle_algorithm = True
+
+        def do_GET(self) -> None:
+            with lock:
+                self._reply(json.dumps(counts).encode())
+
+        def do_POST(self) -> None:
+            with lock:
+                counts["requests"] += 1
+                counts["in_flight"] += 1
+                counts["most_in_flight"] = max(counts["most_in_flight"], counts["in_flight"])
+            started = time.perf_counter()
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            last = body["messages"][-1]["content"]
+            question = last if isinstance(last, str) else last[-1]["text"]
+            text = answer(question)
+            tokens = max(1, len(text) // 4)
+            delay = first_token_s + tokens * per_token_s
+            time.sleep(max(0.0, delay - (time.perf_counter() - started)))
+            reply = {
+                "choices": [{"index": 0, "message": {"content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 400, "completion_tokens": tokens},
+            }
+            self._reply(json.dumps(reply).encode())
+            with lock:
+                counts["in_flight"] -= 1
+
+        def _reply(self, data: bytes) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    class Server(ThreadingHTTPServer):
+        request_queue_size = 512
+        daemon_threads = True
+
+    httpd = Server(("127.0.0.1", 0), Handler)
+    ports.put(httpd.server_address[1])
+    httpd.serve_forever()
+
+
 class SimulatedServer:
-    """``POST /v1/chat/completions`` answering like a model that needs time per token."""
+    """``POST /v1/chat/completions`` answering like a model that needs time per token.
+
+    It runs in its own process, as vLLM does: in this one it would share the interpreter lock
+    with the client's threads, and the benchmark would measure that contention instead of the
+    client's work.
+    """
 
     def __init__(self, first_token_s: float, per_token_s: float) -> None:
-        from tests.worker.model_server import answer
+        context = multiprocessing.get_context("spawn")
+        ports = context.Queue()
+        self.process = context.Process(
+            target=_serve, args=(first_token_s, per_token_s, ports), daemon=True
+        )
+        self.process.start()
+        self.url = f"http://127.0.0.1:{ports.get(timeout=60)}/v1"
 
-        self.requests = 0
-        self.in_flight = 0
-        self.most_in_flight = 0
-        lock = threading.Lock()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as a client pool expects
-            # Headers and body go out as two writes: with Nagle's algorithm on, the client's
-            # delayed ACK would add 40 ms to every answer, a delay no real server has.
-            disable_nagle_algorithm = True
-
-            def do_POST(self) -> None:
-                with lock:
-                    outer.requests += 1
-                    outer.in_flight += 1
-                    outer.most_in_flight = max(outer.most_in_flight, outer.in_flight)
-                started = time.perf_counter()
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                last = body["messages"][-1]["content"]
-                question = last if isinstance(last, str) else last[-1]["text"]
-                text = answer(question)
-                tokens = max(1, len(text) // 4)
-                delay = first_token_s + tokens * per_token_s
-                time.sleep(max(0.0, delay - (time.perf_counter() - started)))
-                reply = {
-                    "choices": [
-                        {"index": 0, "message": {"content": text}, "finish_reason": "stop"}
-                    ],
-                    "usage": {"prompt_tokens": 400, "completion_tokens": tokens},
-                }
-                data = json.dumps(reply).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-                with lock:
-                    outer.in_flight -= 1
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        class Server(ThreadingHTTPServer):
-            request_queue_size = 512
-            daemon_threads = True
-
-        self.httpd = Server(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+    def counts(self) -> dict[str, int]:
+        """Requests answered so far and the most in flight at once."""
+        with urllib.request.urlopen(self.url + "/stats", timeout=10) as response:
+            return dict(json.load(response))
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.process.terminate()
+        self.process.join(10)
 
 
 def studies(count: int) -> list[tuple[Any, Any]]:
@@ -138,8 +164,8 @@ def level(reader: Any, pairs: list[tuple[Any, Any]], in_flight: int, n: int) -> 
     return {
         "studies": n,
         "wall_s": wall,
-        # This process's CPU (client and simulated server) per study: when wall time per
-        # study nears it divided by the cores this process gets, the CPU is the limit.
+        # The client's CPU per study (the simulated server has its own process): when wall
+        # time per study nears it, the worker's interpreter lock is the limit, whatever the GPU.
         "cpu_per_study_s": (time.process_time() - cpu) / n,
         "per_hour": n / wall * 3600,
         "p50_s": latencies[len(latencies) // 2],
@@ -149,7 +175,7 @@ def level(reader: Any, pairs: list[tuple[Any, Any]], in_flight: int, n: int) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--in-flight", default="1,4,16,64")
-    parser.add_argument("--studies-per-slot", type=int, default=2)
+    parser.add_argument("--studies-per-slot", type=int, default=4)
     parser.add_argument("--first-token-ms", type=float, default=40.0)
     parser.add_argument("--per-token-ms", type=float, default=15.0)
     parser.add_argument("--server", default="", help="a real OpenAI-compatible server's URL")
@@ -178,7 +204,7 @@ def main() -> None:
         f"{args.per_token_ms:.0f} ms per token; {os.cpu_count()} CPUs here"
     )
     reader.read([pairs[0][0]], [pairs[0][1]])  # warm-up: connections, imports
-    requests_before = simulated.requests if simulated else 0
+    requests_before = simulated.counts()["requests"] if simulated else 0
     results: dict[int, dict[str, float]] = {}
     print(f"load average at start {os.getloadavg()[0]:.1f}")
     print("in flight  studies   wall s  studies/h   p50 s  cpu s/study  ratio to 1")
@@ -192,9 +218,10 @@ def main() -> None:
         )
     if simulated:
         done = sum(int(r["studies"]) for r in results.values())
+        counts = simulated.counts()
         print(
-            f"requests per study {(simulated.requests - requests_before) / done:.1f}; "
-            f"most requests in flight at the server {simulated.most_in_flight}"
+            f"requests per study {(counts['requests'] - requests_before) / done:.1f}; "
+            f"most requests in flight at the server {counts['most_in_flight']}"
         )
         simulated.close()
     base = results[levels[0]]["per_hour"]
