@@ -165,6 +165,7 @@ def main() -> None:
     no_reuse = best(staged(False), args.repeats)
     reading = no_reuse[2]
     turns = sum(len(s.turns) for s in reading.stages)  # type: ignore[attr-defined]
+    report_turns = len(reading.report_turns)  # type: ignore[attr-defined]
     prompt_tokens = reading.prompt_tokens  # type: ignore[attr-defined]
     reuse = best(staged(True), args.repeats)
     same = [t.raw for s in reading.stages for t in s.turns] == [  # type: ignore[attr-defined]
@@ -182,7 +183,8 @@ def main() -> None:
     pick = 0 if clock == "wall" else 1
     print(
         f"study: current {current.dataset.Columns}x{current.dataset.Rows} and prior, "
-        f"model image {geometry.model_size[0]}x{geometry.model_size[1]}, {turns} turns, "
+        f"model image {geometry.model_size[0]}x{geometry.model_size[1]}, {turns} staged turns "
+        f"and {report_turns} single-turn report prompts, "
         f"{prompt_tokens} prompt tokens over all turns without reuse"
     )
     print("variant                  wall s    cpu s")
