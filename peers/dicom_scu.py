@@ -49,6 +49,8 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, Association, build_context, build_role, evt
 from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom.pdu import A_ASSOCIATE_RJ
+from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     Comprehensive3DSRStorage,
@@ -365,30 +367,36 @@ def _make_ae(calling_ae: str, timeout: float) -> AE:
     return ae
 
 
-def _describe_reject(assoc: Association) -> tuple[int | None, str]:
-    primitive = assoc.acceptor.primitive
-    if primitive is None:
-        return None, "association rejected"
-    result = primitive.result
-    return result, (
+def _describe_reject(primitive: A_ASSOCIATE) -> str:
+    return (
         f"association rejected: {primitive.result_str}, source {primitive.source_str}, "
         f"reason {primitive.reason_str}"
     )
 
 
-def _reject_is_transient(assoc: Association) -> bool:
+def _reject_is_transient(primitive: A_ASSOCIATE) -> bool:
     """PS3.8 9.3.4: result 2 is rejected-transient; result 1 is rejected-permanent.
 
     Service-provider (presentation) rejections "temporary congestion" and "local limit
     exceeded" (source 3, reasons 1 and 2) are transient by nature even when a peer labels the
     result permanent.
     """
-    primitive = assoc.acceptor.primitive
-    if primitive is None:
-        return True
     if primitive.result == 0x02:
         return True
     return primitive.result_source == 0x03 and primitive.diagnostic in (0x01, 0x02)
+
+
+def _rejection(assoc: Association, received: list[A_ASSOCIATE]) -> A_ASSOCIATE | None:
+    """The peer's A-ASSOCIATE-RJ (PS3.8 9.3.4), if one came back.
+
+    pynetdicom (3.0.4) can lose it: when the RJ arrives and the transport is closed (AE-4)
+    before the requesting thread checks the connection, that thread aborts instead of reading
+    the rejection (about one association in 200 on a loaded machine). The PDU itself was
+    received and decoded, so ``received`` (filled by an EVT_PDU_RECV handler) still has it.
+    """
+    if assoc.is_rejected and assoc.acceptor.primitive is not None:
+        return assoc.acceptor.primitive
+    return received[0] if received else None
 
 
 # TLS failures that are about the connection, not the configuration.
@@ -447,11 +455,18 @@ def _associate(  # noqa: C901,PLR0913 (each association failure (PS3.8 9.3) is t
     ae = _make_ae(calling_ae, timeout)
     connected = threading.Event()
 
+    rejections: list[A_ASSOCIATE] = []
+
     def _on_open(event: evt.Event) -> None:
         connected.set()
 
+    def _on_pdu(event: evt.Event) -> None:
+        if isinstance(event.pdu, A_ASSOCIATE_RJ):
+            rejections.append(event.pdu.to_primitive())
+
     evt_handlers: list[tuple[evt.EventType, Callable[..., object]]] = [
         (evt.EVT_CONN_OPEN, _on_open),
+        (evt.EVT_PDU_RECV, _on_pdu),
         *(handlers or []),
     ]
     tls_args = (tls, node.host) if tls is not None else None
@@ -472,10 +487,12 @@ def _associate(  # noqa: C901,PLR0913 (each association failure (PS3.8 9.3) is t
     finally:
         transport_log.removeHandler(watcher)
     if not assoc.is_established:
+        rejection = _rejection(assoc, rejections)
+        if rejection is not None:
+            kind = transient if _reject_is_transient(rejection) else permanent
+            raise kind(_describe_reject(rejection), node=node)
         if assoc.is_rejected:
-            _, text = _describe_reject(assoc)
-            kind = transient if _reject_is_transient(assoc) else permanent
-            raise kind(text, node=node)
+            raise transient("association rejected", node=node)
         if not connected.is_set():
             waited = time.monotonic() - started
             error = watcher.error_for(assoc)

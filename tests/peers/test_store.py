@@ -115,6 +115,45 @@ def test_association_rejection_follows_the_result_field(
     assert "association rejected" in str(failure.value)
 
 
+@pytest.mark.parametrize(
+    ("result", "source", "reason", "expected"),
+    [(1, 1, 7, PermanentExportError), (2, 1, 1, TransientExportError)],
+)
+def test_a_rejection_that_closes_the_connection_first_is_still_a_rejection(
+    raw_peer: Callable[[bytes | None], RawPeer],
+    result: int,
+    source: int,
+    reason: int,
+    expected: type[ScuError],
+) -> None:
+    """pynetdicom's requesting thread checks the connection after sending the A-ASSOCIATE-RQ;
+    when the RJ has come back and the transport is closed by then, it aborts instead of reading
+    the rejection. Held up in EVT_REQUESTED (on that thread), it loses that race every time; the
+    rejection must still be classified by its result, never retried as a lost answer."""
+    from pynetdicom import build_context, evt
+    from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+    from peers.dicom_scu import _associate
+
+    peer = raw_peer(associate_rj(result, source, reason))
+    with (
+        pytest.raises(ScuError) as failure,
+        _associate(
+            peer.node(),
+            calling_ae=RADDRAFT_AE,
+            contexts=[build_context(Verification)],
+            timeout=30,
+            tls=None,
+            transient=TransientExportError,
+            permanent=PermanentExportError,
+            handlers=[(evt.EVT_REQUESTED, lambda event: time.sleep(0.5))],
+        ),
+    ):
+        pass
+    assert type(failure.value) is expected
+    assert "association rejected" in str(failure.value)
+
+
 def test_peer_that_never_answers_times_out_as_transient(
     raw_peer: Callable[[bytes | None], RawPeer], results: tuple[Dataset, Dataset, Dataset, Path]
 ) -> None:
