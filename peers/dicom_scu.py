@@ -391,7 +391,7 @@ def _rejection(assoc: Association, received: list[A_ASSOCIATE]) -> A_ASSOCIATE |
 
     pynetdicom (3.0.4) can lose it: when the RJ arrives and the transport is closed (AE-4)
     before the requesting thread checks the connection, that thread aborts instead of reading
-    the rejection (about one association in 200 on a loaded machine). The PDU itself was
+    the rejection (about one association in 200 on a 2-core test machine). The PDU itself was
     received and decoded, so ``received`` (filled by an EVT_PDU_RECV handler) still has it.
     """
     if assoc.is_rejected and assoc.acceptor.primitive is not None:
@@ -511,6 +511,8 @@ def _associate(  # noqa: C901,PLR0913 (each association failure (PS3.8 9.3) is t
         raise transient(
             f"association aborted or no A-ASSOCIATE response within {timeout:g} s", node=node
         )
+    # Only the negotiation can bring an RJ; the transfer's PDUs need no look.
+    assoc.unbind(evt.EVT_PDU_RECV, _on_pdu)
     try:
         yield assoc
     except BaseException:
