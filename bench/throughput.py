@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 def _serve(first_token_s: float, per_token_s: float, ports: Any) -> None:
     """The simulated server's process: answer until terminated."""
-    from tests.worker.model_server import answer
+    from tests.worker.model_server import answer, send_json
 
     counts = {"requests": 0, "in_flight": 0, "most_in_flight": 0}
     lock = threading.Lock()
@@ -59,7 +59,8 @@ def _serve(first_token_s: float, per_token_s: float, ports: Any) -> None:
 
         def do_GET(self) -> None:
             with lock:
-                self._reply(json.dumps(counts).encode())
+                now = dict(counts)
+            send_json(self, now)
 
         def do_POST(self) -> None:
             with lock:
@@ -78,16 +79,9 @@ def _serve(first_token_s: float, per_token_s: float, ports: Any) -> None:
                 "choices": [{"index": 0, "message": {"content": text}, "finish_reason": "stop"}],
                 "usage": {"prompt_tokens": 400, "completion_tokens": tokens},
             }
-            self._reply(json.dumps(reply).encode())
+            send_json(self, reply)
             with lock:
                 counts["in_flight"] -= 1
-
-        def _reply(self, data: bytes) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
 
         def log_message(self, *args: object) -> None:
             pass

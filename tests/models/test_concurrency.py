@@ -26,6 +26,7 @@ from PIL import Image
 from models import ModelInfo, Reader, ReaderConfig, Reading, StudyImage, load_backend, prepare_image
 from models._hf import TransformersBackend
 from tests.models.conftest import radiograph
+from tests.worker.model_server import send_json
 
 VOCAB = ("Pleural Effusion",)
 
@@ -71,12 +72,7 @@ class PixelServer:
                     ],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 3},
                 }
-                data = json.dumps(reply).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, reply)
                 with lock:
                     outer.in_flight -= 1
 

@@ -26,6 +26,7 @@ from models import (
 from models._openai import OpenAIBackend
 from models._staged_reading import Reader
 from tests.models.conftest import radiograph
+from tests.worker.model_server import send_json
 
 
 class FakeServer:
@@ -65,12 +66,7 @@ class FakeServer:
                         "prompt_tokens_details": {"cached_tokens": 64},
                     },
                 }
-                data = json.dumps(reply).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, reply)
 
             def log_message(self, *args: object) -> None:
                 pass

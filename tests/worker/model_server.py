@@ -15,6 +15,16 @@ from typing import Any
 EFFUSION_BOX = (55, 50, 90, 88)  # percent of the model input: x1, y1, x2, y2
 
 
+def send_json(handler: BaseHTTPRequestHandler, value: object) -> None:
+    """A 200 answer with ``value`` as its JSON body, as a chat-completions server sends it."""
+    data = json.dumps(value).encode()
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 def answer(question: str) -> str:
     q = question.lower()
     if "view of this chest x-ray" in q:
@@ -64,12 +74,7 @@ class ScriptedModelServer:
                     ],
                     "usage": {"prompt_tokens": 10, "completion_tokens": 5},
                 }
-                data = json.dumps(reply).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, reply)
 
             def log_message(self, *_: object) -> None:
                 pass
