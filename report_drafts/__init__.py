@@ -1,19 +1,12 @@
-"""report_drafts: the bookkeeper of drafts: versions, sign-off, audit, what leaves, the pages.
+"""report_drafts: the bookkeeper of drafts: versions, sign-off, audit, the outbox, delivery.
 
-The public face, for the worker and the ``raddraft`` command. Each name lives in the module of
-whoever acts:
+The public face, for the worker, the web tier and the ``raddraft`` command; nothing outside this
+package imports its modules. Each name lives in the module of whoever acts:
 
 The worker (:mod:`report_drafts.drafting`, :mod:`report_drafts.outbox`):
-    ``mark_state(session, study_version_pk, state, *, reason="") -> Report``
-    ``record_draft(session, *, study_version_pk, content, run, algorithm, settings=None)
-    -> ReportVersion``
-    ``pending_sends(session, report_version_pk, *, kinds=("sr", "gsps"), destination=None)
-    -> list[SentObject]``, ``outbox_file(settings, sent_object) -> Path``,
-    ``materialise(session, settings, relative) -> Path`` (any outbox object, from the database)
-    ``claim_sends(session, settings, report_version_pk, *, kinds, destination) -> Claim``:
-    what a job sends now, in version order (:mod:`report_drafts.delivery`)
-    ``record_sent(session, sent_object_pk, *, ok, error=None, response=None) -> SentObject``,
-    ``release(session, sent_object_pks)`` (claimed, not tried)
+    ``mark_state``, ``record_draft``; ``outbox_file``, ``materialise`` (any outbox object, from
+    the database); ``claim_sends``, ``record_sent``, ``release``: what a job sends now, in
+    version order (:mod:`report_drafts.delivery`)
 Radiologists (:mod:`report_drafts.signoff`):
     ``open_report``, ``edit_text``, ``finding_feedback``, ``add_finding``, ``sign``, ``reject``,
     ``amend``
@@ -23,26 +16,31 @@ Critical findings (:mod:`report_drafts.notifications`):
     ``notification``, ``record_notification``, ``recent_notifications``
 Administrators (:mod:`report_drafts.admin`):
     ``requeue``, ``retry_job``
-Reads (:mod:`report_drafts.versions` and others):
+The read side, for the web tier's read models (pages, API, DICOMweb, FHIR, queue, metrics):
     ``get_report``, ``report_for_study_version``, ``version``, ``current_content``,
-    ``report_text``, ``demo_mode``, ``reader_figures``, ``trace``, ``fhir_resources``
+    ``draft_run``, ``report_text``, ``demo_mode``, ``reader_figures``, ``trace``,
+    ``fhir_resources``, ``source_instances``, ``render_png``, ``audit_for_study``,
+    ``record_audit``, ``retention_figures``, ``user_for_password``, ``user_for_token``,
+    ``capability_statement``, and the tables it queries (``Report``, ``ReportVersion``,
+    ``DraftRun``, ``SentObject``, ``AuditEvent``, ``User`` and their enums)
 Retention (:mod:`report_drafts.retention`, the policy; the purge is the listener's):
     ``retention_verdicts``, ``purge_candidates``, ``still_purgeable``, ``record_purge``,
     ``Verdict``
 Values: the content types of a draft (:mod:`report_drafts.content`) and the lifecycle's states
 and errors (:mod:`report_drafts.states`).
 The text sanitiser (:mod:`report_drafts.text_safety`), between the model and everything else:
-    ``safe_content(content) -> ReportContent``, ``visible(text) -> str``
-
-The web app is :func:`report_drafts.web.create_web_app`; it is not imported here, so a worker
-never loads FastAPI.
+    ``safe_content``, ``visible``, ``clean_text``, ``removed_count``
 """
 
 from __future__ import annotations
 
 from report_drafts.admin import requeue, retry_job
+from report_drafts.audit import for_study as audit_for_study
+from report_drafts.audit import record as record_audit
+from report_drafts.builders import capability_statement
 from report_drafts.content import (
     DEMO_WARNING,
+    DRAFT_WARNING,
     Algorithm,
     Box,
     Finding,
@@ -61,8 +59,16 @@ from report_drafts.outbox import (
     materialise,
     outbox_file,
     pending_sends,
+    source_instances,
 )
-from report_drafts.retention import Verdict, purge_candidates, record_purge, still_purgeable
+from report_drafts.render import render_png
+from report_drafts.retention import (
+    Verdict,
+    purge_candidates,
+    record_purge,
+    retention_figures,
+    still_purgeable,
+)
 from report_drafts.retention import verdicts as retention_verdicts
 from report_drafts.signoff import (
     add_finding,
@@ -74,6 +80,7 @@ from report_drafts.signoff import (
     sign,
 )
 from report_drafts.states import (
+    EDITABLE,
     SIGNED_STATES,
     IllegalTransition,
     InvalidRequest,
@@ -83,12 +90,25 @@ from report_drafts.states import (
     ReportState,
     StaleVersion,
 )
-from report_drafts.text_safety import safe_content, visible
+from report_drafts.tables import (
+    AuditEvent,
+    DraftRun,
+    EditReason,
+    Report,
+    ReportVersion,
+    Role,
+    SentKind,
+    SentObject,
+    SentState,
+    User,
+)
+from report_drafts.text_safety import clean_text, removed_count, safe_content, visible
 from report_drafts.trace import trace
-from report_drafts.users import add_user
+from report_drafts.users import add_user, user_for_password, user_for_token
 from report_drafts.versions import (
     current_content,
     demo_mode,
+    draft_run,
     get_report,
     report_for_study_version,
     report_text,
@@ -97,10 +117,15 @@ from report_drafts.versions import (
 
 __all__ = [
     "DEMO_WARNING",
+    "DRAFT_WARNING",
+    "EDITABLE",
     "SIGNED_STATES",
     "Algorithm",
+    "AuditEvent",
     "Box",
     "Claim",
+    "DraftRun",
+    "EditReason",
     "Finding",
     "IllegalTransition",
     "InvalidRequest",
@@ -108,20 +133,31 @@ __all__ = [
     "NotFound",
     "OutboxPayloadError",
     "PermissionDenied",
+    "Report",
     "ReportContent",
     "ReportState",
     "ReportStatus",
+    "ReportVersion",
+    "Role",
     "SendItem",
+    "SentKind",
+    "SentObject",
+    "SentState",
     "Signer",
     "StaleVersion",
+    "User",
     "Verdict",
     "add_finding",
     "add_user",
     "amend",
     "apply_order",
+    "audit_for_study",
+    "capability_statement",
     "claim_sends",
+    "clean_text",
     "current_content",
     "demo_mode",
+    "draft_run",
     "edit_text",
     "fhir_resources",
     "finding_feedback",
@@ -136,21 +172,28 @@ __all__ = [
     "purge_candidates",
     "reader_figures",
     "recent_notifications",
+    "record_audit",
     "record_draft",
     "record_notification",
     "record_purge",
     "record_sent",
     "reject",
     "release",
+    "removed_count",
+    "render_png",
     "report_for_study_version",
     "report_text",
     "requeue",
+    "retention_figures",
     "retention_verdicts",
     "retry_job",
     "safe_content",
     "sign",
+    "source_instances",
     "still_purgeable",
     "trace",
+    "user_for_password",
+    "user_for_token",
     "version",
     "visible",
 ]

@@ -157,7 +157,7 @@ def web(host: str | None, port: int | None) -> None:
     """Serve the review desk, the queue page, the API, FHIR and /metrics with uvicorn."""
     import uvicorn
 
-    from report_drafts.web import create_web_app
+    from web import create_web_app
 
     settings = get_settings()
     bind, bind_port = host or settings.web_host, port or settings.web_port

@@ -11,9 +11,9 @@ from raddraft.db import session_scope
 from raddraft.settings import Settings
 from report_drafts.tables import Role
 from report_drafts.users import add_user
-from report_drafts.web import create_web_app
 from tests.orthanc import orthanc, orthanc_factory  # noqa: F401
 from tests.pages.conftest import LiveServer
+from web import create_web_app
 
 
 @pytest.fixture

@@ -173,7 +173,7 @@ def test_stow_above_the_disk_watermark_refuses_all_and_keeps_nothing(
 ) -> None:
     monkeypatch.setenv("RADDRAFT_DISK_WATERMARK_PERCENT", "0")
     full = reload_settings()
-    from report_drafts.web import create_web_app
+    from web import create_web_app
 
     _ids, datasets = _study(tmp_path)
     parts = [Path(ds.filename).read_bytes() for ds in datasets]
@@ -242,7 +242,7 @@ def test_stow_target_reads_raddrafts_own_answers(
     """RadDraft's STOW-RS service as the peer of its STOW-RS target: a 202 with one failed
     instance is permanent for that one and delivered for the other; a 503 is transient."""
     from peers import Outbound, StowPermanentError, StowTarget, StowTransientError
-    from report_drafts.web import create_web_app
+    from web import create_web_app
 
     _ids, datasets = _study(tmp_path)
     good = Outbound(str(datasets[0].SOPInstanceUID), Path(datasets[0].filename))

@@ -12,7 +12,6 @@ from sqlalchemy.engine import Engine
 
 from raddraft import atna
 from raddraft.settings import Settings, reload_settings
-from report_drafts.web import create_web_app
 from tests import hostile
 from tests.certs import certificates
 from tests.dicom_factory import make_study
@@ -20,6 +19,7 @@ from tests.dicomweb.test_stow_limits import CONTENT_TYPE, related
 from tests.listener.test_atna import _event, _messages
 from tests.pages.conftest import LiveServer
 from tests.syslog_collector import Rsyslog
+from web import create_web_app
 
 
 def test_a_stow_store_sends_instances_transferred_and_a_refused_one_nothing(

@@ -22,11 +22,11 @@ from sqlalchemy.engine import Engine
 from dicom_listener.tables import Instance
 from raddraft.db import session_scope
 from raddraft.settings import Settings, reload_settings
-from report_drafts.dicomweb import stow
-from report_drafts.web import create_web_app
 from tests import hostile
 from tests.dicom_factory import make_cxr
 from tests.pages.conftest import LiveServer
+from web import create_web_app
+from web.dicomweb import stow
 
 BOUNDARY = "limitBOUNDARY"
 CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'

@@ -17,10 +17,10 @@ from sqlalchemy.engine import Engine
 from dicom_listener.tables import Instance, Patient, Series, Study, StudyVersion
 from raddraft.db import session_scope, utcnow
 from raddraft.settings import Settings
-from report_drafts.api import create_app
 from report_drafts.content import Algorithm, Box, Finding, ReportContent
 from report_drafts.tables import Role
 from report_drafts.users import add_user
+from web.api import create_app
 
 DX = "1.2.840.10008.5.1.4.1.1.1.1"
 ROOT = "1.2.826.0.1.3680043.10.1077."

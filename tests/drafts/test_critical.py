@@ -20,7 +20,7 @@ from raddraft import jobs
 from raddraft.db import session_scope
 from raddraft.job_contract import NotifyCritical
 from raddraft.settings import Settings, reload_settings
-from report_drafts import drafting, queue_status
+from report_drafts import drafting
 from report_drafts.content import Finding, ReportContent
 from report_drafts.outbox import fhir_resources
 from report_drafts.reconcile import critical_labels
@@ -28,6 +28,7 @@ from report_drafts.tables import CriticalNotification, Report, ReportVersion, Se
 from tests.conftest import free_port
 from tests.drafts.conftest import ALGORITHM, ROOT, RUN, archive_study, draft_content
 from tests.mllp_listener import Listener, listener  # noqa: F401
+from web import queue_status
 from worker import dispatcher
 from worker.errors import TransientError
 
@@ -248,8 +249,8 @@ def test_the_critical_draft_tops_the_worklist_and_its_page_says_stat(
 
     from report_drafts.tables import Role
     from report_drafts.users import add_user
-    from report_drafts.web import create_web_app
     from tests.drafts.test_no_silent_loss import PASSWORD, _review_page
+    from web import create_web_app
 
     monkeypatch.setenv("RADDRAFT_WEB_SECRET", "test-secret-not-for-production")
     settings = wire(monkeypatch, free_port(), free_port())

@@ -296,7 +296,7 @@ def test_app_with_pages_still_refuses_unsigned_finals(
     engine: Engine, settings: Settings, tokens: dict[str, str]
 ) -> None:
     """The full web app (API, pages, metrics) keeps the API's refusals."""
-    from report_drafts.web import create_web_app
+    from web import create_web_app
 
     report_id, _ = make_draft(engine, settings)
     with TestClient(create_web_app(settings)) as app_client:

@@ -18,9 +18,9 @@ from raddraft import jobs
 from raddraft.db import session_scope
 from raddraft.settings import DicomNode, Settings
 from report_drafts import drafting, outbox, versions
-from report_drafts.api import create_app
 from report_drafts.tables import ImmutableVersionError, ReportVersion, SentObject
 from tests.drafts.conftest import ALGORITHM, RUN, archive_study, auth, draft_content
+from web.api import create_app
 
 DEST = DicomNode("PACS", "127.0.0.1", 11113)
 

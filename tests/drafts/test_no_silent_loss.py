@@ -23,8 +23,8 @@ from report_drafts.content import Finding, ReportContent
 from report_drafts.reconcile import unlisted_findings
 from report_drafts.tables import ReportVersion, Role, SentObject
 from report_drafts.users import add_user
-from report_drafts.web import create_web_app
 from tests.drafts.conftest import ALGORITHM, RUN, archive_study, auth, draft_content
+from web import create_web_app
 from worker import pipeline
 
 PASSWORD = "correct horse battery staple"
@@ -232,6 +232,6 @@ def test_the_pages_vocabulary_is_the_models() -> None:
     """report_drafts may not import models, so the review page keeps its own copy of the labels
     the model is asked about (for adding a missed finding): it must stay the same list."""
     from models._prompts import DEFAULT_FINDINGS
-    from report_drafts.pages.viewmodel import FINDING_LABELS
+    from web.pages.viewmodel import FINDING_LABELS
 
     assert FINDING_LABELS == DEFAULT_FINDINGS

@@ -18,12 +18,12 @@ from raddraft import atna
 from raddraft.settings import Settings, reload_settings
 from report_drafts import signoff, versions
 from report_drafts.tables import User
-from report_drafts.web import create_web_app
 from tests.certs import certificates
 from tests.dicom_factory import make_study
 from tests.listener_process import ListenerProcess, echoscu, storescu
 from tests.pages.seed import PASSWORD, seed
 from tests.syslog_collector import Rsyslog
+from web import create_web_app
 
 
 def _messages(lines: list[str], transport: str) -> list[ET.Element]:

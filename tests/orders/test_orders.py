@@ -231,7 +231,7 @@ def test_a_cancelled_order_stops_drafting_and_marks_the_sent_draft(
         assert stopped is not None and stopped.state == "failed"
         assert "order cancelled" in (stopped.failure or "")
     # And nobody signs it.
-    from report_drafts.api import create_app
+    from web.api import create_app
 
     with TestClient(create_app(settings)) as api:
         rad = auth(tokens["rad"])

@@ -17,9 +17,9 @@ from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
 from raddraft.settings import Settings, reload_settings
-from report_drafts.web import create_web_app
 from tests.conftest import free_port
 from tests.pages.seed import Seeded, seed
+from web import create_web_app
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "pages"
 CHROMIUM = "/usr/bin/chromium"

@@ -14,13 +14,14 @@ from sqlalchemy.orm import Session
 
 from dicom_listener.tables import IngestEvent, IngestEventKind
 from raddraft import job_contract
-from report_drafts import delivery, queue_status
-from report_drafts.pages import viewmodel
-from report_drafts.pages.routes import safe_next
-from report_drafts.pages.session import SESSION_COOKIE, Signer
+from report_drafts import delivery
 from report_drafts.tables import SentObject, User
 from report_drafts.users import rotate_token
 from tests.pages.seed import DEMO_CUT, PASSWORD, Seeded
+from web import queue_status
+from web.pages import viewmodel
+from web.pages.routes import safe_next
+from web.pages.session import SESSION_COOKIE, Signer
 
 SAMPLE = re.compile(
     r'^(raddraft_[a-z_]+)(\{[a-z_]+="(?:[^"\\]|\\.)*"(?:,[a-z_]+="(?:[^"\\]|\\.)*")*\})? '

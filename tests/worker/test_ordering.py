@@ -22,13 +22,14 @@ from raddraft import jobs
 from raddraft.db import session_scope
 from raddraft.job_contract import ExportDicom, JobArgs, PushFhir, SendHl7
 from raddraft.settings import Settings, reload_settings
-from report_drafts import claim_sends, queue_status, record_sent, signoff, trace
+from report_drafts import claim_sends, record_sent, signoff, trace
 from report_drafts.tables import OutboxPayload, ReportVersion, Role, SentObject
 from report_drafts.users import add_user
 from tests.conftest import free_port
 from tests.drafts.helpers import make_draft
 from tests.fhir_server import FhirServer
 from tests.mllp_listener import Listener, serving
+from web import queue_status
 from worker import dispatcher
 from worker.runner import run_job
 

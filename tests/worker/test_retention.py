@@ -24,10 +24,11 @@ from raddraft import job_contract
 from raddraft.cli import main
 from raddraft.db import session_scope, utcnow
 from raddraft.settings import Settings, reload_settings
-from report_drafts import drafting, queue_status, retention
+from report_drafts import drafting, retention
 from report_drafts.tables import AuditEvent, Report, ReportVersion
 from tests.drafts.conftest import ALGORITHM, RUN, archive_study, draft_content
 from tests.drafts.helpers import make_draft
+from web import queue_status
 from worker import retention as purge_job
 
 OLD = dt.timedelta(days=40)

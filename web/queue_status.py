@@ -1,7 +1,7 @@
 """The administrator's queue figures, gathered from the tables in one read-only pass.
 
 Shared by the queue page (rendered once server-side, then refreshed from ``/queue/data.json``)
-and, for the counts, by :mod:`report_drafts.metrics`. Every figure says what it is measured
+and, for the counts, by :mod:`web.metrics`. Every figure says what it is measured
 from, so an operator can check it against the database.
 """
 
@@ -16,13 +16,12 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+import report_drafts as drafts
 from dicom_listener import IngestEvent, IngestEventKind, Study, StudyVersion, VersionState
 from raddraft import job_contract, jobs
 from raddraft.db import utcnow
 from raddraft.settings import Settings
-from report_drafts import figures, notifications, retention
-from report_drafts.states import ReportState
-from report_drafts.tables import DraftRun, Report, ReportVersion, SentObject, SentState
+from report_drafts import DraftRun, Report, ReportState, ReportVersion, SentObject, SentState
 
 EXPORT_TASKS = job_contract.EXPORT_TASKS
 LATENCY_WINDOW = dt.timedelta(days=1)
@@ -331,7 +330,7 @@ def queue_figures(
 ) -> dict[str, Any]:
     """Everything the queue page shows, as JSON-ready values."""
     now = now or utcnow()
-    reader = figures.reader_figures(session).to_json()
+    reader = drafts.reader_figures(session).to_json()
     return {
         "generated_at": now.isoformat(),
         "reports_by_state": reports_by_state(session),
@@ -345,7 +344,7 @@ def queue_figures(
         "failed_sends": failed_sends(session),
         "failed_reports": failed_reports(session),
         "open_versions": open_versions(session, now),
-        "retention": retention.retention_figures(session, settings, now),
+        "retention": drafts.retention_figures(session, settings, now),
         "reader_figures": reader,
-        "critical_notifications": notifications.recent_notifications(session),
+        "critical_notifications": drafts.recent_notifications(session),
     }

@@ -31,7 +31,7 @@ from fastapi import Request, Response
 from sqlalchemy.orm import Session
 
 from raddraft.settings import Settings
-from report_drafts.tables import User
+from report_drafts import User
 
 SESSION_COOKIE = "raddraft_session"
 LOGIN_COOKIE = "raddraft_login"  # double-submit CSRF for the sign-in form

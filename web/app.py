@@ -1,8 +1,8 @@
-"""The whole web app: the review API (``report_drafts.api``), the pages, and ``/metrics``.
+"""The whole web app: the review API (``web.api``), the pages, and ``/metrics``.
 
 ``raddraft web`` serves :func:`create_web_app`. The API app brings ``/api``, ``/fhir``, ``/docs``,
 ``/healthz`` and ``/readyz``; this module adds the review desk and queue pages
-(:mod:`report_drafts.pages`) and the Prometheus metrics (:mod:`report_drafts.metrics`).
+(:mod:`web.pages`) and the Prometheus metrics (:mod:`web.metrics`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from raddraft.settings import Settings, get_settings
-from report_drafts import metrics, pages
-from report_drafts.api import create_app
+from web import metrics, pages
+from web.api import create_app
 
 
 def create_web_app(settings: Settings | None = None) -> FastAPI:

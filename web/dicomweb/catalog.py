@@ -30,8 +30,7 @@ from sqlalchemy.orm import Session
 
 from dicom_listener import Instance, Patient, Series, Study
 from raddraft.settings import Settings
-from report_drafts.outbox import OutboxPayloadError, materialise
-from report_drafts.tables import Report, ReportVersion
+from report_drafts import OutboxPayloadError, Report, ReportVersion, materialise
 
 log = logging.getLogger(__name__)
 

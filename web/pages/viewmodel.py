@@ -15,8 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicom_listener import Instance, Series, Study
-from report_drafts.tables import DraftRun
-from report_drafts.text_safety import visible
+from report_drafts import DraftRun, visible
 
 # Findings a radiologist wants to see first: the ones that usually need a phone call.
 URGENT_TERMS = (

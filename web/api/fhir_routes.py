@@ -14,12 +14,10 @@ from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+import report_drafts as drafts
 from dicom_listener import Patient, Study
-from report_drafts import outbox
-from report_drafts.api.auth import DbSession, Viewer
-from report_drafts.builders import capability_statement
-from report_drafts.states import NotFound
-from report_drafts.tables import Report, ReportVersion
+from report_drafts import NotFound, Report, ReportVersion, capability_statement
+from web.api.auth import DbSession, Viewer
 
 router = APIRouter(prefix="/fhir", tags=["fhir"])
 
@@ -51,12 +49,12 @@ def _resources(request: Request, session: Session, report: Report) -> dict[str, 
     if row is None:
         raise NotFound(f"report {report.uid} has no published version")
     settings = request.app.state.settings
-    resources = outbox.fhir_resources(session, settings, row)
+    resources = drafts.fhir_resources(session, settings, row)
     withdrawn = withdrawal_version(session, report)
     if withdrawn is not None:
         # What was pushed last: the withdrawal (entered-in-error), never the draft it withdrew.
         why = f"{WITHDRAWN_BY[withdrawn.action]}: {withdrawn.note}"
-        resources["DiagnosticReport"] = outbox.fhir_resources(
+        resources["DiagnosticReport"] = drafts.fhir_resources(
             session, settings, withdrawn, withdrawal=why
         )["DiagnosticReport"]
     return resources
@@ -251,4 +249,4 @@ def read_provenance(
     )
     if row is None or row.action not in PUBLISHED_ACTIONS:
         raise NotFound(f"no Provenance {resource_id}")
-    return _json(outbox.fhir_resources(session, request.app.state.settings, row)["Provenance"])
+    return _json(drafts.fhir_resources(session, request.app.state.settings, row)["Provenance"])

@@ -10,11 +10,20 @@ from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 import orders
+import report_drafts as drafts
 from dicom_listener import Instance, Patient, Study, StudyVersion
-from report_drafts import outbox, versions
-from report_drafts.content import DEMO_WARNING, DRAFT_WARNING, ReportContent
-from report_drafts.states import SIGNED_STATES, ReportState
-from report_drafts.tables import AuditEvent, DraftRun, Report, ReportVersion, SentObject
+from report_drafts import (
+    DEMO_WARNING,
+    DRAFT_WARNING,
+    SIGNED_STATES,
+    AuditEvent,
+    DraftRun,
+    Report,
+    ReportContent,
+    ReportState,
+    ReportVersion,
+    SentObject,
+)
 
 
 def _iso(value: dt.datetime | None) -> str | None:
@@ -176,7 +185,7 @@ def worklist(session: Session, *, page: int, page_size: int, **filters: Any) -> 
     ).all()
     items = []
     for report, sv, study, patient in rows:
-        content = versions.current_content(session, report) if report.current_version > 0 else None
+        content = drafts.current_content(session, report) if report.current_version > 0 else None
         items.append(summary_json(StudyRow(report, sv, study, patient), content))
     return {"total": total, "page": page, "page_size": page_size, "items": items}
 
@@ -193,7 +202,7 @@ def detail(session: Session, report: Report) -> dict[str, Any]:
     )
     current = rows[-1] if rows else None
     content = ReportContent.from_json(current.content) if current else None
-    run = versions.draft_run(session, report)
+    run = drafts.draft_run(session, report)
     sent = session.scalars(
         select(SentObject)
         .where(SentObject.report_version_pk.in_([v.id for v in rows]))
@@ -214,9 +223,7 @@ def detail(session: Session, report: Report) -> dict[str, Any]:
         "first_opened_at": _iso(report.first_opened_at),
         "content": current.content if current else None,
         "version": version_json(current) if current else None,
-        "versions": [
-            {k: v for k, v in version_json(v).items() if k != "content"} for v in rows
-        ],
+        "versions": [{k: v for k, v in version_json(v).items() if k != "content"} for v in rows],
         "provenance": run_json(run),
         "prior": run.prior if run else None,
         "images": images_json(session, report),
@@ -247,12 +254,12 @@ def images_json(session: Session, report: Report) -> list[dict[str, Any]]:
             "photometric_interpretation": inst.photometric_interpretation,
             "png": f"/api/reports/{report.id}/images/{inst.sop_instance_uid}.png",
         }
-        for inst in outbox.source_instances(session, report)
+        for inst in drafts.source_instances(session, report)
     ]
 
 
 def instance_of(session: Session, report: Report, sop_instance_uid: str) -> Instance | None:
-    for inst in outbox.source_instances(session, report):
+    for inst in drafts.source_instances(session, report):
         if inst.sop_instance_uid == sop_instance_uid:
             return inst
     return None

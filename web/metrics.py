@@ -20,9 +20,8 @@ from dicom_listener import IngestEvent, IngestEventKind
 from raddraft import jobs
 from raddraft.db import utcnow
 from raddraft.settings import Settings
-from report_drafts import queue_status
-from report_drafts.states import ReportState
-from report_drafts.tables import ReportVersion, SentKind, SentObject, SentState
+from report_drafts import ReportState, ReportVersion, SentKind, SentObject, SentState
+from web import queue_status
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 DURATION_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0)

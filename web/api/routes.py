@@ -13,14 +13,12 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
+import report_drafts as drafts
 from raddraft import jobs
 from raddraft.settings import Settings
-from report_drafts import admin, audit, figures, render, signoff, versions
-from report_drafts.api import views
-from report_drafts.api.auth import Admin, CurrentUser, DbSession, Radiologist, Viewer
-from report_drafts.content import Box, ReportContent
-from report_drafts.states import NotFound
-from report_drafts.trace import trace as find_trace
+from report_drafts import Box, NotFound, ReportContent
+from web.api import views
+from web.api.auth import Admin, CurrentUser, DbSession, Radiologist, Viewer
 
 router = APIRouter(prefix="/api")
 
@@ -126,7 +124,7 @@ def worklist(  # noqa: PLR0913 (FastAPI: one parameter per worklist query key)
 def report_detail(report_id: int, session: DbSession, user: Viewer) -> dict[str, Any]:
     """The draft with stages, findings, versions and provenance; a radiologist's first view
     starts the review (and the reader-study clock)."""
-    report = signoff.open_report(session, report_id, user)
+    report = drafts.open_report(session, report_id, user)
     result = views.detail(session, report)
     session.commit()
     return result
@@ -134,12 +132,12 @@ def report_detail(report_id: int, session: DbSession, user: Viewer) -> dict[str,
 
 @router.get("/reports/{report_id}/versions/{number}", tags=["review"])
 def report_version(report_id: int, number: int, session: DbSession, user: Viewer) -> dict[str, Any]:
-    return views.version_json(versions.version(session, report_id, number))
+    return views.version_json(drafts.version(session, report_id, number))
 
 
 @router.post("/reports/{report_id}/edit", tags=["review"])
 def edit(report_id: int, body: EditBody, session: DbSession, user: Radiologist) -> dict[str, Any]:
-    row = signoff.edit_text(
+    row = drafts.edit_text(
         session,
         report_id,
         user,
@@ -157,7 +155,7 @@ def add_finding(
     report_id: int, body: NewFindingBody, session: DbSession, user: Radiologist
 ) -> dict[str, Any]:
     """Add a finding the model missed, with a box drawn on the page (counted per label)."""
-    row = signoff.add_finding(
+    row = drafts.add_finding(
         session,
         report_id,
         user,
@@ -174,7 +172,7 @@ def add_finding(
 def finding(
     report_id: int, tracking_uid: str, body: FindingBody, session: DbSession, user: Radiologist
 ) -> dict[str, Any]:
-    row = signoff.finding_feedback(
+    row = drafts.finding_feedback(
         session,
         report_id,
         user,
@@ -192,7 +190,7 @@ def sign(
     report_id: int, body: SignBody, request: Request, session: DbSession, user: Radiologist
 ) -> dict[str, Any]:
     """Sign as the authenticated radiologist: final SR and GSPS built, exports enqueued."""
-    row = signoff.sign(
+    row = drafts.sign(
         session,
         report_id,
         user,
@@ -208,7 +206,7 @@ def reject(
     report_id: int, body: RejectBody, request: Request, session: DbSession, user: Radiologist
 ) -> dict[str, Any]:
     """Reject the draft; what was sent of it is withdrawn (IOCM note, HL7 X/W, FHIR)."""
-    row = signoff.reject(
+    row = drafts.reject(
         session,
         report_id,
         user,
@@ -223,7 +221,7 @@ def reject(
 def amend(
     report_id: int, body: AmendBody, request: Request, session: DbSession, user: Radiologist
 ) -> dict[str, Any]:
-    row = signoff.amend(
+    row = drafts.amend(
         session,
         report_id,
         user,
@@ -241,12 +239,12 @@ def amend(
 @router.get("/reports/{report_id}/sent", tags=["review"])
 def sent(report_id: int, session: DbSession, user: Viewer) -> list[dict[str, Any]]:
     """What was sent where, per version."""
-    return views.detail(session, versions.get_report(session, report_id))["sent"]
+    return views.detail(session, drafts.get_report(session, report_id))["sent"]
 
 
 @router.get("/reports/{report_id}/images", tags=["images"])
 def images(report_id: int, session: DbSession, user: Viewer) -> list[dict[str, Any]]:
-    return views.images_json(session, versions.get_report(session, report_id))
+    return views.images_json(session, drafts.get_report(session, report_id))
 
 
 @router.get(
@@ -270,16 +268,16 @@ def image_png(  # noqa: PLR0913 (FastAPI: one parameter per rendering query key)
 ) -> Response:
     """The archived image, windowed (given window, the image's own, or percentiles), with the
     boxes of the report's findings (current version unless ``version``) in stored pixels."""
-    report = versions.get_report(session, report_id)
+    report = drafts.get_report(session, report_id)
     instance = views.instance_of(session, report, sop_instance_uid)
     if instance is None:
         raise NotFound(f"image {sop_instance_uid} is not part of report {report_id}")
     findings: tuple[Any, ...] = ()
     if boxes and report.current_version > 0:
-        row = versions.version(session, report.id, version or report.current_version)
+        row = drafts.version(session, report.id, version or report.current_version)
         content = ReportContent.from_json(row.content)
         findings = tuple(f for f in content.findings if f.sop_instance_uid == sop_instance_uid)
-    png = render.render_png(
+    png = drafts.render_png(
         _settings(request).archive_dir / instance.path,
         findings=findings,
         show_rejected=rejected,
@@ -293,19 +291,19 @@ def image_png(  # noqa: PLR0913 (FastAPI: one parameter per rendering query key)
 @router.get("/studies/{study_instance_uid}/audit", tags=["audit"])
 def study_audit(study_instance_uid: str, session: DbSession, user: Viewer) -> list[dict[str, Any]]:
     """Every view, edit, sign, export and message about the study, oldest first."""
-    return [views.audit_json(e) for e in audit.for_study(session, study_instance_uid)]
+    return [views.audit_json(e) for e in drafts.audit_for_study(session, study_instance_uid)]
 
 
 @router.get("/figures", tags=["audit"])
 def reader_figures(session: DbSession, user: Viewer) -> dict[str, Any]:
     """Share signed with no edit, edit reasons, median time to sign, per-finding feedback."""
-    return figures.reader_figures(session).to_json()
+    return drafts.reader_figures(session).to_json()
 
 
 @router.get("/trace/{identifier:path}", tags=["audit"])
 def trace(identifier: str, session: DbSession, user: Viewer) -> list[dict[str, Any]]:
     """From an SR/GSPS UID, FHIR id or HL7 control id to the version, model and signer."""
-    found = find_trace(session, identifier)
+    found = drafts.trace(session, identifier)
     if not found:
         raise NotFound(f"nothing RadDraft sent is called {identifier!r}")
     from dataclasses import asdict
@@ -344,7 +342,7 @@ def list_jobs(
 
 @router.post("/admin/jobs/{job_id}/retry", tags=["admin"])
 def retry_job(job_id: int, session: DbSession, user: Admin) -> dict[str, Any]:
-    job = admin.retry_job(session, job_id, user)
+    job = drafts.retry_job(session, job_id, user)
     session.commit()
     return {"id": job.id, "state": job.state}
 
@@ -352,7 +350,7 @@ def retry_job(job_id: int, session: DbSession, user: Admin) -> dict[str, Any]:
 @router.post("/admin/study-versions/{study_version_pk}/requeue", tags=["admin"])
 def requeue(study_version_pk: int, session: DbSession, user: Admin) -> dict[str, Any]:
     """Draft a failed study version again (refused once a draft exists)."""
-    job = admin.requeue(session, study_version_pk, user)
+    job = drafts.requeue(session, study_version_pk, user)
     session.commit()
     return {"job": job.id, "key": job.key, "state": job.state}
 
@@ -382,7 +380,7 @@ def force_complete(
         }
         for c in done
     ]
-    audit.record(
+    drafts.record_audit(
         session,
         "force_complete",
         user=user,

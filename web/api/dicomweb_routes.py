@@ -32,9 +32,9 @@ import dicom_listener
 from raddraft import atna
 from raddraft.logging import kv
 from raddraft.settings import Settings
-from report_drafts.api.auth import DbSession, Viewer, require
-from report_drafts.dicomweb import catalog, multipart, pixels, stow
-from report_drafts.tables import Role, User
+from report_drafts import Role, User
+from web.api.auth import DbSession, Viewer, require
+from web.dicomweb import catalog, multipart, pixels, stow
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])

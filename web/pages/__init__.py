@@ -1,7 +1,7 @@
 """The pages: the radiologist's review desk and the administrator's queue.
 
-:func:`install` adds them to the API app (:func:`report_drafts.api.create_app`); the web app
-:func:`report_drafts.web.create_web_app` does so. Installed: the page routes, the static files,
+:func:`install` adds them to the API app (:func:`web.api.create_app`); the web app
+:func:`web.app.create_web_app` does so. Installed: the page routes, the static files,
 the sign-in session and its resolver for the API's auth dependency.
 """
 
@@ -15,9 +15,9 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from raddraft.settings import Settings
-from report_drafts.pages import session as page_session
-from report_drafts.pages.ratelimit import LoginLimiter
-from report_drafts.pages.routes import SignInRequired, router
+from web.pages import session as page_session
+from web.pages.ratelimit import LoginLimiter
+from web.pages.routes import SignInRequired, router
 
 STATIC_DIR = Path(__file__).parent / "static"
 

@@ -15,8 +15,7 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from sqlalchemy.orm import Session
 
-from report_drafts.tables import Role, User
-from report_drafts.users import user_for_token
+from report_drafts import Role, User, user_for_token
 
 # A session resolver: (request, db session) -> the user of a cookie session, or None.
 SessionResolver = Callable[[Request, Session], User | None]

@@ -1,5 +1,5 @@
 """The review API as a FastAPI app: ``create_app(settings)``; OpenAPI docs at ``/docs``, served
-from the package's own Swagger UI (:mod:`report_drafts.api.docs`)."""
+from the package's own Swagger UI (:mod:`web.api.docs`)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,11 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+import report_drafts as drafts
 from raddraft.db import engine_for, session_factory
 from raddraft.settings import Settings, get_settings
-from report_drafts import versions
-from report_drafts.api import dicomweb_routes, docs, fhir_routes, routes
-from report_drafts.content import DEMO_WARNING
-from report_drafts.states import LifecycleError
+from report_drafts import DEMO_WARNING, LifecycleError
+from web.api import dicomweb_routes, docs, fhir_routes, routes
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -23,8 +22,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     ``/healthz`` and ``/readyz``.
 
     ``app.state.session_resolvers`` is a list the pages may append a cookie-session resolver
-    to (see :mod:`report_drafts.api.auth`). The pages, which build on the API, are added by
-    :func:`report_drafts.web.create_web_app`, the app ``raddraft web`` serves.
+    to (see :mod:`web.api.auth`). The pages, which build on the API, are added by
+    :func:`web.app.create_web_app`, the app ``raddraft web`` serves.
     """
     settings = settings or get_settings()
     app = FastAPI(
@@ -34,7 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             "as final without a named radiologist's signature."
         ),
         version="0.1.0",
-        # Our own /docs: FastAPI's loads Swagger UI from a CDN (report_drafts.api.docs).
+        # Our own /docs: FastAPI's loads Swagger UI from a CDN (web.api.docs).
         docs_url=None,
         redoc_url=None,
     )
@@ -57,7 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body: dict[str, Any] = {"status": "ok", "demo": False}
         try:
             with Session(engine) as session:
-                body["demo"] = versions.demo_mode(session)
+                body["demo"] = drafts.demo_mode(session)
         except Exception:  # liveness must not depend on the database; readyz reports it
             body["demo"] = None
         if body["demo"]:

@@ -1,7 +1,7 @@
 """The HTML pages: sign-in, worklist, review desk and the administrator's queue.
 
 Pages are rendered on the server from the same functions the JSON API uses
-(:mod:`report_drafts.api.views`, :mod:`report_drafts.signoff`). Every change a page makes
+(:mod:`web.api.views`, :mod:`report_drafts.signoff`). Every change a page makes
 (edits, per-finding feedback, sign, reject, retry, requeue) is a ``fetch`` to the JSON API with
 the session cookie and the CSRF header, so the API's role checks, and the lifecycle's own, decide
 what is allowed: a page that shows a button never grants the right to press it.
@@ -19,21 +19,32 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
+import report_drafts as drafts
 from dicom_listener import Instance
 from raddraft import atna
 from raddraft.db import utcnow
 from raddraft.logging import kv
 from raddraft.settings import Settings
-from report_drafts import audit, queue_status, render, signoff, text_safety, versions
-from report_drafts.api import views
-from report_drafts.api.auth import DbSession
-from report_drafts.content import DEMO_WARNING, DRAFT_WARNING
-from report_drafts.pages import session as page_session
-from report_drafts.pages import viewmodel
-from report_drafts.pages.ratelimit import LoginLimiter
-from report_drafts.states import EDITABLE, SIGNED_STATES, LifecycleError, NotFound, ReportState
-from report_drafts.tables import EditReason, Role, User
-from report_drafts.users import user_for_password, user_for_token
+from report_drafts import (
+    DEMO_WARNING,
+    DRAFT_WARNING,
+    EDITABLE,
+    SIGNED_STATES,
+    EditReason,
+    LifecycleError,
+    NotFound,
+    ReportState,
+    Role,
+    User,
+    user_for_password,
+    user_for_token,
+)
+from web import queue_status
+from web.api import views
+from web.api.auth import DbSession
+from web.pages import session as page_session
+from web.pages import viewmodel
+from web.pages.ratelimit import LoginLimiter
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -107,7 +118,7 @@ def page(
     found = page_session.session_of(request)
     csrf = page_session.signer_of(request).csrf_token(found) if found and user else ""
     if demo is None:
-        demo = versions.demo_mode(session) if session is not None else False
+        demo = drafts.demo_mode(session) if session is not None else False
     response = templates.TemplateResponse(
         request,
         template,
@@ -230,7 +241,9 @@ def login(
             status_code=401,
         )
     limiter.succeeded(tried, address)
-    audit.record(session, "sign_in", user=user, detail={"via": "token" if token else "password"})
+    drafts.record_audit(
+        session, "sign_in", user=user, detail={"via": "token" if token else "password"}
+    )
     session.commit()
     atna.emit(atna.user_authentication(user.name, address))
     target = safe_next(next)
@@ -329,7 +342,7 @@ def worklist(  # noqa: PLR0913 (FastAPI: one parameter per form field)
         },
         session=session,
         user=user,
-        demo=versions.demo_mode(session) or bool(demo_svs),
+        demo=drafts.demo_mode(session) or bool(demo_svs),
     )
 
 
@@ -340,7 +353,7 @@ def worklist(  # noqa: PLR0913 (FastAPI: one parameter per form field)
 def review(request: Request, report_id: int, session: DbSession, user: PageUser) -> HTMLResponse:
     """The review desk: image with boxes, prior, editable text, findings, stages, sign."""
     try:
-        report = signoff.open_report(session, report_id, user)
+        report = drafts.open_report(session, report_id, user)
         detail = views.detail(session, report)
     except LifecycleError as error:
         session.rollback()
@@ -434,7 +447,7 @@ def review_context(
         "sent": detail["sent"],
         "image_max_size": IMAGE_MAX_SIZE,
         "unsigned": state not in SIGNED_STATES,
-        "sanitised": text_safety.removed_count(content.get("extra") or {}),
+        "sanitised": drafts.removed_count(content.get("extra") or {}),
         "critical": list(extra.get("critical", [])),
         "needs_review": list(extra.get("needs_review", [])),
         "unlisted": list(extra.get("unlisted_findings", [])),
@@ -448,7 +461,7 @@ def _display_content(content: dict[str, Any]) -> dict[str, Any]:
     cleaned = dict(content)
     for name in ("findings_text", "impression", "progression"):
         if isinstance(cleaned.get(name), str):
-            cleaned[name] = text_safety.clean_text(cleaned[name])
+            cleaned[name] = drafts.clean_text(cleaned[name])
     return cleaned
 
 
@@ -464,15 +477,15 @@ def prior_png(
 ) -> Response:
     """An image of the prior study this draft was compared with (not part of the report)."""
     try:
-        report = versions.get_report(session, report_id)
+        report = drafts.get_report(session, report_id)
     except NotFound:
         return Response(status_code=404)
-    run = versions.draft_run(session, report)
+    run = drafts.draft_run(session, report)
     _study, instances = viewmodel.prior_instances(session, run.prior if run else None)
     found = next((i for i in instances if i.sop_instance_uid == sop_instance_uid), None)
     if found is None:
         return Response(status_code=404)
-    png = render.render_png(
+    png = drafts.render_png(
         _settings(request).archive_dir / found.path,
         window_center=window_center,
         window_width=window_width,
