@@ -28,30 +28,12 @@ from raddraft.settings import Settings, get_settings
 from report_drafts import Algorithm, Box, Finding, ReportContent
 from worker import image_cache, priors
 from worker.errors import PermanentError
+from worker.reader_config import reader_config
 
 log = logging.getLogger(__name__)
 
 _reader: models.Reader | None = None
 _reader_lock = threading.Lock()  # a threads pool (studies_in_flight > 1) loads it once
-
-
-def reader_config(settings: Settings) -> models.ReaderConfig:
-    return models.ReaderConfig(
-        model=settings.model,
-        data_dir=settings.data_dir,
-        backend=settings.model_backend,
-        device=settings.model_device,
-        dtype=settings.model_dtype,
-        server_url=settings.model_server_url,
-        reasoning_stages=frozenset(settings.reasoning_stages),
-        max_new_tokens=settings.max_new_tokens,
-        demo_max_new_tokens=settings.demo_max_new_tokens,
-        max_new_tokens_reasoning=settings.max_new_tokens_reasoning,
-        report_source=settings.report_source,
-        consistency_samples=settings.consistency_samples,
-        consistency_temperature=settings.consistency_temperature,
-        consistency_labels=tuple(settings.consistency_labels),
-    )
 
 
 def load_reader(settings: Settings) -> models.ModelInfo:

@@ -2,8 +2,9 @@
 
 ``raddraft model build-tiny PATH`` builds the random-weight demo checkpoint; ``raddraft draft
 PATH...`` runs the eight-stage reading on DICOM files or folders without any network, printing
-the structured result (JSON with ``--json``). This module is the wiring: it turns settings into a
-``models.ReaderConfig``; ``models/`` itself never reads settings.
+the structured result (JSON with ``--json``). The reader's configuration comes from
+:func:`worker.reader_config.reader_config`, the worker's own mapping, so the command reads a study
+as the worker does; ``models/`` itself never reads settings.
 """
 
 from __future__ import annotations
@@ -14,26 +15,8 @@ from typing import Any
 
 import click
 
-from raddraft.settings import Settings, get_settings
-
-
-def reader_config(settings: Settings, **overrides: Any) -> Any:
-    """The ``models.ReaderConfig`` for these settings (keyword arguments override fields)."""
-    from models import ReaderConfig
-
-    values: dict[str, Any] = {
-        "model": settings.model,
-        "data_dir": settings.data_dir,
-        "backend": settings.model_backend,
-        "device": settings.model_device,
-        "dtype": settings.model_dtype,
-        "server_url": settings.model_server_url,
-        "reasoning_stages": frozenset(settings.reasoning_stages),
-        "max_new_tokens": settings.max_new_tokens,
-        "demo_max_new_tokens": settings.demo_max_new_tokens,
-    }
-    values.update(overrides)
-    return ReaderConfig(**values)
+from raddraft.settings import get_settings
+from worker.reader_config import reader_config
 
 
 @click.group()

@@ -13,6 +13,7 @@ from tests.dicom_factory import make_cxr
 from tests.worker.model_server import ScriptedModelServer
 from worker import pipeline
 from worker.process import worker_pool
+from worker.reader_config import reader_config
 
 
 def settings(tmp_path: Path, **values: object) -> Settings:
@@ -20,14 +21,14 @@ def settings(tmp_path: Path, **values: object) -> Settings:
 
 
 def test_settings_reach_the_reader_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    defaults = pipeline.reader_config(settings(tmp_path))
+    defaults = reader_config(settings(tmp_path))
     assert defaults.report_source == "single_turn" and defaults.consistency_samples == 0
     assert defaults.max_new_tokens_reasoning == 2048
     monkeypatch.setenv("RADDRAFT_CONSISTENCY_LABELS", "Pleural Effusion, Pneumothorax")
     monkeypatch.setenv("RADDRAFT_CONSISTENCY_SAMPLES", "8")
     monkeypatch.setenv("RADDRAFT_MAX_NEW_TOKENS_REASONING", "1024")
     monkeypatch.setenv("RADDRAFT_REPORT_SOURCE", "staged")
-    config = pipeline.reader_config(Settings(data_dir=tmp_path))
+    config = reader_config(Settings(data_dir=tmp_path))
     assert config.consistency_labels == ("Pleural Effusion", "Pneumothorax")
     assert config.consistency_samples == 8 and config.consistency_temperature == 0.7
     assert config.max_new_tokens == 512 and config.max_new_tokens_reasoning == 1024
@@ -36,7 +37,7 @@ def test_settings_reach_the_reader_config(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_reading_to_draft_content(tmp_path: Path) -> None:
     with ScriptedModelServer() as server:
-        config = pipeline.reader_config(
+        config = reader_config(
             settings(
                 tmp_path,
                 model_backend="openai",
