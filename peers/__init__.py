@@ -54,7 +54,6 @@ from peers.fhir_rest import (
 )
 from peers.hl7_mllp import MllpPermanentError, MllpTarget, MllpTransientError
 from peers.smtp import SmtpPermanentError, SmtpTarget, SmtpTransientError
-from peers.tls import client_tls
 from raddraft.settings import Settings
 
 __all__ = [
@@ -84,7 +83,6 @@ __all__ = [
     "TransientDeliveryError",
     "WadoPermanentError",
     "WadoTransientError",
-    "client_tls",
     "is_stow_destination",
     "retrieve_instance",
     "target_for",

@@ -15,8 +15,8 @@ from collections.abc import Sequence
 
 from peers._target import Delivery, Outbound, PermanentDeliveryError, TransientDeliveryError
 from peers.dicom_scu import PermanentExportError, ScuError, TransientExportError, store
-from peers.tls import client_tls
 from raddraft.settings import DicomNode, Settings
+from raddraft.tls import client_tls
 
 __all__ = ["DicomStorePermanentError", "DicomStoreTarget", "DicomStoreTransientError"]
 

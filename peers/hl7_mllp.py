@@ -16,8 +16,8 @@ from typing import Any
 
 from peers._target import Delivery, Outbound, PermanentDeliveryError, TransientDeliveryError
 from peers.mllp import Ack, MLLPError, RejectedError, control_id_of, send_message
-from peers.tls import mllp_tls
 from raddraft.settings import Settings
+from raddraft.tls import mllp_tls
 
 __all__ = ["MllpPermanentError", "MllpTarget", "MllpTransientError"]
 

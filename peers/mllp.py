@@ -1,8 +1,9 @@
 """MLLP client: send one HL7 v2 message and check its acknowledgement.
 
-Minimal Lower Layer Protocol (HL7 v2.5.1 Implementation Guide, appendix C.4): a message is framed
-as ``0x0B <message> 0x1C 0x0D``. After sending, the client waits for the ACK before anything
-else; MSA-1 (HL7 table 0008) must be AA (or CA) and MSA-2 must echo the message's MSH-10.
+Minimal Lower Layer Protocol (HL7 v2.5.1 Implementation Guide, appendix C.4): the framing is
+:mod:`raddraft.mllp`'s, shared with the orders server. After sending, the client waits for the
+ACK before anything else; MSA-1 (HL7 table 0008) must be AA (or CA) and MSA-2 must echo the
+message's MSH-10.
 
 Failures are typed so a caller can decide on retries:
 
@@ -23,8 +24,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-START_BLOCK = b"\x0b"
-END_BLOCK = b"\x1c\x0d"
+from raddraft.mllp import Deframer, frame
+
+#: The longest acknowledgement read: an ACK is a few hundred bytes; a peer sending more is not
+#: answering this message.
+MAX_ACK_BYTES = 1024 * 1024
 
 #: MSA-1 codes: accepted, and the negative ones retried (HL7 table 0008).
 ACCEPT_CODES = frozenset({"AA", "CA"})
@@ -68,15 +72,6 @@ class Ack:
     raw: str
 
 
-def frame(message: str | bytes, encoding: str = "utf-8") -> bytes:
-    """The MLLP frame of one message; segment separators are normalized to CR."""
-    data = message.encode(encoding) if isinstance(message, str) else message
-    data = data.replace(b"\r\n", b"\r").replace(b"\n", b"\r")
-    if START_BLOCK in data or b"\x1c" in data:
-        raise ValueError("the message contains MLLP framing bytes")
-    return START_BLOCK + data + END_BLOCK
-
-
 def control_id_of(message: str) -> str:
     """MSH-10 of an ER7 message."""
     msh = message.replace("\n", "\r").split("\r", 1)[0]
@@ -106,7 +101,7 @@ def parse_ack(raw: str) -> Ack:
 
 
 def _read_frame(sock: socket.socket, deadline: float) -> bytes:
-    buffer = b""
+    deframer = Deframer(MAX_ACK_BYTES)
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
@@ -118,13 +113,15 @@ def _read_frame(sock: socket.socket, deadline: float) -> bytes:
             raise NoAckError("no ACK within the time limit") from None
         if not chunk:
             raise NoAckError("connection closed before a complete ACK")
-        buffer += chunk
-        end = buffer.find(END_BLOCK)
-        if end >= 0:
-            start = buffer.find(START_BLOCK)
-            if start < 0 or start > end:
-                raise AckMismatchError("answer is not MLLP framed")
-            return buffer[start + 1 : end]
+        frames = deframer.feed(chunk)
+        if frames:
+            if frames[0].too_large:
+                raise AckMismatchError(f"answer longer than {MAX_ACK_BYTES} bytes")
+            return frames[0].data
+        if deframer.stray_end:
+            raise AckMismatchError("answer is not MLLP framed")
+        if deframer.too_large_pending:
+            raise AckMismatchError(f"answer longer than {MAX_ACK_BYTES} bytes")
 
 
 def send_message(

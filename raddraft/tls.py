@@ -7,8 +7,9 @@ AEAD); the ECDSA variants are listed beside the RSA ones for EC certificates. TL
 suites are all AEAD and stay as OpenSSL sets them. Compression and renegotiation are off
 (RFC 9325 3.3, 3.5). With a CA the peer must present a certificate it signed (mutual TLS).
 
-The DICOM listener, the outbound DIMSE and MLLP clients, the ATNA syslog sender and the web app
-all take their contexts from here, so the profile is set in one place.
+The DICOM listener, the orders server, the outbound DIMSE and MLLP clients, the ATNA syslog
+sender and the web app all take their contexts from here, so the profile is set in one place;
+:func:`client_tls` and :func:`mllp_tls` read which certificates from the settings.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from __future__ import annotations
 import ssl
 from pathlib import Path
 
-__all__ = ["BCP195_CIPHERS", "client_context", "server_context"]
+from raddraft.settings import Settings
+
+__all__ = ["BCP195_CIPHERS", "client_context", "client_tls", "mllp_tls", "server_context"]
 
 BCP195_CIPHERS = ":".join(
     (
@@ -62,3 +65,18 @@ def client_context(
     if cert is not None and key is not None:
         context.load_cert_chain(str(cert), str(key))
     return context
+
+
+def client_tls(settings: Settings) -> ssl.SSLContext | None:
+    """TLS for our DICOM associations, with our certificate, when RadDraft's TLS is configured."""
+    if not (settings.tls_cert and settings.tls_key):
+        return None
+    return client_context(settings.tls_ca, settings.tls_cert, settings.tls_key)
+
+
+def mllp_tls(settings: Settings) -> ssl.SSLContext | None:
+    """TLS for MLLP to the RIS when ``RADDRAFT_RIS_MLLP_TLS`` is on: the RIS's certificate is
+    checked against ``RADDRAFT_TLS_CA`` (else the system's CAs); ours is presented if set."""
+    if not settings.ris_mllp_tls:
+        return None
+    return client_context(settings.tls_ca, settings.tls_cert, settings.tls_key)

@@ -13,7 +13,8 @@ from contextlib import contextmanager
 import pytest
 from hl7apy.mllp import AbstractHandler, MLLPServer
 
-from peers.mllp import END_BLOCK, START_BLOCK, control_id_of
+from peers.mllp import control_id_of
+from raddraft.mllp import END_BLOCK, START_BLOCK
 from tests.conftest import free_port
 
 

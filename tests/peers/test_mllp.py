@@ -11,10 +11,10 @@ from peers.mllp import (
     AckMismatchError,
     NoAckError,
     RejectedError,
-    frame,
     send_message,
     send_with_retries,
 )
+from raddraft.mllp import frame
 from report_drafts.builders.hl7_oru_r01 import oru_r01, text_lines
 from report_drafts.content import ReportContent
 from tests.builders.helpers import TRICKY
