@@ -9,19 +9,25 @@ The protocol clients:
 - :mod:`peers.mllp`: HL7 v2 messages over the Minimal Lower Layer Protocol (HL7 v2 Appendix C)
   with acknowledgement checking (HL7 v2.5.1 ch. 2).
 
-And one *target* per destination kind on top of them (:mod:`peers._target`): an object with
+And one *sender* per destination kind on top of them (:mod:`peers._sender`): an object with
 ``kind``, ``destination`` and ``send(payload) -> Delivery`` that raises
-:class:`TransientDeliveryError` or :class:`PermanentDeliveryError`:
+:class:`TransientDeliveryError` or :class:`PermanentDeliveryError`. :data:`SENDERS` is the one
+registry from a typed target (:mod:`raddraft.destinations`) to its sender:
 
-- ``dicom``: :class:`~peers.dicom_store.DicomStoreTarget`, C-STORE over one association.
-- ``hl7``: :class:`~peers.hl7_mllp.MllpTarget`, ORU messages over MLLP, ACK checked.
-- ``fhir``: :class:`~peers.fhir_rest.FhirTarget`, FHIR RESTful update (PUT), ``If-Match``
-  when the sender names the version it expects.
-- ``stow``: :class:`~peers.dicomweb_stow.StowTarget`, DICOMweb STOW-RS (PS3.18 10.5).
-- ``smtp``: :class:`~peers.smtp.SmtpTarget`, critical-finding notices by e-mail.
+- :class:`~raddraft.destinations.DicomTarget`: :class:`~peers.dicom_store.DicomStoreSender`,
+  C-STORE over one association.
+- :class:`~raddraft.destinations.MllpTarget`: :class:`~peers.hl7_mllp.MllpSender`, HL7 messages
+  over MLLP, ACK checked.
+- :class:`~raddraft.destinations.FhirTarget`: :class:`~peers.fhir_rest.FhirSender`, FHIR RESTful
+  update (PUT), ``If-Match`` when the caller names the version it expects.
+- :class:`~raddraft.destinations.StowTarget`: :class:`~peers.dicomweb_stow.StowSender`, DICOMweb
+  STOW-RS (PS3.18 10.5).
+- :class:`~raddraft.destinations.SmtpTarget`: :class:`~peers.smtp.SmtpSender`, critical-finding
+  notices by e-mail.
 
-:func:`target_for` picks one by kind. A new destination kind (say DICOMweb STOW-RS) is one
-module with its target class plus one line in :data:`TARGETS`.
+:func:`sender_for` picks one by the target's type. A new destination kind is one target
+dataclass in :mod:`raddraft.destinations`, one module with its sender, one line in
+:data:`SENDERS`.
 
 This package depends on :mod:`raddraft.settings` and third-party libraries only.
 """
@@ -29,85 +35,88 @@ This package depends on :mod:`raddraft.settings` and third-party libraries only.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from peers._target import (
+from peers._sender import (
     Delivery,
     DeliveryError,
     Outbound,
     PermanentDeliveryError,
-    Target,
+    Sender,
     TransientDeliveryError,
 )
-from peers.dicom_store import DicomStorePermanentError, DicomStoreTarget, DicomStoreTransientError
+from peers.dicom_store import DicomStorePermanentError, DicomStoreSender, DicomStoreTransientError
 from peers.dicomweb_stow import (
     StowPermanentError,
-    StowTarget,
+    StowSender,
     StowTransientError,
-    is_stow_destination,
 )
 from peers.dicomweb_wado import WadoPermanentError, WadoTransientError, retrieve_instance
 from peers.fhir_rest import (
     FhirConflictError,
     FhirPermanentError,
-    FhirTarget,
+    FhirSender,
     FhirTransientError,
 )
-from peers.hl7_mllp import MllpPermanentError, MllpTarget, MllpTransientError
-from peers.smtp import SmtpPermanentError, SmtpTarget, SmtpTransientError
+from peers.hl7_mllp import MllpPermanentError, MllpSender, MllpTransientError
+from peers.smtp import SmtpPermanentError, SmtpSender, SmtpTransientError
+from raddraft.destinations import (
+    DicomTarget,
+    FhirTarget,
+    MllpTarget,
+    SmtpTarget,
+    StowTarget,
+    Target,
+)
 from raddraft.settings import Settings
 
 __all__ = [
-    "TARGETS",
+    "SENDERS",
     "Delivery",
     "DeliveryError",
     "DicomStorePermanentError",
-    "DicomStoreTarget",
+    "DicomStoreSender",
     "DicomStoreTransientError",
     "FhirConflictError",
     "FhirPermanentError",
-    "FhirTarget",
+    "FhirSender",
     "FhirTransientError",
     "MllpPermanentError",
-    "MllpTarget",
+    "MllpSender",
     "MllpTransientError",
     "Outbound",
     "PermanentDeliveryError",
+    "Sender",
+    "SenderFactory",
     "SmtpPermanentError",
-    "SmtpTarget",
+    "SmtpSender",
     "SmtpTransientError",
     "StowPermanentError",
-    "StowTarget",
+    "StowSender",
     "StowTransientError",
-    "Target",
-    "TargetFactory",
     "TransientDeliveryError",
     "WadoPermanentError",
     "WadoTransientError",
-    "is_stow_destination",
     "retrieve_instance",
-    "target_for",
+    "sender_for",
 ]
 
-#: Builds a target from its destination (as settings write it) and the settings.
-TargetFactory = Callable[[str, Settings], Target]
+#: Builds the sender to a target (one of :data:`raddraft.destinations.Target`) from settings.
+SenderFactory = Callable[[Any, Settings], Sender]
 
-#: Destination kind -> its target's factory.
-TARGETS: dict[str, TargetFactory] = {
-    DicomStoreTarget.kind: DicomStoreTarget.configured,
-    MllpTarget.kind: MllpTarget.configured,
-    FhirTarget.kind: FhirTarget.configured,
-    StowTarget.kind: StowTarget.configured,
-    SmtpTarget.kind: SmtpTarget.configured,
+#: Target type -> its sender's factory: the one place a destination kind meets its protocol.
+SENDERS: dict[type[Target], SenderFactory] = {
+    DicomTarget: DicomStoreSender.configured,
+    MllpTarget: MllpSender.configured,
+    FhirTarget: FhirSender.configured,
+    StowTarget: StowSender.configured,
+    SmtpTarget: SmtpSender.configured,
 }
 
 
-def target_for(kind: str, destination: str, settings: Settings) -> Target:
-    """The target of ``kind`` (``dicom``, ``hl7``, ``fhir``, ``stow``) for ``destination``.
-
-    Raises :class:`ValueError` for an unknown kind or a destination the kind cannot parse.
-    """
-    factory = TARGETS.get(kind)
+def sender_for(target: Target, settings: Settings) -> Sender:
+    """The sender to ``target``; :class:`ValueError` for a target type with no sender."""
+    factory = SENDERS.get(type(target))
     if factory is None:
-        known = ", ".join(sorted(TARGETS))
-        raise ValueError(f"unknown destination kind {kind!r} (known: {known})")
-    return factory(destination, settings)
+        raise ValueError(f"no sender for {type(target).__name__}")
+    return factory(target, settings)

@@ -1,6 +1,6 @@
 """Results to a PACS with the Storage Service Class (DICOM PS3.4 Annex B, C-STORE PS3.7 9.1.1).
 
-:class:`DicomStoreTarget` sends every object of one delivery over one association with
+:class:`DicomStoreSender` sends every object of one delivery over one association with
 :func:`peers.dicom_scu.store`, all or nothing: the first failure stops the association and the
 whole set counts as failed, to be sent again on retry (an instance the peer already holds is
 answered "duplicate SOP instance", which counts as stored, PS3.4 B.2.3). Transient and permanent
@@ -13,12 +13,13 @@ from __future__ import annotations
 import ssl
 from collections.abc import Sequence
 
-from peers._target import Delivery, Outbound, PermanentDeliveryError, TransientDeliveryError
+from peers._sender import Delivery, Outbound, PermanentDeliveryError, TransientDeliveryError
 from peers.dicom_scu import PermanentExportError, ScuError, TransientExportError, store
+from raddraft.destinations import DicomTarget
 from raddraft.settings import DicomNode, Settings
 from raddraft.tls import client_tls
 
-__all__ = ["DicomStorePermanentError", "DicomStoreTarget", "DicomStoreTransientError"]
+__all__ = ["DicomStorePermanentError", "DicomStoreSender", "DicomStoreTransientError"]
 
 
 class DicomStoreTransientError(TransientDeliveryError):
@@ -39,7 +40,7 @@ class DicomStorePermanentError(PermanentDeliveryError):
         self.status: int | None = error.status
 
 
-class DicomStoreTarget:
+class DicomStoreSender:
     """A storage SCP (a PACS) that gets SR, GSPS and images by C-STORE."""
 
     kind = "dicom"
@@ -59,11 +60,9 @@ class DicomStoreTarget:
         self.timeout = timeout
 
     @classmethod
-    def configured(cls, destination: str, settings: Settings) -> DicomStoreTarget:
-        """The target for ``AET@host:port``, calling as RadDraft's AE title, with its TLS."""
-        return cls(
-            DicomNode.parse(destination), calling_ae=settings.ae_title, tls=client_tls(settings)
-        )
+    def configured(cls, target: DicomTarget, settings: Settings) -> DicomStoreSender:
+        """The sender to ``target``, calling as RadDraft's AE title, with its TLS."""
+        return cls(target.node, calling_ae=settings.ae_title, tls=client_tls(settings))
 
     def send(self, payload: Sequence[Outbound]) -> Delivery:
         """C-STORE every payload file over one association, in order (PS3.4 B.2)."""

@@ -1,6 +1,6 @@
 """Results to a DICOMweb origin server with STOW-RS (DICOM PS3.18 10.5, Store Transaction).
 
-:class:`StowTarget` posts every object of one delivery in one ``multipart/related;
+:class:`StowSender` posts every object of one delivery in one ``multipart/related;
 type="application/dicom"`` request to ``<base URL>/studies`` and reads the response data set
 (PS3.18 10.5.3): ``ReferencedSOPSequence`` lists what the server stored, ``FailedSOPSequence``
 what it did not, each with a ``FailureReason``. Classification:
@@ -26,10 +26,11 @@ from typing import Any
 import httpx
 from pydicom import Dataset
 
-from peers._target import Delivery, Outbound, PermanentDeliveryError, TransientDeliveryError
+from peers._sender import Delivery, Outbound, PermanentDeliveryError, TransientDeliveryError
+from raddraft.destinations import StowTarget
 from raddraft.settings import Settings
 
-__all__ = ["StowPermanentError", "StowTarget", "StowTransientError"]
+__all__ = ["StowPermanentError", "StowSender", "StowTransientError"]
 
 _RETRYABLE_HTTP = frozenset({408, 429})
 _CHUNK = 1 << 20
@@ -65,11 +66,6 @@ class StowPermanentError(PermanentDeliveryError):
         self.http_status = http_status
 
 
-def is_stow_destination(destination: str) -> bool:
-    """A DICOMweb base URL (``http://`` or ``https://``) rather than ``AET@host:port``."""
-    return destination.startswith(("http://", "https://"))
-
-
 def _body(boundary: str, payload: Sequence[Outbound]) -> Iterator[bytes]:
     delimiter = f"--{boundary}".encode()
     for item in payload:
@@ -98,14 +94,13 @@ def _reasons(response: httpx.Response) -> tuple[set[str], dict[str, int]]:
     return stored, failed
 
 
-class StowTarget:
+class StowSender:
     """A DICOMweb origin server (a PACS, a cloud archive) that gets SR and GSPS by STOW-RS."""
 
     kind = "stow"
 
     def __init__(self, base_url: str, *, token: str = "", timeout: float = 60) -> None:
-        if not is_stow_destination(base_url):
-            raise ValueError(f"{base_url!r} is not an http(s) DICOMweb base URL")
+        StowTarget(base_url)  # raises ValueError unless an http(s) base URL
         self.destination = base_url
         self.url = base_url.rstrip("/") + "/studies"
         self.headers = {"Accept": "application/dicom+json"}
@@ -114,9 +109,9 @@ class StowTarget:
         self.timeout = timeout
 
     @classmethod
-    def configured(cls, destination: str, settings: Settings) -> StowTarget:
-        """The target for a base URL, with RadDraft's STOW-RS token when one is set."""
-        return cls(destination, token=settings.stow_token)
+    def configured(cls, target: StowTarget, settings: Settings) -> StowSender:
+        """The sender to a base URL, with RadDraft's STOW-RS token when one is set."""
+        return cls(target.base_url, token=settings.stow_token)
 
     def send(self, payload: Sequence[Outbound]) -> Delivery:
         """POST every payload file in one store transaction (PS3.18 10.5.1)."""

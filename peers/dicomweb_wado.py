@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import httpx
 
-from peers._target import PermanentDeliveryError, TransientDeliveryError
+from peers._sender import PermanentDeliveryError, TransientDeliveryError
 
 __all__ = ["WadoPermanentError", "WadoTransientError", "retrieve_instance"]
 

@@ -1,13 +1,13 @@
 """Report resources to a FHIR server by RESTful update (FHIR R4/R5 RESTful API, ``update``).
 
-:class:`FhirTarget` PUTs each resource to ``[base]/[type]/[id]`` as ``application/fhir+json``,
+:class:`FhirSender` PUTs each resource to ``[base]/[type]/[id]`` as ``application/fhir+json``,
 one at a time in order; a client-assigned id makes the update idempotent, so a retry after a
 lost answer does no harm. A network failure, 5xx and 429 (too many requests) are transient;
 any other 4xx is permanent (the server will not take this resource as it is). The first
 failure stops the rest: those before it are delivered, it failed, those after it were not tried.
 
 Version-aware updates (FHIR R4 http.html "Managing Resource Contention"): an
-:class:`~peers._target.Outbound` with ``if_match`` is PUT with ``If-Match: <ETag>``, the
+:class:`~peers._sender.Outbound` with ``if_match`` is PUT with ``If-Match: <ETag>``, the
 version the sender last wrote, and the ETag the server answers (``W/"<versionId>"``) is
 recorded. A 412 Precondition Failed or 409 Conflict means the server holds another version
 than the one RadDraft wrote: a :class:`FhirConflictError` (permanent, never an overwrite),
@@ -24,10 +24,11 @@ from typing import Any
 
 import httpx
 
-from peers._target import Delivery, Outbound, PermanentDeliveryError, TransientDeliveryError
+from peers._sender import Delivery, Outbound, PermanentDeliveryError, TransientDeliveryError
+from raddraft.destinations import FhirTarget
 from raddraft.settings import Settings
 
-__all__ = ["FhirConflictError", "FhirPermanentError", "FhirTarget", "FhirTransientError"]
+__all__ = ["FhirConflictError", "FhirPermanentError", "FhirSender", "FhirTransientError"]
 
 
 class FhirTransientError(TransientDeliveryError):
@@ -75,7 +76,7 @@ def is_transient_status(status_code: int) -> bool:
     return status_code >= 500 or status_code == 429
 
 
-class FhirTarget:
+class FhirSender:
     """A FHIR server's base URL (``RADDRAFT_FHIR_SERVER_URL``)."""
 
     kind = "fhir"
@@ -86,9 +87,9 @@ class FhirTarget:
         self.timeout = timeout
 
     @classmethod
-    def configured(cls, destination: str, settings: Settings) -> FhirTarget:
-        """The target for a base URL such as ``https://fhir.example.org/r4``."""
-        return cls(destination)
+    def configured(cls, target: FhirTarget, settings: Settings) -> FhirSender:
+        """The sender to a base URL such as ``https://fhir.example.org/r4``."""
+        return cls(target.base_url)
 
     def send(self, payload: Sequence[Outbound]) -> Delivery:
         """PUT each resource (a JSON file) to ``[base]/[resourceType]/[id]``, in order."""

@@ -1,6 +1,6 @@
 """Report messages to a RIS as HL7 v2.5.1 over MLLP (HL7 v2 Appendix C; ch. 2 control, ch. 7 ORU).
 
-:class:`MllpTarget` sends one message at a time on its own connection with
+:class:`MllpSender` sends one message at a time on its own connection with
 :func:`peers.mllp.send_message` and checks its acknowledgement (MSA-1 AA/CA, MSA-2 = MSH-10,
 HL7 v2.5.1 ch. 2.9) before sending the next, so messages reach the RIS in order and a failure
 stops the rest: those before it are delivered, it failed, those after it were not tried.
@@ -14,12 +14,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from peers._target import Delivery, Outbound, PermanentDeliveryError, TransientDeliveryError
+from peers._sender import Delivery, Outbound, PermanentDeliveryError, TransientDeliveryError
 from peers.mllp import Ack, MLLPError, RejectedError, control_id_of, send_message
+from raddraft.destinations import MllpTarget
 from raddraft.settings import Settings
 from raddraft.tls import mllp_tls
 
-__all__ = ["MllpPermanentError", "MllpTarget", "MllpTransientError"]
+__all__ = ["MllpPermanentError", "MllpSender", "MllpTransientError"]
 
 
 class MllpTransientError(TransientDeliveryError):
@@ -54,7 +55,7 @@ class MllpPermanentError(PermanentDeliveryError):
         self.ack_code: str | None = error.code if isinstance(error, RejectedError) else None
 
 
-class MllpTarget:
+class MllpSender:
     """An HL7 v2 MLLP listener (a RIS) at ``host:port``."""
 
     kind = "hl7"
@@ -74,12 +75,9 @@ class MllpTarget:
         self.ssl_context = ssl_context
 
     @classmethod
-    def configured(cls, destination: str, settings: Settings) -> MllpTarget:
-        """The target for ``host:port`` (``RADDRAFT_RIS_MLLP``)."""
-        host, _, port = destination.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"{destination!r} is not of the form host:port")
-        return cls(host, int(port), ssl_context=mllp_tls(settings))
+    def configured(cls, target: MllpTarget, settings: Settings) -> MllpSender:
+        """The sender to ``target`` (``RADDRAFT_RIS_MLLP``), over TLS when configured."""
+        return cls(target.host, target.port, ssl_context=mllp_tls(settings))
 
     def send(self, payload: Sequence[Outbound]) -> Delivery:
         """Send each message (an ER7 file, UTF-8) and wait for its positive ACK."""

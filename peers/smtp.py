@@ -1,6 +1,6 @@
 """Critical-finding notices by e-mail: SMTP (RFC 5321) with optional STARTTLS (RFC 3207).
 
-:class:`SmtpTarget` sends each outbox message (an RFC 5322 file written once) to the relay at
+:class:`SmtpSender` sends each outbox message (an RFC 5322 file written once) to the relay at
 ``host:port`` with :mod:`smtplib`. The acknowledgement is the server's reply to the end of DATA,
 ``250`` (RFC 5321 4.2.2), kept in the delivery detail. A relay that cannot be reached, times out
 or answers 4xx is transient (RFC 5321 4.2.1: "transient negative completion"); a 5xx, or every
@@ -17,10 +17,11 @@ import time
 from collections.abc import Sequence
 from email.utils import getaddresses
 
-from peers._target import Delivery, Outbound, PermanentDeliveryError, TransientDeliveryError
+from peers._sender import Delivery, Outbound, PermanentDeliveryError, TransientDeliveryError
+from raddraft.destinations import SmtpTarget
 from raddraft.settings import Settings
 
-__all__ = ["SmtpPermanentError", "SmtpTarget", "SmtpTransientError"]
+__all__ = ["SmtpPermanentError", "SmtpSender", "SmtpTransientError"]
 
 
 class SmtpTransientError(TransientDeliveryError):
@@ -31,7 +32,7 @@ class SmtpPermanentError(PermanentDeliveryError):
     """The relay refused the message for good (5xx, every recipient refused)."""
 
 
-class SmtpTarget:
+class SmtpSender:
     """An SMTP relay at ``host:port``; ``starttls`` upgrades the session before sending."""
 
     kind = "smtp"
@@ -57,14 +58,11 @@ class SmtpTarget:
         self.ssl_context = ssl_context
 
     @classmethod
-    def configured(cls, destination: str, settings: Settings) -> SmtpTarget:
-        """The relay at ``host:port`` (``RADDRAFT_CRITICAL_SMTP``) with the session settings."""
-        host, _, port = destination.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"{destination!r} is not of the form host:port")
+    def configured(cls, target: SmtpTarget, settings: Settings) -> SmtpSender:
+        """The relay ``target`` (``RADDRAFT_CRITICAL_SMTP``) with the session settings."""
         return cls(
-            host,
-            int(port),
+            target.host,
+            target.port,
             starttls=settings.critical_smtp_starttls,
             user=settings.critical_smtp_user,
             password=settings.critical_smtp_password,

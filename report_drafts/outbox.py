@@ -31,7 +31,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
 from dicom_listener import Instance, Patient, Series, Study, StudyVersion
-from raddraft import job_contract, jobs
+from raddraft import destinations, job_contract, jobs
 from raddraft.settings import Settings
 from report_drafts.builders import (
     ImageRef,
@@ -586,7 +586,8 @@ def register_outbound(
         withdrawal=withdrawal,
         study_signed=_study_signed(session, report),
     )
-    for destination in [*map(str, settings.destinations), *settings.stow_destinations]:
+    for target in destinations.export_targets(settings):
+        destination = str(target)  # the serialised form the rows and the job keep
         for kind, uid, path in built.files:
             out.add(kind, uid, destination, path, "dicom")
         if built.files:

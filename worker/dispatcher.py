@@ -2,10 +2,12 @@
 
 Each job sends what the lifecycle built and left in the outbox for one report version (never
 rebuilding it: a retry sends the very bytes built at drafting or sign-off) to one destination,
-through the :mod:`peers` target of its kind, and records each attempt per object. Failures are
-classified by the target so the job runner retries a peer that is down and dead-letters one
-that refuses us for good. A report's versions reach each destination in version order
-(:mod:`report_drafts.delivery`): a job never sends an older version after a newer one.
+and records each attempt per object. The destination is typed once
+(:mod:`raddraft.destinations`: a job row's text or the settings' parsed into a target), and
+:func:`peers.sender_for` resolves the target to its sender. Failures are classified by the sender
+so the job runner retries a peer that is down and dead-letters one that refuses us for good. A
+report's versions reach each destination in version order (:mod:`report_drafts.delivery`): a job
+never sends an older version after a newer one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import peers
 import report_drafts
+from raddraft import destinations
 from raddraft.db import session_scope
 from raddraft.job_contract import ExportDicom, NotifyCritical, PushFhir, SendHl7
 from raddraft.logging import kv
@@ -23,14 +26,6 @@ from raddraft.settings import Settings, get_settings
 from worker.errors import NotYet, PermanentError, TransientError
 
 log = logging.getLogger(__name__)
-
-#: The sent-object kinds each destination kind carries.
-SENT_KINDS: dict[str, tuple[str, ...]] = {
-    "dicom": ("sr", "gsps", "kos"),
-    "hl7": ("hl7",),
-    "fhir": ("fhir",),
-    "stow": ("sr", "gsps", "kos"),
-}
 
 
 def _claim(
@@ -69,14 +64,13 @@ WAIT_SECONDS = 1.0
 
 
 def deliver(
-    kind: str,
+    target: destinations.Target,
     report_version_pk: int,
-    destination: str,
     *,
     rows_for: str | None = None,
     settings: Settings | None = None,
 ) -> dict[str, Any]:
-    """Send a version's claimed objects of ``kind`` to ``destination`` and record each one.
+    """Send a version's claimed objects of the kinds ``target`` carries to it and record each.
 
     ``rows_for`` limits the objects to those recorded for that destination (one job per PACS);
     ``None`` takes every pending one of the kind (the single RIS or FHIR server, wherever it is
@@ -87,14 +81,14 @@ def deliver(
     the target classified the failure.
     """
     settings = settings or get_settings()
-    claim = _claim(settings, report_version_pk, SENT_KINDS[kind], rows_for)
+    claim = _claim(settings, report_version_pk, target.carries, rows_for)
     if claim.wait:
         raise NotYet(claim.reason, delay_seconds=WAIT_SECONDS)
     if not claim.items:
         return {"sent": 0, **({"obsolete": claim.obsolete} if claim.obsolete else {})}
     items = claim.items
     try:
-        target = peers.target_for(kind, destination, settings)
+        sender = peers.sender_for(target, settings)
     except ValueError:
         _release([item.sent_object_pk for item in items])
         raise
@@ -103,7 +97,7 @@ def deliver(
         rows[item.identifier].append(item.sent_object_pk)
     outbound = [peers.Outbound(i.identifier, i.path, if_match=i.if_match) for i in items]
     try:
-        delivery = _send(target, outbound)
+        delivery = _send(sender, outbound)
     except peers.DeliveryError as error:
         answers = _by_row(rows, error.responses)
         _record([pk for i in error.delivered for pk in rows[i]], ok=True, responses=answers)
@@ -114,8 +108,8 @@ def deliver(
         log.warning(
             "delivery failed %s",
             kv(
-                kind=kind,
-                destination=target.destination,
+                kind=target.kind,
+                destination=sender.destination,
                 delivered=len(error.delivered),
                 failed=len(error.failed),
                 transient=isinstance(error, peers.TransientDeliveryError),
@@ -130,7 +124,7 @@ def deliver(
     log.info(
         "delivered %s",
         kv(
-            kind=kind,
+            kind=target.kind,
             destination=delivery.destination,
             objects=len(delivery.delivered),
             warnings=len(delivery.warnings),
@@ -143,11 +137,11 @@ def deliver(
     }
 
 
-def _send(target: peers.Target, outbound: list[peers.Outbound]) -> peers.Delivery:
-    """The target's send; anything but a classified failure counts as a transient one for
+def _send(sender: peers.Sender, outbound: list[peers.Outbound]) -> peers.Delivery:
+    """The sender's send; anything but a classified failure counts as a transient one for
     every object, so no claimed row is left ``sending`` (later versions would wait on it)."""
     try:
-        return target.send(outbound)
+        return sender.send(outbound)
     except peers.DeliveryError:
         raise
     except Exception as error:
@@ -166,28 +160,26 @@ def _by_row(
 def export_dicom_job(job_id: int, args: ExportDicom) -> dict[str, Any]:
     """Send the version's SR and GSPS objects to one destination: C-STORE (PS3.4 Annex B) to
     ``AET@host:port``, STOW-RS (PS3.18 10.5) to a DICOMweb base URL."""
-    kind = "stow" if peers.is_stow_destination(args.destination) else "dicom"
-    return deliver(kind, args.report_version_pk, args.destination, rows_for=args.destination)
+    target = destinations.export_target(args.destination)
+    return deliver(target, args.report_version_pk, rows_for=args.destination)
 
 
 def send_hl7_job(job_id: int, args: SendHl7) -> dict[str, Any]:
     """Send the version's ORU^R01 over MLLP and check the ACK (HL7 v2.5.1 ch. 7)."""
     settings = get_settings()
-    if not settings.ris_mllp:
+    target = destinations.ris_target(settings)
+    if target is None:
         raise PermanentError("RADDRAFT_RIS_MLLP is not set")
-    return deliver("hl7", args.report_version_pk, settings.ris_mllp, settings=settings)
+    return deliver(target, args.report_version_pk, settings=settings)
 
 
 def push_fhir_job(job_id: int, args: PushFhir) -> dict[str, Any]:
     """PUT the version's FHIR resources to the configured server (FHIR RESTful update)."""
     settings = get_settings()
-    if not settings.fhir_server_url:
+    target = destinations.fhir_target(settings)
+    if target is None:
         raise PermanentError("RADDRAFT_FHIR_SERVER_URL is not set")
-    return deliver("fhir", args.report_version_pk, settings.fhir_server_url, settings=settings)
-
-
-#: The peers target kind of each critical-notice channel.
-NOTICE_KINDS: dict[str, str] = {"hl7": "hl7", "email": "smtp"}
+    return deliver(target, args.report_version_pk, settings=settings)
 
 
 def notify_critical_job(job_id: int, args: NotifyCritical) -> dict[str, Any]:
@@ -201,17 +193,16 @@ def notify_critical_job(job_id: int, args: NotifyCritical) -> dict[str, Any]:
         row = report_drafts.notification(session, args.notification_pk)
         if row.state in ("sent", "held"):
             return {"sent": 0, "state": row.state}
-        kind = NOTICE_KINDS[row.channel]
-        destination = row.destination
+        target = destinations.notice_target(row.channel, row.destination)
         try:
             path = report_drafts.materialise(session, settings, row.path)
         except report_drafts.OutboxPayloadError as error:
             log.error("%s", error)
             path = settings.data_dir / "outbox" / row.path  # absent: the send fails, recorded
         outbound = peers.Outbound(row.identifier, path)
-    target = peers.target_for(kind, destination, settings)
+    sender = peers.sender_for(target, settings)
     try:
-        delivery = target.send([outbound])
+        delivery = sender.send([outbound])
     except peers.DeliveryError as error:
         with session_scope() as session:
             report_drafts.record_notification(
@@ -219,7 +210,7 @@ def notify_critical_job(job_id: int, args: NotifyCritical) -> dict[str, Any]:
             )
         log.warning(
             "critical notice failed %s",
-            kv(channel=kind, destination=destination, notice=args.notification_pk),
+            kv(channel=target.kind, destination=str(target), notice=args.notification_pk),
         )
         if isinstance(error, peers.TransientDeliveryError):
             raise TransientError(str(error)) from error
@@ -227,5 +218,5 @@ def notify_critical_job(job_id: int, args: NotifyCritical) -> dict[str, Any]:
     ack = str(delivery.detail.get("acks", {}).get(outbound.identifier, ""))
     with session_scope() as session:
         report_drafts.record_notification(session, args.notification_pk, ok=True, ack=ack)
-    log.info("critical notice acknowledged %s", kv(channel=kind, ack=ack[:40]))
+    log.info("critical notice acknowledged %s", kv(channel=target.kind, ack=ack[:40]))
     return {"sent": 1, "ack": ack}

@@ -20,7 +20,7 @@ from dicomweb_client.api import DICOMwebClient
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
-from peers import Outbound, StowPermanentError, StowTarget, StowTransientError
+from peers import Outbound, StowPermanentError, StowSender, StowTransientError
 from raddraft import job_contract
 from raddraft.db import session_scope
 from raddraft.settings import Settings, reload_settings
@@ -127,11 +127,11 @@ def test_stow_refusals_are_permanent(stow_pacs: OrthancServer, tmp_path: Path) -
     junk = tmp_path / "junk.dcm"
     junk.write_bytes(b"not a DICOM file")
     with pytest.raises(StowPermanentError) as refused:
-        StowTarget(f"{stow_pacs.url}/dicom-web").send([Outbound("1.2.3", junk)])
+        StowSender(f"{stow_pacs.url}/dicom-web").send([Outbound("1.2.3", junk)])
     assert refused.value.failed == ("1.2.3",)
     _ids, paths = make_study(tmp_path / "study", ("PA",))
     with pytest.raises(StowPermanentError) as missing:
-        StowTarget(f"{stow_pacs.url}/no-such-service").send([Outbound("1.2.4", paths[0])])
+        StowSender(f"{stow_pacs.url}/no-such-service").send([Outbound("1.2.4", paths[0])])
     assert missing.value.http_status == 404
 
 
@@ -140,7 +140,7 @@ def test_stow_unreachable_is_transient(tmp_path: Path) -> None:
 
     _ids, paths = make_study(tmp_path / "study", ("PA",))
     with pytest.raises(StowTransientError):
-        StowTarget(f"http://127.0.0.1:{free_port()}/dicom-web").send([Outbound("1.2.5", paths[0])])
+        StowSender(f"http://127.0.0.1:{free_port()}/dicom-web").send([Outbound("1.2.5", paths[0])])
 
 
 def test_orthanc_stores_into_raddraft_by_stow_rs(

@@ -241,7 +241,7 @@ def test_stow_target_reads_raddrafts_own_answers(
 ) -> None:
     """RadDraft's STOW-RS service as the peer of its STOW-RS target: a 202 with one failed
     instance is permanent for that one and delivered for the other; a 503 is transient."""
-    from peers import Outbound, StowPermanentError, StowTarget, StowTransientError
+    from peers import Outbound, StowPermanentError, StowSender, StowTransientError
     from web import create_web_app
 
     _ids, datasets = _study(tmp_path)
@@ -249,7 +249,7 @@ def test_stow_target_reads_raddrafts_own_answers(
     junk_path = tmp_path / "junk.dcm"
     junk_path.write_bytes(b"\x00" * 128 + b"DICM" + b"no data set here")
     junk = Outbound("2.25.1", junk_path)
-    target = StowTarget(f"{web.url}/dicomweb", token=tokens["sender"])
+    target = StowSender(f"{web.url}/dicomweb", token=tokens["sender"])
     with pytest.raises(StowPermanentError) as refused:
         target.send([good, junk])
     assert refused.value.delivered == (good.identifier,)
@@ -258,7 +258,7 @@ def test_stow_target_reads_raddrafts_own_answers(
 
     monkeypatch.setenv("RADDRAFT_DISK_WATERMARK_PERCENT", "0")
     with LiveServer(create_web_app(reload_settings())) as full:
-        busy = StowTarget(f"{full.url}/dicomweb", token=tokens["sender"])
+        busy = StowSender(f"{full.url}/dicomweb", token=tokens["sender"])
         with pytest.raises(StowTransientError) as later:
             busy.send([Outbound(str(datasets[1].SOPInstanceUID), Path(datasets[1].filename))])
     assert later.value.http_status == 503

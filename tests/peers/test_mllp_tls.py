@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from peers import MllpTarget, MllpTransientError
-from peers._target import Outbound
+from peers import MllpSender, MllpTransientError
+from peers._sender import Outbound
+from raddraft.destinations import MllpTarget
 from raddraft.settings import Settings
 from raddraft.tls import server_context
 from tests.certs import certificates
@@ -37,7 +38,9 @@ def test_mllp_over_mutual_tls_is_delivered(tmp_path: Path) -> None:
     certs = certificates(tmp_path)
     context = server_context(certs["server_crt"], certs["server_key"], certs["ca"])
     with serving_tls(context) as (state, port):
-        target = MllpTarget.configured(f"127.0.0.1:{port}", _settings(certs, certs["ca"]))
+        target = MllpSender.configured(
+            MllpTarget.parse(f"127.0.0.1:{port}"), _settings(certs, certs["ca"])
+        )
         assert target.ssl_context is not None
         delivery = target.send(_outbound(tmp_path, "RDTLS001"))
     assert delivery.delivered == ("RDTLS001",)
@@ -51,7 +54,9 @@ def test_mllp_refuses_a_tls_1_1_ris_and_an_unknown_certificate(tmp_path: Path) -
     legacy.minimum_version = legacy.maximum_version = ssl.TLSVersion.TLSv1_1
     legacy.set_ciphers("DEFAULT@SECLEVEL=0")
     with serving_tls(legacy) as (state, port):
-        target = MllpTarget.configured(f"127.0.0.1:{port}", _settings(certs, certs["ca"]))
+        target = MllpSender.configured(
+            MllpTarget.parse(f"127.0.0.1:{port}"), _settings(certs, certs["ca"])
+        )
         with pytest.raises(MllpTransientError):
             target.send(_outbound(tmp_path, "RDTLS002"))
     assert state.received == []
@@ -60,7 +65,9 @@ def test_mllp_refuses_a_tls_1_1_ris_and_an_unknown_certificate(tmp_path: Path) -
     strangers = certificates(tmp_path / "other")
     context = server_context(strangers["server_crt"], strangers["server_key"])
     with serving_tls(context) as (state, port):
-        target = MllpTarget.configured(f"127.0.0.1:{port}", _settings(certs, certs["ca"]))
+        target = MllpSender.configured(
+            MllpTarget.parse(f"127.0.0.1:{port}"), _settings(certs, certs["ca"])
+        )
         with pytest.raises(MllpTransientError, match=r"CERTIFICATE_VERIFY_FAILED|certificate"):
             target.send(_outbound(tmp_path, "RDTLS003"))
     assert state.received == []

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from peers import Outbound, SmtpPermanentError, SmtpTarget, SmtpTransientError
+from peers import Outbound, SmtpPermanentError, SmtpSender, SmtpTransientError
 from tests.conftest import free_port
 
 
@@ -52,7 +52,7 @@ def test_a_notice_is_acknowledged_with_250(tmp_path: Path) -> None:
     relay, port = Relay(), free_port()
     controller = serve(relay, port)
     try:
-        delivery = SmtpTarget("127.0.0.1", port).send(
+        delivery = SmtpSender("127.0.0.1", port).send(
             [notice(tmp_path), notice(tmp_path, "n2.eml")]
         )
     finally:
@@ -73,7 +73,7 @@ def test_negative_replies_are_classified(tmp_path: Path, reply: str, kind: type[
     controller = serve(relay, port)
     try:
         with pytest.raises(kind) as raised:
-            SmtpTarget("127.0.0.1", port).send([notice(tmp_path)])
+            SmtpSender("127.0.0.1", port).send([notice(tmp_path)])
     finally:
         controller.stop()
     assert reply.split()[0] in str(raised.value)
@@ -82,7 +82,7 @@ def test_negative_replies_are_classified(tmp_path: Path, reply: str, kind: type[
 
 def test_a_relay_that_is_down_is_transient(tmp_path: Path) -> None:
     with pytest.raises(SmtpTransientError):
-        SmtpTarget("127.0.0.1", free_port(), timeout=2).send([notice(tmp_path)])
+        SmtpSender("127.0.0.1", free_port(), timeout=2).send([notice(tmp_path)])
 
 
 def test_starttls_upgrades_the_session(tmp_path: Path) -> None:
@@ -103,9 +103,9 @@ def test_starttls_upgrades_the_session(tmp_path: Path) -> None:
     try:
         # Without STARTTLS the relay refuses (530): permanent, nothing accepted.
         with pytest.raises(SmtpPermanentError):
-            SmtpTarget("127.0.0.1", port).send([notice(tmp_path)])
+            SmtpSender("127.0.0.1", port).send([notice(tmp_path)])
         client_tls = ssl.create_default_context(cafile=str(cert))
-        delivery = SmtpTarget("127.0.0.1", port, starttls=True, ssl_context=client_tls).send(
+        delivery = SmtpSender("127.0.0.1", port, starttls=True, ssl_context=client_tls).send(
             [notice(tmp_path)]
         )
     finally:

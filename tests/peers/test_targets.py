@@ -1,4 +1,4 @@
-"""The target interface against real peers: Orthanc (C-STORE), an MLLP listener, an HTTP server.
+"""The sender interface against real peers: Orthanc (C-STORE), an MLLP listener, an HTTP server.
 
 Each target returns a Delivery with the identifiers in sending order; a peer that is down
 raises a transient error and one that refuses raises a permanent one, both saying what was
@@ -20,7 +20,7 @@ import peers
 from peers import (
     DeliveryError,
     DicomStorePermanentError,
-    DicomStoreTarget,
+    DicomStoreSender,
     DicomStoreTransientError,
     FhirConflictError,
     FhirPermanentError,
@@ -29,11 +29,20 @@ from peers import (
     MllpTransientError,
     Outbound,
     PermanentDeliveryError,
-    Target,
+    Sender,
     TransientDeliveryError,
-    target_for,
+    sender_for,
 )
 from peers.dicom_scu import PermanentExportError, TransientExportError
+from raddraft.destinations import (
+    DicomTarget,
+    FhirTarget,
+    MllpTarget,
+    SmtpTarget,
+    StowTarget,
+    export_target,
+    export_targets,
+)
 from raddraft.settings import DicomNode, Settings
 from report_drafts.builders import oru_r01
 from report_drafts.content import ReportContent
@@ -56,42 +65,64 @@ def settings() -> Settings:
 # The registry
 
 
-def test_target_for_knows_the_four_kinds(settings: Settings) -> None:
-    assert set(peers.TARGETS) == {"dicom", "hl7", "fhir", "stow", "smtp"}
+def test_sender_for_knows_the_five_kinds(settings: Settings) -> None:
+    assert set(peers.SENDERS) == {DicomTarget, MllpTarget, FhirTarget, StowTarget, SmtpTarget}
     made = {
-        "dicom": target_for("dicom", "PACS@127.0.0.1:11113", settings),
-        "hl7": target_for("hl7", "127.0.0.1:2575", settings),
-        "fhir": target_for("fhir", "http://127.0.0.1:8080/fhir", settings),
-        "stow": target_for("stow", "http://127.0.0.1:8042/dicom-web", settings),
-        "smtp": target_for("smtp", "127.0.0.1:2525", settings),
+        "dicom": sender_for(DicomTarget.parse("PACS@127.0.0.1:11113"), settings),
+        "hl7": sender_for(MllpTarget.parse("127.0.0.1:2575"), settings),
+        "fhir": sender_for(FhirTarget("http://127.0.0.1:8080/fhir"), settings),
+        "stow": sender_for(StowTarget("http://127.0.0.1:8042/dicom-web"), settings),
+        "smtp": sender_for(SmtpTarget.parse("127.0.0.1:2525"), settings),
     }
-    for kind, target in made.items():
-        assert isinstance(target, Target)
-        assert target.kind == kind
+    for kind, sender in made.items():
+        assert isinstance(sender, Sender)
+        assert sender.kind == kind
     assert made["dicom"].destination == "PACS@127.0.0.1:11113"
     assert made["hl7"].destination == "127.0.0.1:2575"
     assert made["fhir"].destination == "http://127.0.0.1:8080/fhir"
     assert made["stow"].destination == "http://127.0.0.1:8042/dicom-web"
     assert made["smtp"].destination == "127.0.0.1:2525"
-    assert isinstance(made["dicom"], DicomStoreTarget)
+    assert isinstance(made["dicom"], DicomStoreSender)
     assert made["dicom"].calling_ae == CALLING_AE  # the settings' AE title is who calls
 
 
-def test_target_for_rejects_an_unknown_kind(settings: Settings) -> None:
-    with pytest.raises(
-        ValueError, match=r"unknown destination kind 'xds'.*dicom, fhir, hl7, smtp, stow"
-    ):
-        target_for("xds", "http://registry/xds", settings)
+def test_sender_for_rejects_an_unknown_target(settings: Settings) -> None:
+    with pytest.raises(ValueError, match="no sender for str"):
+        sender_for("http://registry/xds", settings)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
-    ("kind", "destination"), [("dicom", "no-ae-title"), ("hl7", "ris"), ("stow", "PACS@host:104")]
+    ("parse", "destination"),
+    [
+        (DicomTarget.parse, "no-ae-title"),
+        (MllpTarget.parse, "ris"),
+        (StowTarget, "PACS@host:104"),
+        (SmtpTarget.parse, "relay:smtp"),
+    ],
 )
-def test_target_for_rejects_a_malformed_destination(
-    settings: Settings, kind: str, destination: str
+def test_a_malformed_destination_is_refused_when_typed(
+    parse: Callable[[str], object], destination: str
 ) -> None:
     with pytest.raises(ValueError):
-        target_for(kind, destination, settings)
+        parse(destination)
+
+
+def test_export_destinations_are_typed_once(settings: Settings) -> None:
+    configured = Settings(
+        destinations="PACS@127.0.0.1:104,ARCH@127.0.0.1:11112",  # type: ignore[arg-type]
+        stow_destinations="https://pacs.example.org/dicom-web",  # type: ignore[arg-type]
+    )
+    targets = export_targets(configured)
+    assert [type(t) for t in targets] == [DicomTarget, DicomTarget, StowTarget]
+    assert [str(t) for t in targets] == [
+        "PACS@127.0.0.1:104",
+        "ARCH@127.0.0.1:11112",
+        "https://pacs.example.org/dicom-web",
+    ]
+    # A job row keeps the text; it is parsed back into the same typed target.
+    assert [export_target(str(t)) for t in targets] == list(targets)
+    assert {t.carries for t in targets} == {("sr", "gsps", "kos")}
+    assert MllpTarget.carries == ("hl7",) and FhirTarget.carries == ("fhir",)
 
 
 def test_error_classes_line_up() -> None:
@@ -139,7 +170,7 @@ def test_dicom_target_stores_everything_in_order(
     orthanc: OrthancServer, settings: Settings, dicom_payload: tuple[Dataset, list[Outbound]]
 ) -> None:
     image, payload = dicom_payload
-    target = target_for("dicom", str(orthanc.dicom_node), settings)
+    target = sender_for(DicomTarget.parse(str(orthanc.dicom_node)), settings)
 
     delivery = target.send(payload)
 
@@ -161,7 +192,7 @@ def test_dicom_peer_down_is_transient_and_nothing_counts_delivered(
 ) -> None:
     _, payload = dicom_payload
     node = DicomNode("PACS", "127.0.0.1", free_port())
-    target = DicomStoreTarget(node, calling_ae=CALLING_AE, timeout=10)
+    target = DicomStoreSender(node, calling_ae=CALLING_AE, timeout=10)
 
     with pytest.raises(TransientDeliveryError) as failure:
         target.send(payload)
@@ -182,7 +213,7 @@ def test_dicom_unknown_called_ae_is_permanent(
 ) -> None:
     _, payload = dicom_payload
     pacs = orthanc_factory(check_called_aet=True)
-    target = target_for("dicom", f"NOTORTHANC@127.0.0.1:{pacs.dicom_port}", settings)
+    target = sender_for(DicomTarget.parse(f"NOTORTHANC@127.0.0.1:{pacs.dicom_port}"), settings)
 
     with pytest.raises(PermanentDeliveryError) as failure:
         target.send(payload)
@@ -234,7 +265,7 @@ def test_mllp_target_sends_each_message_in_order(
     listener: tuple[Listener, int], settings: Settings, hl7_payload: list[Outbound]
 ) -> None:
     state, port = listener
-    target = target_for("hl7", f"127.0.0.1:{port}", settings)
+    target = sender_for(MllpTarget.parse(f"127.0.0.1:{port}"), settings)
 
     delivery = target.send(hl7_payload)
 
@@ -245,7 +276,7 @@ def test_mllp_target_sends_each_message_in_order(
 
 
 def test_mllp_listener_down_is_transient(settings: Settings, hl7_payload: list[Outbound]) -> None:
-    target = target_for("hl7", f"127.0.0.1:{free_port()}", settings)
+    target = sender_for(MllpTarget.parse(f"127.0.0.1:{free_port()}"), settings)
 
     with pytest.raises(TransientDeliveryError) as failure:
         target.send(hl7_payload)
@@ -271,7 +302,7 @@ def test_mllp_negative_ack_stops_at_that_message(
     """CR is permanent; AE and AR are retried (the RIS may take the message later)."""
     state, port = listener
     state.script = ["AA", code]
-    target = target_for("hl7", f"127.0.0.1:{port}", settings)
+    target = sender_for(MllpTarget.parse(f"127.0.0.1:{port}"), settings)
 
     with pytest.raises(DeliveryError) as failure:
         target.send(hl7_payload)
@@ -290,7 +321,7 @@ def test_mllp_ack_for_another_message_is_permanent(
     state, port = listener
     state.script = ["WRONG"]
     with pytest.raises(MllpPermanentError) as failure:
-        target_for("hl7", f"127.0.0.1:{port}", settings).send(hl7_payload)
+        sender_for(MllpTarget.parse(f"127.0.0.1:{port}"), settings).send(hl7_payload)
     assert (failure.value.delivered, failure.value.failed) == ((), ("RDTGT1",))
     assert "control id" in str(failure.value)
 
@@ -319,7 +350,7 @@ def fhir_payload(tmp_path: Path) -> list[Outbound]:
 def test_fhir_target_puts_each_resource_in_order(
     fhir_server: FhirServer, settings: Settings, fhir_payload: list[Outbound]
 ) -> None:
-    target = target_for("fhir", fhir_server.url, settings)
+    target = sender_for(FhirTarget(fhir_server.url), settings)
 
     delivery = target.send(fhir_payload)
 
@@ -332,7 +363,7 @@ def test_fhir_target_puts_each_resource_in_order(
 
 
 def test_fhir_server_down_is_transient(settings: Settings, fhir_payload: list[Outbound]) -> None:
-    target = target_for("fhir", f"http://127.0.0.1:{free_port()}/fhir", settings)
+    target = sender_for(FhirTarget(f"http://127.0.0.1:{free_port()}/fhir"), settings)
 
     with pytest.raises(TransientDeliveryError) as failure:
         target.send(fhir_payload)
@@ -360,7 +391,7 @@ def test_fhir_error_status_stops_at_that_resource(
     expected: type[DeliveryError],
 ) -> None:
     fhir_server.answers["/fhir/DiagnosticReport/rep-1"] = status
-    target = target_for("fhir", fhir_server.url, settings)
+    target = sender_for(FhirTarget(fhir_server.url), settings)
 
     with pytest.raises(DeliveryError) as failure:
         target.send(fhir_payload)
@@ -380,7 +411,7 @@ def test_fhir_update_names_the_version_it_replaces(
     """FHIR R4 "Managing Resource Contention": the ETag of each PUT is recorded; an update
     with If-Match the current ETag is taken, one with a stale ETag refused (412, nothing
     changed) as a :class:`FhirConflictError`, and the server keeps every version."""
-    target = target_for("fhir", fhir_server.url, settings)
+    target = sender_for(FhirTarget(fhir_server.url), settings)
     first = target.send(fhir_payload)
     report = "DiagnosticReport/rep-1"
     assert first.responses[report] == {"http_status": 201, "etag": 'W/"1"'}

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 
 from raddraft import job_contract, jobs
 from raddraft.db import session_scope
+from raddraft.destinations import DicomTarget, FhirTarget, MllpTarget
 from raddraft.job_contract import ExportDicom, PushFhir, SendHl7
 from raddraft.settings import DicomNode, Settings, reload_settings
 from report_drafts import drafting
@@ -99,7 +100,8 @@ def test_each_kind_is_delivered_once_and_recorded(
     assert set(made) == set(HANDLERS)
     rows = _rows(engine, version_pk)
     by_kind = {
-        kind: [r for r in rows if r.kind in kinds] for kind, kinds in dispatcher.SENT_KINDS.items()
+        target.kind: [r for r in rows if r.kind in target.carries]
+        for target in (DicomTarget, MllpTarget, FhirTarget)
     }
     assert len(by_kind["dicom"]) == 2 and len(by_kind["hl7"]) == 1 and by_kind["fhir"]
 

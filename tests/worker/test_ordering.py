@@ -20,6 +20,7 @@ import peers
 from peers.mllp import control_id_of
 from raddraft import jobs
 from raddraft.db import session_scope
+from raddraft.destinations import MllpTarget
 from raddraft.job_contract import ExportDicom, JobArgs, PushFhir, SendHl7
 from raddraft.settings import Settings, reload_settings
 from report_drafts import claim_sends, record_sent, signoff, trace
@@ -210,7 +211,7 @@ def test_the_final_waits_while_the_preliminary_is_being_sent(
 
     # The preliminary's worker finishes its send; now the final goes, after it.
     (item,) = claim.items
-    delivery = peers.target_for("hl7", wired.ris_mllp, wired).send(
+    delivery = peers.sender_for(MllpTarget.parse(wired.ris_mllp), wired).send(
         [peers.Outbound(item.identifier, item.path)]
     )
     with session_scope(engine) as session:

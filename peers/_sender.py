@@ -1,13 +1,13 @@
-"""What every outbound peer looks like to the dispatcher: payloads in, a delivery or an error out.
+"""What every outbound peer looks like to the exporter: payloads in, a delivery or an error out.
 
-A *target* is one destination of one kind (a PACS by C-STORE, a RIS by MLLP, a FHIR server by
-RESTful update). It is handed :class:`Outbound` objects, each a payload file already written
-once in the outbox together with the identifier the peer knows it by (SOP Instance UID, HL7
-MSH-10 control id, FHIR ``Type/id``), and either returns a :class:`Delivery` listing what the
-peer took, in order, or raises a :class:`DeliveryError` saying what was delivered before the
-failure, what failed, and (by its class) whether a retry may help. Both carry ``responses``:
-per identifier, what the peer answered (MLLP ACK code and control ids, DICOM status, HTTP
-status and ETag), for the audit log.
+A *sender* sends to one destination of one kind (a PACS by C-STORE, a RIS by MLLP, a FHIR server
+by RESTful update), the typed target of :mod:`raddraft.destinations`. It is handed
+:class:`Outbound` objects, each a payload file already written once in the outbox together with
+the identifier the peer knows it by (SOP Instance UID, HL7 MSH-10 control id, FHIR ``Type/id``),
+and either returns a :class:`Delivery` listing what the peer took, in order, or raises a
+:class:`DeliveryError` saying what was delivered before the failure, what failed, and (by its
+class) whether a retry may help. Both carry ``responses``: per identifier, what the peer
+answered (MLLP ACK code and control ids, DICOM status, HTTP status and ETag), for the audit log.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ __all__ = [
     "DeliveryError",
     "Outbound",
     "PermanentDeliveryError",
-    "Target",
+    "Sender",
     "TransientDeliveryError",
 ]
 
@@ -40,7 +40,7 @@ class Outbound:
 
 @dataclass(frozen=True)
 class Delivery:
-    """What a target delivered: identifiers in sending order, time taken, peer warnings."""
+    """What a sender delivered: identifiers in sending order, time taken, peer warnings."""
 
     destination: str
     delivered: tuple[str, ...]
@@ -79,12 +79,12 @@ class PermanentDeliveryError(DeliveryError):
 
 
 @runtime_checkable
-class Target(Protocol):
-    """One outbound destination of one kind (``dicom``, ``hl7``, ``fhir``, ...)."""
+class Sender(Protocol):
+    """Sends to one outbound destination of one kind (``dicom``, ``hl7``, ``fhir``, ...)."""
 
     @property
     def kind(self) -> str:
-        """The destination kind, the key of :func:`peers.target_for`."""
+        """The destination kind (its target's ``kind``)."""
         ...
 
     @property
