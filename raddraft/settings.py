@@ -180,10 +180,10 @@ class Settings(BaseSettings):
     job_backoff_seconds: float = Field(
         default=10.0, description="first retry delay; doubles with each attempt"
     )
-    dispatch_poll_seconds: float = Field(
+    router_poll_seconds: float = Field(
         default=0.1, description="how often the router looks for due jobs"
     )
-    dispatch_stale_seconds: float = Field(
+    router_stale_seconds: float = Field(
         default=60.0, description="a job sent to the broker but not started this long is sent again"
     )
 

@@ -105,7 +105,7 @@ from report_drafts.tables import (
 from report_drafts.text_safety import clean_text, removed_count, safe_content, visible
 from report_drafts.trace import trace
 from report_drafts.users import add_user, user_for_password, user_for_token
-from report_drafts.versions import (
+from report_drafts.version_reads import (
     current_content,
     demo_mode,
     draft_run,

@@ -12,7 +12,7 @@ from dicom_listener import Study, StudyVersion
 from raddraft import job_contract, jobs
 from raddraft.db import utcnow
 from report_drafts import audit
-from report_drafts._versioning import audit_report, report_for_version
+from report_drafts._version_writes import audit_report, report_for_version
 from report_drafts.states import (
     IllegalTransition,
     NotFound,

@@ -44,7 +44,7 @@ from report_drafts import audit
 from report_drafts.outbox import outbox_file
 from report_drafts.states import NotFound
 from report_drafts.tables import Report, ReportVersion, SentKind, SentObject, SentState
-from report_drafts.versions import study_uid
+from report_drafts.version_reads import study_uid
 
 #: Version actions that withdraw what was sent of a report (IOCM note, HL7 W, FHIR
 #: entered-in-error).

@@ -18,7 +18,7 @@ from dicom_listener import StudyVersion
 from raddraft.db import utcnow
 from raddraft.settings import Settings, get_settings
 from report_drafts import notifications, reconcile
-from report_drafts._versioning import (
+from report_drafts._version_writes import (
     audit_report,
     may_send,
     new_version,
@@ -36,7 +36,7 @@ from report_drafts.states import (
 )
 from report_drafts.tables import DraftRun, Report, ReportVersion
 from report_drafts.text_safety import safe_content
-from report_drafts.versions import current_content, version
+from report_drafts.version_reads import current_content, version
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from raddraft import job_contract, jobs
 from raddraft.db import utcnow
 from raddraft.settings import Settings
 from report_drafts import audit
-from report_drafts._versioning import audit_report
+from report_drafts._version_writes import audit_report
 from report_drafts.content import CRITICAL_NOTICE
 from report_drafts.outbox import _write_once, hl7_message
 from report_drafts.states import NotFound
@@ -37,7 +37,7 @@ from report_drafts.tables import (
     ReportVersion,
     SentState,
 )
-from report_drafts.versions import study_uid
+from report_drafts.version_reads import study_uid
 
 
 def raise_critical(session: Session, report: Report, labels: list[str]) -> None:

@@ -5,7 +5,7 @@ come before or after the images). A STAT order raises the reports (worklist top,
 they enqueue from then on). A cancelled order (ORC-1 CA/OC) stops what has not been drafted
 yet, refuses a later signature, marks each report ``order_cancelled_at`` with an audit event
 ``order_cancelled``, and withdraws an unsigned draft like a rejection
-(:func:`report_drafts._versioning.withdraw_version`: IOCM rejection note, HL7 X/W, FHIR
+(:func:`report_drafts._version_writes.withdraw_version`: IOCM rejection note, HL7 X/W, FHIR
 entered-in-error, wherever the draft reached). A signed report is left to its radiologist:
 only an amendment changes what was signed.
 """
@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from dicom_listener import Study
 from raddraft.db import utcnow
 from raddraft.settings import Settings, get_settings
-from report_drafts._versioning import audit_report, report_for_version, withdraw_version
+from report_drafts._version_writes import audit_report, report_for_version, withdraw_version
 from report_drafts.states import EDITABLE, PRE_DRAFT, ReportState, check_transition
 from report_drafts.tables import Report
 

@@ -4,7 +4,7 @@ This is the one place the lifecycle calls the pure builders (:mod:`report_drafts
 GSPS, HL7 ORU^R01, FHIR resources). Every object is built once, written to
 ``data_dir/outbox/`` and never changed; a :class:`SentObject` row per destination says where it
 goes, and one job per destination (see :mod:`raddraft.job_contract`) sends it. The worker's
-dispatcher reads what is still to send (:func:`pending_sends`, :func:`outbox_file`) and records
+exporter reads what is still to send (:func:`pending_sends`, :func:`outbox_file`) and records
 each attempt (:func:`record_sent`). A
 retry therefore sends the same bytes, and ``raddraft trace`` can find the version from any
 identifier a receiver saw.
@@ -58,7 +58,7 @@ from report_drafts.tables import (
     SentObject,
     SentState,
 )
-from report_drafts.versions import algorithm_of, draft_run
+from report_drafts.version_reads import algorithm_of, draft_run
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from raddraft.db import utcnow
 from raddraft.settings import Settings, get_settings
 from report_drafts import outbox, reconcile
-from report_drafts._versioning import (
+from report_drafts._version_writes import (
     audit_report,
     new_version,
     publish_version,
@@ -39,7 +39,7 @@ from report_drafts.states import (
 )
 from report_drafts.tables import EditReason, FindingFeedback, Report, ReportVersion, Role, User
 from report_drafts.text_safety import clean_text
-from report_drafts.versions import (
+from report_drafts.version_reads import (
     algorithm_of,
     current_content,
     current_version,
@@ -309,7 +309,7 @@ def reject(
     """Refuse the draft: a new version in state ``rejected``; nothing final is written.
 
     What was sent of the draft is withdrawn in the same transaction
-    (:func:`report_drafts._versioning.withdraw_version`): an IOCM rejection note to PACS,
+    (:func:`report_drafts._version_writes.withdraw_version`): an IOCM rejection note to PACS,
     HL7 OBR-25 X / OBX-11 W and FHIR entered-in-error to the RIS, each only where the draft
     reached.
     """

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from sqlalchemy.engine import Engine
 
 from raddraft.cli import main
-from raddraft.commands import drafts
+from raddraft.commands import users as user_commands
 from raddraft.db import session_scope
 from raddraft.settings import Settings
 from report_drafts.users import user_for_password, user_for_token
@@ -65,7 +65,7 @@ def test_password_stdin_in_a_real_pipe_without_getpass_warning(
 def test_on_a_terminal_the_password_is_asked_twice(
     settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(drafts, "stdin_is_terminal", lambda: True)
+    monkeypatch.setattr(user_commands, "stdin_is_terminal", lambda: True)
     result = CliRunner().invoke(
         main, ["users", "add", "noether", "--role", "reader"], input="ring theory\nring theory\n"
     )

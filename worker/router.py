@@ -45,12 +45,12 @@ def outstanding_limit(session: Session, settings: Settings, queue: str) -> int:
     return serving * settings.studies_in_flight if queue == Queue.gpu else 4 * serving
 
 
-def dispatch_once(app: Celery, settings: Settings, engine: Engine | None = None) -> int:
+def route_once(app: Celery, settings: Settings, engine: Engine | None = None) -> int:
     """One pass: recover expired jobs, then send what is due. Returns the number sent."""
     sent = 0
     with session_scope(engine) as session:
         recovered = jobs.recover_expired(
-            session, dt.timedelta(seconds=settings.dispatch_stale_seconds)
+            session, dt.timedelta(seconds=settings.router_stale_seconds)
         )
         if recovered:
             log.warning("put back jobs whose worker or message was lost %s", kv(count=recovered))
@@ -76,7 +76,7 @@ def run(app: Celery, settings: Settings, stop: threading.Event) -> None:
     schedule = retention.PurgeSchedule(settings)
     while not stop.is_set():
         try:
-            busy = dispatch_once(app, settings) > 0
+            busy = route_once(app, settings) > 0
         except Exception:
             log.exception("dispatch pass failed; retrying")
             busy = False
@@ -87,5 +87,5 @@ def run(app: Celery, settings: Settings, stop: threading.Event) -> None:
             # recorded (rows go before files, in one transaction per study).
             log.exception("retention purge failed")
         if not busy:
-            stop.wait(settings.dispatch_poll_seconds)
+            stop.wait(settings.router_poll_seconds)
     log.info("router stopped")

@@ -2,7 +2,7 @@
 
 Each task receives a job id only; the job row holds the arguments, which :func:`run_job` reads
 back as the contract's dataclass. The bodies live in :mod:`worker.pipeline` (the processor:
-drafting) and :mod:`worker.dispatcher` (results out to PACS and RIS). Neither imports the model
+drafting) and :mod:`worker.exporter` (results out to PACS and RIS). Neither imports the model
 stack at import time: an ``io`` worker never loads torch.
 """
 
@@ -21,7 +21,7 @@ from raddraft.job_contract import (
     PushFhir,
     SendHl7,
 )
-from worker import dispatcher, pipeline
+from worker import exporter, pipeline
 from worker.runner import run_job
 
 
@@ -32,17 +32,17 @@ def draft_study(job_id: int) -> str:
 
 @shared_task(name=ExportDicom.TASK)
 def export_dicom(job_id: int) -> str:
-    return run_job(job_id, ExportDicom, dispatcher.export_dicom_job)
+    return run_job(job_id, ExportDicom, exporter.export_dicom_job)
 
 
 @shared_task(name=SendHl7.TASK)
 def send_hl7(job_id: int) -> str:
-    return run_job(job_id, SendHl7, dispatcher.send_hl7_job)
+    return run_job(job_id, SendHl7, exporter.send_hl7_job)
 
 
 @shared_task(name=PushFhir.TASK)
 def push_fhir(job_id: int) -> str:
-    return run_job(job_id, PushFhir, dispatcher.push_fhir_job)
+    return run_job(job_id, PushFhir, exporter.push_fhir_job)
 
 
 @shared_task(name=ApplyOrder.TASK)
@@ -52,7 +52,7 @@ def apply_order(job_id: int) -> str:
 
 @shared_task(name=NotifyCritical.TASK)
 def notify_critical(job_id: int) -> str:
-    return run_job(job_id, NotifyCritical, dispatcher.notify_critical_job)
+    return run_job(job_id, NotifyCritical, exporter.notify_critical_job)
 
 
 def _pong(job_id: int, args: Ping) -> dict[str, Any]:

@@ -57,12 +57,6 @@ def router() -> None:
     _run_router()
 
 
-@click.command("dispatcher", hidden=True)
-def dispatcher_alias() -> None:
-    """The old name of ``router``, kept so deployments that start ``dispatcher`` still run."""
-    _run_router()
-
-
 @click.group(invoke_without_command=True)
 @click.option("--failed", is_flag=True, help="Only dead-lettered exports.")
 @click.pass_context

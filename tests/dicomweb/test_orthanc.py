@@ -3,7 +3,7 @@
 In: Orthanc is given RadDraft as a remote DICOMweb server and queries (QIDO-RS) and retrieves
 (WADO-RS) a pushed study and RadDraft's SR and GSPS through ``/dicom-web/servers/raddraft``.
 Out: RadDraft's ``stow`` destination kind stores SR and GSPS into Orthanc by STOW-RS, through
-the dispatcher's export job; a server that is down is a transient failure and the retry
+the exporter's export job; a server that is down is a transient failure and the retry
 delivers; a refusal is permanent.
 """
 
@@ -29,7 +29,7 @@ from tests.dicom_factory import make_study
 from tests.drafts.helpers import make_draft
 from tests.orthanc import OrthancServer
 from tests.pages.conftest import LiveServer
-from worker import dispatcher
+from worker import exporter
 from worker.errors import TransientError
 
 
@@ -110,9 +110,9 @@ def test_stow_destination_exports_sr_and_gsps_and_retries_a_server_that_was_down
 
     stow_pacs.stop()
     with pytest.raises(TransientError):
-        dispatcher.export_dicom_job(1, job)
+        exporter.export_dicom_job(1, job)
     stow_pacs.start()
-    assert dispatcher.export_dicom_job(1, job)["sent"] == len(uids)
+    assert exporter.export_dicom_job(1, job)["sent"] == len(uids)
 
     assert uids <= stow_pacs.study_instance_uids(study.study_instance_uid)
     with session_scope(engine) as session:

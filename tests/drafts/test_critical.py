@@ -29,7 +29,7 @@ from tests.conftest import free_port
 from tests.drafts.conftest import ALGORITHM, ROOT, RUN, archive_study, draft_content
 from tests.mllp_listener import Listener, listener  # noqa: F401
 from web import queue_status
-from worker import dispatcher
+from worker import exporter
 from worker.errors import TransientError
 
 
@@ -149,7 +149,7 @@ def test_a_critical_draft_is_stat_marked_and_notified(
     assert {NotifyCritical(r.id).key for r in rows} <= keys
 
     for row in rows:
-        dispatcher.notify_critical_job(0, NotifyCritical(row.id))
+        exporter.notify_critical_job(0, NotifyCritical(row.id))
     sent = notices(engine)
     assert [(r.state, r.attempts) for r in sent] == [("sent", 1), ("sent", 1)]
     assert sent[0].ack == "AA"
@@ -167,7 +167,7 @@ def test_a_critical_draft_is_stat_marked_and_notified(
     assert "not a diagnosis" in mail.get_payload(decode=True).decode()
 
     # A second run of a sent notice sends nothing again.
-    dispatcher.notify_critical_job(0, NotifyCritical(rows[1].id))
+    exporter.notify_critical_job(0, NotifyCritical(rows[1].id))
     assert len(smtp.messages) == 1
 
     # The queue page's figures list the notices with their acknowledgements.
@@ -191,12 +191,12 @@ def test_a_notice_is_retried_until_the_smtp_server_is_back(
     mail = next(r for r in notices(engine) if r.channel == "email")
     # The relay is down: a transient failure, recorded, for the job runner to retry.
     with pytest.raises(TransientError):
-        dispatcher.notify_critical_job(0, NotifyCritical(mail.id))
+        exporter.notify_critical_job(0, NotifyCritical(mail.id))
     failed = next(r for r in notices(engine) if r.id == mail.id)
     assert (failed.state, failed.attempts) == ("failed", 1) and failed.last_error
     controller, inbox = start_smtp(smtp_port)
     try:
-        dispatcher.notify_critical_job(0, NotifyCritical(mail.id))
+        exporter.notify_critical_job(0, NotifyCritical(mail.id))
     finally:
         controller.stop()
     done = next(r for r in notices(engine) if r.id == mail.id)

@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from raddraft import jobs
 from raddraft.db import session_scope
 from raddraft.settings import Settings
-from report_drafts import drafting, versions
+from report_drafts import drafting, version_reads
 from report_drafts.content import Algorithm
 from report_drafts.tables import SentObject
 from report_drafts.users import user_for_token
@@ -245,7 +245,7 @@ def test_requeue_and_retry(
     with session_scope(engine) as session:
         job = session.scalars(select(jobs.Job).where(jobs.Job.key == r.json()["key"])).one()
         assert job.task == "raddraft.draft_study" and job.state == "pending"
-        report = versions.report_for_study_version(session, study.study_version_pk)
+        report = version_reads.report_for_study_version(session, study.study_version_pk)
         assert report is not None and report.state == "queued"
     r = client.post(f"/api/admin/jobs/{dead_id}/retry", headers=auth(tokens["admin"]))
     assert r.json() == {"id": dead_id, "state": "pending"}

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 
 from raddraft.settings import Settings
-from report_drafts import _versioning, signoff
+from report_drafts import _version_writes, signoff
 from tests.drafts.conftest import auth
 from tests.drafts.helpers import make_draft
 
@@ -35,7 +35,7 @@ def test_reader_study_figures(
 ) -> None:
     clock = Clock()
     # Opening (the review clock starts) and signing read the clock in these two modules.
-    monkeypatch.setattr(_versioning, "utcnow", clock)
+    monkeypatch.setattr(_version_writes, "utcnow", clock)
     monkeypatch.setattr(signoff, "utcnow", clock)
     rad = auth(tokens["rad"])
 

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from raddraft import jobs
 from raddraft.db import session_scope
 from raddraft.settings import DicomNode, Settings
-from report_drafts import drafting, outbox, versions
+from report_drafts import drafting, outbox, version_reads
 from report_drafts.tables import ImmutableVersionError, ReportVersion, SentObject
 from tests.drafts.conftest import ALGORITHM, RUN, archive_study, auth, draft_content
 from web.api import create_app
@@ -234,7 +234,7 @@ def _job_keys(engine: Engine) -> set[str]:
 def test_versions_cannot_be_changed_even_by_sql(engine: Engine, settings: Settings) -> None:
     report_id, _study = _draft(engine, settings)
     with Session(engine) as session:
-        row = versions.version(session, report_id, 1)
+        row = version_reads.version(session, report_id, 1)
         row.note = "rewritten"
         with pytest.raises(ImmutableVersionError):
             session.flush()
@@ -246,7 +246,7 @@ def test_versions_cannot_be_changed_even_by_sql(engine: Engine, settings: Settin
         with engine.connect() as conn, pytest.raises(DBAPIError):
             conn.execute(text(statement))
     with session_scope(engine) as session:
-        assert versions.version(session, report_id, 1).status == "preliminary"
+        assert version_reads.version(session, report_id, 1).status == "preliminary"
 
 
 def test_record_draft_is_idempotent_and_supersedes(engine: Engine, settings: Settings) -> None:
@@ -267,6 +267,6 @@ def test_record_draft_is_idempotent_and_supersedes(engine: Engine, settings: Set
         engine, settings, study_uid=study.study_instance_uid, version_number=2
     )
     with session_scope(engine) as session:
-        old = versions.get_report(session, report_id)
+        old = version_reads.get_report(session, report_id)
         assert old.state == "superseded" and old.superseded_by_pk == newer_id
-        assert versions.current_version(session, old).action == "supersede"
+        assert version_reads.current_version(session, old).action == "supersede"

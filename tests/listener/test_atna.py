@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from raddraft import atna
 from raddraft.settings import Settings, reload_settings
-from report_drafts import signoff, versions
+from report_drafts import signoff, version_reads
 from report_drafts.tables import User
 from tests.certs import certificates
 from tests.dicom_factory import make_study
@@ -170,7 +170,9 @@ def test_report_view_and_sign_off_are_audited_on_commit(
             settings=wired,
         )
         session.commit()
-        study_uid = versions.study_uid(session, versions.get_report(session, seeded.routine_report))
+        study_uid = version_reads.study_uid(
+            session, version_reads.get_report(session, seeded.routine_report)
+        )
     assert atna.flush(10)
     messages = _messages(rsyslog.wait_for(2), "imudp")
     assert [

@@ -18,7 +18,7 @@ from orders.tables import Order, OrderMessage
 from raddraft import job_contract, jobs
 from raddraft.db import session_scope
 from raddraft.settings import Settings, reload_settings
-from report_drafts import drafting, order_effects, versions
+from report_drafts import drafting, order_effects, version_reads
 from report_drafts.tables import Report
 from tests.conftest import free_port
 from tests.drafts.conftest import (
@@ -219,7 +219,7 @@ def test_a_cancelled_order_stops_drafting_and_marks_the_sent_draft(
         assert report is not None and report.order_cancelled_at is not None
         # The unsigned draft is withdrawn, as a rejection would withdraw it.
         assert (report.state, report.current_version) == ("rejected", 2)
-        withdrawal = versions.version(session, drafted_report, 2)
+        withdrawal = version_reads.version(session, drafted_report, 2)
         assert withdrawal.action == "order_cancelled" and "ORC-1 OC" in withdrawal.note
         # The draft job itself refuses to draft a cancelled order.
         info = orders.order_for_accession(session, "ACC0002")

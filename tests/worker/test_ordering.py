@@ -31,13 +31,13 @@ from tests.drafts.helpers import make_draft
 from tests.fhir_server import FhirServer
 from tests.mllp_listener import Listener, serving
 from web import queue_status
-from worker import dispatcher
+from worker import exporter
 from worker.runner import run_job
 
 HANDLERS: dict[type[Any], Any] = {
-    ExportDicom: dispatcher.export_dicom_job,
-    SendHl7: dispatcher.send_hl7_job,
-    PushFhir: dispatcher.push_fhir_job,
+    ExportDicom: exporter.export_dicom_job,
+    SendHl7: exporter.send_hl7_job,
+    PushFhir: exporter.push_fhir_job,
 }
 BY_TASK = {kind.TASK: kind for kind in HANDLERS}
 

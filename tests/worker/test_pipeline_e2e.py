@@ -89,13 +89,13 @@ def _run(stack: Stack, study_version_pk: int) -> dict[str, Any]:
 
 def _sign(stack: Stack, report_pk: int, impression: str) -> None:
     """A radiologist edits the impression and signs, through the lifecycle."""
-    from report_drafts import signoff, versions
+    from report_drafts import signoff, version_reads
     from report_drafts.users import add_user
 
     with session_scope(stack.engine) as session:
         user, _ = add_user(session, f"rad{report_pk}", "radiologist", display_name="Doe^Jane")
         signoff.open_report(session, report_pk, user)
-        report = versions.get_report(session, report_pk)
+        report = version_reads.get_report(session, report_pk)
         edited = signoff.edit_text(
             session, report_pk, user, expected_version=report.current_version, impression=impression
         )

@@ -21,7 +21,7 @@ REDIS_TEST_DB = 7
 
 @pytest.fixture(params=["filesystem", "redis"])
 def broker_env(request: pytest.FixtureRequest, settings: Settings) -> Iterator[dict[str, str]]:
-    env = raddraft_env(RADDRAFT_JOB_LEASE_SECONDS="4", RADDRAFT_DISPATCH_STALE_SECONDS="5")
+    env = raddraft_env(RADDRAFT_JOB_LEASE_SECONDS="4", RADDRAFT_ROUTER_STALE_SECONDS="5")
     if request.param == "redis":
         url = REDIS_URL.rsplit("/", 1)[0] + f"/{REDIS_TEST_DB}"
         redis.Redis.from_url(url).flushdb()

@@ -1,4 +1,4 @@
-"""The dispatcher's three jobs as one delivery: a real draft's outbox to Orthanc, an MLLP
+"""The exporter's three jobs as one delivery: a real draft's outbox to Orthanc, an MLLP
 listener and an HTTP FHIR server, each object's attempt recorded on its sent-object row."""
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from tests.drafts.conftest import ALGORITHM, RUN, archive_study, draft_content
 from tests.fhir_server import FhirServer
 from tests.mllp_listener import Listener
 from tests.orthanc import OrthancServer
-from worker import dispatcher
+from worker import exporter
 from worker.errors import PermanentError, TransientError
 
 EXPORT_DICOM, SEND_HL7, PUSH_FHIR = ExportDicom.TASK, SendHl7.TASK, PushFhir.TASK
 HANDLERS: dict[str, Any] = {
-    EXPORT_DICOM: dispatcher.export_dicom_job,
-    SEND_HL7: dispatcher.send_hl7_job,
-    PUSH_FHIR: dispatcher.push_fhir_job,
+    EXPORT_DICOM: exporter.export_dicom_job,
+    SEND_HL7: exporter.send_hl7_job,
+    PUSH_FHIR: exporter.push_fhir_job,
 }
 
 
@@ -163,6 +163,6 @@ def test_failures_are_recorded_per_object_and_classified(
 def test_unset_ris_and_fhir_server_are_permanent(settings: Settings) -> None:
     assert not settings.ris_mllp and not settings.fhir_server_url
     with pytest.raises(PermanentError, match="RADDRAFT_RIS_MLLP is not set"):
-        dispatcher.send_hl7_job(1, SendHl7(report_version_pk=1))
+        exporter.send_hl7_job(1, SendHl7(report_version_pk=1))
     with pytest.raises(PermanentError, match="RADDRAFT_FHIR_SERVER_URL is not set"):
-        dispatcher.push_fhir_job(1, PushFhir(report_version_pk=1))
+        exporter.push_fhir_job(1, PushFhir(report_version_pk=1))

@@ -1,4 +1,4 @@
-"""The dispatcher of results: DICOM SR/GSPS to PACS, HL7 v2 ORU to the RIS, FHIR to a server.
+"""The exporter of results: DICOM SR/GSPS to PACS, HL7 v2 ORU to the RIS, FHIR to a server.
 
 Each job sends what the lifecycle built and left in the outbox for one report version (never
 rebuilding it: a retry sends the very bytes built at drafting or sign-off) to one destination,

@@ -29,7 +29,7 @@ from report_drafts.tables import (
     Role,
     User,
 )
-from report_drafts.versions import (
+from report_drafts.version_reads import (
     algorithm_of,
     current_content,
     diff_stats,

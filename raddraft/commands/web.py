@@ -1,0 +1,42 @@
+"""``raddraft web``: the web tier (review desk, queue page, API, DICOMweb, FHIR, /metrics)."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+
+from raddraft.logging import kv
+from raddraft.settings import get_settings
+from raddraft.tls import server_context
+
+
+@click.command()
+@click.option("--host", default=None, help="Default: RADDRAFT_WEB_HOST.")
+@click.option("--port", type=int, default=None, help="Default: RADDRAFT_WEB_PORT.")
+def web(host: str | None, port: int | None) -> None:
+    """Serve the review desk, the queue page, the API, FHIR and /metrics with uvicorn."""
+    import uvicorn
+
+    from web import create_web_app
+
+    settings = get_settings()
+    bind, bind_port = host or settings.web_host, port or settings.web_port
+    tls = bool(settings.web_tls_cert and settings.web_tls_key)
+    url = f"{'https' if tls else 'http'}://{bind}:{bind_port}/"
+    # log_config=None: uvicorn logs through RadDraft's handler, one format for every process;
+    # log_level=None: the levels stay as raddraft.logging set them (access lines at INFO).
+    config = uvicorn.Config(
+        create_web_app(settings), host=bind, port=bind_port, log_level=None, log_config=None
+    )
+    config.load()
+    if tls:
+        # uvicorn's own ssl options cannot set a minimum version: the PS3.15 B.9 (BCP 195)
+        # context from raddraft.tls replaces the one it would build.
+        cert, key, ca = settings.web_tls_cert, settings.web_tls_key, settings.web_tls_ca
+        assert cert is not None and key is not None
+        config.ssl = server_context(cert, key, ca)
+    logging.getLogger("raddraft.web").info(
+        "web serving %s", kv(url=url, api_docs=f"{url}docs", fhir=f"{url}fhir/")
+    )
+    uvicorn.Server(config).run()
