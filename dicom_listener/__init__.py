@@ -21,16 +21,13 @@ Reading the archive (the worker, the web app)::
         the archive's tables, for read-only joins (the worklist, the queue page); only the
         listener writes them
 
-Putting instances in (priors fetched by C-MOVE simply arrive through the SCP; these are for
-instances obtained another way, e.g. C-GET or a file)::
+Putting instances in (priors fetched by C-MOVE simply arrive through the SCP; STOW-RS hands its
+parts here)::
 
-    ingest_bytes(data, *, transfer_syntax_uid=None, calling_ae_title="LOCAL", settings=None)
-        -> IngestResult      (a DICOM file's bytes, or a bare data set plus its syntax)
-    store_file(path, *, calling_ae_title="LOCAL", settings=None) -> IngestResult
     complete_study(study_instance_uid, *, settings=None) -> list[Completed]
     ingest_batch(items, *, calling_ae_title, peer="", settings=None) -> list[IngestResult]
-        several instances as one push (DICOMweb STOW-RS): each filed like ``ingest_bytes``,
-        then the two-view studies complete at once, as at an association's release
+        several DICOM files as one push (DICOMweb STOW-RS): each filed as the C-STORE SCP
+        files one, then the two-view studies complete at once, as at an association's release
 
 ``IngestResult.status`` is the C-STORE status the listener would have answered (0x0000 stored or
 already stored, 0xA700 refused for resources, 0xA900/0xC000 quarantined).
@@ -51,7 +48,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from pathlib import Path
 
 from sqlalchemy.orm import Session
 
@@ -102,11 +98,9 @@ __all__ = [
     "archived_study",
     "complete_study",
     "ingest_batch",
-    "ingest_bytes",
     "latest_version_pk",
     "prior_versions",
     "purge_study",
-    "store_file",
     "study_for_version",
     "version_images",
 ]
@@ -123,33 +117,8 @@ def _ingester(settings: Settings | None) -> Ingester:
     return ingester
 
 
-def ingest_bytes(
-    data: bytes,
-    *,
-    transfer_syntax_uid: str | None = None,
-    calling_ae_title: str = "LOCAL",
-    settings: Settings | None = None,
-) -> IngestResult:
-    """File one instance from bytes, exactly as the C-STORE SCP files a received one.
-
-    ``data`` is either a DICOM file (preamble, ``DICM``, file meta) stored as given, or a bare
-    data set, for which ``transfer_syntax_uid`` is required and file meta is added.
-    """
-    ingester = _ingester(settings)
-    origin = Origin(calling_ae_title=calling_ae_title, peer="local")
-    return _ingest_one(ingester, data, transfer_syntax_uid, origin)
-
-
-def _ingest_one(
-    ingester: Ingester, data: bytes, transfer_syntax_uid: str | None, origin: Origin
-) -> IngestResult:
-    if data[128:_PREAMBLE_END] == b"DICM":
-        spool = ingester.archive.spool_bytes(data)
-    else:
-        if not transfer_syntax_uid:
-            raise ValueError("a bare data set needs its transfer_syntax_uid")
-        spool = ingester.archive.spool_bytes(_file_meta_for(data, transfer_syntax_uid), data)
-    return ingester.ingest_spool(spool, origin)
+def _ingest_one(ingester: Ingester, data: bytes, origin: Origin) -> IngestResult:
+    return ingester.ingest_spool(ingester.archive.spool_bytes(data), origin)
 
 
 def ingest_batch(
@@ -176,7 +145,7 @@ def ingest_batch(
             why = "not a DICOM file (PS3.10 preamble and DICM prefix missing)"
             results.append(ingester.quarantine(spool, origin, Status.cannot_understand, why))
             continue
-        results.append(_ingest_one(ingester, data, None, origin))
+        results.append(_ingest_one(ingester, data, origin))
     stored = {r.study_instance_uid for r in results if r.status == Status.success}
     if stored:
         try:
@@ -185,15 +154,6 @@ def ingest_batch(
             # The completion timer covers these studies too; a failure only costs latency.
             log.exception("completion after a batch failed")
     return results
-
-
-def store_file(
-    path: str | Path, *, calling_ae_title: str = "LOCAL", settings: Settings | None = None
-) -> IngestResult:
-    """File the DICOM file at ``path`` (it is copied, not moved)."""
-    return ingest_bytes(
-        Path(path).read_bytes(), calling_ae_title=calling_ae_title, settings=settings
-    )
 
 
 def complete_study(study_instance_uid: str, *, settings: Settings | None = None) -> list[Completed]:
@@ -224,41 +184,3 @@ def purge_study(
         still_purgeable=still_purgeable,
         record=record,
     )
-
-
-def _file_meta_for(dataset: bytes, transfer_syntax_uid: str) -> bytes:
-    """Preamble and file meta (PS3.10 7.1) for a bare data set, from its own SOP UIDs."""
-    import zlib
-    from io import BytesIO
-
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.filebase import DicomBytesIO
-    from pydicom.filereader import read_dataset
-    from pydicom.filewriter import write_file_meta_info
-    from pydicom.uid import (
-        PYDICOM_IMPLEMENTATION_UID,
-        UID,
-        DeflatedExplicitVRLittleEndian,
-        ExplicitVRBigEndian,
-        ImplicitVRLittleEndian,
-    )
-
-    syntax = UID(transfer_syntax_uid)
-    head = dataset[: 1 << 16]
-    if syntax == DeflatedExplicitVRLittleEndian:
-        head = zlib.decompressobj(-zlib.MAX_WBITS).decompress(dataset, 1 << 16)
-    header = read_dataset(
-        BytesIO(head),
-        is_implicit_VR=syntax == ImplicitVRLittleEndian,
-        is_little_endian=syntax != ExplicitVRBigEndian,
-        stop_when=lambda tag, *_: tag > 0x00080018,
-    )
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UID(str(header.get("SOPClassUID", "")))
-    meta.MediaStorageSOPInstanceUID = UID(str(header.get("SOPInstanceUID", "")))
-    meta.TransferSyntaxUID = syntax
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    buffer = DicomBytesIO()
-    buffer.write(b"\x00" * 128 + b"DICM")
-    write_file_meta_info(buffer, meta, enforce_standard=True)
-    return buffer.getvalue()

@@ -1,8 +1,8 @@
 """Filing one received instance: parse, check, place durably, record; the status to answer.
 
 This is the C-STORE SCP's work (PS3.4 B.2.2) without the network: the SCP hands over a spool
-file that already holds the bytes as received, and so do :func:`ingest_bytes` and
-:func:`store_file` for instances that arrive another way. Order, per instance:
+file that already holds the bytes as received, and so does :func:`dicom_listener.ingest_batch`
+for the parts of a STOW-RS request. Order, per instance:
 
 1. refuse (0xA700, out of resources) above the disk watermark;
 2. check the bounds (:mod:`dicom_listener.limits`: too large or inflating too far -> 0xA700,
@@ -321,7 +321,7 @@ def _neutralise_preamble(spool: Path) -> None:
     """Zero a non-zero 128-byte preamble before the file enters the archive.
 
     The preamble is no part of the data set (PS3.10 7.1) and never travels over DIMSE, but a
-    Part 10 file handed to :func:`dicom_listener.ingest_bytes` may carry one that makes it a
+    Part 10 file handed to :func:`dicom_listener.ingest_batch` (STOW-RS) may carry one making it a
     polyglot (a Windows executable, HTML, a shell script, a ZIP) which a later download would
     hand to another program. PS3.10 7.5 leaves the preamble's use to application profiles;
     RadDraft's archive uses none, so it is all zeros.

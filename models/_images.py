@@ -109,22 +109,6 @@ class Geometry:
         x2, y2 = self.percent_to_stored(box[2], box[3])
         return x1, y1, x2, y2
 
-    def box_stored_to_percent(
-        self, box: tuple[float, float, float, float]
-    ) -> tuple[float, float, float, float]:
-        """A (x1, y1, x2, y2) box in stored coordinates to percent of the model image."""
-        x1, y1 = self.stored_to_percent(box[0], box[1])
-        x2, y2 = self.stored_to_percent(box[2], box[3])
-        return x1, y1, x2, y2
-
-    def box_model_pixels_to_stored(
-        self, box: tuple[float, float, float, float]
-    ) -> tuple[float, float, float, float]:
-        """A (x1, y1, x2, y2) box in model-image pixels to stored coordinates."""
-        x1, y1 = self.model_pixels_to_stored(box[0], box[1])
-        x2, y2 = self.model_pixels_to_stored(box[2], box[3])
-        return x1, y1, x2, y2
-
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready form."""
         return {key: list(value) for key, value in asdict(self).items()}

@@ -11,8 +11,6 @@ it again before returning:
   Class, PS3.4 Annex C, Study Root C-FIND at STUDY level, PS3.4 C.6.2).
 - :func:`move_study` asks the PACS to send a study to an AE title it knows (C-MOVE, PS3.4 C.4.2;
   the PACS must be configured with RadDraft's AE title, host and port).
-- :func:`get_study` retrieves a study on the same association (C-GET, PS3.4 C.4.3), with SCP/SCU
-  role selection for the storage sub-operations (PS3.7 D.3.3.4).
 
 Failures are typed so that a caller can decide between retrying and dead-lettering:
 :class:`TransientExportError` / :class:`TransientQueryError` (worth retrying with backoff) and
@@ -34,7 +32,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar, Literal, cast
+from typing import ClassVar, Literal
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -47,23 +45,12 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE, Association, build_context, build_role, evt
-from pynetdicom.dimse_primitives import C_STORE
+from pynetdicom import AE, Association, build_context, evt
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
-    Comprehensive3DSRStorage,
-    ComprehensiveSRStorage,
-    ComputedRadiographyImageStorage,
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    EnhancedSRStorage,
-    GrayscaleSoftcopyPresentationStateStorage,
-    KeyObjectSelectionDocumentStorage,
-    SecondaryCaptureImageStorage,
     StudyRootQueryRetrieveInformationModelFind,
-    StudyRootQueryRetrieveInformationModelGet,
     StudyRootQueryRetrieveInformationModelMove,
 )
 
@@ -71,13 +58,11 @@ from raddraft import atna
 from raddraft.settings import DicomNode
 
 __all__ = [
-    "DEFAULT_GET_SOP_CLASSES",
     "InstanceStatus",
     "MoveOutcome",
     "PermanentExportError",
     "PermanentQueryError",
     "PriorStudy",
-    "RetrievedInstance",
     "ScuError",
     "StatusKind",
     "StoreOutcome",
@@ -85,7 +70,6 @@ __all__ = [
     "TransientQueryError",
     "classify_status",
     "find_prior_studies",
-    "get_study",
     "move_study",
     "store",
 ]
@@ -96,20 +80,6 @@ LOGGER = logging.getLogger(__name__)
 #: objects RadDraft builds are Explicit VR Little Endian; Implicit VR Little Endian is the
 #: default every SCP must accept (PS3.5 10.1).
 UNCOMPRESSED = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
-
-#: Storage SOP classes accepted from the PACS during :func:`get_study` (chest radiographs and
-#: the results RadDraft or another system may have attached to them).
-DEFAULT_GET_SOP_CLASSES: tuple[str, ...] = (
-    DigitalXRayImageStorageForPresentation,
-    DigitalXRayImageStorageForProcessing,
-    ComputedRadiographyImageStorage,
-    SecondaryCaptureImageStorage,
-    GrayscaleSoftcopyPresentationStateStorage,
-    Comprehensive3DSRStorage,
-    ComprehensiveSRStorage,
-    EnhancedSRStorage,
-    KeyObjectSelectionDocumentStorage,
-)
 
 # PS3.8 9.3.2: at most 128 presentation contexts (odd IDs 1..255) in one A-ASSOCIATE-RQ.
 _MAX_CONTEXTS = 128
@@ -329,26 +299,6 @@ class MoveOutcome:
     def ok(self) -> bool:
         """Every sub-operation succeeded (none failed)."""
         return self.kind in ("success", "warning") and self.failed == 0
-
-
-@dataclass(frozen=True)
-class RetrievedInstance:
-    """One instance received during :func:`get_study`.
-
-    ``data`` is the complete DICOM file (PS3.10 preamble, file meta, data set exactly as the
-    peer encoded it): the archive can write it without decoding.
-    """
-
-    sop_class_uid: str
-    sop_instance_uid: str
-    transfer_syntax: str
-    data: bytes
-
-    def dataset(self) -> Dataset:
-        """Decode :attr:`data` (only when the caller needs the attributes)."""
-        from io import BytesIO
-
-        return dcmread(BytesIO(self.data))
 
 
 # --------------------------------------------------------------------------------------------
@@ -1001,66 +951,3 @@ def move_study(
             _study_identifier(study_uid), destination_ae, StudyRootQueryRetrieveInformationModelMove
         )
         return _retrieve_outcome(node, study_uid, responses, "C-MOVE", expired, timeout, started)
-
-
-def get_study(
-    node: DicomNode,
-    study_uid: str,
-    on_instance: Callable[[RetrievedInstance], None],
-    *,
-    calling_ae: str,
-    sop_classes: Sequence[str] = DEFAULT_GET_SOP_CLASSES,
-    tls: ssl.SSLContext | None = None,
-    timeout: float = 60,
-) -> MoveOutcome:
-    """Retrieve a study over this association (C-GET, PS3.4 C.4.3, Study Root).
-
-    Unlike C-MOVE the PACS needs no knowledge of RadDraft's address: it sends the instances
-    back as C-STORE sub-operations on the same association, for which storage presentation
-    contexts of ``sop_classes`` are proposed with SCP/SCU role selection (PS3.7 D.3.3.4).
-    ``on_instance`` gets each instance as received (never decoded here); if it raises, the
-    sub-operation is answered 0xA700 (out of resources) and the final status reports it
-    failed. ``timeout`` is a hard limit for the whole retrieval.
-    """
-    started = time.monotonic()
-    contexts = [build_context(StudyRootQueryRetrieveInformationModelGet, list(UNCOMPRESSED))]
-    roles = []
-    for sop_class in sop_classes:
-        contexts.append(build_context(sop_class, list(UNCOMPRESSED)))
-        roles.append(build_role(sop_class, scp_role=True))
-
-    def _on_store(event: evt.Event) -> int:
-        try:
-            data = event.encoded_dataset()
-            request = cast(C_STORE, event.request)
-            on_instance(
-                RetrievedInstance(
-                    sop_class_uid=str(request.AffectedSOPClassUID),
-                    sop_instance_uid=str(request.AffectedSOPInstanceUID),
-                    transfer_syntax=str(event.context.transfer_syntax),
-                    data=data,
-                )
-            )
-        except Exception:
-            LOGGER.exception("C-GET: storing an instance of %s failed", study_uid)
-            return 0xA700
-        return 0x0000
-
-    with (
-        _associate(
-            node,
-            calling_ae=calling_ae,
-            contexts=contexts,
-            timeout=timeout,
-            tls=tls,
-            transient=TransientQueryError,
-            permanent=PermanentQueryError,
-            ext_neg=list(roles),
-            handlers=[(evt.EVT_C_STORE, _on_store)],
-        ) as assoc,
-        _deadline(assoc, timeout) as expired,
-    ):
-        responses = assoc.send_c_get(
-            _study_identifier(study_uid), StudyRootQueryRetrieveInformationModelGet
-        )
-        return _retrieve_outcome(node, study_uid, responses, "C-GET", expired, timeout, started)

@@ -493,9 +493,3 @@ def describe(settings: Settings) -> list[SettingInfo]:
             )
         )
     return rows
-
-
-def reload_settings() -> Settings:
-    """Forget the cached settings (tests and the CLI change the environment)."""
-    get_settings.cache_clear()
-    return get_settings()

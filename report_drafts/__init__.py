@@ -4,9 +4,9 @@ The public face, for the worker, the web tier and the ``raddraft`` command; noth
 package imports its modules. Each name lives in the module of whoever acts:
 
 The worker (:mod:`report_drafts.drafting`, :mod:`report_drafts.outbox`):
-    ``mark_state``, ``record_draft``; ``outbox_file``, ``materialise`` (any outbox object, from
-    the database); ``claim_sends``, ``record_sent``, ``release``: what a job sends now, in
-    version order (:mod:`report_drafts.delivery`)
+    ``mark_state``, ``record_draft``; ``materialise`` (any outbox object, from the
+    database); ``claim_sends``, ``record_sent``, ``release``: what a job sends now, in version
+    order (:mod:`report_drafts.delivery`)
 Radiologists (:mod:`report_drafts.signoff`):
     ``open_report``, ``edit_text``, ``finding_feedback``, ``add_finding``, ``sign``, ``reject``,
     ``amend``
@@ -45,10 +45,8 @@ from report_drafts.content import (
     Box,
     Finding,
     ReportContent,
-    ReportStatus,
-    Signer,
 )
-from report_drafts.delivery import Claim, SendItem, claim_sends, record_sent, release
+from report_drafts.delivery import Claim, claim_sends, record_sent, release
 from report_drafts.drafting import mark_state, record_draft
 from report_drafts.figures import reader_figures
 from report_drafts.notifications import notification, recent_notifications, record_notification
@@ -57,8 +55,6 @@ from report_drafts.outbox import (
     OutboxPayloadError,
     fhir_resources,
     materialise,
-    outbox_file,
-    pending_sends,
     source_instances,
 )
 from report_drafts.render import render_png
@@ -82,13 +78,9 @@ from report_drafts.signoff import (
 from report_drafts.states import (
     EDITABLE,
     SIGNED_STATES,
-    IllegalTransition,
-    InvalidRequest,
     LifecycleError,
     NotFound,
-    PermissionDenied,
     ReportState,
-    StaleVersion,
 )
 from report_drafts.tables import (
     AuditEvent,
@@ -104,7 +96,7 @@ from report_drafts.tables import (
 )
 from report_drafts.text_safety import clean_text, removed_count, safe_content, visible
 from report_drafts.trace import trace
-from report_drafts.users import add_user, user_for_password, user_for_token
+from report_drafts.users import user_for_password, user_for_token
 from report_drafts.version_reads import (
     current_content,
     demo_mode,
@@ -127,28 +119,20 @@ __all__ = [
     "DraftRun",
     "EditReason",
     "Finding",
-    "IllegalTransition",
-    "InvalidRequest",
     "LifecycleError",
     "NotFound",
     "OutboxPayloadError",
-    "PermissionDenied",
     "Report",
     "ReportContent",
     "ReportState",
-    "ReportStatus",
     "ReportVersion",
     "Role",
-    "SendItem",
     "SentKind",
     "SentObject",
     "SentState",
-    "Signer",
-    "StaleVersion",
     "User",
     "Verdict",
     "add_finding",
-    "add_user",
     "amend",
     "apply_order",
     "audit_for_study",
@@ -167,8 +151,6 @@ __all__ = [
     "notification",
     "open_report",
     "order_for_draft",
-    "outbox_file",
-    "pending_sends",
     "purge_candidates",
     "reader_figures",
     "recent_notifications",

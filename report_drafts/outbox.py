@@ -4,10 +4,10 @@ This is the one place the lifecycle calls the pure builders (:mod:`report_drafts
 GSPS, HL7 ORU^R01, FHIR resources). Every object is built once, written to
 ``data_dir/outbox/`` and never changed; a :class:`SentObject` row per destination says where it
 goes, and one job per destination (see :mod:`raddraft.job_contract`) sends it. The worker's
-exporter reads what is still to send (:func:`pending_sends`, :func:`outbox_file`) and records
-each attempt (:func:`record_sent`). A
-retry therefore sends the same bytes, and ``raddraft trace`` can find the version from any
-identifier a receiver saw.
+exporter claims what is still to send (:func:`report_drafts.delivery.claim_sends`), reads its
+payload (:func:`outbox_file`) and records each attempt
+(:func:`report_drafts.delivery.record_sent`). A retry therefore sends the same bytes, and
+``raddraft trace`` can find the version from any identifier a receiver saw.
 """
 
 from __future__ import annotations
@@ -636,27 +636,3 @@ def _register_fhir(out: _Registrar) -> None:
         out.add(SentKind.fhir, identifier, out.settings.fhir_server_url, relative, "fhir")
     out.job("fhir", job_contract.PushFhir(out.version.id))
 
-
-# --------------------------------------------------------------------------------------------
-# What was sent
-
-
-def pending_sends(
-    session: Session,
-    report_version_pk: int,
-    *,
-    kinds: tuple[str, ...] = ("sr", "gsps"),
-    destination: str | None = None,
-) -> list[SentObject]:
-    """What an export job still has to send for a version: rows not sent and not held.
-
-    The payload of each is the file :func:`outbox_file`, written once.
-    """
-    query = select(SentObject).where(
-        SentObject.report_version_pk == report_version_pk,
-        SentObject.kind.in_(kinds),
-        SentObject.state.in_([SentState.pending, SentState.failed]),
-    )
-    if destination is not None:
-        query = query.where(SentObject.destination == destination)
-    return list(session.scalars(query.order_by(SentObject.id)))

@@ -88,11 +88,6 @@ def clean_text(text: str) -> str:
     return clean(text).text
 
 
-def is_safe(text: str) -> bool:
-    """Whether :func:`clean` would leave ``text`` as it is."""
-    return clean(text).text == text
-
-
 def visible(text: str) -> str:
     """``text`` for display with its unsafe characters shown, not acted on.
 

@@ -18,12 +18,18 @@ from sqlalchemy.engine import Engine
 
 from raddraft import migrate
 from raddraft.db import engine_for
-from raddraft.settings import Settings, reload_settings
+from raddraft.settings import Settings, get_settings
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "RADDRAFT_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("RADDRAFT_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def reload_settings() -> Settings:
+    """Forget the process's cached settings and read them again (tests change the environment)."""
+    get_settings.cache_clear()
+    return get_settings()
 
 
 def free_port() -> int:

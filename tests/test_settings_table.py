@@ -82,7 +82,7 @@ def test_raddraft_settings_prints_value_default_and_meaning(
     monkeypatch.setenv("RADDRAFT_INSTITUTION_NAME", "St Elsewhere")
     monkeypatch.setenv("RADDRAFT_WEB_SECRET", "very-secret-value")
     monkeypatch.setenv("RADDRAFT_DATABASE_URL", "postgresql+psycopg://u:pw123@db/raddraft")
-    from raddraft.settings import reload_settings
+    from tests.conftest import reload_settings
 
     reload_settings()
     try:

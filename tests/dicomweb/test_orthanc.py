@@ -23,8 +23,9 @@ from sqlalchemy.engine import Engine
 from peers import Outbound, StowPermanentError, StowSender, StowTransientError
 from raddraft import job_contract
 from raddraft.db import session_scope
-from raddraft.settings import Settings, reload_settings
+from raddraft.settings import Settings
 from report_drafts.tables import ReportVersion, SentObject
+from tests.conftest import reload_settings
 from tests.dicom_factory import make_study
 from tests.drafts.helpers import make_draft
 from tests.orthanc import OrthancServer

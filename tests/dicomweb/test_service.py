@@ -25,7 +25,8 @@ from sqlalchemy.engine import Engine
 from dicom_listener import Instance, StudyVersion
 from raddraft import jobs
 from raddraft.db import session_scope
-from raddraft.settings import Settings, reload_settings
+from raddraft.settings import Settings
+from tests.conftest import reload_settings
 from tests.dicom_factory import StudyIds, make_study
 from tests.drafts.helpers import make_draft
 from tests.pages.conftest import LiveServer

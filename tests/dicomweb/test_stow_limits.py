@@ -21,8 +21,9 @@ from sqlalchemy.engine import Engine
 
 from dicom_listener.tables import Instance
 from raddraft.db import session_scope
-from raddraft.settings import Settings, reload_settings
+from raddraft.settings import Settings
 from tests import hostile
+from tests.conftest import reload_settings
 from tests.dicom_factory import make_cxr
 from tests.pages.conftest import LiveServer
 from web import create_web_app

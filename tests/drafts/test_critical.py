@@ -19,13 +19,13 @@ from sqlalchemy.engine import Engine
 from raddraft import jobs
 from raddraft.db import session_scope
 from raddraft.job_contract import NotifyCritical
-from raddraft.settings import Settings, reload_settings
+from raddraft.settings import Settings
 from report_drafts import drafting
 from report_drafts.content import Finding, ReportContent
 from report_drafts.outbox import fhir_resources
 from report_drafts.reconcile import critical_labels
 from report_drafts.tables import CriticalNotification, Report, ReportVersion, SentObject
-from tests.conftest import free_port
+from tests.conftest import free_port, reload_settings
 from tests.drafts.conftest import ALGORITHM, ROOT, RUN, archive_study, draft_content
 from tests.mllp_listener import Listener, listener  # noqa: F401
 from web import queue_status

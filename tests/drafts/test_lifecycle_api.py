@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from raddraft import jobs
 from raddraft.db import session_scope
 from raddraft.settings import DicomNode, Settings
-from report_drafts import drafting, outbox, version_reads
+from report_drafts import drafting, version_reads
 from report_drafts.tables import ImmutableVersionError, ReportVersion, SentObject
 from tests.drafts.conftest import ALGORITHM, RUN, archive_study, auth, draft_content
 from web.api import create_app
@@ -146,7 +146,13 @@ def test_full_lifecycle(engine: Engine, wired: Settings, tokens: dict[str, str])
         assert export.args == {"report_version_pk": version_pk, "destination": str(DEST)}
         assert rows[f"hl7:{version_pk}"].task == "raddraft.send_hl7"
         assert rows[f"fhir:{version_pk}"].task == "raddraft.push_fhir"
-        pending = outbox.pending_sends(session, version_pk, destination=str(DEST))
+        pending = session.scalars(
+            select(SentObject).where(
+                SentObject.report_version_pk == version_pk,
+                SentObject.destination == str(DEST),
+                SentObject.state.in_(["pending", "failed"]),
+            )
+        )
         assert sorted(p.kind for p in pending) == ["gsps", "sr"]
 
     # Replays of the same sign request: refused, no second final.

@@ -16,13 +16,14 @@ from sqlalchemy.engine import Engine
 
 import models
 from raddraft.db import session_scope
-from raddraft.settings import Settings, reload_settings
+from raddraft.settings import Settings
 from report_drafts import drafting
 from report_drafts.builders.hl7_oru_r01 import text_lines
 from report_drafts.content import Finding, ReportContent
 from report_drafts.reconcile import unlisted_findings
 from report_drafts.tables import ReportVersion, Role, SentObject
 from report_drafts.users import add_user
+from tests.conftest import reload_settings
 from tests.drafts.conftest import ALGORITHM, RUN, archive_study, auth, draft_content
 from web import create_web_app
 from worker import pipeline

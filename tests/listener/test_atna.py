@@ -15,10 +15,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from raddraft import atna
-from raddraft.settings import Settings, reload_settings
+from raddraft.settings import Settings
 from report_drafts import signoff, version_reads
 from report_drafts.tables import User
 from tests.certs import certificates
+from tests.conftest import reload_settings
 from tests.dicom_factory import make_study
 from tests.listener_process import ListenerProcess, echoscu, storescu
 from tests.pages.seed import PASSWORD, seed

@@ -11,7 +11,7 @@ from pathlib import Path
 from pydicom import dcmread
 from sqlalchemy.engine import Engine
 
-from dicom_listener import ingest_bytes
+from dicom_listener import ingest_batch
 from raddraft.settings import Settings
 from tests import hostile
 from tests.listener.conftest import instance_count
@@ -83,7 +83,7 @@ def test_a_polyglot_preamble_is_zeroed_before_archiving(settings: Settings, engi
     base = hostile.valid(32, 32)
     for preamble in hostile.POLYGLOT_PREAMBLES:
         data = preamble.ljust(128, b"\0")[:128] + base[128:]
-        stored = ingest_bytes(data, settings=settings)
+        (stored,) = ingest_batch([data], calling_ae_title="STOWSCU", settings=settings)
         assert stored.status == 0 and stored.path is not None
         assert stored.path.read_bytes()[:128] == b"\0" * 128
         assert stored.path.read_bytes()[128:] == base[128:]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -31,6 +33,14 @@ def test_smart_resize_matches_transformers() -> None:
             )
 
 
+def _box(
+    point: Callable[[float, float], tuple[float, float]], box: tuple[float, ...]
+) -> tuple[float, float, float, float]:
+    """A box's two corners through a point mapping of :class:`Geometry`."""
+    (x1, y1), (x2, y2) = point(box[0], box[1]), point(box[2], box[3])
+    return x1, y1, x2, y2
+
+
 @pytest.mark.parametrize("photometric", ["MONOCHROME2", "MONOCHROME1"])
 @pytest.mark.parametrize(
     ("rows", "cols", "rect"),
@@ -53,13 +63,13 @@ def test_rectangle_round_trip(
     assert image.size[0] * image.size[1] <= 512 * 512
     # The rectangle must stay bright after windowing and (for MONOCHROME1) inversion.
     seen = bright_box(image)
-    back = geometry.box_model_pixels_to_stored(tuple(float(v) for v in seen))
+    back = _box(geometry.model_pixels_to_stored, tuple(float(v) for v in seen))
     # Within a pixel when the model image is not smaller; a downscaled image cannot locate an
     # edge better than one of its own pixels (``scale`` stored pixels).
     tolerance = max(1.0, *geometry.scale)
     assert back == pytest.approx(tuple(float(v) for v in rect), abs=tolerance)
     # Percent round trip (what the model writes) lands within a pixel, both ways.
-    percent = geometry.box_stored_to_percent(tuple(float(v) for v in rect))
+    percent = _box(geometry.stored_to_percent, tuple(float(v) for v in rect))
     assert all(0.0 <= v <= 100.0 for v in percent)
     assert geometry.box_percent_to_stored(percent) == pytest.approx(rect, abs=1e-6)
     rounded = tuple(round(v, 2) for v in percent)  # CXRTrek writes two decimals

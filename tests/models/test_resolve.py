@@ -104,7 +104,7 @@ def test_draft_command_prints_json(
     tmp_path: Path, tiny_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from raddraft.commands.model import draft
-    from raddraft.settings import reload_settings
+    from tests.conftest import reload_settings
 
     study = tmp_path / "study"
     study.mkdir()

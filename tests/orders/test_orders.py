@@ -17,10 +17,10 @@ import orders
 from orders.tables import Order, OrderMessage
 from raddraft import job_contract, jobs
 from raddraft.db import session_scope
-from raddraft.settings import Settings, reload_settings
+from raddraft.settings import Settings
 from report_drafts import drafting, order_effects, version_reads
 from report_drafts.tables import Report
-from tests.conftest import free_port
+from tests.conftest import free_port, reload_settings
 from tests.drafts.conftest import (
     ALGORITHM,
     RUN,

@@ -18,8 +18,8 @@ import orders
 from orders.hl7 import header_of, parse_order
 from orders.tables import OrderMessage
 from raddraft.db import session_scope
-from raddraft.settings import Settings, reload_settings
-from tests.conftest import free_port
+from raddraft.settings import Settings
+from tests.conftest import free_port, reload_settings
 from tests.orders.test_orders import END, START, Client, orm
 
 

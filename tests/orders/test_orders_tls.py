@@ -18,10 +18,10 @@ import orders
 from orders.tables import OrderMessage
 from peers.mllp import NoAckError, send_message
 from raddraft.db import session_scope
-from raddraft.settings import Settings, reload_settings
+from raddraft.settings import Settings
 from raddraft.tls import BCP195_CIPHERS, client_context
 from tests.certs import certificates
-from tests.conftest import free_port
+from tests.conftest import free_port, reload_settings
 from tests.orders.test_orders import orm
 
 

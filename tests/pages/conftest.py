@@ -16,8 +16,8 @@ import uvicorn
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
-from raddraft.settings import Settings, reload_settings
-from tests.conftest import free_port
+from raddraft.settings import Settings
+from tests.conftest import free_port, reload_settings
 from tests.pages.seed import Seeded, seed
 from web import create_web_app
 

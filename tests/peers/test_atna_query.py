@@ -14,8 +14,8 @@ from pydicom.filereader import read_dataset
 
 from peers.dicom_scu import find_prior_studies
 from raddraft import atna
-from raddraft.settings import reload_settings
 from tests.certs import certificates
+from tests.conftest import reload_settings
 from tests.orthanc import OrthancServer
 from tests.peers.conftest import RADDRAFT_AE
 from tests.peers.test_priors import PATIENT

@@ -1,4 +1,4 @@
-"""Priors from a real Orthanc: C-FIND at study level, C-MOVE to RadDraft's AE, C-GET."""
+"""Priors from a real Orthanc: C-FIND at study level, C-MOVE to RadDraft's AE."""
 
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ from pydicom.dataset import Dataset
 from peers.dicom_scu import (
     MoveOutcome,
     PermanentQueryError,
-    RetrievedInstance,
     TransientQueryError,
     find_prior_studies,
-    get_study,
     move_study,
 )
 from tests.dicom_factory import make_cxr, new_uid
@@ -192,49 +190,3 @@ def test_move_to_a_destination_orthanc_does_not_know_fails_permanently(
     # Orthanc 1.10 answers 0xC000 (unable to process) rather than 0xA801 (PS3.4 C.4.2.1.5).
     assert failure.value.status in (0xA801, 0xC000)
     assert isinstance(failure.value.outcome, MoveOutcome)
-
-
-def test_get_study_receives_the_instances_on_the_same_association(
-    orthanc: OrthancServer,
-) -> None:
-    prior = _study(orthanc, date="20240601", images=2)
-    received: list[RetrievedInstance] = []
-
-    outcome = get_study(
-        orthanc.dicom_node,
-        prior[0].StudyInstanceUID,
-        received.append,
-        calling_ae=RADDRAFT_AE,
-        timeout=20,
-    )
-
-    assert outcome.ok and outcome.completed == 2
-    assert {r.sop_instance_uid for r in received} == {ds.SOPInstanceUID for ds in prior}
-    decoded = received[0].dataset()
-    assert decoded.PatientID == PATIENT
-    assert decoded.StudyInstanceUID == prior[0].StudyInstanceUID
-    assert received[0].data[128:132] == b"DICM"  # a whole PS3.10 file, ready for the archive
-
-
-def test_get_study_reports_instances_the_callback_could_not_keep(
-    orthanc: OrthancServer,
-) -> None:
-    prior = _study(orthanc, date="20240601", images=2)
-
-    def _disk_full(instance: RetrievedInstance) -> None:
-        raise OSError("no space left on device")
-
-    # Every sub-operation answered 0xA700 (out of resources): Orthanc's final status is 0xA702
-    # "unable to perform sub-operations", a transient failure (the disk may have room later).
-    with pytest.raises(TransientQueryError) as failure:
-        get_study(
-            orthanc.dicom_node,
-            prior[0].StudyInstanceUID,
-            _disk_full,
-            calling_ae=RADDRAFT_AE,
-            timeout=20,
-        )
-    outcome = failure.value.outcome
-    assert isinstance(outcome, MoveOutcome)
-    assert not outcome.ok
-    assert (outcome.completed, outcome.failed) == (0, 2)

@@ -14,10 +14,10 @@ from raddraft import job_contract, jobs
 from raddraft.db import session_scope
 from raddraft.destinations import DicomTarget, FhirTarget, MllpTarget
 from raddraft.job_contract import ExportDicom, PushFhir, SendHl7
-from raddraft.settings import DicomNode, Settings, reload_settings
+from raddraft.settings import DicomNode, Settings
 from report_drafts import drafting
 from report_drafts.tables import SentObject
-from tests.conftest import free_port
+from tests.conftest import free_port, reload_settings
 from tests.drafts.conftest import ALGORITHM, RUN, archive_study, draft_content
 from tests.fhir_server import FhirServer
 from tests.mllp_listener import Listener

@@ -22,11 +22,11 @@ from raddraft import jobs
 from raddraft.db import session_scope
 from raddraft.destinations import MllpTarget
 from raddraft.job_contract import ExportDicom, JobArgs, PushFhir, SendHl7
-from raddraft.settings import Settings, reload_settings
+from raddraft.settings import Settings
 from report_drafts import claim_sends, record_sent, signoff, trace
 from report_drafts.tables import OutboxPayload, ReportVersion, Role, SentObject
 from report_drafts.users import add_user
-from tests.conftest import free_port
+from tests.conftest import free_port, reload_settings
 from tests.drafts.helpers import make_draft
 from tests.fhir_server import FhirServer
 from tests.mllp_listener import Listener, serving

@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from peers.mllp import control_id_of
 from raddraft.db import session_scope
 from raddraft.job_contract import ExportDicom, PushFhir, SendHl7
-from raddraft.settings import Settings, reload_settings
+from raddraft.settings import Settings
 from report_drafts import drafting, signoff, trace
 from report_drafts.builders import text_lines
 from report_drafts.builders.kos_rejection_note import KOS_SOP_CLASS_UID
@@ -24,6 +24,7 @@ from report_drafts.content import DRAFT_WARNING
 from report_drafts.tables import Role
 from report_drafts.users import add_user
 from tests.builders.helpers import dciodvfy_ok
+from tests.conftest import reload_settings
 from tests.drafts.conftest import ALGORITHM, RUN, archive_study, draft_content
 from tests.drafts.helpers import make_draft
 from tests.fhir_server import FhirServer

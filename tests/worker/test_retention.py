@@ -23,9 +23,10 @@ from dicom_listener import IngestEvent, Instance, StudyVersion
 from raddraft import job_contract
 from raddraft.cli import main
 from raddraft.db import session_scope, utcnow
-from raddraft.settings import Settings, reload_settings
+from raddraft.settings import Settings
 from report_drafts import drafting, retention
 from report_drafts.tables import AuditEvent, Report, ReportVersion
+from tests.conftest import reload_settings
 from tests.drafts.conftest import ALGORITHM, RUN, archive_study, draft_content
 from tests.drafts.helpers import make_draft
 from web import queue_status
