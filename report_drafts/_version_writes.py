@@ -8,6 +8,8 @@ updated; a version that leaves RadDraft is built and registered for sending by
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -47,9 +49,11 @@ def publish_version(
     *,
     algorithm: Algorithm,
     previous_sr_uid: str | None,
+    source_files: Mapping[str, Path] | None = None,
     **version_fields: Any,
 ) -> tuple[ReportVersion, outbox.BuiltDicom]:
-    """Build the version's SR and GSPS, store the version, and register what it sends."""
+    """Build the version's SR and GSPS, store the version, and register what it sends
+    (``source_files``: local copies of source images, :func:`outbox.load_sources`)."""
     built = outbox.build_dicom(
         session,
         settings,
@@ -57,6 +61,7 @@ def publish_version(
         content=content,
         algorithm=algorithm,
         previous_sr_uid=previous_sr_uid,
+        source_files=source_files,
     )
     row = new_version(
         session,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -81,8 +83,12 @@ def record_draft(
     run: dict[str, Any],
     algorithm: Algorithm,
     settings: Settings | None = None,
+    source_files: Mapping[str, Path] | None = None,
 ) -> ReportVersion:
     """Store the AI draft of a study version as version 1 (preliminary, state ``drafted``).
+
+    ``source_files`` (SOP Instance UID -> local file) are the images the worker read, for a
+    worker without the archive's disk: the SR and GSPS reference them.
 
     ``run`` is the provenance: ``stages`` (list of {stage, question, answer, reasoning,
     seconds, ...}), ``settings``, ``prior`` ({"study_instance_uid": ...} or {"none": why}) and
@@ -131,6 +137,7 @@ def record_draft(
         draft,
         algorithm=algorithm,
         previous_sr_uid=None,
+        source_files=source_files,
         state=ReportState.drafted,
         action="draft",
         user=None,

@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,22 +190,28 @@ def source_instances(session: Session, report: Report) -> list[Instance]:
     )
 
 
-def load_sources(settings: Settings, instances: Sequence[Instance]) -> list[Dataset]:
+def load_sources(
+    settings: Settings,
+    instances: Sequence[Instance],
+    source_files: Mapping[str, Path] | None = None,
+) -> list[Dataset]:
     """Source headers from the archive (pixels are not needed to reference an image).
 
-    A worker without the archive's disk finds them in its WADO-RS image cache instead
-    (``settings.image_cache_dir``, filled by the worker before it drafts).
+    A caller without the archive's disk passes ``source_files`` (SOP Instance UID -> a local
+    copy): the worker hands over the images it read, wherever its image cache keeps them, so
+    this module knows no other folder's file layout.
     """
     return [
-        pydicom.dcmread(_source_path(settings, inst), stop_before_pixels=True) for inst in instances
+        pydicom.dcmread(_source_path(settings, inst, source_files or {}), stop_before_pixels=True)
+        for inst in instances
     ]
 
 
-def _source_path(settings: Settings, instance: Instance) -> Path:
+def _source_path(settings: Settings, instance: Instance, source_files: Mapping[str, Path]) -> Path:
     archived = settings.archive_dir / instance.path
     if archived.exists():
         return archived
-    return settings.image_cache_dir / f"{instance.sop_instance_uid}.dcm"
+    return source_files.get(instance.sop_instance_uid, archived)
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,13 +226,15 @@ def build_dicom(
     content: ReportContent,
     algorithm: Algorithm,
     previous_sr_uid: str | None,
+    source_files: Mapping[str, Path] | None = None,
 ) -> BuiltDicom:
     """Build the SR (and a GSPS per image with accepted boxes) for ``content``; write them.
 
     ``previous_sr_uid`` names the SR this one replaces (draft -> signed -> amended), read back
-    from the outbox so PredecessorDocumentsSequence references it exactly.
+    from the outbox so PredecessorDocumentsSequence references it exactly. ``source_files``:
+    see :func:`load_sources`.
     """
-    sources = load_sources(settings, source_instances(session, report))
+    sources = load_sources(settings, source_instances(session, report), source_files)
     if not sources:
         log.warning("report %s: no archived source images; no SR/GSPS", report.id)
         return BuiltDicom()
@@ -635,4 +643,3 @@ def _register_fhir(out: _Registrar) -> None:
         identifier = f"{kind}/{resource.id}"
         out.add(SentKind.fhir, identifier, out.settings.fhir_server_url, relative, "fhir")
     out.job("fhir", job_contract.PushFhir(out.version.id))
-

@@ -127,6 +127,7 @@ def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
             run=run,
             algorithm=algorithm,
             settings=settings,
+            source_files={image.sop_instance_uid: image.path for image in images},
         )
         draft_pk = draft.id
     timings["build_s"] = round(time.monotonic() - started, 4)
