@@ -28,6 +28,8 @@ Retention (:mod:`report_drafts.retention`, the policy; the purge is the listener
     ``Verdict``
 Values: the content types of a draft (:mod:`report_drafts.content`) and the lifecycle's states
 and errors (:mod:`report_drafts.states`).
+The findings' coded vocabulary (:mod:`report_drafts.vocabulary`): ``finding_labels`` (what the
+worker asks the model about), ``finding_page_names`` (what the pages offer)
 The text sanitiser (:mod:`report_drafts.text_safety`), between the model and everything else:
     ``safe_content``, ``visible``, ``clean_text``, ``removed_count``
 """
@@ -106,6 +108,8 @@ from report_drafts.version_reads import (
     report_text,
     version,
 )
+from report_drafts.vocabulary import labels as finding_labels
+from report_drafts.vocabulary import page_names as finding_page_names
 
 __all__ = [
     "DEMO_WARNING",
@@ -145,6 +149,8 @@ __all__ = [
     "edit_text",
     "fhir_resources",
     "finding_feedback",
+    "finding_labels",
+    "finding_page_names",
     "get_report",
     "mark_state",
     "materialise",

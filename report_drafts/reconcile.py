@@ -15,44 +15,12 @@ import re
 from collections.abc import Iterable, Sequence
 
 from report_drafts.content import ReportContent
+from report_drafts.vocabulary import text_terms
 
 #: Terms a chest radiograph report uses, and the CheXpert label each belongs to (None: a
-#: finding outside the 13 labels, always worth a radiologist's look when the text names it).
-TERMS: dict[str, str | None] = {
-    "pleural effusion": "Pleural Effusion",
-    "effusion": "Pleural Effusion",
-    "pneumothorax": "Pneumothorax",
-    "cardiomegaly": "Cardiomegaly",
-    "enlarged heart": "Cardiomegaly",
-    "enlarged cardiac silhouette": "Cardiomegaly",
-    "pulmonary edema": "Edema",
-    "pulmonary oedema": "Edema",
-    "edema": "Edema",
-    "oedema": "Edema",
-    "consolidation": "Consolidation",
-    "pneumonia": "Pneumonia",
-    "atelectasis": "Atelectasis",
-    "opacity": "Lung Opacity",
-    "opacities": "Lung Opacity",
-    "nodule": "Lung Lesion",
-    "mass": "Lung Lesion",
-    "fracture": "Fracture",
-    "widened mediastinum": "Enlarged Cardiomediastinum",
-    "mediastinal widening": "Enlarged Cardiomediastinum",
-    "enlarged cardiomediastinum": "Enlarged Cardiomediastinum",
-    "pleural thickening": "Pleural Other",
-    "endotracheal tube": "Support Devices",
-    "nasogastric tube": "Support Devices",
-    "chest tube": "Support Devices",
-    "central venous catheter": "Support Devices",
-    "pacemaker": "Support Devices",
-    "pneumoperitoneum": None,
-    "free air": None,
-    "pneumomediastinum": None,
-    "subcutaneous emphysema": None,
-    "hiatal hernia": None,
-    "aortic dissection": None,
-}
+#: finding outside the 13 labels, always worth a radiologist's look when the text names it);
+#: from the one coded vocabulary (:mod:`report_drafts.vocabulary`).
+TERMS: dict[str, str | None] = text_terms()
 
 # A negation cue earlier in the clause negates the term ("No pneumothorax or effusion").
 _NEGATION = re.compile(

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import models
+import report_drafts
 from raddraft.settings import Settings
 
 __all__ = ["SETTING_OF_FIELD", "reader_config"]
@@ -49,5 +50,7 @@ def reader_config(settings: Settings, **overrides: Any) -> models.ReaderConfig:
         field: convert(getattr(settings, name))
         for field, (name, convert) in SETTING_OF_FIELD.items()
     }
+    # The labels asked about come from the one coded vocabulary, not models' own default.
+    values["findings_vocabulary"] = report_drafts.finding_labels()
     values.update(overrides)
     return models.ReaderConfig(**values)

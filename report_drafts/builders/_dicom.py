@@ -21,6 +21,7 @@ from pydicom.uid import generate_uid
 
 from report_drafts.content import Algorithm
 from report_drafts.text_safety import clean_text, fit
+from report_drafts.vocabulary import coded_terms
 
 MANUFACTURER = "RadDraft"
 PRIVATE_SCHEME = "99RADDRAFT"
@@ -47,24 +48,11 @@ def _sct(value: str, meaning: str) -> CodedConcept:
     return CodedConcept(value=value, scheme_designator="SCT", meaning=meaning)
 
 
-#: Common chest radiograph labels (lower case) to SNOMED CT. Cardiomegaly uses 287272002, the code
-#: the DICOM content mapping resource itself uses (CID 12248), not 8186001.
+#: Finding labels and terms (lower case) to SNOMED CT, from the one coded vocabulary
+#: (:mod:`report_drafts.vocabulary`).
 FINDING_CODES: dict[str, CodedConcept] = {
-    "pleural effusion": _sct("60046008", "Pleural effusion"),
-    "effusion": _sct("60046008", "Pleural effusion"),
-    "pneumothorax": _sct("36118008", "Pneumothorax"),
-    "cardiomegaly": _sct("287272002", "Cardiomegaly"),
-    "consolidation": _sct("95436008", "Lung consolidation"),
-    "atelectasis": _sct("46621007", "Atelectasis"),
-    "pulmonary edema": _sct("19242006", "Pulmonary edema"),
-    "edema": _sct("19242006", "Pulmonary edema"),
-    "pneumonia": _sct("233604007", "Pneumonia"),
-    "nodule": _sct("27925004", "Nodule"),
-    "lung nodule": _sct("27925004", "Nodule"),
-    "pulmonary nodule": _sct("27925004", "Nodule"),
-    "mass": _sct("4147007", "Mass"),
-    "fracture": _sct("125605004", "Fracture of bone"),
-    "fibrosis": _sct("112674009", "Fibrosis"),
+    text: CodedConcept(value=code.value, scheme_designator=code.scheme, meaning=code.meaning)
+    for text, code in coded_terms().items()
 }
 
 #: Finding sites (PS3.16 CID 4 / CID 7151 anatomic concepts).

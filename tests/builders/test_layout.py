@@ -14,7 +14,12 @@ import report_drafts.builders as builders
 
 BUILDERS_DIR = Path(builders.__file__).parent
 PACKAGE = "report_drafts.builders"
-ALLOWED_PREFIXES = ("report_drafts.content", "report_drafts.text_safety", PACKAGE)
+ALLOWED_PREFIXES = (
+    "report_drafts.content",
+    "report_drafts.text_safety",
+    "report_drafts.vocabulary",
+    PACKAGE,
+)
 #: Top-level packages a builder must not import at all: RadDraft's other packages and the ORM.
 FORBIDDEN_ROOTS = frozenset({"raddraft", "dicom_listener", "worker", "models", "sqlalchemy"})
 EXPECTED_MODULES = {

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from dicom_listener import Instance, Series, Study
-from report_drafts import DraftRun, visible
+from report_drafts import DraftRun, finding_page_names, visible
 
 # Findings a radiologist wants to see first: the ones that usually need a phone call.
 URGENT_TERMS = (
@@ -32,21 +32,7 @@ URGENT_TERMS = (
 )
 
 #: The labels the model is asked about (CheXpert's 13), offered when adding a missed finding.
-FINDING_LABELS = (
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Opacity",
-    "Lung Lesion",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
+FINDING_LABELS = finding_page_names()
 
 PRIORITY_LABELS = {0: "STAT", 1: "High", 2: "Routine", 3: "Low"}
 
