@@ -23,6 +23,10 @@ The read side, for the web tier's read models (pages, API, DICOMweb, FHIR, queue
     ``record_audit``, ``retention_figures``, ``user_for_password``, ``user_for_token``,
     ``capability_statement``, and the tables it queries (``Report``, ``ReportVersion``,
     ``DraftRun``, ``SentObject``, ``AuditEvent``, ``User`` and their enums)
+Users and sign-in (:mod:`report_drafts.users`, for the pages and the ``raddraft`` command):
+    ``end_sessions``, ``rotate_token``, ``set_password``, ``disable_user``; the sign-in
+    limit ``sign_in_wait``, ``record_sign_in_failure``, ``clear_sign_in_failures``,
+    ``password_subject``, ``TOKEN_SUBJECT``
 Retention (:mod:`report_drafts.retention`, the policy; the purge is the listener's):
     ``retention_verdicts``, ``purge_candidates``, ``still_purgeable``, ``record_purge``,
     ``Verdict``
@@ -104,7 +108,20 @@ from report_drafts.tables import (
 )
 from report_drafts.text_safety import clean_text, removed_count, safe_content, visible
 from report_drafts.trace import trace
-from report_drafts.users import add_user, user_for_password, user_for_token
+from report_drafts.users import (
+    TOKEN_SUBJECT,
+    add_user,
+    clear_sign_in_failures,
+    disable_user,
+    end_sessions,
+    password_subject,
+    record_sign_in_failure,
+    rotate_token,
+    set_password,
+    sign_in_wait,
+    user_for_password,
+    user_for_token,
+)
 from report_drafts.versions import (
     current_content,
     demo_mode,
@@ -120,6 +137,7 @@ __all__ = [
     "DRAFT_WARNING",
     "EDITABLE",
     "SIGNED_STATES",
+    "TOKEN_SUBJECT",
     "Algorithm",
     "AuditEvent",
     "Box",
@@ -155,10 +173,13 @@ __all__ = [
     "capability_statement",
     "claim_sends",
     "clean_text",
+    "clear_sign_in_failures",
     "current_content",
     "demo_mode",
+    "disable_user",
     "draft_run",
     "edit_text",
+    "end_sessions",
     "fhir_resources",
     "finding_feedback",
     "get_report",
@@ -168,6 +189,7 @@ __all__ = [
     "open_report",
     "order_for_draft",
     "outbox_file",
+    "password_subject",
     "pending_sends",
     "purge_candidates",
     "reader_figures",
@@ -177,6 +199,7 @@ __all__ = [
     "record_notification",
     "record_purge",
     "record_sent",
+    "record_sign_in_failure",
     "reject",
     "release",
     "removed_count",
@@ -187,8 +210,11 @@ __all__ = [
     "retention_figures",
     "retention_verdicts",
     "retry_job",
+    "rotate_token",
     "safe_content",
+    "set_password",
     "sign",
+    "sign_in_wait",
     "source_instances",
     "still_purgeable",
     "trace",

@@ -5,11 +5,16 @@ resolver* the app was given (the pages of issue 6 plug a cookie session in throu
 ``app.state.session_resolvers`` without touching the routes). No user: 401. A user whose role
 is not allowed: 403. Roles are checked here *and* again inside the lifecycle functions, so a
 route that forgot its dependency still cannot sign.
+
+:data:`ACCESS` is the one role table: the API's dependencies (:data:`Viewer`,
+:data:`Radiologist`, :data:`Admin`, the DICOMweb sender) and the pages' (``web.pages``) are made
+from it, so a page never shows what its API twin refuses (issue 20).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import enum
+from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
@@ -82,6 +87,30 @@ def require(*roles: Role) -> Callable[[User], User]:
     return check
 
 
-Viewer = Annotated[User, Depends(require(Role.reader, Role.radiologist, Role.admin))]
-Radiologist = Annotated[User, Depends(require(Role.radiologist))]
-Admin = Annotated[User, Depends(require(Role.admin))]
+class Access(enum.StrEnum):
+    """What a route does, for the role table."""
+
+    view = "view"  # read reports, images and patient data
+    review = "review"  # edit and sign
+    administer = "administer"  # the queue, retries, requeue
+    store = "store"  # STOW-RS: put instances in, read nothing
+
+
+#: Who may do what: the API's routes and the pages both ask this table.
+ACCESS: Mapping[Access, frozenset[Role]] = {
+    Access.view: frozenset({Role.reader, Role.radiologist, Role.admin}),
+    Access.review: frozenset({Role.radiologist}),
+    Access.administer: frozenset({Role.admin}),
+    Access.store: frozenset({Role.sender, Role.admin}),
+}
+
+
+def allowed(user: User, access: Access) -> bool:
+    """Whether ``user``'s role may ``access``."""
+    return Role(user.role) in ACCESS[access]
+
+
+Viewer = Annotated[User, Depends(require(*ACCESS[Access.view]))]
+Radiologist = Annotated[User, Depends(require(*ACCESS[Access.review]))]
+Admin = Annotated[User, Depends(require(*ACCESS[Access.administer]))]
+Sender = Annotated[User, Depends(require(*ACCESS[Access.store]))]
