@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from report_drafts import Role, User, user_for_token
@@ -41,17 +42,20 @@ def db_session(request: Request) -> Iterator[Session]:
 DbSession = Annotated[Session, Depends(db_session)]
 
 
-def _bearer(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() == "bearer" and token.strip():
-        return token.strip()
-    return None
+# Declared in the OpenAPI document as the HTTP bearer scheme (RFC 6750), so /docs can
+# authorise with a token; auto_error=False: no header falls through to the cookie session.
+bearer_scheme = HTTPBearer(
+    auto_error=False,
+    scheme_name="token",
+    description="An API token from `raddraft users add` or `raddraft users token` (rdt_...).",
+)
+Bearer = Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)]
 
 
-def current_user(request: Request, session: DbSession) -> User:
+def current_user(request: Request, session: DbSession, credentials: Bearer) -> User:
     """The authenticated user, or 401."""
-    token = _bearer(request)
+    token = credentials.credentials.strip() if credentials else None
+    token = token or None
     user = user_for_token(session, token) if token else None
     if user is None and token is None:
         resolvers: list[SessionResolver] = getattr(request.app.state, "session_resolvers", [])
