@@ -371,12 +371,15 @@ def worklist(  # noqa: PLR0913 (FastAPI: one parameter per form field)
     result = views.worklist(session, page=page_number, page_size=PAGE_SIZE, **filters)
     now = utcnow()
     demo_svs = viewmodel.demo_versions(session, [i["study_version_pk"] for i in result["items"]])
+    ended = viewmodel.decided(session, [i["id"] for i in result["items"]])
     rows = [
         {
             **item,
             "urgent": viewmodel.urgent_labels(item["findings"]),
             "demo": item["study_version_pk"] in demo_svs,
-            "waiting": viewmodel.since_label(item["completed_at"] or item["created_at"], now),
+            "waiting": viewmodel.waiting_label(
+                item["completed_at"] or item["created_at"], now, ended.get(item["id"])
+            ),
         }
         for item in result["items"]
     ]
