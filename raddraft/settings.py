@@ -340,7 +340,10 @@ class Settings(BaseSettings):
         "in memory while its parts are filed)",
     )
     login_max_failures: int = Field(
-        default=5, ge=1, description="failed sign-ins per user and address before 429"
+        default=5,
+        ge=1,
+        description="failed sign-ins before 429: per user name and address for a password, "
+        "per address for a token (a valid token always signs in)",
     )
     login_failure_window_seconds: float = Field(
         default=900.0, gt=0, description="the window those failed sign-ins count in"
