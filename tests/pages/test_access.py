@@ -137,13 +137,17 @@ def test_every_page_checks_the_role_its_api_twin_checks(
 
 
 def test_a_sender_cannot_sign_in_to_the_pages(
-    client: TestClient, seeded: Seeded, engine: Engine
+    client: TestClient, web_app: FastAPI, seeded: Seeded, engine: Engine
 ) -> None:
     refused = _sign_in(client, token=_sender(engine))
     assert refused.status_code == 403
     assert SESSION_COOKIE not in refused.cookies
     assert "no pages" in refused.text
     assert _refused(client.get("/worklist", follow_redirects=False))
+    # A cookie of a role with no page (made before the role changed) is not "signed in".
+    gateway = _user(engine, "gateway")
+    client.cookies.set(SESSION_COOKIE, web_app.state.page_signer.issue(gateway))
+    assert client.get("/login/session").json() == {"signed_in": False}
 
 
 def _kept_cookie_works(client: TestClient, cookie: str) -> bool:

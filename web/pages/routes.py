@@ -224,7 +224,8 @@ def login_session(request: Request, session: DbSession) -> JSONResponse:
     """Whether this browser's session is alive: 200 either way, so the sign-in page can ask
     without a 401 in the console (``/api/me`` answers 401 when signed out, as an API must)."""
     user = page_session.user_of_session(request, session)
-    response = JSONResponse({"signed_in": user is not None})
+    # A role with no page (sender) is not signed in to the pages, whatever its cookie says.
+    response = JSONResponse({"signed_in": user is not None and allowed(user, Access.view)})
     response.headers["Cache-Control"] = "no-store"
     return response
 
