@@ -340,7 +340,10 @@ class Settings(BaseSettings):
         "in memory while its parts are filed)",
     )
     login_max_failures: int = Field(
-        default=5, ge=1, description="failed sign-ins per user and address before 429"
+        default=5,
+        ge=1,
+        description="failed sign-ins before 429: per user name and address for a password, "
+        "per address for a token (a valid token always signs in)",
     )
     login_failure_window_seconds: float = Field(
         default=900.0, gt=0, description="the window those failed sign-ins count in"
@@ -412,11 +415,15 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:
+        given = set(self.model_fields_set)
         self.data_dir = self.data_dir.expanduser().resolve()
         if not self.database_url:
             self.database_url = f"sqlite:///{self.data_dir / 'raddraft.db'}"
         if not self.broker_url:
             self.broker_url = f"filesystem://{self.data_dir / 'broker'}"
+        # Assigning marks a field as set; these are derived, so model_fields_set keeps meaning
+        # "set by the user" (environment, .env or arguments) for ``raddraft settings --changed``.
+        self.model_fields_set.intersection_update(given)
         return self
 
     @property
@@ -493,3 +500,8 @@ def describe(settings: Settings) -> list[SettingInfo]:
             )
         )
     return rows
+
+
+def set_by_user(settings: Settings) -> frozenset[str]:
+    """The variables the user set (environment, ``.env`` or arguments), not derived defaults."""
+    return frozenset(f"RADDRAFT_{name.upper()}" for name in settings.model_fields_set)

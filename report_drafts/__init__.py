@@ -23,6 +23,10 @@ The read side, for the web tier's read models (pages, API, DICOMweb, FHIR, queue
     ``record_audit``, ``retention_figures``, ``user_for_password``, ``user_for_token``,
     ``capability_statement``, and the tables it queries (``Report``, ``ReportVersion``,
     ``DraftRun``, ``SentObject``, ``AuditEvent``, ``User`` and their enums)
+Users and sign-in (:mod:`report_drafts.users`, for the pages and the ``raddraft`` command):
+    ``end_sessions``, ``rotate_token``, ``set_password``, ``disable_user``; the sign-in
+    limit ``sign_in_wait``, ``record_sign_in_failure``, ``clear_sign_in_failures``,
+    ``password_subject``, ``TOKEN_SUBJECT``
 Retention (:mod:`report_drafts.retention`, the policy; the purge is the listener's):
     ``retention_verdicts``, ``purge_candidates``, ``still_purgeable``, ``record_purge``,
     ``Verdict``
@@ -98,7 +102,19 @@ from report_drafts.tables import (
 )
 from report_drafts.text_safety import clean_text, removed_count, safe_content, visible
 from report_drafts.trace import trace
-from report_drafts.users import user_for_password, user_for_token
+from report_drafts.users import (
+    TOKEN_SUBJECT,
+    clear_sign_in_failures,
+    disable_user,
+    end_sessions,
+    password_subject,
+    record_sign_in_failure,
+    rotate_token,
+    set_password,
+    sign_in_wait,
+    user_for_password,
+    user_for_token,
+)
 from report_drafts.version_reads import (
     current_content,
     demo_mode,
@@ -116,6 +132,7 @@ __all__ = [
     "DRAFT_WARNING",
     "EDITABLE",
     "SIGNED_STATES",
+    "TOKEN_SUBJECT",
     "Algorithm",
     "AuditEvent",
     "Box",
@@ -143,10 +160,13 @@ __all__ = [
     "capability_statement",
     "claim_sends",
     "clean_text",
+    "clear_sign_in_failures",
     "current_content",
     "demo_mode",
+    "disable_user",
     "draft_run",
     "edit_text",
+    "end_sessions",
     "fhir_resources",
     "finding_feedback",
     "finding_labels",
@@ -157,6 +177,7 @@ __all__ = [
     "notification",
     "open_report",
     "order_for_draft",
+    "password_subject",
     "purge_candidates",
     "reader_figures",
     "recent_notifications",
@@ -165,6 +186,7 @@ __all__ = [
     "record_notification",
     "record_purge",
     "record_sent",
+    "record_sign_in_failure",
     "reject",
     "release",
     "removed_count",
@@ -175,8 +197,11 @@ __all__ = [
     "retention_figures",
     "retention_verdicts",
     "retry_job",
+    "rotate_token",
     "safe_content",
+    "set_password",
     "sign",
+    "sign_in_wait",
     "source_instances",
     "still_purgeable",
     "trace",

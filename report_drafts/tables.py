@@ -71,6 +71,25 @@ class User(Base):
     password_hash: Mapped[str | None] = mapped_column(String(256), default=None)
     active: Mapped[bool] = mapped_column(default=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Page sessions carry the generation they were issued in; raising it (sign-out, password
+    # change, token rotation, disabling) ends every session issued before, on the server.
+    session_generation: Mapped[int] = mapped_column(default=0, server_default="0")
+
+
+class SignInFailure(Base):
+    """One failed sign-in, kept for the sign-in limit's window (shared by every web process).
+
+    ``subject`` says what was tried: ``name:<user name>`` for a password, ``token`` for an API
+    token (a token names no account); ``address`` is the client's IP address.
+    """
+
+    __tablename__ = "sign_in_failures"
+    __table_args__ = (Index("ix_sign_in_failures_subject", "subject", "address", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    subject: Mapped[str] = mapped_column(String(80))
+    address: Mapped[str] = mapped_column(String(64))
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
 
 
 class DraftRun(Base):

@@ -112,3 +112,31 @@ def test_raddraft_settings_prints_value_default_and_meaning(
         "RADDRAFT_DATA_DIR",
     }
     assert "RADDRAFT_DICOM_PORT" not in {r["variable"] for r in json.loads(changed.output)}
+
+
+def test_changed_lists_only_what_the_user_set(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``--changed`` is what the environment or ``.env`` set, not the data dir, database and
+    broker derived from defaults (issue 22)."""
+    import os
+
+    from tests.conftest import reload_settings
+
+    for name in list(os.environ):
+        if name.startswith("RADDRAFT_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("RADDRAFT_AE_TITLE=FROMDOTENV\n")
+    monkeypatch.setenv("RADDRAFT_INSTITUTION_NAME", "St Elsewhere")
+    reload_settings()
+    try:
+        changed = CliRunner().invoke(main, ["settings", "--changed", "--json"])
+    finally:
+        monkeypatch.undo()
+        reload_settings()
+    assert changed.exit_code == 0, changed.output
+    assert {r["variable"] for r in json.loads(changed.output)} == {
+        "RADDRAFT_INSTITUTION_NAME",
+        "RADDRAFT_AE_TITLE",
+    }

@@ -94,3 +94,41 @@ def test_without_a_terminal_token_only_and_password_flag_refused(
         main, ["users", "add", "babbage", "--role", "reader", "--password-stdin"], input=""
     )
     assert empty.exit_code != 0 and "no password line" in empty.output
+
+
+def _generation(engine: Engine, name: str) -> tuple[int, bool]:
+    from sqlalchemy import select
+
+    from report_drafts.tables import User
+
+    with session_scope(engine) as session:
+        user = session.scalar(select(User).where(User.name == name))
+        assert user is not None
+        return user.session_generation, user.active
+
+
+def test_password_change_and_disable_end_the_users_sessions(
+    settings: Settings, engine: Engine
+) -> None:
+    """``users password`` sets a new password and ``users disable`` disables; both raise the
+    session generation, which ends the pages' sessions issued before (issue 20)."""
+    added = CliRunner().invoke(
+        main, ["users", "add", "meitner", "--role", "radiologist", "--password-stdin"], input="a\n"
+    )
+    assert added.exit_code == 0, added.output
+    assert _generation(engine, "meitner") == (0, True)
+    changed = CliRunner().invoke(
+        main, ["users", "password", "meitner", "--password-stdin"], input="fission 1938\n"
+    )
+    assert changed.exit_code == 0, changed.output
+    assert _can_sign_in(engine, "meitner", "fission 1938") and not _can_sign_in(
+        engine, "meitner", "a"
+    )
+    assert _generation(engine, "meitner") == (1, True)
+    disabled = CliRunner().invoke(main, ["users", "disable", "meitner"])
+    assert disabled.exit_code == 0, disabled.output
+    assert _generation(engine, "meitner") == (2, False)
+    unknown = CliRunner().invoke(
+        main, ["users", "password", "nobody", "--password-stdin"], input="x\n"
+    )
+    assert unknown.exit_code != 0 and "no user" in unknown.output

@@ -129,14 +129,16 @@ def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
             settings=settings,
             source_files={image.sop_instance_uid: image.path for image in images},
         )
-        draft_pk = draft.id
+        # What the API shows: the report's id and its version number (not row keys).
+        report_id, report_version = draft.report_pk, draft.number
     timings["build_s"] = round(time.monotonic() - started, 4)
     log.info(
         "drafted %s",
         kv(
             study=study.study_instance_uid,
-            version=version_pk,
-            report_version=draft_pk,
+            study_version_pk=version_pk,
+            report=report_id,
+            report_version=report_version,
             findings=len(content.findings),
             prior=prior.source,
             **timings,

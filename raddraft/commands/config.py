@@ -6,18 +6,24 @@ import json
 
 import click
 
-from raddraft.settings import describe, get_settings
+from raddraft.settings import describe, get_settings, set_by_user
 
 
 @click.command("settings")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per setting, as a list.")
-@click.option("--changed", is_flag=True, help="Only settings whose value is not the default.")
+@click.option(
+    "--changed",
+    is_flag=True,
+    help="Only settings you set (environment or .env), not defaults derived from others.",
+)
 def settings(as_json: bool, changed: bool) -> None:
     """Print every setting (RADDRAFT_* environment variables and .env) with its value, its
     default and what it means, from the one settings object."""
-    rows = describe(get_settings())
+    current = get_settings()
+    rows = describe(current)
     if changed:
-        rows = [row for row in rows if row.value != row.default]
+        chosen = set_by_user(current)
+        rows = [row for row in rows if row.variable in chosen]
     if as_json:
         click.echo(json.dumps([row.__dict__ for row in rows], indent=1))
         return

@@ -138,10 +138,37 @@ def disable(name: str) -> None:
 
     from raddraft.db import get_engine, session_scope
     from report_drafts.tables import User
+    from report_drafts.users import disable_user
 
     with session_scope(get_engine()) as session:
         user = session.scalar(select(User).where(User.name == name))
         if user is None:
             raise click.ClickException(f"no user {name!r}")
-        user.active = False
+        disable_user(session, user)
     click.echo(f"user {name} disabled")
+
+
+@users.command("password")
+@click.argument("name")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    default=False,
+    help="Read the new password from the first line of standard input (for scripts).",
+)
+def password(name: str, password_stdin: bool) -> None:
+    """Give NAME a new password for the pages (empty: token only); their sessions end."""
+    from sqlalchemy import select
+
+    from raddraft.db import get_engine, session_scope
+    from report_drafts.tables import User
+    from report_drafts.users import set_password
+
+    secret = _new_password(ask=not password_stdin, from_stdin=password_stdin, never=False)
+    with session_scope(get_engine()) as session:
+        user = session.scalar(select(User).where(User.name == name))
+        if user is None:
+            raise click.ClickException(f"no user {name!r}")
+        set_password(session, user, secret)
+    click.echo(f"user {name}: password {'set' if secret else 'removed'}, sessions ended")
+

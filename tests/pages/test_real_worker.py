@@ -111,7 +111,9 @@ def test_radiologist_signs_a_draft_the_worker_made(
         page.get_by_label("Impression").fill("No acute cardiopulmonary abnormality.")
         page.get_by_label("Content", exact=True).check()
         page.get_by_role("button", name=re.compile("^Sign as")).click()
-        expect(page.locator("#state-badge")).to_have_text("Signed")
+        # Signing builds the final SR and GSPS from the archived images: on a loaded machine
+        # that outlasts expect's 5 s default, so the wait is bounded at a minute instead.
+        expect(page.locator("#state-badge")).to_have_text("Signed", timeout=60_000)
         expect(page.locator("#final-impression")).to_have_text(
             "No acute cardiopulmonary abnormality."
         )

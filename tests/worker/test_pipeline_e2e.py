@@ -57,6 +57,18 @@ def _failures_logged(stack: Stack, job_id: int) -> list[tuple[str, str]]:
     ]
 
 
+def _drafted_logged(stack: Stack, study_uid: str) -> dict[str, str]:
+    """The numbers of the gpu worker's ``drafted`` line for ``study_uid``."""
+    wanted = f"drafted study={study_uid} "
+    for line in (stack.log_dir / "gpu-worker.log").read_text(errors="replace").splitlines():
+        if wanted in line:
+            fields = dict(
+                part.split("=", 1) for part in line.split(wanted, 1)[1].split() if "=" in part
+            )
+            return {k: fields.get(k, "") for k in ("study_version_pk", "report", "report_version")}
+    raise AssertionError(f"no drafted line for {study_uid}")
+
+
 def _objects_in_orthanc(orthanc: OrthancServer, study_uid: str) -> dict[str, list[str]]:
     """SOP Instance UIDs in Orthanc's copy of the study, by kind."""
     kinds: dict[str, list[str]] = {"sr": [], "gsps": [], "image": []}
@@ -212,6 +224,12 @@ def test_prior_from_archive_then_from_pacs(
         report = stack.wait_for_draft(newer.study_uid)
         prior = _run(stack, report.study_version_pk)["prior"]
         assert prior["source"] == "archive" and prior["study_instance_uid"] == older.study_uid
+        # The log names what the API shows: the report's id and version number (issue 22).
+        assert _drafted_logged(stack, newer.study_uid) == {
+            "study_version_pk": str(report.study_version_pk),
+            "report": str(report.id),
+            "report_version": "1",
+        }
         # The progression question carried two images: the prior and the current; the
         # comparison question carried the prior's signed report.
         assert 2 in scripted_model.image_counts("trajectory")

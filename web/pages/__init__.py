@@ -10,14 +10,14 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlencode
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from raddraft.settings import Settings
 from web.pages import session as page_session
-from web.pages.ratelimit import LoginLimiter
-from web.pages.routes import SignInRequired, router
+from web.pages.ratelimit import SignInLimit
+from web.pages.routes import PageForbidden, SignInRequired, forbidden_response, router
 
 STATIC_DIR = Path(__file__).parent / "static"
 
@@ -31,7 +31,7 @@ def install(app: FastAPI, settings: Settings) -> None:
         return
     app.state.pages_installed = True
     app.state.page_signer = page_session.Signer(page_session.load_secret(settings))
-    app.state.login_limiter = LoginLimiter(
+    app.state.sign_in_limit = SignInLimit(
         settings.login_max_failures, settings.login_failure_window_seconds
     )
     resolvers = getattr(app.state, "session_resolvers", None)
@@ -42,6 +42,10 @@ def install(app: FastAPI, settings: Settings) -> None:
     @app.exception_handler(SignInRequired)
     def _sign_in(_request: Request, error: SignInRequired) -> RedirectResponse:
         return RedirectResponse("/login?" + urlencode({"next": error.next_path}), 303)
+
+    @app.exception_handler(PageForbidden)
+    def _forbidden(request: Request, error: PageForbidden) -> Response:
+        return forbidden_response(request, error)
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.include_router(router)

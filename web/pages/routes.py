@@ -4,7 +4,9 @@ Pages are rendered on the server from the same functions the JSON API uses
 (:mod:`web.api.views`, :mod:`report_drafts.signoff`). Every change a page makes
 (edits, per-finding feedback, sign, reject, retry, requeue) is a ``fetch`` to the JSON API with
 the session cookie and the CSRF header, so the API's role checks, and the lifecycle's own, decide
-what is allowed: a page that shows a button never grants the right to press it.
+what is allowed: a page that shows a button never grants the right to press it. What a page
+*shows* is checked against the same role table as its API twin (:data:`web.api.auth.ACCESS`):
+a page reads only what its twin would answer.
 """
 
 from __future__ import annotations
@@ -41,10 +43,10 @@ from report_drafts import (
 )
 from web import queue_status
 from web.api import views
-from web.api.auth import DbSession
+from web.api.auth import Access, DbSession, allowed
 from web.pages import session as page_session
 from web.pages import viewmodel
-from web.pages.ratelimit import LoginLimiter
+from web.pages.ratelimit import SignInLimit
 
 HERE = Path(__file__).parent
 templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -90,6 +92,42 @@ def page_user(request: Request, session: DbSession) -> User:
 
 
 PageUser = Annotated[User, Depends(page_user)]
+
+
+class PageForbidden(Exception):
+    """A signed-in user whose role may not see this page (answered 403)."""
+
+    def __init__(self, user: User, access: Access, *, html: bool) -> None:
+        super().__init__(f"role {user.role!r} may not {access.value} here")
+        # A copy: the request's database session rolls back (expiring its rows) before the
+        # handler renders the error page with the user's name.
+        self.user = User(id=user.id, name=user.name, display_name=user.display_name, role=user.role)
+        self.html = html
+
+
+def page_for(access: Access, *, html: bool = True) -> Any:
+    """The signed-in user if the role table lets their role ``access``; 403 otherwise."""
+
+    def check(user: PageUser) -> User:
+        if not allowed(user, access):
+            raise PageForbidden(user, access, html=html)
+        return user
+
+    return Depends(check)
+
+
+# One per kind of page, from the role table the API's Viewer and Admin are made from.
+Viewing = Annotated[User, page_for(Access.view)]
+ViewingData = Annotated[User, page_for(Access.view, html=False)]
+Administering = Annotated[User, page_for(Access.administer)]
+AdministeringData = Annotated[User, page_for(Access.administer, html=False)]
+
+
+def forbidden_response(request: Request, error: PageForbidden) -> Response:
+    """The 403 of :class:`PageForbidden`: the error page, or JSON for a page's data."""
+    if not error.html:
+        return JSONResponse({"detail": str(error)}, status_code=403)
+    return error_page(request, None, error.user, 403, f"This page is not for you: {error}.")
 
 
 def _settings(request: Request) -> Settings:
@@ -186,7 +224,8 @@ def login_session(request: Request, session: DbSession) -> JSONResponse:
     """Whether this browser's session is alive: 200 either way, so the sign-in page can ask
     without a 401 in the console (``/api/me`` answers 401 when signed out, as an API must)."""
     user = page_session.user_of_session(request, session)
-    response = JSONResponse({"signed_in": user is not None})
+    # A role with no page (sender) is not signed in to the pages, whatever its cookie says.
+    response = JSONResponse({"signed_in": user is not None and allowed(user, Access.view)})
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -211,9 +250,9 @@ def login(
             status_code=400,
         )
     address = request.client.host if request.client else ""
-    tried = username.strip()[:64] if not token.strip() else "(token)"
-    limiter: LoginLimiter = request.app.state.login_limiter
-    wait = limiter.retry_after(tried, address)
+    limit: SignInLimit = request.app.state.sign_in_limit
+    user, subject, wait = _check_credentials(session, limit, address, username, password, token)
+    tried = username.strip()[:64] if subject != drafts.TOKEN_SUBJECT else "(token)"
     if wait:
         log.warning("sign-in refused, too many failures %s", kv(user=tried, peer=address))
         refused = _login_page(
@@ -225,13 +264,9 @@ def login(
         )
         refused.headers["Retry-After"] = str(wait)
         return refused
-    user: User | None = None
-    if token.strip():
-        user = user_for_token(session, token.strip())
-    elif username.strip() and password:
-        user = user_for_password(session, username.strip(), password)
     if user is None:
-        limiter.failed(tried, address)
+        limit.failed(session, subject, address)
+        session.commit()
         atna.emit(atna.user_authentication(tried, address, success=False))
         return _login_page(
             request,
@@ -240,7 +275,18 @@ def login(
             error="Unknown user name, password or token.",
             status_code=401,
         )
-    limiter.succeeded(tried, address)
+    if not allowed(user, Access.view):
+        # A gateway's account (sender) stores images; it has no page to sign in to.
+        log.warning("sign-in refused, role has no pages %s", kv(user=user.name, role=user.role))
+        return _login_page(
+            request,
+            session,
+            next_path=next,
+            error="This account has no pages to sign in to.",
+            status_code=403,
+        )
+    if subject != drafts.TOKEN_SUBJECT:
+        limit.succeeded(session, subject, address)
     drafts.record_audit(
         session, "sign_in", user=user, detail={"via": "token" if token else "password"}
     )
@@ -254,6 +300,26 @@ def login(
     return response
 
 
+def _check_credentials(
+    session: Any, limit: SignInLimit, address: str, username: str, password: str, token: str
+) -> tuple[User | None, str, int]:
+    """(the user or None, the limit's subject, seconds to wait or 0); see :mod:`ratelimit`.
+
+    A token is looked up first, so a valid one is never refused for others' failures; a
+    password is not checked at all while its (account, address) is over the limit.
+    """
+    if token.strip():
+        user = user_for_token(session, token.strip())
+        if user is not None:
+            return user, drafts.TOKEN_SUBJECT, 0
+        return None, drafts.TOKEN_SUBJECT, limit.wait(session, drafts.TOKEN_SUBJECT, address)
+    subject = drafts.password_subject(username)
+    wait = limit.wait(session, subject, address)
+    if wait or not (username.strip() and password):
+        return None, subject, wait
+    return user_for_password(session, username.strip(), password), subject, 0
+
+
 @router.post("/logout", response_model=None)
 def logout(
     request: Request, session: DbSession, csrf_token: Annotated[str, Form()] = ""
@@ -264,6 +330,9 @@ def logout(
     page_session.clear_session_cookie(response)
     user = page_session.user_of_session(request, session)
     if user is not None:
+        # Ended on the server: a copy of the cookie kept from before no longer works.
+        drafts.end_sessions(session, user)
+        session.commit()
         address = request.client.host if request.client else ""
         atna.emit(atna.user_authentication(user.name, address, logout=True))
     return response
@@ -281,7 +350,7 @@ def home(user: PageUser) -> Response:
 def worklist(  # noqa: PLR0913 (FastAPI: one parameter per form field)
     request: Request,
     session: DbSession,
-    user: PageUser,
+    user: Viewing,
     state: Annotated[list[str] | None, Query()] = None,
     priority: str = "",
     date_from: str = "",
@@ -303,12 +372,15 @@ def worklist(  # noqa: PLR0913 (FastAPI: one parameter per form field)
     result = views.worklist(session, page=page_number, page_size=PAGE_SIZE, **filters)
     now = utcnow()
     demo_svs = viewmodel.demo_versions(session, [i["study_version_pk"] for i in result["items"]])
+    ended = viewmodel.decided(session, [i["id"] for i in result["items"]])
     rows = [
         {
             **item,
             "urgent": viewmodel.urgent_labels(item["findings"]),
             "demo": item["study_version_pk"] in demo_svs,
-            "waiting": viewmodel.since_label(item["completed_at"] or item["created_at"], now),
+            "waiting": viewmodel.waiting_label(
+                item["completed_at"] or item["created_at"], now, ended.get(item["id"])
+            ),
         }
         for item in result["items"]
     ]
@@ -350,7 +422,7 @@ def worklist(  # noqa: PLR0913 (FastAPI: one parameter per form field)
 
 
 @router.get("/reports/{report_id}", response_class=HTMLResponse)
-def review(request: Request, report_id: int, session: DbSession, user: PageUser) -> HTMLResponse:
+def review(request: Request, report_id: int, session: DbSession, user: Viewing) -> HTMLResponse:
     """The review desk: image with boxes, prior, editable text, findings, stages, sign."""
     try:
         report = drafts.open_report(session, report_id, user)
@@ -471,7 +543,7 @@ def prior_png(
     report_id: int,
     sop_instance_uid: str,
     session: DbSession,
-    user: PageUser,
+    user: ViewingData,
     window_center: float | None = None,
     window_width: float | None = None,
 ) -> Response:
@@ -498,9 +570,7 @@ def prior_png(
 
 
 @router.get("/queue", response_class=HTMLResponse)
-def queue_page(request: Request, session: DbSession, user: PageUser) -> HTMLResponse:
-    if user.role != Role.admin:
-        return error_page(request, session, user, 403, "The queue page is for administrators.")
+def queue_page(request: Request, session: DbSession, user: Administering) -> HTMLResponse:
     data = queue_status.queue_figures(session, _settings(request))
     return page(
         request,
@@ -512,9 +582,7 @@ def queue_page(request: Request, session: DbSession, user: PageUser) -> HTMLResp
 
 
 @router.get("/queue/data.json", response_model=None)
-def queue_data(request: Request, session: DbSession, user: PageUser) -> Response:
+def queue_data(request: Request, session: DbSession, user: AdministeringData) -> Response:
     """The queue page's figures; the page fetches this every few seconds."""
-    if user.role != Role.admin:
-        return JSONResponse({"detail": "administrators only"}, status_code=403)
     data = queue_status.queue_figures(session, _settings(request))
     return JSONResponse(data, headers={"Cache-Control": "no-store"})

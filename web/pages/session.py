@@ -1,10 +1,17 @@
 """The pages' sign-in session: a signed cookie, CSRF tokens, and the API's session resolver.
 
 The cookie holds no secret and no role, only ``{user id, issued at, nonce, credential
-fingerprint}`` signed with HMAC-SHA256. It is HttpOnly (no script reads it), SameSite=Strict (no
-other site's page sends it) and Secure over HTTPS. The user and their role are looked up again on
-every request, so a deactivated user or a changed role counts at once; rotating a user's token or
-password changes the fingerprint and ends their sessions.
+fingerprint, session generation}`` signed with HMAC-SHA256. It is HttpOnly (no script reads it),
+SameSite=Strict (no other site's page sends it) and Secure over HTTPS. The user and their role
+are looked up again on every request, so a deactivated user or a changed role counts at once.
+
+Sessions end on the server, not only in the browser: the cookie carries the user's session
+generation (``users.session_generation``) from when it was issued, and a cookie from an older
+generation is no session. Sign-out, a password change, a token rotation and disabling the
+account raise the generation (:func:`report_drafts.end_sessions`), so a copy of the cookie
+kept from before stops working everywhere at once. Sign-out thereby ends the user's sessions
+in every browser (a shared workstation's forgotten session too). The credential fingerprint
+stays as a second check for credentials changed outside those functions.
 
 Every state-changing request made with the cookie must also carry the session's CSRF token, in
 the form field ``csrf_token`` or the header ``X-CSRF-Token``. The token is derived from the
@@ -85,6 +92,7 @@ class PageSession:
     issued_at: int
     nonce: str
     fingerprint: str
+    generation: int
 
 
 class Signer:
@@ -108,6 +116,7 @@ class Signer:
             "t": int(now if now is not None else time.time()),
             "n": secrets.token_urlsafe(16),
             "f": self.fingerprint(user),
+            "g": user.session_generation or 0,
         }
         body = _b64(json.dumps(payload, separators=(",", ":")).encode())
         return f"{body}.{self._mac('session', body)}"
@@ -126,6 +135,7 @@ class Signer:
                 issued_at=int(payload["t"]),
                 nonce=str(payload["n"]),
                 fingerprint=str(payload["f"]),
+                generation=int(payload["g"]),
             )
         except (ValueError, KeyError, TypeError):
             return None
@@ -158,6 +168,8 @@ def user_of_session(request: Request, session: Session) -> User | None:
     user = session.get(User, found.user_id)
     if user is None or not user.active:
         return None
+    if found.generation != (user.session_generation or 0):
+        return None  # ended on the server: sign-out, new password or token, disabled
     if not hmac.compare_digest(signer_of(request).fingerprint(user), found.fingerprint):
         return None
     return user

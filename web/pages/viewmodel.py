@@ -11,11 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pydicom
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from dicom_listener import Instance, Series, Study
-from report_drafts import DraftRun, finding_page_names, visible
+from report_drafts import DraftRun, ReportVersion, finding_page_names, visible
 
 # Findings a radiologist wants to see first: the ones that usually need a phone call.
 URGENT_TERMS = (
@@ -223,6 +223,36 @@ def image_window(path: Path) -> Window:
 
 def is_frontal(view_position: str) -> bool:
     return view_position.upper() in ("PA", "AP", "")
+
+
+#: The actions that end a report's wait for a radiologist, and how the worklist says so.
+DECIDED = {"sign": "signed", "reject": "rejected"}
+
+
+def decided(session: Session, report_ids: list[int]) -> dict[int, tuple[str, dt.datetime]]:
+    """When each of these reports was first signed or rejected (its wait's end), and which."""
+    if not report_ids:
+        return {}
+    rows = session.execute(
+        select(ReportVersion.report_pk, ReportVersion.action, func.min(ReportVersion.created_at))
+        .where(ReportVersion.report_pk.in_(report_ids), ReportVersion.action.in_(DECIDED))
+        .group_by(ReportVersion.report_pk, ReportVersion.action)
+    )
+    found: dict[int, tuple[str, dt.datetime]] = {}
+    for report_pk, action, at in rows:
+        if report_pk not in found or at < found[report_pk][1]:
+            found[report_pk] = (DECIDED[action], at)
+    return found
+
+
+def waiting_label(
+    start: str | dt.datetime | None, now: dt.datetime, ended: tuple[str, dt.datetime] | None
+) -> str:
+    """How long a report has waited; once signed or rejected, how long it had waited then."""
+    if ended is None:
+        return since_label(start, now)
+    how, at = ended
+    return f"{how} after {since_label(start, at)}"
 
 
 def demo_versions(session: Session, study_version_pks: list[int]) -> set[int]:

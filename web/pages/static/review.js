@@ -45,6 +45,18 @@
   }
   if (boxesButton) boxesButton.addEventListener("click", toggleAllBoxes);
 
+  /* ---- the prior fills its pane as far as its shape allows (a small PNG is scaled up) ---- */
+  const prior = document.querySelector(".prior-stage img");
+  function fitPrior() {
+    if (!prior || !prior.naturalWidth) return;
+    const pane = prior.parentElement;
+    const aspect = prior.naturalWidth / prior.naturalHeight;
+    prior.style.width = Math.min(pane.clientWidth, pane.clientHeight * aspect) + "px";
+  }
+  if (prior) prior.addEventListener("load", fitPrior);
+  fitPrior();
+  window.addEventListener("resize", fitPrior);
+
   /* ---- zoom: the frame is sized in pixels; the SVG viewBox keeps boxes on stored pixels ---- */
   function layout() {
     if (!current || !stage) return;
