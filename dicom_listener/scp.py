@@ -172,22 +172,54 @@ def _spooled_path(event: Event, ingester: Ingester) -> Path:
     return ingester.archive.spool_bytes(event.encoded_dataset(include_meta=True))
 
 
+def called_titles(settings: Settings) -> frozenset[str]:
+    """The called AE titles the listener answers to: its own and the configured aliases.
+
+    AE titles compare exactly, case included (PS3.5 Table 6.2-1 AE: only leading and trailing
+    spaces are insignificant), so ``raddraft`` is not ``RADDRAFT``.
+    """
+    return frozenset(t.strip() for t in (settings.ae_title, *settings.called_ae_aliases) if t)
+
+
+def _called_ae_title(event: Event) -> str:
+    primitive = getattr(event.assoc.requestor, "primitive", None)
+    return str(getattr(primitive, "called_ae_title", "") or "").strip()
+
+
+def handle_requested(event: Event, ingester: Ingester) -> None:
+    """A-ASSOCIATE-RQ received (PS3.8 7.1.1), before negotiation: a called AE title that is one
+    of the aliases becomes the acceptor's title for this association, so pynetdicom's called
+    AE title check (``require_called_aet``) passes and the A-ASSOCIATE-AC echoes it; any other
+    title is rejected there: rejected-permanent, source service-user, reason 7 "called AE
+    title not recognized" (PS3.8 Table 9-21)."""
+    called = _called_ae_title(event)
+    if called != ingester.settings.ae_title.strip() and called in called_titles(
+        ingester.settings
+    ):
+        event.assoc.acceptor.ae_title = called
+
+
 def handle_rejected(event: Event, ingester: Ingester) -> None:
     """A-ASSOCIATE-RJ sent (PS3.8 7.1.1.9): say who and why in the log and the event table.
 
-    pynetdicom rejects for two reasons here: a calling AE title not on the allow-list
-    (permanent, "calling AE title not recognized") or the association limit (transient).
+    pynetdicom rejects for three reasons here: a calling AE title not on the allow-list
+    (permanent, reason 3 "calling AE title not recognized"), a called AE title that is neither
+    ours nor an alias (permanent, reason 7) or the association limit (transient).
     """
     origin = _origin(event)
     settings = ingester.settings
+    called = _called_ae_title(event)
+    reasons = []
     if not settings.any_caller and origin.calling_ae_title not in settings.allowed_callers:
-        why = "calling AE title not allowed"
-    else:
-        why = f"association limit reached (max {settings.max_associations})"
+        reasons.append("calling AE title not allowed")
+    if called not in called_titles(settings):
+        reasons.append(f"called AE title {called!r} not recognised")
+    why = "; ".join(reasons) or f"association limit reached (max {settings.max_associations})"
     log.warning(
         "association rejected %s",
         kv(
             calling=origin.calling_ae_title,
+            called=called,
             peer=origin.peer,
             why=why,
             allowed=",".join(settings.allowed_callers) or "(none)",
@@ -252,6 +284,8 @@ def build_ae(settings: Settings) -> AE:
     ae.network_timeout = settings.network_timeout_seconds
     ae.acse_timeout = settings.acse_timeout_seconds
     ae.dimse_timeout = settings.dimse_timeout_seconds
+    # The called AE title must be ours (or an alias, see handle_requested): PS3.8 7.1.1.4.
+    ae.require_called_aet = True
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
@@ -346,6 +380,7 @@ class Listener:
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, handle_echo, [self.ingester]),
             (evt.EVT_C_STORE, handle_store, [self.ingester]),
+            (evt.EVT_REQUESTED, handle_requested, [self.ingester]),
             (evt.EVT_REJECTED, handle_rejected, [self.ingester]),
             (evt.EVT_ACCEPTED, handle_accepted, [self.ingester]),
             (evt.EVT_RELEASED, handle_released, [self.ingester]),

@@ -106,6 +106,11 @@ class Settings(BaseSettings):
         description="comma-separated calling AE titles allowed to associate; * allows any; "
         "empty: nobody",
     )
+    called_ae_aliases: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="other called AE titles the listener answers to (comma-separated, exact "
+        "case); any other called AE title is rejected (PS3.8 7.1.1.9 reason 7)",
+    )
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="optional comma-separated peer addresses; empty: any"
     )
@@ -365,6 +370,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "allowed_callers",
+        "called_ae_aliases",
         "allowed_hosts",
         "stow_destinations",
         "critical_findings",
