@@ -95,6 +95,8 @@ class Origin:
     peer: str = ""
     affected_sop_instance_uid: str = ""  # from the C-STORE command, when there is one
     affected_sop_class_uid: str = ""
+    #: The presentation context's abstract syntax the C-STORE came on (PS3.8 7.1.1.13).
+    context_sop_class_uid: str = ""
 
 
 class Ingester:
@@ -135,14 +137,9 @@ class Ingester:
             return self._quarantine(spool, origin, Status.cannot_understand, str(error), size)
         except IncompleteDataset as error:
             return self._quarantine(spool, origin, Status.dataset_mismatch, str(error), size)
-        command_uid = origin.affected_sop_instance_uid
-        if command_uid and command_uid != header.sop_instance_uid:
-            # PS3.4 B.2.3: the data set must be the instance the command names.
-            why = (
-                f"SOPInstanceUID {header.sop_instance_uid} differs from the command's "
-                f"AffectedSOPInstanceUID {command_uid}"
-            )
-            return self._quarantine(spool, origin, Status.dataset_mismatch, why, size)
+        mismatch = _context_mismatch(header, origin)
+        if mismatch:
+            return self._quarantine(spool, origin, Status.dataset_mismatch, mismatch, size)
 
         _neutralise_preamble(spool)
         relative = self.archive.relative_path(
@@ -315,6 +312,42 @@ class Ingester:
             self._event(*args)  # type: ignore[arg-type]
         except Exception:
             log.warning("could not record ingest event", exc_info=True)
+
+
+def _context_mismatch(header: InstanceHeader, origin: Origin) -> str:
+    """Why the data set is not what its C-STORE and presentation context say it is (0xA900,
+    "data set does not match SOP class", PS3.4 B.2.3), or "".
+
+    The data set's SOP Class and Instance UIDs must be the command's Affected ones (PS3.7
+    9.1.1.1), the Affected SOP Class the context's abstract syntax (PS3.8 7.1.1.13), and a
+    Part 10 file's MediaStorageSOPClassUID its SOP Class (PS3.10 7.1): a CT data set sent in a
+    DX context would otherwise be archived and served as a DX image.
+    """
+    command_uid = origin.affected_sop_instance_uid
+    if command_uid and command_uid != header.sop_instance_uid:
+        return (
+            f"SOPInstanceUID {header.sop_instance_uid} differs from the command's "
+            f"AffectedSOPInstanceUID {command_uid}"
+        )
+    affected = origin.affected_sop_class_uid
+    if affected and affected != header.sop_class_uid:
+        return (
+            f"data set does not match SOP class: its SOPClassUID {header.sop_class_uid} is not "
+            f"the command's AffectedSOPClassUID {affected}"
+        )
+    context = origin.context_sop_class_uid
+    if context and affected and context != affected:
+        return (
+            f"data set does not match SOP class: AffectedSOPClassUID {affected} is not the "
+            f"presentation context's abstract syntax {context}"
+        )
+    media = header.media_storage_sop_class_uid
+    if media and media != header.sop_class_uid:
+        return (
+            f"data set does not match SOP class: its SOPClassUID {header.sop_class_uid} is not "
+            f"the file meta's MediaStorageSOPClassUID {media}"
+        )
+    return ""
 
 
 def _neutralise_preamble(spool: Path) -> None:

@@ -83,6 +83,7 @@ def handle_store(event: Event, ingester: Ingester) -> int:
         peer=f"{event.assoc.requestor.address}:{event.assoc.requestor.port}",
         affected_sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
         affected_sop_class_uid=str(request.AffectedSOPClassUID or ""),
+        context_sop_class_uid=str(getattr(event.context, "abstract_syntax", "") or ""),
     )
     spool_file = getattr(request, "_dataset_file", None)
     failed = getattr(spool_file, "error", None)
@@ -193,9 +194,7 @@ def handle_requested(event: Event, ingester: Ingester) -> None:
     title is rejected there: rejected-permanent, source service-user, reason 7 "called AE
     title not recognized" (PS3.8 Table 9-21)."""
     called = _called_ae_title(event)
-    if called != ingester.settings.ae_title.strip() and called in called_titles(
-        ingester.settings
-    ):
+    if called != ingester.settings.ae_title.strip() and called in called_titles(ingester.settings):
         event.assoc.acceptor.ae_title = called
 
 
