@@ -318,7 +318,13 @@ class Settings(BaseSettings):
         default=None, description="with a CA, the RIS must present a certificate it signed"
     )
     orders_max_message_kb: int = Field(
-        default=16384, ge=1, description="a larger MLLP frame is answered AR and closed"
+        default=2048, ge=1, description="a larger MLLP frame is answered AR and closed"
+    )
+    orders_max_connections: int = Field(
+        default=32, ge=1, description="order connections served at once; more are closed at accept"
+    )
+    orders_max_connections_per_peer: int = Field(
+        default=4, ge=1, description="... and from one address"
     )
 
     # Where images are when this process has no archive of its own (a GPU worker elsewhere)
