@@ -115,6 +115,15 @@ class Settings(BaseSettings):
         default_factory=list, description="optional comma-separated peer addresses; empty: any"
     )
     max_associations: int = Field(default=16, description="concurrent associations")
+    max_connections_per_peer: int = Field(
+        default=8, ge=1, description="connections one address may hold; more are closed at accept"
+    )
+    association_setup_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="a connection that has not completed association negotiation this long "
+        "after accept is closed",
+    )
     max_pdu_size: int = Field(default=131072, description="maximum PDU size the listener offers")
     tls_cert: Path | None = Field(default=None, description="DICOM TLS: the listener's certificate")
     tls_key: Path | None = Field(default=None, description="DICOM TLS: its private key")

@@ -7,7 +7,10 @@ than its share of slots (item 5). Loopback only: 127.0.0.2 stands for a second h
 
 from __future__ import annotations
 
+import select
 import socket
+import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from raddraft.settings import Settings
@@ -43,3 +46,54 @@ def test_a_called_ae_title_not_ours_is_rejected_permanently(
         assert echoscu(listener.port, aec="RADDRAFT_CXR").returncode == 0
         assert echoscu(listener.port).returncode == 0
         wait_for(lambda: "called AE title 'OTHER' not recognised" in listener.log_text())
+
+
+def _stall(port: int, source: str) -> socket.socket:
+    """A connection from ``source`` that sends the first bytes of an A-ASSOCIATE-RQ, then
+    nothing: no AE title needed."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=15, source_address=(source, 0))
+    sock.sendall(hostile.associate_rq()[:10])
+    return sock
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> bool:
+    sock.settimeout(seconds)
+    try:
+        return sock.recv(100) == b""
+    except TimeoutError:
+        return False
+    except OSError:  # reset: closed too
+        return True
+
+
+def test_stalled_connections_cannot_lock_senders_out(settings: Settings, tmp_path: Path) -> None:
+    env = {
+        "RADDRAFT_ASSOCIATION_SETUP_SECONDS": "3",
+        "RADDRAFT_MAX_CONNECTIONS_PER_PEER": "4",
+        "RADDRAFT_NETWORK_TIMEOUT_SECONDS": "60",
+    }
+    with (
+        ListenerProcess(tmp_path / "listener.log", env=env).start() as listener,
+        ExitStack() as out,
+    ):
+        # Twenty half-open connections from one host (the issue's attack: 16 slots by default).
+        stalled = [out.enter_context(_stall(listener.port, "127.0.0.2")) for _ in range(20)]
+        # One more from a third host trickles a byte every half second: still cut at the deadline.
+        trickle = out.enter_context(_stall(listener.port, "127.0.0.3"))
+        started = time.monotonic()
+        time.sleep(0.5)
+        closed, _, _ = select.select(stalled, [], [], 0)
+        assert len(closed) == 16  # four per address; the rest closed at accept
+        assert echoscu(listener.port).returncode == 0  # a real sender is served at once
+        assert time.monotonic() - started < 5
+        for _ in range(8):
+            try:
+                trickle.sendall(b"\0")
+            except OSError:
+                break
+            time.sleep(0.5)
+        assert all(_closed_within(s, 6) for s in [*stalled, trickle])
+        assert time.monotonic() - started < 12  # not network_timeout's 60 s
+        wait_for(lambda: "association not negotiated in time" in listener.log_text())
+        assert "too many from this address" in listener.log_text()
+        assert hostile.echo(listener.port)
