@@ -238,6 +238,12 @@ class Settings(BaseSettings):
     consistency_labels: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="vocabulary labels sampled; empty: all"
     )
+    max_free_text_chars: int = Field(
+        default=4000,
+        ge=100,
+        description="each outside text given to the model (indication, prior report) is cut to "
+        "this many characters, flagged in the draft's extra.input_truncated",
+    )
     studies_in_flight: int = Field(
         default=1, ge=1, description="studies a gpu worker drafts at once (openai backend)"
     )
