@@ -13,6 +13,12 @@ loopback port with its own data directory and SQLite database.
   types, oversized bodies, random bytes, a valid A-ASSOCIATE-RQ cut or mutated;
 - ``dimse``: a valid association, then P-DATA-TF with lying PDV lengths, broken command sets,
   a C-STORE command with no data set, random fragments;
+- ``stall``: half-open connections from another loopback address (127.0.0.2) that send a few
+  bytes of an A-ASSOCIATE-RQ and stall (or trickle), held open through the C-ECHO that follows;
+- ``context``: data sets that do not match their presentation context (a CT in a DX context,
+  an implicit VR body in an explicit VR or deflated one, native pixels in JPEG or RLE), each to
+  be answered 0xA900 or 0xC000; ``huge``: valid images with a 200,000 or 1,000,000 character
+  indication, to be stored (0x0000);
 - ``dataset``: C-STORE of hostile data sets: sequences nested thousands deep (explicit,
   implicit, UN), element lengths of up to 4 GiB, compressed pixel data declaring terabytes,
   deflate bombs, UIDs with ``/``, ``\\`` and ``..``, a wrong transfer syntax claim, non-DICOM
@@ -68,7 +74,7 @@ from sqlalchemy import create_engine, select  # noqa: E402
 from dicom_listener.tables import Instance  # noqa: E402
 from raddraft import migrate  # noqa: E402
 from tests import hostile  # noqa: E402
-from tests.dicom_factory import make_cxr, new_uid  # noqa: E402
+from tests.dicom_factory import CT_IMAGE, dataset_bytes, make_cxr, new_uid  # noqa: E402
 from tests.listener_process import ListenerProcess, acknowledged, storescu  # noqa: E402
 
 Input = Callable[[int, Path], object]
@@ -232,10 +238,107 @@ def dataset_inputs(rng: random.Random, count: int) -> list[tuple[str, Input]]:
     return cases
 
 
+#: Inputs whose answer is known; each one answered otherwise is listed here ("unanswered").
+UNCLEAR: list[str] = []
+#: Half-open connections the ``stall:`` inputs hold while the next C-ECHO checks the listener.
+HELD: list[socket.socket] = []
+#: The attacker's address for held connections: another loopback address, so the per-address
+#: cap is the attacker's, and the valid push and C-ECHO from 127.0.0.1 must still be served.
+STALL_FROM = "127.0.0.2"
+
+
+def _store_expect(data: bytes, statuses: frozenset[int], name: str) -> Input:
+    """C-STORE ``data``; an answer not in ``statuses`` is an unclear one."""
+
+    def send(port: int, folder: Path) -> object:
+        status = hostile.send_part10(port, data, folder)
+        if status not in statuses:
+            UNCLEAR.append(f"{name}->{status if status is None else hex(status)}")
+        return status
+
+    return send
+
+
+def _stall(count: int, cut: int, *, trickle: bool = False) -> Input:
+    """Open ``count`` connections from :data:`STALL_FROM` that send ``cut`` bytes of an
+    A-ASSOCIATE-RQ and then stall (one byte more, once, when ``trickle``); they stay open
+    through the C-ECHO that follows, and are closed by the next ``stall:`` input or at the end
+    (the listener closes them itself after RADDRAFT_ASSOCIATION_SETUP_SECONDS)."""
+    rq = hostile.associate_rq()
+
+    def send(port: int, _folder: Path) -> object:
+        release_held()
+        for _ in range(count):
+            try:
+                sock = socket.create_connection(
+                    ("127.0.0.1", port), timeout=5, source_address=(STALL_FROM, 0)
+                )
+                sock.sendall(rq[:cut])
+                if trickle:
+                    sock.sendall(rq[cut : cut + 1])
+            except OSError:  # refused at accept (the per-address cap): an answer too
+                continue
+            HELD.append(sock)
+        return len(HELD)
+
+    return send
+
+
+def release_held() -> None:
+    while HELD:
+        HELD.pop().close()
+
+
+def _body(ds: object, syntax: str) -> bytes:
+    return dataset_bytes(ds, syntax)  # type: ignore[arg-type]
+
+
+def edge_inputs(rng: random.Random) -> list[tuple[str, Input]]:
+    """Issue 20's classes: stalled sockets, mismatched presentation contexts, huge bodies."""
+    cases: list[tuple[str, Input]] = []
+    for count, cut in ((20, 10), (12, 1), (30, 74), (8, 6)):
+        cases.append((f"stall:half-open-{count}", _stall(count, cut)))
+    cases.append(("stall:trickle", _stall(10, 40, trickle=True)))
+    ct = make_cxr(None, rows=64, cols=64, seed=rng.randrange(1000))
+    ct.SOPClassUID = CT_IMAGE
+    cases.append(
+        (
+            "context:ct-in-dx",
+            _store_expect(
+                hostile.part10(_body(ct, hostile.EXPLICIT), str(ct.SOPInstanceUID)),
+                frozenset({0xA900}),
+                "context:ct-in-dx",
+            ),
+        )
+    )
+    for name, syntax, claim in (
+        ("implicit-in-explicit", hostile.IMPLICIT, hostile.EXPLICIT),
+        ("native-in-jpeg", hostile.EXPLICIT, hostile.JPEG_BASELINE),
+        ("native-in-rle", hostile.EXPLICIT, hostile.RLE),
+    ):
+        ds = make_cxr(None, rows=64, cols=64, seed=rng.randrange(1000))
+        data = hostile.part10(_body(ds, syntax), str(ds.SOPInstanceUID), claim)
+        cases.append(
+            (f"context:{name}", _store_expect(data, frozenset({0xC000}), f"context:{name}"))
+        )
+    for size in (200_000, 1_000_000):
+        ds = make_cxr(None, rows=64, cols=64, seed=rng.randrange(1000))
+        ds.ReasonForTheRequestedProcedure = "r" * size
+        data = hostile.part10(_body(ds, hostile.EXPLICIT), str(ds.SOPInstanceUID))
+        cases.append(
+            (f"huge:indication-{size}", _store_expect(data, frozenset({0}), f"huge:{size}"))
+        )
+    return cases
+
+
 def inputs(seed: int, total: int) -> list[tuple[str, Input]]:
     rng = random.Random(seed)
+    edges = edge_inputs(rng)
     fixed = pdu_inputs(rng) + dimse_inputs(rng)
     cases = fixed + dataset_inputs(rng, total - len(fixed))
+    rng.shuffle(cases)
+    # Issue 20's classes always run, whatever the count; the rest fill up to it.
+    cases = cases[: max(total - len(edges), 0)] + edges[:total]
     rng.shuffle(cases)
     return cases[:total]
 
@@ -350,6 +453,7 @@ def run_dicom(work: Path, seed: int, count: int, push_rounds: int) -> Figures:
                 now = rss.field("VmRSS")
                 print(f"  {number} inputs, serving after {serving}, rss {now:.0f} MB")
     finally:
+        release_held()
         push.stop.set()
         push.join(300)
         peak = rss.field("VmHWM") if listener.alive() else float("nan")
@@ -377,6 +481,7 @@ def run_dicom(work: Path, seed: int, count: int, push_rounds: int) -> Figures:
     )
     figures.inputs, figures.serving, figures.peak_rss_mb = len(cases), serving, peak
     figures.stray_files, figures.lost = len(strays), len(lost)
+    figures.unanswered = list(UNCLEAR)
     return figures
 
 

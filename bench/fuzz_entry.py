@@ -439,6 +439,9 @@ class OrderInput:
     data: bytes
     codes: frozenset[str]
     half_close: bool = False  # end our side after sending (a frame without its end block)
+    #: Hold this many unfinished frames open from another loopback address (127.0.0.2) while
+    #: the valid ORM from 127.0.0.1 is sent: stalled senders must not lock the RIS out.
+    stall: int = 0
 
 
 def orm(control: str, accession: str = "", facility: str = "GENHOSP", **fields: str) -> str:
@@ -515,6 +518,21 @@ def order_inputs(rng: random.Random, count: int) -> Iterator[tuple[str, OrderInp
             "orders:junk-outside-frames",
             OrderInput(os.urandom(4096).replace(START, b""), frozenset()),
         ),
+        # Issue 20: one frame, one message; bytes outside frames; stalled connections.
+        (
+            "orders:two-in-one-frame",
+            OrderInput(framed(orm("TWO1") + "\r" + orm("TWO2")), frozenset({"AR"})),
+        ),
+        (
+            "orders:junk-before-start",
+            OrderInput(b"junk before the start block" + framed(orm("JUNK1")), frozenset({"AA"})),
+        ),
+        (
+            "orders:start-inside-frame",
+            OrderInput(START + orm("CUTA").encode() + framed(orm("CUTB")), frozenset({"AR"})),
+        ),
+        ("orders:no-start-block", OrderInput(orm("NOSTART").encode() + END, frozenset())),
+        ("orders:stalled-connections", OrderInput(b"", frozenset(), stall=12)),
     ]
     yield from fixed[:count]
     for number in range(len(fixed), count):
@@ -564,8 +582,33 @@ def _code(ack: str | None) -> str:
     return "no MSA"
 
 
+def _stalled(port: int, count: int) -> list[socket.socket]:
+    """``count`` connections from 127.0.0.2, each an unfinished frame; those refused at accept
+    (the per-address cap) are simply not held."""
+    held = []
+    for _ in range(count):
+        try:
+            sock = socket.create_connection(
+                ("127.0.0.1", port), timeout=5, source_address=("127.0.0.2", 0)
+            )
+            sock.sendall(START + b"MSH|^~\\&|RIS|GENHOSP|")
+        except OSError:
+            continue
+        held.append(sock)
+    return held
+
+
 def _send_order(port: int, item: OrderInput, valid_control: str) -> tuple[str, str]:
     """(MSA-1 of the answer to the input, MSA-1 of the valid ORM sent after it)."""
+    if item.stall:
+        held = _stalled(port, item.stall)
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+                sock.sendall(START + orm(valid_control).encode() + END)
+                return "", _code(_read_ack(sock))
+        finally:
+            for sock in held:
+                sock.close()
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         # The listener may close on an oversized frame before all is sent: its AR is read.
         with contextlib.suppress(OSError):
@@ -599,6 +642,10 @@ def run_orders(work: Path, seed: int, count: int) -> Figures:
         "RADDRAFT_DATABASE_URL": url,
         "RADDRAFT_ORDERS_ALLOWED_FACILITIES": "GENHOSP",
         "RADDRAFT_ORDERS_MAX_MESSAGE_KB": str(ORDERS_LIMIT_KB),
+        # The fuzzer's own connections come one after another from 127.0.0.1; on a loaded
+        # machine a refused one's handler may still be draining when the next arrives. The
+        # stalled ones (12, from 127.0.0.2) still meet the cap.
+        "RADDRAFT_ORDERS_MAX_CONNECTIONS_PER_PEER": "8",
         "RADDRAFT_LOG_LEVEL": "WARNING",
     }
     server = Child(

@@ -16,8 +16,12 @@ Reading the archive (the worker, the web app)::
         the patient's other complete, eligible studies (latest version each), newest first
     latest_version_pk(session, study_instance_uid) -> int | None
         the newest version of a study, complete or not
-    Patient, Study, StudyVersion, Series, Instance, IngestEvent (+ IngestEventKind,
-    VersionState)
+    instance_conflicts(session, *, limit=100, since=None) -> list[ConflictInfo]
+        SOP Instance UIDs received again with other content (which attributes differed,
+        stored and received values, who sent it, the quarantined copy), newest first; for
+        administrators (``raddraft studies conflicts``)
+    Patient, Study, StudyVersion, Series, Instance, IngestEvent, InstanceConflict
+    (+ IngestEventKind, VersionState)
         the archive's tables, for read-only joins (the worklist, the queue page); only the
         listener writes them
 
@@ -30,7 +34,8 @@ parts here)::
         files one, then the two-view studies complete at once, as at an association's release
 
 ``IngestResult.status`` is the C-STORE status the listener would have answered (0x0000 stored or
-already stored, 0xA700 refused for resources, 0xA900/0xC000 quarantined).
+already stored, 0xA700 refused for resources, 0xA900/0xC000 quarantined, 0x0111 the UID is
+archived with other content: quarantined and recorded as a conflict).
 
 Retention (the policy, which knows reports and exports, lives with them; it is asked again
 inside the purge's transaction)::
@@ -61,6 +66,7 @@ from dicom_listener.archive_reads import (
 )
 from dicom_listener.completion import Completed, complete_pushed
 from dicom_listener.completion import complete_study as _complete
+from dicom_listener.conflicts import ConflictInfo, instance_conflicts
 from dicom_listener.ingest import Ingester, IngestResult, Origin, Outcome, Status
 from dicom_listener.purge import Purged, RecordPurge, StillPurgeable, archived
 from dicom_listener.purge import purge_study as _purge_study
@@ -68,6 +74,7 @@ from dicom_listener.tables import (
     IngestEvent,
     IngestEventKind,
     Instance,
+    InstanceConflict,
     Patient,
     Series,
     Study,
@@ -80,10 +87,12 @@ from raddraft.settings import Settings, get_settings
 __all__ = [
     "ArchivedImage",
     "Completed",
+    "ConflictInfo",
     "IngestEvent",
     "IngestEventKind",
     "IngestResult",
     "Instance",
+    "InstanceConflict",
     "Outcome",
     "Patient",
     "Purged",
@@ -98,6 +107,7 @@ __all__ = [
     "archived_study",
     "complete_study",
     "ingest_batch",
+    "instance_conflicts",
     "latest_version_pk",
     "prior_versions",
     "purge_study",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pydicom import dcmread
@@ -117,6 +117,7 @@ class InstanceHeader:
     priority: int = Priority.routine
     indication: str = ""
     transfer_syntax_uid: str = ""
+    media_storage_sop_class_uid: str = ""  # (0002,0002), from a Part 10 file's meta
     problems: tuple[str, ...] = field(default=())
 
 
@@ -279,6 +280,8 @@ def read_header(path: Path, limits: Limits | None = None) -> InstanceHeader:
                     f"truncated: Pixel Data needs {tell + length} bytes, file has {size}"
                 )
         header = header_from_dataset(ds, syntax)
+        media = str(ds.file_meta.get("MediaStorageSOPClassUID", "")).strip().rstrip("\x00")
+        header = replace(header, media_storage_sop_class_uid=media[:64])
     except (IncompleteDataset, UnreadableDataset):
         raise
     except Exception as error:  # pydicom raises a wide variety of errors on garbage input

@@ -29,6 +29,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
+from dicom_listener import conflicts
 from dicom_listener.archive import Archive
 from dicom_listener.header import (
     IncompleteDataset,
@@ -60,6 +61,7 @@ class Status(enum.IntEnum):
     success = 0x0000
     out_of_resources = 0xA700  # "Refused: Out of Resources": the sender should retry
     dataset_mismatch = 0xA900  # "Error: Data Set does not match SOP Class"
+    duplicate_conflict = 0x0111  # "Failure: Duplicate SOP Instance" (PS3.7 C.4.2), not retried
     cannot_understand = 0xC000  # "Error: Cannot understand"
 
 
@@ -68,6 +70,7 @@ class Outcome(enum.StrEnum):
     duplicate = "duplicate"
     refused = "refused"
     quarantined = "quarantined"
+    conflict = "conflict"  # the UID is archived with other content: new copy quarantined
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,8 @@ class Origin:
     peer: str = ""
     affected_sop_instance_uid: str = ""  # from the C-STORE command, when there is one
     affected_sop_class_uid: str = ""
+    #: The presentation context's abstract syntax the C-STORE came on (PS3.8 7.1.1.13).
+    context_sop_class_uid: str = ""
 
 
 class Ingester:
@@ -135,21 +140,19 @@ class Ingester:
             return self._quarantine(spool, origin, Status.cannot_understand, str(error), size)
         except IncompleteDataset as error:
             return self._quarantine(spool, origin, Status.dataset_mismatch, str(error), size)
-        command_uid = origin.affected_sop_instance_uid
-        if command_uid and command_uid != header.sop_instance_uid:
-            # PS3.4 B.2.3: the data set must be the instance the command names.
-            why = (
-                f"SOPInstanceUID {header.sop_instance_uid} differs from the command's "
-                f"AffectedSOPInstanceUID {command_uid}"
-            )
-            return self._quarantine(spool, origin, Status.dataset_mismatch, why, size)
+        mismatch = _context_mismatch(header, origin)
+        if mismatch:
+            return self._quarantine(spool, origin, Status.dataset_mismatch, mismatch, size)
 
         _neutralise_preamble(spool)
         relative = self.archive.relative_path(
             header.study_instance_uid, header.series_instance_uid, header.sop_instance_uid
         )
         try:
-            if self._already_stored(header.sop_instance_uid):
+            differences = self._stored_differences(header)
+            if differences:
+                return self._conflict(spool, origin, header, differences, size)
+            if differences is not None:
                 self._event(IngestEventKind.duplicate, origin, header, Status.success, size)
                 log.info(
                     "duplicate instance, already stored %s",
@@ -202,6 +205,72 @@ class Ingester:
             self.archive.absolute(relative),
             patient_id=header.patient_id,
             sop_class_uid=header.sop_class_uid,
+        )
+
+    def _stored_differences(self, header: InstanceHeader) -> dict[str, dict[str, object]] | None:
+        """None when the instance is not archived (no row, or its file is gone); else what
+        differs between the archived instance and ``header`` (empty: the same instance)."""
+        with Session(self.engine) as session:
+            path = session.scalar(
+                select(Instance.path).where(Instance.sop_instance_uid == header.sop_instance_uid)
+            )
+            if path is None or not self.archive.absolute(path).exists():
+                return None
+            return conflicts.differences(session, header) or {}
+
+    def _conflict(
+        self,
+        spool: Path,
+        origin: Origin,
+        header: InstanceHeader,
+        differences: dict[str, dict[str, object]],
+        size: int,
+    ) -> IngestResult:
+        """The UID is archived with other content: keep the archived instance, quarantine the
+        new copy, record which attributes differ (``instance_conflicts``, an ingest event) and
+        answer 0x0111 "duplicate SOP instance" (PS3.7 C.4.2), a failure the sender does not
+        retry; answering success would tell it the other content is stored."""
+        status = Status.duplicate_conflict
+        names = ", ".join(sorted(differences))
+        why = f"SOP Instance UID already archived with other content: {names} differ"
+        try:
+            where = str(
+                self.archive.quarantine(
+                    spool,
+                    why,
+                    name=header.sop_instance_uid,
+                    context=kv(calling=origin.calling_ae_title, peer=origin.peer),
+                )
+            )
+        except OSError:
+            log.exception("could not quarantine a conflicting instance")
+            where = ""
+        log.error(
+            "C-STORE failed, duplicate SOP instance with other content %s",
+            kv(sop=header.sop_instance_uid, differ=names, calling=origin.calling_ae_title),
+        )
+        try:
+            with session_scope(self.engine) as session:
+                conflicts.record(
+                    session,
+                    header,
+                    differences,
+                    calling_ae_title=origin.calling_ae_title,
+                    peer=origin.peer,
+                    quarantined=where,
+                )
+                event = _ingest_event(IngestEventKind.conflict, origin, header, status, size, why)
+                event.detail = {"why": why, "differences": differences}
+                session.add(event)
+        except SQLAlchemyError:
+            log.warning("could not record the conflict", exc_info=True)
+        return IngestResult(
+            status,
+            Outcome.conflict,
+            header.sop_instance_uid,
+            header.study_instance_uid,
+            Path(where) if where else None,
+            reason=why,
         )
 
     def _already_stored(self, sop_instance_uid: str) -> bool:
@@ -315,6 +384,42 @@ class Ingester:
             self._event(*args)  # type: ignore[arg-type]
         except Exception:
             log.warning("could not record ingest event", exc_info=True)
+
+
+def _context_mismatch(header: InstanceHeader, origin: Origin) -> str:
+    """Why the data set is not what its C-STORE and presentation context say it is (0xA900,
+    "data set does not match SOP class", PS3.4 B.2.3), or "".
+
+    The data set's SOP Class and Instance UIDs must be the command's Affected ones (PS3.7
+    9.1.1.1), the Affected SOP Class the context's abstract syntax (PS3.8 7.1.1.13), and a
+    Part 10 file's MediaStorageSOPClassUID its SOP Class (PS3.10 7.1): a CT data set sent in a
+    DX context would otherwise be archived and served as a DX image.
+    """
+    command_uid = origin.affected_sop_instance_uid
+    if command_uid and command_uid != header.sop_instance_uid:
+        return (
+            f"SOPInstanceUID {header.sop_instance_uid} differs from the command's "
+            f"AffectedSOPInstanceUID {command_uid}"
+        )
+    affected = origin.affected_sop_class_uid
+    if affected and affected != header.sop_class_uid:
+        return (
+            f"data set does not match SOP class: its SOPClassUID {header.sop_class_uid} is not "
+            f"the command's AffectedSOPClassUID {affected}"
+        )
+    context = origin.context_sop_class_uid
+    if context and affected and context != affected:
+        return (
+            f"data set does not match SOP class: AffectedSOPClassUID {affected} is not the "
+            f"presentation context's abstract syntax {context}"
+        )
+    media = header.media_storage_sop_class_uid
+    if media and media != header.sop_class_uid:
+        return (
+            f"data set does not match SOP class: its SOPClassUID {header.sop_class_uid} is not "
+            f"the file meta's MediaStorageSOPClassUID {media}"
+        )
+    return ""
 
 
 def _neutralise_preamble(spool: Path) -> None:

@@ -12,7 +12,12 @@ before any of that happens:
   larger than ``max_dataset_bytes``: 0xA700 (refused, out of resources);
 - Pixel Data would decode to more than ``max_pixel_bytes``: 0xA700;
 - sequences nest deeper than ``max_sequence_depth``: 0xC000 (cannot understand);
-- an element declares more bytes than the file holds (a lying length): 0xC000.
+- an element declares more bytes than the file holds (a lying length): 0xC000;
+- the body is not encoded as its transfer syntax says (:class:`EncodingMismatch`, 0xC000): an
+  element without a valid explicit VR in an explicit VR syntax (an implicit VR body sent in an
+  explicit VR presentation context), native Pixel Data in an encapsulated (compressed) syntax
+  or encapsulated Pixel Data in a native one (PS3.5 A.4, 8.2). pydicom reads such a body
+  anyway; DCMTK and every other reader refuse it, so it must never reach the archive.
 
 The walk follows PS3.5 7.1 (data element encoding), 7.5 (nesting of data sets: items and
 delimiters, defined and undefined lengths), 6.2.2 (UN of undefined length holds implicit VR
@@ -28,10 +33,11 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from pydicom.datadict import dictionary_VR
+from pydicom.uid import UID
 
 from raddraft.settings import Settings
 
-__all__ = ["Limits", "OverLimit", "check_file"]
+__all__ = ["EncodingMismatch", "Limits", "OverLimit", "check_file"]
 
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
@@ -46,6 +52,14 @@ _LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _IMPLICIT = "1.2.840.10008.1.2"
 _BIG_ENDIAN = "1.2.840.10008.1.2.2"
 _DEFLATED = "1.2.840.10008.1.2.1.99"
+#: The transfer syntaxes whose Pixel Data is native (PS3.5 A.1-A.3, A.5); the other standard
+#: ones encapsulate it in fragments (PS3.5 A.4).
+_NATIVE = frozenset({_IMPLICIT, "1.2.840.10008.1.2.1", _DEFLATED, _BIG_ENDIAN})
+#: Every VR of PS3.5 Table 6.2-1; two upper case letters that are none of these are no VR.
+_VRS = frozenset(
+    b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM UC UI UL UN "
+    b"UR US UT UV".split()
+)
 # The Image Pixel module attributes that size the decoded pixel data (PS3.3 C.7.6.3).
 _ROWS, _COLUMNS, _SAMPLES, _BITS, _FRAMES = (
     0x00280010,
@@ -64,6 +78,14 @@ class OverLimit(ValueError):
     def __init__(self, status: int, why: str) -> None:
         super().__init__(why)
         self.status = status
+
+
+class EncodingMismatch(OverLimit):
+    """The body is not encoded as its transfer syntax (the presentation context's) says:
+    0xC000 "cannot understand" (PS3.4 B.2.3), quarantined."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(CANNOT_UNDERSTAND, f"data set does not match its transfer syntax: {why}")
 
 
 @dataclass(frozen=True)
@@ -178,6 +200,8 @@ class _Walk:
     limits: Limits
     stack: list[_Open]
     sizing: dict[int, int]
+    #: True/False: the syntax encapsulates Pixel Data or not; None: a private syntax, unchecked.
+    encapsulated: bool | None = None
 
 
 def check_file(path: Path, limits: Limits) -> None:
@@ -210,9 +234,18 @@ def check_file(path: Path, limits: Limits) -> None:
             limits=limits,
             stack=[],
             sizing={},
+            encapsulated=_encapsulated(syntax),
         )
         _walk(walk)
     _check_pixels(walk.sizing, limits)
+
+
+def _encapsulated(syntax: str) -> bool | None:
+    if syntax in _NATIVE:
+        return False
+    if UID(syntax).is_transfer_syntax:
+        return True
+    return None
 
 
 def _file_meta_syntax(file: BinaryIO, size: int) -> str | None:
@@ -263,6 +296,8 @@ def _walk(walk: _Walk) -> None:
             _delimiter(walk, tag, length)
             continue
         vr, length = _vr_and_length(reader, order, implicit, tag)
+        if tag == _PIXEL_DATA and not walk.stack:
+            _check_pixel_encoding(walk, length)
         if vr == b"SQ" or (length == _UNDEFINED and vr == b"UN"):
             _push(walk, _Open(_end(reader, length), "sequence", implicit or vr == b"UN"))
         elif length == _UNDEFINED:
@@ -322,18 +357,32 @@ def _vr_and_length(reader: _Reader, order: str, implicit: bool, tag: int) -> tup
     vr = reader.read(2)
     if len(vr) < 2:
         raise OverLimit(CANNOT_UNDERSTAND, "truncated: data set ends inside an element header")
-    if not vr.isalpha() or not vr.isupper():
-        # Not a VR: an implicit VR element inside an explicit VR data set, which pydicom reads
-        # too (a known encoder bug). These two bytes begin its 4-byte length.
-        rest = reader.read(2)
-        if len(rest) < 2:
-            raise OverLimit(CANNOT_UNDERSTAND, "truncated: data set ends inside an element header")
-        length = int(struct.unpack(order + "I", vr + rest)[0])
-        return _implicit_vr(tag, length), length
+    if vr not in _VRS:
+        # Not a VR: an implicit VR element where the syntax says explicit VR (a whole implicit
+        # VR body sent in an explicit VR context, or an encoder's bug). pydicom guesses its way
+        # through; DCMTK's dcmdump and WADO rendering fail on the archived file, so it is
+        # refused here (PS3.5 7.1.2: every element of an explicit VR data set has its VR).
+        raise EncodingMismatch(
+            f"element ({tag >> 16:04X},{tag & 0xFFFF:04X}) has no explicit VR "
+            f"({vr!r} is none), though the transfer syntax is explicit VR"
+        )
     if vr in _LONG_VRS:
         reader.read(2)
         return vr, _read_length(reader, order, 4)
     return vr, _read_length(reader, order, 2)
+
+
+def _check_pixel_encoding(walk: _Walk, length: int) -> None:
+    """Top-level Pixel Data: encapsulated (undefined length, fragments) exactly when the
+    transfer syntax is an encapsulated one (PS3.5 A.4, 8.2)."""
+    if walk.encapsulated is None:
+        return
+    if walk.encapsulated and length != _UNDEFINED:
+        raise EncodingMismatch(
+            "native Pixel Data (defined length) in an encapsulated (compressed) transfer syntax"
+        )
+    if not walk.encapsulated and length == _UNDEFINED:
+        raise EncodingMismatch("encapsulated Pixel Data in a native transfer syntax")
 
 
 def _implicit_vr(tag: int, length: int) -> bytes:

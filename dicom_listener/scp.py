@@ -13,11 +13,14 @@ and the C-STORE handler parses only the header. The maximum PDU size comes from 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import ssl
 import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +86,7 @@ def handle_store(event: Event, ingester: Ingester) -> int:
         peer=f"{event.assoc.requestor.address}:{event.assoc.requestor.port}",
         affected_sop_instance_uid=str(request.AffectedSOPInstanceUID or ""),
         affected_sop_class_uid=str(request.AffectedSOPClassUID or ""),
+        context_sop_class_uid=str(getattr(event.context, "abstract_syntax", "") or ""),
     )
     spool_file = getattr(request, "_dataset_file", None)
     failed = getattr(spool_file, "error", None)
@@ -172,22 +176,53 @@ def _spooled_path(event: Event, ingester: Ingester) -> Path:
     return ingester.archive.spool_bytes(event.encoded_dataset(include_meta=True))
 
 
+def called_titles(settings: Settings) -> frozenset[str]:
+    """The called AE titles the listener answers to: its own and the configured aliases.
+
+    AE titles compare exactly, case included (PS3.5 Table 6.2-1 AE: only leading and trailing
+    spaces are insignificant), so ``raddraft`` is not ``RADDRAFT``.
+    """
+    return frozenset(t.strip() for t in (settings.ae_title, *settings.called_ae_aliases) if t)
+
+
+def _called_ae_title(event: Event) -> str:
+    primitive = getattr(event.assoc.requestor, "primitive", None)
+    return str(getattr(primitive, "called_ae_title", "") or "").strip()
+
+
+def handle_requested(event: Event, ingester: Ingester) -> None:
+    """A-ASSOCIATE-RQ received (PS3.8 7.1.1), before negotiation: a called AE title that is one
+    of the aliases becomes the acceptor's title for this association, so pynetdicom's called
+    AE title check (``require_called_aet``) passes and the A-ASSOCIATE-AC echoes it; any other
+    title is rejected there: rejected-permanent, source service-user, reason 7 "called AE
+    title not recognized" (PS3.8 Table 9-21)."""
+    called = _called_ae_title(event)
+    if called != ingester.settings.ae_title.strip() and called in called_titles(ingester.settings):
+        event.assoc.acceptor.ae_title = called
+
+
 def handle_rejected(event: Event, ingester: Ingester) -> None:
     """A-ASSOCIATE-RJ sent (PS3.8 7.1.1.9): say who and why in the log and the event table.
 
-    pynetdicom rejects for two reasons here: a calling AE title not on the allow-list
-    (permanent, "calling AE title not recognized") or the association limit (transient).
+    pynetdicom rejects for three reasons here: a calling AE title not on the allow-list
+    (permanent, reason 3 "calling AE title not recognized"), a called AE title that is neither
+    ours nor an alias (permanent, reason 7) or the association limit (transient).
     """
+    _negotiated(event)
     origin = _origin(event)
     settings = ingester.settings
+    called = _called_ae_title(event)
+    reasons = []
     if not settings.any_caller and origin.calling_ae_title not in settings.allowed_callers:
-        why = "calling AE title not allowed"
-    else:
-        why = f"association limit reached (max {settings.max_associations})"
+        reasons.append("calling AE title not allowed")
+    if called not in called_titles(settings):
+        reasons.append(f"called AE title {called!r} not recognised")
+    why = "; ".join(reasons) or f"association limit reached (max {settings.max_associations})"
     log.warning(
         "association rejected %s",
         kv(
             calling=origin.calling_ae_title,
+            called=called,
             peer=origin.peer,
             why=why,
             allowed=",".join(settings.allowed_callers) or "(none)",
@@ -216,7 +251,17 @@ def handle_closed(event: Event, ingester: Ingester) -> None:
         )
 
 
+def _negotiated(event: Event) -> None:
+    """Tell the server the association on this connection is negotiated (accepted or
+    rejected), so its setup deadline no longer applies."""
+    server = getattr(event.assoc, "_server", None)
+    sock = getattr(getattr(event.assoc.dul, "socket", None), "socket", None)
+    if isinstance(server, ListenerServer) and sock is not None:
+        server.negotiated(sock)
+
+
 def handle_accepted(event: Event, ingester: Ingester) -> None:
+    _negotiated(event)
     origin = _origin(event)
     log.info("association accepted %s", kv(calling=origin.calling_ae_title, peer=origin.peer))
 
@@ -252,6 +297,8 @@ def build_ae(settings: Settings) -> AE:
     ae.network_timeout = settings.network_timeout_seconds
     ae.acse_timeout = settings.acse_timeout_seconds
     ae.dimse_timeout = settings.dimse_timeout_seconds
+    # The called AE title must be ours (or an alias, see handle_requested): PS3.8 7.1.1.4.
+    ae.require_called_aet = True
     ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
     for context in AllStoragePresentationContexts:
         assert context.abstract_syntax is not None
@@ -275,47 +322,141 @@ def build_ssl_context(settings: Settings) -> ssl.SSLContext | None:
     return server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
 
 
+@dataclass
+class _Connection:
+    """One accepted TCP connection, until its association is negotiated (or it closes)."""
+
+    host: str
+    accepted: float  # time.monotonic()
+    sock: socket.socket
+    negotiated: bool = False
+
+
 class ListenerServer(ThreadedAssociationServer):
-    """pynetdicom's threaded server plus a host allow-list and a bounded TLS handshake."""
+    """pynetdicom's threaded server plus a host allow-list, a cap per peer address, a deadline
+    for association negotiation and a TLS handshake that cannot stall the accept loop.
+
+    Half-open connections (issue 20, item 5): twenty connections that sent a few bytes of an
+    A-ASSOCIATE-RQ and stalled held every association slot for a minute, since each waits
+    ``network_timeout`` for its next byte and counts against ``max_associations`` meanwhile.
+    Now one address holds at most ``max_connections_per_peer`` connections (more are closed at
+    accept), and a connection that has not completed association negotiation (PS3.8 9.2, the
+    A-ASSOCIATE-RQ read and answered with AC or RJ) ``setup_seconds`` after accept is shut
+    down, however slowly it trickles bytes: ARTIM (PS3.8 9.1.5) for the request's arrival.
+    """
 
     allowed_hosts: frozenset[str] = frozenset()
     handshake_timeout: float = 10.0
+    # socketserver's listen backlog is 5: a burst of connections beyond it waits for SYN
+    # retransmits (1 s, 3 s, ...) before the accept loop even sees them to refuse or serve.
+    request_queue_size = 128
+    setup_seconds: float = 5.0
+    max_connections_per_peer: int = 8
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._connections: list[_Connection] = []
+        self._connections_lock = threading.Lock()
+        super().__init__(*args, **kwargs)
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """Hosts are checked at TCP accept: a host not on the list gets no association at all."""
-        if not self.allowed_hosts or "*" in self.allowed_hosts:
-            return True
+        """Hosts are checked at TCP accept: a host not on the list, or one that already holds
+        ``max_connections_per_peer`` connections, gets no association at all."""
         host = client_address[0] if isinstance(client_address, tuple) else str(client_address)
-        if host in self.allowed_hosts:
-            return True
-        log.warning("connection refused, host not allowed %s", kv(peer=host))
-        return False
+        if self.allowed_hosts and "*" not in self.allowed_hosts and host not in self.allowed_hosts:
+            log.warning("connection refused, host not allowed %s", kv(peer=host))
+            return False
+        with self._connections_lock:
+            self._forget_closed()
+            held = sum(1 for c in self._connections if c.host == host)
+            if held >= self.max_connections_per_peer:
+                refused = True
+            else:
+                refused = False
+                self._connections.append(_Connection(host, time.monotonic(), request))
+        if refused:
+            log.warning(
+                "connection refused, too many from this address %s",
+                kv(peer=host, open=held, limit=self.max_connections_per_peer),
+            )
+            return False
+        return True
 
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
-        """Accept, then run the TLS handshake with a deadline so a silent peer cannot stall
-        the accept loop; a failed handshake (no or untrusted client certificate) is logged."""
+        """Accept only: the TLS handshake runs in the connection's own thread
+        (:meth:`process_request_thread`), so a peer that never sends its ClientHello holds
+        that thread, not the accept loop (it blocked every other connection for 10 s)."""
         assert self.socket is not None
         client, address = self.socket.accept()
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         # An accepted socket blocks forever by default: a peer that stops mid-PDU would hold
         # its thread and association slot for good. network_timeout bounds every read.
-        read_timeout = self.ae.network_timeout
-        if self.ssl_context:
-            client.settimeout(self.handshake_timeout)
-            try:
-                client = self.ssl_context.wrap_socket(client, server_side=True)
-            except (ssl.SSLError, OSError) as error:
-                peer = f"{address[0]}:{address[1]}"
-                log.warning(
-                    "TLS handshake failed, connection closed %s", kv(peer=peer, why=str(error))
-                )
-                if atna.enabled():
-                    why = f"TLS handshake failed: {error}"
-                    atna.emit(atna.security_alert(peer=peer, calling_aet="", why=why))
-                client.close()
-                raise
-        client.settimeout(read_timeout)
+        client.settimeout(self.ae.network_timeout)
         return client, address
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        if self.ssl_context:
+            request = self._handshake(request, client_address)
+            if request is None:
+                return
+        super().process_request_thread(request, client_address)
+
+    def _handshake(self, client: socket.socket, address: Any) -> ssl.SSLSocket | None:
+        """The TLS handshake with a deadline; a failed one (no or untrusted client certificate,
+        a silent peer) is logged and audited, and the connection closed."""
+        assert self.ssl_context is not None
+        client.settimeout(min(self.handshake_timeout, self.setup_seconds))
+        try:
+            wrapped = self.ssl_context.wrap_socket(client, server_side=True)
+        except (ssl.SSLError, OSError) as error:
+            peer = f"{address[0]}:{address[1]}"
+            log.warning("TLS handshake failed, connection closed %s", kv(peer=peer, why=str(error)))
+            if atna.enabled():
+                why = f"TLS handshake failed: {error}"
+                atna.emit(atna.security_alert(peer=peer, calling_aet="", why=why))
+            self.shutdown_request(client)
+            return None
+        wrapped.settimeout(self.ae.network_timeout)
+        with self._connections_lock:
+            for connection in self._connections:
+                if connection.sock is client:
+                    connection.sock = wrapped
+        return wrapped
+
+    def negotiated(self, sock: object) -> None:
+        """The association on ``sock`` was accepted or rejected: no deadline any more."""
+        with self._connections_lock:
+            for connection in self._connections:
+                if connection.sock is sock:
+                    connection.negotiated = True
+
+    def service_actions(self) -> None:
+        """Every poll of the accept loop (0.2 s): shut down connections past the negotiation
+        deadline. Shutting the socket down wakes the thread blocked reading it, which then
+        ends the association (PS3.8 Evt17, transport closed) and frees its slot."""
+        super().service_actions()
+        now = time.monotonic()
+        late: list[_Connection] = []
+        with self._connections_lock:
+            self._forget_closed()
+            for connection in self._connections:
+                if not connection.negotiated and now - connection.accepted > self.setup_seconds:
+                    late.append(connection)
+            for connection in late:
+                self._connections.remove(connection)
+        for connection in late:
+            log.warning(
+                "connection closed, association not negotiated in time %s",
+                kv(peer=connection.host, seconds=self.setup_seconds),
+            )
+            with contextlib.suppress(OSError):
+                # socket.socket's own shutdown, also for an SSLSocket: no TLS close_notify to
+                # a peer that never finished its request, and no state the reading thread uses.
+                socket.socket.shutdown(connection.sock, socket.SHUT_RDWR)
+
+    def _forget_closed(self) -> None:
+        """Forget connections whose socket is closed; negotiated ones stay, counted against
+        their address, until then (the caller holds the lock)."""
+        self._connections = [c for c in self._connections if c.sock.fileno() != -1]
 
 
 class Listener:
@@ -346,6 +487,7 @@ class Listener:
         handlers: list[Any] = [
             (evt.EVT_C_ECHO, handle_echo, [self.ingester]),
             (evt.EVT_C_STORE, handle_store, [self.ingester]),
+            (evt.EVT_REQUESTED, handle_requested, [self.ingester]),
             (evt.EVT_REJECTED, handle_rejected, [self.ingester]),
             (evt.EVT_ACCEPTED, handle_accepted, [self.ingester]),
             (evt.EVT_RELEASED, handle_released, [self.ingester]),
@@ -363,6 +505,8 @@ class Listener:
         )
         assert isinstance(server, ListenerServer)
         server.allowed_hosts = frozenset(self.settings.allowed_hosts)
+        server.setup_seconds = self.settings.association_setup_seconds
+        server.max_connections_per_peer = self.settings.max_connections_per_peer
         server.daemon_threads = True
         self.server = server
         self.ae._servers.append(server)

@@ -141,6 +141,7 @@ class IngestEventKind(enum.StrEnum):
     quarantined = "quarantined"  # unreadable or incomplete dataset
     completed = "completed"
     purged = "purged"  # the retention policy took the study's instances out of the archive
+    conflict = "conflict"  # a SOP Instance UID already stored, sent again with other content
 
 
 class IngestEvent(Base):
@@ -158,3 +159,24 @@ class IngestEvent(Base):
     status: Mapped[int | None] = mapped_column(default=None)  # DIMSE status answered
     size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
     detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class InstanceConflict(Base):
+    """A SOP Instance UID received again with other identifying content than the archived one
+    (another patient, study, series, SOP class, ...): the archived instance stays, the new copy
+    is quarantined and answered 0x0111 "duplicate SOP instance" (PS3.7 C.4.2). One row per
+    such arrival, for administrators (``raddraft studies conflicts``); UIDs are meant to be
+    unique (PS3.5 9.1), so each row is a sender's error or a collision to resolve by hand.
+    """
+
+    __tablename__ = "instance_conflicts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(default=utcnow, index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), index=True)
+    calling_ae_title: Mapped[str] = mapped_column(String(16), default="")
+    peer: Mapped[str] = mapped_column(String(64), default="")
+    #: {attribute keyword: {"stored": value, "received": value}} for each attribute that differs
+    differences: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[int] = mapped_column(default=0x0111)  # the C-STORE status answered
+    quarantined: Mapped[str] = mapped_column(String(512), default="")  # the new copy's file

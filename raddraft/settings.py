@@ -106,10 +106,24 @@ class Settings(BaseSettings):
         description="comma-separated calling AE titles allowed to associate; * allows any; "
         "empty: nobody",
     )
+    called_ae_aliases: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="other called AE titles the listener answers to (comma-separated, exact "
+        "case); any other called AE title is rejected (PS3.8 7.1.1.9 reason 7)",
+    )
     allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="optional comma-separated peer addresses; empty: any"
     )
     max_associations: int = Field(default=16, description="concurrent associations")
+    max_connections_per_peer: int = Field(
+        default=8, ge=1, description="connections one address may hold; more are closed at accept"
+    )
+    association_setup_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="a connection that has not completed association negotiation this long "
+        "after accept is closed",
+    )
     max_pdu_size: int = Field(default=131072, description="maximum PDU size the listener offers")
     tls_cert: Path | None = Field(default=None, description="DICOM TLS: the listener's certificate")
     tls_key: Path | None = Field(default=None, description="DICOM TLS: its private key")
@@ -224,6 +238,12 @@ class Settings(BaseSettings):
     consistency_labels: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="vocabulary labels sampled; empty: all"
     )
+    max_free_text_chars: int = Field(
+        default=4000,
+        ge=100,
+        description="each outside text given to the model (indication, prior report) is cut to "
+        "this many characters, flagged in the draft's extra.input_truncated",
+    )
     studies_in_flight: int = Field(
         default=1, ge=1, description="studies a gpu worker drafts at once (openai backend)"
     )
@@ -313,7 +333,13 @@ class Settings(BaseSettings):
         default=None, description="with a CA, the RIS must present a certificate it signed"
     )
     orders_max_message_kb: int = Field(
-        default=16384, ge=1, description="a larger MLLP frame is answered AR and closed"
+        default=2048, ge=1, description="a larger MLLP frame is answered AR and closed"
+    )
+    orders_max_connections: int = Field(
+        default=32, ge=1, description="order connections served at once; more are closed at accept"
+    )
+    orders_max_connections_per_peer: int = Field(
+        default=4, ge=1, description="... and from one address"
     )
 
     # Where images are when this process has no archive of its own (a GPU worker elsewhere)
@@ -368,6 +394,7 @@ class Settings(BaseSettings):
 
     @field_validator(
         "allowed_callers",
+        "called_ae_aliases",
         "allowed_hosts",
         "stow_destinations",
         "critical_findings",

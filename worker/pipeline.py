@@ -88,20 +88,38 @@ def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
         )
     timings["prior_s"] = round(prior.seconds, 4)
 
+    # The RIS order's reason for study is the indication of record; the header's otherwise.
+    # Both come from outside, as does a prior's report text: each is bounded (issue 20).
+    limit = settings.max_free_text_chars
+    indication, cut_indication = bounded_text(
+        (order.indication if order else "") or study.indication, limit
+    )
+    prior_report, cut_prior = bounded_text(prior.report_text or "", limit)
+    cut = {k: v for k, v in (("indication", cut_indication), ("prior_report", cut_prior)) if v}
+
     started = time.monotonic()
     load_reader(settings)
     assert _reader is not None
-    reading = _reader.read(
-        [models.StudyImage.from_path(image.path) for image in current],
-        [models.StudyImage.from_path(image.path) for image in prior.images] or None,
-        # The RIS order's reason for study is the indication of record; the header's otherwise.
-        indication=(order.indication if order else "") or study.indication or None,
-        prior_report=prior.report_text,
-    )
+    try:
+        reading = _reader.read(
+            [models.StudyImage.from_path(image.path) for image in current],
+            [models.StudyImage.from_path(image.path) for image in prior.images] or None,
+            indication=indication or None,
+            prior_report=prior_report or None,
+        )
+    except Exception as error:
+        if not_fitting(error):
+            # The same conversation will not fit on the next try either: fail once, say why.
+            raise PermanentError(
+                f"the conversation does not fit the model's context: {error}"
+            ) from error
+        raise
     timings["model_s"] = round(time.monotonic() - started, 4)
 
     started = time.monotonic()
     content = report_content(reading, study_version_uid=f"{study.study_instance_uid}.v{version_pk}")
+    if cut:  # shown with the draft: what the model read of each text was cut
+        content = dataclasses.replace(content, extra={**content.extra, "input_truncated": cut})
     algorithm = Algorithm(
         name=reading.model.model_id,
         version=reading.model.revision or "unversioned",
@@ -145,6 +163,40 @@ def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
         ),
     )
     return timings
+
+
+def bounded_text(text: str, limit: int) -> tuple[str, dict[str, int] | None]:
+    """``text`` cut to at most ``limit`` characters (at a word boundary when one is near) with
+    " …" appended, and what was cut (``{"chars": original, "kept": kept}``); unchanged and
+    None when it fits. A 200,000-character indication (DICOM) or a 1 MB OBR-13 (HL7) went to
+    the model whole: the draft failed on the context length five times and was dead-lettered.
+    """
+    text = text.strip()
+    if len(text) <= limit:
+        return text, None
+    kept = text[:limit]
+    space = kept.rfind(" ", int(limit * 0.9))
+    if space > 0:
+        kept = kept[:space]
+    kept = kept.rstrip()
+    return kept + " …", {"chars": len(text), "kept": len(kept)}
+
+
+#: What backends say when a conversation is longer than the model's context: transformers'
+#: backend (models/_hf.py) and vLLM's OpenAI-compatible server.
+_CONTEXT_WORDS = ("exceeds the context", "maximum context length", "context length")
+
+
+def not_fitting(error: BaseException) -> bool:
+    """True when ``error`` says the conversation cannot fit the model's context: a permanent
+    failure. The openai backend's error carries the server's HTTP answer as its cause; a 400
+    (vLLM's answer to a prompt over its context, and to any request it cannot take) does not
+    change on a retry either."""
+    text = str(error).lower()
+    if any(words in text for words in _CONTEXT_WORDS):
+        return True
+    response = getattr(error.__cause__, "response", None)
+    return getattr(response, "status_code", None) == 400
 
 
 def matching_order(session: Any, study: dicom_listener.StudyInfo) -> orders.OrderInfo | None:

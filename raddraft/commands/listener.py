@@ -8,7 +8,10 @@ import threading
 from typing import Any
 
 import click
+from sqlalchemy.orm import Session
 
+import dicom_listener
+from raddraft.db import get_engine
 from raddraft.settings import get_settings
 
 
@@ -95,10 +98,13 @@ def _study_rows() -> list[dict[str, Any]]:
     return rows
 
 
-@click.command()
+@click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
-def studies(as_json: bool) -> None:
+@click.pass_context
+def studies(context: click.Context, as_json: bool) -> None:
     """List received studies: state, versions, eligibility and instance counts."""
+    if context.invoked_subcommand is not None:
+        return
     rows = _study_rows()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
@@ -122,6 +128,44 @@ def studies(as_json: bool) -> None:
         click.echo(
             f"{row['study_instance_uid']:<64}  {row['patient_id'][:12]:<12} {row['state']:<8} "
             f"{len(row['versions']):>2} {row['instances']:>4}  {verdict}"
+        )
+
+
+@studies.command("conflicts")
+@click.option("--limit", type=int, default=100, show_default=True, help="Newest this many.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of lines.")
+def conflicts(limit: int, as_json: bool) -> None:
+    """SOP Instance UIDs received again with other content (another patient, study, ...):
+    what differed, who sent it, where the refused copy is kept (quarantine)."""
+    with Session(get_engine()) as session:
+        found = dicom_listener.instance_conflicts(session, limit=limit)
+    if as_json:
+        rows = [
+            {
+                "id": c.id,
+                "at": c.at.isoformat(),
+                "sop_instance_uid": c.sop_instance_uid,
+                "calling_ae_title": c.calling_ae_title,
+                "peer": c.peer,
+                "differences": c.differences,
+                "status": f"0x{c.status:04X}",
+                "quarantined": c.quarantined,
+            }
+            for c in found
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not found:
+        click.echo("no conflicts recorded")
+        return
+    for c in found:
+        differ = "; ".join(
+            f"{name}: stored {v.get('stored')!r}, received {v.get('received')!r}"
+            for name, v in sorted(c.differences.items())
+        )
+        click.echo(
+            f"{c.at.isoformat(timespec='seconds')} {c.sop_instance_uid} from "
+            f"{c.calling_ae_title or '-'}@{c.peer or '-'}: {differ} (copy: {c.quarantined or '-'})"
         )
 
 

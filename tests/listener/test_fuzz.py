@@ -1,7 +1,8 @@
 """The short CI run of bench/fuzz.py: hostile inputs over the network beside a valid push.
 
 The full run (``python bench/fuzz.py``, 1,000 inputs) is for developers; this one sends 150
-from every family and holds the figures to what the RESULT line must say.
+from every family and holds the figures to what the RESULT line must say; issue 20's classes
+(stalled sockets, mismatched contexts, huge indications) run in every count.
 """
 
 from __future__ import annotations
@@ -46,5 +47,11 @@ def test_fuzz_short_run_keeps_serving_and_loses_nothing() -> None:
     assert serving == inputs, output[-4000:]
     assert stray == 0 and lost == 0, output[-4000:]
     assert peak < 400  # MB; a 4 GiB PDU length or a bomb decoded would show here
+    unanswered = re.search(r" unanswered=(\d+) ", run.stdout)
+    assert unanswered and unanswered[1] == "0", output[-4000:]  # contexts: 0xA900/0xC000
+    families = re.search(r"inputs tried \d+ \(([^)]*)\)", run.stdout)
+    assert families, output[-4000:]
+    for family in ("stall", "context", "huge"):  # issue 20's classes always run
+        assert f"{family} " in families[1], families[1]
     pushed = re.search(r"concurrent push: (\d+) sent, (\d+) acknowledged", run.stdout)
     assert pushed and int(pushed[2]) > 0 and pushed[1] == pushed[2], output[-4000:]

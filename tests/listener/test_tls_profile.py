@@ -4,7 +4,9 @@ DCMTK ``echoscu`` accepted with a client certificate and refused without (mutual
 
 from __future__ import annotations
 
+import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +84,28 @@ def test_dcmtk_with_a_client_certificate_is_accepted_and_without_refused(
         assert agreed.returncode == 0, profile + agreed.stdout + agreed.stderr
     unencrypted = echoscu(listener.port, options=[*with_cert, "+pn"])
     assert unencrypted.returncode != 0
+
+
+def test_a_silent_tls_peer_does_not_stall_the_accept_loop(
+    tls_listener: tuple[ListenerProcess, dict[str, Path]],
+) -> None:
+    """The handshake runs in the connection's thread (issue 20, item 5): two connections that
+    never send a ClientHello held the accept loop 10 s each; a modality waited behind them."""
+    listener, certs = tls_listener
+    with_cert = [
+        "+tls",
+        str(certs["client_key"]),
+        str(certs["client_crt"]),
+        "+cf",
+        str(certs["ca"]),
+    ]
+    silent = [socket.create_connection(("127.0.0.1", listener.port), timeout=30) for _ in range(2)]
+    try:
+        time.sleep(0.3)  # both accepted, their handshakes waiting
+        started = time.monotonic()
+        accepted = echoscu(listener.port, options=with_cert)
+        assert accepted.returncode == 0, accepted.stdout + accepted.stderr
+        assert time.monotonic() - started < 5
+    finally:
+        for sock in silent:
+            sock.close()

@@ -1,6 +1,6 @@
 """sessions end on the server; sign-in failures shared by every web process
 
-Revision ID: 0007_auth
+Revision ID: 0007
 Revises: 0006
 Create Date: 2026-12-04 20:50:00.000000
 """
@@ -14,7 +14,7 @@ from alembic import op
 
 import raddraft.db
 
-revision: str = "0007_auth"
+revision: str = "0007"
 down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
