@@ -21,6 +21,7 @@ from raddraft.job_contract import ExportDicom, NotifyCritical, PushFhir, SendHl7
 from raddraft.logging import kv
 from raddraft.settings import Settings, get_settings
 from worker.errors import NotYet, PermanentError, TransientError
+from worker.send_audit import send_audited
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ def _send(target: peers.Target, outbound: list[peers.Outbound]) -> peers.Deliver
     """The target's send; anything but a classified failure counts as a transient one for
     every object, so no claimed row is left ``sending`` (later versions would wait on it)."""
     try:
-        return target.send(outbound)
+        return send_audited(target, outbound)  # with its ATNA records (PS3.15 A.5.3)
     except peers.DeliveryError:
         raise
     except Exception as error:
