@@ -47,6 +47,8 @@ from raddraft.tls import client_context
 __all__ = [
     "Participant",
     "ParticipantObject",
+    "dicomweb_read",
+    "dicomweb_search",
     "emit",
     "emit_on_commit",
     "enabled",
@@ -363,6 +365,46 @@ def export(
     )
 
 
+#: The SOP class a QIDO-RS search stands for (PS3.18 10.6 maps it onto the Study Root C-FIND).
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+
+
+def dicomweb_search(user: str, address: str, request: str) -> bytes:
+    """A QIDO-RS search RadDraft answered: Query (PS3.15 A.5.3.12), the user the Source and
+    requestor, ``request`` (the path and query string) the query."""
+    return query(
+        destination="",
+        address="",
+        sop_class_uid=STUDY_ROOT_FIND,
+        identifier=request.encode(),
+        outcome=SUCCESS,
+        requestor=Participant(user, True, address=address),
+        transfer_syntax=None,
+    )
+
+
+def dicomweb_read(
+    user: str, address: str, instances: Iterable[tuple[str, str, str, str]]
+) -> list[bytes]:
+    """A WADO-RS read (instances, metadata, frames, rendered): DICOM Instances Transferred
+    (A.5.3.4) from RadDraft to the user who asked, one record per patient. ``instances``:
+    (patient ID, patient name, Study Instance UID, SOP Class UID) of each instance read."""
+    tally: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
+    for patient_id, patient_name, study_uid, sop_class_uid in instances:
+        classes = tally.setdefault((patient_id, patient_name), {}).setdefault(study_uid, {})
+        classes[sop_class_uid] = classes.get(sop_class_uid, 0) + 1
+    return [
+        instances_sent(
+            source=raddraft(requestor=False),
+            destination=Participant(user, True, address=address),
+            patient_id=patient_id,
+            patient_name=patient_name,
+            studies=studies,
+        )
+        for (patient_id, patient_name), studies in tally.items()
+    ]
+
+
 def instances_accessed(user: str, address: str, patient_id: str, study_uid: str) -> bytes:
     """A user read a study's images or report (PS3.15 A.5.3.3, action R: read)."""
     settings = get_settings()
@@ -384,10 +426,12 @@ def query(
     identifier: bytes,
     outcome: str,
     requestor: Participant | None = None,
+    transfer_syntax: str | None = "1.2.840.10008.1.2",
 ) -> bytes:
     """A query (PS3.15 A.5.3.12, action E: execute): a C-FIND RadDraft sent to ``destination``
     or, with ``requestor``, a search RadDraft answered (QIDO-RS: the requestor the Source,
-    RadDraft the Destination; ``identifier`` the query as sent)."""
+    RadDraft the Destination; ``identifier`` the query as sent). ``transfer_syntax`` is the
+    encoding of ``identifier`` when it is a DICOM data set (a detail; none for a URL query)."""
     settings = get_settings()
     if requestor is None:
         participants = [
@@ -411,7 +455,7 @@ def query(
                 "2",
                 "3",
                 query=identifier,
-                details=(("TransferSyntax", "1.2.840.10008.1.2"),),
+                details=(("TransferSyntax", transfer_syntax),) if transfer_syntax else (),
             )
         ],
         settings=settings,
