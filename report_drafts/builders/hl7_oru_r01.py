@@ -156,6 +156,17 @@ def wrap_line(text: str, limit: int = TX_LINE_LIMIT) -> list[str]:
     return pieces
 
 
+#: HD-1 namespace ID (IS) length in HL7 v2.5.1 (ch. 2.A.36).
+NAMESPACE_ID_LIMIT = 20
+
+
+def namespace_id(value: str) -> str:
+    """MSH-3 to MSH-6 (HD) from a name, escaped: cut to the 20 characters of HD-1 (a longer
+    one, such as a full institution name, is refused by strict readers)."""
+    value = clean_text(value)
+    return escape(value[: _fit(value, NAMESPACE_ID_LIMIT)])
+
+
 def _components(*parts: str) -> str:
     return "^".join(escape(p) for p in parts).rstrip("^")
 
@@ -310,10 +321,10 @@ def oru_r01(  # noqa: PLR0913 (one keyword per MSH/PID/OBR field (HL7 v2.5.1 ch.
 
     message = Message("ORU_R01", version=HL7_VERSION)
     msh = message.msh
-    msh.msh_3 = escape(sending_app)
-    msh.msh_4 = escape(sending_facility)
-    msh.msh_5 = escape(receiving_app)
-    msh.msh_6 = escape(receiving_facility)
+    msh.msh_3 = namespace_id(sending_app)
+    msh.msh_4 = namespace_id(sending_facility)
+    msh.msh_5 = namespace_id(receiving_app)
+    msh.msh_6 = namespace_id(receiving_facility)
     msh.msh_7 = _hl7_time(now)
     msh.msh_9 = MESSAGE_TYPE
     msh.msh_10 = control_id

@@ -233,3 +233,13 @@ def test_wrap_line_breaks_at_spaces_within_the_limit() -> None:
     assert wrap_line("a|b|c", limit=7) == ["a|b", "|c"]  # an escape is never cut
     for piece in wrap_line(LONG + "|" * 100):
         assert len(escape(piece)) <= TX_LINE_LIMIT
+
+
+def test_a_long_institution_name_still_makes_a_strictly_valid_msh() -> None:
+    """MSH-4 / MSH-6 are HD, whose namespace ID holds 20 characters (ch. 2.A.36): RadDraft sends
+    the institution name there, which is often longer."""
+    name = "General Hospital & Radiology Department"
+    message = _message(CONTENT, sending_facility=name, receiving_facility=name)
+    fields = message.split("\r")[0].split("|")
+    assert fields[3] == fields[5] == "General Hospital \\T\\"  # 20 characters, escaped
+    assert unescape(fields[3]) == name[:18]
