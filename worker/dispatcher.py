@@ -212,7 +212,7 @@ def notify_critical_job(job_id: int, args: NotifyCritical) -> dict[str, Any]:
         outbound = peers.Outbound(row.identifier, path)
     target = peers.target_for(kind, destination, settings)
     try:
-        delivery = target.send([outbound])
+        delivery = send_audited(target, [outbound])
     except peers.DeliveryError as error:
         with session_scope() as session:
             report_drafts.record_notification(

@@ -3,8 +3,8 @@
 
 - SR, GSPS and KOS stored to a PACS (C-STORE or STOW-RS): DICOM Instances Transferred
   (A.5.3.4), RadDraft the Source and requestor, the PACS the Destination, one record per patient;
-- an ORU^R01 to the RIS, FHIR resources to a server: Export (A.5.3.6) with the patient and the
-  report (its MSH-10 control id, its resources' URLs).
+- an ORU^R01 to the RIS (the report, or a critical-finding notice), FHIR resources to a server:
+  Export (A.5.3.6) with the patient and the report (its MSH-10 control id, its resources' URLs).
 
 What was delivered is recorded as a success, what the peer refused or never took as a minor
 failure. The facts come from the payloads being sent (DICOM header, ER7 PID, FHIR subject), so
@@ -28,6 +28,8 @@ from raddraft import atna
 log = logging.getLogger(__name__)
 
 _DICOM_KINDS = frozenset(("dicom", "stow"))
+#: The kinds audited: a critical-finding e-mail (``smtp``) names its patient only in prose.
+_AUDITED_KINDS = _DICOM_KINDS | {"hl7", "fhir"}
 _HL7_ESCAPES = (("\\F\\", "|"), ("\\S\\", "^"), ("\\T\\", "&"), ("\\R\\", "~"), ("\\E\\", "\\"))
 
 
@@ -44,7 +46,7 @@ class _Sent:
 
 def send_audited(target: peers.Target, outbound: Sequence[peers.Outbound]) -> peers.Delivery:
     """``target.send(outbound)``, then its ATNA records; a failure is recorded and re-raised."""
-    if not atna.enabled():
+    if target.kind not in _AUDITED_KINDS or not atna.enabled():
         return target.send(outbound)
     try:
         delivery = target.send(outbound)

@@ -13,9 +13,12 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from raddraft import atna
+from raddraft.job_contract import NotifyCritical
 from raddraft.settings import DicomNode, Settings
 from tests.certs import certificates
 from tests.conftest import free_port
+from tests.drafts import test_critical as critical
+from tests.drafts.test_critical import Inbox, smtp, smtp_port  # noqa: F401 (fixtures)
 from tests.fhir_server import FhirServer
 from tests.mllp_listener import Listener
 from tests.orthanc import OrthancServer
@@ -30,6 +33,7 @@ from tests.worker.test_dispatcher import (
     _wire,
     fhir,  # noqa: F401 (a fixture)
 )
+from worker import dispatcher
 from worker.errors import TransientError
 
 
@@ -148,3 +152,26 @@ def test_a_failed_store_is_audited_as_a_minor_failure(
     (failed,) = _received(rsyslog, 1)
     assert _event(failed) == ("110104", "R", "4")
     assert _participant(failed, "110152")["UserID"] == "PACS"
+
+
+def test_a_critical_notice_over_hl7_is_audited_and_its_email_is_not(
+    engine: Engine,
+    settings: Settings,
+    listener: tuple[Listener, int],
+    smtp: Inbox,  # noqa: F811 (the fixture)
+    smtp_port: int,  # noqa: F811 (the fixture)
+    monkeypatch: pytest.MonkeyPatch,
+    rsyslog: Rsyslog,
+) -> None:
+    _ris, ris_port = listener
+    wired = critical.wire(monkeypatch, ris_port, smtp_port)
+    critical.record(engine, wired, critical.critical_content)
+    rows = critical.notices(engine)
+    assert [r.channel for r in rows] == ["hl7", "email"]
+    for row in rows:
+        dispatcher.notify_critical_job(0, NotifyCritical(row.id))
+    assert len(smtp.messages) == 1
+    (notice,) = _received(rsyslog, 1)
+    assert _event(notice) == ("110106", "R", "0")
+    assert _participant(notice, "110152")["UserID"] == f"127.0.0.1:{ris_port}"
+    assert _objects(notice)[rows[0].identifier] == ("2", "3", "9")
