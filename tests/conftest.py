@@ -19,11 +19,22 @@ from sqlalchemy.engine import Engine
 from raddraft import migrate
 from raddraft.db import engine_for
 from raddraft.settings import Settings, reload_settings
+from tests.hl7_strict import BuiltMessages
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "RADDRAFT_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
 REDIS_URL = os.environ.get("RADDRAFT_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+@pytest.fixture(autouse=True)
+def strict_hl7(monkeypatch: pytest.MonkeyPatch) -> Iterator[BuiltMessages]:
+    """Every ORU^R01 a test builds in this process passes hl7apy's strict validation, or the
+    test fails (tests/mllp_listener.py checks what other processes send)."""
+    built = BuiltMessages()
+    built.install(monkeypatch)
+    yield built
+    assert not built.refused, "ORU^R01 refused by strict validation:\n" + "\n\n".join(built.refused)
 
 
 def free_port() -> int:

@@ -9,6 +9,10 @@ message structure matching the message (ch. 2.14.9.9).
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
+import pytest
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
 from hl7apy.exceptions import HL7apyException
@@ -42,9 +46,9 @@ def _msh9_errors(parsed: Message) -> list[str]:
     return []
 
 
-def _obx_errors(parsed: Message) -> list[str]:
+def _obx_errors(message: str) -> list[str]:
     errors: list[str] = []
-    for segment in parsed.to_er7().split("\r"):
+    for segment in message.replace("\n", "\r").split("\r"):
         fields = segment.split("|")
         if fields[0] != "OBX":
             continue
@@ -61,7 +65,7 @@ def strict_errors(message: str) -> list[str]:
         parsed = _parse(message)
     except HL7apyException as error:
         return [f"{type(error).__name__}: {error}"]
-    return _msh9_errors(parsed) + _obx_errors(parsed)
+    return _msh9_errors(parsed) + _obx_errors(message)
 
 
 def assert_strict(message: str) -> Message:
@@ -69,3 +73,33 @@ def assert_strict(message: str) -> Message:
     errors = strict_errors(message)
     assert not errors, "\n".join([*errors, message.replace("\r", "\n")])
     return _parse(message)
+
+
+class BuiltMessages:
+    """Every ORU^R01 this process builds (hl7apy's ``Message.to_er7``), checked strictly.
+
+    :meth:`install` wraps ``Message.to_er7`` (looked up on the class at each call, so every
+    builder is covered however it was imported); :attr:`refused` collects what failed, with
+    why. The check's own use of hl7apy is not checked again.
+    """
+
+    def __init__(self) -> None:
+        self.refused: list[str] = []
+        self._checking = threading.local()
+
+    def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        original = Message.to_er7
+
+        def to_er7(message: Message, *args: Any, **kwargs: Any) -> Any:
+            text = original(message, *args, **kwargs)
+            if message.name == "ORU_R01" and not getattr(self._checking, "on", False):
+                self._checking.on = True
+                try:
+                    errors = strict_errors(str(text))
+                finally:
+                    self._checking.on = False
+                if errors:
+                    self.refused.append("\n".join([*errors, str(text).replace("\r", "\n")]))
+            return text
+
+        monkeypatch.setattr(Message, "to_er7", to_er7)

@@ -140,6 +140,8 @@ def wrap_line(text: str, limit: int = TX_LINE_LIMIT) -> list[str]:
     than a line is cut. The words come back complete and in order: joining the pieces with
     single spaces gives the line with its runs of spaces at the breaks made single.
     """
+    if limit < 3:  # an escaped separator takes three characters
+        raise ValueError("a line holds at least one escaped separator (3 characters)")
     text = clean_text(text)
     pieces: list[str] = []
     while _fit(text, limit) < len(text):

@@ -20,7 +20,7 @@ from report_drafts.builders.hl7_oru_r01 import (
 )
 from report_drafts.content import DEMO_WARNING, DRAFT_WARNING, ReportContent, ReportStatus
 from tests.builders.helpers import SIGNER, TRICKY
-from tests.hl7_strict import assert_strict, strict_errors
+from tests.hl7_strict import BuiltMessages, assert_strict, strict_errors
 
 CONTENT = ReportContent(
     findings_text=f"Small left effusion.\n{TRICKY}\n\nHeart normal.",
@@ -233,6 +233,9 @@ def test_wrap_line_breaks_at_spaces_within_the_limit() -> None:
     assert wrap_line("a|b|c", limit=7) == ["a|b", "|c"]  # an escape is never cut
     for piece in wrap_line(LONG + "|" * 100):
         assert len(escape(piece)) <= TX_LINE_LIMIT
+    assert wrap_line("|||", limit=3) == ["|", "|", "|"]
+    with pytest.raises(ValueError, match="at least one escaped separator"):
+        wrap_line("|", limit=2)
 
 
 def test_a_long_institution_name_still_makes_a_strictly_valid_msh() -> None:
@@ -243,3 +246,18 @@ def test_a_long_institution_name_still_makes_a_strictly_valid_msh() -> None:
     fields = message.split("\r")[0].split("|")
     assert fields[3] == fields[5] == "General Hospital \\T\\"  # 20 characters, escaped
     assert unescape(fields[3]) == name[:18]
+
+
+def test_every_oru_built_in_a_test_is_checked_strictly(strict_hl7: BuiltMessages) -> None:
+    """The autouse fixture (tests/conftest.py) sees each ORU^R01 hl7apy writes out: here one
+    built without the wrapping, a 232-character OBX-5 line, is caught (and then let go)."""
+    message = _message(CONTENT)
+    long_line = "word " * 46 + "ab"
+    assert len(long_line) == 232
+    parsed = parse_message(message, find_groups=True)
+    obx = parsed.oru_r01_patient_result.oru_r01_order_observation.oru_r01_observation[1].obx
+    obx.obx_5 = long_line
+    assert strict_hl7.refused == []
+    parsed.to_er7()
+    assert len(strict_hl7.refused) == 1 and "MaxLengthReached" in strict_hl7.refused[0]
+    strict_hl7.refused.clear()
