@@ -230,6 +230,18 @@ def _clean(value: str, limit: int = 200) -> str:
     return value[:limit]
 
 
+#: HD component lengths in HL7 v2.5.1 (ch. 2.A.36): namespace ID (IS), universal ID, its type.
+_HD_LENGTHS = (20, 199, 6)
+
+
+def _hd(value: str) -> str:
+    """An HD (MSH-3 to MSH-6) echoed into an ACK: its components kept, each cleaned of other
+    separators and cut to its length (a longer namespace ID is refused by strict readers)."""
+    parts = value.split("^")[: len(_HD_LENGTHS)]
+    cleaned = (_clean(part, limit) for part, limit in zip(parts, _HD_LENGTHS, strict=False))
+    return "^".join(cleaned).rstrip("^")
+
+
 def ack(
     header: Header | None,
     code: str,
@@ -252,10 +264,10 @@ def ack(
             [
                 "MSH",
                 "^~\\&",
-                _clean(application),
-                _clean(receiving_facility),
-                _clean(sender),
-                _clean(facility),
+                _hd(application),
+                _hd(receiving_facility),
+                _hd(sender),
+                _hd(facility),
                 stamp,
                 "",
                 f"ACK^{_clean(trigger, 3)}^ACK",

@@ -1,11 +1,15 @@
 """IHE ATNA audit records: DICOM PS3.15 A.5 audit messages sent over syslog.
 
 Each event the profile names has a builder here (PS3.15 A.5.3): User Authentication (login,
-logout, failed login), DICOM Instances Transferred, DICOM Instances Accessed, Query, Security
-Alert (node authentication failures: a refused association, a failed TLS handshake) and Patient
-Record (a report signed). The message is the XML of the DICOM audit message schema (A.5.1),
-framed as an RFC 5424 syslog message (facility 10 security/authorization, severity 5 notice:
-``<85>``; MSGID ``IHE+RFC-3881`` per IHE ITI TF-2 3.20.7) and sent:
+logout, failed login), DICOM Instances Transferred (received by the listener or STOW-RS, sent
+to a PACS, read by WADO-RS), DICOM Instances Accessed, Query (a C-FIND RadDraft sends, a QIDO-RS
+search it answers), Security Alert (node authentication failures: a refused association, a
+failed TLS handshake), Patient Record (a report signed, amended or rejected) and Data Export (a
+report sent to the RIS over HL7 v2 or to a FHIR server, which IHE ITI audits as Export of the
+sender). Every message is valid against the schema of A.5.1: each participant object carries a
+name or a query, detail values are base64. The message is the XML of the DICOM audit message
+schema (A.5.1), framed as an RFC 5424 syslog message (facility 10 security/authorization,
+severity 5 notice: ``<85>``; MSGID ``IHE+RFC-3881`` per IHE ITI TF-2 3.20.7) and sent:
 
 - over TLS with octet counting (RFC 5425), the profile's transport; the client certificate is
   ``RADDRAFT_ATNA_TLS_CERT``/``KEY`` (else ``RADDRAFT_TLS_CERT``/``KEY``), the collector is
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import ipaddress
 import logging
 import os
 import queue
@@ -42,11 +47,15 @@ from raddraft.tls import client_context
 __all__ = [
     "Participant",
     "ParticipantObject",
+    "dicomweb_read",
+    "dicomweb_search",
     "emit",
     "emit_on_commit",
     "enabled",
+    "export",
     "flush",
     "instances_accessed",
+    "instances_sent",
     "instances_transferred",
     "patient_record",
     "query",
@@ -90,15 +99,26 @@ QUERY = Code("110112", "DCM", "Query")
 SECURITY_ALERT = Code("110113", "DCM", "Security Alert")
 NODE_AUTHENTICATION = Code("110126", "DCM", "Node Authentication")
 PATIENT_RECORD = Code("110110", "DCM", "Patient Record")
+EXPORT = Code("110106", "DCM", "Export")
 # Active participant roles (CID 402) and object ID types (CID 404, RFC 3881).
 SOURCE_ROLE = Code("110153", "DCM", "Source Role ID")
 DESTINATION_ROLE = Code("110152", "DCM", "Destination Role ID")
 APPLICATION = Code("110150", "DCM", "Application")
 STUDY_UID = Code("110180", "DCM", "Study Instance UID")
 PATIENT_NUMBER = Code("2", "RFC-3881", "Patient Number")
+REPORT_NUMBER = Code("9", "RFC-3881", "Report Number")
+URI = Code("12", "RFC-3881", "URI")
 SOP_CLASS_UID = Code("110181", "DCM", "SOP Class UID")
-SEARCH_CRITERIA = Code("9", "RFC-3881", "Search Criteria")
 NODE_ID = Code("110182", "DCM", "Node ID")
+
+
+def _access_point_type(address: str) -> str:
+    """NetworkAccessPointTypeCode (PS3.15 A.5.1): 2 for an IP address, 1 for a machine name."""
+    try:
+        ipaddress.ip_address(address.strip("[]"))
+    except ValueError:
+        return "1"
+    return "2"
 
 
 @dataclass(frozen=True)
@@ -117,8 +137,7 @@ class Participant:
             attributes["UserName"] = self.name
         if self.address:
             attributes["NetworkAccessPointID"] = self.address
-            kind = "2" if self.address.replace(".", "").replace(":", "").isalnum() else "1"
-            attributes["NetworkAccessPointTypeCode"] = kind  # 2: IP address, 1: machine name
+            attributes["NetworkAccessPointTypeCode"] = _access_point_type(self.address)
         node = ET.Element("ActiveParticipant", attributes)
         if self.role is not None:
             node.append(self.role.element("RoleIDCode"))
@@ -127,7 +146,11 @@ class Participant:
 
 @dataclass(frozen=True)
 class ParticipantObject:
-    """A ParticipantObjectIdentification (PS3.15 A.5.2.4): the patient, study, query."""
+    """A ParticipantObjectIdentification (PS3.15 A.5.2.4): the patient, study, query.
+
+    The schema (A.5.1) wants a ParticipantObjectName or a ParticipantObjectQuery: without a
+    query the name is ``name``, else the ID. Detail values are written base64 (ValuePair).
+    """
 
     object_id: str
     id_type: Code
@@ -148,14 +171,15 @@ class ParticipantObject:
             },
         )
         node.append(self.id_type.element("ParticipantObjectIDTypeCode"))
-        if self.name:
-            ET.SubElement(node, "ParticipantObjectName").text = self.name
         if self.query:
             ET.SubElement(node, "ParticipantObjectQuery").text = base64.b64encode(
                 self.query
             ).decode()
+        else:
+            ET.SubElement(node, "ParticipantObjectName").text = self.name or self.object_id
         for kind, value in self.details:
-            ET.SubElement(node, "ParticipantObjectDetail", {"type": kind, "value": value})
+            encoded = base64.b64encode(value.encode()).decode()
+            ET.SubElement(node, "ParticipantObjectDetail", {"type": kind, "value": encoded})
         if self.sop_classes:
             description = ET.SubElement(node, "ParticipantObjectDescription")
             for uid, count in self.sop_classes:
@@ -198,8 +222,9 @@ def message(
         "AuditSourceIdentification",
         {"AuditSourceID": settings.atna_source_id or settings.ae_title},
     )
-    # 4: application server process tier (PS3.15 A.5.2.3, RFC 3881 audit source types)
-    ET.SubElement(source, "AuditSourceTypeCode", {"csd-code": "4", "codeSystemName": "DCM"})
+    # 4: application server process tier (PS3.15 A.5.1.2.1); a bare digit, as the schema allows
+    # (a codeSystemName would need an originalText too)
+    ET.SubElement(source, "AuditSourceTypeCode", {"csd-code": "4"})
     for item in objects:
         root.append(item.element())
     # One line: syslog collectors store a message per line (no newline after the declaration).
@@ -231,7 +256,14 @@ def user_authentication(
     )
 
 
-def _study_objects(patient_id: str, studies: dict[str, dict[str, int]]) -> list[ParticipantObject]:
+def patient(patient_id: str, name: str = "") -> ParticipantObject:
+    """The Patient participant object: person (1), role patient (1), Patient Number (2)."""
+    return ParticipantObject(patient_id, PATIENT_NUMBER, "1", "1", name=name)
+
+
+def _study_objects(
+    patient_id: str, studies: dict[str, dict[str, int]], patient_name: str = ""
+) -> list[ParticipantObject]:
     objects = [
         ParticipantObject(
             study, STUDY_UID, "2", "3", sop_classes=tuple(sorted(sop_classes.items()))
@@ -239,7 +271,7 @@ def _study_objects(patient_id: str, studies: dict[str, dict[str, int]]) -> list[
         for study, sop_classes in sorted(studies.items())
     ]
     if patient_id:
-        objects.append(ParticipantObject(patient_id, PATIENT_NUMBER, "1", "1"))
+        objects.append(patient(patient_id, patient_name))
     return objects
 
 
@@ -266,6 +298,113 @@ def instances_transferred(
     )
 
 
+def instances_sent(
+    *,
+    source: Participant,
+    destination: Participant,
+    patient_id: str,
+    studies: dict[str, dict[str, int]],
+    patient_name: str = "",
+    outcome: str = SUCCESS,
+) -> bytes:
+    """Instances RadDraft sent: SR/GSPS/KOS stored to a PACS, images read by WADO-RS (PS3.15
+    A.5.3.4). Action R: the audit source is not the receiver and cannot know whether the
+    receiver held them before. ``source`` and ``destination`` say who asked (UserIsRequestor)."""
+    return message(
+        INSTANCES_TRANSFERRED,
+        "R",
+        outcome,
+        [replace_role(source, SOURCE_ROLE), replace_role(destination, DESTINATION_ROLE)],
+        _study_objects(patient_id, studies, patient_name),
+    )
+
+
+def replace_role(participant: Participant, role: Code) -> Participant:
+    """``participant`` in ``role`` (Source, Destination)."""
+    return Participant(
+        participant.user_id,
+        participant.requestor,
+        address=participant.address,
+        role=role,
+        name=participant.name,
+    )
+
+
+def raddraft(settings: Settings | None = None, *, requestor: bool) -> Participant:
+    """RadDraft itself as an active participant (its AE title, this host)."""
+    return _application(settings or get_settings(), requestor=requestor)
+
+
+def export(
+    *,
+    destination: str,
+    address: str,
+    patient_id: str,
+    patient_name: str,
+    data: Iterable[ParticipantObject],
+    outcome: str = SUCCESS,
+) -> bytes:
+    """A report sent out of RadDraft: an ORU^R01 to the RIS, FHIR resources to a server.
+
+    IHE ITI audits a push of patient data to another system as Export (DCM 110106, PS3.15
+    A.5.3.6) by the sender: RadDraft the Source and requestor, the receiver the Destination,
+    the patient (1/1/2) and the data sent (``data``: the report, the resources) as participant
+    objects.
+    """
+    settings = get_settings()
+    return message(
+        EXPORT,
+        "R",
+        outcome,
+        [
+            _application(settings, requestor=True, role=SOURCE_ROLE),
+            Participant(destination, False, address=address, role=DESTINATION_ROLE),
+        ],
+        [patient(patient_id, patient_name), *data],
+        settings=settings,
+    )
+
+
+#: The SOP class a QIDO-RS search stands for (PS3.18 10.6 maps it onto the Study Root C-FIND).
+STUDY_ROOT_FIND = "1.2.840.10008.5.1.4.1.2.2.1"
+
+
+def dicomweb_search(user: str, address: str, request: str) -> bytes:
+    """A QIDO-RS search RadDraft answered: Query (PS3.15 A.5.3.12), the user the Source and
+    requestor, ``request`` (the path and query string) the query."""
+    return query(
+        destination="",
+        address="",
+        sop_class_uid=STUDY_ROOT_FIND,
+        identifier=request.encode(),
+        outcome=SUCCESS,
+        requestor=Participant(user, True, address=address),
+        transfer_syntax=None,
+    )
+
+
+def dicomweb_read(
+    user: str, address: str, instances: Iterable[tuple[str, str, str, str]]
+) -> list[bytes]:
+    """A WADO-RS read (instances, metadata, frames, rendered): DICOM Instances Transferred
+    (A.5.3.4) from RadDraft to the user who asked, one record per patient. ``instances``:
+    (patient ID, patient name, Study Instance UID, SOP Class UID) of each instance read."""
+    tally: dict[tuple[str, str], dict[str, dict[str, int]]] = {}
+    for patient_id, patient_name, study_uid, sop_class_uid in instances:
+        classes = tally.setdefault((patient_id, patient_name), {}).setdefault(study_uid, {})
+        classes[sop_class_uid] = classes.get(sop_class_uid, 0) + 1
+    return [
+        instances_sent(
+            source=raddraft(requestor=False),
+            destination=Participant(user, True, address=address),
+            patient_id=patient_id,
+            patient_name=patient_name,
+            studies=studies,
+        )
+        for (patient_id, patient_name), studies in tally.items()
+    ]
+
+
 def instances_accessed(user: str, address: str, patient_id: str, study_uid: str) -> bytes:
     """A user read a study's images or report (PS3.15 A.5.3.3, action R: read)."""
     settings = get_settings()
@@ -280,18 +419,35 @@ def instances_accessed(user: str, address: str, patient_id: str, study_uid: str)
 
 
 def query(
-    *, destination: str, address: str, sop_class_uid: str, identifier: bytes, outcome: str
+    *,
+    destination: str,
+    address: str,
+    sop_class_uid: str,
+    identifier: bytes,
+    outcome: str,
+    requestor: Participant | None = None,
+    transfer_syntax: str | None = "1.2.840.10008.1.2",
 ) -> bytes:
-    """A C-FIND RadDraft sent (PS3.15 A.5.3.12, action E: execute)."""
+    """A query (PS3.15 A.5.3.12, action E: execute): a C-FIND RadDraft sent to ``destination``
+    or, with ``requestor``, a search RadDraft answered (QIDO-RS: the requestor the Source,
+    RadDraft the Destination; ``identifier`` the query as sent). ``transfer_syntax`` is the
+    encoding of ``identifier`` when it is a DICOM data set (a detail; none for a URL query)."""
     settings = get_settings()
+    if requestor is None:
+        participants = [
+            _application(settings, requestor=True, role=SOURCE_ROLE),
+            Participant(destination, False, address=address, role=DESTINATION_ROLE),
+        ]
+    else:
+        participants = [
+            replace_role(requestor, SOURCE_ROLE),
+            _application(settings, requestor=False, role=DESTINATION_ROLE),
+        ]
     return message(
         QUERY,
         "E",
         outcome,
-        [
-            _application(settings, requestor=True, role=SOURCE_ROLE),
-            Participant(destination, False, address=address, role=DESTINATION_ROLE),
-        ],
+        participants,
         [
             ParticipantObject(
                 sop_class_uid,
@@ -299,7 +455,7 @@ def query(
                 "2",
                 "3",
                 query=identifier,
-                details=(("TransferSyntax", "1.2.840.10008.1.2"),),
+                details=(("TransferSyntax", transfer_syntax),) if transfer_syntax else (),
             )
         ],
         settings=settings,
@@ -323,14 +479,38 @@ def security_alert(*, peer: str, calling_aet: str, why: str) -> bytes:
     )
 
 
+def report_object(report_id: str, version: int, study_uid: str) -> ParticipantObject:
+    """A report version as a participant object: system object (2), role Report (3), ID type
+    Report Number (RFC 3881 code 9, PS3.15 A.5.2.4), its version a detail."""
+    return ParticipantObject(
+        report_id,
+        REPORT_NUMBER,
+        "2",
+        "3",
+        name=f"report of study {study_uid}" if study_uid else "",
+        details=(("Version", str(version)),),
+    )
+
+
 def patient_record(
-    *, user: str, patient_id: str, study_uid: str, report: str, action: str = "U"
+    *,
+    user: str,
+    patient_id: str,
+    patient_name: str,
+    study_uid: str,
+    report_id: str,
+    version: int,
+    action: str = "U",
 ) -> bytes:
-    """A report version signed, amended or rejected (PS3.15 A.5.3.10 Patient Record)."""
+    """A report version signed, amended or rejected (PS3.15 A.5.3.10 Patient Record): the
+    Patient participant object (1/1, Patient Number), the report version (2/3, Report Number)
+    and its study (2/3, Study Instance UID)."""
     settings = get_settings()
-    objects = [ParticipantObject(report, STUDY_UID, "2", "3", name=study_uid)]
-    if patient_id:
-        objects.append(ParticipantObject(patient_id, PATIENT_NUMBER, "1", "1"))
+    objects = [
+        patient(patient_id, patient_name),
+        report_object(report_id, version, study_uid),
+        ParticipantObject(study_uid, STUDY_UID, "2", "3"),
+    ]
     return message(
         PATIENT_RECORD,
         action,

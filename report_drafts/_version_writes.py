@@ -16,7 +16,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from dicom_listener import Study, StudyVersion
+from dicom_listener import Patient, Study, StudyVersion
 from raddraft import atna
 from raddraft.db import utcnow
 from raddraft.settings import Settings
@@ -134,12 +134,27 @@ def audit_report(
     who = user.name if user else "raddraft"
     if not atna.enabled():
         return
+    patient = _patient(session, report)
     if action == "view":
-        atna.emit_on_commit(session, atna.instances_accessed(who, "", "", study))
-    elif action in _ATNA_RECORD_ACTIONS:
-        report_id = f"report {report.id} version {version or report.current_version}"
-        xml = atna.patient_record(user=who, patient_id="", study_uid=study, report=report_id)
+        xml = atna.instances_accessed(who, "", patient.patient_id, study)
         atna.emit_on_commit(session, xml)
+    elif action in _ATNA_RECORD_ACTIONS:
+        xml = atna.patient_record(
+            user=who,
+            patient_id=patient.patient_id,
+            patient_name=patient.patient_name,
+            study_uid=study,
+            report_id=report.uid,
+            version=version or report.current_version,
+        )
+        atna.emit_on_commit(session, xml)
+
+
+def _patient(session: Session, report: Report) -> Patient:
+    """The patient of the report's study (the ATNA records name them, PS3.15 A.5.3)."""
+    study = session.get(Study, report.study_pk)
+    assert study is not None
+    return study.patient
 
 
 # Report changes a hospital's audit repository hears of as Patient Record events (A.5.3.10).

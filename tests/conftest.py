@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from raddraft import migrate
 from raddraft.db import engine_for
 from raddraft.settings import Settings, get_settings
+from tests.hl7_strict import BuiltMessages
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "RADDRAFT_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -30,6 +31,16 @@ def reload_settings() -> Settings:
     """Forget the process's cached settings and read them again (tests change the environment)."""
     get_settings.cache_clear()
     return get_settings()
+
+
+@pytest.fixture(autouse=True)
+def strict_hl7(monkeypatch: pytest.MonkeyPatch) -> Iterator[BuiltMessages]:
+    """Every ORU^R01 a test builds in this process passes hl7apy's strict validation, or the
+    test fails (tests/mllp_listener.py checks what other processes send)."""
+    built = BuiltMessages()
+    built.install(monkeypatch)
+    yield built
+    assert not built.refused, "ORU^R01 refused by strict validation:\n" + "\n\n".join(built.refused)
 
 
 def free_port() -> int:

@@ -1,5 +1,9 @@
 """A real HL7 v2 MLLP listener for tests (hl7apy's MLLPServer): answers AA, AE, AR, CR, a wrong
-control id or nothing, as scripted, and keeps what it received."""
+control id or nothing, as scripted, and keeps what it received.
+
+It reads as a strict RIS does: every message it receives goes through hl7apy's strict
+validation (:mod:`tests.hl7_strict`); one that fails is answered AE, and the test that ran the
+listener fails when the listener stops, naming the message and why."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from hl7apy.mllp import AbstractHandler, MLLPServer
 from peers.mllp import control_id_of
 from raddraft.mllp import END_BLOCK, START_BLOCK
 from tests.conftest import free_port
+from tests.hl7_strict import strict_errors
 
 
 class Listener:
@@ -25,12 +30,23 @@ class Listener:
         self.script: list[str] = []
         self.default = "AA"
         self.received: list[str] = []
+        self.invalid: list[str] = []  # what strict validation said of a message, with it
         self.lock = threading.Lock()
 
     def next_code(self, message: str) -> str:
+        errors = strict_errors(message)
         with self.lock:
             self.received.append(message)
+            if errors:
+                self.invalid.append("\n".join([*errors, message.replace("\r", "\n")]))
+                return "AE"
             return self.script.pop(0) if self.script else self.default
+
+    def check(self) -> None:
+        """Fail the test if any message received was refused by strict validation."""
+        assert not self.invalid, "strict HL7 v2.5.1 validation failed:\n" + "\n\n".join(
+            self.invalid
+        )
 
 
 def _ack(message: str, code: str) -> str:
@@ -75,6 +91,7 @@ def serving(
         server.shutdown()
         server.server_close()
         thread.join(timeout=5)
+    state.check()
 
 
 @pytest.fixture

@@ -4,6 +4,9 @@
 (RFC 5425, gtls driver, client certificates checked against the test CA) and UDP (RFC 5426),
 and writes every message it receives to one file, one line each, with the RFC 5424 header
 fields rsyslog parsed: ``<transport>|<pri>|<app-name>|<msgid>|<msg>``.
+
+Every message it received is checked when it stops (:mod:`tests.atna_check`: the PS3.15 A.5.1
+schema and the participants A.5.3 requires of the event); one that fails fails the test.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.atna_check import audit_errors
 from tests.conftest import free_port
 from tests.listener_process import port_open
 
@@ -79,8 +83,25 @@ action(type="omfile" file="{self.output}" template="fields" flushOnTXEnd="on"
             self.process.terminate()
             self.process.wait(10)
 
+    def invalid(self) -> list[str]:
+        """Each received audit message an audit repository would refuse, with why."""
+        refused = []
+        for line in self.lines():
+            xml = line.split("|", 4)[-1].strip().encode()
+            errors = audit_errors(xml)
+            if errors:
+                refused.append("\n".join([*errors, xml.decode(errors="replace")]))
+        return refused
+
+    def check(self) -> None:
+        """Fail the test if any message received breaks the schema or its event's rules."""
+        refused = self.invalid()
+        assert not refused, "ATNA messages refused:\n" + "\n\n".join(refused)
+
     def __enter__(self) -> Rsyslog:
         return self.start()
 
-    def __exit__(self, *_exc: object) -> None:
+    def __exit__(self, exc_type: object, *_exc: object) -> None:
         self.stop()
+        if exc_type is None:
+            self.check()

@@ -24,6 +24,7 @@ from raddraft.job_contract import ExportDicom, NotifyCritical, PushFhir, SendHl7
 from raddraft.logging import kv
 from raddraft.settings import Settings, get_settings
 from worker.errors import NotYet, PermanentError, TransientError
+from worker.send_audit import send_audited
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def _send(sender: peers.Sender, outbound: list[peers.Outbound]) -> peers.Deliver
     """The sender's send; anything but a classified failure counts as a transient one for
     every object, so no claimed row is left ``sending`` (later versions would wait on it)."""
     try:
-        return sender.send(outbound)
+        return send_audited(sender, outbound)  # with its ATNA records (PS3.15 A.5.3)
     except peers.DeliveryError:
         raise
     except Exception as error:
@@ -202,7 +203,7 @@ def notify_critical_job(job_id: int, args: NotifyCritical) -> dict[str, Any]:
         outbound = peers.Outbound(row.identifier, path)
     sender = peers.sender_for(target, settings)
     try:
-        delivery = sender.send([outbound])
+        delivery = send_audited(sender, [outbound])
     except peers.DeliveryError as error:
         with session_scope() as session:
             report_drafts.record_notification(

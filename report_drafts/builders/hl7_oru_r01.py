@@ -1,10 +1,14 @@
 """HL7 v2.5.1 ORU^R01 "unsolicited observation result" for a report version (HL7 v2.5.1 ch. 7).
 
-MSH, PID, ORC (when a placer order is known), OBR and one OBX of type TX per line of the report
-text (chapter 7.4.2: a TX value is one line of display text), preceded by one ST OBX carrying
-the Study Instance UID (DCM 110180). OBR-25 / OBX-11 result status: P for a draft, F once signed,
-C for an amendment or correction; a withdrawal (:data:`WITHDRAWN_RESULT_STATUS`) X with every
-OBX W. OBR-32 names the principal result interpreter of a signed report. Values are escaped
+MSH, PID, ORC (when a placer order is known), OBR and one OBX of type TX per display line of the
+report text (chapter 7.4.2: a TX value is one line of display text; consecutive OBX with the same
+OBX-3 and OBX-4 are the lines of one observation), preceded by one ST OBX carrying the Study
+Instance UID (DCM 110180). A report line longer than :data:`TX_LINE_LIMIT` escaped characters is
+wrapped at spaces over several OBX (:func:`display_lines`), as a receiver word-wraps TX text
+between hard line ends (ch. 2.A.80): the words stay complete and in order. OBR-25 / OBX-11
+result status: P for a draft, F once signed, C for an amendment or correction; a withdrawal
+(:data:`WITHDRAWN_RESULT_STATUS`) X with every OBX W. OBR-32 names the principal result
+interpreter of a signed report. Values are escaped
 (ch. 2.7): ``\\ | ^ & ~`` become ``\\E\\ \\F\\ \\S\\ \\T\\ \\R\\``, line ends ``\\.br\\``;
 other control characters are removed. The report text is cleaned first
 (:func:`report_drafts.text_safety.safe_content`) and sent as UTF-8, which MSH-18 declares
@@ -59,6 +63,10 @@ SECTION_CODES: dict[str, tuple[str, str, str]] = {
 STAT_PRIORITY = "S"
 CRITICAL_ABNORMAL = "AA"
 STUDY_UID_CODE = ("110180", "Study Instance UID", "DCM")
+#: The most escaped characters in one OBX-5 TX line. TX itself allows 65536 (ch. 2.A.80), but
+#: OBX-5 is of type varies, which strict parsers without OBX-2 dispatch (hl7apy among them) read
+#: as ST, whose length is 199 (ch. 2.A.75): a longer line is refused by a strict RIS.
+TX_LINE_LIMIT = 199
 REPORT_CODE = ("36643-5", "XR Chest 2 Views", "LN")
 
 _ESCAPES = (("\\", "\\E\\"), ("|", "\\F\\"), ("^", "\\S\\"), ("&", "\\T\\"), ("~", "\\R\\"))
@@ -109,6 +117,58 @@ def _statuses(content: ReportContent, *, withdrawn: bool) -> tuple[str, str]:
     return WITHDRAWN_RESULT_STATUS, WITHDRAWN_OBSERVATION_STATUS
 
 
+def _escaped_width(char: str) -> int:
+    """How many characters ``char`` takes once escaped (ch. 2.7: a separator becomes three)."""
+    return 3 if char in "\\|^&~" else 1
+
+
+def _fit(text: str, limit: int) -> int:
+    """How many leading characters of ``text`` fit in ``limit`` escaped characters."""
+    used = 0
+    for index, char in enumerate(text):
+        used += _escaped_width(char)
+        if used > limit:
+            return index
+    return len(text)
+
+
+def wrap_line(text: str, limit: int = TX_LINE_LIMIT) -> list[str]:
+    """One report line as TX display lines of at most ``limit`` escaped characters each.
+
+    Breaks at the last space that fits (the space itself becomes the line end, as a receiver
+    that word-wraps would show it; trailing spaces are dropped, ch. 2.A.80); a word longer
+    than a line is cut. The words come back complete and in order: joining the pieces with
+    single spaces gives the line with its runs of spaces at the breaks made single.
+    """
+    if limit < 3:  # an escaped separator takes three characters
+        raise ValueError("a line holds at least one escaped separator (3 characters)")
+    text = clean_text(text)
+    pieces: list[str] = []
+    while _fit(text, limit) < len(text):
+        cut = _fit(text, limit)
+        space = text.rfind(" ", 0, cut + 1)
+        head = text[:space].rstrip(" ") if space > 0 else ""
+        if head:
+            pieces.append(head)
+            text = text[space:].lstrip(" ")
+        else:
+            pieces.append(text[:cut])
+            text = text[cut:]
+    pieces.append(text)
+    return pieces
+
+
+#: HD-1 namespace ID (IS) length in HL7 v2.5.1 (ch. 2.A.36).
+NAMESPACE_ID_LIMIT = 20
+
+
+def namespace_id(value: str) -> str:
+    """MSH-3 to MSH-6 (HD) from a name, escaped: cut to the 20 characters of HD-1 (a longer
+    one, such as a full institution name, is refused by strict readers)."""
+    value = clean_text(value)
+    return escape(value[: _fit(value, NAMESPACE_ID_LIMIT)])
+
+
 def _components(*parts: str) -> str:
     return "^".join(escape(p) for p in parts).rstrip("^")
 
@@ -150,6 +210,21 @@ def report_lines(content: ReportContent, *, demo: bool) -> list[ObxLine]:
         lines.append(ObxLine(heading, f"{heading}:"))
         lines.extend(ObxLine(heading, line) for line in body.split("\n"))
     return lines
+
+
+def display_lines(
+    content: ReportContent, *, demo: bool, withdrawal: str | None = None
+) -> list[ObxLine]:
+    """The TX lines :func:`oru_r01` sends, in order: :func:`report_lines` (after a withdrawal's
+    WARNING line) with each line wrapped by :func:`wrap_line` into lines that fit one OBX-5.
+
+    ``content`` is taken as it is: :func:`oru_r01` cleans it first
+    (:func:`report_drafts.text_safety.safe_content`).
+    """
+    lines = report_lines(content, demo=demo)
+    if withdrawal is not None:
+        lines.insert(0, ObxLine("WARNING", f"WITHDRAWN: {withdrawal}"))
+    return [ObxLine(line.section, piece) for line in lines for piece in wrap_line(line.text)]
 
 
 def _hl7_time(value: dt.datetime) -> str:
@@ -248,10 +323,10 @@ def oru_r01(  # noqa: PLR0913 (one keyword per MSH/PID/OBR field (HL7 v2.5.1 ch.
 
     message = Message("ORU_R01", version=HL7_VERSION)
     msh = message.msh
-    msh.msh_3 = escape(sending_app)
-    msh.msh_4 = escape(sending_facility)
-    msh.msh_5 = escape(receiving_app)
-    msh.msh_6 = escape(receiving_facility)
+    msh.msh_3 = namespace_id(sending_app)
+    msh.msh_4 = namespace_id(sending_facility)
+    msh.msh_5 = namespace_id(receiving_app)
+    msh.msh_6 = namespace_id(receiving_facility)
     msh.msh_7 = _hl7_time(now)
     msh.msh_9 = MESSAGE_TYPE
     msh.msh_10 = control_id
@@ -292,10 +367,7 @@ def oru_r01(  # noqa: PLR0913 (one keyword per MSH/PID/OBR field (HL7 v2.5.1 ch.
 
     add_obx("ST", STUDY_UID_CODE, "", escape(study_uid))
     sections = [heading for heading, _ in content.sections(demo=demo)]
-    lines = report_lines(content, demo=demo)
-    if withdrawal is not None:
-        lines.insert(0, ObxLine("WARNING", f"WITHDRAWN: {withdrawal}"))
-    for line in lines:
+    for line in display_lines(content, demo=demo, withdrawal=withdrawal):
         sub_id = str(sections.index(line.section) + 1)
         add_obx("TX", SECTION_CODES[line.section], sub_id, escape(line.text))
     return str(message.to_er7())

@@ -1,4 +1,5 @@
-"""ORU^R01: result status P/F/C, OBR-32 for signed reports, escaping that round-trips."""
+"""ORU^R01: result status P/F/C, OBR-32 for signed reports, escaping that round-trips; every
+message built here passes hl7apy's strict validation (:mod:`tests.hl7_strict`)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,19 @@ import dataclasses
 import pytest
 from hl7apy.parser import parse_message
 
-from report_drafts.builders.hl7_oru_r01 import escape, oru_r01, result_status, text_lines, unescape
+from report_drafts.builders.hl7_oru_r01 import (
+    TX_LINE_LIMIT,
+    display_lines,
+    escape,
+    oru_r01,
+    result_status,
+    text_lines,
+    unescape,
+    wrap_line,
+)
 from report_drafts.content import DEMO_WARNING, DRAFT_WARNING, ReportContent, ReportStatus
 from tests.builders.helpers import SIGNER, TRICKY
+from tests.hl7_strict import BuiltMessages, assert_strict, strict_errors
 
 CONTENT = ReportContent(
     findings_text=f"Small left effusion.\n{TRICKY}\n\nHeart normal.",
@@ -32,7 +43,9 @@ def _message(content: ReportContent, *, demo: bool = False, **kwargs: object) ->
         "order_placer": "ORD77",
     }
     options.update(kwargs)
-    return oru_r01(content, demo=demo, **options)  # type: ignore[arg-type]
+    message = oru_r01(content, demo=demo, **options)  # type: ignore[arg-type]
+    assert_strict(message)  # as a strict RIS reads it
+    return message
 
 
 def _obr(message: str):  # type: ignore[no-untyped-def]
@@ -82,8 +95,10 @@ def test_text_lines_round_trip_with_escaping() -> None:
         if segment.startswith("OBX"):
             assert segment.count("|") == 11, segment
     parsed, order = _obr(message)
-    assert unescape(parsed.oru_r01_patient_result.oru_r01_patient.pid.pid_3.pid_3_1.to_er7()) \
+    assert (
+        unescape(parsed.oru_r01_patient_result.oru_r01_patient.pid.pid_3.pid_3_1.to_er7())
         == "RD^0001"
+    )
     assert parsed.oru_r01_patient_result.oru_r01_patient.pid.pid_5.pid_5_1.to_er7() == "O'BRIEN"
     first = order.oru_r01_observation[0].obx
     assert first.obx_2.to_er7() == "ST"
@@ -160,3 +175,89 @@ def test_a_routine_version_carries_no_critical_flags() -> None:
     assert _segments(message, "TQ1") == []
     assert all(len(obx) <= 8 or obx[8] == "" for obx in _segments(message, "OBX"))
     assert "REVIEW:" not in text_lines(message)
+
+
+# A model's findings paragraph as the pipeline writes it: one line of 232 characters.
+LONG = (
+    "There is a small left pleural effusion with adjacent basilar atelectasis; the cardiac "
+    "silhouette is within normal limits, the mediastinal contours are unremarkable, and there "
+    "is no pneumothorax or focal consolidation in either lung. No acute osseous abnormality."
+)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_long_lines_pass_strict_validation_and_keep_every_word_in_order(signed: bool) -> None:
+    """HL7 v2.5.1 ch. 2.A.75: OBX-5 read as ST holds 199 characters; a 232-character line (and
+    one of separators, which escape to three characters each) is wrapped over several OBX."""
+    separators = "|^&~\\" * 60
+    content = ReportContent(
+        findings_text=f"{LONG}\n{separators}\n{'x' * 450}", impression=LONG + " " + LONG
+    )
+    if signed:
+        content = dataclasses.replace(content, status=ReportStatus.final, signer=SIGNER)
+    options = dict(
+        patient_id="P1",
+        patient_name="DOE^JO",
+        accession="A1",
+        study_uid="1.2.3",
+        control_id="C1",
+        sending_app="RADDRAFT",
+        sending_facility="GH",
+        receiving_app="RIS",
+        receiving_facility="GH",
+        demo=True,
+    )
+    message = oru_r01(content, **options)  # type: ignore[arg-type]
+    assert strict_errors(message) == []
+    for segment in message.split("\r"):
+        if segment.startswith("OBX|"):
+            assert len(segment.split("|")[5]) <= TX_LINE_LIMIT, segment
+    lines = text_lines(message)
+    assert lines == [line.text for line in display_lines(content, demo=True)]
+    assert len(lines) > len(content.text(demo=True).split("\n"))  # some were wrapped
+    # Every character but the spaces at a break comes through, in order ...
+    assert "".join(lines).replace(" ", "") == content.text(demo=True).replace(" ", "").replace(
+        "\n", ""
+    )
+    # ... and a paragraph of words comes back whole when its display lines are joined.
+    start = lines.index("IMPRESSION:") + 1
+    assert " ".join(lines[start : start + 3]) == LONG + " " + LONG
+
+
+def test_wrap_line_breaks_at_spaces_within_the_limit() -> None:
+    assert wrap_line("short line") == ["short line"]
+    assert wrap_line("aaa bbb ccc", limit=7) == ["aaa bbb", "ccc"]
+    assert wrap_line("aaa    bbb", limit=5) == ["aaa", "bbb"]
+    assert wrap_line("  indented words", limit=10) == ["  indented", "words"]
+    assert wrap_line("abcdefghij", limit=4) == ["abcd", "efgh", "ij"]
+    assert wrap_line("a|b|c", limit=7) == ["a|b", "|c"]  # an escape is never cut
+    for piece in wrap_line(LONG + "|" * 100):
+        assert len(escape(piece)) <= TX_LINE_LIMIT
+    assert wrap_line("|||", limit=3) == ["|", "|", "|"]
+    with pytest.raises(ValueError, match="at least one escaped separator"):
+        wrap_line("|", limit=2)
+
+
+def test_a_long_institution_name_still_makes_a_strictly_valid_msh() -> None:
+    """MSH-4 / MSH-6 are HD, whose namespace ID holds 20 characters (ch. 2.A.36): RadDraft sends
+    the institution name there, which is often longer."""
+    name = "General Hospital & Radiology Department"
+    message = _message(CONTENT, sending_facility=name, receiving_facility=name)
+    fields = message.split("\r")[0].split("|")
+    assert fields[3] == fields[5] == "General Hospital \\T\\"  # 20 characters, escaped
+    assert unescape(fields[3]) == name[:18]
+
+
+def test_every_oru_built_in_a_test_is_checked_strictly(strict_hl7: BuiltMessages) -> None:
+    """The autouse fixture (tests/conftest.py) sees each ORU^R01 hl7apy writes out: here one
+    built without the wrapping, a 232-character OBX-5 line, is caught (and then let go)."""
+    message = _message(CONTENT)
+    long_line = "word " * 46 + "ab"
+    assert len(long_line) == 232
+    parsed = parse_message(message, find_groups=True)
+    obx = parsed.oru_r01_patient_result.oru_r01_order_observation.oru_r01_observation[1].obx
+    obx.obx_5 = long_line
+    assert strict_hl7.refused == []
+    parsed.to_er7()
+    assert len(strict_hl7.refused) == 1 and "MaxLengthReached" in strict_hl7.refused[0]
+    strict_hl7.refused.clear()

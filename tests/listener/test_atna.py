@@ -191,3 +191,23 @@ def test_report_view_and_sign_off_are_audited_on_commit(
         ]
         names = [n.text for n in message.iter("ParticipantObjectName")]
         assert study_uid in ids + names
+    # Patient Record (A.5.3.10): the patient as a person in role patient with a Patient Number,
+    # the report version as a Report Number (RFC 3881 code 9), never as a Study Instance UID.
+    record = messages[1]
+    patients = [
+        o
+        for o in record.iter("ParticipantObjectIdentification")
+        if (o.attrib["ParticipantObjectTypeCode"], o.attrib["ParticipantObjectTypeCodeRole"])
+        == ("1", "1")
+    ]
+    assert [p.attrib["ParticipantObjectID"] for p in patients] == ["RD0077"]  # the seed's
+    assert patients[0].find("ParticipantObjectIDTypeCode").attrib["csd-code"] == "2"
+    assert patients[0].find("ParticipantObjectName").text == "ROE^RICHARD"
+    report_ids = {
+        o.attrib["ParticipantObjectID"]: o.find("ParticipantObjectIDTypeCode").attrib["csd-code"]
+        for o in record.iter("ParticipantObjectIdentification")
+        if o.attrib["ParticipantObjectTypeCodeRole"] == "3"
+    }
+    with Session(engine) as session:
+        uid = version_reads.get_report(session, seeded.routine_report).uid
+    assert report_ids == {uid: "9", study_uid: "110180"}

@@ -29,6 +29,7 @@ from tests.drafts.conftest import (
     draft_content,
     tokens,  # noqa: F401
 )
+from tests.hl7_strict import strict_errors
 from worker import pipeline
 
 START, END = b"\x0b", b"\x1c\x0d"
@@ -93,7 +94,14 @@ class Client:
             assert chunk, "connection closed before the ACK"
             buffer += chunk
         text = buffer[buffer.index(START) + 1 : buffer.index(END)].decode()
-        return {s.split("|")[0]: s.split("|") for s in text.split("\r") if s}
+        segments = {s.split("|")[0]: s.split("|") for s in text.split("\r") if s}
+        # Every ACK is read as a strict HL7 v2.5.1 client reads it. An ACK to a message whose
+        # MSH-10 could not be read has no control id to echo: MSA-2 stays empty there.
+        errors = strict_errors(text)
+        if segments.get("MSA", ["", "", ""])[2] == "":
+            errors = [e for e in errors if "MSA.MSA_2" not in e]
+        assert not errors, (errors, text)
+        return segments
 
     def close(self) -> None:
         self.sock.close()
@@ -328,3 +336,17 @@ def test_an_order_for_another_patient_is_not_used(
         info = dicom_listener.study_for_version(session, same.study_version_pk)
         found = pipeline.matching_order(session, info)
     assert found is not None and found.indication == "Shortness of breath"
+
+
+def test_the_ack_to_a_long_sending_application_is_strictly_valid(
+    server: tuple[Settings, Client],
+) -> None:
+    """HL7 v2.5.1 2.A.36: an HD namespace ID is at most 20 characters. A sender's longer MSH-3
+    echoed whole into the ACK's MSH-5 made the ACK one a strict reader refuses (the client's
+    strict check in :meth:`Client.send`)."""
+    _settings, client = server
+    long_app = "RADIOLOGY-INFORMATION-SYSTEM-01"
+    message = orm("LONG1", accession="ACC0600").replace("MSH|^~\\&|RIS|", f"MSH|^~\\&|{long_app}|")
+    ack = client.send(message)
+    assert ack["MSA"][1:3] == ["AA", "LONG1"]
+    assert ack["MSH"][4] == long_app[:20]

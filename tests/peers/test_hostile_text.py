@@ -27,7 +27,13 @@ from report_drafts.builders.fhir_diagnostic_report import (
     parse_diagnostic_report,
     presented_text,
 )
-from report_drafts.builders.hl7_oru_r01 import escape, oru_r01, text_lines, unescape
+from report_drafts.builders.hl7_oru_r01 import (
+    display_lines,
+    escape,
+    oru_r01,
+    text_lines,
+    unescape,
+)
 from report_drafts.content import Finding, ReportContent
 from tests.builders.helpers import ALGORITHM, dciodvfy_ok, findings_for, make_study, save
 from tests.mllp_listener import Listener
@@ -218,9 +224,14 @@ def test_hl7_declares_utf8_and_the_mllp_peer_reads_back_the_same_text(
     assert [unescape(c.value) for c in pid.pid_5.children[:2]] == ["Παπαδόπουλος", "Γιώργος"]
     obr = parsed.oru_r01_patient_result.oru_r01_order_observation.obr
     assert unescape(obr.obr_3.value) == "ACC^1"
-    # The report text, line by line, is exactly the cleaned text (every segment intact).
+    # The report text, line by line, is exactly the cleaned text (every segment intact), its
+    # long lines wrapped to fit OBX-5 (display_lines).
     expected = text_safety.safe_content(content).text(demo=False)
-    assert "\n".join(text_lines(received)) == expected
+    wrapped = display_lines(text_safety.safe_content(content), demo=False)
+    assert text_lines(received) == [line.text for line in wrapped]
+    assert "".join(text_lines(received)).replace(" ", "") == expected.replace(" ", "").replace(
+        "\n", ""
+    )
     assert EXPECTED_FINDINGS in expected and EXPECTED_IMPRESSION in expected
 
 

@@ -19,7 +19,7 @@ from report_drafts.builders.hl7_oru_r01 import oru_r01, text_lines
 from report_drafts.content import ReportContent
 from tests.builders.helpers import TRICKY
 from tests.conftest import free_port
-from tests.mllp_listener import Listener
+from tests.mllp_listener import Listener, serving
 
 CONTENT = ReportContent(findings_text=f"Effusion. {TRICKY}", impression="Effusion.")
 
@@ -123,3 +123,18 @@ def test_permanent_rejection_not_retried(listener: tuple[Listener, int]) -> None
         )
     assert not caught.value.transient
     assert len(state.received) == 1
+
+
+def test_the_listener_reads_strictly_and_fails_the_test_on_an_invalid_message() -> None:
+    """What an ORU with a 232-character OBX-5 line got before the builder wrapped it: AE from
+    a strict reader (hl7apy reads OBX-5 as ST, 199 characters), and a failed test."""
+    state, port = Listener(), free_port()
+    long_line = "word " * 46 + "ab"  # 232 characters
+    message = _message().replace("Effusion.", long_line, 1)
+    with (
+        pytest.raises(AssertionError, match="MaxLengthReached"),
+        serving(state, port),
+        pytest.raises(RejectedError, match="AE"),
+    ):
+        send_message("127.0.0.1", port, message, timeout=5)
+    assert len(state.invalid) == 1

@@ -232,21 +232,25 @@ def _url(base: str, item: catalog.DicomObject, level: str) -> str:
 
 @router.get("/studies", summary="QIDO-RS: search for studies")
 def search_studies(request: Request, session: DbSession, user: Viewer) -> Response:
+    _audit_search(request, user)
     return _search(request, session, "study", {})
 
 
 @router.get("/series", summary="QIDO-RS: search for series")
 def search_series(request: Request, session: DbSession, user: Viewer) -> Response:
+    _audit_search(request, user)
     return _search(request, session, "series", {})
 
 
 @router.get("/instances", summary="QIDO-RS: search for instances")
 def search_instances(request: Request, session: DbSession, user: Viewer) -> Response:
+    _audit_search(request, user)
     return _search(request, session, "instance", {})
 
 
 @router.get("/studies/{study}/series", summary="QIDO-RS: search for a study's series")
 def search_study_series(study: str, request: Request, session: DbSession, user: Viewer) -> Response:
+    _audit_search(request, user)
     return _search(request, session, "series", {"StudyInstanceUID": study})
 
 
@@ -254,6 +258,7 @@ def search_study_series(study: str, request: Request, session: DbSession, user: 
 def search_study_instances(
     study: str, request: Request, session: DbSession, user: Viewer
 ) -> Response:
+    _audit_search(request, user)
     return _search(request, session, "instance", {"StudyInstanceUID": study})
 
 
@@ -264,10 +269,41 @@ def search_series_instances(
     study: str, series: str, request: Request, session: DbSession, user: Viewer
 ) -> Response:
     fixed = {"StudyInstanceUID": study, "SeriesInstanceUID": series}
+    _audit_search(request, user)
     return _search(request, session, "instance", fixed)
 
 
 # -- WADO-RS -----------------------------------------------------------------------------------
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else ""
+
+
+def _audit_search(request: Request, user: User) -> None:
+    """A QIDO-RS search, audited as a Query (PS3.15 A.5.3.12)."""
+    if atna.enabled():
+        asked = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        atna.emit(atna.dicomweb_search(user.name, _client(request), asked))
+
+
+def _audit_read(
+    request: Request, user: User, found: list[catalog.DicomObject]
+) -> list[catalog.DicomObject]:
+    """``found``, its reading audited as DICOM Instances Transferred (PS3.15 A.5.3.4)."""
+    if found and atna.enabled():
+        read = [
+            (
+                str(o.get("PatientID")),
+                str(o.get("PatientName")),
+                o.study_uid,
+                str(o.get("SOPClassUID")),
+            )
+            for o in found
+        ]
+        for xml in atna.dicomweb_read(user.name, _client(request), read):
+            atna.emit(xml)
+    return found
 
 
 def _objects(
@@ -328,14 +364,14 @@ def _retrieve(request: Request, found: list[catalog.DicomObject]) -> Response:
 
 @router.get("/studies/{study}", summary="WADO-RS: retrieve a study")
 def retrieve_study(study: str, request: Request, session: DbSession, user: Viewer) -> Response:
-    return _retrieve(request, _objects(request, session, study))
+    return _retrieve(request, _audit_read(request, user, _objects(request, session, study)))
 
 
 @router.get("/studies/{study}/series/{series}", summary="WADO-RS: retrieve a series")
 def retrieve_series(
     study: str, series: str, request: Request, session: DbSession, user: Viewer
 ) -> Response:
-    return _retrieve(request, _objects(request, session, study, series))
+    return _retrieve(request, _audit_read(request, user, _objects(request, session, study, series)))
 
 
 @router.get(
@@ -344,7 +380,9 @@ def retrieve_series(
 def retrieve_instance(
     study: str, series: str, instance: str, request: Request, session: DbSession, user: Viewer
 ) -> Response:
-    return _retrieve(request, _objects(request, session, study, series, instance))
+    return _retrieve(
+        request, _audit_read(request, user, _objects(request, session, study, series, instance))
+    )
 
 
 def _metadata(request: Request, found: list[catalog.DicomObject]) -> Response:
@@ -368,14 +406,14 @@ def _metadata(request: Request, found: list[catalog.DicomObject]) -> Response:
 
 @router.get("/studies/{study}/metadata", summary="WADO-RS: a study's metadata")
 def study_metadata(study: str, request: Request, session: DbSession, user: Viewer) -> Response:
-    return _metadata(request, _objects(request, session, study))
+    return _metadata(request, _audit_read(request, user, _objects(request, session, study)))
 
 
 @router.get("/studies/{study}/series/{series}/metadata", summary="WADO-RS: a series' metadata")
 def series_metadata(
     study: str, series: str, request: Request, session: DbSession, user: Viewer
 ) -> Response:
-    return _metadata(request, _objects(request, session, study, series))
+    return _metadata(request, _audit_read(request, user, _objects(request, session, study, series)))
 
 
 @router.get(
@@ -385,7 +423,9 @@ def series_metadata(
 def instance_metadata(
     study: str, series: str, instance: str, request: Request, session: DbSession, user: Viewer
 ) -> Response:
-    return _metadata(request, _objects(request, session, study, series, instance))
+    return _metadata(
+        request, _audit_read(request, user, _objects(request, session, study, series, instance))
+    )
 
 
 @router.get(
@@ -401,7 +441,7 @@ def retrieve_frames(
     session: DbSession,
     user: Viewer,
 ) -> Response:
-    found = _objects(request, session, study, series, instance)
+    found = _audit_read(request, user, _objects(request, session, study, series, instance))
     if not found:
         return _problem(404, "no such instance")
     try:
@@ -459,7 +499,9 @@ def _rendered(request: Request, found: list[catalog.DicomObject], frame: int) ->
 def rendered_instance(
     study: str, series: str, instance: str, request: Request, session: DbSession, user: Viewer
 ) -> Response:
-    return _rendered(request, _objects(request, session, study, series, instance), 1)
+    return _rendered(
+        request, _audit_read(request, user, _objects(request, session, study, series, instance)), 1
+    )
 
 
 @router.get(
@@ -475,7 +517,11 @@ def rendered_frame(
     session: DbSession,
     user: Viewer,
 ) -> Response:
-    return _rendered(request, _objects(request, session, study, series, instance), frame)
+    return _rendered(
+        request,
+        _audit_read(request, user, _objects(request, session, study, series, instance)),
+        frame,
+    )
 
 
 @router.get(
@@ -491,7 +537,7 @@ def bulk_data(
     session: DbSession,
     user: Viewer,
 ) -> Response:
-    found = _objects(request, session, study, series, instance)
+    found = _audit_read(request, user, _objects(request, session, study, series, instance))
     try:
         number = int(tag, 16)
     except ValueError:
