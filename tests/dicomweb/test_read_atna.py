@@ -14,8 +14,9 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from raddraft import atna
-from raddraft.settings import Settings, reload_settings
+from raddraft.settings import Settings
 from tests.certs import certificates
+from tests.conftest import reload_settings
 from tests.dicom_factory import make_study
 from tests.dicomweb.test_stow_limits import CONTENT_TYPE, related
 from tests.listener.test_atna import _event, _messages
