@@ -165,6 +165,7 @@ class Engine:
         eos_ids: list[int],
         pad_id: int,
         slots: int = 8,
+        max_slots: int = 256,
         capacity: int = _MIN_CAPACITY,
     ) -> None:
         import torch
@@ -182,6 +183,7 @@ class Engine:
             getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         )
         self.slots = slots
+        self.max_slots = max_slots
         self.capacity = capacity
         self.keys: list[Any] = []
         self.values: list[Any] = []
@@ -199,6 +201,7 @@ class Engine:
         self.forward_seconds = 0.0
         self.forward_passes = 0
         self.rows_decoded = 0
+        self.most_rows = 0  # the most sequences one forward pass has served
 
     # ------------------------------------------------------------------ storage
     def _allocate(self, slots: int, capacity: int) -> None:
@@ -225,11 +228,12 @@ class Engine:
             self._allocate(self.slots, capacity)
 
     def _take_slot(self) -> int:
-        """A free slot: the lowest (so decoding rows tend to be consecutive slots), else one
-        freed by evicting the least recently used idle sequence, else a doubled store."""
+        """A free slot: the lowest (so decoding rows tend to be consecutive slots); else the
+        store doubles, up to ``max_slots``; only then the least recently used idle sequence
+        is dropped (a study in flight keeps its prefix as long as memory allows)."""
         if not self._free:
             idle = [s for s in self._kept if not s.busy]
-            if idle:
+            if self.slots >= self.max_slots and idle:
                 self._drop(min(idle, key=lambda s: s.used))
             else:
                 self._free = list(range(self.slots, 2 * self.slots))
@@ -375,6 +379,7 @@ class Engine:
         returns the logits (rows, vocab) at each row's last real token."""
         torch = self._torch
         rows, q = int(embeds.shape[0]), int(embeds.shape[1])
+        self.most_rows = max(self.most_rows, rows)
         kv_len = max(s + q for s in starts)
         self._ensure_capacity(kv_len)
         device = self.device
