@@ -179,6 +179,8 @@ class Engine:
         text = getattr(model.config, "text_config", model.config)
         self.layers = int(text.num_hidden_layers)
         self.kv_heads = int(text.num_key_value_heads)
+        # sdpa takes a boolean mask (True: attend); eager attention adds a float one.
+        self._bool_mask = getattr(text, "_attn_implementation", "eager") == "sdpa"
         self.head_dim = int(
             getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         )
@@ -380,33 +382,32 @@ class Engine:
         torch = self._torch
         rows, q = int(embeds.shape[0]), int(embeds.shape[1])
         self.most_rows = max(self.most_rows, rows)
-        kv_len = max(s + q for s in starts)
+        kv_len = max(starts) + q
         self._ensure_capacity(kv_len)
         device = self.device
-        start_t = torch.tensor(starts, device=device)
-        offsets = torch.arange(q, device=device)
-        write_at = start_t[:, None] + offsets[None, :]
-        visible = torch.arange(kv_len, device=device)[None, None, :] <= write_at[:, :, None]
-        mask = torch.zeros(visible.shape, dtype=self.dtype, device=device)
-        mask.masked_fill_(~visible, torch.finfo(self.dtype).min)
-        order = sorted(slots)
-        span = (
-            (slots[0], rows)
-            if slots == order and order == list(range(order[0], order[0] + rows))
-            else None
+        # One small host-to-device copy a pass: slots, starts and last-token indices.
+        table = torch.tensor([slots, starts, [n - 1 for n in lengths]]).to(device)
+        write_at = table[1][:, None] + torch.arange(q, device=device)[None, :]
+        # Row r's query i sees its slot's keys up to its own position start_r + i.
+        mask = (
+            torch.arange(kv_len, device=device)[None, None, None, :] <= write_at[:, None, :, None]
         )
-        cache = _StepCache(
-            self, torch.tensor(slots, device=device)[:, None], write_at, kv_len, span
-        )
-        out = self.model.model(
+        if not self._bool_mask:  # eager attention adds its mask
+            mask = torch.zeros(mask.shape, dtype=self.dtype, device=device).masked_fill_(
+                ~mask, torch.finfo(self.dtype).min
+            )
+        consecutive = slots == list(range(slots[0], slots[0] + rows))
+        span = (slots[0], rows) if consecutive else None
+        cache = _StepCache(self, table[0][:, None], write_at, kv_len, span)
+        # The language model itself: embeddings (image features in) and 3D positions are ready.
+        out = self.model.model.language_model(
             inputs_embeds=embeds,
             position_ids=positions,
-            attention_mask=mask[:, None],
+            attention_mask=mask,
             cache=cache,
             use_cache=True,
         )
-        last = torch.tensor([n - 1 for n in lengths], device=device)
-        hidden = out.last_hidden_state[torch.arange(rows, device=device), last]
+        hidden = out.last_hidden_state[torch.arange(rows, device=device), table[2]]
         return self.model.lm_head(hidden).float()
 
     def _defer(self, requests: list[_Request]) -> list[_Request]:

@@ -264,19 +264,22 @@ class TransformersBackend:
         import torch
 
         entries = [self._image_entry(image) for image in conversation.images]
-        pieces = self.render(conversation).split(_IMAGE_PAD)
-        if len(pieces) != len(entries) + 1:
-            raise ValueError(f"template placed {len(pieces) - 1} images, expected {len(entries)}")
-        text = pieces[0]
-        for entry, piece in zip(entries, pieces[1:], strict=True):
-            text += _IMAGE_PAD * entry.n_tokens + piece
-        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-        ids = ids.to(torch.long)
-        positions = torch.nonzero(ids == self.image_token_id).flatten().tolist()
-        starts, offset = [], 0
-        for entry in entries:
-            starts.append(int(positions[offset]))
-            offset += entry.n_tokens
+        text = self.render(conversation)
+        if text.count(_IMAGE_PAD) != len(entries):
+            raise ValueError(
+                f"template placed {text.count(_IMAGE_PAD)} images, expected {len(entries)}"
+            )
+        # Tokenised with one placeholder per image, then each expanded to the image's token
+        # count: the placeholder is an added token (text is split around it before BPE), so the
+        # ids are those of the expanded text, without tokenising hundreds of placeholders a turn.
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor(ids, dtype=torch.long)
+        pads = torch.nonzero(ids == self.image_token_id).flatten()
+        counts = torch.ones_like(ids)
+        counts[pads] = torch.tensor([e.n_tokens for e in entries], dtype=torch.long)
+        ids = torch.repeat_interleave(ids, counts)
+        ends = torch.cumsum(counts, 0)
+        starts = [int(ends[p]) - e.n_tokens for p, e in zip(pads.tolist(), entries, strict=True)]
         return _Encoded(ids=ids, images=entries, starts=starts)
 
     def _tail_positions(self, encoded: _Encoded, start: int, offset: int) -> Any:
