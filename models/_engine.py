@@ -144,8 +144,12 @@ class _StepCache:
                 keys[first : first + rows, :, : self.kv_len],
                 values[first : first + rows, :, : self.kv_len],
             )
+        # index_select of the slice copies only the rows' first kv_len positions, one kernel.
         index = self.slots.flatten()
-        return keys[index, :, : self.kv_len], values[index, :, : self.kv_len]
+        return (
+            keys[:, :, : self.kv_len].index_select(0, index),
+            values[:, :, : self.kv_len].index_select(0, index),
+        )
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.kv_len
@@ -202,6 +206,8 @@ class Engine:
         # (including the wait for their tokens) and the number of passes. Read by benchmarks.
         self.forward_seconds = 0.0
         self.forward_passes = 0
+        self.prefill_seconds = 0.0  # the part of forward_seconds spent in prefill passes
+        self.prefill_passes = 0
         self.rows_decoded = 0
         self.most_rows = 0  # the most sequences one forward pass has served
 
@@ -430,22 +436,22 @@ class Engine:
         return now
 
     def _prefill(self, requests: list[_Request]) -> None:
-        """Admit ``requests`` and run all their new tokens as one padded pass."""
+        """Admit ``requests`` and run their new tokens: one padded pass for each group of
+        similar length (an image's hundreds of tokens are not padded onto a question's few)."""
         requests = self._defer(requests)
-        if not requests:
-            return
         for request in requests:
             self._admit(request)
-        started = time.perf_counter()
-        logits = self._run_tails(requests)
-        firsts = self._choose(logits, requests)
-        self._account(started)
-        now = time.perf_counter()
-        for index, request in enumerate(requests):
-            request.prefilled = now
-            if request.want_logits:
-                request.logits = logits[index].cpu()
-            self._start_rows(request, firsts[index])
+        for group in _similar(requests):
+            started = time.perf_counter()
+            logits = self._run_tails(group)
+            firsts = self._choose(logits, group)
+            self._account(started, prefill=True)
+            now = time.perf_counter()
+            for index, request in enumerate(group):
+                request.prefilled = now
+                if request.want_logits:
+                    request.logits = logits[index].cpu()
+                self._start_rows(request, firsts[index])
 
     def _run_tails(self, requests: list[_Request]) -> Any:
         """The forward pass over each admitted request's tokens after its reused prefix."""
@@ -617,6 +623,25 @@ class Engine:
         )
         request.done.set()
 
-    def _account(self, started: float) -> None:
-        self.forward_seconds += time.perf_counter() - started
+    def _account(self, started: float, *, prefill: bool = False) -> None:
+        spent = time.perf_counter() - started
+        self.forward_seconds += spent
         self.forward_passes += 1
+        if prefill:
+            self.prefill_seconds += spent
+            self.prefill_passes += 1
+
+
+def _similar(requests: list[_Request]) -> list[list[_Request]]:
+    """Requests grouped by the length of what they run, so that padding at most doubles it."""
+
+    def tail(request: _Request) -> int:
+        return int(request.prompt.ids.shape[0]) - request.reused
+
+    groups: list[list[_Request]] = []
+    for request in sorted(requests, key=tail):
+        if groups and tail(request) <= max(2 * tail(groups[-1][0]), _DEFER_MIN_TOKENS):
+            groups[-1].append(request)
+        else:
+            groups.append([request])
+    return groups
