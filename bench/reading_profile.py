@@ -80,7 +80,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from bench.staged import radiograph
+    from staged import radiograph  # this folder (the script runs as `python bench/...`)
+
     from models import ModelInfo, Reader, ReaderConfig, StudyImage, build_tiny, load_backend
 
     scratch = tempfile.TemporaryDirectory()

@@ -174,10 +174,8 @@ def build(target: Path, seed: int) -> int:
         vision_end_token_id=QWEN_IDS["<|vision_end|>"],
         tie_word_embeddings=True,
     )
-    try:  # transformers 5; the weights are all drawn below, Qwen's own init is wasted time
-        from transformers.initialization import no_init_weights
-    except ImportError:  # transformers 4
-        from transformers.modeling_utils import no_init_weights
+    # The weights are all drawn below: Qwen's own init would be wasted time.
+    from transformers.initialization import no_init_weights
 
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
