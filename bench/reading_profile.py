@@ -64,8 +64,11 @@ class ForwardClock:
 
 
 def model_parts(model: Any) -> list[Any]:
-    """The modules whose forward passes are model work."""
-    return [model.model.visual, model.model.language_model, model.lm_head]
+    """The modules whose forward passes are model work: the vision encoder, the token
+    embedding (called on its own before the language model, by generate and by the engine
+    alike), the language model and the LM head."""
+    language = model.model.language_model
+    return [model.model.visual, language.embed_tokens, language, model.lm_head]
 
 
 def main() -> None:
