@@ -82,8 +82,13 @@ def build_model(device: str, dtype: Any, seed: int) -> Any:
         tie_word_embeddings=True,
     )
     torch.manual_seed(seed)
-    with torch.device(device), no_init_weights():
-        model = Qwen2_5_VLForConditionalGeneration(config).to(dtype)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # made in its own dtype: no fp32 copy of 3.75 B weights
+    try:
+        with torch.device(device), no_init_weights():
+            model = Qwen2_5_VLForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
     model.tie_weights()
     generator = torch.Generator(device=device).manual_seed(seed)
     embeddings = model.get_input_embeddings().weight

@@ -235,3 +235,33 @@ def test_batched_bf16_logits_stay_within_the_noise_floor(tiny_path: Path) -> Non
     for (logits, reused), result in zip(alone, batched, strict=True):
         assert reused > 0 and result.cached_tokens == reused
         assert float((result.logits - logits).abs().max()) <= floor
+
+
+def test_a_full_store_drops_idle_prefixes_and_stays_exact(backend: TransformersBackend) -> None:
+    """With room for two sequences only, a third conversation drops the least recently used
+    idle one; asking that conversation again recomputes it, with the same tokens."""
+    from models import Conversation, DecodeOptions, Message
+
+    engine = backend.engine
+    saved = engine.max_slots
+    engine.reset()
+    engine.max_slots = engine.slots = 2
+    engine._free = [0, 1]
+    try:
+        conversations = [
+            Conversation("s", (Message("user", "Findings?", (prepare_image(c.dataset)[0],)),))
+            for c, _ in (study(seed) for seed in range(3))
+        ]
+        options = DecodeOptions(max_new_tokens=4)
+        first = [backend.generate(c, options) for c in conversations]
+        again = backend.generate(conversations[0], options)  # its slot went to the third
+        assert engine.slots == 2 and len(engine._kept) == 2
+        assert again.cached_tokens < first[0].prompt_tokens - 1
+        assert again.token_ids == first[0].token_ids
+        backend.prefix_cache = False
+        assert [backend.generate(c, options).token_ids for c in conversations] == [
+            g.token_ids for g in first
+        ]
+    finally:
+        engine.max_slots, engine.slots = saved, int(engine.keys[0].shape[0])
+        engine.reset()
