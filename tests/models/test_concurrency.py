@@ -265,3 +265,26 @@ def test_a_full_store_drops_idle_prefixes_and_stays_exact(backend: TransformersB
     finally:
         engine.max_slots, engine.slots = saved, int(engine.keys[0].shape[0])
         engine.reset()
+
+
+def test_a_failed_step_reaches_its_callers_and_the_engine_serves_on(
+    backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from models import Conversation, DecodeOptions, Message
+
+    image = prepare_image(study(1)[0].dataset)[0]
+    conversation = Conversation("s", (Message("user", "Findings?", (image,)),))
+    options = DecodeOptions(max_new_tokens=3)
+    expected = backend.generate(conversation, options).token_ids
+    backend.reset_cache()
+    engine = backend.engine
+    real = engine._forward
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(engine, "_forward", broken)
+    with pytest.raises(RuntimeError, match="device lost"):
+        backend.generate(conversation, options)
+    monkeypatch.setattr(engine, "_forward", real)
+    assert backend.generate(conversation, options).token_ids == expected
