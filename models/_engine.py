@@ -2,7 +2,8 @@
 passes, the way continuous batching serves them.
 
 * **Slots.** Keys and values of many sequences live in one preallocated tensor per layer,
-  ``[slots, kv_heads, capacity, head_dim]`` (grown by doubling, rarely). A sequence owns a slot
+  ``[slots, kv_heads, capacity, head_dim]`` (both grown by doubling, rarely; idle sequences are
+  dropped, least recently used first, only once ``max_slots`` is reached). A sequence owns a slot
   for as long as it is kept: a study's CXRTrek conversation keeps its keys and values from turn
   to turn, so its images are encoded once and earlier turns are never re-read.
 * **Prefix reuse.** A request's tokens are compared with every kept sequence; the longest common
@@ -12,9 +13,10 @@ passes, the way continuous batching serves them.
   slot gets a copy of the common prefix's keys and values (branches of one image prefix, such as
   the single-turn report prompts). Nothing else is ever shared, so two studies never mix.
 * **Steps.** One engine thread runs everything: each step admits the waiting requests and runs
-  their new tokens as one padded prefill pass, then runs one decode pass for every sequence that
-  is generating. A sequence that finishes leaves at once; a request that arrives joins at the next
-  step. Per step there is one host synchronisation: the chosen tokens, needed for the stop check.
+  their new tokens as padded prefill passes (one for each group of similar length), then one
+  decode pass for every sequence that is generating. A sequence that finishes leaves at once;
+  a request that arrives joins at the next step. Each pass synchronises with the host once: the
+  chosen tokens, needed for the stop check.
 * **Positions.** Qwen2.5-VL's 3D (mrope) positions follow one rule: every segment starts at the
   largest position so far plus one. So a tail's positions are the model's own ``get_rope_index``
   over the tail alone, shifted by the kept prefix's largest position plus one: exactly where a
