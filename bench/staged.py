@@ -33,6 +33,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -60,7 +61,7 @@ def radiograph(rows: int, cols: int, seed: int) -> Dataset:
     return ds
 
 
-def best(run: Callable[[], object], repeats: int) -> tuple[float, float, object]:
+def best(run: Callable[[], object], repeats: int) -> tuple[float, float, Any]:
     """Best wall and best CPU time of ``repeats`` runs after one warm-up, and the last result."""
     run()
     walls, cpus, result = [], [], None
@@ -118,6 +119,7 @@ def main() -> None:
         max_new_tokens=args.max_new_tokens,
         max_new_tokens_reasoning=args.max_new_tokens,
     )
+    backend: Any  # the transformers backend: prefix_cache, reset_cache and _images are read
     backend, info = load_backend(base)
     print(
         f"model {info.model_id} (demo={info.demo}) on {getattr(backend, 'device', '?')}, "
@@ -143,8 +145,8 @@ def main() -> None:
         )
 
         def run() -> object:
-            backend.prefix_cache = reuse  # type: ignore[attr-defined]
-            backend.reset_cache()  # type: ignore[attr-defined]
+            backend.prefix_cache = reuse
+            backend.reset_cache()
             return reader.read([current], [prior])
 
         return run
@@ -155,27 +157,25 @@ def main() -> None:
     )
 
     def single() -> object:
-        backend.prefix_cache = True  # type: ignore[attr-defined]
-        backend.reset_cache()  # type: ignore[attr-defined]
-        backend._images.clear()  # type: ignore[attr-defined]  # a fresh image, encoded once
+        backend.prefix_cache = True
+        backend.reset_cache()
+        backend._images.clear()  # a fresh image, encoded once
         return backend.generate(
             single_conversation, DecodeOptions(max_new_tokens=args.max_new_tokens)
         )
 
     no_reuse = best(staged(False), args.repeats)
     reading = no_reuse[2]
-    turns = sum(len(s.turns) for s in reading.stages)  # type: ignore[attr-defined]
-    report_turns = len(reading.report_turns)  # type: ignore[attr-defined]
-    prompt_tokens = reading.prompt_tokens  # type: ignore[attr-defined]
+    turns = sum(len(s.turns) for s in reading.stages)
+    report_turns = len(reading.report_turns)
+    prompt_tokens = reading.prompt_tokens
     reuse = best(staged(True), args.repeats)
-    same = [t.raw for s in reading.stages for t in s.turns] == [  # type: ignore[attr-defined]
-        t.raw
-        for s in reuse[2].stages
-        for t in s.turns  # type: ignore[attr-defined]
+    same = [t.raw for s in reading.stages for t in s.turns] == [
+        t.raw for s in reuse[2].stages for t in s.turns
     ]
     branched = best(staged(True, frozenset({2})), args.repeats)
     sampled = best(staged(True, samples=8), args.repeats)
-    confidences = [f.confidence for f in sampled[2].findings]  # type: ignore[attr-defined]
+    confidences = [f.confidence for f in sampled[2].findings]
     alone = best(single, args.repeats)
 
     on_gpu = str(getattr(backend, "device", "cpu")).startswith("cuda")
@@ -197,7 +197,7 @@ def main() -> None:
             sampled,
             "confidences " + " ".join("-" if c is None else f"{c:.2f}" for c in confidences),
         ),
-        ("single findings prompt", alone, f"{alone[2].prompt_tokens} prompt tokens"),  # type: ignore[attr-defined]
+        ("single findings prompt", alone, f"{alone[2].prompt_tokens} prompt tokens"),
     ):
         print(f"{name:24s} {timing[0]:7.3f}  {timing[1]:7.3f}   {note}")
     print(

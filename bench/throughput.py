@@ -1,7 +1,10 @@
-"""Studies per hour against studies in flight, one GPU worker, the OpenAI-compatible backend.
+"""Studies per hour against studies in flight, one GPU worker: the OpenAI-compatible backend,
+or (``--backend transformers``) the in-process engine.
 
     python bench/throughput.py [--in-flight 1,4,16,64] [--studies-per-slot 4]
                                [--per-token-ms 15] [--first-token-ms 40] [--server URL]
+    python bench/throughput.py --backend transformers [--in-flight 1,8] [--model PATH]
+                               [--max-new-tokens 16] [--threads 1]
 
 A study's questions are sequential (each stage reads the answers before it), so a GPU serves
 many studies an hour only with many studies in flight: the worker's threads pool
@@ -23,6 +26,13 @@ steady state outweighs the start, when every thread prepares its images at once.
 is one at a time (in flight 1) in the same run. The last line is
 ``RESULT studies_per_hour_1=<a> ... scaling_16=<x> scaling_64=<y>``; the target is near-linear
 scaling to 16 in flight on the simulated server (scaling_16 near 16).
+
+With ``--backend transformers`` the readings run in this process on the model itself (default:
+the tiny random-weight checkpoint, built fresh; ``--model`` for another, on ``--device``): the
+engine batches the turns of all studies in flight into shared forward passes. Every reading is
+the default one (eight stages, then the single-turn report prompts) with ``--max-new-tokens`` a
+turn; ``--studies-per-slot`` defaults to 2 there. The target on the tiny model on a CPU is
+``scaling_8`` of at least 3.
 """
 
 from __future__ import annotations
@@ -173,9 +183,16 @@ def main() -> None:
     parser.add_argument("--first-token-ms", type=float, default=40.0)
     parser.add_argument("--per-token-ms", type=float, default=15.0)
     parser.add_argument("--server", default="", help="a real OpenAI-compatible server's URL")
-    parser.add_argument("--model", default="StanfordAIMI/CheXOne")
+    parser.add_argument("--model", default="", help="default: CheXOne (openai), tiny (else)")
+    parser.add_argument("--backend", choices=["openai", "transformers"], default="openai")
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="transformers only")
+    parser.add_argument("--device", default="auto", help="transformers only")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (0: default)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.backend == "transformers":
+        in_process(args)
+        return
 
     from models import ReaderConfig, load_reader
 
@@ -187,7 +204,10 @@ def main() -> None:
     scratch = tempfile.TemporaryDirectory()
     reader = load_reader(
         ReaderConfig(
-            backend="openai", server_url=url, model=args.model, data_dir=Path(scratch.name)
+            backend="openai",
+            server_url=url,
+            model=args.model or "StanfordAIMI/CheXOne",
+            data_dir=Path(scratch.name),
         )
     )
     levels = [int(x) for x in args.in_flight.split(",") if x.strip()]
@@ -221,6 +241,77 @@ def main() -> None:
     base = results[levels[0]]["per_hour"]
     print(
         "RESULT "
+        + " ".join(f"studies_per_hour_{k}={r['per_hour']:.0f}" for k, r in results.items())
+        + " "
+        + " ".join(f"scaling_{k}={r['per_hour'] / base:.2f}" for k, r in results.items() if k != 1)
+    )
+    scratch.cleanup()
+
+
+def in_process(args: argparse.Namespace) -> None:
+    """The same levels on the transformers backend: one engine, readings from many threads."""
+    import torch
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    from models import ModelInfo, Reader, ReaderConfig, build_tiny, load_backend
+
+    scratch = tempfile.TemporaryDirectory()
+    model = args.model or str(build_tiny(Path(scratch.name) / "tiny"))
+    config = ReaderConfig(
+        model=model,
+        data_dir=Path(scratch.name),
+        device=args.device,
+        max_new_tokens=args.max_new_tokens,
+        max_new_tokens_reasoning=args.max_new_tokens,
+    )
+    backend: Any
+    backend, info = load_backend(config)
+    reader = Reader(backend, config, ModelInfo(info.model_id, info.revision, info.demo, "x", ""))
+    levels = [int(x) for x in args.in_flight.split(",") if x.strip()]
+    per_slot = args.studies_per_slot if args.studies_per_slot != 4 else 2
+    pairs = studies(8)
+    print(
+        f"model {info.model_id} on {backend.device}, {torch.get_num_threads()} torch threads, "
+        f"{args.max_new_tokens} new tokens a turn; {os.cpu_count()} CPUs here; "
+        f"load average at start {os.getloadavg()[0]:.1f}"
+    )
+    reader.read([pairs[0][0]], [pairs[0][1]])  # warm-up
+    engine = backend.engine
+    results: dict[int, dict[str, float]] = {}
+    print("in flight  studies   wall s  studies/h   p50 s  cpu s/study  rows/pass  ratio to 1")
+    for k in levels:
+        backend.reset_cache()
+        passes, rows = engine.forward_passes, engine.rows_decoded
+        spent, prefill = engine.forward_seconds, engine.prefill_seconds
+        results[k] = level(reader, pairs, k, max(per_slot * k, 2))
+        results[k]["forward_s"] = engine.forward_seconds - spent
+        results[k]["prefill_s"] = engine.prefill_seconds - prefill
+        r, base = results[k], results[levels[0]]["per_hour"]
+        decoded = (engine.rows_decoded - rows) / max(engine.forward_passes - passes, 1)
+        print(
+            f"{k:9d}  {int(r['studies']):7d}  {r['wall_s']:7.1f}  {r['per_hour']:9.0f}  "
+            f"{r['p50_s']:6.2f}  {r['cpu_per_study_s']:11.3f}  {decoded:9.1f}  "
+            f"{r['per_hour'] / base:6.2f}"
+        )
+    for k, r in results.items():
+        print(
+            f"{k} in flight: forward passes {r['forward_s']:.1f} s of {r['wall_s']:.1f} s wall "
+            f"(prefill {r['prefill_s']:.1f} s, decode {r['forward_s'] - r['prefill_s']:.1f} s)"
+        )
+    base = results[levels[0]]["per_hour"]
+    cpu_base = results[levels[0]]["cpu_per_study_s"]
+    # On a machine shared with other work wall time scatters; CPU time per study is this
+    # process's own work, and with the model's work in one engine thread it bounds throughput.
+    print(
+        "CPU time per study against one at a time: "
+        + " ".join(
+            f"{k}: {cpu_base / r['cpu_per_study_s']:.2f}x" for k, r in results.items() if k != 1
+        )
+        + f"; load average at the end {os.getloadavg()[0]:.1f}"
+    )
+    print(
+        "RESULT backend=transformers "
         + " ".join(f"studies_per_hour_{k}={r['per_hour']:.0f}" for k, r in results.items())
         + " "
         + " ".join(f"scaling_{k}={r['per_hour'] / base:.2f}" for k, r in results.items() if k != 1)

@@ -37,7 +37,6 @@ not fit in the memory available is skipped and says so. The last line is
 from __future__ import annotations
 
 import argparse
-import copy
 import gc
 import json
 import os
@@ -175,10 +174,8 @@ def build(target: Path, seed: int) -> int:
         vision_end_token_id=QWEN_IDS["<|vision_end|>"],
         tie_word_embeddings=True,
     )
-    try:  # transformers 5; the weights are all drawn below, Qwen's own init is wasted time
-        from transformers.initialization import no_init_weights
-    except ImportError:  # transformers 4
-        from transformers.modeling_utils import no_init_weights
+    # The weights are all drawn below: Qwen's own init would be wasted time.
+    from transformers.initialization import no_init_weights
 
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
@@ -252,14 +249,11 @@ def full_pass(backend: Any, encoded: Any, ids: Any = None) -> Any:
     return logits[0, -1].float()
 
 
-def cache_logits(backend: Any, encoded: Any, positions: Any) -> tuple[Any, int]:
-    """The backend's prefix-cached next-token logits (fp32, one row) and tokens reused, on a
-    copy of its cache, so the check leaves the real cache as it was."""
-    saved = (backend._cache, backend._cached_ids, backend._cached_images)
-    backend._cache = copy.deepcopy(backend._cache)
-    logits, reused = backend._prefill(encoded, positions)
-    backend._cache, backend._cached_ids, backend._cached_images = saved
-    return logits[0].float(), reused
+def cache_logits(backend: Any, conversation: Any) -> tuple[Any, int]:
+    """The backend's prefix-cached next-token logits (fp32, one row) and tokens reused,
+    through its engine; the engine's kept sequences stay as they were."""
+    logits, reused = backend.prompt_logits(conversation)
+    return logits.to(backend.device).float(), reused
 
 
 def next_token_logits(backend: Any, conversation: Any) -> dict[str, Any]:
@@ -270,7 +264,7 @@ def next_token_logits(backend: Any, conversation: Any) -> dict[str, Any]:
 
     with torch.inference_mode():
         encoded = backend.encode(conversation)
-        cached, reused = cache_logits(backend, encoded, backend._rope_positions(encoded))
+        cached, reused = cache_logits(backend, conversation)
         full = full_pass(backend, encoded)
         top = torch.topk(full, 2).values
     return {
@@ -321,7 +315,7 @@ def decode_step_floor(backend: Any, conversation: Any) -> float:
         out = model(
             inputs_embeds=embeds[None],
             position_ids=positions,
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
@@ -329,7 +323,7 @@ def decode_step_floor(backend: Any, conversation: Any) -> float:
         step = model(
             input_ids=token,
             position_ids=(positions.max() + 1).view(1, 1, 1).expand(3, 1, 1),
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         ).logits[0, -1]
@@ -365,7 +359,7 @@ def chunked_reference(backend: Any, first: Any, second: Any) -> dict[str, float]
             image_grid_thw=encoded.grid.to(backend.device),
             mm_token_type_ids=(ids[:, :split] == backend.image_token_id).to(torch.int),
             position_ids=positions[:, :, :split],
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
@@ -373,14 +367,14 @@ def chunked_reference(backend: Any, first: Any, second: Any) -> dict[str, float]
             model(
                 input_ids=ids[:, split:],
                 position_ids=positions[:, :, split:],
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
                 logits_to_keep=1,
             )
             .logits[0, -1]
             .float()
         )
-        ours, reused = cache_logits(backend, encoded, positions)
+        ours, reused = cache_logits(backend, second)
         full = full_pass(backend, encoded)
     assert reused == split, (reused, split)
     return {
@@ -398,12 +392,9 @@ def logits_only(backend: Any, image: Any, floor: bool) -> list[dict[str, Any]]:
 
     first = Conversation(QWEN_SYSTEM_PROMPT, (Message("user", FINDINGS, (image,)),))
     second = first.then(Message("assistant", "No acute findings."), Message("user", SECOND))
-    import torch
 
     backend.reset_cache()
-    with torch.inference_mode():
-        encoded = backend.encode(first)
-        backend._prefill(encoded, backend._rope_positions(encoded))
+    backend.prompt_logits(first, keep=True)  # turn 1 into the engine's cache
     row: dict[str, Any] = {"check": "turn 2 logits", "same": True}
     row.update(next_token_logits(backend, second))
     row["same"] = row["same_argmax"]

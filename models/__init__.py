@@ -10,10 +10,11 @@ Public API
     returns a reader. Raises :class:`ModelLoadError` with a plain message when a model named
     explicitly cannot be loaded. ``auto`` falls back to the tiny random-weight demo model.
 ``Reader.read(current: list[StudyImage], prior: list[StudyImage] | None = None,
-indication: str | None = None) -> Reading``
-    The eight-stage CXRTrek reading, then (``report_source=single_turn``, the default) the
-    report texts asked in CheXOne's trained single-turn form. Thread-safe; concurrent readings
-    run at once on the OpenAI-compatible backend and one at a time on the transformers one.
+indication: str | None = None, prior_report: str | None = None, on_draft=None) -> Reading``
+    The eight-stage CXRTrek reading and (``report_source=single_turn``, the default) the report
+    texts asked in CheXOne's trained single-turn form; the turns the draft needs run first and
+    ``on_draft(reading)`` is called then. Thread-safe; concurrent readings run at once on both
+    backends (the transformers one batches their turns in one engine).
     ``Reader.model`` (:class:`ModelInfo`) gives ``model_id``, ``revision``, ``backend``,
     ``demo`` and ``label`` (the demo warning text).
 ``Reading``

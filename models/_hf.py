@@ -4,26 +4,25 @@ Two ways to answer a conversation, which must give the same tokens (fp32, greedy
 
 * without prefix reuse: the stock ``model.generate`` on the whole conversation, every turn
   re-encoding every image and re-reading every earlier turn. This is the reference.
-* with prefix reuse (default): one ``DynamicCache`` kept across calls. A new conversation is
-  tokenised in full, compared token by token with what the cache holds, the cache is cropped to
-  the longest common prefix and only the remainder is run. Image features are computed once per
-  image and scattered into the remainder's embeddings; positions are Qwen2.5-VL's 3D (mrope)
-  positions computed by the model's own ``get_rope_index`` over the *whole* sequence and sliced,
-  so cached and fresh tokens sit exactly where a full run would put them. Decoding then continues
-  the way ``generate`` does (next position = max position + 1 + step).
+* with prefix reuse (default): the batching engine of :mod:`models._engine`. Every thread's
+  conversations go to one engine that keeps each conversation's keys and values in a slot of one
+  cache of many sequences, reuses the longest common *token* prefix (so a study's later turns
+  run only their new tokens and its images are encoded once), and runs the new tokens of all
+  requests in flight, and then their decode steps, as shared forward passes.
 
-Cropping to the common *token* prefix (not to the previous turn's text) is what keeps reuse exact:
-an answer re-tokenised in the next turn's template may split differently from the tokens the
-model generated, and a turn cut by ``max_new_tokens`` has no ``<|im_end|>``; both simply end the
+Reuse is cut at the common *token* prefix (not at the previous turn's text): an answer
+re-tokenised in the next turn's template may split differently from the tokens the model
+generated, and a turn cut by ``max_new_tokens`` has no ``<|im_end|>``; both simply end the
 common prefix a little earlier.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import logging
+import threading
 import time
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +31,15 @@ from typing import Any
 from PIL import Image
 
 from models._backend import Conversation, DecodeOptions, Generation, ModelLoadError
+from models._engine import Engine, Prompt, Result, Sampling
 from models._images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
 from models._parse import clean_output
 
 log = logging.getLogger(__name__)
 
 _IMAGE_PAD = "<|image_pad|>"
-_IMAGE_CACHE_SIZE = 16  # prepared images whose pixels and vision features are kept
+# Prepared images whose pixels and vision features are kept: two a study, for many in flight.
+_IMAGE_CACHE_SIZE = 256
 
 
 def _digest(image: Image.Image) -> str:
@@ -100,6 +101,11 @@ class _Encoded:
     starts: list[int]  # position of each image's first placeholder token in ids
 
     @property
+    def spans(self) -> list[tuple[int, int]]:
+        """(first, end) placeholder positions of each image."""
+        return [(s, s + e.n_tokens) for s, e in zip(self.starts, self.images, strict=True)]
+
+    @property
     def grid(self) -> Any:
         import torch
 
@@ -117,7 +123,13 @@ class _Encoded:
 
 
 class TransformersBackend:
-    """A Qwen2.5-VL-class model loaded with ``from_pretrained``; see the module docstring."""
+    """A Qwen2.5-VL-class model loaded with ``from_pretrained``; see the module docstring.
+
+    Thread-safe: concurrent calls are batched by the engine (the stock path takes turns).
+    """
+
+    # The Reader lets readings run at once: the engine batches their turns.
+    concurrent_readings = True
 
     def __init__(
         self,
@@ -128,7 +140,6 @@ class TransformersBackend:
         revision: str | None = None,
         prefix_cache: bool = True,
     ) -> None:
-        import torch
 
         self.model = model
         self.processor = processor
@@ -143,11 +154,10 @@ class TransformersBackend:
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else self.eos_ids[-1]
         self._images: OrderedDict[str, _ImageEntry] = OrderedDict()
-        self._cache: Any = None
-        self._cached_ids = torch.zeros(0, dtype=torch.long)
-        # (start, digest) of each image in the cached sequence. Placeholder tokens are the same
-        # for every image, so the token ids alone cannot tell two studies' images apart.
-        self._cached_images: set[tuple[int, str]] = set()
+        self._digests: dict[int, tuple[weakref.ref[Image.Image], str]] = {}
+        self._encode_lock = threading.Lock()  # the fast tokenizer and the image table
+        self._stock_lock = threading.Lock()  # model.generate keeps rope_deltas on the model
+        self.engine = Engine(model, eos_ids=self.eos_ids, pad_id=self.pad_id)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -205,9 +215,21 @@ class TransformersBackend:
         )
 
     # ------------------------------------------------------------------ encoding
+    def _digest(self, image: Image.Image) -> str:
+        """The image's content hash, computed once per image object (every turn of a reading
+        passes the same objects again)."""
+        known = self._digests.get(id(image))
+        if known is not None and known[0]() is image:
+            return known[1]
+        key = _digest(image)
+        if len(self._digests) > 4 * _IMAGE_CACHE_SIZE:
+            self._digests = {k: v for k, v in self._digests.items() if v[0]() is not None}
+        self._digests[id(image)] = (weakref.ref(image), key)
+        return key
+
     def _image_entry(self, image: Image.Image) -> _ImageEntry:
         """Pixels and grid of an image, through the checkpoint's own image processor, once."""
-        key = _digest(image)
+        key = self._digest(image)
         entry = self._images.get(key)
         if entry is not None:
             self._images.move_to_end(key)
@@ -235,23 +257,52 @@ class TransformersBackend:
 
     def encode(self, conversation: Conversation) -> _Encoded:
         """Token ids (image placeholders expanded, as the processor does) and images."""
+        with self._encode_lock:
+            return self._encode(conversation)
+
+    def _encode(self, conversation: Conversation) -> _Encoded:
         import torch
 
         entries = [self._image_entry(image) for image in conversation.images]
-        pieces = self.render(conversation).split(_IMAGE_PAD)
-        if len(pieces) != len(entries) + 1:
-            raise ValueError(f"template placed {len(pieces) - 1} images, expected {len(entries)}")
-        text = pieces[0]
-        for entry, piece in zip(entries, pieces[1:], strict=True):
-            text += _IMAGE_PAD * entry.n_tokens + piece
-        ids = self.tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"][0]
-        ids = ids.to(torch.long)
-        positions = torch.nonzero(ids == self.image_token_id).flatten().tolist()
-        starts, offset = [], 0
-        for entry in entries:
-            starts.append(int(positions[offset]))
-            offset += entry.n_tokens
+        text = self.render(conversation)
+        if text.count(_IMAGE_PAD) != len(entries):
+            raise ValueError(
+                f"template placed {text.count(_IMAGE_PAD)} images, expected {len(entries)}"
+            )
+        # Tokenised with one placeholder per image, then each expanded to the image's token
+        # count: the placeholder is an added token (text is split around it before BPE), so the
+        # ids are those of the expanded text, without tokenising hundreds of placeholders a turn.
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor(ids, dtype=torch.long)
+        pads = torch.nonzero(ids == self.image_token_id).flatten()
+        counts = torch.ones_like(ids)
+        counts[pads] = torch.tensor([e.n_tokens for e in entries], dtype=torch.long)
+        ids = torch.repeat_interleave(ids, counts)
+        ends = torch.cumsum(counts, 0)
+        starts = [int(ends[p]) - e.n_tokens for p, e in zip(pads.tolist(), entries, strict=True)]
         return _Encoded(ids=ids, images=entries, starts=starts)
+
+    def _tail_positions(self, encoded: _Encoded, start: int, offset: int) -> Any:
+        """3D positions (3, L - start) of tokens ``start:``, as a full run would give them.
+
+        Qwen2.5-VL starts every segment (a text run, an image) at the largest position so far
+        plus one, so the tail's positions are the model's own rule applied to the tail alone,
+        shifted by ``offset`` (the kept prefix's largest position plus one).
+        """
+        import torch
+
+        ids = encoded.ids[start:][None].to(self.device)
+        grids = [
+            e.grid_thw for s, e in zip(encoded.starts, encoded.images, strict=True) if s >= start
+        ]
+        if not grids:
+            positions = torch.arange(ids.shape[1], device=self.device).view(1, -1).expand(3, -1)
+            return positions + offset
+        mm = (ids == self.image_token_id).to(torch.int)
+        positions, _ = self.model.model.get_rope_index(
+            ids, mm_token_type_ids=mm, image_grid_thw=torch.stack(grids).to(self.device)
+        )
+        return positions[:, 0] + offset
 
     def _rope_positions(self, encoded: _Encoded) -> Any:
         """3D positions (3, 1, L) of the whole sequence, from the model's own rule."""
@@ -296,43 +347,64 @@ class TransformersBackend:
     # ------------------------------------------------------------------ generation
     def generate(self, conversation: Conversation, options: DecodeOptions) -> Generation:
         """Answer the conversation's last user turn (see the module docstring for the two paths)."""
-        import torch
-
-        with torch.inference_mode():
-            encoded = self.encode(conversation)
-            options = self._fit_context(int(encoded.ids.shape[0]), options)
-            if self.prefix_cache:
-                return self._generate_cached(encoded, options)
-            return self._generate_stock(encoded, options)
+        return self.generate_batch([conversation], options)[0]
 
     def generate_batch(
         self, conversations: list[Conversation], options: DecodeOptions
     ) -> list[Generation]:
-        """Answer independent conversations that share a prefix (branches).
-
-        With prefix reuse the shared prefix is run once and the branches are decoded together as
-        one batch; without it, each conversation is answered on its own.
-        """
+        """Answer independent conversations at once (branches of one prefix are the common
+        case: the engine runs the shared prefix once and copies it to the others)."""
         import torch
 
         if not conversations:
             return []
-        with torch.inference_mode():
-            encoded = [self.encode(c) for c in conversations]
-            batchable = (
-                self.prefix_cache
-                and len(encoded) > 1
-                and not options.do_sample
-                and self._branch_point(encoded) is not None
-            )
-            if not batchable:
-                return [
-                    self._generate_cached(e, options)
-                    if self.prefix_cache
-                    else self._generate_stock(e, options)
-                    for e in encoded
-                ]
-            return self._generate_branches(encoded, options)
+        started = time.perf_counter()
+        encoded = [self.encode(c) for c in conversations]
+        longest = max(int(e.ids.shape[0]) for e in encoded)
+        options = self._fit_context(longest, options)
+        if not self.prefix_cache:
+            with self._stock_lock, torch.inference_mode():
+                return [self._generate_stock(e, options) for e in encoded]
+        results = self.engine.submit_many([self._prompt(e) for e in encoded], _sampling(options))
+        return [self._generation(r, started) for r in results]
+
+    def prompt_logits(self, conversation: Conversation, *, keep: bool = False) -> tuple[Any, int]:
+        """The next-token logits (fp32, host) of ``conversation`` through the engine's prefix
+        cache, and the prompt tokens reused. ``keep``: keep its keys and values for later
+        conversations (else the cache is left as it was). For checks and benchmarks."""
+        result = self.engine.submit(
+            self._prompt(self.encode(conversation)),
+            Sampling(max_new_tokens=1),
+            keep=keep,
+            logits=True,
+        )
+        return result.logits, result.cached_tokens
+
+    def _prompt(self, encoded: _Encoded) -> Prompt:
+        """What the engine needs of an encoded conversation."""
+        return Prompt(
+            ids=encoded.ids,
+            spans=encoded.spans,
+            digests=[e.digest for e in encoded.images],
+            embed=lambda start: self._embed_tail(encoded, start),
+            positions=lambda start, offset: self._tail_positions(encoded, start, offset),
+        )
+
+    def _generation(self, result: Result, started: float) -> Generation:
+        tokens = result.tokens
+        return Generation(
+            texts=[self._decode(row) for row in tokens],
+            prompt_tokens=result.prompt_tokens,
+            completion_tokens=[len(row) for row in tokens],
+            cached_tokens=result.cached_tokens,
+            prefill_seconds=result.queued_seconds + result.prefill_seconds,
+            decode_seconds=result.decode_seconds,
+            total_seconds=time.perf_counter() - started,
+            finish_reasons=[
+                "stop" if row and row[-1] in self.eos_ids else "length" for row in tokens
+            ],
+            token_ids=tokens,
+        )
 
     def _fit_context(self, prompt_tokens: int, options: DecodeOptions) -> DecodeOptions:
         """Shorten ``max_new_tokens`` so prompt plus answer fit the model's context."""
@@ -353,12 +425,8 @@ class TransformersBackend:
         return options
 
     def reset_cache(self) -> None:
-        """Forget the prefix cache (the next call runs its whole prompt)."""
-        import torch
-
-        self._cache = None
-        self._cached_ids = torch.zeros(0, dtype=torch.long)
-        self._cached_images = set()
+        """Forget the prefix cache (the next call runs its whole prompt). Only while idle."""
+        self.engine.reset()
 
     def _generation_config(self, options: DecodeOptions) -> Any:
         """An explicit config, so the checkpoint's own defaults (a repetition penalty, top_k) do
@@ -422,219 +490,13 @@ class TransformersBackend:
         control tokens removed, so grounding markup survives whatever the tokenizer calls it."""
         return clean_output(self.tokenizer.decode(tokens, skip_special_tokens=False))
 
-    def _prefill(self, encoded: _Encoded, positions: Any) -> tuple[Any, int]:
-        """Make the cache hold ``encoded``'s prompt; return the last logits and reused count."""
-        import torch
-        from transformers import DynamicCache
 
-        ids = encoded.ids
-        length = int(ids.shape[0])
-        cached = self._cached_ids
-        limit = min(int(cached.shape[0]), length - 1)  # at least one token must be run for logits
-        same = (cached[:limit] == ids[:limit]).to(torch.int)
-        reuse = int(same.cumprod(0).sum()) if limit > 0 else 0
-        for start, entry in zip(encoded.starts, encoded.images, strict=True):
-            if start < reuse and (start, entry.digest) not in self._cached_images:
-                reuse = start  # same placeholders, different pixels: reuse stops there
-                break
-        if self._cache is None or reuse == 0:
-            self._cache = DynamicCache(config=self.model.config)
-            reuse = 0
-        elif self._cache.get_seq_length() > reuse:
-            self._cache.crop(reuse - self._cache.get_seq_length())
-        embeds = self._embed_tail(encoded, reuse)
-        out = self.model(
-            inputs_embeds=embeds[None],
-            position_ids=positions[:, :, reuse:],
-            past_key_values=self._cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        self._cached_ids = ids.clone()
-        self._cached_images = {
-            (s, e.digest) for s, e in zip(encoded.starts, encoded.images, strict=True)
-        }
-        return out.logits[:, -1, :], reuse
-
-    def _choose(self, logits: Any, options: DecodeOptions, generator: Any) -> Any:
-        """Next token per row: argmax, or a sample at ``temperature`` within ``top_p``."""
-        import torch
-
-        if not options.do_sample:
-            return torch.argmax(logits, dim=-1)
-        probs = torch.softmax(logits.float() / max(options.temperature, 1e-5), dim=-1)
-        if options.top_p < 1.0:
-            sorted_probs, order = torch.sort(probs, descending=True, dim=-1)
-            drop = sorted_probs.cumsum(-1) - sorted_probs > options.top_p
-            sorted_probs[drop] = 0.0
-            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-        return torch.multinomial(probs, 1, generator=generator).flatten()
-
-    def _decode_loop(
-        self, logits: Any, cache: Any, next_position: Any, options: DecodeOptions, mask: Any = None
-    ) -> list[list[int]]:
-        """Greedy or sampled decoding of every row from ``logits`` onwards, in place on ``cache``.
-
-        ``next_position`` is a (rows,) tensor: where each row's first new token sits. Rows that
-        finish keep being fed padding (ignored) until all finish; ``mask`` (rows, cached length)
-        is the attention mask for batched branches, None for a single row.
-        """
-        import torch
-
-        rows = int(logits.shape[0])
-        generator = None
-        if options.do_sample:
-            generator = torch.Generator(device=logits.device)
-            generator.manual_seed(options.seed if options.seed is not None else 0)
-        tokens: list[list[int]] = [[] for _ in range(rows)]
-        done = [False] * rows
-        for step in range(options.max_new_tokens):
-            chosen = self._choose(logits, options, generator)
-            for row in range(rows):
-                if not done[row]:
-                    token = int(chosen[row])
-                    tokens[row].append(token)
-                    done[row] = token in self.eos_ids
-            if all(done) or step == options.max_new_tokens - 1:
-                break
-            # A finished row is fed padding; what it computes afterwards is never read.
-            feed = torch.tensor(
-                [[self.pad_id if done[r] else int(chosen[r])] for r in range(rows)],
-                device=self.device,
-            )
-            position = (next_position + step).view(1, rows, 1).expand(3, rows, 1)
-            kwargs: dict[str, Any] = {}
-            if mask is not None:
-                mask = torch.cat(
-                    [mask, torch.ones(rows, 1, dtype=mask.dtype, device=mask.device)], dim=1
-                )
-                kwargs["attention_mask"] = mask
-            out = self.model(
-                input_ids=feed,
-                position_ids=position,
-                past_key_values=cache,
-                use_cache=True,
-                logits_to_keep=1,
-                **kwargs,
-            )
-            logits = out.logits[:, -1, :]
-        return tokens
-
-    def _generate_cached(self, encoded: _Encoded, options: DecodeOptions) -> Generation:
-        """The prefix-reuse path (see the module docstring)."""
-        import torch
-
-        started = time.perf_counter()
-        positions = self._rope_positions(encoded)
-        logits, reused = self._prefill(encoded, positions)
-        prefilled = time.perf_counter()
-        next_position = positions.max() + 1
-        rows = options.n if options.do_sample else 1
-        if rows == 1 and not options.do_sample:
-            tokens = self._decode_loop(logits, self._cache, next_position.view(1), options)
-            # Everything but the last token went through the model and is in the cache now.
-            fed = torch.tensor(tokens[0][:-1], dtype=torch.long)
-            self._cached_ids = torch.cat([encoded.ids, fed])
-        else:
-            # Samples decode as a batch on a copy, so the shared cache stays at the prompt.
-            branch = copy.deepcopy(self._cache)
-            branch.batch_repeat_interleave(rows)
-            tokens = self._decode_loop(
-                logits.expand(rows, -1), branch, next_position.view(1).expand(rows), options
-            )
-        finished = time.perf_counter()
-        return Generation(
-            texts=[self._decode(row) for row in tokens],
-            prompt_tokens=int(encoded.ids.shape[0]),
-            completion_tokens=[len(row) for row in tokens],
-            cached_tokens=reused,
-            prefill_seconds=prefilled - started,
-            decode_seconds=finished - prefilled,
-            total_seconds=finished - started,
-            finish_reasons=[
-                "stop" if row and row[-1] in self.eos_ids else "length" for row in tokens
-            ],
-            token_ids=tokens,
-        )
-
-    def _branch_point(self, encoded: list[_Encoded]) -> int | None:
-        """Length of the prefix all branches share, when their tails are text only."""
-        import torch
-
-        first = encoded[0].ids
-        shortest = min(int(e.ids.shape[0]) for e in encoded)
-        same = torch.ones(shortest - 1, dtype=torch.int)
-        for other in encoded[1:]:
-            same &= (other.ids[: shortest - 1] == first[: shortest - 1]).to(torch.int)
-        point = int(same.cumprod(0).sum())
-        for e in encoded:
-            digests = [i.digest for i in e.images]
-            if bool((e.ids[point:] == self.image_token_id).any()) or digests != [
-                i.digest for i in encoded[0].images
-            ]:
-                return None
-        return point if point > 0 else None
-
-    def _generate_branches(
-        self, encoded: list[_Encoded], options: DecodeOptions
-    ) -> list[Generation]:
-        """Run the shared prefix once, then all tails as one padded batch, then decode together.
-
-        Padding goes between the prefix and each tail (masked out), so every row's last prompt
-        token is in the last column and the rows' 3D positions are exactly their own full-run ones.
-        """
-        import torch
-
-        started = time.perf_counter()
-        point = self._branch_point(encoded)
-        assert point is not None
-        # Run the prefix (plus nothing): _prefill needs one token to run, so extend by the first
-        # token of the first tail and then crop it off again.
-        head = _Encoded(encoded[0].ids[: point + 1].clone(), encoded[0].images, encoded[0].starts)
-        _, reused = self._prefill(head, self._rope_positions(head))
-        self._cache.crop(-1)
-        self._cached_ids = head.ids[:point]
-        rows = len(encoded)
-        tails = [e.ids[point:] for e in encoded]
-        width = max(int(t.shape[0]) for t in tails)
-        feed = torch.full((rows, width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros(rows, point + width, dtype=torch.long)
-        mask[:, :point] = 1
-        positions = torch.zeros(3, rows, width, dtype=torch.long, device=self.device)
-        next_position = torch.zeros(rows, dtype=torch.long, device=self.device)
-        for row, (enc, tail) in enumerate(zip(encoded, tails, strict=True)):
-            n = int(tail.shape[0])
-            feed[row, width - n :] = tail
-            mask[row, point + width - n :] = 1
-            full = self._rope_positions(enc)
-            positions[:, row, width - n :] = full[:, 0, point:]
-            next_position[row] = full.max() + 1
-        branch = copy.deepcopy(self._cache)
-        branch.batch_repeat_interleave(rows)
-        mask = mask.to(self.device)
-        out = self.model(
-            input_ids=feed.to(self.device),
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=branch,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        prefilled = time.perf_counter()
-        tokens = self._decode_loop(out.logits[:, -1, :], branch, next_position, options, mask=mask)
-        finished = time.perf_counter()
-        share = 1.0 / rows  # the batch's time, shared equally between its rows
-        return [
-            Generation(
-                texts=[self._decode(row)],
-                prompt_tokens=int(enc.ids.shape[0]),
-                completion_tokens=[len(row)],
-                cached_tokens=point if i else reused,
-                prefill_seconds=(prefilled - started) * share,
-                decode_seconds=(finished - prefilled) * share,
-                total_seconds=(finished - started) * share,
-                finish_reasons=["stop" if row and row[-1] in self.eos_ids else "length"],
-                token_ids=[row],
-            )
-            for i, (enc, row) in enumerate(zip(encoded, tokens, strict=True))
-        ]
+def _sampling(options: DecodeOptions) -> Sampling:
+    return Sampling(
+        max_new_tokens=options.max_new_tokens,
+        rows=options.n if options.do_sample else 1,
+        do_sample=options.do_sample,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        seed=options.seed,
+    )

@@ -5,12 +5,16 @@ stages read the model's earlier answers. The current image(s) enter with the fir
 prior study's first image enters at stage 5 together with the current image again, prior first
 (CheXOne's progression layout: "the second image" is the current one).
 
-The texts that go into the report are asked again afterwards in CheXOne's trained form
+The texts that go into the report are asked again in CheXOne's trained form
 (:func:`_report_pass`): a fresh single-turn conversation each, under the stock system prompt,
 images first and then the task prompt. Those conversations share their image prefix, so a
 backend with prefix reuse encodes the images once and batches the prompts as branches. The
 staged reading stays the reading trace, its own stage-8 report kept beside the single-turn one;
 ``ReaderConfig.report_source`` says which of the two feeds the report.
+
+The draft comes first: with ``report_source=single_turn`` the draft needs stages 1-3 (view,
+quality, presence, attributes) and the single-turn report prompts, so those run first, the
+``on_draft`` hook gets the reading, and stages 4-8 (the rest of the trace) follow.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Container, Sequence
+from collections.abc import Callable, Container, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -278,10 +282,10 @@ class Reader:
     """Runs the staged reading of a study (see :func:`models.load_reader`).
 
     Several threads may call :meth:`read` at once. A backend that says
-    ``concurrent_readings`` (the OpenAI-compatible one: each request carries its whole
-    conversation, the server batches them) serves them all at the same time; any other (the
-    transformers backend, whose one KV cache holds one conversation) reads one study at a time
-    under a lock per backend.
+    ``concurrent_readings`` serves them all at the same time: the OpenAI-compatible one (each
+    request carries its whole conversation, the server batches them) and the transformers one
+    (its engine batches the turns of all readings in flight). Any other backend (a test double)
+    reads one study at a time under a lock per backend.
     """
 
     def __init__(self, backend: Backend, config: ReaderConfig, model: ModelInfo) -> None:
@@ -308,11 +312,14 @@ class Reader:
         prior: Sequence[StudyImage] | None = None,
         indication: str | None = None,
         prior_report: str | None = None,
+        on_draft: Callable[[Reading], None] | None = None,
     ) -> Reading:
         """The eight-stage reading of ``current`` (with ``prior`` for stage 5, when given).
 
         ``prior_report``, the prior study's signed report text, goes into stage 5's comparison
-        question when there is a prior image to compare with.
+        question when there is a prior image to compare with. ``on_draft`` is called (in this
+        thread) with the reading as soon as everything the report needs is in it, before the
+        rest of the trace is read; ``Reading.draft_seconds`` records when that was.
         """
         if not current:
             raise ValueError("a reading needs at least one current image")
@@ -322,6 +329,7 @@ class Reader:
                 list(prior or []),
                 (indication or "").strip() or None,
                 (prior_report or "").strip() or None,
+                on_draft,
             )
 
     def _read(
@@ -330,6 +338,7 @@ class Reader:
         prior: list[StudyImage],
         indication: str | None,
         prior_report: str | None,
+        on_draft: Callable[[Reading], None] | None,
     ) -> Reading:
         started = time.perf_counter()
         config = self.config
@@ -360,17 +369,30 @@ class Reader:
             lambda: self._single(session, 7, "advice", P.ADVICE_QUESTION, reading, "advice_text"),
             lambda: self._stage8(session, reading),
         )
-        for number, run in enumerate(stage_runs, start=1):
-            stage_started = time.perf_counter()
-            run()
-            session.stages[number - 1].seconds = time.perf_counter() - stage_started
-        if config.report_source == "single_turn":
+        single = config.report_source == "single_turn"
+        # The stages the single-turn report needs (view, quality, presence, attributes) first.
+        draft_stages = 3 if single else len(stage_runs)
+        for number, run in enumerate(stage_runs[:draft_stages], start=1):
+            self._timed(session, number, run)
+        if single:
             _report_pass(self.backend, config, reading, now, before)
         else:
             _report_from_stages(reading)
         _record_problems(reading)
+        reading.draft_seconds = time.perf_counter() - started
+        if on_draft is not None:
+            on_draft(reading)
+        for number, run in enumerate(stage_runs[draft_stages:], start=draft_stages + 1):
+            self._timed(session, number, run)
+        _record_problems(reading)
         reading.total_seconds = time.perf_counter() - started
         return reading
+
+    @staticmethod
+    def _timed(session: _Session, number: int, run: Callable[[], None]) -> None:
+        stage_started = time.perf_counter()
+        run()
+        session.stages[number - 1].seconds = time.perf_counter() - stage_started
 
     # ------------------------------------------------------------------ stages
     def _stage1(self, session: _Session, reading: Reading, now: list[_Prepared]) -> None:
@@ -676,7 +698,10 @@ def _report_pass(
 
 
 def _record_problems(reading: Reading) -> None:
-    """One line per answer not understood, without its \\boxed{} answer, or cut short."""
+    """One line per answer not understood, without its \\boxed{} answer, or cut short (the
+    lists are rebuilt, so the draft and the complete reading each get their own)."""
+    reading.unparsed.clear()
+    reading.truncated.clear()
     traced = [(f"stage {s.stage}", t) for s in reading.stages for t in s.turns]
     traced += [("single-turn", t) for t in reading.report_turns]
     for where, turn in traced:

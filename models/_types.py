@@ -232,7 +232,8 @@ class Reading:
     staged_report: dict[str, str] = field(default_factory=dict)  # stage 8's (and 5's) own texts
     unparsed: list[str] = field(default_factory=list)  # one line per answer not understood
     truncated: list[str] = field(default_factory=list)  # one line per answer cut by the limit
-    total_seconds: float = 0.0
+    draft_seconds: float = 0.0  # from the start to everything the report needs (the draft)
+    total_seconds: float = 0.0  # from the start to the complete trace
 
     @property
     def demo(self) -> bool:

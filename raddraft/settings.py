@@ -245,7 +245,7 @@ class Settings(BaseSettings):
         "this many characters, flagged in the draft's extra.input_truncated",
     )
     studies_in_flight: int = Field(
-        default=1, ge=1, description="studies a gpu worker drafts at once (openai backend)"
+        default=1, ge=1, description="studies a gpu worker reads at once (batched by the engine or the server)"
     )
     demo_max_new_tokens: int = Field(
         default=32,

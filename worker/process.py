@@ -56,18 +56,13 @@ def worker_pool(settings: Settings, queues: list[str], concurrency: int) -> tupl
     The gpu queue runs in this very process, where the model was loaded: one study at a time
     (solo pool), or ``studies_in_flight`` at once in threads sharing the one loaded model. The
     OpenAI-compatible backend (vLLM) serves those readings concurrently, the server batching
-    their sequences; the transformers backend reads them one by one under its lock (its one KV
-    cache holds one conversation), so more in flight only queues there. io workers fork.
+    their sequences; the transformers backend's engine (models/_engine.py) batches their turns
+    into shared forward passes. io workers fork.
     """
     if Queue.gpu not in queues:
         return "prefork", concurrency
     if settings.studies_in_flight <= 1:
         return "solo", 1
-    if settings.model_backend != "openai":
-        log.warning(
-            "studies in flight > 1 with the transformers backend: readings take turns %s",
-            kv(studies_in_flight=settings.studies_in_flight),
-        )
     return "threads", settings.studies_in_flight
 
 

@@ -151,24 +151,140 @@ def backend(tiny_backend: TransformersBackend) -> Iterator[TransformersBackend]:
     tiny_backend.reset_cache()
 
 
-def test_concurrent_readings_on_the_transformers_backend_equal_readings_alone(
+def texts(reading: Reading) -> list[str]:
+    return [t.raw for s in reading.stages for t in s.turns] + [t.raw for t in reading.report_turns]
+
+
+def test_studies_in_flight_on_the_engine_never_mix_and_equal_readings_alone(
     backend: TransformersBackend,
 ) -> None:
-    """Two threads, identical prompts, different images: each reading equals the same reading
-    done alone with no prefix reuse at all (the lock keeps the one KV cache to one study)."""
+    """Eight threads, identical prompts, different images, read at once: the engine batches
+    their turns (fp32), and each reading is token for token the same reading done alone, with
+    the engine and with stock ``generate`` and no reuse at all."""
     config = ReaderConfig(findings_vocabulary=VOCAB, max_new_tokens=5)
     info = ModelInfo("raddraft/tiny-qwen2.5-vl", backend.revision, True, "transformers", "tiny")
     reader = Reader(backend, config, info)
-    studies = [study(seed) for seed in (0, 3)]
-
-    def texts(reading: Reading) -> list[str]:
-        return [t.raw for s in reading.stages for t in s.turns] + [
-            t.raw for t in reading.report_turns
-        ]
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
+    studies = [study(seed) for seed in range(8)]
+    backend.engine.most_rows = 0
+    with ThreadPoolExecutor(max_workers=len(studies)) as pool:
         together = list(pool.map(lambda s: texts(reader.read([s[0]], [s[1]])), studies))
-    backend.prefix_cache = False
+    assert backend.engine.most_rows >= 4  # turns of several studies shared forward passes
+    backend.reset_cache()
     alone = [texts(reader.read([s[0]], [s[1]])) for s in studies]
     assert together == alone
-    assert together[0] != together[1]  # the images do change the answers
+    backend.prefix_cache = False
+    stock = [texts(reader.read([s[0]], [s[1]])) for s in studies]
+    assert together == stock
+    assert len({tuple(t) for t in together}) == len(studies)  # the images change the answers
+
+
+def test_batched_bf16_logits_stay_within_the_noise_floor(tiny_path: Path) -> None:
+    """bf16: turn 2's next-token logits (prefix reused) of eight studies in one batch against
+    each alone differ by no more than bf16's own floor: transformers' forward of the same
+    prompt in a batch of two against alone (bench/verify_fullsize.py's noise floor)."""
+    import torch
+
+    from models import Conversation, Message
+    from models._engine import Sampling
+
+    bf16 = TransformersBackend.load(tiny_path, device="cpu", dtype="bf16", local_files_only=True)
+    firsts, seconds = [], []
+    for current, _ in (study(seed) for seed in range(8)):
+        image = prepare_image(current.dataset)[0]
+        first = Conversation("s", (Message("user", "Write the findings.", (image,)),))
+        firsts.append(first)
+        seconds.append(first.then(Message("assistant", "Clear."), Message("user", "Impression?")))
+    for first in firsts:
+        bf16.prompt_logits(first, keep=True)
+    alone = [bf16.prompt_logits(second) for second in seconds]
+    prompts = [bf16._prompt(bf16.encode(second)) for second in seconds]
+    batched = bf16.engine.submit_many(prompts, Sampling(max_new_tokens=1), keep=False, logits=True)
+    assert bf16.engine.most_rows >= 8
+    floor = 0.0
+    with torch.inference_mode():
+        for second in seconds:
+            encoded = bf16.encode(second)
+            ids = encoded.ids[None].expand(2, -1).contiguous()
+            pair = (
+                bf16.model(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    mm_token_type_ids=(ids == bf16.image_token_id).to(torch.int),
+                    pixel_values=torch.cat([encoded.pixel_values] * 2),
+                    image_grid_thw=torch.cat([encoded.grid] * 2),
+                    logits_to_keep=1,
+                )
+                .logits[:, -1]
+                .float()
+            )
+            bf16.model.model.rope_deltas = None
+            one = (
+                bf16.model(
+                    input_ids=ids[:1],
+                    attention_mask=torch.ones_like(ids[:1]),
+                    mm_token_type_ids=(ids[:1] == bf16.image_token_id).to(torch.int),
+                    pixel_values=encoded.pixel_values,
+                    image_grid_thw=encoded.grid,
+                    logits_to_keep=1,
+                )
+                .logits[0, -1]
+                .float()
+            )
+            bf16.model.model.rope_deltas = None
+            floor = max(floor, float((pair[1] - one).abs().max()))
+    for (logits, reused), result in zip(alone, batched, strict=True):
+        assert reused > 0 and result.cached_tokens == reused
+        assert float((result.logits - logits).abs().max()) <= floor
+
+
+def test_a_full_store_drops_idle_prefixes_and_stays_exact(backend: TransformersBackend) -> None:
+    """With room for two sequences only, a third conversation drops the least recently used
+    idle one; asking that conversation again recomputes it, with the same tokens."""
+    from models import Conversation, DecodeOptions, Message
+
+    engine = backend.engine
+    saved = engine.max_slots
+    engine.reset()
+    engine.max_slots = engine.slots = 2
+    engine._free = [0, 1]
+    try:
+        conversations = [
+            Conversation("s", (Message("user", "Findings?", (prepare_image(c.dataset)[0],)),))
+            for c, _ in (study(seed) for seed in range(3))
+        ]
+        options = DecodeOptions(max_new_tokens=4)
+        first = [backend.generate(c, options) for c in conversations]
+        again = backend.generate(conversations[0], options)  # its slot went to the third
+        assert engine.slots == 2 and len(engine._kept) == 2
+        assert again.cached_tokens < first[0].prompt_tokens - 1
+        assert again.token_ids == first[0].token_ids
+        backend.prefix_cache = False
+        assert [backend.generate(c, options).token_ids for c in conversations] == [
+            g.token_ids for g in first
+        ]
+    finally:
+        engine.max_slots, engine.slots = saved, int(engine.keys[0].shape[0])
+        engine.reset()
+
+
+def test_a_failed_step_reaches_its_callers_and_the_engine_serves_on(
+    backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from models import Conversation, DecodeOptions, Message
+
+    image = prepare_image(study(1)[0].dataset)[0]
+    conversation = Conversation("s", (Message("user", "Findings?", (image,)),))
+    options = DecodeOptions(max_new_tokens=3)
+    expected = backend.generate(conversation, options).token_ids
+    backend.reset_cache()
+    engine = backend.engine
+    real = engine._forward
+
+    def broken(*args: object, **kwargs: object) -> object:
+        raise RuntimeError("device lost")
+
+    monkeypatch.setattr(engine, "_forward", broken)
+    with pytest.raises(RuntimeError, match="device lost"):
+        backend.generate(conversation, options)
+    monkeypatch.setattr(engine, "_forward", real)
+    assert backend.generate(conversation, options).token_ids == expected

@@ -16,8 +16,10 @@ from models import (
     ModelInfo,
     Reader,
     ReaderConfig,
+    Reading,
     StudyImage,
 )
+from models._prompts import QWEN_SYSTEM_PROMPT
 from models._staged_reading import consistency
 from tests.models.conftest import radiograph
 
@@ -334,21 +336,23 @@ def test_report_texts_in_the_trained_single_turn_form(
     assert [t["kind"] for t in data["report_turns"]] == [t.kind for t in reading.report_turns]
 
 
-def test_single_turn_answers_feed_the_report_not_stage_8(current: StudyImage) -> None:
-    def differing(question: str) -> str:
-        if question.startswith("Write an example findings"):
-            # Stage 8 and the single-turn prompt are the same words: tell them apart by
-            # counting (the staged one comes first).
-            differing.calls += 1  # type: ignore[attr-defined]
-            return "staged findings" if differing.calls == 1 else "single-turn findings"  # type: ignore[attr-defined]
-        return script(question)
+class SystemAwareBackend(ScriptedBackend):
+    """Answers the findings prompt by the conversation it is asked in: stage 8 and the
+    single-turn prompt are the same words under different system prompts."""
 
-    differing.calls = 0  # type: ignore[attr-defined]
-    reading = reader(ScriptedBackend(differing)).read([current])
+    def generate(self, conversation: Conversation, options: DecodeOptions) -> Generation:
+        out = super().generate(conversation, options)
+        if conversation.turns[-1].text.startswith("Write an example findings"):
+            single = conversation.system == QWEN_SYSTEM_PROMPT
+            out.texts = ["single-turn findings" if single else "staged findings"]
+        return out
+
+
+def test_single_turn_answers_feed_the_report_not_stage_8(current: StudyImage) -> None:
+    reading = reader(SystemAwareBackend(script)).read([current])
     assert reading.findings_text == "single-turn findings"
     assert reading.staged_report["findings_text"] == "staged findings"
-    differing.calls = 0  # type: ignore[attr-defined]
-    backend = ScriptedBackend(differing)
+    backend = SystemAwareBackend(script)
     staged = reader(backend, report_source="staged").read([current])
     assert staged.findings_text == "staged findings" and staged.report_turns == []
     assert single_turn_calls(backend) == []
@@ -407,3 +411,25 @@ def test_consistency_only_for_the_chosen_labels(current: StudyImage) -> None:
     by_label = {f.label: f.confidence for f in reading.findings}
     assert by_label["Cardiomegaly"] is None and by_label["Pneumothorax"] is None
     assert by_label["Pleural Effusion"] == pytest.approx(consistency([1, 0, 0, 0], 2))
+
+
+def test_the_draft_comes_first_then_the_trace(current: StudyImage, prior: StudyImage) -> None:
+    """The single-turn report prompts run right after stage 3; ``on_draft`` sees the report
+    texts and boxes before any of stages 4-8 was asked, and both times are recorded."""
+    backend = ScriptedBackend(script)
+    drafts: list[tuple[int, str, list[int]]] = []
+
+    def on_draft(reading: Reading) -> None:
+        drafts.append((len(backend.seen), reading.findings_text, [s.stage for s in reading.stages]))
+
+    reading = reader(backend).read([current], [prior], on_draft=on_draft)
+    assert len(drafts) == 1
+    asked, findings_text, stages = drafts[0]
+    assert findings_text == "Small left effusion. Cardiomegaly."
+    assert stages == [1, 2, 3]
+    systems = [c.system for c in backend.seen]
+    single = [i for i, s in enumerate(systems) if s == QWEN_SYSTEM_PROMPT]
+    assert single and max(single) < asked  # every report prompt before the draft hook
+    assert all(s != QWEN_SYSTEM_PROMPT for s in systems[asked:])  # then the trace only
+    assert [s.stage for s in reading.stages] == list(range(1, 9))
+    assert 0 < reading.draft_seconds <= reading.total_seconds

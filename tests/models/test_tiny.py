@@ -266,3 +266,25 @@ def test_answers_are_cut_to_fit_the_context(
     monkeypatch.setattr(text_config, "max_position_embeddings", length)
     with pytest.raises(ValueError, match="exceeds the context"):
         backend.generate(conversation, DecodeOptions(max_new_tokens=50))
+
+
+def test_no_deprecated_transformers_call(
+    backend: TransformersBackend, current: StudyImage, prior: StudyImage, tiny_path: Path
+) -> None:
+    """Loading and a whole reading, engine and stock path, call nothing transformers has
+    deprecated (``past_key_values`` goes in 5.40: the engine passes ``cache``)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        TransformersBackend.load(tiny_path, device="cpu", local_files_only=True)
+        make_reader(backend).read([current], [prior])
+        backend.prefix_cache = False
+        make_reader(backend).read([current], [prior])
+    deprecated = [
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, (FutureWarning, DeprecationWarning))
+        and "transformers" in w.filename
+    ]
+    assert deprecated == []

@@ -1,0 +1,649 @@
+"""The transformers backend's batching engine: the turns of every study in flight share forward
+passes, the way continuous batching serves them.
+
+* **Slots.** Keys and values of many sequences live in one preallocated tensor per layer,
+  ``[slots, kv_heads, capacity, head_dim]`` (both grown by doubling, rarely; idle sequences are
+  dropped, least recently used first, only once ``max_slots`` is reached). A sequence owns a slot
+  for as long as it is kept: a study's CXRTrek conversation keeps its keys and values from turn
+  to turn, so its images are encoded once and earlier turns are never re-read.
+* **Prefix reuse.** A request's tokens are compared with every kept sequence; the longest common
+  token prefix (stopping before an image whose pixels differ: the placeholders of two studies'
+  images are the same tokens) is reused. The request *continues* that sequence when it extends the
+  sequence's last prompt (the next turn of the same conversation), otherwise it *forks* it: a new
+  slot gets a copy of the common prefix's keys and values (branches of one image prefix, such as
+  the single-turn report prompts). Nothing else is ever shared, so two studies never mix.
+* **Steps.** One engine thread runs everything: each step admits the waiting requests and runs
+  their new tokens as padded prefill passes (one for each group of similar length), then one
+  decode pass for every sequence that is generating. A sequence that finishes leaves at once;
+  a request that arrives joins at the next step. Each pass synchronises with the host once: the
+  chosen tokens, needed for the stop check.
+* **Positions.** Qwen2.5-VL's 3D (mrope) positions follow one rule: every segment starts at the
+  largest position so far plus one. So a tail's positions are the model's own ``get_rope_index``
+  over the tail alone, shifted by the kept prefix's largest position plus one: exactly where a
+  full run would put them.
+
+Attention is transformers' own (sdpa or eager) over the slot tensors with an explicit 4D mask
+(each row sees its own slot up to its own length), through a small cache object whose ``update``
+writes each row's keys and values at its own offset.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+_MIN_CAPACITY = 1024  # tokens per slot at start (a two-image CXRTrek reading is ~3000)
+# A request waits one step for a prefix another request of its batch is about to write when that
+# saves at least this many tokens of prefill.
+_DEFER_MIN_TOKENS = 16
+
+
+@dataclass
+class Prompt:
+    """A tokenised conversation as the engine consumes it."""
+
+    ids: Any  # torch.LongTensor (L,), on the host
+    spans: list[tuple[int, int]]  # (first, end) placeholder positions of each image
+    digests: list[str]  # of each image's pixels
+    embed: Callable[[int], Any]  # embeddings (L - start, hidden) of tokens start: (images in)
+    positions: Callable[[int, int], Any]  # 3D positions (3, L - start) of tokens start:, + offset
+
+
+@dataclass
+class Sampling:
+    """How a request chooses its tokens."""
+
+    max_new_tokens: int
+    rows: int = 1  # > 1 only when sampling: that many answers to the same prompt
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+
+@dataclass(eq=False)
+class _Sequence:
+    slot: int
+    ids: Any  # host LongTensor: the tokens whose keys and values the slot holds
+    top: Any  # host LongTensor: the largest 3D position among ids[: i + 1], for each i
+    images: set[tuple[int, str]]  # (start, digest) of each image among ids
+    prompt_len: int = 0  # the prompt of the request it served last
+    busy: bool = False
+    used: int = 0  # step of last use, for eviction
+
+
+@dataclass
+class Result:
+    """Tokens per row, and where the request's time went."""
+
+    tokens: list[list[int]]
+    prompt_tokens: int
+    cached_tokens: int
+    queued_seconds: float = 0.0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    logits: Any = None  # the prompt's next-token logits (fp32, host), when asked for
+
+
+@dataclass(eq=False)
+class _Request:
+    prompt: Prompt
+    sampling: Sampling
+    keep: bool  # keep the sequence afterwards (False: a probe, e.g. logits only)
+    want_logits: bool
+    submitted: float = field(default_factory=time.perf_counter)
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+    result: Result | None = None
+    parent: _Sequence | None = None
+    rows: list[_Row] = field(default_factory=list)
+    reused: int = 0
+    generator: Any = None
+    admitted: float = 0.0
+    prefilled: float = 0.0
+    logits: Any = None
+
+
+@dataclass(eq=False)
+class _Row:
+    """One decoding sequence of a request."""
+
+    request: _Request
+    seq: _Sequence
+    next_position: int
+    tokens: list[int] = field(default_factory=list)
+    finished: bool = False
+
+
+class _StepCache:
+    """What the attention layers see as their cache for one forward pass: ``update`` writes each
+    row's new keys and values into its slot at its own offset and returns the rows' keys and
+    values up to the longest of them (a view when the rows are consecutive slots)."""
+
+    def __init__(self, engine: Engine, slots: Any, write_at: Any, kv_len: int, span: Any) -> None:
+        self.engine = engine
+        self.slots = slots  # (rows, 1) device long
+        self.write_at = write_at  # (rows, q) device long
+        self.kv_len = kv_len
+        self.span = span  # (first slot, rows) when consecutive, else None
+
+    def update(
+        self, key: Any, value: Any, layer_idx: int, *args: Any, **kwargs: Any
+    ) -> tuple[Any, Any]:
+        keys, values = self.engine.keys[layer_idx], self.engine.values[layer_idx]
+        keys[self.slots, :, self.write_at] = key.transpose(1, 2).to(keys.dtype)
+        values[self.slots, :, self.write_at] = value.transpose(1, 2).to(values.dtype)
+        if self.span is not None:
+            first, rows = self.span
+            return (
+                keys[first : first + rows, :, : self.kv_len],
+                values[first : first + rows, :, : self.kv_len],
+            )
+        # index_select of the slice copies only the rows' first kv_len positions, one kernel.
+        index = self.slots.flatten()
+        return (
+            keys[:, :, : self.kv_len].index_select(0, index),
+            values[:, :, : self.kv_len].index_select(0, index),
+        )
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.kv_len
+
+    @property
+    def is_compileable(self) -> bool:
+        return False
+
+
+class Engine:
+    """Serves generation requests from any number of threads (see the module docstring)."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        eos_ids: list[int],
+        pad_id: int,
+        slots: int = 8,
+        max_slots: int = 256,
+        capacity: int = _MIN_CAPACITY,
+    ) -> None:
+        import torch
+
+        self._torch = torch
+        self.model = model
+        self.eos_ids = set(eos_ids)
+        self.pad_id = pad_id
+        self.device = next(model.parameters()).device
+        self.dtype = next(model.parameters()).dtype
+        text = getattr(model.config, "text_config", model.config)
+        self.layers = int(text.num_hidden_layers)
+        self.kv_heads = int(text.num_key_value_heads)
+        # sdpa takes a boolean mask (True: attend); eager attention adds a float one.
+        self._bool_mask = getattr(text, "_attn_implementation", "eager") == "sdpa"
+        self.head_dim = int(
+            getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
+        )
+        self.slots = slots
+        self.max_slots = max_slots
+        self.capacity = capacity
+        self.keys: list[Any] = []
+        self.values: list[Any] = []
+        self._allocate(slots, capacity)
+        self._free = list(range(slots))
+        self._kept: list[_Sequence] = []
+        self._waiting: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+        self._running: list[_Row] = []
+        self._deferred: list[_Request] = []
+        self._step = 0
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        # What a reading's wall time is made of: seconds inside the model's forward passes
+        # (including the wait for their tokens) and the number of passes. Read by benchmarks.
+        self.forward_seconds = 0.0
+        self.forward_passes = 0
+        self.prefill_seconds = 0.0  # the part of forward_seconds spent in prefill passes
+        self.prefill_passes = 0
+        self.rows_decoded = 0
+        self.most_rows = 0  # the most sequences one forward pass has served
+
+    # ------------------------------------------------------------------ storage
+    def _allocate(self, slots: int, capacity: int) -> None:
+        torch = self._torch
+        shape = (slots, self.kv_heads, capacity, self.head_dim)
+        old_k, old_v = self.keys, self.values
+        self.keys = [
+            torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)
+        ]
+        self.values = [
+            torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)
+        ]
+        for layer, (k, v) in enumerate(zip(old_k, old_v, strict=True)):
+            s, _, c, _ = k.shape
+            self.keys[layer][:s, :, :c] = k
+            self.values[layer][:s, :, :c] = v
+        self.slots, self.capacity = slots, capacity
+
+    def _ensure_capacity(self, needed: int) -> None:
+        if needed > self.capacity:
+            capacity = self.capacity
+            while capacity < needed:
+                capacity *= 2
+            self._allocate(self.slots, capacity)
+
+    def _take_slot(self) -> int:
+        """A free slot: the lowest (so decoding rows tend to be consecutive slots); else the
+        store doubles, up to ``max_slots``; only then the least recently used idle sequence
+        is dropped (a study in flight keeps its prefix as long as memory allows)."""
+        if not self._free:
+            idle = [s for s in self._kept if not s.busy]
+            if self.slots >= self.max_slots and idle:
+                self._drop(min(idle, key=lambda s: s.used))
+            else:
+                self._free = list(range(self.slots, 2 * self.slots))
+                self._allocate(2 * self.slots, self.capacity)
+        self._free.sort()
+        return self._free.pop(0)
+
+    def _drop(self, seq: _Sequence) -> None:
+        self._kept.remove(seq)
+        self._free.append(seq.slot)
+
+    def _copy(self, source: _Sequence, length: int) -> _Sequence:
+        """A new sequence holding ``source``'s first ``length`` tokens (keys and values copied)."""
+        slot = self._take_slot()
+        for layer in range(self.layers):
+            self.keys[layer][slot, :, :length] = self.keys[layer][source.slot, :, :length]
+            self.values[layer][slot, :, :length] = self.values[layer][source.slot, :, :length]
+        images = {(s, d) for s, d in source.images if s < length}
+        seq = _Sequence(slot, source.ids[:length].clone(), source.top[:length].clone(), images)
+        self._kept.append(seq)
+        return seq
+
+    # ------------------------------------------------------------------ requests
+    def submit(
+        self, prompt: Prompt, sampling: Sampling, *, keep: bool = True, logits: bool = False
+    ) -> Result:
+        """Run one request to the end (blocking the calling thread, not the engine)."""
+        return self.submit_many([prompt], sampling, keep=keep, logits=logits)[0]
+
+    def submit_many(
+        self, prompts: list[Prompt], sampling: Sampling, *, keep: bool = True, logits: bool = False
+    ) -> list[Result]:
+        """Run several requests at once (they join the same step) and wait for all of them."""
+        requests = [_Request(p, sampling, keep=keep, want_logits=logits) for p in prompts]
+        self._ensure_thread()
+        for request in requests:
+            self._waiting.put(request)
+        for request in requests:
+            request.done.wait()
+        for request in requests:
+            if request.error is not None:
+                raise request.error
+        return [r.result for r in requests if r.result is not None]
+
+    def reset(self) -> None:
+        """Forget every kept sequence (call only with no request in flight)."""
+        self._kept.clear()
+        self._free = list(range(self.slots))
+
+    def _ensure_thread(self) -> None:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._serve, name="raddraft-engine", daemon=True
+                )
+                self._thread.start()
+
+    def _serve(self) -> None:
+        torch = self._torch
+        with torch.inference_mode():
+            while True:
+                admitted, self._deferred = self._deferred, []
+                if not self._running and not admitted:
+                    admitted.append(self._waiting.get())  # idle: sleep until work arrives
+                while True:
+                    try:
+                        admitted.append(self._waiting.get_nowait())
+                    except queue.Empty:
+                        break
+                try:
+                    self._step += 1
+                    if admitted:
+                        self._prefill(admitted)
+                    if self._running:
+                        self._decode()
+                except BaseException as error:  # every request in flight learns of it
+                    log.exception("engine step failed")
+                    failed = [row.request for row in self._running] + admitted + self._deferred
+                    for request in failed:
+                        request.error = error
+                        request.done.set()
+                    self._running, self._deferred = [], []
+                    self.reset()
+
+    # ------------------------------------------------------------------ admission
+    def _match(
+        self, prompt: Prompt, candidates: list[_Sequence] | None = None
+    ) -> tuple[_Sequence | None, int]:
+        """The kept sequence sharing the longest token prefix with ``prompt``: at least one token
+        is left to run, and reuse stops at the start of an image whose pixels differ (or that
+        the prefix would cut in two)."""
+        torch = self._torch
+        ids = prompt.ids
+        best, best_len = None, 0
+        for seq in self._kept if candidates is None else candidates:
+            limit = min(int(seq.ids.shape[0]), int(ids.shape[0]) - 1)
+            if limit <= best_len:
+                continue
+            same = (seq.ids[:limit] == ids[:limit]).to(torch.int)
+            reuse = int(same.cumprod(0).sum())
+            for (start, end), digest in zip(prompt.spans, prompt.digests, strict=True):
+                if start >= reuse:
+                    break
+                if (start, digest) not in seq.images or end > reuse:
+                    reuse = start
+                    break
+            if reuse > best_len:
+                best, best_len = seq, reuse
+        return best, best_len
+
+    def _admit(self, request: _Request) -> None:
+        """Give the request a sequence holding as much of its prompt as can be reused."""
+        prompt = request.prompt
+        length = int(prompt.ids.shape[0])
+        seq, reuse = self._match(prompt)
+        if seq is not None and not seq.busy and request.keep and reuse >= seq.prompt_len - 1:
+            # The next turn of the same conversation: continue it in place.
+            seq.ids, seq.top = seq.ids[:reuse], seq.top[:reuse]
+            seq.images = {(s, d) for s, d in seq.images if s < reuse}
+        elif seq is not None and reuse > 0:
+            seq = self._copy(seq, reuse)
+        else:
+            reuse = 0
+            torch = self._torch
+            seq = _Sequence(
+                self._take_slot(),
+                torch.zeros(0, dtype=torch.long),
+                torch.zeros(0, dtype=torch.long),
+                set(),
+            )
+            self._kept.append(seq)
+        seq.busy = True
+        seq.prompt_len = length
+        seq.used = self._step
+        request.parent, request.reused = seq, reuse
+        request.admitted = time.perf_counter()
+
+    # ------------------------------------------------------------------ passes
+    def _forward(
+        self, embeds: Any, positions: Any, slots: list[int], starts: list[int], lengths: list[int]
+    ) -> Any:
+        """One forward pass of ``rows`` sequences, each writing its new tokens at its start;
+        returns the logits (rows, vocab) at each row's last real token."""
+        torch = self._torch
+        rows, q = int(embeds.shape[0]), int(embeds.shape[1])
+        self.most_rows = max(self.most_rows, rows)
+        kv_len = max(starts) + q
+        self._ensure_capacity(kv_len)
+        device = self.device
+        # One small host-to-device copy a pass: slots, starts and last-token indices.
+        table = torch.tensor([slots, starts, [n - 1 for n in lengths]]).to(device)
+        write_at = table[1][:, None] + torch.arange(q, device=device)[None, :]
+        # Row r's query i sees its slot's keys up to its own position start_r + i.
+        mask = (
+            torch.arange(kv_len, device=device)[None, None, None, :] <= write_at[:, None, :, None]
+        )
+        if not self._bool_mask:  # eager attention adds its mask
+            mask = torch.zeros(mask.shape, dtype=self.dtype, device=device).masked_fill_(
+                ~mask, torch.finfo(self.dtype).min
+            )
+        consecutive = slots == list(range(slots[0], slots[0] + rows))
+        span = (slots[0], rows) if consecutive else None
+        cache = _StepCache(self, table[0][:, None], write_at, kv_len, span)
+        # The language model itself: embeddings (image features in) and 3D positions are ready.
+        out = self.model.model.language_model(
+            inputs_embeds=embeds,
+            position_ids=positions,
+            attention_mask=mask,
+            cache=cache,
+            use_cache=True,
+        )
+        hidden = out.last_hidden_state[torch.arange(rows, device=device), table[2]]
+        return self.model.lm_head(hidden).float()
+
+    def _defer(self, requests: list[_Request]) -> list[_Request]:
+        """The requests to admit now; the others wait one step for an earlier request of this
+        batch to write the prefix they share with it (branches of one image prefix), so that
+        they copy it instead of computing it again."""
+        torch = self._torch
+        now: list[_Request] = []
+        pending: list[_Sequence] = []
+        for request in requests:
+            prompt = request.prompt
+            _, kept = self._match(prompt)
+            _, shared = self._match(prompt, pending)
+            if shared > kept + _DEFER_MIN_TOKENS:
+                self._deferred.append(request)
+                continue
+            now.append(request)
+            images = {(s, d) for (s, _), d in zip(prompt.spans, prompt.digests, strict=True)}
+            pending.append(_Sequence(-1, prompt.ids, torch.zeros(0), images))
+        return now
+
+    def _prefill(self, requests: list[_Request]) -> None:
+        """Admit ``requests`` and run their new tokens: one padded pass for each group of
+        similar length (an image's hundreds of tokens are not padded onto a question's few)."""
+        requests = self._defer(requests)
+        for request in requests:
+            self._admit(request)
+        for group in _similar(requests):
+            started = time.perf_counter()
+            logits = self._run_tails(group)
+            firsts = self._choose(logits, group)
+            self._account(started, prefill=True)
+            now = time.perf_counter()
+            for index, request in enumerate(group):
+                request.prefilled = now
+                if request.want_logits:
+                    request.logits = logits[index].cpu()
+                self._start_rows(request, firsts[index])
+
+    def _run_tails(self, requests: list[_Request]) -> Any:
+        """The forward pass over each admitted request's tokens after its reused prefix."""
+        torch = self._torch
+        tails, positions, lengths, starts = [], [], [], []
+        for request in requests:
+            seq = request.parent
+            assert seq is not None
+            starts.append(int(seq.ids.shape[0]))
+            offset = int(seq.top[-1]) + 1 if starts[-1] else 0
+            tails.append(request.prompt.embed(request.reused))
+            positions.append(request.prompt.positions(request.reused, offset))
+            lengths.append(int(tails[-1].shape[0]))
+        width, hidden = max(lengths), int(tails[0].shape[1])
+        embeds = torch.zeros(len(requests), width, hidden, dtype=self.dtype, device=self.device)
+        pos = torch.zeros(3, len(requests), width, dtype=torch.long, device=self.device)
+        for row, (tail, p, n) in enumerate(zip(tails, positions, lengths, strict=True)):
+            embeds[row, :n] = tail.to(self.dtype)
+            pos[:, row, :n] = p
+            pos[:, row, n:] = p[:, -1:] + 1  # padding: harmless positions, never attended
+        slots = [r.parent.slot for r in requests]  # type: ignore[union-attr]
+        logits = self._forward(embeds, pos, slots, starts, lengths)
+        for request, p in zip(requests, positions, strict=True):
+            seq = request.parent
+            assert seq is not None
+            before = int(seq.top[-1]) if seq.top.shape[0] else -1
+            seq.ids = torch.cat([seq.ids, request.prompt.ids[request.reused :]])
+            tops = torch.cummax(p.max(0).values.cpu(), 0).values.clamp(min=before)
+            seq.top = torch.cat([seq.top, tops])
+            prompt = request.prompt
+            seq.images |= {
+                (start, digest)
+                for (start, _), digest in zip(prompt.spans, prompt.digests, strict=True)
+                if start >= request.reused
+            }
+        return logits
+
+    def _start_rows(self, request: _Request, firsts: list[int]) -> None:
+        """The request's decoding rows, each with its first token; finished ones leave."""
+        seq = request.parent
+        assert seq is not None
+        next_position = int(seq.top[-1]) + 1
+        if request.sampling.rows == 1 and not request.sampling.do_sample:
+            rows = [_Row(request, seq, next_position)]
+        else:
+            # Samples decode in copies, so the kept sequence stays at the prompt.
+            rows = [
+                _Row(request, self._copy(seq, int(seq.ids.shape[0])), next_position)
+                for _ in range(request.sampling.rows)
+            ]
+            for row in rows:
+                row.seq.busy = True
+        request.rows = rows
+        for row, token in zip(rows, firsts, strict=True):
+            self._append(row, token)
+        self._running.extend(r for r in rows if not r.finished)
+        self._finish_if_done(request)
+
+    def _decode(self) -> None:
+        """One decode step for every running row. A row's fed tokens join its sequence's ids
+        when it finishes (keys and values are written at once; only the ids wait)."""
+        torch = self._torch
+        started = time.perf_counter()
+        rows = sorted(self._running, key=lambda r: r.seq.slot)
+        feed = torch.tensor([[r.tokens[-1]] for r in rows], device=self.device)
+        embeds = self.model.get_input_embeddings()(feed)
+        steps = [len(r.tokens) - 1 for r in rows]  # tokens already fed before this one
+        pos = torch.tensor([r.next_position + k for r, k in zip(rows, steps, strict=True)])
+        pos = pos.to(self.device).view(1, -1, 1).expand(3, -1, 1)
+        slots = [r.seq.slot for r in rows]
+        starts = [int(r.seq.ids.shape[0]) + k for r, k in zip(rows, steps, strict=True)]
+        logits = self._forward(embeds, pos, slots, starts, [1] * len(rows))
+        chosen = self._choose_rows(logits, rows)
+        self.rows_decoded += len(rows)
+        self._account(started)
+        finished: list[_Request] = []
+        for r, token in zip(rows, chosen, strict=True):
+            self._append(r, token)
+            if r.finished and r.request not in finished:
+                finished.append(r.request)
+        self._running = [r for r in self._running if not r.finished]
+        for request in finished:
+            self._finish_if_done(request)
+
+    # ------------------------------------------------------------------ choosing
+    def _pick(self, logits: Any, sampling: Sampling, generator: Any) -> Any:
+        torch = self._torch
+        if not sampling.do_sample:
+            return torch.argmax(logits, dim=-1)
+        probs = torch.softmax(logits / max(sampling.temperature, 1e-5), dim=-1)
+        if sampling.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True, dim=-1)
+            drop = sorted_probs.cumsum(-1) - sorted_probs > sampling.top_p
+            sorted_probs[drop] = 0.0
+            probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+        return torch.multinomial(probs, 1, generator=generator).flatten()
+
+    def _generator(self, request: _Request) -> Any:
+        if request.generator is None:
+            torch = self._torch
+            request.generator = torch.Generator(device=self.device)
+            seed = request.sampling.seed
+            request.generator.manual_seed(seed if seed is not None else 0)
+        return request.generator
+
+    def _choose(self, logits: Any, requests: list[_Request]) -> list[list[int]]:
+        """First tokens of each request's rows, one host synchronisation for all."""
+        torch = self._torch
+        picks = []
+        for index, request in enumerate(requests):
+            rows = request.sampling.rows if request.sampling.do_sample else 1
+            row_logits = logits[index : index + 1].expand(rows, -1)
+            generator = self._generator(request) if request.sampling.do_sample else None
+            picks.append(self._pick(row_logits, request.sampling, generator))
+        flat = torch.cat(picks).tolist()
+        out, at = [], 0
+        for pick in picks:
+            out.append(flat[at : at + int(pick.shape[0])])
+            at += int(pick.shape[0])
+        return out
+
+    def _choose_rows(self, logits: Any, rows: list[_Row]) -> list[int]:
+        """Next token of every row: greedy rows by one argmax, sampled rows per request."""
+        torch = self._torch
+        chosen = torch.argmax(logits, dim=-1)
+        sampled: dict[int, list[int]] = {}
+        for index, row in enumerate(rows):
+            if row.request.sampling.do_sample:
+                sampled.setdefault(id(row.request), []).append(index)
+        for indices in sampled.values():
+            request = rows[indices[0]].request
+            at = torch.tensor(indices, device=self.device)
+            chosen[at] = self._pick(logits[at], request.sampling, self._generator(request))
+        return [int(t) for t in chosen.tolist()]
+
+    def _append(self, row: _Row, token: int) -> None:
+        row.tokens.append(token)
+        if token in self.eos_ids or len(row.tokens) >= row.request.sampling.max_new_tokens:
+            row.finished = True
+
+    def _finish_if_done(self, request: _Request) -> None:
+        if not all(r.finished for r in request.rows):
+            return
+        now = time.perf_counter()
+        parent = request.parent
+        assert parent is not None
+        torch = self._torch
+        for row in request.rows:
+            row.seq.busy = False
+            fed = row.tokens[:-1]  # the last token was chosen, never fed
+            if fed:
+                row.seq.ids = torch.cat([row.seq.ids, torch.tensor(fed, dtype=torch.long)])
+                at = torch.arange(len(fed)) + row.next_position
+                row.seq.top = torch.cat([row.seq.top, at])
+            if row.seq is not parent:
+                self._drop(row.seq)  # a sample's copy: its answer never joins a conversation
+        parent.busy = False
+        parent.used = self._step
+        if not request.keep:
+            self._drop(parent)
+        request.result = Result(
+            tokens=[r.tokens for r in request.rows],
+            prompt_tokens=int(request.prompt.ids.shape[0]),
+            cached_tokens=request.reused,
+            queued_seconds=request.admitted - request.submitted,
+            prefill_seconds=request.prefilled - request.admitted,
+            decode_seconds=now - request.prefilled,
+            logits=request.logits,
+        )
+        request.done.set()
+
+    def _account(self, started: float, *, prefill: bool = False) -> None:
+        spent = time.perf_counter() - started
+        self.forward_seconds += spent
+        self.forward_passes += 1
+        if prefill:
+            self.prefill_seconds += spent
+            self.prefill_passes += 1
+
+
+def _similar(requests: list[_Request]) -> list[list[_Request]]:
+    """Requests grouped by the length of what they run, so that padding at most doubles it."""
+
+    def tail(request: _Request) -> int:
+        return int(request.prompt.ids.shape[0]) - request.reused
+
+    groups: list[list[_Request]] = []
+    for request in sorted(requests, key=tail):
+        if groups and tail(request) <= max(2 * tail(groups[-1][0]), _DEFER_MIN_TOKENS):
+            groups[-1].append(request)
+        else:
+            groups.append([request])
+    return groups
