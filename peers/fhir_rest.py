@@ -196,6 +196,8 @@ class FhirTarget:
         response = client.get(url, headers={"Accept": "application/fhir+json"})
         if response.status_code in (404, 410):
             return {"If-None-Match": "*"}
+        if response.status_code in (405, 501):
+            return {}  # a server that does not read resources back: nothing to condition on
         if response.status_code == 200:
             etag = _answer(response, if_match=None).get("etag")
             # A server that versions nothing gives nothing to condition on.
