@@ -243,3 +243,31 @@ def test_time_limit_stops_a_long_statement(engine: Engine) -> None:
             session.execute(long_count)
         # The session goes on after it (the limit ended with the transaction).
         assert session.execute(text("SELECT 1")).scalar() == 1
+
+
+def test_the_searches_use_indexes(engine: Engine, database_url: str) -> None:
+    """The terms QIDO-RS and FHIR searches add can be answered from an index (on PostgreSQL
+    with sequential scans discouraged, so the tiny test tables do not hide it)."""
+    from sqlalchemy import select
+
+    from dicom_listener import Study
+    from web.dicomweb import catalog
+
+    on_postgres = database_url.startswith("postgresql")
+    terms = {
+        "ix_studies_study_date": {"StudyDate": "20261101-20261130"},
+        "ix_studies_accession_number": {"AccessionNumber": "ACC1"},
+        "studies": {"StudyInstanceUID": "1.2.3"},  # its unique constraint's index
+    }
+    explain = "EXPLAIN" if on_postgres else "EXPLAIN QUERY PLAN"
+    with Session(engine) as session:
+        if on_postgres:
+            session.execute(text("SET LOCAL enable_seqscan = off"))
+        for index, match in terms.items():
+            query = select(Study.id).where(
+                *catalog._where(match, catalog.STUDY_KEYS, engine.dialect.name)
+            )
+            sql = query.compile(engine, compile_kwargs={"literal_binds": True})
+            rows = session.execute(text(f"{explain} {sql}")).all()
+            plan = "\n".join(str(row[-1]) for row in rows)
+            assert "INDEX" in plan.upper() and index in plan, plan
