@@ -75,6 +75,7 @@ def test_an_odd_uid_never_breaks_a_search_and_every_id_is_a_fhir_id(
     assert odd_study.id.startswith("uid-")
     again = client.get(f"/fhir/ImagingStudy/{odd_study.id}", headers=auth(token))
     assert ImagingStudy.model_validate_json(again.content).id == odd_study.id
+    assert _ids(_bundle(client, token, f"ImagingStudy?_id={odd_study.id}")) == [odd_study.id]
     plain_study = by_uid[f"urn:oid:{plain.study_instance_uid}"]
     listed = [i.uid for s in plain_study.series for i in s.instance]
     assert listed == [plain.sop_instance_uids[0]]  # the odd image is left out, logged
@@ -205,7 +206,24 @@ def test_the_parameters_a_ris_sends(
         headers={**auth(token), "Prefer": "handling=strict"},
     )
     assert strict.status_code == 400 and "colour" in strict.text
-    assert _ids(_bundle(client, token, "ImagingStudy?identifier=ACR2&patient=PR2")) != []
+    assert found(f"_id={first}") == [first]
+    assert found("patient.identifier=urn:raddraft:patient-id|PR1") == [first]
+    [study] = _bundle(client, token, "ImagingStudy?identifier=ACR2&patient=PR2").entry
+    assert _ids(_bundle(client, token, f"ImagingStudy?_id={study.resource.id}")) == [
+        study.resource.id
+    ]
+
+
+def test_the_capability_statement_announces_what_search_serves(client: TestClient) -> None:
+    from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
+    from web.api.fhir_routes import SEARCH_PARAMS
+
+    capability = CapabilityStatement.model_validate_json(client.get("/fhir/metadata").content)
+    for resource in capability.rest[0].resource:
+        announced = {p.name for p in resource.searchParam}
+        assert announced <= set(SEARCH_PARAMS[resource.type]), resource.type
+        assert resource.versioning == "versioned"
 
 
 def test_a_search_past_its_time_limit_is_stopped_with_503(

@@ -47,20 +47,32 @@ PAGING = ("_count", "_offset")
 #: The search parameters served, per resource type (and announced in the capability statement).
 SEARCH_PARAMS: dict[str, tuple[str, ...]] = {
     "DiagnosticReport": (
+        "_id",
         "identifier",
         "patient",
+        "patient.identifier",
         "subject",
+        "subject.identifier",
         "status",
         "date",
         "based-on",
         "_lastUpdated",
         "study",
     ),
-    "ImagingStudy": ("identifier", "patient", "subject"),
+    "ImagingStudy": (
+        "_id",
+        "identifier",
+        "patient",
+        "patient.identifier",
+        "subject",
+        "subject.identifier",
+    ),
 }
 #: Parameters about the response's form, never about what matches: not refused, not echoed.
 FORM_PARAMS = frozenset({"_format", "_pretty", "_summary"})
 PREFIXES = ("eq", "ne", "ge", "gt", "le", "lt")
+#: The patient as a reference (``Patient/<id>``) or by its identifier (``system|value``).
+PATIENT_PARAMS = ("patient", "patient.identifier", "subject", "subject.identifier")
 
 
 class SearchError(ValueError):
@@ -407,7 +419,7 @@ def _last_updated_expression() -> Any:
 def _report_terms(params: Mapping[str, list[str]]) -> list[ColumnElement[bool]]:
     """The SQL terms of a DiagnosticReport search's parameters."""
     terms: list[ColumnElement[bool]] = []
-    for name in ("patient", "subject"):
+    for name in PATIENT_PARAMS:
         terms += [_any_of(Patient.patient_id, v) for v in _values(params, name)]
     for values in _values(params, "identifier"):
         bare = [_reference_value(v) for v in values]
@@ -415,6 +427,7 @@ def _report_terms(params: Mapping[str, list[str]]) -> list[ColumnElement[bool]]:
             ReportVersion.report_pk == Report.id, ReportVersion.sr_sop_instance_uid.in_(bare)
         )
         terms.append(or_(Report.uid.in_(bare), Study.accession_number.in_(bare), sr))
+    terms += [_any_of(Report.uid, v) for v in _values(params, "_id")]
     terms += [_any_of(Study.study_instance_uid, v) for v in _values(params, "study")]
     terms += [_any_of(Study.accession_number, v) for v in _values(params, "based-on")]
     status = _status_expression()
@@ -431,13 +444,18 @@ def _report_terms(params: Mapping[str, list[str]]) -> list[ColumnElement[bool]]:
     return terms
 
 
-def _study_terms(params: Mapping[str, list[str]]) -> list[ColumnElement[bool]]:
+def _study_terms(session: Session, params: Mapping[str, list[str]]) -> list[ColumnElement[bool]]:
     terms: list[ColumnElement[bool]] = []
-    for name in ("patient", "subject"):
+    for name in PATIENT_PARAMS:
         terms += [_any_of(Patient.patient_id, v) for v in _values(params, name)]
     for values in _values(params, "identifier"):
         bare = [_reference_value(v) for v in values]
         terms.append(or_(Study.study_instance_uid.in_(bare), Study.accession_number.in_(bare)))
+    for values in _values(params, "_id"):
+        # The id is the UID, or one derived from an odd UID (:func:`_study_of_id`).
+        found = [_study_of_id(session, v) for v in values if v.startswith("uid-")]
+        derived = [study.id for study in found if study is not None]
+        terms.append(or_(Study.study_instance_uid.in_(values), Study.id.in_(derived)))
     return terms
 
 
@@ -545,7 +563,7 @@ def _search_studies(
     ids = (
         select(Study.id)
         .join(Patient, Patient.id == Study.patient_pk)
-        .where(with_report, *_study_terms(params))
+        .where(with_report, *_study_terms(session, params))
     )
     total = _count_of(session, ids)
     page = list(session.scalars(ids.order_by(Study.id).limit(count).offset(offset)))
