@@ -71,3 +71,21 @@ def test_shared_resources_are_updated_if_match_the_version_read(
     assert sent.responses["Device/dev-9"]["etag"] == 'W/"3"'
     assert sent.responses["Device/dev-9"]["if_match"] == 'W/"2"'
     _all_valid_r4b(fhir_server)
+
+
+def test_a_server_that_cannot_read_back_gets_a_plain_update(
+    fhir_server: FhirServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Read not implemented (501): nothing to condition on, so an unconditional update; a
+    read that fails for the moment (503) is a transient failure, tried again later."""
+    from peers import FhirTransientError
+
+    target = FhirTarget(fhir_server.url)
+    outcome = {"resourceType": "OperationOutcome"}
+    monkeypatch.setattr(fhir_server, "get", lambda _path: (501, outcome, None))
+    target.send([_outbound(tmp_path, DEVICE)])
+    assert (fhir_server.if_none_match, fhir_server.if_match) == ([None], [None])
+    monkeypatch.setattr(fhir_server, "get", lambda _path: (503, outcome, None))
+    with pytest.raises(FhirTransientError):
+        target.send([_outbound(tmp_path, DEVICE)])
+    assert len(fhir_server.puts) == 1  # not sent blind after a failed read
