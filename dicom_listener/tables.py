@@ -51,7 +51,7 @@ class Study(Base):
     patient_pk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
     accession_number: Mapped[str] = mapped_column(String(64), default="", index=True)
     study_id: Mapped[str] = mapped_column(String(16), default="")
-    study_date: Mapped[str] = mapped_column(String(8), default="")
+    study_date: Mapped[str] = mapped_column(String(8), default="", index=True)  # date ranges
     study_time: Mapped[str] = mapped_column(String(32), default="")
     study_description: Mapped[str] = mapped_column(String(256), default="")
     referring_physician: Mapped[str] = mapped_column(String(324), default="")

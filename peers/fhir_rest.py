@@ -13,6 +13,13 @@ recorded. A 412 Precondition Failed or 409 Conflict means the server holds anoth
 than the one RadDraft wrote: a :class:`FhirConflictError` (permanent, never an overwrite),
 unless the server's current resource is the very one being sent (our earlier attempt's answer
 was lost), which counts as delivered.
+
+Every PUT is conditional. Without ``if_match`` (the bookkeeper knows no version of it), a
+resource RadDraft alone writes (DiagnosticReport, Provenance) is created with ``If-None-Match:
+*`` (conditional create: a 412 says the server already has one RadDraft did not write, unless
+it is this very one); a resource other reports share (ImagingStudy, Device, Practitioner) is
+read first and updated ``If-Match`` the version read, or created ``If-None-Match: *`` when the
+server has none, so a change made meanwhile is a conflict, never silently overwritten.
 """
 
 from __future__ import annotations
@@ -69,6 +76,8 @@ class FhirConflictError(FhirPermanentError):
 
 #: Precondition Failed (If-Match did not match) and Conflict (RFC 9110 15.5.13, 15.5.10).
 CONFLICT_STATUSES = frozenset({409, 412})
+#: Resources only RadDraft writes, one per report or version: created conditionally.
+OWN_RESOURCES = frozenset({"DiagnosticReport", "Provenance"})
 
 
 def is_transient_status(status_code: int) -> bool:
@@ -133,9 +142,8 @@ class FhirSender:
         resource = json.loads(item.path.read_text(encoding="utf-8"))
         url = f"{self.base}/{resource['resourceType']}/{resource['id']}"
         headers = {"Content-Type": "application/fhir+json"}
-        if item.if_match:
-            headers["If-Match"] = item.if_match
         try:
+            headers.update(self._condition(client, url, resource["resourceType"], item))
             response = client.put(url, json=resource, headers=headers)
         except httpx.HTTPError as error:
             raise FhirTransientError(
@@ -144,15 +152,19 @@ class FhirSender:
                 failed=(item.identifier,),
                 responses={item.identifier: {"http_status": None, "error": str(error)}},
             ) from error
-        answer = _answer(response, if_match=item.if_match)
+        if_match = headers.get("If-Match")
+        answer = _answer(response, if_match=if_match)
+        if "If-None-Match" in headers:
+            answer["if_none_match"] = headers["If-None-Match"]
         code = response.status_code
         if code in CONFLICT_STATUSES:
             current = self._current_if_same(client, url, resource)
             if current is not None:
                 return {**current, "http_status": code, "already_current": True}
+            expected = f"If-Match {if_match}" if if_match else "If-None-Match *, none yet"
             raise FhirConflictError(
                 f"{url}: HTTP {code}: version conflict, the server no longer holds the version "
-                f"RadDraft last wrote (If-Match {item.if_match or 'none'}); someone else changed "
+                f"RadDraft last wrote ({expected}); someone else changed "
                 f"{resource['resourceType']}/{resource['id']}. RadDraft does not overwrite it: "
                 "compare the server's resource history with RadDraft's and resolve by hand, "
                 "then retry the job",
@@ -172,6 +184,28 @@ class FhirSender:
                 responses={item.identifier: answer},
             )
         return answer
+
+    def _condition(
+        self, client: httpx.Client, url: str, kind: str, item: Outbound
+    ) -> dict[str, str]:
+        """The precondition of one PUT (FHIR R4 http.html "Conditional Create/Update" and
+        "Managing Resource Contention"; RFC 9110 13.1.1, 13.1.2)."""
+        if item.if_match:
+            return {"If-Match": item.if_match}
+        if kind in OWN_RESOURCES:
+            return {"If-None-Match": "*"}
+        response = client.get(url, headers={"Accept": "application/fhir+json"})
+        if response.status_code in (404, 410):
+            return {"If-None-Match": "*"}
+        if response.status_code in (405, 501):
+            return {}  # a server that does not read resources back: nothing to condition on
+        if response.status_code == 200:
+            etag = _answer(response, if_match=None).get("etag")
+            # A server that versions nothing gives nothing to condition on.
+            return {"If-Match": etag} if etag else {}
+        if is_transient_status(response.status_code):
+            raise httpx.HTTPError(f"reading the current version: HTTP {response.status_code}")
+        return {}
 
     def _current_if_same(
         self, client: httpx.Client, url: str, resource: dict[str, Any]

@@ -245,7 +245,9 @@ class Settings(BaseSettings):
         "this many characters, flagged in the draft's extra.input_truncated",
     )
     studies_in_flight: int = Field(
-        default=1, ge=1, description="studies a gpu worker reads at once (batched by the engine or the server)"
+        default=1,
+        ge=1,
+        description="studies a gpu worker reads at once (batched by the engine or the server)",
     )
     demo_max_new_tokens: int = Field(
         default=32,
@@ -364,6 +366,28 @@ class Settings(BaseSettings):
         ge=1,
         description="a STOW-RS request body larger than this is refused with 413 (it is held "
         "in memory while its parts are filed)",
+    )
+    qido_default_limit: int = Field(
+        default=100,
+        ge=1,
+        description="QIDO-RS results per page when the client gives no limit (PS3.18 8.3.4.4)",
+    )
+    qido_max_limit: int = Field(
+        default=1000,
+        ge=1,
+        description="the most QIDO-RS results one page holds, whatever limit the client asks",
+    )
+    fhir_default_count: int = Field(
+        default=50, ge=1, description="FHIR search results per page without _count"
+    )
+    fhir_max_count: int = Field(
+        default=500, ge=1, description="the most FHIR search results one page holds"
+    )
+    query_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        description="a QIDO-RS or FHIR search whose database work runs longer is stopped and "
+        "answered 503",
     )
     login_max_failures: int = Field(
         default=5,

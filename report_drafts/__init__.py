@@ -19,7 +19,8 @@ Administrators (:mod:`report_drafts.admin`):
 The read side, for the web tier's read models (pages, API, DICOMweb, FHIR, queue, metrics):
     ``get_report``, ``report_for_study_version``, ``version``, ``current_content``,
     ``draft_run``, ``report_text``, ``demo_mode``, ``reader_figures``, ``trace``,
-    ``fhir_resources``, ``source_instances``, ``render_png``, ``audit_for_study``,
+    ``fhir_resources``, ``fhir_resources_for_page``, ``fhir_id_for``, ``source_instances``,
+    ``render_png``, ``audit_for_study``,
     ``record_audit``, ``retention_figures``, ``user_for_password``, ``user_for_token``,
     ``capability_statement``, and the tables it queries (``Report``, ``ReportVersion``,
     ``DraftRun``, ``SentObject``, ``AuditEvent``, ``User`` and their enums)
@@ -43,7 +44,7 @@ from __future__ import annotations
 from report_drafts.admin import requeue, retry_job
 from report_drafts.audit import for_study as audit_for_study
 from report_drafts.audit import record as record_audit
-from report_drafts.builders import capability_statement
+from report_drafts.builders import capability_statement, fhir_id_for
 from report_drafts.content import (
     DEMO_WARNING,
     DRAFT_WARNING,
@@ -60,6 +61,7 @@ from report_drafts.order_effects import apply_order, order_for_draft
 from report_drafts.outbox import (
     OutboxPayloadError,
     fhir_resources,
+    fhir_resources_for_page,
     materialise,
     source_instances,
 )
@@ -167,7 +169,9 @@ __all__ = [
     "draft_run",
     "edit_text",
     "end_sessions",
+    "fhir_id_for",
     "fhir_resources",
+    "fhir_resources_for_page",
     "finding_feedback",
     "finding_labels",
     "finding_page_names",

@@ -42,6 +42,7 @@ from report_drafts.builders import (
     device,
     device_uid_for,
     diagnostic_report,
+    fhir_id_for,
     imaging_study,
     oru_r01,
     practitioner,
@@ -51,6 +52,7 @@ from report_drafts.builders import (
 from report_drafts.content import Algorithm, ReportContent
 from report_drafts.states import SIGNED_STATES
 from report_drafts.tables import (
+    DraftRun,
     OutboxPayload,
     Report,
     ReportVersion,
@@ -377,6 +379,77 @@ def fhir_resources(
     as author and, once signed, the radiologist as verifier.
     """
     ctx = version_context(session, version)
+    series = {
+        row.id: row
+        for row in session.scalars(
+            select(Series).where(Series.id.in_({i.series_pk for i in ctx.instances}))
+        )
+    }
+    return build_fhir_resources(ctx, series, withdrawal=withdrawal)
+
+
+def fhir_resources_for_page(
+    session: Session, versions: Sequence[tuple[ReportVersion, str | None]]
+) -> list[dict[str, Any]]:
+    """:func:`fhir_resources` for a page of versions (each with its withdrawal reason or
+    ``None``), gathered in a fixed number of statements whatever the page holds: what a FHIR
+    search serves. A version whose resources cannot be built (a value FHIR cannot carry) is
+    logged and given as an empty dict, so one odd record never fails the page."""
+    if not versions:
+        return []
+    reports = _by_id(session, Report, {v.report_pk for v, _ in versions})
+    studies = _by_id(session, Study, {r.study_pk for r in reports.values()})
+    patients = _by_id(session, Patient, {s.patient_pk for s in studies.values()})
+    study_versions = _by_id(session, StudyVersion, {r.study_version_pk for r in reports.values()})
+    instances: dict[int, list[tuple[Instance, int]]] = {}
+    for instance, study_pk, number in session.execute(
+        select(Instance, StudyVersion.study_pk, StudyVersion.number)
+        .join(StudyVersion, StudyVersion.id == Instance.version_pk)
+        .where(StudyVersion.study_pk.in_(set(studies)))
+        .order_by(Instance.id)
+    ):
+        instances.setdefault(study_pk, []).append((instance, number))
+    series_pks = {i.series_pk for rows in instances.values() for i, _ in rows}
+    series = _by_id(session, Series, series_pks)
+    runs = {
+        report_pk: run
+        for report_pk, run in session.execute(
+            select(ReportVersion.report_pk, DraftRun)
+            .join(DraftRun, DraftRun.id == ReportVersion.draft_run_pk)
+            .where(ReportVersion.report_pk.in_(set(reports)), ReportVersion.number == 1)
+        )
+    }
+    built: list[dict[str, Any]] = []
+    for version, withdrawal in versions:
+        report = reports[version.report_pk]
+        study = studies[report.study_pk]
+        limit = study_versions[report.study_version_pk].number
+        ctx = VersionContext(
+            report=report,
+            version=version,
+            content=ReportContent.from_json(version.content),
+            study=study,
+            patient=patients[study.patient_pk],
+            instances=[i for i, n in instances.get(study.id, []) if n <= limit],
+            algorithm=algorithm_of(runs.get(report.id)),
+            issued=version.created_at,
+        )
+        try:
+            built.append(build_fhir_resources(ctx, series, withdrawal=withdrawal))
+        except ValueError as error:  # pydantic's ValidationError is one
+            log.error("report %s v%s: no FHIR resources: %s", report.uid, version.number, error)
+            built.append({})
+    return built
+
+
+def _by_id(session: Session, table: Any, ids: set[int]) -> dict[int, Any]:
+    return {row.id: row for row in session.scalars(select(table).where(table.id.in_(ids)))}
+
+
+def build_fhir_resources(
+    ctx: VersionContext, series: Mapping[int, Series], *, withdrawal: str | None = None
+) -> dict[str, Any]:
+    """The R4B resources of a version from its gathered context (no database access)."""
     patient = PatientRef(
         id=ctx.patient.patient_id,
         system=f"urn:raddraft:issuer:{ctx.patient.issuer_of_patient_id}"
@@ -384,6 +457,7 @@ def fhir_resources(
         else "urn:raddraft:patient-id",
         name=ctx.patient.patient_name or None,
     )
+    version = ctx.version
     study_id = imaging_study_id(ctx.study)
     device_uid = device_uid_for(ctx.algorithm)
     device_id = resource_id_for(device_uid)
@@ -404,7 +478,7 @@ def fhir_resources(
             resource_id=study_id,
             study_instance_uid=ctx.study.study_instance_uid,
             patient=patient,
-            images=[_image_ref(session, inst) for inst in ctx.instances],
+            images=[_image_ref(series[inst.series_pk], inst) for inst in ctx.instances],
             accession=ctx.study.accession_number or None,
             description=ctx.study.study_description or None,
         ),
@@ -425,11 +499,7 @@ def fhir_resources(
     return resources
 
 
-def _image_ref(session: Session, instance: Instance) -> ImageRef:
-
-    series = session.get(Series, instance.series_pk)
-    assert series is not None
-
+def _image_ref(series: Series, instance: Instance) -> ImageRef:
     def number(value: str) -> int | None:
         return int(value) if value.strip().lstrip("-").isdigit() else None
 
@@ -445,8 +515,9 @@ def _image_ref(session: Session, instance: Instance) -> ImageRef:
 
 
 def imaging_study_id(study: Study) -> str:
-    """A FHIR id for a study: its UID's digits and dots fit [A-Za-z0-9.-]{1,64}."""
-    return study.study_instance_uid
+    """A FHIR id for a study: its UID when that fits [A-Za-z0-9.-]{1,64} (a UID of digits and
+    dots always does), else one derived from it (:func:`fhir_id_for`)."""
+    return fhir_id_for(study.study_instance_uid)
 
 
 def hl7_message(

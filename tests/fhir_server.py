@@ -4,7 +4,8 @@ Each PUT is recorded and answered 200 (201 on create), or the status ``answers``
 path (``default`` for the rest). Like a real FHIR server (FHIR R4 http.html: update, vread,
 history, "Managing Resource Contention") it keeps every version of each resource: the answer
 carries ``ETag: W/"<versionId>"`` and the body's ``meta.versionId``; ``If-Match`` with another
-ETag than the current one is refused with 412 Precondition Failed and changes nothing; ``GET
+ETag than the current one, or ``If-None-Match: *`` when the resource exists, is refused with
+412 Precondition Failed and changes nothing; ``GET
 [type]/[id]`` reads the current version, ``GET [type]/[id]/_history/[vid]`` an old one and
 ``GET [type]/[id]/_history`` the history, newest first.
 """
@@ -31,6 +32,7 @@ class FhirServer:
     default: int = 200
     puts: list[tuple[str, str, dict[str, Any]]] = field(default_factory=list)
     if_match: list[str | None] = field(default_factory=list)
+    if_none_match: list[str | None] = field(default_factory=list)
     history: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -52,7 +54,11 @@ class FhirServer:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with server.lock:
                     status, answer, etag = server.put(
-                        self.path, self.headers["Content-Type"], self.headers.get("If-Match"), body
+                        self.path,
+                        self.headers["Content-Type"],
+                        self.headers.get("If-Match"),
+                        body,
+                        if_none_match=self.headers.get("If-None-Match"),
                     )
                 self._send(status, answer, etag)
 
@@ -74,13 +80,21 @@ class FhirServer:
         return f'W/"{version_id}"'
 
     def put(
-        self, path: str, content_type: str, if_match: str | None, body: dict[str, Any]
+        self,
+        path: str,
+        content_type: str,
+        if_match: str | None,
+        body: dict[str, Any],
+        *,
+        if_none_match: str | None = None,
     ) -> tuple[int, dict[str, Any], str | None]:
         self.puts.append((path, content_type, body))
         self.if_match.append(if_match)
+        self.if_none_match.append(if_none_match)
         versions = self.history.setdefault(path, [])
         current = self.etag(len(versions)) if versions else None
-        if if_match is not None and if_match != current:
+        exists_already = if_none_match == "*" and bool(versions)
+        if (if_match is not None and if_match != current) or exists_already:
             outcome = {
                 "resourceType": "OperationOutcome",
                 "issue": [

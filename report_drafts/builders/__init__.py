@@ -28,6 +28,7 @@ FHIR R4B 4.3.0 (one module per resource, shared pieces in the private :mod:`._fh
     CapabilityStatement
     ``image_refs``: ImagingStudy series / instance values read from DICOM headers
     ``resource_id_for``: a FHIR id from free text, R4B 2.24.0.1 (id datatype)
+    ``fhir_id_for``: a stable FHIR id for a DICOM UID, valid whatever the UID
     ``parse_resource``: any R4B resource from JSON, by resourceType
     ``PatientRef``, ``ImageRef``: the patient and image values the FHIR builders take
 
@@ -39,6 +40,7 @@ from report_drafts.builders._dicom import device_uid_for
 from report_drafts.builders._fhir import (
     ImageRef,
     PatientRef,
+    fhir_id_for,
     image_refs,
     parse_resource,
     resource_id_for,
@@ -67,6 +69,7 @@ __all__ = [
     "device",
     "device_uid_for",
     "diagnostic_report",
+    "fhir_id_for",
     "image_refs",
     "imaging_study",
     "oru_r01",

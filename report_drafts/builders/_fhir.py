@@ -9,6 +9,7 @@ served here, literally. Private to :mod:`report_drafts.builders`.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -31,7 +32,7 @@ PARTICIPANT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-participant
 #: Identifier system of RadDraft user logins (the signing radiologists).
 USER_SYSTEM = "urn:raddraft:user"
 
-_ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_ID_RE = re.compile(r"^[A-Za-z0-9\-.]{1,64}\Z")
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,20 @@ def check_id(value: str) -> str:
     if not _ID_RE.match(value):
         raise ValueError(f"not a FHIR id: {value!r}")
     return value
+
+
+def fhir_id_for(uid: str) -> str:
+    """A FHIR id for a DICOM UID: the UID itself when it is one (digits and dots always are),
+    else ``uid-`` and 40 hex digits of its SHA-256, the same every time for the same UID, so
+    an odd UID a modality sent still names one resource and never fails the rest."""
+    if _ID_RE.match(uid):
+        return uid
+    return "uid-" + hashlib.sha256(uid.encode("utf-8")).hexdigest()[:40]
+
+
+def is_fhir_id(value: str) -> bool:
+    """Whether ``value`` fits the R4B id datatype ([A-Za-z0-9-.]{1,64})."""
+    return bool(_ID_RE.match(value))
 
 
 def resource_id_for(text: str) -> str:

@@ -19,12 +19,15 @@ def capability_statement(
     date: dt.datetime | None = None,
 ) -> CapabilityStatement:
     """The server's CapabilityStatement (R4B 2.40): read and search of DiagnosticReport (by
-    patient, study, status, date) and ImagingStudy (by patient, identifier), JSON only."""
+    id, patient/subject, identifier, study, status, date, based-on, _lastUpdated) and
+    ImagingStudy (by id, patient/subject, identifier), versioned reads, JSON only."""
 
     def param(name: str, kind: str, doc: str) -> dict[str, str]:
         return {"name": name, "type": kind, "documentation": doc}
 
     interactions = [{"code": "read"}, {"code": "search-type"}]
+    # Reads carry meta.versionId and an ETag (R4B 2.40 CapabilityStatement.rest.resource).
+    versioning = "versioned"
     implementation: dict[str, Any] = {"description": "RadDraft chest radiograph reports"}
     if base_url:
         implementation["url"] = base_url
@@ -45,6 +48,7 @@ def capability_statement(
                         {
                             "type": "DiagnosticReport",
                             "interaction": interactions,
+                            "versioning": versioning,
                             "searchParam": [
                                 param("_id", "token", "Resource id"),
                                 param(
@@ -61,11 +65,24 @@ def capability_statement(
                                     "status", "token", "preliminary | final | amended | corrected"
                                 ),
                                 param("date", "date", "effectiveDateTime"),
+                                param("subject", "reference", "as patient"),
+                                param(
+                                    "identifier",
+                                    "token",
+                                    "accession number, SR urn:oid:<SOPInstanceUID>, or id",
+                                ),
+                                param(
+                                    "based-on",
+                                    "reference",
+                                    "the order: ServiceRequest/<accession number>",
+                                ),
+                                param("_lastUpdated", "date", "when the version shown was made"),
                             ],
                         },
                         {
                             "type": "ImagingStudy",
                             "interaction": interactions,
+                            "versioning": versioning,
                             "searchParam": [
                                 param("_id", "token", "Resource id"),
                                 param(
@@ -78,6 +95,7 @@ def capability_statement(
                                     "token",
                                     "urn:dicom:uid|urn:oid:<StudyInstanceUID> or accession",
                                 ),
+                                param("subject", "reference", "as patient"),
                             ],
                         },
                     ],

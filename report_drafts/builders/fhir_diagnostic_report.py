@@ -128,11 +128,7 @@ def diagnostic_report(  # noqa: PLR0913 (one keyword per DiagnosticReport elemen
     }
     if imaging_study_id is not None:
         study_ref["reference"] = f"ImagingStudy/{check_id(imaging_study_id)}"
-    identifiers = []
-    if sr_sop_instance_uid:
-        identifiers.append({"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{sr_sop_instance_uid}"})
-    if accession:
-        identifiers.append(accession_identifier(accession))
+    identifiers, based_on = _identifiers(sr_sop_instance_uid, accession)
     data: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
         "id": check_id(resource_id),
@@ -164,6 +160,8 @@ def diagnostic_report(  # noqa: PLR0913 (one keyword per DiagnosticReport elemen
     }
     if identifiers:
         data["identifier"] = identifiers
+    if based_on:
+        data["basedOn"] = based_on
     if content.critical:
         data["meta"] = {"tag": critical_tags(content)}
         data["conclusionCode"] = [{"text": label} for label in content.critical]
@@ -173,6 +171,21 @@ def diagnostic_report(  # noqa: PLR0913 (one keyword per DiagnosticReport elemen
         assert content.signer is not None
         data["resultsInterpreter"] = [practitioner_reference(content.signer)]
     return DiagnosticReport.model_validate(data)
+
+
+def _identifiers(
+    sr_sop_instance_uid: str | None, accession: str | None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The report's identifiers (its SR, the accession) and what it is based on: the RIS's
+    order, by its accession number (an identifier reference: RadDraft serves no
+    ServiceRequest), so ``DiagnosticReport?based-on=`` finds the report of an order."""
+    identifiers: list[dict[str, Any]] = []
+    if sr_sop_instance_uid:
+        identifiers.append({"system": DICOM_UID_SYSTEM, "value": f"urn:oid:{sr_sop_instance_uid}"})
+    if not accession:
+        return identifiers, []
+    identifiers.append(accession_identifier(accession))
+    return identifiers, [{"type": "ServiceRequest", "identifier": accession_identifier(accession)}]
 
 
 def parse_diagnostic_report(data: str | bytes | Mapping[str, Any]) -> DiagnosticReport:

@@ -5,6 +5,7 @@ its DICOM Study Instance UID as identifier, series and instances as the archive 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -17,9 +18,12 @@ from report_drafts.builders._fhir import (
     accession_identifier,
     check_id,
     instant,
+    is_fhir_id,
     patient_reference,
     study_identifier,
 )
+
+log = logging.getLogger(__name__)
 
 
 def imaging_study(  # noqa: C901 (one branch per optional ImagingStudy element)
@@ -33,10 +37,22 @@ def imaging_study(  # noqa: C901 (one branch per optional ImagingStudy element)
     description: str | None = None,
     status: str = "available",
 ) -> ImagingStudy:
-    """The ImagingStudy (R4B 4.6) of a study: DICOM UID identifier, series and instances."""
+    """The ImagingStudy (R4B 4.6) of a study: DICOM UID identifier, series and instances.
+
+    ``series.uid`` and ``instance.uid`` are of the R4B id datatype: an image whose UID does not
+    fit it (a modality's ``_``) is left out and logged, never failing the study's resource."""
     if status not in {"registered", "available", "cancelled", "entered-in-error", "unknown"}:
         raise ValueError(f"invalid ImagingStudy status {status!r}")
     series: dict[str, dict[str, Any]] = {}
+    kept = [i for i in images if is_fhir_id(i.series_uid) and is_fhir_id(i.sop_instance_uid)]
+    for image in [i for i in images if i not in kept]:
+        log.warning(
+            "ImagingStudy %s: image %s of series %s left out: a UID FHIR cannot carry as id",
+            resource_id,
+            image.sop_instance_uid,
+            image.series_uid,
+        )
+    images = kept
     for image in images:
         entry = series.setdefault(
             image.series_uid,

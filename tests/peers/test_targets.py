@@ -414,7 +414,7 @@ def test_fhir_update_names_the_version_it_replaces(
     target = sender_for(FhirTarget(fhir_server.url), settings)
     first = target.send(fhir_payload)
     report = "DiagnosticReport/rep-1"
-    assert first.responses[report] == {"http_status": 201, "etag": 'W/"1"'}
+    assert first.responses[report] == {"http_status": 201, "etag": 'W/"1"', "if_none_match": "*"}
     final = tmp_path / "final.json"
     final.write_text(
         json.dumps({**RESOURCES[1], "status": "final", "issued": "2026-12-02T10:00:00Z"})

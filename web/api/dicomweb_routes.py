@@ -33,6 +33,7 @@ from raddraft import atna
 from raddraft.logging import kv
 from raddraft.settings import Settings
 from report_drafts import Role, User
+from web.api import query_limits
 from web.api.auth import DbSession, Viewer, require
 from web.dicomweb import catalog, multipart, pixels, stow
 
@@ -185,43 +186,50 @@ async def store_study_instances(study: str, request: Request, user: Sender) -> R
 # -- QIDO-RS -----------------------------------------------------------------------------------
 
 
+#: PS3.18 8.3.4.4: a page the server cut (its default or its maximum) says so.
+TRUNCATED_WARNING = (
+    '299 RadDraft "The number of results exceeded the maximum supported by the server. '
+    'Additional results can be requested."'
+)
+
+
 def _search(
     request: Request,
     session: DbSession,
     level: str,
     fixed: dict[str, str],
 ) -> Response:
+    """One QIDO-RS search, paged and time-limited (a plain ``def`` endpoint: it runs in the
+    thread pool and never holds up the event loop)."""
+    settings = _settings(request)
     try:
         query = catalog.parse_query(request.query_params.multi_items(), level)
+        query.match.update(fixed)
+        limit, cut = catalog.page_size(query, settings)
+        with query_limits.time_limit(session, settings.query_timeout_seconds):
+            found = catalog.search(session, settings, level, query, limit)
     except catalog.QueryError as error:
         return _problem(400, str(error))
-    query.match.update(fixed)
-    page = catalog.study_page(session, query) if level == "study" else None
-    if page is None:
-        objects = catalog.load_objects(session, _settings(request), query.match)
-        groups = catalog.search(objects, level, query)
-    else:
-        # Matched and paged on the study rows: read only the page's instances.
-        objects = (
-            catalog.load_objects(session, _settings(request), {"StudyInstanceUID": ",".join(page)})
-            if page
-            else []
-        )
-        groups = catalog.search(objects, level, catalog.Query(match=query.match))
+    except query_limits.QueryTimeoutError as error:
+        log.warning("QIDO-RS search stopped %s", kv(level=level, seconds=error.seconds))
+        return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "60"})
     base = _base(request)
     answers = []
-    for group in groups:
-        ds = catalog.answer(group, level, query)
-        ds.RetrieveURL = _url(base, group[0], level)
+    for hit in found.hits:
+        ds = catalog.answer(hit, level, query, settings.archive_dir)
+        ds.RetrieveURL = _url(base, hit, level)
         answers.append(ds)
-    headers = None
+    warnings = []
     if query.ignored:
         names = ", ".join(query.ignored)
-        headers = {"Warning": f'299 RadDraft "The following query keys are not supported: {names}"'}
+        warnings.append(f'299 RadDraft "The following query keys are not supported: {names}"')
+    if found.more and (query.limit is None or cut):
+        warnings.append(TRUNCATED_WARNING)
+    headers = {"Warning": ", ".join(warnings)} if warnings else None
     return _dicom_json(answers, headers)
 
 
-def _url(base: str, item: catalog.DicomObject, level: str) -> str:
+def _url(base: str, item: catalog.DicomObject | catalog.Hit, level: str) -> str:
     url = f"{base}/studies/{item.study_uid}"
     if level in ("series", "instance"):
         url += f"/series/{item.series_uid}"
@@ -313,7 +321,7 @@ def _objects(
     series: str | None = None,
     instance: str | None = None,
 ) -> list[catalog.DicomObject]:
-    objects = catalog.load_objects(session, _settings(request), {"StudyInstanceUID": study})
+    objects = catalog.load_objects(session, _settings(request), study)
     return catalog.find(objects, study, series, instance)
 
 

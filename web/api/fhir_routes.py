@@ -3,92 +3,177 @@
 A DiagnosticReport shows a report's latest *published* version (the AI draft, the signature,
 each amendment), never a half-edited review state: the RIS sees what it was also sent. A
 withdrawn draft (rejected, superseded) reads as ``entered-in-error``, as it was pushed.
+
+Reads carry the version shown as ``meta.versionId`` and a weak ``ETag`` (FHIR R4 http.html
+"read", "Managing Resource Contention"). Searches (FHIR R4 search.html) are matched, counted and
+paged in SQL: ``_count`` (server default and maximum), ``_offset``, a correct ``Bundle.total``,
+``self``/``next``/``previous`` links, and the page's resources built in a fixed number of
+statements. A parameter the server does not support is ignored and left out of the ``self``
+link, or refused (400) under ``Prefer: handling=strict`` (search.html 3.1.1.4). Every search
+runs in the thread pool under the request time limit (:mod:`web.api.query_limits`); one record
+whose resources cannot be built is logged and left out, never failing the page.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
-from typing import Annotated, Any
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+from urllib.parse import urlencode
 
-from fastapi import APIRouter, Query, Request, Response
-from sqlalchemy import select
+from fastapi import APIRouter, Request, Response
+from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 import report_drafts as drafts
 from dicom_listener import Patient, Study
+from raddraft.settings import Settings
 from report_drafts import NotFound, Report, ReportVersion, capability_statement
+from web.api import query_limits
 from web.api.auth import DbSession, Viewer
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/fhir", tags=["fhir"])
 
 FHIR_JSON = "application/fhir+json"
 PUBLISHED_ACTIONS = ("draft", "sign", "amend", "correct")
 #: Versions that withdraw an unsigned draft, and how the withdrawal says so.
 WITHDRAWN_BY = {"reject": "AI draft rejected", "supersede": "AI draft superseded"}
+WITHDRAWN_STATUS = "entered-in-error"
+#: Result parameters every search takes (FHIR R4 search.html 3.1.1.5).
+PAGING = ("_count", "_offset")
+#: The search parameters served, per resource type (and announced in the capability statement).
+SEARCH_PARAMS: dict[str, tuple[str, ...]] = {
+    "DiagnosticReport": (
+        "_id",
+        "identifier",
+        "patient",
+        "patient.identifier",
+        "subject",
+        "subject.identifier",
+        "status",
+        "date",
+        "based-on",
+        "_lastUpdated",
+        "study",
+    ),
+    "ImagingStudy": (
+        "_id",
+        "identifier",
+        "patient",
+        "patient.identifier",
+        "subject",
+        "subject.identifier",
+    ),
+}
+#: Parameters about the response's form, never about what matches: not refused, not echoed.
+FORM_PARAMS = frozenset({"_format", "_pretty", "_summary"})
+PREFIXES = ("eq", "ne", "ge", "gt", "le", "lt")
+#: The patient as a reference (``Patient/<id>``) or by its identifier (``system|value``).
+PATIENT_PARAMS = ("patient", "patient.identifier", "subject", "subject.identifier")
 
 
-def _json(resource: Any, status: int = 200) -> Response:
-    return Response(resource.model_dump_json(), status_code=status, media_type=FHIR_JSON)
+class SearchError(ValueError):
+    """A search the server refuses (a bad value, or an unknown parameter under strict)."""
+
+
+def _json(resource: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    body = resource if isinstance(resource, str) else resource.model_dump_json()
+    return Response(body, status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+def _outcome(status: int, text: str) -> Response:
+    body = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": "invalid", "diagnostics": text}],
+    }
+    return Response(json.dumps(body), status_code=status, media_type=FHIR_JSON)
 
 
 def _dict(resource: Any) -> dict[str, Any]:
     return json.loads(resource.model_dump_json())
 
 
-def published_version(session: Session, report: Report) -> ReportVersion | None:
-    return session.scalar(
+# -- which version a report shows ------------------------------------------------------------------
+
+
+def _versions_shown(session: Session, report_pks: Sequence[int]) -> dict[int, ReportVersion]:
+    """Per report: the version its DiagnosticReport shows, the withdrawal if it was withdrawn
+    (what was pushed last), else its latest published version. One statement for all."""
+    shown: dict[int, ReportVersion] = {}
+    withdrawn: set[int] = set()
+    rows = session.scalars(
         select(ReportVersion)
-        .where(ReportVersion.report_pk == report.id, ReportVersion.action.in_(PUBLISHED_ACTIONS))
-        .order_by(ReportVersion.number.desc())
-        .limit(1)
+        .where(
+            ReportVersion.report_pk.in_(report_pks),
+            ReportVersion.action.in_((*PUBLISHED_ACTIONS, *WITHDRAWN_BY)),
+        )
+        .order_by(ReportVersion.report_pk, ReportVersion.number)
     )
+    for row in rows:
+        if row.action in WITHDRAWN_BY:
+            if row.report_pk not in withdrawn:
+                shown[row.report_pk] = row
+                withdrawn.add(row.report_pk)
+        elif row.report_pk not in withdrawn:
+            shown[row.report_pk] = row
+    return shown
 
 
-def _resources(request: Request, session: Session, report: Report) -> dict[str, Any]:
-    row = published_version(session, report)
-    if row is None:
-        raise NotFound(f"report {report.uid} has no published version")
-    settings = request.app.state.settings
-    resources = drafts.fhir_resources(session, settings, row)
-    withdrawn = withdrawal_version(session, report)
-    if withdrawn is not None:
-        # What was pushed last: the withdrawal (entered-in-error), never the draft it withdrew.
-        why = f"{WITHDRAWN_BY[withdrawn.action]}: {withdrawn.note}"
-        resources["DiagnosticReport"] = drafts.fhir_resources(
-            session, settings, withdrawn, withdrawal=why
-        )["DiagnosticReport"]
-    return resources
-
-
-def withdrawal_version(session: Session, report: Report) -> ReportVersion | None:
-    """The version that withdrew the report's draft (rejected, superseded), if any."""
-    return session.scalar(
+def _published(session: Session, report_pks: Sequence[int]) -> dict[int, ReportVersion]:
+    """Per report: its latest published version. One statement for all."""
+    latest: dict[int, ReportVersion] = {}
+    for row in session.scalars(
         select(ReportVersion)
-        .where(ReportVersion.report_pk == report.id, ReportVersion.action.in_(WITHDRAWN_BY))
-        .order_by(ReportVersion.number)
-        .limit(1)
+        .where(
+            ReportVersion.report_pk.in_(report_pks),
+            ReportVersion.action.in_(PUBLISHED_ACTIONS),
+        )
+        .order_by(ReportVersion.report_pk, ReportVersion.number)
+    ):
+        latest[row.report_pk] = row
+    return latest
+
+
+def _with_meta(resource: dict[str, Any], version_id: str, updated: dt.datetime) -> dict[str, Any]:
+    meta = dict(resource.get("meta") or {})
+    meta.update(versionId=version_id, lastUpdated=updated.isoformat())
+    return {**resource, "meta": meta}
+
+
+def _report_resources(
+    session: Session, reports: Sequence[Report]
+) -> list[tuple[Report, dict[str, Any] | None]]:
+    """Each report's DiagnosticReport as shown, with its version in ``meta`` (None when it
+    cannot be built; logged where it failed)."""
+    shown = _versions_shown(session, [r.id for r in reports])
+    items = [(shown[r.id], WITHDRAWN_BY.get(shown[r.id].action)) for r in reports if r.id in shown]
+    built = drafts.fhir_resources_for_page(
+        session,
+        [(version, f"{why}: {version.note}" if why else None) for version, why in items],
     )
+    by_report = {
+        version.report_pk: (version, b) for (version, _), b in zip(items, built, strict=True)
+    }
+    out: list[tuple[Report, dict[str, Any] | None]] = []
+    for report in reports:
+        version, resources = by_report.get(report.id, (None, {}))
+        resource = resources.get("DiagnosticReport") if resources else None
+        if version is None or resource is None:
+            out.append((report, None))
+            continue
+        out.append((report, _with_meta(_dict(resource), str(version.number), version.created_at)))
+    return out
 
 
-def _bundle(entries: list[dict[str, Any]], base: str) -> Response:
-    from fhir.resources.R4B.bundle import Bundle
+# -- reads -----------------------------------------------------------------------------------------
 
-    bundle = Bundle.model_validate(
-        {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": len(entries),
-            "entry": [
-                {
-                    "fullUrl": f"{base}{e['resourceType']}/{e['id']}",
-                    "resource": e,
-                    "search": {"mode": "match"},
-                }
-                for e in entries
-            ],
-        }
-    )
-    return _json(bundle)
+
+def _read(resource: dict[str, Any]) -> Response:
+    etag = f'W/"{resource["meta"]["versionId"]}"'
+    return _json(json.dumps(resource), headers={"ETag": etag})
 
 
 @router.get("/metadata")
@@ -116,121 +201,67 @@ def read_report(resource_id: str, request: Request, session: DbSession, user: Vi
     report = session.scalar(select(Report).where(Report.uid == resource_id))
     if report is None:
         raise NotFound(f"no DiagnosticReport {resource_id}")
-    return _json(_resources(request, session, report)["DiagnosticReport"])
-
-
-def _reference_value(value: str) -> str:
-    """``Patient/123`` or ``123``; ``urn:oid:1.2`` or ``1.2`` -> the bare value."""
-    value = value.split("|")[-1]
-    for prefix in ("Patient/", "ImagingStudy/", "urn:oid:"):
-        value = value.removeprefix(prefix)
-    return value
-
-
-def _date_filter(query: Any, dates: list[str]) -> Any:
-    """FHIR date search on the study date: eq (default), ge, gt, le, lt; YYYY-MM-DD."""
-    for item in dates:
-        prefix, value = (
-            (item[:2], item[2:])
-            if item[:2] in ("eq", "ge", "gt", "le", "lt")
-            else (
-                "eq",
-                item,
-            )
-        )
-        da = value.replace("-", "")[:8]
-        column = Study.study_date
-        query = query.where(
-            {
-                "eq": column == da,
-                "ge": column >= da,
-                "gt": column > da,
-                "le": column <= da,
-                "lt": column < da,
-            }[prefix]
-        )
-    return query
-
-
-@router.get("/DiagnosticReport")
-def search_reports(
-    request: Request,
-    session: DbSession,
-    user: Viewer,
-    patient: str | None = None,
-    study: str | None = None,
-    status: str | None = None,
-    date: Annotated[list[str] | None, Query()] = None,
-    count: Annotated[int, Query(alias="_count", ge=1, le=500)] = 100,
-) -> Response:
-    """Search by patient (id), study (StudyInstanceUID or ImagingStudy id), status, date."""
-    query = (
-        select(Report)
-        .join(Study, Study.id == Report.study_pk)
-        .join(Patient, Patient.id == Study.patient_pk)
-        .where(Report.current_version > 0)
-        .order_by(Report.id)
-    )
-    if patient:
-        query = query.where(Patient.patient_id == _reference_value(patient))
-    if study:
-        query = query.where(Study.study_instance_uid == _reference_value(study))
-    if date:
-        query = _date_filter(query, date)
-    entries = []
-    for report in session.scalars(query):
-        resource = _dict(_resources(request, session, report)["DiagnosticReport"])
-        if status and resource.get("status") not in status.split(","):
-            continue
-        entries.append(resource)
-        if len(entries) >= count:
-            break
-    return _bundle(entries, str(request.base_url) + "fhir/")
+    [(_, resource)] = _report_resources(session, [report])
+    if resource is None:
+        raise NotFound(f"report {report.uid} has no published version")
+    return _read(resource)
 
 
 @router.get("/ImagingStudy/{resource_id}")
 def read_study(resource_id: str, request: Request, session: DbSession, user: Viewer) -> Response:
-    report = _latest_report_of_study(session, resource_id)
-    return _json(_resources(request, session, report)["ImagingStudy"])
+    study = _study_of_id(session, resource_id)
+    found = _study_resources(session, [study]) if study is not None else []
+    if not found or found[0] is None:
+        raise NotFound(f"no ImagingStudy {resource_id}")
+    return _read(found[0])
 
 
-def _latest_report_of_study(session: Session, study_uid: str) -> Report:
-    report = session.scalar(
-        select(Report)
-        .join(Study, Study.id == Report.study_pk)
-        .where(Study.study_instance_uid == study_uid, Report.current_version > 0)
-        .order_by(Report.id.desc())
-        .limit(1)
+def _study_of_id(session: Session, resource_id: str) -> Study | None:
+    """The study an ImagingStudy id names: its UID, or the id derived from an odd UID (only a
+    UID with ``_`` needs one: the listener admits no other character FHIR ids lack)."""
+    study = session.scalar(select(Study).where(Study.study_instance_uid == resource_id))
+    if study is not None or not resource_id.startswith("uid-"):
+        return study
+    odd = session.scalars(
+        select(Study).where(Study.study_instance_uid.like("%\\_%", escape="\\")).limit(10_000)
     )
-    if report is None:
-        raise NotFound(f"no ImagingStudy {study_uid}")
-    return report
+    return next((s for s in odd if drafts.fhir_id_for(s.study_instance_uid) == resource_id), None)
 
 
-@router.get("/ImagingStudy")
-def search_studies(
-    request: Request,
-    session: DbSession,
-    user: Viewer,
-    patient: str | None = None,
-    identifier: str | None = None,
-) -> Response:
-    query = (
-        select(Study.study_instance_uid)
-        .join(Patient, Patient.id == Study.patient_pk)
-        .join(Report, Report.study_pk == Study.id)
-        .where(Report.current_version > 0)
-        .distinct()
-    )
-    if patient:
-        query = query.where(Patient.patient_id == _reference_value(patient))
-    if identifier:
-        query = query.where(Study.study_instance_uid == _reference_value(identifier))
-    entries = [
-        _dict(_resources(request, session, _latest_report_of_study(session, uid))["ImagingStudy"])
-        for uid in session.scalars(query)
+def _study_resources(session: Session, studies: Sequence[Study]) -> list[dict[str, Any] | None]:
+    """Each study's ImagingStudy, from its latest report with a published version."""
+    reports = _latest_reports(session, [s.id for s in studies])
+    published = _published(session, [r.id for r in reports.values()])
+    items = [
+        (study, published[reports[study.id].id])
+        for study in studies
+        if study.id in reports and reports[study.id].id in published
     ]
-    return _bundle(entries, str(request.base_url) + "fhir/")
+    built = drafts.fhir_resources_for_page(session, [(v, None) for _, v in items])
+    by_study: dict[int, dict[str, Any] | None] = {}
+    for (study, version), resources in zip(items, built, strict=True):
+        resource = resources.get("ImagingStudy")
+        by_study[study.id] = (
+            None
+            if resource is None
+            else _with_meta(
+                _dict(resource),
+                f"{reports[study.id].id}.{version.number}",
+                version.created_at,
+            )
+        )
+    return [by_study.get(s.id) for s in studies]
+
+
+def _latest_reports(session: Session, study_pks: Sequence[int]) -> dict[int, Report]:
+    latest: dict[int, Report] = {}
+    for report in session.scalars(
+        select(Report)
+        .where(Report.study_pk.in_(study_pks), Report.current_version > 0, _has_published())
+        .order_by(Report.study_pk, Report.id)
+    ):
+        latest[report.study_pk] = report
+    return latest
 
 
 @router.get("/Provenance/{resource_id}")
@@ -249,4 +280,311 @@ def read_provenance(
     )
     if row is None or row.action not in PUBLISHED_ACTIONS:
         raise NotFound(f"no Provenance {resource_id}")
-    return _json(drafts.fhir_resources(session, request.app.state.settings, row)["Provenance"])
+    resource = drafts.fhir_resources(session, request.app.state.settings, row)["Provenance"]
+    # A Provenance is written once and never changes: always its first version.
+    return _read(_with_meta(_dict(resource), "1", row.created_at))
+
+
+# -- search ----------------------------------------------------------------------------------------
+
+
+def _search_params(request: Request, kind: str) -> tuple[dict[str, list[str]], list[str]]:
+    """The supported parameters of a search (name -> values) and the names ignored; an
+    unsupported one is refused under ``Prefer: handling=strict``."""
+    supported: dict[str, list[str]] = {}
+    ignored: list[str] = []
+    for name, value in request.query_params.multi_items():
+        if name in SEARCH_PARAMS[kind] or name in PAGING:
+            supported.setdefault(name, []).append(value)
+        elif name not in FORM_PARAMS:
+            ignored.append(name)
+    prefer = request.headers.get("prefer", "").replace(" ", "").lower()
+    if ignored and "handling=strict" in prefer.split(";"):
+        raise SearchError(f"unsupported search parameters: {', '.join(sorted(set(ignored)))}")
+    return supported, ignored
+
+
+def _page(params: Mapping[str, list[str]], settings: Settings) -> tuple[int, int]:
+    def number(name: str, default: int) -> int:
+        values = params.get(name)
+        if not values:
+            return default
+        if not values[-1].isdigit() or len(values[-1]) > 9:
+            raise SearchError(f"{name} must be a non-negative integer, not {values[-1]!r}")
+        return int(values[-1])
+
+    count = min(number("_count", settings.fhir_default_count), settings.fhir_max_count)
+    return count, number("_offset", 0)
+
+
+def _values(params: Mapping[str, list[str]], name: str) -> list[list[str]]:
+    """Each occurrence of a parameter (AND) as its comma-separated values (OR)."""
+    return [[v for v in value.split(",") if v] for value in params.get(name, [])]
+
+
+def _reference_value(value: str) -> str:
+    """``Patient/123`` or ``123``; ``system|value`` or ``urn:oid:1.2`` -> the bare value."""
+    value = value.split("|")[-1]
+    for prefix in ("Patient/", "ImagingStudy/", "ServiceRequest/", "urn:oid:"):
+        value = value.removeprefix(prefix)
+    return value
+
+
+def _any_of(column: Any, values: list[str]) -> ColumnElement[bool]:
+    return column.in_([_reference_value(v) for v in values])
+
+
+def _prefixed(value: str) -> tuple[str, str]:
+    return (value[:2], value[2:]) if value[:2] in PREFIXES else ("eq", value)
+
+
+def _compare(column: Any, prefix: str, low: Any, high: Any) -> ColumnElement[bool]:
+    """A FHIR date comparison (search.html 3.1.1.4.5) against the range ``[low, high)`` a
+    value of some precision covers."""
+    return {
+        "eq": and_(column >= low, column < high),
+        "ne": or_(column < low, column >= high),
+        "ge": column >= low,
+        "gt": column >= high,
+        "le": column < high,
+        "lt": column < low,
+    }[prefix]
+
+
+def _date_terms(values: list[list[str]]) -> list[ColumnElement[bool]]:
+    """``date`` on the study date (DA ``YYYYMMDD``), to the day."""
+    terms = []
+    for alternatives in values:
+        ors = []
+        for item in alternatives:
+            prefix, value = _prefixed(item)
+            try:
+                day = dt.date.fromisoformat(value[:10])
+            except ValueError as error:
+                raise SearchError(f"date must be YYYY-MM-DD, not {value!r}") from error
+            low, high = day.strftime("%Y%m%d"), (day + dt.timedelta(days=1)).strftime("%Y%m%d")
+            ors.append(_compare(Study.study_date, prefix, low, high))
+        terms.append(or_(*ors))
+    return terms
+
+
+def _instant(value: str) -> tuple[dt.datetime, dt.datetime]:
+    """The range ``[low, high)`` an R4 date, dateTime or instant search value covers."""
+    try:
+        if len(value) == 10:
+            day = dt.date.fromisoformat(value)
+            low = dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC)
+            return low, low + dt.timedelta(days=1)
+        moment = dt.datetime.fromisoformat(value)
+    except ValueError as error:
+        raise SearchError(f"_lastUpdated must be a date or instant, not {value!r}") from error
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=dt.UTC)
+    return moment, moment + dt.timedelta(seconds=1)
+
+
+def _shown_filter(actions: Sequence[str]) -> Any:
+    return and_(ReportVersion.report_pk == Report.id, ReportVersion.action.in_(actions))
+
+
+def _has_published() -> ColumnElement[bool]:
+    return exists().where(_shown_filter(PUBLISHED_ACTIONS))
+
+
+def _status_expression() -> Any:
+    """The DiagnosticReport.status a report shows, as SQL: entered-in-error once withdrawn,
+    else its latest published version's status."""
+    latest = (
+        select(ReportVersion.status)
+        .where(_shown_filter(PUBLISHED_ACTIONS))
+        .order_by(ReportVersion.number.desc())
+        .limit(1)
+        .correlate(Report)
+        .scalar_subquery()
+    )
+    return case(
+        (exists().where(_shown_filter(tuple(WITHDRAWN_BY))), WITHDRAWN_STATUS), else_=latest
+    )
+
+
+def _last_updated_expression() -> Any:
+    return (
+        select(func.max(ReportVersion.created_at))
+        .where(_shown_filter((*PUBLISHED_ACTIONS, *WITHDRAWN_BY)))
+        .correlate(Report)
+        .scalar_subquery()
+    )
+
+
+def _report_terms(params: Mapping[str, list[str]]) -> list[ColumnElement[bool]]:
+    """The SQL terms of a DiagnosticReport search's parameters."""
+    terms: list[ColumnElement[bool]] = []
+    for name in PATIENT_PARAMS:
+        terms += [_any_of(Patient.patient_id, v) for v in _values(params, name)]
+    for values in _values(params, "identifier"):
+        bare = [_reference_value(v) for v in values]
+        sr = exists().where(
+            ReportVersion.report_pk == Report.id, ReportVersion.sr_sop_instance_uid.in_(bare)
+        )
+        terms.append(or_(Report.uid.in_(bare), Study.accession_number.in_(bare), sr))
+    terms += [_any_of(Report.uid, v) for v in _values(params, "_id")]
+    terms += [_any_of(Study.study_instance_uid, v) for v in _values(params, "study")]
+    terms += [_any_of(Study.accession_number, v) for v in _values(params, "based-on")]
+    status = _status_expression()
+    terms += [status.in_(values) for values in _values(params, "status")]
+    terms += _date_terms(_values(params, "date"))
+    updated = _last_updated_expression()
+    for values in _values(params, "_lastUpdated"):
+        ors = []
+        for item in values:
+            prefix, value = _prefixed(item)
+            low, high = _instant(value)
+            ors.append(_compare(updated, prefix, low, high))
+        terms.append(or_(*ors))
+    return terms
+
+
+def _study_terms(session: Session, params: Mapping[str, list[str]]) -> list[ColumnElement[bool]]:
+    terms: list[ColumnElement[bool]] = []
+    for name in PATIENT_PARAMS:
+        terms += [_any_of(Patient.patient_id, v) for v in _values(params, name)]
+    for values in _values(params, "identifier"):
+        bare = [_reference_value(v) for v in values]
+        terms.append(or_(Study.study_instance_uid.in_(bare), Study.accession_number.in_(bare)))
+    for values in _values(params, "_id"):
+        # The id is the UID, or one derived from an odd UID (:func:`_study_of_id`).
+        found = [_study_of_id(session, v) for v in values if v.startswith("uid-")]
+        derived = [study.id for study in found if study is not None]
+        terms.append(or_(Study.study_instance_uid.in_(values), Study.id.in_(derived)))
+    return terms
+
+
+def _links(
+    request: Request,
+    kind: str,
+    params: Mapping[str, list[str]],
+    count: int,
+    offset: int,
+    total: int,
+) -> list[dict[str, str]]:
+    """``self`` (the parameters used, search.html 3.1.1.4), ``next`` and ``previous``."""
+    base = f"{str(request.base_url).rstrip('/')}/fhir/{kind}"
+    used = [(n, v) for n, vs in params.items() if n not in PAGING for v in vs]
+
+    def url(at: int) -> str:
+        return f"{base}?{urlencode([*used, ('_count', str(count)), ('_offset', str(at))])}"
+
+    links = [{"relation": "self", "url": url(offset)}]
+    if offset + count < total:
+        links.append({"relation": "next", "url": url(offset + count)})
+    if offset > 0:
+        links.append({"relation": "previous", "url": url(max(0, offset - count))})
+    return links
+
+
+def _bundle(
+    entries: list[dict[str, Any]], base: str, total: int, links: list[dict[str, str]]
+) -> Response:
+    from fhir.resources.R4B.bundle import Bundle
+
+    bundle = Bundle.model_validate(
+        {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "total": total,
+            "link": links,
+            "entry": [
+                {
+                    "fullUrl": f"{base}{e['resourceType']}/{e['id']}",
+                    "resource": e,
+                    "search": {"mode": "match"},
+                }
+                for e in entries
+            ],
+        }
+    )
+    return _json(bundle)
+
+
+def _count_of(session: Session, ids: Select[Any]) -> int:
+    return int(session.scalar(select(func.count()).select_from(ids.subquery())) or 0)
+
+
+def _run_search(request: Request, session: Session, kind: str) -> Response:
+    """A paged, time-limited search of ``kind``; 400 for a bad one, 503 past the limit."""
+    settings: Settings = request.app.state.settings
+    try:
+        params, ignored = _search_params(request, kind)
+        count, offset = _page(params, settings)
+        with query_limits.time_limit(session, settings.query_timeout_seconds):
+            if kind == "DiagnosticReport":
+                entries, total = _search_reports(session, params, count, offset)
+            else:
+                entries, total = _search_studies(session, params, count, offset)
+    except SearchError as error:
+        return _outcome(400, str(error))
+    except query_limits.QueryTimeoutError as error:
+        response = _outcome(503, str(error))
+        response.headers["Retry-After"] = "60"
+        return response
+    if ignored:
+        log.info("FHIR %s search ignored unsupported parameters %s", kind, sorted(set(ignored)))
+    links = _links(request, kind, params, count, offset, total)
+    return _bundle(entries, str(request.base_url) + "fhir/", total, links)
+
+
+def _search_reports(
+    session: Session, params: Mapping[str, list[str]], count: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    ids = (
+        select(Report.id)
+        .join(Study, Study.id == Report.study_pk)
+        .join(Patient, Patient.id == Study.patient_pk)
+        .where(Report.current_version > 0, _has_published(), *_report_terms(params))
+    )
+    total = _count_of(session, ids)
+    page = list(session.scalars(ids.order_by(Report.id).limit(count).offset(offset)))
+    reports = list(session.scalars(select(Report).where(Report.id.in_(page)).order_by(Report.id)))
+    entries = []
+    for report, resource in _report_resources(session, reports):
+        if resource is None:
+            log.error("FHIR search: DiagnosticReport %s left out (see above)", report.uid)
+            continue
+        entries.append(resource)
+    return entries, total
+
+
+def _search_studies(
+    session: Session, params: Mapping[str, list[str]], count: int, offset: int
+) -> tuple[list[dict[str, Any]], int]:
+    with_report = exists().where(
+        Report.study_pk == Study.id, Report.current_version > 0, _has_published()
+    )
+    ids = (
+        select(Study.id)
+        .join(Patient, Patient.id == Study.patient_pk)
+        .where(with_report, *_study_terms(session, params))
+    )
+    total = _count_of(session, ids)
+    page = list(session.scalars(ids.order_by(Study.id).limit(count).offset(offset)))
+    studies = list(session.scalars(select(Study).where(Study.id.in_(page)).order_by(Study.id)))
+    entries = []
+    for study, resource in zip(studies, _study_resources(session, studies), strict=True):
+        if resource is None:
+            log.error("FHIR search: ImagingStudy of %s left out", study.study_instance_uid)
+            continue
+        entries.append(resource)
+    return entries, total
+
+
+@router.get("/DiagnosticReport")
+def search_reports(request: Request, session: DbSession, user: Viewer) -> Response:
+    """Search by identifier (accession, SR UID, id), patient/subject, status, date (study
+    date), based-on (the order's accession), _lastUpdated, study; paged by _count/_offset."""
+    return _run_search(request, session, "DiagnosticReport")
+
+
+@router.get("/ImagingStudy")
+def search_studies(request: Request, session: DbSession, user: Viewer) -> Response:
+    """Search by identifier (Study Instance UID or accession) and patient/subject; paged."""
+    return _run_search(request, session, "ImagingStudy")

@@ -2,14 +2,19 @@
 
 QIDO-RS (PS3.18 10.6) searches studies, series and instances. The attributes kept in the
 archive's tables (PS3.18 Table 10.6.1-5 lists the ones a service should support) are matched
-here with the rules of PS3.4 C.2.2.2: single value, wildcard (``*``, ``?``), list of UIDs, and
-date/time range; other keys are ignored and named in a ``Warning`` header (PS3.18 8.3.4.1).
-Attributes asked for by ``includefield`` that the tables do not hold are read from an
-instance's header (the first of the study or series).
+in SQL with the rules of PS3.4 C.2.2.2 (:mod:`web.dicomweb.matching`): single value, wildcard
+(``*``, ``?``), list of UIDs, and date/time range; other keys are ignored and named in a
+``Warning`` header (PS3.18 8.3.4.1). Every search is paged in SQL (``limit``/``offset``, PS3.18
+8.3.4.4) and answered in a fixed number of statements, whatever the archive holds: a count, the
+page, and the computed attributes of the page's rows. Attributes asked for by ``includefield``
+that the tables do not hold are read from an instance's header (one per result).
 
 RadDraft's SR (TID 1500) and GSPS objects live in the database's outbox (written once, never
-changed) and are materialised into this process's ``data_dir/outbox``, so their headers are read
-from the file and cached for the life of the process.
+changed) and are materialised into this process's ``data_dir/outbox``. A study-level search
+counts them from the report versions' rows, reading no file; a series- or instance-level
+search within one study lists them after the study's archived objects, reading their headers
+(cached for the life of the process). A series- or instance-level search across studies lists
+archived objects only: RadDraft's series are found within their study.
 """
 
 from __future__ import annotations
@@ -24,13 +29,14 @@ from typing import Any
 
 import pydicom
 from pydicom import Dataset
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from sqlalchemy import ColumnElement, or_, select
+from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from sqlalchemy import ColumnElement, Select, case, distinct, func, or_, select
 from sqlalchemy.orm import Session
 
 from dicom_listener import Instance, Patient, Series, Study
 from raddraft.settings import Settings
 from report_drafts import OutboxPayloadError, Report, ReportVersion, materialise
+from web.dicomweb.matching import PatternError, condition, is_wildcard, matches, uid_list
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +71,37 @@ LEVEL_KEYS: dict[str, tuple[str, ...]] = {
     "series": STUDY_KEYS + SERIES_KEYS + SERIES_COMPUTED,
     "instance": STUDY_KEYS + SERIES_KEYS + INSTANCE_KEYS,
 }
+
+#: Where the tables hold each matchable attribute.
+COLUMNS: dict[str, Any] = {
+    "StudyInstanceUID": Study.study_instance_uid,
+    "StudyDate": Study.study_date,
+    "StudyTime": Study.study_time,
+    "AccessionNumber": Study.accession_number,
+    "StudyID": Study.study_id,
+    "StudyDescription": Study.study_description,
+    "ReferringPhysicianName": Study.referring_physician,
+    "PatientName": Patient.patient_name,
+    "PatientID": Patient.patient_id,
+    "IssuerOfPatientID": Patient.issuer_of_patient_id,
+    "PatientBirthDate": Patient.birth_date,
+    "PatientSex": Patient.sex,
+    "SeriesInstanceUID": Series.series_instance_uid,
+    "Modality": Series.modality,
+    "SeriesNumber": Series.series_number,
+    "SeriesDescription": Series.series_description,
+    "SOPClassUID": Instance.sop_class_uid,
+    "SOPInstanceUID": Instance.sop_instance_uid,
+    "InstanceNumber": Instance.instance_number,
+    "Rows": Instance.rows,
+    "Columns": Instance.columns,
+}
+
+#: Instance Availability (0008,0056), required at every level (PS3.18 Table 10.6.3-3..5):
+#: everything RadDraft lists is on its disk or in its database.
+ONLINE = "ONLINE"
+#: The modalities of RadDraft's own objects (counted at study level from the version rows).
+SR_MODALITY, PR_MODALITY = "SR", "PR"
 
 
 class QueryError(ValueError):
@@ -108,6 +145,41 @@ class Query:
     ignored: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Hit:
+    """One QIDO-RS result (a study, series or instance): its attributes, stored and computed,
+    and a file whose header answers ``includefield`` beyond them."""
+
+    attributes: Mapping[str, Any]
+    header_path: Path | None
+
+    @property
+    def study_uid(self) -> str:
+        return str(self.attributes["StudyInstanceUID"])
+
+    @property
+    def series_uid(self) -> str:
+        return str(self.attributes["SeriesInstanceUID"])
+
+    @property
+    def sop_uid(self) -> str:
+        return str(self.attributes["SOPInstanceUID"])
+
+
+@dataclass(frozen=True)
+class Found:
+    """A page of results and how many match in all (so a client can tell it was cut)."""
+
+    hits: list[Hit]
+    total: int
+    limit: int
+    offset: int
+
+    @property
+    def more(self) -> bool:
+        return self.offset + len(self.hits) < self.total
+
+
 def keyword_of(key: str) -> str:
     """``PatientID`` or ``00100020`` -> the keyword; :class:`QueryError` if neither."""
     text = key.strip()
@@ -146,97 +218,102 @@ def parse_query(params: Iterable[tuple[str, str]], level: str) -> Query:
 
 
 def _count(name: str, value: str) -> int:
-    if not value.isdigit():
-        raise QueryError(f"{name} must be a non-negative integer, not {value!r}")
+    if not value.isdigit() or len(value) > 9:
+        raise QueryError(f"{name} must be a non-negative integer below 10^9, not {value!r}")
     return int(value)
 
 
-# -- matching (PS3.4 C.2.2.2) ------------------------------------------------------------------
+def page_size(query: Query, settings: Settings) -> tuple[int, bool]:
+    """The rows a page may hold: the client's ``limit``, the server's default without one, and
+    never more than the server's maximum; and whether the client's limit was cut to it."""
+    asked = settings.qido_default_limit if query.limit is None else query.limit
+    return min(asked, settings.qido_max_limit), asked > settings.qido_max_limit
 
 
-def _wildcard(pattern: str) -> re.Pattern[str]:
-    parts = (".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern)
-    return re.compile("".join(parts) + r"\Z", re.IGNORECASE | re.DOTALL)
+# -- searching: SQL over the archive's tables ------------------------------------------------------
 
 
-def _in_range(value: str, pattern: str) -> bool:
-    low, _, high = pattern.partition("-")
-    if not value:
-        return False
-    width = len(value)
-    return (not low or value >= low[:width]) and (
-        not high or value <= high.ljust(width, "9")[:width]
-    )
+def dialect_of(session: Session) -> str:
+    return session.get_bind().dialect.name
 
 
-def matches(keyword: str, value: Any, pattern: str) -> bool:
-    """Whether ``value`` (a string or a list of strings) matches ``pattern`` for ``keyword``."""
-    if pattern == "":
-        return True  # universal matching: the key only asks for the attribute
-    values = [str(v) for v in value] if isinstance(value, list | tuple) else [str(value)]
-    vr = dictionary_VR(keyword)
-    if vr == "UI":
-        wanted = {uid.strip() for uid in re.split(r"[,\\]", pattern) if uid.strip()}
-        return any(v in wanted for v in values)
-    if vr in ("DA", "TM", "DT") and "-" in pattern:
-        return any(_in_range(v, pattern) for v in values)
-    if "*" in pattern or "?" in pattern:
-        regex = _wildcard(pattern)
-        return any(regex.match(v) for v in values)
-    if vr == "PN":
-        return any(v.casefold() == pattern.casefold() for v in values)
-    return any(v == pattern for v in values)
+def _where(match: Mapping[str, str], keys: Sequence[str], dialect: str) -> list[Any]:
+    """The SQL terms of the keys among ``keys`` (those the tables hold) that are not universal."""
+    terms = []
+    for keyword, pattern in match.items():
+        if keyword in keys and keyword in COLUMNS:
+            try:
+                term = condition(COLUMNS[keyword], keyword, pattern, dialect)
+            except PatternError as error:
+                raise QueryError(str(error)) from error
+            if term is not None:
+                terms.append(term)
+    return terms
 
 
-# -- loading the objects -------------------------------------------------------------------------
+def _count_of(session: Session, ids: Select[Any]) -> int:
+    return int(session.scalar(select(func.count()).select_from(ids.subquery())) or 0)
 
 
-def _exact(pattern: str | None) -> str | None:
-    """A pattern the database can match with ``=`` (no wildcard, no list, no range)."""
-    if not pattern or any(c in pattern for c in "*?,\\-"):
-        return None
-    return pattern
+def _archived(series_pk: Any) -> ColumnElement[bool]:
+    return select(Instance.id).where(Instance.series_pk == series_pk).exists()
 
 
-def _study_rows(
-    session: Session, match: Mapping[str, str], *where: ColumnElement[bool]
-) -> list[tuple[Study, Patient]]:
-    """Studies with their patients, narrowed in SQL by the exact study-level keys."""
-    query = select(Study, Patient).join(Patient, Study.patient_pk == Patient.id).where(*where)
-    uids = match.get("StudyInstanceUID")
-    if uids:
-        query = query.where(Study.study_instance_uid.in_(re.split(r"[,\\]", uids)))
-    if patient_id := _exact(match.get("PatientID")):
-        query = query.where(Patient.patient_id == patient_id)
-    if accession := _exact(match.get("AccessionNumber")):
-        query = query.where(Study.accession_number == accession)
-    return [(study, patient) for study, patient in session.execute(query.order_by(Study.id))]
-
-
-def study_page(session: Session, query: Query) -> list[str] | None:
-    """For a study-level search on study attributes only: the StudyInstanceUIDs of the page
-    asked for, matched and paged on the study rows alone, so a worklist query (OHIF asks
-    ``/studies?limit=101``) reads the instances of one page, not of the whole archive.
-    None when the query needs the instances to match (``ModalitiesInStudy``)."""
-    if "ModalitiesInStudy" in query.match or not set(query.match) <= set(STUDY_KEYS):
-        return None
-    has_objects = or_(
+def _has_objects() -> ColumnElement[bool]:
+    """A study is listed while it has an archived instance or an SR of RadDraft's."""
+    return or_(
         select(Series.id)
-        .join(Instance, Instance.series_pk == Series.id)
-        .where(Series.study_pk == Study.id)
+        .where(Series.study_pk == Study.id, _archived(Series.id))
+        .correlate(Study)
         .exists(),
         select(Report.id)
         .join(ReportVersion, ReportVersion.report_pk == Report.id)
         .where(Report.study_pk == Study.id, ReportVersion.sr_sop_instance_uid.is_not(None))
+        .correlate(Study)
         .exists(),
     )
-    uids = [
-        study.study_instance_uid
-        for study, patient in _study_rows(session, query.match, has_objects)
-        if all(matches(k, _study_attributes(study, patient)[k], p) for k, p in query.match.items())
-    ]
-    end = None if query.limit is None else query.offset + query.limit
-    return uids[query.offset : end]
+
+
+def _gsps_count() -> Any:
+    """How many GSPS a version made (the length of its JSON list; the same function name in
+    SQLite and PostgreSQL)."""
+    return func.coalesce(func.json_array_length(ReportVersion.gsps_sop_instance_uids), 0)
+
+
+def _modalities_in_study(pattern: str, dialect: str) -> ColumnElement[bool] | None:
+    """ModalitiesInStudy (PS3.18 Table 10.6.3-3): some series of the study has a matching
+    modality, an archived one or RadDraft's SR or presentation states."""
+    if pattern == "":
+        return None
+    versions = select(Report.id).join(ReportVersion, ReportVersion.report_pk == Report.id)
+    terms: list[Any] = []
+    for modality in uid_list(pattern) if "\\" in pattern else [pattern]:
+        term = condition(Series.modality, "Modality", modality, dialect)
+        if term is None:
+            continue
+        terms.append(
+            select(Series.id)
+            .where(Series.study_pk == Study.id, _archived(Series.id), term)
+            .correlate(Study)
+            .exists()
+        )
+        if matches("Modality", SR_MODALITY, modality):
+            has_sr = ReportVersion.sr_sop_instance_uid.is_not(None)
+            terms.append(versions.where(Report.study_pk == Study.id, has_sr).exists())
+        if matches("Modality", PR_MODALITY, modality):
+            terms.append(versions.where(Report.study_pk == Study.id, _gsps_count() > 0).exists())
+    return or_(*terms) if terms else None
+
+
+def search(session: Session, settings: Settings, level: str, query: Query, limit: int) -> Found:
+    """The page of ``level`` results (``study``, ``series``, ``instance``) that match."""
+    dialect = dialect_of(session)
+    if level == "study":
+        return _search_studies(session, query, limit, dialect)
+    extra = _outbox_hits(session, settings, level, query)
+    if level == "series":
+        return _search_series(session, query, limit, dialect, extra)
+    return _search_instances(session, query, limit, dialect, extra)
 
 
 def _study_attributes(study: Study, patient: Patient) -> dict[str, Any]:
@@ -253,14 +330,255 @@ def _study_attributes(study: Study, patient: Patient) -> dict[str, Any]:
         "IssuerOfPatientID": patient.issuer_of_patient_id,
         "PatientBirthDate": patient.birth_date,
         "PatientSex": patient.sex,
+        "InstanceAvailability": ONLINE,
     }
 
 
-def load_objects(
-    session: Session, settings: Settings, match: Mapping[str, str]
-) -> list[DicomObject]:
-    """Every object of the studies the exact study-level keys allow, archive then outbox."""
-    studies = {study.id: (study, patient) for study, patient in _study_rows(session, match)}
+def _series_attributes(series: Series) -> dict[str, Any]:
+    return {
+        "SeriesInstanceUID": series.series_instance_uid,
+        "Modality": series.modality,
+        "SeriesNumber": series.series_number,
+        "SeriesDescription": series.series_description,
+    }
+
+
+def _instance_attributes(instance: Instance) -> dict[str, Any]:
+    return {
+        "SOPClassUID": instance.sop_class_uid,
+        "SOPInstanceUID": instance.sop_instance_uid,
+        "InstanceNumber": instance.instance_number,
+        "Rows": instance.rows,
+        "Columns": instance.columns,
+    }
+
+
+def _search_studies(session: Session, query: Query, limit: int, dialect: str) -> Found:
+    """Studies matched and paged on the study rows, then counted for the page alone."""
+    where = [*_where(query.match, STUDY_KEYS, dialect), _has_objects()]
+    try:
+        modalities = _modalities_in_study(query.match.get("ModalitiesInStudy", ""), dialect)
+    except PatternError as error:
+        raise QueryError(str(error)) from error
+    if modalities is not None:
+        where.append(modalities)
+
+    def chosen(*columns: Any) -> Select[Any]:
+        return select(*columns).join(Patient, Study.patient_pk == Patient.id).where(*where)
+
+    total = _count_of(session, chosen(Study.id))
+    rows = session.execute(
+        chosen(Study, Patient).order_by(Study.id).limit(limit).offset(query.offset)
+    ).all()
+    counts = _study_counts(session, [study.id for study, _ in rows])
+    hits = []
+    for study, patient in rows:
+        modalities_found, n_series, n_instances, path = counts.get(study.id, (set(), 0, 0, None))
+        attributes = _study_attributes(study, patient)
+        attributes.update(
+            ModalitiesInStudy=sorted(modalities_found - {""}),
+            NumberOfStudyRelatedSeries=n_series,
+            NumberOfStudyRelatedInstances=n_instances,
+        )
+        hits.append(Hit(attributes, path))
+    return Found(hits, total, limit, query.offset)
+
+
+def _study_counts(
+    session: Session, study_pks: list[int]
+) -> dict[int, tuple[set[str], int, int, Path | None]]:
+    """Per study of a page: modalities, series and instances (archived and RadDraft's) and an
+    archived file to read further attributes from. Two grouped statements for the page; its
+    keys are bounded by the page size, not by the archive."""
+    found: dict[int, tuple[set[str], int, int, Path | None]] = {}
+    if not study_pks:
+        return found
+    archived = session.execute(
+        select(
+            Series.study_pk,
+            Series.modality,
+            func.count(distinct(Series.id)),
+            func.count(Instance.id),
+            func.min(Instance.path),
+        )
+        .join(Instance, Instance.series_pk == Series.id)
+        .where(Series.study_pk.in_(study_pks))
+        .group_by(Series.study_pk, Series.modality)
+    )
+    for study_pk, modality, n_series, n_instances, path in archived:
+        modalities, series, instances, first = found.get(study_pk, (set(), 0, 0, None))
+        found[study_pk] = (
+            modalities | {modality},
+            series + n_series,
+            instances + n_instances,
+            first or Path(path),
+        )
+    has_sr = ReportVersion.sr_sop_instance_uid.is_not(None)
+    own = session.execute(
+        select(
+            Report.study_pk,
+            func.count(distinct(case((has_sr, Report.id)))),
+            func.count(ReportVersion.sr_sop_instance_uid),
+            func.count(distinct(case((_gsps_count() > 0, Report.id)))),
+            func.coalesce(func.sum(_gsps_count()), 0),
+        )
+        .join(ReportVersion, ReportVersion.report_pk == Report.id)
+        .where(Report.study_pk.in_(study_pks))
+        .group_by(Report.study_pk)
+    )
+    for study_pk, sr_series, srs, pr_series, prs in own:
+        modalities, series, instances, first = found.get(study_pk, (set(), 0, 0, None))
+        if srs:
+            modalities = modalities | {SR_MODALITY}
+        if prs:
+            modalities = modalities | {PR_MODALITY}
+        found[study_pk] = (
+            modalities,
+            series + int(sr_series) + int(pr_series),
+            instances + int(srs) + int(prs),
+            first,
+        )
+    return found
+
+
+def _search_series(
+    session: Session, query: Query, limit: int, dialect: str, extra: list[Hit]
+) -> Found:
+    """Archived series (those with instances) matched and paged in SQL, then a study's own
+    RadDraft series after them."""
+    where = [*_where(query.match, STUDY_KEYS + SERIES_KEYS, dialect), _archived(Series.id)]
+    ids = (
+        select(Series.id)
+        .join(Study, Series.study_pk == Study.id)
+        .join(Patient, Study.patient_pk == Patient.id)
+        .where(*where)
+    )
+    archived = _count_of(session, ids)
+    start, stop = _window(query.offset, limit, archived)
+    hits: list[Hit] = []
+    if stop > start:
+        page = list(session.scalars(ids.order_by(Series.id).limit(stop - start).offset(start)))
+        rows = session.execute(
+            select(Series, Study, Patient, func.count(Instance.id), func.min(Instance.path))
+            .join(Study, Series.study_pk == Study.id)
+            .join(Patient, Study.patient_pk == Patient.id)
+            .join(Instance, Instance.series_pk == Series.id)
+            .where(Series.id.in_(page))
+            .group_by(Series.id, Study.id, Patient.id)
+            .order_by(Series.id)
+        )
+        for series, study, patient, n_instances, path in rows:
+            attributes = _study_attributes(study, patient)
+            attributes.update(_series_attributes(series))
+            attributes["NumberOfSeriesRelatedInstances"] = n_instances
+            hits.append(Hit(attributes, Path(path) if path else None))
+    return _with_extra(hits, extra, archived, query.offset, limit)
+
+
+def _search_instances(
+    session: Session, query: Query, limit: int, dialect: str, extra: list[Hit]
+) -> Found:
+    """Archived instances matched and paged in SQL, then a study's own SR and GSPS."""
+    where = _where(query.match, STUDY_KEYS + SERIES_KEYS + INSTANCE_KEYS, dialect)
+
+    def chosen(*columns: Any) -> Select[Any]:
+        return (
+            select(*columns)
+            .select_from(Instance)
+            .join(Series, Instance.series_pk == Series.id)
+            .join(Study, Series.study_pk == Study.id)
+            .join(Patient, Study.patient_pk == Patient.id)
+            .where(*where)
+        )
+
+    archived = _count_of(session, chosen(Instance.id))
+    start, stop = _window(query.offset, limit, archived)
+    hits: list[Hit] = []
+    if stop > start:
+        rows = session.execute(
+            chosen(Instance, Series, Study, Patient)
+            .order_by(Instance.id)
+            .limit(stop - start)
+            .offset(start)
+        )
+        for instance, series, study, patient in rows:
+            attributes = _study_attributes(study, patient)
+            attributes.update(_series_attributes(series))
+            attributes.update(_instance_attributes(instance))
+            hits.append(Hit(attributes, Path(instance.path)))
+    return _with_extra(hits, extra, archived, query.offset, limit)
+
+
+def _window(offset: int, limit: int, archived: int) -> tuple[int, int]:
+    """The part ``[start, stop)`` of the archived results a page takes."""
+    return min(offset, archived), min(offset + limit, archived)
+
+
+def _with_extra(hits: list[Hit], extra: list[Hit], archived: int, offset: int, limit: int) -> Found:
+    """The page continued past the archived results into RadDraft's own objects."""
+    first = max(0, offset - archived)
+    room = limit - len(hits)
+    return Found(hits + extra[first : first + room], archived + len(extra), limit, offset)
+
+
+# -- RadDraft's own objects of one study ----------------------------------------------------------
+
+
+def _one_study(query: Query) -> str | None:
+    """The study a series- or instance-level search is confined to, if one."""
+    pattern = query.match.get("StudyInstanceUID", "")
+    if not pattern or is_wildcard(pattern):
+        return None
+    try:
+        uids = uid_list(pattern)
+    except PatternError as error:
+        raise QueryError(str(error)) from error
+    return uids[0] if len(uids) == 1 else None
+
+
+def _outbox_hits(session: Session, settings: Settings, level: str, query: Query) -> list[Hit]:
+    """RadDraft's SR and GSPS of the one study searched, matched here (one study's reports are
+    few), one hit per series or instance."""
+    study_uid = _one_study(query)
+    if study_uid is None:
+        return []
+    rows = _study_rows(session, study_uid)
+    if not rows:
+        return []
+    objects = [
+        o
+        for o in _outbox_objects(session, settings, rows)
+        if all(matches(k, o.attributes[k], p) for k, p in query.match.items() if k in o.attributes)
+    ]
+    if level == "instance":
+        return [Hit(o.attributes, o.path) for o in objects]
+    series: dict[str, list[DicomObject]] = {}
+    for item in objects:
+        series.setdefault(item.series_uid, []).append(item)
+    return [
+        Hit(
+            {**members[0].attributes, "NumberOfSeriesRelatedInstances": len(members)},
+            members[0].path,
+        )
+        for members in series.values()
+    ]
+
+
+# -- loading one study's objects (WADO-RS) --------------------------------------------------------
+
+
+def _study_rows(session: Session, study_uid: str) -> dict[int, tuple[Study, Patient]]:
+    query = (
+        select(Study, Patient)
+        .join(Patient, Study.patient_pk == Patient.id)
+        .where(Study.study_instance_uid == study_uid)
+    )
+    return {study.id: (study, patient) for study, patient in session.execute(query)}
+
+
+def load_objects(session: Session, settings: Settings, study_uid: str) -> list[DicomObject]:
+    """Every object of one study, archive then outbox (what WADO-RS retrieves)."""
+    studies = _study_rows(session, study_uid)
     if not studies:
         return []
     found: list[DicomObject] = []
@@ -268,21 +586,12 @@ def load_objects(
         select(Instance, Series)
         .join(Series, Instance.series_pk == Series.id)
         .where(Series.study_pk.in_(list(studies)))
-        .order_by(Series.study_pk, Series.id, Instance.id)
+        .order_by(Series.id, Instance.id)
     )
     for instance, series in rows:
         attributes = _study_attributes(*studies[series.study_pk])
-        attributes.update(
-            SeriesInstanceUID=series.series_instance_uid,
-            Modality=series.modality,
-            SeriesNumber=series.series_number,
-            SeriesDescription=series.series_description,
-            SOPClassUID=instance.sop_class_uid,
-            SOPInstanceUID=instance.sop_instance_uid,
-            InstanceNumber=instance.instance_number,
-            Rows=instance.rows,
-            Columns=instance.columns,
-        )
+        attributes.update(_series_attributes(series))
+        attributes.update(_instance_attributes(instance))
         found.append(
             DicomObject(
                 settings.archive_dir / instance.path, attributes, instance.transfer_syntax_uid
@@ -344,76 +653,45 @@ def _outbox_header(path: Path) -> dict[str, Any] | None:
     }
 
 
-# -- grouping and answering ----------------------------------------------------------------------
-
-
-def _group(objects: Sequence[DicomObject], level: str) -> dict[str, list[DicomObject]]:
-    groups: dict[str, list[DicomObject]] = {}
-    for item in objects:
-        key = {"study": item.study_uid, "series": item.series_uid, "instance": item.sop_uid}[level]
-        groups.setdefault(key, []).append(item)
-    return groups
-
-
-def _computed(level: str, members: Sequence[DicomObject]) -> dict[str, Any]:
-    if level == "study":
-        return {
-            "ModalitiesInStudy": sorted({str(m.get("Modality")) for m in members} - {""}),
-            "NumberOfStudyRelatedSeries": len({m.series_uid for m in members}),
-            "NumberOfStudyRelatedInstances": len(members),
-        }
-    if level == "series":
-        return {"NumberOfSeriesRelatedInstances": len(members)}
-    return {}
-
-
-def search(objects: Sequence[DicomObject], level: str, query: Query) -> list[list[DicomObject]]:
-    """The groups (one per study, series or instance) that match, paged; in archive order."""
-    own = {k: v for k, v in query.match.items() if k != "ModalitiesInStudy"}
-    kept = [o for o in objects if all(matches(k, o.get(k), p) for k, p in own.items())]
-    groups = list(_group(kept, level).values())
-    if "ModalitiesInStudy" in query.match:
-        pattern = query.match["ModalitiesInStudy"]
-        groups = [
-            g for g in groups if any(matches("Modality", m.get("Modality"), pattern) for m in g)
-        ]
-    end = None if query.limit is None else query.offset + query.limit
-    return groups[query.offset : end]
+# -- answering -----------------------------------------------------------------------------------
 
 
 def level_keys(level: str, query: Query) -> list[str]:
-    """The attributes a response at ``level`` carries: the level's, those matched, included."""
+    """The attributes a response at ``level`` carries: those PS3.18 Table 10.6.3-3..5 require
+    (a series or instance result also carries its study's and series' attributes, as a search
+    across studies must), those matched, and those included."""
     own = {
         "study": STUDY_KEYS + STUDY_COMPUTED,
-        "series": (
-            "Modality",
-            "SeriesInstanceUID",
-            "SeriesNumber",
-            "SeriesDescription",
-            *SERIES_COMPUTED,
-        ),
-        "instance": ("StudyInstanceUID", "SeriesInstanceUID", *INSTANCE_KEYS),
+        "series": STUDY_KEYS + SERIES_KEYS + SERIES_COMPUTED,
+        "instance": STUDY_KEYS + SERIES_KEYS + INSTANCE_KEYS,
     }[level]
-    return list(dict.fromkeys([*own, *query.match, *query.include]))
+    return list(dict.fromkeys([*own, "InstanceAvailability", *query.match, *query.include]))
 
 
-def answer(group: Sequence[DicomObject], level: str, query: Query) -> Dataset:
-    """One QIDO-RS result: the attributes of the group's first object plus computed counts."""
-    first = group[0]
-    values = dict(first.attributes)
-    values.update(_computed(level, group))
+def answer(hit: Hit, level: str, query: Query, archive_dir: Path) -> Dataset:
+    """One QIDO-RS result: the hit's attributes, then ``includefield`` ones from a header."""
     ds = Dataset()
     header: Dataset | None = None
+
+    def read() -> Dataset:
+        if hit.header_path is None:
+            return Dataset()
+        path = hit.header_path if hit.header_path.is_absolute() else archive_dir / hit.header_path
+        try:
+            return read_header(path)
+        except (OSError, pydicom.errors.InvalidDicomError) as error:
+            log.warning("QIDO-RS: header of %s unreadable: %s", path, error)
+            return Dataset()
+
     for keyword in level_keys(level, query):
-        if keyword in values:
-            value = values[keyword]
-            setattr(ds, keyword, value if value is not None else None)
+        if keyword in hit.attributes:
+            setattr(ds, keyword, hit.attributes[keyword])
             continue
-        header = header if header is not None else read_header(first.path)
+        header = header if header is not None else read()
         if keyword in header:
             ds[keyword] = header[keyword]
     if query.include_all:
-        header = header if header is not None else read_header(first.path)
+        header = header if header is not None else read()
         for element in header:
             if element.tag not in ds and element.tag.group > 0x0002:
                 ds[element.tag] = element

@@ -1,0 +1,251 @@
+# FHIR models type every element Optional; the assertions below are the None checks.
+# mypy: disable-error-code="union-attr,index"
+"""FHIR search and read as a RIS uses them (FHIR R4 search.html, http.html): odd DICOM UIDs
+never break a search, pages are bounded with a true total and next/previous links and cost
+the same statements whatever the archive holds, reads carry their version (ETag,
+meta.versionId), the parameters a RIS sends are honoured and the rest ignored or, under
+``Prefer: handling=strict``, refused. Every resource read is validated with fhir.resources
+R4B."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+from fhir.resources.R4B.imagingstudy import ImagingStudy
+from fhir.resources.R4B.provenance import Provenance
+from sqlalchemy import event, text, update
+from sqlalchemy.engine import Engine
+
+from dicom_listener import Instance
+from raddraft.db import session_scope
+from raddraft.settings import Settings
+from tests.drafts.conftest import auth
+from tests.drafts.helpers import make_draft
+from web.api import create_app, query_limits
+
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}\Z")
+
+
+def _bundle(client: TestClient, token: str, query: str, **headers: str) -> Bundle:
+    response = client.get(f"/fhir/{query}", headers={**auth(token), **headers})
+    assert response.status_code == 200, response.text
+    return Bundle.model_validate_json(response.content)
+
+
+def _ids(bundle: Bundle) -> list[str]:
+    return [str(e.resource.id) for e in bundle.entry or []]
+
+
+def _link(bundle: Bundle, relation: str) -> str | None:
+    return next((str(k.url) for k in bundle.link or [] if k.relation == relation), None)
+
+
+def test_an_odd_uid_never_breaks_a_search_and_every_id_is_a_fhir_id(
+    engine: Engine, settings: Settings, tokens: dict[str, str], client: TestClient
+) -> None:
+    """A study UID and a SOP Instance UID with ``_`` (the listener admits it; FHIR ids do
+    not): the search still answers every report, the study's ImagingStudy has a derived id
+    that reads back, the odd image is left out of it."""
+    token = tokens["rad"]
+    _plain, plain = make_draft(engine, settings, patient_id="PU1", images=2)
+    with session_scope(engine) as session:
+        session.execute(
+            update(Instance)
+            .where(Instance.sop_instance_uid == plain.sop_instance_uids[1])
+            .values(sop_instance_uid="1.2.826.0.1.3680043.9.7.abc_1")
+        )
+    _odd, odd = make_draft(
+        engine, settings, patient_id="PU2", study_uid="1.2.826.0.1.3680043.9.7_2"
+    )
+    reports = _bundle(client, token, "DiagnosticReport")
+    studies = _bundle(client, token, "ImagingStudy")
+    assert (reports.total, len(_ids(reports))) == (2, 2)
+    assert (studies.total, len(_ids(studies))) == (2, 2)
+    for entry in [*reports.entry, *studies.entry]:
+        assert FHIR_ID.match(str(entry.resource.id))
+    by_uid = {s.resource.identifier[0].value: s.resource for s in studies.entry}
+    odd_study = by_uid[f"urn:oid:{odd.study_instance_uid}"]
+    assert odd_study.id.startswith("uid-")
+    again = client.get(f"/fhir/ImagingStudy/{odd_study.id}", headers=auth(token))
+    assert ImagingStudy.model_validate_json(again.content).id == odd_study.id
+    assert _ids(_bundle(client, token, f"ImagingStudy?_id={odd_study.id}")) == [odd_study.id]
+    plain_study = by_uid[f"urn:oid:{plain.study_instance_uid}"]
+    listed = [i.uid for s in plain_study.series for i in s.instance]
+    assert listed == [plain.sop_instance_uids[0]]  # the odd image is left out, logged
+    [report] = [e.resource for e in reports.entry if e.resource.subject.identifier.value == "PU2"]
+    assert report.imagingStudy[0].reference == f"ImagingStudy/{odd_study.id}"
+
+
+def test_searches_are_paged_with_a_true_total_and_links(
+    engine: Engine, settings: Settings, tokens: dict[str, str], client: TestClient
+) -> None:
+    token = tokens["rad"]
+    for n in range(5):
+        make_draft(engine, settings, patient_id=f"PP{n}", accession=f"ACP{n}")
+    first = _bundle(client, token, "DiagnosticReport?_count=2&status=preliminary")
+    assert first.total == 5 and len(first.entry) == 2
+    assert _link(first, "previous") is None
+    seen = _ids(first)
+    page = first
+    for _ in range(5):  # bounded: 3 pages of 2
+        following = _link(page, "next")
+        if following is None:
+            break
+        assert "status=preliminary" in following
+        page = _bundle(client, token, following.split("/fhir/", 1)[1])
+        assert page.total == 5 and _link(page, "previous") is not None
+        seen += _ids(page)
+    assert len(seen) == 5 and len(set(seen)) == 5
+    studies = _bundle(client, token, "ImagingStudy?_count=3")
+    assert studies.total == 5 and len(studies.entry) == 3 and _link(studies, "next")
+    capped = _bundle(client, token, "DiagnosticReport?_count=100000")
+    assert len(capped.entry) == 5  # _count beyond the maximum is cut to it, not refused
+    bad = client.get("/fhir/DiagnosticReport?_count=lots", headers=auth(token))
+    assert bad.status_code == 400
+
+
+@contextmanager
+def counted_statements() -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def count(*args: Any) -> None:
+        seen.append(str(args[2]))
+
+    event.listen(Engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", count)
+
+
+def test_a_search_page_costs_the_same_statements_at_any_size(
+    engine: Engine, settings: Settings, tokens: dict[str, str], client: TestClient
+) -> None:
+    token = tokens["rad"]
+
+    def statements() -> dict[str, int]:
+        counts = {}
+        for query in ("DiagnosticReport?_count=50", "ImagingStudy?_count=50"):
+            with counted_statements() as seen:
+                bundle = _bundle(client, token, query)
+            counts[query] = len(seen)
+            assert len(bundle.entry) == bundle.total
+        return counts
+
+    for n in range(2):
+        make_draft(engine, settings, patient_id=f"PQ{n}", images=2)
+    few = statements()
+    for n in range(2, 7):
+        make_draft(engine, settings, patient_id=f"PQ{n}", images=2)
+    assert statements() == few
+
+
+def test_reads_carry_their_version(
+    engine: Engine, settings: Settings, tokens: dict[str, str], client: TestClient
+) -> None:
+    token = tokens["rad"]
+    report_pk, study = make_draft(engine, settings)
+    uid = client.get(f"/api/reports/{report_pk}", headers=auth(token)).json()["uid"]
+    draft = client.get(f"/fhir/DiagnosticReport/{uid}", headers=auth(token))
+    assert draft.headers["ETag"] == 'W/"1"'
+    assert DiagnosticReport.model_validate_json(draft.content).meta.versionId == "1"
+    client.post(
+        f"/api/reports/{report_pk}/sign",
+        json={"expected_version": 1, "edit_reason": "none"},
+        headers=auth(token),
+    )
+    signed = client.get(f"/fhir/DiagnosticReport/{uid}", headers=auth(token))
+    resource = DiagnosticReport.model_validate_json(signed.content)
+    assert resource.status == "final"
+    assert signed.headers["ETag"] == f'W/"{resource.meta.versionId}"' != 'W/"1"'
+    assert resource.meta.lastUpdated is not None
+    imaging = client.get(f"/fhir/ImagingStudy/{study.study_instance_uid}", headers=auth(token))
+    version = ImagingStudy.model_validate_json(imaging.content).meta.versionId
+    assert imaging.headers["ETag"] == f'W/"{version}"'
+    provenance = client.get(f"/fhir/Provenance/{uid}-v1", headers=auth(token))
+    assert Provenance.model_validate_json(provenance.content).meta.versionId == "1"
+    assert provenance.headers["ETag"] == 'W/"1"'
+    # In a search too.
+    [entry] = _bundle(client, token, "DiagnosticReport").entry
+    assert entry.resource.meta.versionId == resource.meta.versionId
+
+
+def test_the_parameters_a_ris_sends(
+    engine: Engine, settings: Settings, tokens: dict[str, str], client: TestClient
+) -> None:
+    token = tokens["rad"]
+    first_pk, _ = make_draft(engine, settings, patient_id="PR1", accession="ACR1")
+    make_draft(engine, settings, patient_id="PR2", accession="ACR2")
+    first = client.get(f"/api/reports/{first_pk}", headers=auth(token)).json()["uid"]
+
+    def found(query: str, **headers: str) -> list[str]:
+        return _ids(_bundle(client, token, f"DiagnosticReport?{query}", **headers))
+
+    assert found("identifier=ACR1") == [first]
+    assert found("identifier=NOSUCH") == []  # not ignored: nothing matches
+    assert found("based-on=ServiceRequest/ACR1") == [first]
+    assert found("subject=Patient/PR1") == [first]
+    assert found("patient=PR1,PR2&status=final") == []
+    assert len(found("status=preliminary")) == 2
+    assert len(found("_lastUpdated=ge2000-01-01")) == 2
+    assert found("_lastUpdated=lt2000-01-01") == []
+    assert len(found("date=2026-11-20")) == 2
+    # An unsupported parameter: ignored, and not in the self link.
+    lenient = _bundle(client, token, "DiagnosticReport?colour=blue&patient=PR1")
+    assert _ids(lenient) == [first]
+    assert "colour" not in _link(lenient, "self") and "patient=PR1" in _link(lenient, "self")
+    strict = client.get(
+        "/fhir/DiagnosticReport?colour=blue",
+        headers={**auth(token), "Prefer": "handling=strict"},
+    )
+    assert strict.status_code == 400 and "colour" in strict.text
+    assert found(f"_id={first}") == [first]
+    assert found("patient.identifier=urn:raddraft:patient-id|PR1") == [first]
+    [study] = _bundle(client, token, "ImagingStudy?identifier=ACR2&patient=PR2").entry
+    assert _ids(_bundle(client, token, f"ImagingStudy?_id={study.resource.id}")) == [
+        study.resource.id
+    ]
+
+
+def test_the_capability_statement_announces_what_search_serves(client: TestClient) -> None:
+    from fhir.resources.R4B.capabilitystatement import CapabilityStatement
+
+    from web.api.fhir_routes import SEARCH_PARAMS
+
+    capability = CapabilityStatement.model_validate_json(client.get("/fhir/metadata").content)
+    for resource in capability.rest[0].resource:
+        announced = {p.name for p in resource.searchParam}
+        assert announced <= set(SEARCH_PARAMS[resource.type]), resource.type
+        assert resource.versioning == "versioned"
+
+
+def test_a_search_past_its_time_limit_is_stopped_with_503(
+    engine: Engine,
+    settings: Settings,
+    tokens: dict[str, str],
+    database_url: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    make_draft(engine, settings)
+    on_postgres = database_url.startswith("postgresql")
+    if not on_postgres:
+        # SQLite's progress handler looks at the clock every step; the deadline is past.
+        monkeypatch.setattr(query_limits, "SQLITE_STEPS", 1)
+    short = settings.model_copy(update={"query_timeout_seconds": 0.5 if on_postgres else 1e-9})
+    with TestClient(create_app(short)) as limited, engine.connect() as blocker:
+        if on_postgres:
+            # A lock held elsewhere keeps the search waiting: statement_timeout ends the wait.
+            blocker.execute(text("LOCK TABLE reports IN ACCESS EXCLUSIVE MODE"))
+        answer = limited.get("/fhir/DiagnosticReport", headers=auth(tokens["rad"]))
+        blocker.rollback()
+    assert answer.status_code == 503
+    assert answer.json()["resourceType"] == "OperationOutcome"
+    assert "RADDRAFT_QUERY_TIMEOUT_SECONDS" in answer.text
+    assert answer.headers["Retry-After"]
