@@ -25,10 +25,18 @@ class Listener:
         self.default = "AA"
         self.received: list[str] = []
         self.lock = threading.Lock()
+        #: Seconds each answer takes (a slow RIS); the message counts as received at arrival.
+        self.delay = 0.0
+        #: Codes for the next messages that contain a marker (e.g. a withdrawal's ``|X|``),
+        #: before ``script``: ``{marker: [codes]}``.
+        self.script_for: dict[str, list[str]] = {}
 
     def next_code(self, message: str) -> str:
         with self.lock:
             self.received.append(message)
+            for marker, codes in self.script_for.items():
+                if codes and marker in message:
+                    return codes.pop(0)
             return self.script.pop(0) if self.script else self.default
 
 
@@ -48,6 +56,8 @@ def _handler(listener: Listener) -> type[AbstractHandler]:
     class Handler(AbstractHandler):
         def reply(self) -> str:
             code = listener.next_code(self.incoming_message)
+            if listener.delay:
+                time.sleep(listener.delay)
             if code == "SILENT":
                 time.sleep(1.5)  # longer than the client's time limit
                 return ""
