@@ -112,6 +112,7 @@ from report_drafts.versions import (
     get_report,
     report_for_study_version,
     report_text,
+    served_outbox_uids,
     version,
 )
 
@@ -188,6 +189,7 @@ __all__ = [
     "retention_verdicts",
     "retry_job",
     "safe_content",
+    "served_outbox_uids",
     "sign",
     "source_instances",
     "still_purgeable",

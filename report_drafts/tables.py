@@ -140,6 +140,9 @@ class ReportVersion(Base):
     sr_sop_instance_uid: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
     gsps_sop_instance_uids: Mapped[list[Any]] = mapped_column(default=list)
     predecessor_sr_uid: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The IHE IOCM rejection note (KOS) a withdrawal version built: what it references is no
+    # longer served by RadDraft's DICOMweb, the note is.
+    rejection_note_uid: Mapped[str | None] = mapped_column(String(64), default=None)
     diff: Mapped[dict[str, Any]] = mapped_column(default=dict)  # change against the AI draft
 
     report: Mapped[Report] = relationship(back_populates="versions")

@@ -1,0 +1,72 @@
+"""clinical: identity conflicts, image eligibility facts, the IOCM rejection note of a version
+
+Revision ID: 0007_clinical
+Revises: 0006
+Create Date: 2026-12-04 21:00:00.000000
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+import raddraft.db
+
+revision: str = "0007_clinical"
+down_revision: str | None = "0006"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "identity_conflicts",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("study_pk", sa.Integer(), nullable=False),
+        sa.Column("patient_pk", sa.Integer(), nullable=False),
+        sa.Column("sop_instance_uid", sa.String(length=64), nullable=False),
+        sa.Column("received_name", sa.String(length=324), nullable=False),
+        sa.Column("received_birth_date", sa.String(length=8), nullable=False),
+        sa.Column("received_sex", sa.String(length=16), nullable=False),
+        sa.Column("held_name", sa.String(length=324), nullable=False),
+        sa.Column("held_birth_date", sa.String(length=8), nullable=False),
+        sa.Column("held_sex", sa.String(length=16), nullable=False),
+        sa.Column("detected_at", raddraft.db.UTCDateTime(timezone=True), nullable=False),
+        sa.Column("resolved_at", raddraft.db.UTCDateTime(timezone=True), nullable=True),
+        sa.Column("resolved_by", sa.String(length=64), nullable=True),
+        sa.Column("resolution", sa.Text(), nullable=True),
+        sa.ForeignKeyConstraint(
+            ["patient_pk"], ["patients.id"], name=op.f("fk_identity_conflicts_patient_pk_patients")
+        ),
+        sa.ForeignKeyConstraint(
+            ["study_pk"], ["studies.id"], name=op.f("fk_identity_conflicts_study_pk_studies")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_identity_conflicts")),
+        sa.UniqueConstraint("study_pk", name=op.f("uq_identity_conflicts_study_pk")),
+    )
+    op.create_index(
+        op.f("ix_identity_conflicts_patient_pk"), "identity_conflicts", ["patient_pk"], unique=False
+    )
+    # Plain ADD COLUMN (no batch copy): report_versions keeps its immutability triggers (0002).
+    op.add_column(
+        "instances",
+        sa.Column("image_type", sa.String(length=64), nullable=False, server_default=""),
+    )
+    op.add_column(
+        "instances",
+        sa.Column("presentation_intent", sa.String(length=16), nullable=False, server_default=""),
+    )
+    op.add_column(
+        "report_versions", sa.Column("rejection_note_uid", sa.String(length=64), nullable=True)
+    )
+
+
+def downgrade() -> None:
+    op.drop_column("report_versions", "rejection_note_uid")
+    with op.batch_alter_table("instances", schema=None) as batch_op:
+        batch_op.drop_column("presentation_intent")
+        batch_op.drop_column("image_type")
+    op.drop_index(op.f("ix_identity_conflicts_patient_pk"), table_name="identity_conflicts")
+    op.drop_table("identity_conflicts")
