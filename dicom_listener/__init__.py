@@ -5,7 +5,8 @@ parts of RadDraft use only the names below.
 
 Reading the archive (the worker, the web app)::
 
-    version_images(session, study_version_pk, *, archive_dir=None) -> list[ArchivedImage]
+    version_images(session, study_version_pk, *, archive_dir=None, policy=None)
+        -> list[ArchivedImage]  (only the images the model may read)
         every image of the study up to that version: absolute path, SOP Instance UID, view
         position / view code, laterality, rows, columns, photometric interpretation, ...
     study_for_version(session, study_version_pk) -> StudyInfo

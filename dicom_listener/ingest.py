@@ -444,6 +444,8 @@ def _record_instance(
             size_bytes=size,
             view_position=header.view_position,
             view_code=header.view_code,
+            image_type=header.image_type,
+            presentation_intent=header.presentation_intent,
             image_laterality=header.image_laterality,
             rows=header.rows,
             columns=header.columns,

@@ -158,6 +158,21 @@ class Settings(BaseSettings):
         default=3600.0, description="How often the router runs the retention purge."
     )
 
+    # Which images are drafted (PS3.3: original, for presentation, frontal or lateral)
+    eligible_derived_images: bool = Field(
+        default=False,
+        description="draft from DERIVED images too (Image Type value 1 other than ORIGINAL)",
+    )
+    eligible_for_processing_images: bool = Field(
+        default=False,
+        description="draft from FOR PROCESSING images too (Presentation Intent Type, DX For "
+        "Processing)",
+    )
+    eligible_other_views: bool = Field(
+        default=False,
+        description="draft from images whose view is neither frontal (PA/AP) nor lateral",
+    )
+
     # Study completion
     completion_quiet_seconds: float = Field(
         default=300.0, description="a study is complete after this long with no new instance"
