@@ -44,6 +44,14 @@ inside the purge's transaction)::
         instance rows out (with an ``ingest_events`` row and the caller's audit record in the
         same transaction), then the files; never while a version is open
 
+Patient identity (:mod:`dicom_listener.identity`): patients are keyed on Patient ID and Issuer
+of Patient ID; a study whose header gives another name, birth date or sex has an
+``IdentityConflict``::
+
+    identity_conflict(session, study_pk) -> IdentityConflict | None
+    open_identity_conflicts(session, limit=100) -> list[IdentityConflict]
+    resolve_identity_conflict(session, conflict_id, *, by, resolution) -> IdentityConflict
+
 A complete, eligible study version gets exactly one job
 :class:`raddraft.job_contract.DraftStudy` (by task name: the listener knows no worker).
 """
@@ -66,10 +74,16 @@ from dicom_listener.archive_reads import (
 )
 from dicom_listener.completion import Completed, complete_pushed
 from dicom_listener.completion import complete_study as _complete
+from dicom_listener.identity import (
+    identity_conflict,
+    open_identity_conflicts,
+    resolve_identity_conflict,
+)
 from dicom_listener.ingest import Ingester, IngestResult, Origin, Outcome, Status
 from dicom_listener.purge import Purged, RecordPurge, StillPurgeable, archived
 from dicom_listener.purge import purge_study as _purge_study
 from dicom_listener.tables import (
+    IdentityConflict,
     IngestEvent,
     IngestEventKind,
     Instance,
@@ -85,6 +99,7 @@ from raddraft.settings import Settings, get_settings
 __all__ = [
     "ArchivedImage",
     "Completed",
+    "IdentityConflict",
     "IngestEvent",
     "IngestEventKind",
     "IngestResult",
@@ -102,11 +117,14 @@ __all__ = [
     "VersionState",
     "archived_study",
     "complete_study",
+    "identity_conflict",
     "ingest_batch",
     "ingest_bytes",
     "latest_version_pk",
+    "open_identity_conflicts",
     "prior_versions",
     "purge_study",
+    "resolve_identity_conflict",
     "store_file",
     "study_for_version",
     "version_images",

@@ -36,6 +36,7 @@ from dicom_listener.header import (
     UnreadableDataset,
     read_header,
 )
+from dicom_listener.identity import check_identity
 from dicom_listener.limits import Limits, OverLimit
 from dicom_listener.tables import (
     IngestEvent,
@@ -415,6 +416,9 @@ def _record_instance(
         for name in ("accession_number", "study_description", "study_date", "study_time"):
             if not getattr(study, name) and getattr(header, name):
                 setattr(study, name, getattr(header, name))
+
+    # Same ID and issuer, other name/birth date/sex: flagged, never merged silently.
+    check_identity(session, patient, study, header)
 
     series = session.scalar(
         select(Series).where(Series.series_instance_uid == header.series_instance_uid)

@@ -15,7 +15,7 @@ Orders (:mod:`report_drafts.order_effects`):
 Critical findings (:mod:`report_drafts.notifications`):
     ``notification``, ``record_notification``, ``recent_notifications``
 Administrators (:mod:`report_drafts.admin`):
-    ``requeue``, ``retry_job``
+    ``requeue``, ``retry_job``, ``resolve_identity``
 The read side, for the web tier's read models (pages, API, DICOMweb, FHIR, queue, metrics):
     ``get_report``, ``report_for_study_version``, ``version``, ``current_content``,
     ``draft_run``, ``report_text``, ``demo_mode``, ``reader_figures``, ``trace``,
@@ -34,7 +34,7 @@ The text sanitiser (:mod:`report_drafts.text_safety`), between the model and eve
 
 from __future__ import annotations
 
-from report_drafts.admin import requeue, retry_job
+from report_drafts.admin import requeue, resolve_identity, retry_job
 from report_drafts.audit import for_study as audit_for_study
 from report_drafts.audit import record as record_audit
 from report_drafts.builders import capability_statement
@@ -185,6 +185,7 @@ __all__ = [
     "report_for_study_version",
     "report_text",
     "requeue",
+    "resolve_identity",
     "retention_figures",
     "retention_verdicts",
     "retry_job",
