@@ -310,6 +310,16 @@ class Settings(BaseSettings):
     critical_email_to: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated recipients of critical notices"
     )
+    critical_ack_timeout_minutes: float = Field(
+        default=30.0,
+        description="a critical notice no person acknowledged this long escalates to the next "
+        "escalation contact",
+    )
+    critical_escalation_contacts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated e-mail addresses, in escalation order (by "
+        "RADDRAFT_CRITICAL_SMTP)",
+    )
 
     # Orders in: the HL7 v2 MLLP order listener (orders/)
     orders_host: str = Field(default="0.0.0.0", description="the order listener's address")
@@ -384,6 +394,7 @@ class Settings(BaseSettings):
         "stow_destinations",
         "critical_findings",
         "critical_email_to",
+        "critical_escalation_contacts",
         "orders_allowed_facilities",
         "consistency_labels",
         mode="before",

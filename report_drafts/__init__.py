@@ -51,7 +51,13 @@ from report_drafts.content import (
 from report_drafts.delivery import Claim, SendItem, claim_sends, record_sent, release
 from report_drafts.drafting import mark_state, record_draft
 from report_drafts.figures import reader_figures
-from report_drafts.notifications import notification, recent_notifications, record_notification
+from report_drafts.notifications import (
+    acknowledge_notification,
+    escalate_unacknowledged,
+    notification,
+    recent_notifications,
+    record_notification,
+)
 from report_drafts.order_effects import apply_order, order_for_draft
 from report_drafts.outbox import (
     OutboxPayloadError,
@@ -148,6 +154,7 @@ __all__ = [
     "StaleVersion",
     "User",
     "Verdict",
+    "acknowledge_notification",
     "add_finding",
     "add_user",
     "amend",
@@ -160,6 +167,7 @@ __all__ = [
     "demo_mode",
     "draft_run",
     "edit_text",
+    "escalate_unacknowledged",
     "fhir_resources",
     "finding_feedback",
     "get_report",

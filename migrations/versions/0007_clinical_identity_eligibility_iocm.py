@@ -1,4 +1,5 @@
-"""clinical: identity conflicts, image eligibility facts, the IOCM rejection note of a version
+"""clinical: identity conflicts, image eligibility facts, the IOCM rejection note of a version,
+who acknowledged a critical notice and its escalation
 
 Revision ID: 0007_clinical
 Revises: 0006
@@ -61,9 +62,37 @@ def upgrade() -> None:
     op.add_column(
         "report_versions", sa.Column("rejection_note_uid", sa.String(length=64), nullable=True)
     )
+    with op.batch_alter_table("critical_notifications", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("acknowledged_at", raddraft.db.UTCDateTime(timezone=True), nullable=True)
+        )
+        batch_op.add_column(sa.Column("acknowledged_by", sa.String(length=64), nullable=True))
+        batch_op.add_column(
+            sa.Column("escalation_level", sa.Integer(), nullable=False, server_default="0")
+        )
+        batch_op.add_column(
+            sa.Column("escalated_at", raddraft.db.UTCDateTime(timezone=True), nullable=True)
+        )
+        batch_op.add_column(sa.Column("escalation_of", sa.Integer(), nullable=True))
+        batch_op.create_foreign_key(
+            batch_op.f("fk_critical_notifications_escalation_of_critical_notifications"),
+            "critical_notifications",
+            ["escalation_of"],
+            ["id"],
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("critical_notifications", schema=None) as batch_op:
+        batch_op.drop_constraint(
+            batch_op.f("fk_critical_notifications_escalation_of_critical_notifications"),
+            type_="foreignkey",
+        )
+        batch_op.drop_column("escalation_of")
+        batch_op.drop_column("escalated_at")
+        batch_op.drop_column("escalation_level")
+        batch_op.drop_column("acknowledged_by")
+        batch_op.drop_column("acknowledged_at")
     op.drop_column("report_versions", "rejection_note_uid")
     with op.batch_alter_table("instances", schema=None) as batch_op:
         batch_op.drop_column("presentation_intent")

@@ -410,3 +410,18 @@ def resolve_identity_conflict(
     result = drafts.resolve_identity(session, conflict_id, user, resolution=body.resolution)
     session.commit()
     return result
+
+
+@router.post("/critical-notifications/{notification_id}/acknowledge", tags=["review"])
+def acknowledge_critical(
+    notification_id: int, session: DbSession, user: CurrentUser
+) -> dict[str, Any]:
+    """A named radiologist or administrator acknowledges a critical-finding notice (audited);
+    the transport's reply only ever made it *delivered*. Stops its escalation."""
+    row = drafts.acknowledge_notification(session, notification_id, user)
+    session.commit()
+    return {
+        "id": row.id,
+        "acknowledged_by": row.acknowledged_by,
+        "acknowledged_at": row.acknowledged_at.isoformat() if row.acknowledged_at else None,
+    }
