@@ -235,3 +235,68 @@ def after_review_change(content: ReportContent, *, decided: str | None = None) -
             label for label in content.needs_review if label.lower() != decided.lower()
         ]
     return dataclasses.replace(content, extra=extra)
+
+
+_LATERALITY_WORDS = (
+    ("bilateral", re.compile(r"\b(bilateral(?:ly)?|both)\b", re.I)),
+    ("right", re.compile(r"\bright\b", re.I)),
+    ("left", re.compile(r"\bleft\b", re.I)),
+)
+#: Sites a sentence may name for a finding (the SR's site codes, report_drafts.builders).
+_SITE_WORDS = ("upper lobe", "middle lobe", "lower lobe", "lingula", "apex", "base", "hilum")
+
+
+def _laterality(sentence: str) -> str | None:
+    found = {name for name, pattern in _LATERALITY_WORDS if pattern.search(sentence)}
+    if "bilateral" in found or {"left", "right"} <= found:
+        return "bilateral"
+    return next(iter(found), None)
+
+
+def _terms_of(label: str) -> list[str]:
+    """The text terms that name a finding label (its own name included)."""
+    own = label.lower()
+    return sorted({own, *(t for t, lab in TERMS.items() if lab and lab.lower() == own)}, key=len)
+
+
+def structure_from_text(content: ReportContent) -> tuple[ReportContent, list[dict[str, str]]]:
+    """``content`` with each accepted finding's laterality, site and presence made to agree with
+    the text a radiologist wrote (findings, impression): the SR's coded structure must say what
+    its text says (PS3.3 C.17.3: the content tree is the report). For each finding, the
+    sentences naming it affirmatively give its laterality (and site, when one is named); a
+    finding the text now only negates is no longer accepted. Returns the changes made.
+    """
+    text = "\n".join((content.findings_text, content.impression))
+    sentences = [s for s in _SENTENCE_END.split(text) if s.strip()]
+    changes: list[dict[str, str]] = []
+    findings = []
+    for finding in content.findings:
+        if not finding.accepted:
+            findings.append(finding)
+            continue
+        terms = _terms_of(finding.label)
+        naming = [s for s in sentences if assertions(s, terms)]
+        negating = [s for s in sentences if any(_term_pattern(t).search(s.lower()) for t in terms)]
+        if not naming:
+            if negating:
+                changes.append({"finding": finding.label, "accepted": "false"})
+                findings.append(dataclasses.replace(finding, accepted=False))
+            else:
+                findings.append(finding)
+            continue
+        said = " ".join(naming)
+        update: dict[str, str | None] = {}
+        laterality = _laterality(said)
+        if laterality and laterality != finding.laterality:
+            update["laterality"] = laterality
+        site = next((w for w in _SITE_WORDS if re.search(rf"\b{w}s?\b", said, re.I)), None)
+        if site and site != (finding.site or "").lower():
+            update["site"] = site
+        if update:
+            changes.append({"finding": finding.label, **{k: str(v) for k, v in update.items()}})
+            findings.append(dataclasses.replace(finding, **update))  # type: ignore[arg-type]
+        else:
+            findings.append(finding)
+    if not changes:
+        return content, []
+    return dataclasses.replace(content, findings=tuple(findings)), changes
