@@ -5,7 +5,8 @@ parts of RadDraft use only the names below.
 
 Reading the archive (the worker, the web app)::
 
-    version_images(session, study_version_pk, *, archive_dir=None) -> list[ArchivedImage]
+    version_images(session, study_version_pk, *, archive_dir=None, policy=None)
+        -> list[ArchivedImage]  (only the images the model may read)
         every image of the study up to that version: absolute path, SOP Instance UID, view
         position / view code, laterality, rows, columns, photometric interpretation, ...
     study_for_version(session, study_version_pk) -> StudyInfo
@@ -45,6 +46,14 @@ inside the purge's transaction)::
         instance rows out (with an ``ingest_events`` row and the caller's audit record in the
         same transaction), then the files; never while a version is open
 
+Patient identity (:mod:`dicom_listener.identity`): patients are keyed on Patient ID and Issuer
+of Patient ID; a study whose header gives another name, birth date or sex has an
+``IdentityConflict``::
+
+    identity_conflict(session, study_pk) -> IdentityConflict | None
+    open_identity_conflicts(session, limit=100) -> list[IdentityConflict]
+    resolve_identity_conflict(session, conflict_id, *, by, resolution) -> IdentityConflict
+
 A complete, eligible study version gets exactly one job
 :class:`raddraft.job_contract.DraftStudy` (by task name: the listener knows no worker).
 """
@@ -67,10 +76,16 @@ from dicom_listener.archive_reads import (
 from dicom_listener.completion import Completed, complete_pushed
 from dicom_listener.completion import complete_study as _complete
 from dicom_listener.conflicts import ConflictInfo, instance_conflicts
+from dicom_listener.identity import (
+    identity_conflict,
+    open_identity_conflicts,
+    resolve_identity_conflict,
+)
 from dicom_listener.ingest import Ingester, IngestResult, Origin, Outcome, Status
 from dicom_listener.purge import Purged, RecordPurge, StillPurgeable, archived
 from dicom_listener.purge import purge_study as _purge_study
 from dicom_listener.tables import (
+    IdentityConflict,
     IngestEvent,
     IngestEventKind,
     Instance,
@@ -88,6 +103,7 @@ __all__ = [
     "ArchivedImage",
     "Completed",
     "ConflictInfo",
+    "IdentityConflict",
     "IngestEvent",
     "IngestEventKind",
     "IngestResult",
@@ -106,11 +122,14 @@ __all__ = [
     "VersionState",
     "archived_study",
     "complete_study",
+    "identity_conflict",
     "ingest_batch",
     "instance_conflicts",
     "latest_version_pk",
+    "open_identity_conflicts",
     "prior_versions",
     "purge_study",
+    "resolve_identity_conflict",
     "study_for_version",
     "version_images",
 ]

@@ -15,7 +15,13 @@ from pathlib import Path
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from dicom_listener.eligibility import is_frontal, is_lateral
+from dicom_listener.eligibility import (
+    ImageFacts,
+    ImagePolicy,
+    image_refusal,
+    is_frontal,
+    is_lateral,
+)
 from dicom_listener.tables import (
     Instance,
     Patient,
@@ -127,14 +133,22 @@ def study_for_version(session: Session, study_version_pk: int) -> StudyInfo:
 
 
 def version_images(
-    session: Session, study_version_pk: int, *, archive_dir: Path | None = None
+    session: Session,
+    study_version_pk: int,
+    *,
+    archive_dir: Path | None = None,
+    policy: ImagePolicy | None = None,
 ) -> list[ArchivedImage]:
     """Every image of the study up to and including this version (a later version's draft
-    reads the earlier images too), in series then instance number order."""
+    reads the earlier images too) that the model may read, in series then instance number
+    order. ``policy`` (default: the settings') leaves out DERIVED, FOR PROCESSING and neither
+    frontal nor lateral images (:func:`dicom_listener.eligibility.image_refusal`)."""
     version = session.get(StudyVersion, study_version_pk)
     if version is None:
         raise LookupError(f"no study version {study_version_pk}")
-    root = archive_dir or get_settings().archive_dir
+    settings = get_settings()
+    root = archive_dir or settings.archive_dir
+    policy = policy or ImagePolicy.from_settings(settings)
     rows = session.execute(
         select(Instance, Series, StudyVersion.number)
         .join(Series, Instance.series_pk == Series.id)
@@ -154,6 +168,16 @@ def version_images(
 
     images = []
     for instance, series, number in sorted(rows, key=order):
+        facts = ImageFacts(
+            modality=series.modality,
+            view_position=instance.view_position,
+            view_code=instance.view_code,
+            image_type=instance.image_type,
+            presentation_intent=instance.presentation_intent,
+            sop_class_uid=instance.sop_class_uid,
+        )
+        if image_refusal(facts, policy) is not None:
+            continue
         images.append(
             ArchivedImage(
                 path=(root / instance.path).resolve(),

@@ -32,7 +32,13 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from dicom_listener.eligibility import ImageFacts, eligibility, has_frontal, has_lateral
+from dicom_listener.eligibility import (
+    ImageFacts,
+    ImagePolicy,
+    eligibility,
+    has_frontal,
+    has_lateral,
+)
 from dicom_listener.tables import (
     CompletionReason,
     IngestEvent,
@@ -46,7 +52,7 @@ from dicom_listener.tables import (
 from raddraft import job_contract
 from raddraft.db import session_scope, utcnow
 from raddraft.logging import kv
-from raddraft.settings import Settings
+from raddraft.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +82,10 @@ def cumulative_facts(session: Session, study_pk: int, up_to_number: int) -> list
             Series.series_description,
             Instance.view_position,
             Instance.view_code,
+            Instance.image_type,
+            Instance.presentation_intent,
+            Instance.sop_class_uid,
+            Instance.sop_instance_uid,
         )
         .join(Instance, Instance.series_pk == Series.id)
         .join(StudyVersion, Instance.version_pk == StudyVersion.id)
@@ -121,7 +131,9 @@ def _complete(
         return None  # another process completed it, or an instance just arrived
     study = session.get_one(Study, version.study_pk)
     eligible, why_not = eligibility(
-        study.study_description, cumulative_facts(session, study.id, version.number)
+        study.study_description,
+        cumulative_facts(session, study.id, version.number),
+        ImagePolicy.from_settings(get_settings()),
     )
     key = None
     if eligible:

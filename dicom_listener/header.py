@@ -45,6 +45,8 @@ HEADER_KEYWORDS = (
     "InstanceNumber",
     "ViewPosition",
     "ViewCodeSequence",
+    "ImageType",
+    "PresentationIntentType",
     "ImageLaterality",
     "Laterality",
     "Rows",
@@ -110,6 +112,8 @@ class InstanceHeader:
     instance_number: str = ""
     view_position: str = ""
     view_code: str = ""
+    image_type: str = ""
+    presentation_intent: str = ""
     image_laterality: str = ""
     rows: int | None = None
     columns: int | None = None
@@ -214,6 +218,8 @@ def header_from_dataset(ds: Dataset, transfer_syntax_uid: str = "") -> InstanceH
         instance_number=_text(ds, "InstanceNumber", 12),
         view_position=_text(ds, "ViewPosition", 16).upper(),
         view_code=_code_meaning(ds, "ViewCodeSequence")[:64],
+        image_type=_text(ds, "ImageType", 64).upper(),
+        presentation_intent=_text(ds, "PresentationIntentType", 16).upper(),
         image_laterality=(_text(ds, "ImageLaterality", 4) or _text(ds, "Laterality", 4)),
         rows=_int(ds, "Rows"),
         columns=_int(ds, "Columns"),

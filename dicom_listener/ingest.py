@@ -37,6 +37,7 @@ from dicom_listener.header import (
     UnreadableDataset,
     read_header,
 )
+from dicom_listener.identity import check_identity
 from dicom_listener.limits import Limits, OverLimit
 from dicom_listener.tables import (
     IngestEvent,
@@ -521,6 +522,9 @@ def _record_instance(
             if not getattr(study, name) and getattr(header, name):
                 setattr(study, name, getattr(header, name))
 
+    # Same ID and issuer, other name/birth date/sex: flagged, never merged silently.
+    check_identity(session, patient, study, header)
+
     series = session.scalar(
         select(Series).where(Series.series_instance_uid == header.series_instance_uid)
     )
@@ -549,6 +553,8 @@ def _record_instance(
             size_bytes=size,
             view_position=header.view_position,
             view_code=header.view_code,
+            image_type=header.image_type,
+            presentation_intent=header.presentation_intent,
             image_laterality=header.image_laterality,
             rows=header.rows,
             columns=header.columns,

@@ -120,6 +120,8 @@ class Instance(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     view_position: Mapped[str] = mapped_column(String(16), default="")  # (0018,5101)
     view_code: Mapped[str] = mapped_column(String(64), default="")  # ViewCodeSequence meaning
+    image_type: Mapped[str] = mapped_column(String(64), default="")  # (0008,0008), backslashed
+    presentation_intent: Mapped[str] = mapped_column(String(16), default="")  # (0008,0068)
     image_laterality: Mapped[str] = mapped_column(String(4), default="")
     rows: Mapped[int | None] = mapped_column(default=None)
     columns: Mapped[int | None] = mapped_column(default=None)
@@ -129,6 +131,33 @@ class Instance(Base):
 
     series: Mapped[Series] = relationship(back_populates="instances")
     version: Mapped[StudyVersion] = relationship(back_populates="instances")
+
+
+class IdentityConflict(Base):
+    """A study whose header names its patient differently from what RadDraft holds under the
+    same Patient ID and Issuer of Patient ID (PS3.3 C.7.1.1: name, birth date, sex).
+
+    The study keeps the patient row of its identifier, but shows its own header's demographics
+    (``received_*``) beside the held ones until an administrator resolves the conflict; nothing
+    of its report reaches the RIS before that. One row per study.
+    """
+
+    __tablename__ = "identity_conflicts"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    study_pk: Mapped[int] = mapped_column(ForeignKey("studies.id"), unique=True)
+    patient_pk: Mapped[int] = mapped_column(ForeignKey("patients.id"), index=True)
+    sop_instance_uid: Mapped[str] = mapped_column(String(64), default="")
+    received_name: Mapped[str] = mapped_column(String(324), default="")
+    received_birth_date: Mapped[str] = mapped_column(String(8), default="")
+    received_sex: Mapped[str] = mapped_column(String(16), default="")
+    held_name: Mapped[str] = mapped_column(String(324), default="")
+    held_birth_date: Mapped[str] = mapped_column(String(8), default="")
+    held_sex: Mapped[str] = mapped_column(String(16), default="")
+    detected_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    resolved_by: Mapped[str | None] = mapped_column(String(64), default=None)
+    resolution: Mapped[str | None] = mapped_column(Text, default=None)
 
 
 class IngestEventKind(enum.StrEnum):

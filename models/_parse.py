@@ -147,6 +147,12 @@ _QWEN_REF_BOX = re.compile(
     r"<\|box_start\|>(?P<body>.*?)(?:<\|box_end\|>|$)",
     re.S,
 )
+# Qwen2.5-VL's quadrilateral: four corners; the box is their bounding rectangle.
+_QWEN_QUAD = re.compile(
+    r"(?:<\|object_ref_start\|>(?P<label>[^<]{0,200})<\|object_ref_end\|>\s*)?"
+    r"<\|quad_start\|>(?P<body>[^<]{0,400})(?:<\|quad_end\|>|$)"
+)
+_POINT = re.compile(rf"\(\s*({_NUMBER})\s*,\s*({_NUMBER})\s*\)")
 _BRACKET_BOX = re.compile(
     rf"\[\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*,\s*({_NUMBER})\s*\]"
 )
@@ -195,11 +201,34 @@ def _make_box(label: str, values: list[float], scale: float) -> ParsedBox | str:
     return ParsedBox(label.strip(), x1, y1, x2, y2, clipped)
 
 
+def _parse_quads(
+    text: str, default_label: str, scale: float, result: BoxParse
+) -> list[tuple[int, int]]:
+    """Qwen's ``<|quad_start|>`` quadrilaterals into ``result`` as their bounding boxes; the
+    spans read."""
+    spans: list[tuple[int, int]] = []
+    for match in _QWEN_QUAD.finditer(text):
+        spans.append(match.span())
+        points = [(float(x), float(y)) for x, y in _POINT.findall(match.group("body"))]
+        if len(points) != 4:
+            result.rejected.append(match.group(0)[:200])
+            continue
+        xs, ys = [x for x, _ in points], [y for _, y in points]
+        label = match.group("label") or default_label
+        made = _make_box(label, [min(xs), min(ys), max(xs), max(ys)], scale)
+        if isinstance(made, str):
+            result.rejected.append(made)
+        else:
+            result.boxes.append(made)
+    return spans
+
+
 def parse_boxes(text: str, default_label: str = "", *, scale: float = 1.0) -> BoxParse:
     """Boxes in every form the model is known to write; see the model spec.
 
     ``<|ref|>x<|/ref|><|box|>(x1,y1),(x2,y2)<|/box|>`` (several concatenated, integer or decimal,
-    with or without spaces), Qwen's own ``<|object_ref_start|>``/``<|box_start|>`` tokens, and
+    with or without spaces), Qwen's own ``<|object_ref_start|>``/``<|box_start|>`` tokens and
+    ``<|quad_start|>`` quadrilaterals (their bounding rectangle), and
     ``[x1, y1, x2, y2]``. ``scale`` converts other coordinate units to percent (0.1 for Qwen's
     0-1000 grid). "No ... detected." is a negative answer, not a failure.
     """
@@ -220,6 +249,7 @@ def parse_boxes(text: str, default_label: str = "", *, scale: float = 1.0) -> Bo
                 result.rejected.append(made)
             else:
                 result.boxes.append(made)
+    consumed.extend(_parse_quads(text, default_label, scale, result))
     outside = text
     for start, end in sorted(consumed, reverse=True):
         outside = outside[:start] + " " * (end - start) + outside[end:]

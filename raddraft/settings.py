@@ -172,6 +172,21 @@ class Settings(BaseSettings):
         default=3600.0, description="How often the router runs the retention purge."
     )
 
+    # Which images are drafted (PS3.3: original, for presentation, frontal or lateral)
+    eligible_derived_images: bool = Field(
+        default=False,
+        description="draft from DERIVED images too (Image Type value 1 other than ORIGINAL)",
+    )
+    eligible_for_processing_images: bool = Field(
+        default=False,
+        description="draft from FOR PROCESSING images too (Presentation Intent Type, DX For "
+        "Processing)",
+    )
+    eligible_other_views: bool = Field(
+        default=False,
+        description="draft from images whose view is neither frontal (PA/AP) nor lateral",
+    )
+
     # Study completion
     completion_quiet_seconds: float = Field(
         default=300.0, description="a study is complete after this long with no new instance"
@@ -317,6 +332,16 @@ class Settings(BaseSettings):
     critical_email_to: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated recipients of critical notices"
     )
+    critical_ack_timeout_minutes: float = Field(
+        default=30.0,
+        description="a critical notice no person acknowledged this long escalates to the next "
+        "escalation contact",
+    )
+    critical_escalation_contacts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated e-mail addresses, in escalation order (by "
+        "RADDRAFT_CRITICAL_SMTP)",
+    )
 
     # Orders in: the HL7 v2 MLLP order listener (orders/)
     orders_host: str = Field(default="0.0.0.0", description="the order listener's address")
@@ -423,6 +448,7 @@ class Settings(BaseSettings):
         "stow_destinations",
         "critical_findings",
         "critical_email_to",
+        "critical_escalation_contacts",
         "orders_allowed_facilities",
         "consistency_labels",
         mode="before",

@@ -15,7 +15,7 @@ Orders (:mod:`report_drafts.order_effects`):
 Critical findings (:mod:`report_drafts.notifications`):
     ``notification``, ``record_notification``, ``recent_notifications``
 Administrators (:mod:`report_drafts.admin`):
-    ``requeue``, ``retry_job``
+    ``requeue``, ``retry_job``, ``resolve_identity``
 The read side, for the web tier's read models (pages, API, DICOMweb, FHIR, queue, metrics):
     ``get_report``, ``report_for_study_version``, ``version``, ``current_content``,
     ``draft_run``, ``report_text``, ``demo_mode``, ``reader_figures``, ``trace``,
@@ -41,7 +41,7 @@ The text sanitiser (:mod:`report_drafts.text_safety`), between the model and eve
 
 from __future__ import annotations
 
-from report_drafts.admin import requeue, retry_job
+from report_drafts.admin import requeue, resolve_identity, retry_job
 from report_drafts.audit import for_study as audit_for_study
 from report_drafts.audit import record as record_audit
 from report_drafts.builders import capability_statement, fhir_id_for
@@ -56,7 +56,13 @@ from report_drafts.content import (
 from report_drafts.delivery import Claim, claim_sends, record_sent, release
 from report_drafts.drafting import mark_state, record_draft
 from report_drafts.figures import reader_figures
-from report_drafts.notifications import notification, recent_notifications, record_notification
+from report_drafts.notifications import (
+    acknowledge_notification,
+    escalate_unacknowledged,
+    notification,
+    recent_notifications,
+    record_notification,
+)
 from report_drafts.order_effects import apply_order, order_for_draft
 from report_drafts.outbox import (
     OutboxPayloadError,
@@ -124,6 +130,7 @@ from report_drafts.version_reads import (
     get_report,
     report_for_study_version,
     report_text,
+    served_outbox_uids,
     version,
 )
 from report_drafts.vocabulary import labels as finding_labels
@@ -155,6 +162,7 @@ __all__ = [
     "SentState",
     "User",
     "Verdict",
+    "acknowledge_notification",
     "add_finding",
     "amend",
     "apply_order",
@@ -169,6 +177,7 @@ __all__ = [
     "draft_run",
     "edit_text",
     "end_sessions",
+    "escalate_unacknowledged",
     "fhir_id_for",
     "fhir_resources",
     "fhir_resources_for_page",
@@ -198,11 +207,13 @@ __all__ = [
     "report_for_study_version",
     "report_text",
     "requeue",
+    "resolve_identity",
     "retention_figures",
     "retention_verdicts",
     "retry_job",
     "rotate_token",
     "safe_content",
+    "served_outbox_uids",
     "set_password",
     "sign",
     "sign_in_wait",

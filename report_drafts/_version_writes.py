@@ -29,6 +29,7 @@ from report_drafts.tables import (
     Report,
     ReportVersion,
     Role,
+    SentKind,
     User,
 )
 from report_drafts.version_reads import (
@@ -95,8 +96,16 @@ def withdraw_version(
     """
     content = current_content(session, report)
     built = outbox.build_withdrawal_dicom(session, settings, report=report, reason=why)
+    note_uids = [uid for kind, uid, _path in built.files if kind == SentKind.kos]
     row = new_version(
-        session, report, content=content, state=state, action=action, user=user, note=note
+        session,
+        report,
+        content=content,
+        state=state,
+        action=action,
+        user=user,
+        note=note,
+        rejection_note_uid=note_uids[0] if note_uids else None,
     )
     algorithm = algorithm_of(draft_run(session, report))
     outbox.register_outbound(
@@ -229,6 +238,7 @@ def new_version(  # noqa: PLR0913 (one keyword per ReportVersion column)
     built: outbox.BuiltDicom | None = None,
     predecessor_sr_uid: str | None = None,
     extra_diff: dict[str, Any] | None = None,
+    rejection_note_uid: str | None = None,
 ) -> ReportVersion:
     """Insert the next version and move the report head to it (never touches older rows)."""
     number = report.current_version + 1
@@ -252,6 +262,7 @@ def new_version(  # noqa: PLR0913 (one keyword per ReportVersion column)
         sr_sop_instance_uid=built.sr_uid if built else None,
         gsps_sop_instance_uids=list(built.gsps_uids) if built else [],
         predecessor_sr_uid=predecessor_sr_uid,
+        rejection_note_uid=rejection_note_uid,
         diff=diff,
     )
     try:

@@ -16,7 +16,11 @@ database's write lock (SQLite), and the claim decides, per destination:
 - an earlier version's objects still waiting (``pending``, ``failed``, ``held``) will never be
   sent: they become ``obsolete``, replaced by this version;
 - a **withdrawal** (a rejected or superseded draft) of which nothing earlier reached the
-  destination has nothing to withdraw: ``obsolete`` too, and said why.
+  destination has nothing to withdraw: ``obsolete`` too, and said why;
+- **another report of the same study** (an earlier study version's, superseded by late
+  images) has an object in flight here, or a withdrawal still to deliver, written before this
+  version: not yet (:func:`_study_waits`). The RIS files every study version's result under
+  the one order, so the superseded draft's withdrawal must arrive before the new draft.
 
 Otherwise the rows become ``sending`` and the job sends them; :func:`record_sent` and
 :func:`release` close the claim. For FHIR, each DiagnosticReport carries the ETag the server
@@ -165,6 +169,52 @@ def _in_flight(session: Session, row: SentObject) -> bool:
     return state not in (jobs.JobState.dead, jobs.JobState.done)
 
 
+def _will_be_sent(session: Session, row: SentObject) -> bool:
+    """A row its job is sending now or will still try (pending or failed, job not finished)."""
+    if row.state not in CLAIMABLE:
+        return False
+    state = session.scalar(select(jobs.Job.state).where(jobs.Job.key == _job_key(row)))
+    return state not in (jobs.JobState.dead, jobs.JobState.done)
+
+
+def _study_waits(
+    session: Session,
+    version_row: ReportVersion,
+    report: Report,
+    kinds: Sequence[str],
+    destination: str | None,
+) -> bool:
+    """Whether another report of the same study must reach this destination first.
+
+    The RIS and PACS key results on the order (accession, OBR-3), which every study version's
+    report shares, so the order of delivery spans reports: versions written earlier (lower
+    ``report_versions.id``; a superseded draft's withdrawal is written before the draft that
+    replaces it) come first. A job waits for an earlier report's object in flight, and for an
+    earlier withdrawal still to be delivered, so the RIS never ends on "withdrawn" while a live
+    draft waits (HL7 v2.5.1 7.3.1 OBR-25 X after P would cancel the order's result).
+    """
+    query = (
+        select(SentObject, ReportVersion.action)
+        .join(ReportVersion, ReportVersion.id == SentObject.report_version_pk)
+        .join(Report, Report.id == ReportVersion.report_pk)
+        .where(
+            Report.study_pk == report.study_pk,
+            Report.id != report.id,
+            ReportVersion.id < version_row.id,
+            SentObject.kind.in_(list(kinds)),
+            SentObject.state.in_(list(CLAIMABLE)),
+        )
+    )
+    if destination is not None:
+        query = query.where(SentObject.destination == destination)
+    for row, action in session.execute(query):
+        if _in_flight(session, row):
+            return True
+        if str(action) in WITHDRAWAL_ACTIONS and _will_be_sent(session, row):
+            return True
+    return False
+
+
 def _if_match(row: SentObject, earlier: Sequence[tuple[SentObject, int, str]]) -> str | None:
     """The ETag of the last version of this FHIR DiagnosticReport RadDraft delivered."""
     if not row.identifier.startswith("DiagnosticReport/"):
@@ -206,6 +256,11 @@ def claim_sends(
     earlier = [(r, n, a) for r, n, a in rows if n < version_row.number]
     if any(_in_flight(session, r) for r, _n, _a in earlier):
         return Claim(wait=True, reason="an earlier version is being sent to this destination")
+    if _study_waits(session, version_row, report, kinds, destination):
+        return Claim(
+            wait=True,
+            reason="an earlier report of this study is being sent or withdrawn here first",
+        )
     waiting = [r for r, _n, _a in earlier if r.state in UNDELIVERED]
     by_version: dict[int, list[SentObject]] = {}
     for r, n, _a in earlier:

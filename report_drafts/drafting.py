@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from dicom_listener import StudyVersion
@@ -130,6 +130,11 @@ def record_draft(
     if draft.critical:
         # Before publishing, so the SR, the RIS messages and their jobs are STAT too.
         notifications.raise_critical(session, report, list(draft.critical))
+    live = _is_live(session, report)
+    if live:
+        # The older drafts' withdrawals are written before this draft, so their versions (and
+        # outbox rows) come first in the study's delivery order (report_drafts.delivery).
+        _supersede_older(session, settings, report)
     row, _ = publish_version(
         session,
         settings,
@@ -161,9 +166,28 @@ def record_draft(
         version=row.number,
         detail={"model": algorithm.name, "revision": algorithm.version, "demo": algorithm.demo},
     )
-    _supersede_older(session, settings, report)
+    if not live:
+        # A late draft of an older study version: superseded at once, after it exists.
+        _supersede_older(session, settings, report)
     session.flush()
     return row
+
+
+def _is_live(session: Session, report: Report) -> bool:
+    """Whether ``report`` belongs to the study's latest study version among drafted reports."""
+    mine = select(StudyVersion.number).where(StudyVersion.id == report.study_version_pk)
+    newer = session.scalar(
+        select(Report.id)
+        .join(StudyVersion, StudyVersion.id == Report.study_version_pk)
+        .where(
+            Report.study_pk == report.study_pk,
+            Report.id != report.id,
+            Report.current_version > 0,
+            StudyVersion.number > mine.scalar_subquery(),
+        )
+        .limit(1)
+    )
+    return newer is None
 
 
 def _supersede_older(session: Session, settings: Settings, newest: Report) -> None:
@@ -177,7 +201,10 @@ def _supersede_older(session: Session, settings: Settings, newest: Report) -> No
     rows = session.execute(
         select(Report, StudyVersion.number)
         .join(StudyVersion, StudyVersion.id == Report.study_version_pk)
-        .where(Report.study_pk == newest.study_pk, Report.current_version > 0)
+        .where(
+            Report.study_pk == newest.study_pk,
+            or_(Report.current_version > 0, Report.id == newest.id),
+        )
         .order_by(StudyVersion.number.desc())
     ).all()
     if not rows:

@@ -7,12 +7,18 @@ outbox, records it as a :class:`CriticalNotification` and enqueues a ``NotifyCri
 the same transaction: an HL7 v2.5.1 ORU^R01 (OBR-5 ``S``, OBX-8 ``AA``) for the critical-results
 receiver (``RADDRAFT_CRITICAL_MLLP``) and an e-mail (``RADDRAFT_CRITICAL_SMTP``,
 ``RADDRAFT_CRITICAL_EMAIL_TO``). Every notice says it is an AI suspicion pending radiologist
-review, never a diagnosis. The worker records the acknowledgement (:func:`record_notification`);
-a failed attempt is retried by the job runner.
+review, never a diagnosis. The worker records the transport's reply (:func:`record_notification`:
+HL7 MSA-1 AA, SMTP 250) as *delivered*, never as acknowledged; a failed attempt is retried by
+the job runner. A notice is *acknowledged* only by a named radiologist or administrator
+(:func:`acknowledge_notification`, audited); one delivered but not acknowledged within
+``RADDRAFT_CRITICAL_ACK_TIMEOUT_MINUTES`` escalates by e-mail to the next of
+``RADDRAFT_CRITICAL_ESCALATION_CONTACTS`` (:func:`escalate_unacknowledged`, called by the
+router's periodic pass), again after each timeout until the list ends.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import uuid
 from email.message import EmailMessage
@@ -29,13 +35,15 @@ from report_drafts import audit
 from report_drafts._version_writes import audit_report
 from report_drafts.content import CRITICAL_NOTICE
 from report_drafts.outbox import _write_once, hl7_message
-from report_drafts.states import NotFound
+from report_drafts.states import InvalidRequest, NotFound, PermissionDenied
 from report_drafts.tables import (
     CriticalNotification,
     NotificationChannel,
     Report,
     ReportVersion,
+    Role,
     SentState,
+    User,
 )
 from report_drafts.version_reads import study_uid
 
@@ -56,15 +64,24 @@ def raise_critical(session: Session, report: Report, labels: list[str]) -> None:
 
 
 def _email(
-    settings: Settings, study: Study, patient: Patient, labels: list[str], message_id: str
+    settings: Settings,
+    study: Study,
+    patient: Patient,
+    labels: list[str],
+    message_id: str,
+    *,
+    to: list[str] | None = None,
+    escalation: int = 0,
 ) -> bytes:
-    """The notice as an RFC 5322 message (plain text, UTF-8)."""
+    """The notice as an RFC 5322 message (plain text, UTF-8); ``escalation`` > 0 for the n-th
+    escalation of a notice nobody acknowledged, to ``to``."""
     notice = CRITICAL_NOTICE.format(labels=", ".join(labels))
     message = EmailMessage()
     message["From"] = settings.critical_email_from
-    message["To"] = ", ".join(settings.critical_email_to)
+    message["To"] = ", ".join(to if to is not None else settings.critical_email_to)
+    prefix = f"[RadDraft] ESCALATION {escalation}, not acknowledged: " if escalation else ""
     message["Subject"] = (
-        f"[RadDraft] AI suspicion, pending review: {', '.join(labels)}"
+        f"{prefix or '[RadDraft] '}AI suspicion, pending review: {', '.join(labels)}"
         f" (accession {study.accession_number or 'none'})"
     )
     message["Message-ID"] = message_id
@@ -156,7 +173,8 @@ def notification(session: Session, notification_pk: int) -> CriticalNotification
 def record_notification(
     session: Session, notification_pk: int, *, ok: bool, ack: str | None = None, error: str = ""
 ) -> CriticalNotification:
-    """Record one attempt: acknowledged (``ack``: MSA-1 or the SMTP reply) or failed."""
+    """Record one attempt: delivered (``ack``: the transport's reply, MSA-1 or SMTP's 250; no
+    person has read it yet) or failed."""
     row = notification(session, notification_pk)
     row.attempts += 1
     if ok:
@@ -178,11 +196,131 @@ def record_notification(
             "destination": row.destination,
             "identifier": row.identifier,
             "ok": ok,
-            "ack": ack,
+            "delivered": ok,
+            "transport_reply": ack,
             "error": row.last_error,
         },
     )
     session.flush()
+    return row
+
+
+def acknowledge_notification(
+    session: Session, notification_pk: int, user: User
+) -> CriticalNotification:
+    """A named radiologist or administrator acknowledges a critical notice: it and every other
+    notice of the same report version (channels, escalations) stop escalating. Audited
+    (``critical_acknowledged``: who, when). Refused to other roles; an acknowledged notice
+    is not acknowledged again (InvalidRequest names who did)."""
+    if user.role not in (Role.radiologist, Role.admin):
+        raise PermissionDenied("only a radiologist or an administrator acknowledges a notice")
+    row = notification(session, notification_pk)
+    if row.acknowledged_at is not None:
+        raise InvalidRequest(
+            f"notice {notification_pk} was acknowledged by {row.acknowledged_by} at "
+            f"{row.acknowledged_at.isoformat()}"
+        )
+    now = utcnow()
+    siblings = session.scalars(
+        select(CriticalNotification).where(
+            CriticalNotification.report_version_pk == row.report_version_pk,
+            CriticalNotification.acknowledged_at.is_(None),
+        )
+    )
+    for notice in siblings:
+        notice.acknowledged_at = now
+        notice.acknowledged_by = user.name
+    report = session.get(Report, row.report_pk)
+    audit.record(
+        session,
+        "critical_acknowledged",
+        user=user,
+        study_instance_uid=study_uid(session, report) if report else "",
+        report_pk=row.report_pk,
+        detail={"notice": row.id, "labels": list(row.labels), "at": now.isoformat()},
+    )
+    session.flush()
+    return row
+
+
+def escalate_unacknowledged(
+    session: Session, settings: Settings, *, now: dt.datetime | None = None, limit: int = 100
+) -> list[CriticalNotification]:
+    """Escalate notices delivered but not acknowledged within the timeout: an e-mail to the next
+    escalation contact, recorded and sent like any notice (``escalation_of``), once per report
+    version per timeout. Returns the escalation notices made (bounded by ``limit``)."""
+    contacts = list(settings.critical_escalation_contacts)
+    if not contacts or not settings.critical_smtp:
+        return []
+    now = now or utcnow()
+    timeout = dt.timedelta(minutes=settings.critical_ack_timeout_minutes)
+    candidates = session.scalars(
+        select(CriticalNotification)
+        .where(
+            CriticalNotification.escalation_of.is_(None),
+            CriticalNotification.acknowledged_at.is_(None),
+            CriticalNotification.state == SentState.sent,
+            CriticalNotification.escalation_level < len(contacts),
+        )
+        .order_by(CriticalNotification.id)
+        .limit(limit)
+    )
+    made: list[CriticalNotification] = []
+    seen: set[int] = set()
+    for original in candidates:
+        if original.report_version_pk in seen:
+            continue  # one escalation per report version, whatever its channels
+        seen.add(original.report_version_pk)
+        since = original.escalated_at or original.sent_at
+        if since is None or now - since < timeout:
+            continue
+        made.append(_escalate(session, settings, original, contacts, now))
+    session.flush()
+    return made
+
+
+def _escalate(
+    session: Session,
+    settings: Settings,
+    original: CriticalNotification,
+    contacts: list[str],
+    now: dt.datetime,
+) -> CriticalNotification:
+    report = session.get(Report, original.report_pk)
+    assert report is not None
+    study = session.get(Study, report.study_pk)
+    assert study is not None
+    patient = session.get(Patient, study.patient_pk)
+    assert patient is not None
+    level = original.escalation_level + 1
+    contact = contacts[original.escalation_level]
+    labels = list(original.labels)
+    message_id = email.utils.make_msgid("raddraft-escalation")
+    relative = f"critical/{uuid.uuid4().hex}.eml"
+    body = _email(settings, study, patient, labels, message_id, to=[contact], escalation=level)
+    _write_once(session, settings, relative, body)
+    row = CriticalNotification(
+        report_pk=original.report_pk,
+        report_version_pk=original.report_version_pk,
+        channel=NotificationChannel.email,
+        destination=settings.critical_smtp,
+        identifier=message_id,
+        path=relative,
+        labels=labels,
+        state=SentState.pending,
+        escalation_of=original.id,
+    )
+    session.add(row)
+    session.flush()
+    job_contract.enqueue(session, job_contract.NotifyCritical(row.id), priority=jobs.Priority.stat)
+    original.escalation_level = level
+    original.escalated_at = now
+    audit_report(
+        session,
+        "critical_escalated",
+        report=report,
+        detail={"notice": original.id, "level": level, "to": contact, "escalation": row.id},
+    )
     return row
 
 
@@ -202,6 +340,11 @@ def recent_notifications(session: Session, *, limit: int = 50) -> list[dict[str,
             "state": r.state,
             "attempts": r.attempts,
             "ack": r.ack,
+            "delivered": r.state == SentState.sent,
+            "acknowledged_by": r.acknowledged_by,
+            "acknowledged_at": r.acknowledged_at.isoformat() if r.acknowledged_at else None,
+            "escalation_of": r.escalation_of,
+            "escalation_level": r.escalation_level,
             "error": r.last_error,
             "created_at": r.created_at.isoformat(),
             "sent_at": r.sent_at.isoformat() if r.sent_at else None,

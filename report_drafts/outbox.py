@@ -30,7 +30,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import select
 from sqlalchemy.orm import Session, object_session
 
-from dicom_listener import Instance, Patient, Series, Study, StudyVersion
+from dicom_listener import Instance, Patient, Series, Study, StudyVersion, identity_conflict
 from raddraft import destinations, job_contract, jobs
 from raddraft.settings import Settings
 from report_drafts.builders import (
@@ -569,10 +569,13 @@ def release_state(
     signed: bool,
     withdrawal: bool,
     study_signed: bool = False,
+    identity_conflict: bool = False,
 ) -> tuple[SentState, str | None]:
     """Whether a version's objects for destination ``kind`` go now, and if not, why.
 
-    A demo model's objects are held unless demo export is allowed; an unsigned draft's are held
+    A demo model's objects are held unless demo export is allowed; the RIS's and FHIR's are
+    held while the study has an unresolved ``identity_conflict`` (signed ones too: released
+    when an administrator resolves it); an unsigned draft's are held
     when that kind's release policy says ``hold``, and always for the RIS and FHIR when another
     report of the study is signed (``study_signed``: a later study version's draft must not
     follow the final the RIS shows for that accession). Signed versions and withdrawals always
@@ -580,7 +583,12 @@ def release_state(
     """
     if not send:
         return SentState.held, "demo model: RADDRAFT_ALLOW_DEMO_EXPORT is off"
-    if signed or withdrawal:
+    if withdrawal:
+        return SentState.pending, None
+    if identity_conflict and kind in ("hl7", "fhir"):
+        # The RIS files results by patient: not under a name the study's own header denies.
+        return SentState.held, IDENTITY_HOLD
+    if signed:
         return SentState.pending, None
     if study_signed and kind in ("hl7", "fhir"):
         return SentState.held, "a signed report of this study was sent: no preliminary follows it"
@@ -588,6 +596,11 @@ def release_state(
     if getattr(settings, name) == "hold":
         return SentState.held, f"unsigned AI draft held until sign-off: RADDRAFT_{name.upper()}"
     return SentState.pending, None
+
+
+#: Why a RIS message waits for an administrator (:func:`release_state`); the release after the
+#: resolution looks for rows held with exactly this reason.
+IDENTITY_HOLD = "patient identity conflict: held until an administrator resolves it"
 
 
 @dataclass
@@ -602,6 +615,7 @@ class _Registrar:
     signed: bool
     withdrawal: str | None
     study_signed: bool = False
+    identity_conflict: bool = False
     made: list[jobs.Job] = field(default_factory=list)
 
     def state_for(self, group: str) -> tuple[SentState, str | None]:
@@ -612,6 +626,7 @@ class _Registrar:
             signed=self.signed,
             withdrawal=self.withdrawal is not None,
             study_signed=self.study_signed,
+            identity_conflict=self.identity_conflict,
         )
 
     def add(self, kind: str, identifier: str, destination: str, path: str, group: str) -> None:
@@ -664,6 +679,7 @@ def register_outbound(
         signed=ReportContent.from_json(version.content).status.is_signed,
         withdrawal=withdrawal,
         study_signed=_study_signed(session, report),
+        identity_conflict=identity_unresolved(session, report.study_pk),
     )
     for target in destinations.export_targets(settings):
         destination = str(target)  # the serialised form the rows and the job keep
@@ -677,6 +693,12 @@ def register_outbound(
         _register_fhir(out)
     session.flush()
     return out.made
+
+
+def identity_unresolved(session: Session, study_pk: int) -> bool:
+    """Whether the study has an identity conflict no administrator has resolved yet."""
+    conflict = identity_conflict(session, study_pk)
+    return conflict is not None and conflict.resolved_at is None
 
 
 def _study_signed(session: Session, report: Report) -> bool:

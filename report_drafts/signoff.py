@@ -367,12 +367,18 @@ def amend(  # noqa: PLR0913 (the fields an amendment may change, by name)
     if not changes:
         raise InvalidRequest("an amendment changes the findings, impression or progression")
     now = utcnow()
+    # The coded findings follow the amended words (laterality, site, presence).
+    restructured, structure = reconcile.structure_from_text(dataclasses.replace(content, **changes))
     new = dataclasses.replace(
-        content,
-        **changes,
+        restructured,
         status=ReportStatus.corrected if corrected else ReportStatus.amended,
         signer=signer_for(user, settings),
-        extra={**content.extra, "signed_at": now.isoformat(), "amendment_reason": reason},
+        extra={
+            **content.extra,
+            "signed_at": now.isoformat(),
+            "amendment_reason": reason,
+            **({"structure_changes": structure} if structure else {}),
+        },
     )
     algorithm = algorithm_of(draft_run(session, report))
     previous = current_version(session, report).sr_sop_instance_uid
@@ -394,7 +400,12 @@ def amend(  # noqa: PLR0913 (the fields an amendment may change, by name)
         user=user,
         report=report,
         version=row.number,
-        detail={"reason": reason.strip(), "status": new.status, "sr": built.sr_uid},
+        detail={
+            "reason": reason.strip(),
+            "status": new.status,
+            "sr": built.sr_uid,
+            "structure_changes": structure,
+        },
     )
     return row
 

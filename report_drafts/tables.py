@@ -159,6 +159,9 @@ class ReportVersion(Base):
     sr_sop_instance_uid: Mapped[str | None] = mapped_column(String(64), default=None, index=True)
     gsps_sop_instance_uids: Mapped[list[Any]] = mapped_column(default=list)
     predecessor_sr_uid: Mapped[str | None] = mapped_column(String(64), default=None)
+    # The IHE IOCM rejection note (KOS) a withdrawal version built: what it references is no
+    # longer served by RadDraft's DICOMweb, the note is.
+    rejection_note_uid: Mapped[str | None] = mapped_column(String(64), default=None)
     diff: Mapped[dict[str, Any]] = mapped_column(default=dict)  # change against the AI draft
 
     report: Mapped[Report] = relationship(back_populates="versions")
@@ -251,13 +254,16 @@ class OutboxPayload(Base):
 class NotificationChannel(enum.StrEnum):
     """How a critical-finding notice travels: an HL7 v2 message or an e-mail."""
 
-    hl7 = "hl7"  # ORU^R01 over MLLP to the critical-results receiver; ACK MSA-1 AA
-    email = "email"  # SMTP; the server's 250 after DATA is the acknowledgement
+    hl7 = "hl7"  # ORU^R01 over MLLP to the critical-results receiver; ACK MSA-1 AA = delivered
+    email = "email"  # SMTP; the server's 250 after DATA = delivered (no person has read it)
 
 
 class CriticalNotification(Base):
     """One notice of a suspected critical finding on one channel: recorded when the draft is
-    stored, sent by a ``NotifyCritical`` job, acknowledged (``ack``) or retried."""
+    stored, sent by a ``NotifyCritical`` job (``state`` sent = *delivered*: the transport's
+    reply, in ``ack``), retried, and *acknowledged* only by a named person
+    (``acknowledged_by``); one not acknowledged in time escalates to the next contact
+    (``escalation_of`` names the notice an escalation is for)."""
 
     __tablename__ = "critical_notifications"
 
@@ -271,10 +277,17 @@ class CriticalNotification(Base):
     labels: Mapped[list[Any]] = mapped_column(default=list)
     state: Mapped[str] = mapped_column(String(16), default=SentState.pending)
     attempts: Mapped[int] = mapped_column(default=0)
-    ack: Mapped[str | None] = mapped_column(Text, default=None)  # MSA-1 / SMTP reply
+    ack: Mapped[str | None] = mapped_column(Text, default=None)  # transport reply: MSA-1 / 250
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
-    sent_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    sent_at: Mapped[dt.datetime | None] = mapped_column(default=None)  # delivered
+    acknowledged_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    acknowledged_by: Mapped[str | None] = mapped_column(String(64), default=None)  # user name
+    escalation_level: Mapped[int] = mapped_column(default=0)  # escalations sent for it
+    escalated_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    escalation_of: Mapped[int | None] = mapped_column(
+        ForeignKey("critical_notifications.id"), default=None
+    )
 
 
 class ImmutableVersionError(RuntimeError):

@@ -17,6 +17,14 @@ What is removed or replaced, and why:
 - Bidirectional embedding, override and isolate controls (U+202A-202E, U+2066-2069): they can
   make a report read differently from what it says ("Trojan Source", CVE-2021-42574).
 
+- Model control tokens (``<|im_end|>``, ``<|box_start|>``, ``<|quad_start|>``,
+  ``<|object_ref_start|>``, CheXOne's ``<|ref|>``/``<|box|>``, any ``<|name|>``): they are the
+  model's markup, not report prose, and a receiver would show them verbatim. A box or quad
+  with its coordinates goes whole (``models`` parses the grounding answers into findings before
+  this; what reaches a report text is a leak); a referred phrase keeps its words. Each removal
+  is counted as ``token <name>``, so the draft is flagged like any other removal. The staged
+  reading's own report texts (``extra["staged_report"]``, the alternative text) get the same.
+
 Everything else passes unchanged, non-Latin scripts included: the SR then declares ISO_IR 192
 (:func:`dicom_character_set`, PS3.3 C.12.1.1.2) and the HL7 message ``UNICODE UTF-8`` (MSH-18,
 HL7 table 0211).
@@ -25,6 +33,7 @@ HL7 table 0211).
 from __future__ import annotations
 
 import dataclasses
+import re
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -68,8 +77,32 @@ class Cleaned:
     removed: dict[str, int]
 
 
+#: A box or quad with its coordinates (Qwen2.5-VL's and CheXOne's markup); the body is bounded
+#: so an unclosed start cannot make the search quadratic.
+_COORDINATE_SPAN = re.compile(
+    r"<\|(box_start|quad_start|box)\|>[^<]{0,256}(?:<\|(?:box_end|quad_end|/box)\|>)?"
+)
+#: Any other control token: ``<|name|>`` or ``<|/name|>``.
+_CONTROL_TOKEN = re.compile(r"<\|/?([A-Za-z][A-Za-z0-9_]{0,40})\|>")
+
+
+def _strip_tokens(text: str, removed: Counter[str]) -> str:
+    """``text`` without model control tokens; each counted as ``token <name>``."""
+    if "<|" not in text:
+        return text
+
+    def drop(match: re.Match[str]) -> str:
+        removed[f"token {match.group(1)}"] += 1
+        return ""
+
+    stripped = _CONTROL_TOKEN.sub(drop, _COORDINATE_SPAN.sub(drop, text))
+    # What a removed span leaves is a gap, not an indentation: collapse it.
+    return "\n".join(re.sub(r" {2,}", " ", line).strip(" ") for line in stripped.split("\n"))
+
+
 def clean(text: str) -> Cleaned:
-    """``text`` with line ends as LF, TAB as a space and every unsafe character removed."""
+    """``text`` with line ends as LF, TAB as a space, model control tokens and every unsafe
+    character removed."""
     for before, after in _LINE_BREAKS.items():
         text = text.replace(before, after)
     text = text.replace("\t", " ")
@@ -80,7 +113,8 @@ def clean(text: str) -> Cleaned:
             removed[f"U+{ord(char):04X}"] += 1
         else:
             kept.append(char)
-    return Cleaned("".join(kept), dict(removed))
+    # Tokens last: a control byte inside a token must not hide it from the search.
+    return Cleaned(_strip_tokens("".join(kept), removed), dict(removed))
 
 
 def clean_text(text: str) -> str:
@@ -137,11 +171,36 @@ def safe_content(content: ReportContent) -> ReportContent:
     findings = tuple(_clean_finding(f, removed, i) for i, f in enumerate(content.findings))
     if findings != content.findings:
         changes["findings"] = findings
-    if not changes:
+    staged = _clean_texts(content.extra.get(STAGED_KEY), removed)
+    if not changes and staged is None:
         return content
     extra = dict(content.extra)
+    if staged is not None:
+        extra[STAGED_KEY] = staged
     extra[SANITISED_KEY] = {**dict(extra.get(SANITISED_KEY) or {}), **removed}
     return dataclasses.replace(content, extra=extra, **changes)
+
+
+#: Key of ``ReportContent.extra`` holding the staged reading's report texts (by field).
+STAGED_KEY = "staged_report"
+
+
+def _clean_texts(texts: object, removed: dict[str, dict[str, int]]) -> dict[str, Any] | None:
+    """``texts`` (field -> text) cleaned, or None when nothing in it changed."""
+    if not isinstance(texts, Mapping):
+        return None
+    cleaned: dict[str, Any] = {}
+    changed = False
+    for name, value in texts.items():
+        if isinstance(value, str):
+            result = clean(value)
+            if result.removed:
+                removed[f"{STAGED_KEY}.{name}"] = result.removed
+                changed = True
+            cleaned[name] = result.text
+        else:
+            cleaned[name] = value
+    return cleaned if changed else None
 
 
 def removed_count(extra: Mapping[str, Any]) -> int:

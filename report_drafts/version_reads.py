@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import exists, select
@@ -144,3 +145,32 @@ def diff_stats(draft: ReportContent, now: ReportContent) -> dict[str, Any]:
         "findings_added": added,
         "unchanged": a == b and rejected == 0 and edited == 0 and added == 0,
     }
+
+
+def served_outbox_uids(session: Session, study_pks: Sequence[int]) -> list[tuple[int, str]]:
+    """(study pk, SOP Instance UID) of RadDraft's own objects its DICOMweb serves, per IHE IOCM
+    (Rad TF-1 37, Rad TF-2 4.66): every version's SR and GSPS, except those a later version's
+    rejection note (KOS, "Rejected for Quality Reasons") withdrew, and the rejection notes.
+
+    A rejection note references every SR and GSPS the report's versions built before it
+    (:func:`report_drafts.outbox.build_withdrawal_dicom`), so those are the ones withheld.
+    """
+    rows = session.execute(
+        select(ReportVersion, Report.study_pk)
+        .join(Report, Report.id == ReportVersion.report_pk)
+        .where(Report.study_pk.in_(list(study_pks)))
+        .order_by(Report.id, ReportVersion.number.desc())
+    )
+    served: list[tuple[int, str]] = []
+    withdrawn_reports: set[int] = set()
+    for version, study_pk in rows:
+        # Newest first: once a report's rejection note is seen, its older objects are withheld.
+        if version.rejection_note_uid:
+            served.append((study_pk, version.rejection_note_uid))
+            withdrawn_reports.add(version.report_pk)
+            continue
+        if version.report_pk in withdrawn_reports:
+            continue
+        uids = [version.sr_sop_instance_uid, *version.gsps_sop_instance_uids]
+        served.extend((study_pk, uid) for uid in uids if uid)
+    return served

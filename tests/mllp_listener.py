@@ -32,6 +32,11 @@ class Listener:
         self.received: list[str] = []
         self.invalid: list[str] = []  # what strict validation said of a message, with it
         self.lock = threading.Lock()
+        #: Seconds each answer takes (a slow RIS); the message counts as received at arrival.
+        self.delay = 0.0
+        #: Codes for the next messages that contain a marker (e.g. a withdrawal's ``|X|``),
+        #: before ``script``: ``{marker: [codes]}``.
+        self.script_for: dict[str, list[str]] = {}
 
     def next_code(self, message: str) -> str:
         errors = strict_errors(message)
@@ -40,6 +45,9 @@ class Listener:
             if errors:
                 self.invalid.append("\n".join([*errors, message.replace("\r", "\n")]))
                 return "AE"
+            for marker, codes in self.script_for.items():
+                if codes and marker in message:
+                    return codes.pop(0)
             return self.script.pop(0) if self.script else self.default
 
     def check(self) -> None:
@@ -65,6 +73,8 @@ def _handler(listener: Listener) -> type[AbstractHandler]:
     class Handler(AbstractHandler):
         def reply(self) -> str:
             code = listener.next_code(self.incoming_message)
+            if listener.delay:
+                time.sleep(listener.delay)
             if code == "SILENT":
                 time.sleep(1.5)  # longer than the client's time limit
                 return ""

@@ -325,6 +325,29 @@ def open_versions(session: Session, now: dt.datetime) -> list[dict[str, Any]]:
     ]
 
 
+def refused_versions(session: Session) -> list[dict[str, Any]]:
+    """Complete study versions not drafted, newest first, each with why (PS3.3 eligibility:
+    not a chest radiograph, or no original, for-presentation frontal image)."""
+    rows = session.execute(
+        select(StudyVersion, Study)
+        .join(Study, Study.id == StudyVersion.study_pk)
+        .where(StudyVersion.state == VersionState.complete, StudyVersion.eligible.is_(False))
+        .order_by(StudyVersion.completed_at.desc(), StudyVersion.id.desc())
+        .limit(LIST_LIMIT)
+    )
+    return [
+        {
+            "study_version_pk": v.id,
+            "number": v.number,
+            "accession": s.accession_number,
+            "study_instance_uid": s.study_instance_uid,
+            "why": v.ineligible_reason or "",
+            "completed_at": _iso(v.completed_at),
+        }
+        for v, s in rows
+    ]
+
+
 def queue_figures(
     session: Session, settings: Settings, now: dt.datetime | None = None
 ) -> dict[str, Any]:
@@ -344,6 +367,7 @@ def queue_figures(
         "failed_sends": failed_sends(session),
         "failed_reports": failed_reports(session),
         "open_versions": open_versions(session, now),
+        "refused_studies": refused_versions(session),
         "retention": drafts.retention_figures(session, settings, now),
         "reader_figures": reader,
         "critical_notifications": drafts.recent_notifications(session),

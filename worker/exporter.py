@@ -184,7 +184,8 @@ def push_fhir_job(job_id: int, args: PushFhir) -> dict[str, Any]:
 
 
 def notify_critical_job(job_id: int, args: NotifyCritical) -> dict[str, Any]:
-    """Send one critical-finding notice and record its acknowledgement (MSA-1, or SMTP 250).
+    """Send one critical-finding notice and record it delivered (MSA-1, or SMTP 250: the
+    transport's reply; a person acknowledges it on the page or the API).
 
     A failure is recorded on the notice and raised as the target classified it, so the job
     runner retries a receiver that is down and dead-letters one that refuses the notice.
@@ -219,5 +220,5 @@ def notify_critical_job(job_id: int, args: NotifyCritical) -> dict[str, Any]:
     ack = str(delivery.detail.get("acks", {}).get(outbound.identifier, ""))
     with session_scope() as session:
         report_drafts.record_notification(session, args.notification_pk, ok=True, ack=ack)
-    log.info("critical notice acknowledged %s", kv(channel=target.kind, ack=ack[:40]))
+    log.info("critical notice delivered %s", kv(channel=target.kind, reply=ack[:40]))
     return {"sent": 1, "ack": ack}

@@ -19,6 +19,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 import orders
+import report_drafts
 from raddraft import jobs
 from raddraft.db import session_scope, utcnow
 from raddraft.job_contract import QUEUES, Queue
@@ -70,6 +71,17 @@ def route_once(app: Celery, settings: Settings, engine: Engine | None = None) ->
     return sent
 
 
+def escalate_critical(settings: Settings, engine: Engine | None = None) -> int:
+    """Escalate critical notices nobody acknowledged in time (report_drafts.notifications)."""
+    if not settings.critical_escalation_contacts or not settings.critical_smtp:
+        return 0
+    with session_scope(engine) as session:
+        made = report_drafts.escalate_unacknowledged(session, settings)
+    if made:
+        log.warning("critical notices escalated %s", kv(count=len(made)))
+    return len(made)
+
+
 def run(app: Celery, settings: Settings, stop: threading.Event) -> None:
     """Dispatch until ``stop`` is set; database or broker trouble is logged and retried."""
     log.info("router started %s", kv(broker=app.conf.broker_url))
@@ -80,6 +92,10 @@ def run(app: Celery, settings: Settings, stop: threading.Event) -> None:
         except Exception:
             log.exception("dispatch pass failed; retrying")
             busy = False
+        try:
+            escalate_critical(settings)
+        except Exception:
+            log.exception("critical-notice escalation pass failed; retrying")
         try:
             schedule.purge_if_due()
         except Exception:

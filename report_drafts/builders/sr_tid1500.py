@@ -15,6 +15,7 @@ signed one. A stored object is never changed.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from highdicom.sr import (
@@ -82,7 +83,7 @@ SR_SERIES_DESCRIPTION = "RadDraft AI report"
 
 
 def _finding_group(
-    finding: Finding, source: Dataset, algorithm_id: AlgorithmIdentification
+    finding: Finding, source: Dataset, algorithm_id: AlgorithmIdentification | None
 ) -> PlanarROIMeasurementsAndQualitativeEvaluations:
     """TID 1410 group for one grounded finding: tracking, code, site, algorithm, box, certainty."""
     assert finding.box is not None
@@ -113,7 +114,7 @@ def _finding_group(
 
 
 def _ungrounded_group(
-    finding: Finding, algorithm_id: AlgorithmIdentification
+    finding: Finding, algorithm_id: AlgorithmIdentification | None
 ) -> MeasurementsAndQualitativeEvaluations:
     """TID 1501 group for an accepted finding without a box (still coded and tracked)."""
     return MeasurementsAndQualitativeEvaluations(
@@ -123,6 +124,21 @@ def _ungrounded_group(
         finding_sites=_finding_sites(finding),
         measurements=_certainty(finding),
     )
+
+
+def _observed_by_person(group: Any, content: ReportContent, login: str, institution: str) -> None:
+    """Give a radiologist's finding its observer: TID 1002 Observer Context with a Person
+    Observer (TID 1003) as HAS OBS CONTEXT of its group, which overrides the document's device
+    observer for that subtree (PS3.3 C.17.3.2.1; PS3.16 TID 1001/1002)."""
+    signer = content.signer
+    name = signer.name if signer is not None and signer.login == login else login
+    person = ObserverContext(
+        observer_type=codes.cid270.Person,
+        observer_identifying_attributes=PersonObserverIdentifyingAttributes(
+            name=name, login_name=login, organization_name=institution or None
+        ),
+    )
+    group[0].ContentSequence.extend(person)
 
 
 def _tracking(finding: Finding) -> TrackingIdentifier:
@@ -272,6 +288,9 @@ def build_sr(  # noqa: PLR0913 (one keyword per SR document attribute (PS3.3 A.3
         PlanarROIMeasurementsAndQualitativeEvaluations | MeasurementsAndQualitativeEvaluations
     ] = []
     for finding in content.accepted_findings:
+        # A finding a radiologist added is theirs: no Algorithm Identification, and the
+        # person as its observer (below), not the device.
+        found_by = None if finding.added_by else algorithm_id
         if finding.box is not None and finding.sop_instance_uid:
             source = by_uid.get(finding.sop_instance_uid)
             if source is None:
@@ -279,9 +298,12 @@ def build_sr(  # noqa: PLR0913 (one keyword per SR document attribute (PS3.3 A.3
                     f"finding {finding.tracking_uid} is on image {finding.sop_instance_uid}, "
                     "which is not among the sources"
                 )
-            groups.append(_finding_group(finding, source, algorithm_id))
+            group: Any = _finding_group(finding, source, found_by)
         else:
-            groups.append(_ungrounded_group(finding, algorithm_id))
+            group = _ungrounded_group(finding, found_by)
+        if finding.added_by:
+            _observed_by_person(group, content, finding.added_by, institution)
+        groups.append(group)
 
     report = _measurement_report(content, algorithm, device_uid, groups)
     report[0].ContentSequence.append(qualitative_evaluations(content, demo=algorithm.demo))

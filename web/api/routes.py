@@ -68,6 +68,10 @@ class RejectBody(_Body):
     reason: str
 
 
+class ResolveIdentityBody(_Body):
+    resolution: str = Field(min_length=1, max_length=4000)
+
+
 class AmendBody(_Body):
     expected_version: int
     reason: str
@@ -389,3 +393,35 @@ def force_complete(
     )
     session.commit()
     return {"study_instance_uid": study_instance_uid, "completed": completed}
+
+
+@router.get("/admin/identity-conflicts", tags=["admin"])
+def identity_conflicts(session: DbSession, user: Admin) -> list[dict[str, Any]]:
+    """Studies whose header disagrees with the patient held under the same Patient ID and
+    Issuer (PS3.3 C.7.1.1), unresolved, oldest first (at most 100)."""
+    return [views.conflict_json(c) for c in views.open_conflicts(session)]
+
+
+@router.post("/admin/identity-conflicts/{conflict_id}/resolve", tags=["admin"])
+def resolve_identity_conflict(
+    conflict_id: int, body: ResolveIdentityBody, session: DbSession, user: Admin
+) -> dict[str, Any]:
+    """Resolve a study's identity conflict (audited); its held RIS messages are released."""
+    result = drafts.resolve_identity(session, conflict_id, user, resolution=body.resolution)
+    session.commit()
+    return result
+
+
+@router.post("/critical-notifications/{notification_id}/acknowledge", tags=["review"])
+def acknowledge_critical(
+    notification_id: int, session: DbSession, user: CurrentUser
+) -> dict[str, Any]:
+    """A named radiologist or administrator acknowledges a critical-finding notice (audited);
+    the transport's reply only ever made it *delivered*. Stops its escalation."""
+    row = drafts.acknowledge_notification(session, notification_id, user)
+    session.commit()
+    return {
+        "id": row.id,
+        "acknowledged_by": row.acknowledged_by,
+        "acknowledged_at": row.acknowledged_at.isoformat() if row.acknowledged_at else None,
+    }

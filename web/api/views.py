@@ -11,7 +11,15 @@ from sqlalchemy.orm import Session
 
 import orders
 import report_drafts as drafts
-from dicom_listener import Instance, Patient, Study, StudyVersion
+from dicom_listener import (
+    IdentityConflict,
+    Instance,
+    Patient,
+    Study,
+    StudyVersion,
+    identity_conflict,
+    open_identity_conflicts,
+)
 from report_drafts import (
     DEMO_WARNING,
     DRAFT_WARNING,
@@ -95,6 +103,44 @@ class StudyRow:
     version: StudyVersion
     study: Study
     patient: Patient
+
+
+def conflict_json(conflict: IdentityConflict) -> dict[str, Any]:
+    """A study's patient identity conflict: the header's demographics and the held ones."""
+    return {
+        "id": conflict.id,
+        "study_pk": conflict.study_pk,
+        "received": {
+            "patient_name": conflict.received_name,
+            "patient_birth_date": conflict.received_birth_date,
+            "patient_sex": conflict.received_sex,
+        },
+        "held": {
+            "patient_name": conflict.held_name,
+            "patient_birth_date": conflict.held_birth_date,
+            "patient_sex": conflict.held_sex,
+        },
+        "detected_at": _iso(conflict.detected_at),
+        "resolved_at": _iso(conflict.resolved_at),
+        "resolved_by": conflict.resolved_by,
+        "resolution": conflict.resolution,
+    }
+
+
+def open_conflicts(session: Session) -> list[IdentityConflict]:
+    return open_identity_conflicts(session)
+
+
+def _identity(session: Session, study: Study) -> dict[str, Any]:
+    """The study's identity conflict, if any, for a summary; while unresolved the summary
+    shows the study's own header's demographics, not the held patient's."""
+    conflict = identity_conflict(session, study.id)
+    if conflict is None:
+        return {"identity_conflict": None}
+    shown: dict[str, Any] = {"identity_conflict": conflict_json(conflict)}
+    if conflict.resolved_at is None:
+        shown.update(conflict_json(conflict)["received"])
+    return shown
 
 
 def study_row(session: Session, report: Report) -> StudyRow:
@@ -186,7 +232,12 @@ def worklist(session: Session, *, page: int, page_size: int, **filters: Any) -> 
     items = []
     for report, sv, study, patient in rows:
         content = drafts.current_content(session, report) if report.current_version > 0 else None
-        items.append(summary_json(StudyRow(report, sv, study, patient), content))
+        items.append(
+            {
+                **summary_json(StudyRow(report, sv, study, patient), content),
+                **_identity(session, study),
+            }
+        )
     return {"total": total, "page": page, "page_size": page_size, "items": items}
 
 
@@ -217,6 +268,7 @@ def detail(session: Session, report: Report) -> dict[str, Any]:
     order = orders.order_for_accession(session, row.study.accession_number)
     return {
         **summary_json(row, content),
+        **_identity(session, row.study),
         "order_cancelled_at": _iso(report.order_cancelled_at),
         "order": order_json(order),
         "warnings": warnings,

@@ -35,7 +35,13 @@ from sqlalchemy.orm import Session
 
 from dicom_listener import Instance, Patient, Series, Study
 from raddraft.settings import Settings
-from report_drafts import OutboxPayloadError, Report, ReportVersion, materialise
+from report_drafts import (
+    OutboxPayloadError,
+    Report,
+    ReportVersion,
+    materialise,
+    served_outbox_uids,
+)
 from web.dicomweb.matching import PatternError, condition, is_wildcard, matches, uid_list
 
 log = logging.getLogger(__name__)
@@ -604,31 +610,25 @@ def load_objects(session: Session, settings: Settings, study_uid: str) -> list[D
 def _outbox_objects(
     session: Session, settings: Settings, studies: Mapping[int, tuple[Study, Patient]]
 ) -> list[DicomObject]:
-    """RadDraft's SR and GSPS of these studies, every version's, as written in the outbox."""
-    rows = session.execute(
-        select(ReportVersion, Report.study_pk)
-        .join(Report, Report.id == ReportVersion.report_pk)
-        .where(Report.study_pk.in_(list(studies)))
-        .order_by(Report.id, ReportVersion.number)
-    )
+    """RadDraft's SR and GSPS of these studies, every version's, as written in the outbox;
+    IHE IOCM: those a rejection note withdrew are left out, the note is served
+    (:func:`report_drafts.served_outbox_uids`)."""
     found: list[DicomObject] = []
-    for version, study_pk in rows:
-        uids = [version.sr_sop_instance_uid, *version.gsps_sop_instance_uids]
-        for uid in (u for u in uids if u):
-            try:
-                # From the database when this process's disk has not seen it yet.
-                path = materialise(session, settings, f"{uid}.dcm")
-            except OutboxPayloadError as error:
-                log.error("%s", error)
-                continue
-            header = _outbox_header(path)
-            if header is None:
-                continue
-            attributes = _study_attributes(*studies[study_pk])
-            attributes.update(header)
-            found.append(
-                DicomObject(path, attributes, str(header["TransferSyntaxUID"]), origin="outbox")
-            )
+    for study_pk, uid in served_outbox_uids(session, list(studies)):
+        try:
+            # From the database when this process's disk has not seen it yet.
+            path = materialise(session, settings, f"{uid}.dcm")
+        except OutboxPayloadError as error:
+            log.error("%s", error)
+            continue
+        header = _outbox_header(path)
+        if header is None:
+            continue
+        attributes = _study_attributes(*studies[study_pk])
+        attributes.update(header)
+        found.append(
+            DicomObject(path, attributes, str(header["TransferSyntaxUID"]), origin="outbox")
+        )
     return found
 
 
