@@ -164,9 +164,8 @@ def _spooled_path(event: Event, ingester: Ingester) -> Path:
     In streaming mode pynetdicom already wrote it there (file meta first, then the bytes as
     received); otherwise, or if the spool landed elsewhere, the encoded bytes are written now.
     """
-    spool_file = getattr(event.request, "_dataset_file", None)
-    if spool_file is not None:
-        path = Path(spool_file.name)
+    path = event.dataset_path  # pynetdicom's public name of the streamed file (None: not streamed)
+    if isinstance(path, Path):
         if path.parent == ingester.archive.tmp:
             return path
         with ingester.archive.new_spool() as copy, path.open("rb") as source:

@@ -115,6 +115,8 @@ def _read_frame(sock: socket.socket, deadline: float) -> bytes:
             raise NoAckError("connection closed before a complete ACK")
         frames = deframer.feed(chunk)
         if frames:
+            if frames[0].cut_off:
+                raise AckMismatchError("answer cut off by a new MLLP start block")
             if frames[0].too_large:
                 raise AckMismatchError(f"answer longer than {MAX_ACK_BYTES} bytes")
             return frames[0].data

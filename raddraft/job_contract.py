@@ -50,7 +50,8 @@ class DraftStudy:
 @dataclass(frozen=True)
 class ExportDicom:
     """Send a report version's SR and GSPS to one destination: ``AET@host:port`` (C-STORE) or a
-    DICOMweb base URL (STOW-RS)."""
+    DICOMweb base URL (STOW-RS), the text of a typed target (``str(target)``), which the
+    exporter parses once with :func:`raddraft.destinations.export_target`."""
 
     TASK: ClassVar[str] = "raddraft.export_dicom"
     QUEUE: ClassVar[Queue] = Queue.io

@@ -32,10 +32,12 @@ def frame(message: str | bytes, encoding: str = "utf-8") -> bytes:
 @dataclass(frozen=True)
 class Frame:
     """One message taken off the wire: its bytes (only the first ``max_frame`` when
-    ``too_large``) and its whole length."""
+    ``too_large``) and its whole length. ``cut_off``: a start block came before its end
+    block, so the message ended early (a start block never occurs inside a message)."""
 
     data: bytes
     size: int
+    cut_off: bool = False
 
     @property
     def too_large(self) -> bool:
@@ -46,11 +48,12 @@ class Frame:
 class Deframer:
     """Incremental MLLP reader: :meth:`feed` each chunk received, get the frames it completed.
 
-    Bytes outside a frame are skipped (``skipped`` counts them; ``stray_end`` says whether an
-    end block was among them, which a client reading an answer treats as no MLLP at all). Of
-    the frame being read at most ``max_frame`` bytes are kept; the rest is counted, not stored,
-    and the frame comes out ``too_large`` when its end block arrives. ``too_large_pending``
-    lets a server give up on such a frame before then.
+    A start block inside a frame cuts that frame off (it comes out ``cut_off``) and begins the
+    next one. Bytes outside a frame are skipped (``skipped`` counts them; ``stray_end`` says
+    whether an end block was among them, which a client reading an answer treats as no MLLP at
+    all). Of the frame being read at most ``max_frame`` bytes are kept; the rest is counted,
+    not stored, and the frame comes out ``too_large`` when its end block arrives.
+    ``too_large_pending`` lets a server give up on such a frame before then.
     """
 
     def __init__(self, max_frame: int) -> None:
@@ -92,6 +95,13 @@ class Deframer:
                 continue
             seam = self._last == _FS and data[:1] == _CR
             end = -1 if seam else data.find(END_BLOCK)
+            restart = -1 if seam else data.find(START_BLOCK, 0, None if end < 0 else end)
+            if restart >= 0:
+                self._keep(data[:restart])
+                frames.append(self._take(cut_off=True))
+                self._in_frame = True
+                data = data[restart + 1 :]
+                continue
             if seam:
                 self._unkeep_last()
                 data = data[1:]
@@ -101,12 +111,16 @@ class Deframer:
             else:
                 self._keep(data[:end])
                 data = data[end + len(END_BLOCK) :]
-            frames.append(Frame(bytes(self._kept), len(self._kept) + self._dropped))
-            self._in_frame = False
-            self._kept.clear()
-            self._dropped = 0
-            self._last = -1
+            frames.append(self._take())
         return frames
+
+    def _take(self, *, cut_off: bool = False) -> Frame:
+        taken = Frame(bytes(self._kept), len(self._kept) + self._dropped, cut_off)
+        self._in_frame = False
+        self._kept.clear()
+        self._dropped = 0
+        self._last = -1
+        return taken
 
     def _skip_to_start(self, data: bytes) -> bytes:
         start = data.find(START_BLOCK)

@@ -102,3 +102,13 @@ def test_the_ris_client_reads_a_bounded_answer() -> None:
     finally:
         server.close()
         thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("size", [1, 3, 100])
+def test_a_start_block_inside_a_frame_cuts_it_off(size: int) -> None:
+    stream = START_BLOCK + b"MSH|first" + frame(b"MSH|second")
+    deframer = Deframer(max_frame=100)
+    got = []
+    for at in range(0, len(stream), size):
+        got.extend(deframer.feed(stream[at : at + size]))
+    assert [(f.data, f.cut_off) for f in got] == [(b"MSH|first", True), (b"MSH|second", False)]
