@@ -40,18 +40,22 @@ def reader_figures(
     session: Session, *, since: dt.datetime | None = None, until: dt.datetime | None = None
 ) -> ReaderFigures:
     """Figures over first signatures (action ``sign``) made in [since, until)."""
-    query = select(ReportVersion).where(ReportVersion.action == "sign")
+    # Only the two columns read, never the versions' content.
+    query = select(ReportVersion.edit_reason, ReportVersion.diff).where(
+        ReportVersion.action == "sign"
+    )
     if since is not None:
         query = query.where(ReportVersion.created_at >= since)
     if until is not None:
         query = query.where(ReportVersion.created_at < until)
-    signs = list(session.scalars(query))
+    signs = list(session.execute(query).tuples())
     reasons: dict[str, int] = {"none": 0, "content": 0, "style": 0, "both": 0}
-    for row in signs:
-        reasons[row.edit_reason or "none"] = reasons.get(row.edit_reason or "none", 0) + 1
-    unchanged = sum(1 for row in signs if row.diff.get("unchanged"))
-    seconds = [float(row.diff["seconds_to_sign"]) for row in signs if "seconds_to_sign" in row.diff]
-    ratios = [float(row.diff["edit_ratio"]) for row in signs if "edit_ratio" in row.diff]
+    for reason, _diff in signs:
+        reasons[reason or "none"] = reasons.get(reason or "none", 0) + 1
+    diffs = [diff or {} for _reason, diff in signs]
+    unchanged = sum(1 for diff in diffs if diff.get("unchanged"))
+    seconds = [float(d["seconds_to_sign"]) for d in diffs if "seconds_to_sign" in d]
+    ratios = [float(d["edit_ratio"]) for d in diffs if "edit_ratio" in d]
 
     fb_query = select(FindingFeedback.action, func.count()).group_by(FindingFeedback.action)
     if since is not None:
