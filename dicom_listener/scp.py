@@ -219,6 +219,7 @@ def handle_closed(event: Event, ingester: Ingester) -> None:
 def handle_accepted(event: Event, ingester: Ingester) -> None:
     origin = _origin(event)
     log.info("association accepted %s", kv(calling=origin.calling_ae_title, peer=origin.peer))
+    _record_event(ingester.engine, IngestEventKind.association_accepted, origin, "")
 
 
 def _record_event(engine: Engine, kind: IngestEventKind, origin: Origin, why: str) -> None:

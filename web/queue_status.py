@@ -29,7 +29,7 @@ LATENCY_WINDOW = dt.timedelta(days=1)
 LIST_LIMIT = 50
 WORKER_LIMIT = 200  # worker processes a site runs, with room to spare
 GONE_AFTER_LEASES = 10
-READER_WINDOW = dt.timedelta(days=30)
+READER_WINDOW = dt.timedelta(days=7)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -363,7 +363,7 @@ def queue_figures(
     """Everything the queue page shows, as JSON-ready values."""
     now = now or utcnow()
     totals = counted(session, ("reports", "jobs"))
-    # The last 30 days' sign-offs, not every signature ever made (the API's /api/figures
+    # The last 7 days' sign-offs, not every signature ever made (the API's /api/figures
     # gives the whole history on request).
     reader = drafts.reader_figures(session, since=now - READER_WINDOW).to_json()
     reader["window_days"] = READER_WINDOW.days
