@@ -210,7 +210,8 @@ def worker_families(session: Session, settings: Settings) -> list[Family]:
 def disk_families(settings: Settings) -> list[Family]:
     info = queue_status.disk(settings)
     used = Family("raddraft_disk_used_ratio", "gauge", "Used share of the data directory's disk.")
-    used.add(info["used_percent"] / 100.0)
+    # Not the page's rounded percentage: a scrape sees every megabyte the archive takes.
+    used.add(info["used_bytes"] / info["total_bytes"] if info["total_bytes"] else 0.0)
     mark = Family(
         "raddraft_disk_watermark_ratio", "gauge", "Disk use above which C-STORE is refused."
     )
