@@ -137,6 +137,7 @@ def environment(url: str, data_dir: Path) -> dict[str, str]:
         "RADDRAFT_DESTINATIONS": "PACS@127.0.0.1:1",
         "RADDRAFT_RIS_MLLP": "127.0.0.1:2",
         "RADDRAFT_FHIR_SERVER_URL": "http://127.0.0.1:3/fhir",
+        "RADDRAFT_CRITICAL_MLLP": "127.0.0.1:4",
         "RADDRAFT_WEB_SECRET": "bench-secret-not-for-production",
         "RADDRAFT_ALLOWED_CALLERS": "*",
         "RADDRAFT_RETENTION_DAYS": "30",

@@ -334,9 +334,12 @@ def purge_candidates(
     )
     found: list[Verdict] = []
     after = 0
-    batch = max((limit or 0) * 2, 200)
+    # Unlimited (the dry run): one pass. Limited (a scheduled batch): a few more than asked,
+    # and another look only when rule 6 kept too many of them.
+    batch = None if limit is None else max(limit * 4, 100)
     while limit is None or len(found) < limit:
-        rows = session.execute(query.where(Study.id > after).limit(batch)).all()
+        page = query.where(Study.id > after)
+        rows = session.execute(page if batch is None else page.limit(batch)).all()
         if not rows:
             break
         after = rows[-1][0]
@@ -348,6 +351,8 @@ def purge_candidates(
             for pk, uid, count, size in rows
             if pk not in kept
         ]
+        if batch is None or len(rows) < batch:
+            break
     return found[:limit] if limit is not None else found
 
 

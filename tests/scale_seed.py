@@ -153,6 +153,8 @@ def _draft_and_sign(
 ) -> None:
     pa = archived.instances[0].sop_instance_uid
     chosen = rng.sample(FINDINGS, rng.randint(0, 2))
+    if i % 20 == 3:  # a suspected critical finding: the draft notifies (if a channel is set)
+        chosen.append(("Pneumothorax", "right", Box(250.0, 40.0, 400.0, 170.0)))
     content = ReportContent(
         findings_text=" ".join(f"{label} noted." for label, _, _ in chosen) or "Lungs clear.",
         impression="; ".join(label for label, _, _ in chosen) or "No acute abnormality.",
@@ -194,6 +196,16 @@ def _draft_and_sign(
     report_pk = row.report_pk
     signoff.open_report(session, report_pk, doctor)
     version = 1
+    if content.findings and i % 3 == 0:  # the radiologist accepts the first finding
+        signoff.finding_feedback(
+            session,
+            report_pk,
+            doctor,
+            expected_version=version,
+            tracking_uid=content.findings[0].tracking_uid,
+            action="accept",
+        )
+        version += 1
     if i % 5 == 0:
         signoff.edit_text(
             session,
@@ -283,14 +295,24 @@ def _clone_expression(table: str, column: Column[object], strides: dict[str, int
     return name
 
 
-def clone(conn: Connection, *, clones: int, template_studies: int, batch: int = 50) -> None:
-    """Copy the template day (every row now in the tables) ``clones`` times into the past."""
+def clone(
+    conn: Connection,
+    *,
+    clones: int,
+    template_studies: int,
+    batch: int = 50,
+    span_days: float | None = None,
+) -> None:
+    """Copy the template (every row now in the tables) ``clones`` times into the past, each
+    clone ``span_days`` earlier than the one before (by default the template's share of a
+    day of 150 studies)."""
     tables = [t for t in migrations.schema.metadata().sorted_tables if t.name not in NOT_CLONED]
     strides: dict[str, int] = {}
     for table in tables:
         top = conn.scalar(text(f"SELECT coalesce(max(id), 0) FROM {table.name}"))
         strides[table.name] = int(top or 0)
-    span_days = template_studies / STUDIES_PER_DAY
+    if span_days is None:
+        span_days = template_studies / STUDIES_PER_DAY
     conn.execute(text("SET session_replication_role = replica"))  # no triggers for the load
     for first in range(1, clones + 1, batch):
         last = min(first + batch - 1, clones)
@@ -328,7 +350,12 @@ def clone(conn: Connection, *, clones: int, template_studies: int, batch: int = 
 
 
 def build(
-    engine: Engine, settings: Settings, *, studies: int, template: int = 30
+    engine: Engine,
+    settings: Settings,
+    *,
+    studies: int,
+    template: int = 30,
+    span_days: float | None = None,
 ) -> tuple[Archive, page_seed.Seeded]:
     """An archive of about ``studies`` studies: a template (part of a day), its clones into the
     days before, today's open work (whose users and reports :class:`Seeded` names)."""
@@ -336,7 +363,7 @@ def build(
     make_day(engine, settings, studies=template)
     clones = max(studies // template - 1, 0)
     with engine.begin() as conn:
-        clone(conn, clones=clones, template_studies=template)
+        clone(conn, clones=clones, template_studies=template, span_days=span_days)
     seeded = page_seed.seed(settings, engine)
     with engine.connect() as conn:
         conn.execution_options(isolation_level="AUTOCOMMIT").execute(text("ANALYZE"))

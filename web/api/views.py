@@ -148,12 +148,12 @@ COUNT_LIMIT = 1000
 def _filters(
     query: Select[Any],
     *,
-    states: list[str] | None,
-    priority: int | None,
-    date_from: str | None,
-    date_to: str | None,
-    patient_id: str | None,
-    accession: str | None,
+    states: list[str] | None = None,
+    priority: int | None = None,
+    date_from: str | None = None,
+    date_to: str | None = None,
+    patient_id: str | None = None,
+    accession: str | None = None,
 ) -> Select[Any]:
     """The worklist's filters; the study and patient are joined only when a filter needs them
     (the page itself joins them anyway, for its 50 rows)."""
