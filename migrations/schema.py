@@ -42,6 +42,7 @@ SCALE_INDEXES: tuple[tuple[str, str, tuple[str, ...], str | None], ...] = (
     ("ix_draft_runs_demo", "draft_runs", ("study_version_pk",), "demo"),
     ("ix_sent_objects_state_id", "sent_objects", ("state", "id"), None),
     ("ix_audit_events_action_at", "audit_events", ("action", "at"), None),
+    ("ix_audit_events_report_version", "audit_events", ("report_pk", "version"), None),
     ("ix_finding_feedback_at", "finding_feedback", ("at",), None),
     ("ix_studies_study_date", "studies", ("study_date",), None),
     ("ix_studies_last_received", "studies", ("last_received_at", "id"), None),

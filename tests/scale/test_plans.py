@@ -2,10 +2,11 @@
 
 A PostgreSQL archive of about 8,000 studies, a day apart in groups of ten (made by RadDraft's
 own code, then cloned: :mod:`tests.scale_seed`), analysed. Every statement the worklist (each
-filter, a cursor page), the queue page, ``/metrics``, the router's pass, ``raddraft studies``
-and the retention check of one study run is captured and explained: no sequential scan of a
-big table. Then the list endpoints answer at most their page: the worklist by keyset without
-repeating a row, the queue page's lists, the admin jobs list, ``raddraft studies``.
+filter, a cursor page), the queue page, ``/metrics``, the router's pass, ``raddraft studies``,
+the retention check of one study and ``raddraft trace`` by accession number run is captured
+and explained: no sequential scan of a big table. Then the list endpoints answer at most their
+page: the worklist by keyset without repeating a row, the queue page's lists, the admin jobs
+list, ``raddraft studies``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from raddraft.cli import main
 from raddraft.commands.listener import _page_query
 from raddraft.db import session_factory
 from raddraft.settings import Settings, reload_settings
+from report_drafts import Report
 from tests import scale_seed
 from web import create_web_app, metrics, queue_status
 from web.api import views
@@ -152,6 +154,14 @@ def hot_paths(engine: Engine, settings: Settings) -> None:
             )
         ).all()
         drafts.still_purgeable(session, settings, study_pk)
+        signed = session.scalar(
+            select(Study.accession_number)
+            .join(Report, Report.study_pk == Study.id)
+            .where(Report.state == "signed")
+            .order_by(Study.id.desc())
+            .limit(1)
+        )
+        assert drafts.trace(session, str(signed))
         session.rollback()
     router.dispatch_once(Broker(), settings, engine)  # type: ignore[arg-type]
 
