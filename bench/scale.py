@@ -10,7 +10,8 @@ server-side into the days before it (150 studies a day), plus today's open work.
 process (``raddraft web``, uvicorn) serves it; every endpoint is called ``--calls`` times after
 two warm-up calls, and p50/p95 of the wall time are printed. In-process: the router's pass
 (``dispatch_once`` with a broker that only counts), the retention dry run, ``trace`` by
-accession number; as commands: ``raddraft studies`` and ``raddraft trace``. The C-STORE ingest
+accession number and one page of ``raddraft studies``; as commands (interpreter start and
+imports included): ``raddraft studies`` and ``raddraft trace``. The C-STORE ingest
 rate (40 small images over one association, storescu) is measured against the seeded archive
 and against an empty one.
 
@@ -50,6 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from dicom_listener.tables import Patient, Study  # noqa: E402
 from raddraft import migrate  # noqa: E402
+from raddraft.commands.listener import studies_page_query  # noqa: E402
 from raddraft.db import engine_for, session_factory  # noqa: E402
 from raddraft.settings import Settings, reload_settings  # noqa: E402
 from tests import scale_seed  # noqa: E402
@@ -266,6 +268,22 @@ def in_process_figures(settings: Settings, engine: Any, calls: int) -> list[Figu
 
     p50, p95, _ = timed(trace, calls)
     figures.append(Figure("trace (in process)", p50, p95))
+
+    def studies_page() -> None:
+        with session_factory(engine)() as session:
+            session.execute(
+                studies_page_query(
+                    limit=50,
+                    before=None,
+                    patient_id=None,
+                    accession=None,
+                    report_state=None,
+                    since=None,
+                )
+            ).all()
+
+    p50, p95, _ = timed(studies_page, calls)
+    figures.append(Figure("studies page (in process)", p50, p95))
     return figures
 
 

@@ -44,7 +44,7 @@ def listen(port: int | None, host: str | None) -> None:
 PAGE_LIMIT = 1000
 
 
-def _page_query(
+def studies_page_query(
     *,
     limit: int,
     before: tuple[dt.datetime, int] | None,
@@ -111,7 +111,7 @@ def _study_rows(**filters: Any) -> list[dict[str, Any]]:
     rows = []
     with Session(get_engine()) as session:
         for study, patient_id, version, report_state, instances in session.execute(
-            _page_query(**filters)
+            studies_page_query(**filters)
         ):
             rows.append(
                 {

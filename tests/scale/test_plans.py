@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 import report_drafts as drafts
 from dicom_listener.tables import Patient, Study
 from raddraft.cli import main
-from raddraft.commands.listener import _page_query
+from raddraft.commands.listener import studies_page_query
 from raddraft.db import session_factory
 from raddraft.settings import Settings, reload_settings
 from report_drafts import Report
@@ -144,7 +144,7 @@ def hot_paths(engine: Engine, settings: Settings) -> None:
         queue_status.queue_figures(session, settings)
         metrics.collect(session, settings)
         session.execute(
-            _page_query(
+            studies_page_query(
                 limit=50,
                 before=None,
                 patient_id=None,
