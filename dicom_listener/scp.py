@@ -263,6 +263,7 @@ def handle_accepted(event: Event, ingester: Ingester) -> None:
     _negotiated(event)
     origin = _origin(event)
     log.info("association accepted %s", kv(calling=origin.calling_ae_title, peer=origin.peer))
+    _record_event(ingester.engine, IngestEventKind.association_accepted, origin, "")
 
 
 def _record_event(engine: Engine, kind: IngestEventKind, origin: Origin, why: str) -> None:

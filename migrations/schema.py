@@ -2,14 +2,21 @@
 
 Each folder declares its own tables on :class:`raddraft.db.Base`; a folder that adds a table
 module adds its import here. Only migrations (and tests) look at the whole schema at once.
+
+The indexes that serve reads across folders (the worklist's keyset page, the queue page's
+bounded lists and windows, ``raddraft studies``) are declared here, where every table is in
+view, as migration 0011 creates them.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import MetaData
+from typing import Any
+
+from sqlalchemy import Index, MetaData, Table, text
 
 import dicom_listener.tables
 import orders.tables
+import raddraft.counters
 import raddraft.jobs
 import report_drafts.tables
 import worker.tables
@@ -17,11 +24,48 @@ from raddraft.db import Base
 
 TABLE_MODULES = (
     raddraft.jobs,
+    raddraft.counters,
     dicom_listener.tables,
     orders.tables,
     report_drafts.tables,
     worker.tables,
 )
+
+# (name, table, columns, partial-index condition or None): as migration 0011 creates them.
+SCALE_INDEXES: tuple[tuple[str, str, tuple[str, ...], str | None], ...] = (
+    ("ix_reports_worklist", "reports", ("priority", "created_at", "id"), "state <> 'superseded'"),
+    ("ix_reports_state_updated", "reports", ("state", "updated_at"), None),
+    ("ix_report_versions_action_created", "report_versions", ("action", "created_at"), None),
+    ("ix_ingest_events_kind_at", "ingest_events", ("kind", "at"), None),
+    ("ix_jobs_state_finished", "jobs", ("state", "finished_at", "id"), None),
+    ("ix_draft_runs_created_at", "draft_runs", ("created_at",), None),
+    ("ix_draft_runs_demo", "draft_runs", ("study_version_pk",), "demo"),
+    ("ix_sent_objects_state_id", "sent_objects", ("state", "id"), None),
+    ("ix_audit_events_action_at", "audit_events", ("action", "at"), None),
+    ("ix_audit_events_report_version", "audit_events", ("report_pk", "version"), None),
+    ("ix_finding_feedback_at", "finding_feedback", ("at",), None),
+    ("ix_studies_study_date", "studies", ("study_date",), None),
+    ("ix_studies_last_received", "studies", ("last_received_at", "id"), None),
+)
+
+
+def _declare_indexes() -> None:
+    tables: dict[str, Table] = dict(Base.metadata.tables)
+    for name, table_name, columns, where in SCALE_INDEXES:
+        table = tables[table_name]
+        if any(index.name == name for index in table.indexes):
+            continue
+        condition: dict[str, Any] = {}
+        if where is not None:
+            condition = {"postgresql_where": text(where), "sqlite_where": text(where)}
+        Index(name, *(table.c[c] for c in columns), **condition)
+
+
+_declare_indexes()
+# Retention's rule 6: drafts by the prior they read (an expression index, as 0007 makes it).
+_runs = Base.metadata.tables["draft_runs"]
+if not any(index.name == "ix_draft_runs_prior_uid" for index in _runs.indexes):
+    Index("ix_draft_runs_prior_uid", _runs.c.prior["study_instance_uid"].as_string())
 
 
 def metadata() -> MetaData:

@@ -92,6 +92,7 @@ from report_drafts.signoff import (
 from report_drafts.states import (
     EDITABLE,
     SIGNED_STATES,
+    InvalidRequest,
     LifecycleError,
     NotFound,
     ReportState,
@@ -149,6 +150,7 @@ __all__ = [
     "DraftRun",
     "EditReason",
     "Finding",
+    "InvalidRequest",
     "LifecycleError",
     "NotFound",
     "OutboxPayloadError",

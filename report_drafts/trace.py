@@ -132,6 +132,9 @@ class _Found:
                 )
 
 
+FHIR_KINDS = ("DiagnosticReport", "ImagingStudy", "Provenance", "Device", "Practitioner")
+
+
 def _sent(found: _Found, identifier: str) -> None:
     """SR and GSPS SOP Instance UIDs, HL7 control ids (MSH-10) and FHIR ids (``Kind/id`` or the
     bare id of any resource RadDraft sent)."""
@@ -145,7 +148,12 @@ def _sent(found: _Found, identifier: str) -> None:
         select(SentObject).where(
             or_(
                 SentObject.identifier == identifier,
-                and_(SentObject.kind == "fhir", SentObject.identifier.endswith(f"/{bare}")),
+                # ``Kind/id`` of each kind RadDraft sends (outbox.fhir_resources): an equality
+                # the identifier index answers, not a suffix match that reads every send.
+                and_(
+                    SentObject.kind == "fhir",
+                    SentObject.identifier.in_([f"{kind}/{bare}" for kind in FHIR_KINDS]),
+                ),
             )
         )
     ):

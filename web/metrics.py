@@ -1,9 +1,11 @@
 """Prometheus metrics at ``/metrics``, in the text exposition format (version 0.0.4), by hand.
 
 Every figure is read from the database at scrape time, so any number of web processes give the
-same answer and nothing is lost on restart: counters are counts of rows that only ever grow
-(ingest events, job timings, send attempts, signed versions), gauges are counts of rows in a
-state. Names are prefixed ``raddraft_``. The output carries no patient data, only counts.
+same answer and nothing is lost on restart. Counts are not recounted per scrape: triggers keep
+them as rows change (:mod:`raddraft.counters`, migration 0011), so a scrape costs the same with
+a day's archive or five years'. Counters only ever grow (ingest events, job run times, send
+attempts, versions written), gauges are rows in a state. Names are prefixed ``raddraft_``.
+The output carries no patient data, only counts.
 """
 
 from __future__ import annotations
@@ -13,14 +15,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from dicom_listener import IngestEvent, IngestEventKind
-from raddraft import jobs
+from dicom_listener import IngestEventKind
+from raddraft import counters, jobs
 from raddraft.db import utcnow
 from raddraft.settings import Settings
-from report_drafts import ReportState, ReportVersion, SentKind, SentObject, SentState
+from report_drafts import ReportState, SentKind, SentState
 from web import queue_status
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -68,82 +69,90 @@ class Family:
 
 
 def histogram(
-    family: Family, values: Sequence[float], buckets: Sequence[float], **labels: str
+    family: Family,
+    per_bucket: dict[str, float],
+    total: float,
+    buckets: Sequence[float],
+    **labels: str,
 ) -> None:
-    """Add the cumulative ``_bucket``, ``_sum`` and ``_count`` samples of ``values``."""
+    """Add the cumulative ``_bucket``, ``_sum`` and ``_count`` samples from counts per bucket
+    (each value counted once, under the smallest bound it fits; ``+Inf`` beyond the last)."""
+    running = 0.0
     for bound in buckets:
-        family.add(
-            sum(1 for v in values if v <= bound), "_bucket", le=format_value(bound), **labels
-        )
-    family.add(len(values), "_bucket", le="+Inf", **labels)
-    family.add(sum(values), "_sum", **labels)
-    family.add(len(values), "_count", **labels)
+        running += per_bucket.get(format_value(bound), 0.0)
+        family.add(running, "_bucket", le=format_value(bound), **labels)
+    running += per_bucket.get("+Inf", 0.0)
+    family.add(running, "_bucket", le="+Inf", **labels)
+    family.add(total, "_sum", **labels)
+    family.add(running, "_count", **labels)
 
 
-def ingest_families(session: Session) -> list[Family]:
+COUNTED = (
+    "reports",
+    "jobs",
+    "job_duration",
+    "job_duration_sum",
+    "sent_objects",
+    "sent_attempts",
+    "ingest_events",
+    "ingest_bytes",
+    "report_versions",
+    "signed_without_edit",
+)
+
+
+def ingest_families(totals: dict[counters.Key, float]) -> list[Family]:
     events = Family(
         "raddraft_ingest_events_total", "counter", "DICOM listener events by kind (stored, ...)."
     )
-    counts = {kind.value: 0 for kind in IngestEventKind}
-    for kind, count in session.execute(
-        select(IngestEvent.kind, func.count()).group_by(IngestEvent.kind)
-    ):
-        counts[str(kind)] = int(count)
+    counts = {kind.value: 0.0 for kind in IngestEventKind}
+    for (kind,), count in counters.by_labels(totals, "ingest_events").items():
+        counts[kind] = count
     for kind, count in sorted(counts.items()):
         events.add(count, kind=kind)
-    stored_bytes = session.scalar(
-        select(func.coalesce(func.sum(IngestEvent.size_bytes), 0)).where(
-            IngestEvent.kind == IngestEventKind.stored
-        )
-    )
     size = Family("raddraft_ingest_bytes_total", "counter", "Bytes of DICOM instances stored.")
-    size.add(float(stored_bytes or 0))
+    size.add(totals.get(("ingest_bytes", ""), 0.0))
     return [events, size]
 
 
-def job_families(session: Session) -> list[Family]:
+def job_families(totals: dict[counters.Key, float]) -> list[Family]:
     depth = Family(
         "raddraft_queue_jobs", "gauge", "Jobs in the job table by queue and state (queue depth)."
     )
-    seen: dict[tuple[str, str], int] = {}
-    for row in queue_status.jobs_by_queue_state(session):
-        seen[(row["queue"], row["state"])] = row["count"]
+    seen: dict[tuple[str, str], float] = defaultdict(float)
+    dead_exports = 0.0
+    for (queue, state, task), count in counters.by_labels(totals, "jobs").items():
+        seen[(queue, state)] += count
+        if state == jobs.JobState.dead and task in queue_status.EXPORT_TASKS:
+            dead_exports += count
     queues = {q for q, _ in seen} | {"gpu", "io"}
     for name in sorted(queues):
         for state in jobs.JobState:
             depth.add(seen.get((name, state.value), 0), queue=name, state=state.value)
 
-    durations: dict[str, list[float]] = defaultdict(list)
-    rows = session.execute(
-        select(jobs.Job.task, jobs.Job.timings, jobs.Job.started_at, jobs.Job.finished_at).where(
-            jobs.Job.state == jobs.JobState.done
-        )
-    )
-    for task, timings, started, finished in rows:
-        value = (timings or {}).get("run_s")
-        if not isinstance(value, int | float) and started and finished:
-            value = (finished - started).total_seconds()
-        if isinstance(value, int | float):
-            durations[task].append(max(float(value), 0.0))
     duration = Family(
         "raddraft_task_duration_seconds", "histogram", "Run time of finished jobs by task."
     )
-    for task in sorted(durations):
-        histogram(duration, durations[task], DURATION_BUCKETS, task=task)
+    per_bucket: dict[str, dict[str, float]] = defaultdict(dict)
+    for (task, le), count in counters.by_labels(totals, "job_duration").items():
+        per_bucket[task][le] = count
+    for task in sorted(per_bucket):
+        histogram(
+            duration,
+            per_bucket[task],
+            totals.get(("job_duration_sum", task), 0.0),
+            DURATION_BUCKETS,
+            task=task,
+        )
 
-    dead_exports = session.scalar(
-        select(func.count())
-        .select_from(jobs.Job)
-        .where(jobs.Job.state == jobs.JobState.dead, jobs.Job.task.in_(queue_status.EXPORT_TASKS))
-    )
     dead = Family(
         "raddraft_exports_dead_lettered", "gauge", "Export jobs out of attempts (dead letters)."
     )
-    dead.add(int(dead_exports or 0))
+    dead.add(dead_exports)
     return [depth, duration, dead]
 
 
-def export_families(session: Session) -> list[Family]:
+def export_families(totals: dict[counters.Key, float]) -> list[Family]:
     """Failed send attempts (attempts not followed by success) and objects by state."""
     failures = Family(
         "raddraft_export_failures_total",
@@ -151,22 +160,15 @@ def export_families(session: Session) -> list[Family]:
         "Failed attempts to send SR, GSPS, HL7 or FHIR objects, by kind.",
     )
     states = Family("raddraft_sent_objects", "gauge", "Outbound objects by kind and state.")
-    failed_by_kind = {kind.value: 0 for kind in SentKind}
-    by_state: dict[tuple[str, str], int] = {}
-    rows = session.execute(
-        select(
-            SentObject.kind,
-            SentObject.state,
-            func.count(),
-            func.coalesce(func.sum(SentObject.attempts), 0),
-            func.coalesce(func.sum(case((SentObject.state == SentState.sent, 1), else_=0)), 0),
-        ).group_by(SentObject.kind, SentObject.state)
-    )
-    for kind, state, count, attempts, successes in rows:
-        failed_by_kind[str(kind)] = (
-            failed_by_kind.get(str(kind), 0) + int(attempts) - int(successes)
-        )
-        by_state[(str(kind), str(state))] = int(count)
+    failed_by_kind = {kind.value: 0.0 for kind in SentKind}
+    for (kind,), attempts in counters.by_labels(totals, "sent_attempts").items():
+        failed_by_kind[kind] = failed_by_kind.get(kind, 0.0) + attempts
+    by_state: dict[tuple[str, str], float] = {}
+    for (kind, state), count in counters.by_labels(totals, "sent_objects").items():
+        by_state[(kind, state)] = count
+        failed_by_kind.setdefault(kind, 0.0)
+        if state == SentState.sent:
+            failed_by_kind[kind] -= count
     for kind, count in sorted(failed_by_kind.items()):
         failures.add(count, kind=kind)
     for kind in sorted(failed_by_kind):
@@ -175,26 +177,21 @@ def export_families(session: Session) -> list[Family]:
     return [failures, states]
 
 
-def report_families(session: Session) -> list[Family]:
+def report_families(totals: dict[counters.Key, float]) -> list[Family]:
     reports = Family("raddraft_reports", "gauge", "Reports (drafts) by lifecycle state.")
-    for state, count in sorted(queue_status.reports_by_state(session).items()):
-        reports.add(count, state=state)
+    for state, number in sorted(queue_status.reports_by_state(totals).items()):
+        reports.add(number, state=state)
     versions = Family(
         "raddraft_report_versions_total", "counter", "Report versions written, by action."
     )
-    for action, count in sorted(
-        session.execute(
-            select(ReportVersion.action, func.count()).group_by(ReportVersion.action)
-        ).all()
-    ):
-        versions.add(int(count), action=str(action))
+    for (action,), count in sorted(counters.by_labels(totals, "report_versions").items()):
+        versions.add(count, action=action)
     unchanged = Family(
         "raddraft_signed_without_edit_total",
         "counter",
         "First signatures whose text and findings equal the AI draft (reader-study figure).",
     )
-    signs = session.scalars(select(ReportVersion.diff).where(ReportVersion.action == "sign"))
-    unchanged.add(sum(1 for diff in signs if (diff or {}).get("unchanged")))
+    unchanged.add(totals.get(("signed_without_edit", ""), 0.0))
     return [reports, versions, unchanged]
 
 
@@ -213,7 +210,8 @@ def worker_families(session: Session, settings: Settings) -> list[Family]:
 def disk_families(settings: Settings) -> list[Family]:
     info = queue_status.disk(settings)
     used = Family("raddraft_disk_used_ratio", "gauge", "Used share of the data directory's disk.")
-    used.add(info["used_percent"] / 100.0)
+    # Not the page's rounded percentage: a scrape sees every megabyte the archive takes.
+    used.add(info["used_bytes"] / info["total_bytes"] if info["total_bytes"] else 0.0)
     mark = Family(
         "raddraft_disk_watermark_ratio", "gauge", "Disk use above which C-STORE is refused."
     )
@@ -226,12 +224,14 @@ def render(families: Iterable[Family]) -> str:
 
 
 def collect(session: Session, settings: Settings) -> str:
-    """The whole exposition text."""
+    """The whole exposition text: counts from the counters (no table is recounted), workers
+    and disk as they are now."""
+    totals = queue_status.counted(session, COUNTED)
     families: list[Family] = []
-    families += ingest_families(session)
-    families += job_families(session)
-    families += export_families(session)
-    families += report_families(session)
+    families += ingest_families(totals)
+    families += job_families(totals)
+    families += export_families(totals)
+    families += report_families(totals)
     families += worker_families(session, settings)
     families += disk_families(settings)
     return render(families)

@@ -14,11 +14,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 import report_drafts as drafts
 from dicom_listener import IngestEvent, IngestEventKind, Study, StudyVersion, VersionState
-from raddraft import job_contract, jobs
+from raddraft import counters, job_contract, jobs
 from raddraft.db import utcnow
 from raddraft.settings import Settings
 from report_drafts import DraftRun, Report, ReportState, ReportVersion, SentObject, SentState
@@ -26,6 +27,9 @@ from report_drafts import DraftRun, Report, ReportState, ReportVersion, SentObje
 EXPORT_TASKS = job_contract.EXPORT_TASKS
 LATENCY_WINDOW = dt.timedelta(days=1)
 LIST_LIMIT = 50
+WORKER_LIMIT = 200  # worker processes a site runs, with room to spare
+GONE_AFTER_LEASES = 10
+READER_WINDOW = dt.timedelta(days=7)
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -59,22 +63,35 @@ def _seconds(later: dt.datetime | None, earlier: dt.datetime | None) -> float | 
     return max((later - earlier).total_seconds(), 0.0)
 
 
-def reports_by_state(session: Session) -> dict[str, int]:
+def counted(session: Session, names: tuple[str, ...]) -> dict[counters.Key, float]:
+    """The kept counts of ``names``, after folding what changed since the last read.
+
+    The fold is a write in a read request: when the database refuses it now (SQLite busy,
+    another folder), the totals are still exact, only the next read folds.
+    """
+    try:
+        counters.fold(session)
+        session.commit()
+    except OperationalError:
+        session.rollback()
+    return counters.read(session, names)
+
+
+def reports_by_state(totals: dict[counters.Key, float]) -> dict[str, int]:
     counts = {state.value: 0 for state in ReportState}
-    for state, count in session.execute(select(Report.state, func.count()).group_by(Report.state)):
-        counts[str(state)] = int(count)
+    for (state,), count in counters.by_labels(totals, "reports").items():
+        counts[state] = int(count)
     return counts
 
 
-def jobs_by_queue_state(session: Session) -> list[dict[str, Any]]:
-    rows = session.execute(
-        select(jobs.Job.queue, jobs.Job.state, func.count()).group_by(
-            jobs.Job.queue, jobs.Job.state
-        )
-    )
+def jobs_by_queue_state(totals: dict[counters.Key, float]) -> list[dict[str, Any]]:
+    by_queue_state: dict[tuple[str, str], float] = defaultdict(float)
+    for (queue, state, _task), count in counters.by_labels(totals, "jobs").items():
+        by_queue_state[(queue, state)] += count
     return [
         {"queue": queue, "state": state, "count": int(count)}
-        for queue, state, count in sorted(rows, key=lambda r: (r[0], r[1]))
+        for (queue, state), count in sorted(by_queue_state.items())
+        if count
     ]
 
 
@@ -196,9 +213,24 @@ def oldest_waiting(session: Session, now: dt.datetime) -> dict[str, Any]:
 
 
 def workers(session: Session, settings: Settings, now: dt.datetime) -> list[dict[str, Any]]:
-    """Worker heartbeats; a worker silent for a job lease is shown as not alive."""
+    """Worker heartbeats; a worker silent for a job lease is shown as not alive, and is gone
+    from the list once a live worker serving its queues started after its last beat (it was
+    restarted or replaced) or it stayed silent for :data:`GONE_AFTER_LEASES` leases."""
     lease = settings.job_lease_seconds
-    rows = session.scalars(select(jobs.WorkerBeat).order_by(jobs.WorkerBeat.name))
+    rows = list(
+        session.scalars(select(jobs.WorkerBeat).order_by(jobs.WorkerBeat.name).limit(WORKER_LIMIT))
+    )
+    live = [w for w in rows if (_seconds(now, w.last_seen) or 0.0) <= lease]
+
+    def listed(w: jobs.WorkerBeat) -> bool:
+        silent = _seconds(now, w.last_seen) or 0.0
+        if silent <= lease:
+            return True
+        if silent > GONE_AFTER_LEASES * lease:
+            return False
+        return not any(n.queues == w.queues and n.started_at >= w.last_seen for n in live)
+
+    rows = [w for w in rows if listed(w)]
     return [
         {
             "name": w.name,
@@ -353,11 +385,15 @@ def queue_figures(
 ) -> dict[str, Any]:
     """Everything the queue page shows, as JSON-ready values."""
     now = now or utcnow()
-    reader = drafts.reader_figures(session).to_json()
+    totals = counted(session, ("reports", "jobs"))
+    # The last 7 days' sign-offs, not every signature ever made (the API's /api/figures
+    # gives the whole history on request).
+    reader = drafts.reader_figures(session, since=now - READER_WINDOW).to_json()
+    reader["window_days"] = READER_WINDOW.days
     return {
         "generated_at": now.isoformat(),
-        "reports_by_state": reports_by_state(session),
-        "jobs": jobs_by_queue_state(session),
+        "reports_by_state": reports_by_state(totals),
+        "jobs": jobs_by_queue_state(totals),
         "throughput": throughput(session, now),
         "latency": latencies(session, now),
         "oldest_waiting": oldest_waiting(session, now),

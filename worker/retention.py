@@ -23,10 +23,10 @@ from raddraft.settings import Settings
 log = logging.getLogger(__name__)
 
 
-def candidates(settings: Settings) -> list[report_drafts.Verdict]:
-    """What would go now (the dry run)."""
+def candidates(settings: Settings, limit: int | None = None) -> list[report_drafts.Verdict]:
+    """What would go now (at most ``limit``)."""
     with session_scope() as session:
-        return report_drafts.purge_candidates(session, settings)
+        return report_drafts.purge_candidates(session, settings, limit=limit)
 
 
 #: Studies one scheduled pass purges at most: the router's loop also dispatches jobs, so a
@@ -38,7 +38,7 @@ def purge(settings: Settings, *, limit: int | None = None) -> list[dicom_listene
     """Purge the studies the policy lets go (at most ``limit``); those that became needed
     meanwhile stay."""
     done = []
-    for verdict in candidates(settings)[:limit]:
+    for verdict in candidates(settings, limit):
 
         def still(session: Session, study_pk: int) -> bool:
             return report_drafts.still_purgeable(session, settings, study_pk)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import signal
 import threading
@@ -43,80 +44,182 @@ def listen(port: int | None, host: str | None) -> None:
         listener.stop()
 
 
-def _study_rows() -> list[dict[str, Any]]:
-    from sqlalchemy import func, select
+PAGE_LIMIT = 1000
+
+
+def studies_page_query(
+    *,
+    limit: int,
+    before: tuple[dt.datetime, int] | None,
+    patient_id: str | None,
+    accession: str | None,
+    report_state: str | None,
+    since: dt.datetime | None,
+) -> Any:
+    """One page of studies, newest first, with the latest version, its report's state and the
+    study's instance count: one query, on ``ix_studies_last_received``."""
+    from sqlalchemy import func, select, tuple_
+    from sqlalchemy.orm import aliased
+
+    from dicom_listener.tables import Instance, Patient, Series, Study, StudyVersion
+    from report_drafts.tables import Report
+
+    latest = aliased(StudyVersion)
+    newest_number = (
+        select(func.max(StudyVersion.number))
+        .where(StudyVersion.study_pk == Study.id)
+        .correlate(Study)
+        .scalar_subquery()
+    )
+    instances = (
+        select(func.count(Instance.id))
+        .join(Series, Series.id == Instance.series_pk)
+        .where(Series.study_pk == Study.id)
+        .correlate(Study)
+        .scalar_subquery()
+    )
+    query = (
+        select(Study, Patient.patient_id, latest, Report.state, instances)
+        .join(Patient, Patient.id == Study.patient_pk)
+        .outerjoin(latest, (latest.study_pk == Study.id) & (latest.number == newest_number))
+        .outerjoin(Report, Report.study_version_pk == latest.id)
+    )
+    if before is not None:
+        query = query.where(
+            tuple_(Study.last_received_at, Study.id)
+            < tuple_(literal(before[0], Study.last_received_at.type), literal(before[1]))
+        )
+    if patient_id:
+        query = query.where(Patient.patient_id == patient_id)
+    if accession:
+        query = query.where(Study.accession_number == accession)
+    if report_state:
+        query = query.where(Report.state == report_state)
+    if since is not None:
+        query = query.where(Study.last_received_at >= since)
+    return query.order_by(Study.last_received_at.desc(), Study.id.desc()).limit(limit)
+
+
+def literal(value: Any, type_: Any = None) -> Any:
+    from sqlalchemy import literal as sql_literal
+
+    return sql_literal(value, type_)
+
+
+def _study_rows(**filters: Any) -> list[dict[str, Any]]:
     from sqlalchemy.orm import Session
 
-    from dicom_listener.tables import Instance, Patient, Study, StudyVersion
     from raddraft.db import get_engine
 
+    rows = []
     with Session(get_engine()) as session:
-        counts = dict(
-            session.execute(
-                select(Instance.version_pk, func.count(Instance.id)).group_by(Instance.version_pk)
-            ).all()
-        )
-        rows = []
-        studies = session.execute(
-            select(Study, Patient)
-            .join(Patient, Study.patient_pk == Patient.id)
-            .order_by(Study.last_received_at.desc())
-        ).all()
-        for study, patient in studies:
-            versions = session.scalars(
-                select(StudyVersion)
-                .where(StudyVersion.study_pk == study.id)
-                .order_by(StudyVersion.number)
-            ).all()
-            latest = versions[-1] if versions else None
+        for study, patient_id, version, report_state, instances in session.execute(
+            studies_page_query(**filters)
+        ):
             rows.append(
                 {
                     "study_instance_uid": study.study_instance_uid,
-                    "patient_id": patient.patient_id,
+                    "patient_id": patient_id,
                     "accession_number": study.accession_number,
                     "study_date": study.study_date,
                     "description": study.study_description,
-                    "state": latest.state if latest else "empty",
-                    "instances": sum(counts.get(v.id, 0) for v in versions),
+                    "state": version.state if version else "empty",
+                    "report_state": report_state,
+                    "instances": int(instances or 0),
                     "last_received_at": study.last_received_at.isoformat(),
-                    "versions": [
-                        {
-                            "number": v.number,
-                            "study_version_pk": v.id,
-                            "state": v.state,
-                            "instances": counts.get(v.id, 0),
-                            "completion_reason": v.completion_reason,
-                            "completed_at": v.completed_at.isoformat() if v.completed_at else None,
-                            "eligible": v.eligible,
-                            "ineligible_reason": v.ineligible_reason,
-                            "job_key": v.job_key,
-                        }
-                        for v in versions
-                    ],
+                    "cursor": f"{study.last_received_at.isoformat()},{study.id}",
+                    "versions": version.number if version else 0,
+                    "latest_version": None
+                    if version is None
+                    else {
+                        "number": version.number,
+                        "study_version_pk": version.id,
+                        "state": version.state,
+                        "completion_reason": version.completion_reason,
+                        "completed_at": version.completed_at.isoformat()
+                        if version.completed_at
+                        else None,
+                        "eligible": version.eligible,
+                        "ineligible_reason": version.ineligible_reason,
+                        "job_key": version.job_key,
+                    },
                 }
             )
     return rows
 
 
+def _cursor(value: str | None) -> tuple[dt.datetime, int] | None:
+    if not value:
+        return None
+    try:
+        when, study_pk = value.rsplit(",", 1)
+        parsed = dt.datetime.fromisoformat(when)
+        if parsed.tzinfo is None:
+            raise ValueError(value)
+        return parsed, int(study_pk)
+    except ValueError as error:
+        raise click.BadParameter("give the cursor a page printed (--before)") from error
+
+
+def _since(value: str | None) -> dt.datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError as error:
+        raise click.BadParameter("a date or time, e.g. 2026-12-01") from error
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
 @click.group(invoke_without_command=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, PAGE_LIMIT),
+    default=50,
+    show_default=True,
+    help="Studies on one page.",
+)
+@click.option("--before", default=None, help="Page on: the cursor the previous page printed.")
+@click.option("--patient", "patient_id", default=None, help="Only this Patient ID.")
+@click.option("--accession", default=None, help="Only this accession number.")
+@click.option("--report-state", default=None, help="Only studies whose report is in this state.")
+@click.option("--since", default=None, help="Only studies received since (ISO date or time).")
 @click.pass_context
-def studies(context: click.Context, as_json: bool) -> None:
-    """List received studies: state, versions, eligibility and instance counts."""
+def studies(
+    context: click.Context,
+    as_json: bool,
+    limit: int,
+    before: str | None,
+    patient_id: str | None,
+    accession: str | None,
+    report_state: str | None,
+    since: str | None,
+) -> None:
+    """List received studies, newest first, a page at a time: accession number, study and
+    report state, versions, eligibility and instance counts."""
     if context.invoked_subcommand is not None:
         return
-    rows = _study_rows()
+    rows = _study_rows(
+        limit=limit,
+        before=_cursor(before),
+        patient_id=patient_id,
+        accession=accession,
+        report_state=report_state,
+        since=_since(since),
+    )
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
-        click.echo("no studies received")
+        click.echo("no studies received" if not before else "no more studies")
         return
     click.echo(
-        f"{'STUDY INSTANCE UID':<64}  {'PATIENT':<12} {'STATE':<8} {'V':>2} {'IMG':>4}  ELIGIBLE"
+        f"{'STUDY INSTANCE UID':<64}  {'ACCESSION':<16} {'PATIENT':<12} {'STATE':<8} "
+        f"{'REPORT':<10} {'V':>2} {'IMG':>4}  ELIGIBLE"
     )
     for row in rows:
-        latest = row["versions"][-1] if row["versions"] else {}
+        latest = row["latest_version"] or {}
         eligible = latest.get("eligible")
         verdict = (
             "-"
@@ -126,9 +229,12 @@ def studies(context: click.Context, as_json: bool) -> None:
             else f"no: {latest.get('ineligible_reason')}"
         )
         click.echo(
-            f"{row['study_instance_uid']:<64}  {row['patient_id'][:12]:<12} {row['state']:<8} "
-            f"{len(row['versions']):>2} {row['instances']:>4}  {verdict}"
+            f"{row['study_instance_uid']:<64}  {row['accession_number'][:16]:<16} "
+            f"{row['patient_id'][:12]:<12} {row['state']:<8} {row['report_state'] or '-':<10} "
+            f"{row['versions']:>2} {row['instances']:>4}  {verdict}"
         )
+    if len(rows) == limit:
+        click.echo(f"next page: raddraft studies --before '{rows[-1]['cursor']}'", err=True)
 
 
 @studies.command("conflicts")

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import json
 import logging
+import mmap
+import tempfile
 from collections.abc import Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -68,39 +70,83 @@ class _TooLarge(Exception):
     pass
 
 
-async def _bounded_body(request: Request, limit: int) -> bytes:
-    """The request body, refused (413) beyond ``limit`` bytes: a declared Content-Length is
-    checked before anything is read, and a chunked or lying body as it streams in, so a sender
-    can never make the web process hold more than the limit."""
+#: Bytes of a STOW-RS body kept in memory; beyond this the body goes on to a temporary file.
+SPOOL_MEMORY_BYTES = 1 << 20
+
+
+class _Spooled:
+    """A spooled body, read through a memory map: what :func:`multipart.parse_related` asks
+    of ``bytes`` (find, startswith, slices), without the body itself in memory."""
+
+    def __init__(self, spool: tempfile.SpooledTemporaryFile[bytes]) -> None:
+        spool.flush()
+        self.size = spool.tell()
+        self._map: mmap.mmap | bytes | None = None
+        if self.size > SPOOL_MEMORY_BYTES:  # rolled over to its file (tempfile's rule)
+            self._map = mmap.mmap(spool.fileno(), 0, access=mmap.ACCESS_READ)
+        elif self.size:  # a small body never left memory
+            spool.seek(0)
+            self._map = spool.read()
+
+    def find(self, sub: bytes, start: int = 0, end: int | None = None) -> int:
+        if self._map is None:
+            return -1
+        return self._map.find(sub, start, self.size if end is None else end)
+
+    def startswith(self, prefix: bytes, start: int = 0) -> bool:
+        return self[start : start + len(prefix)] == prefix
+
+    def __getitem__(self, index: slice) -> bytes:
+        return self._map[index] if self._map is not None else b""
+
+    def close(self) -> None:
+        if isinstance(self._map, mmap.mmap):
+            self._map.close()
+
+
+async def _bounded_body(
+    request: Request, limit: int, spool: tempfile.SpooledTemporaryFile[bytes]
+) -> None:
+    """The request body into ``spool`` (memory, then a temporary file beyond
+    :data:`SPOOL_MEMORY_BYTES`), refused (413) beyond ``limit`` bytes: a declared
+    Content-Length is checked before anything is read, and a chunked or lying body as it
+    streams in, so a sender can never make the web process hold the body in memory."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > limit:
         raise _TooLarge
-    body = bytearray()
+    size = 0
     async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
+        size += len(chunk)
+        if size > limit:
             raise _TooLarge
-    return bytes(body)
+        spool.write(chunk)
 
 
 async def _store(request: Request, user: User, study_uid: str | None) -> Response:
     settings = _settings(request)
     limit = settings.dicomweb_max_request_mb * 1024 * 1024
     content_type = request.headers.get("content-type", "")
-    try:
-        multipart.check_related(content_type)
-        body = await _bounded_body(request, limit)
-        media, parts = multipart.parse_related(content_type, body)
-    except multipart.MultipartError as error:
-        return _problem(400, str(error))
-    except _TooLarge:
-        log.warning("STOW-RS request refused %s", kv(why="too large", limit_mb=limit >> 20))
-        return _problem(
-            413,
-            f"request body larger than {settings.dicomweb_max_request_mb} MB "
-            "(RADDRAFT_DICOMWEB_MAX_REQUEST_MB); send fewer instances per request",
-        )
-    del body  # the parts are their own copies: the whole body need not wait for the filing
+    with tempfile.SpooledTemporaryFile(
+        max_size=SPOOL_MEMORY_BYTES,
+        dir=str(settings.data_dir) if settings.data_dir.is_dir() else None,
+    ) as spool:
+        try:
+            multipart.check_related(content_type)
+            await _bounded_body(request, limit, spool)
+            body = _Spooled(spool)
+            try:
+                media, parts = multipart.parse_related(content_type, cast(bytes, body))
+            finally:
+                body.close()
+        except multipart.MultipartError as error:
+            return _problem(400, str(error))
+        except _TooLarge:
+            log.warning("STOW-RS request refused %s", kv(why="too large", limit_mb=limit >> 20))
+            return _problem(
+                413,
+                f"request body larger than {settings.dicomweb_max_request_mb} MB "
+                "(RADDRAFT_DICOMWEB_MAX_REQUEST_MB); send fewer instances per request",
+            )
     root = media.params.get("type", "").lower()
     if root != "application/dicom":
         return _problem(415, f'only type="application/dicom" is accepted, not {root!r}')

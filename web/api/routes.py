@@ -107,14 +107,20 @@ def worklist(  # noqa: PLR0913 (FastAPI: one parameter per worklist query key)
     date_to: str | None = None,
     patient_id: str | None = None,
     accession: str | None = None,
-    page: Annotated[int, Query(ge=1)] = 1,
+    page: Annotated[int, Query(ge=1, le=100)] = 1,
     page_size: Annotated[int, Query(ge=1, le=200)] = 50,
+    cursor: Annotated[
+        str | None, Query(max_length=200, description="`next_cursor` of the page before.")
+    ] = None,
 ) -> dict[str, Any]:
-    """Reports by priority then age; superseded ones only when asked for by state."""
+    """Reports by priority then age; superseded ones only when asked for by state. Page on
+    with ``cursor`` (each page's ``next_cursor``); ``total`` counts up to 1,000
+    (``total_capped``)."""
     return views.worklist(
         session,
         page=page,
         page_size=page_size,
+        cursor=cursor,
         states=state,
         priority=priority,
         date_from=date_from,

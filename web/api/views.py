@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Select, func, select
+from sqlalchemy import Select, func, literal, select, tuple_
 from sqlalchemy.orm import Session
 
 import orders
@@ -26,6 +28,7 @@ from report_drafts import (
     SIGNED_STATES,
     AuditEvent,
     DraftRun,
+    InvalidRequest,
     Report,
     ReportContent,
     ReportState,
@@ -183,21 +186,23 @@ def summary_json(row: StudyRow, content: ReportContent | None) -> dict[str, Any]
     }
 
 
-def worklist_query(
+#: A count beyond this is given as "at least": counting every report in five years of a
+#: hospital's archive per request is what made the worklist slow (issue #23).
+COUNT_LIMIT = 1000
+
+
+def _filters(
+    query: Select[Any],
     *,
-    states: list[str] | None,
-    priority: int | None,
-    date_from: str | None,
-    date_to: str | None,
-    patient_id: str | None,
-    accession: str | None,
+    states: list[str] | None = None,
+    priority: int | None = None,
+    date_from: str | None = None,
+    date_to: str | None = None,
+    patient_id: str | None = None,
+    accession: str | None = None,
 ) -> Select[Any]:
-    query: Select[Any] = (
-        select(Report, StudyVersion, Study, Patient)  # type: ignore[assignment]
-        .join(StudyVersion, StudyVersion.id == Report.study_version_pk)
-        .join(Study, Study.id == Report.study_pk)
-        .join(Patient, Patient.id == Study.patient_pk)
-    )
+    """The worklist's filters; the study and patient are joined only when a filter needs them
+    (the page itself joins them anyway, for its 50 rows)."""
     if states:
         query = query.where(Report.state.in_(states))
     else:
@@ -216,29 +221,110 @@ def worklist_query(
     return query
 
 
-def worklist(session: Session, *, page: int, page_size: int, **filters: Any) -> dict[str, Any]:
-    """One page of reports, most urgent first, then oldest (waiting longest) first."""
+def worklist_query(**filters: Any) -> Select[Any]:
+    query: Select[Any] = (
+        select(Report, StudyVersion, Study, Patient)  # type: ignore[assignment]
+        .join(StudyVersion, StudyVersion.id == Report.study_version_pk)
+        .join(Study, Study.id == Report.study_pk)
+        .join(Patient, Patient.id == Study.patient_pk)
+    )
+    return _filters(query, **filters)
+
+
+def _count_query(**filters: Any) -> Select[Any]:
+    """At most COUNT_LIMIT + 1 matching report ids, joined only as the filters need."""
+    query: Select[Any] = select(Report.id)
+    if filters.get("date_from") or filters.get("date_to") or filters.get("accession"):
+        query = query.join(Study, Study.id == Report.study_pk)
+    if filters.get("patient_id"):
+        if not (filters.get("date_from") or filters.get("date_to") or filters.get("accession")):
+            query = query.join(Study, Study.id == Report.study_pk)
+        query = query.join(Patient, Patient.id == Study.patient_pk)
+    return _filters(query, **filters).limit(COUNT_LIMIT + 1)
+
+
+def encode_cursor(report: Report) -> str:
+    """Where the next page starts: the last row's sort key (priority, created, id)."""
+    key = [report.priority, report.created_at.isoformat(), report.id]
+    return base64.urlsafe_b64encode(json.dumps(key).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, dt.datetime, int]:
+    """The sort key a cursor names; anything else is refused (400), never guessed."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        priority, created, report_id = json.loads(raw)
+        when = dt.datetime.fromisoformat(created)
+        if (
+            not isinstance(priority, int)
+            or not isinstance(report_id, int)
+            or isinstance(priority, bool)
+            or isinstance(report_id, bool)
+            or when.tzinfo is None
+        ):
+            raise ValueError(cursor)
+    except (ValueError, TypeError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise InvalidRequest("the worklist cursor is not one this server gave") from error
+    return priority, when, report_id
+
+
+def worklist(
+    session: Session,
+    *,
+    page: int = 1,
+    page_size: int,
+    cursor: str | None = None,
+    **filters: Any,
+) -> dict[str, Any]:
+    """One page of reports, most urgent first, then oldest (waiting longest) first.
+
+    Keyset paging: the order is the report's (priority, created, id), which one index serves
+    (``ix_reports_worklist``), and ``cursor`` (from ``next_cursor``) says where the page starts,
+    so page 2,000 costs what page 1 does. ``page`` (an offset) still works for old links. The
+    total is counted up to COUNT_LIMIT; ``total_capped`` says when there are more.
+    """
     query = worklist_query(**filters)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    found = session.scalar(select(func.count()).select_from(_count_query(**filters).subquery()))
+    total = min(int(found or 0), COUNT_LIMIT)
+    order = (Report.priority, Report.created_at, Report.id)
+    if cursor:
+        priority, created, report_id = decode_cursor(cursor)
+        after = (literal(priority), literal(created, Report.created_at.type), literal(report_id))
+        query = query.where(tuple_(*order) > tuple_(*after))
+    else:
+        query = query.offset((page - 1) * page_size)
+    rows = session.execute(query.order_by(*order).limit(page_size + 1)).all()
+    more = len(rows) > page_size
+    rows = rows[:page_size]
+    contents = _current_contents(session, [r for r, *_ in rows])
+    items = [
+        {
+            **summary_json(StudyRow(report, sv, study, patient), contents.get(report.id)),
+            **_identity(session, study),
+        }
+        for report, sv, study, patient in rows
+    ]
+    return {
+        "total": total,
+        "total_capped": int(found or 0) > COUNT_LIMIT,
+        "page": page,
+        "page_size": page_size,
+        "items": items,
+        "next_cursor": encode_cursor(rows[-1][0]) if more and rows else None,
+    }
+
+
+def _current_contents(session: Session, reports: list[Report]) -> dict[int, ReportContent]:
+    """The head versions' content of a page's reports, in one query."""
+    wanted = [(r.id, r.current_version) for r in reports if r.current_version > 0]
+    if not wanted:
+        return {}
     rows = session.execute(
-        query.order_by(
-            Report.priority,
-            func.coalesce(StudyVersion.completed_at, Report.created_at),
-            Report.id,
+        select(ReportVersion.report_pk, ReportVersion.content).where(
+            tuple_(ReportVersion.report_pk, ReportVersion.number).in_(wanted)
         )
-        .offset((page - 1) * page_size)
-        .limit(page_size)
-    ).all()
-    items = []
-    for report, sv, study, patient in rows:
-        content = drafts.current_content(session, report) if report.current_version > 0 else None
-        items.append(
-            {
-                **summary_json(StudyRow(report, sv, study, patient), content),
-                **_identity(session, study),
-            }
-        )
-    return {"total": total, "page": page, "page_size": page_size, "items": items}
+    )
+    return {pk: ReportContent.from_json(content) for pk, content in rows}
 
 
 def detail(session: Session, report: Report) -> dict[str, Any]:

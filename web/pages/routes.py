@@ -357,11 +357,13 @@ def worklist(  # noqa: PLR0913 (FastAPI: one parameter per form field)
     date_to: str = "",
     patient_id: str = "",
     accession: str = "",
-    page_number: Annotated[int, Query(alias="page", ge=1)] = 1,
+    page_number: Annotated[int, Query(alias="page", ge=1, le=100_000)] = 1,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> HTMLResponse:
-    """Reports by priority, then longest waiting; filters keep to the query string."""
+    """Reports by priority, then longest waiting; filters keep to the query string. Pages are
+    keyset pages (``cursor``); ``page`` only numbers them for the reader."""
     states = [s for s in (state or []) if s in {x.value for x in ReportState}]
-    filters = {
+    filters: dict[str, Any] = {
         "states": states or None,
         "priority": int(priority) if priority.isdigit() else None,
         "date_from": date_from or None,
@@ -369,7 +371,10 @@ def worklist(  # noqa: PLR0913 (FastAPI: one parameter per form field)
         "patient_id": patient_id.strip() or None,
         "accession": accession.strip() or None,
     }
-    result = views.worklist(session, page=page_number, page_size=PAGE_SIZE, **filters)
+    try:
+        result = views.worklist(session, page_size=PAGE_SIZE, cursor=cursor, **filters)
+    except LifecycleError as error:
+        return error_page(request, session, user, error.http_status, str(error))
     now = utcnow()
     demo_svs = viewmodel.demo_versions(session, [i["study_version_pk"] for i in result["items"]])
     ended = viewmodel.decided(session, [i["id"] for i in result["items"]])
@@ -392,22 +397,29 @@ def worklist(  # noqa: PLR0913 (FastAPI: one parameter per form field)
         "patient_id": patient_id,
         "accession": accession,
     }
+    capped = "+" if result["total_capped"] else ""
     pages = max(1, -(-result["total"] // PAGE_SIZE))
-
-    def page_link(number: int) -> str:
-        return "/worklist?" + urlencode({**query, "page": number}, doseq=True)
-
+    next_cursor = result["next_cursor"]
+    # "Previous" goes back to the first page: a keyset page knows where the next one starts,
+    # and the browser's Back button knows the one before.
+    first_link = "/worklist?" + urlencode(query, doseq=True)
+    next_link = (
+        "/worklist?"
+        + urlencode({**query, "cursor": next_cursor, "page": page_number + 1}, doseq=True)
+        if next_cursor
+        else None
+    )
     return page(
         request,
         "worklist.html",
         {
             "title": "Worklist",
             "rows": rows,
-            "total": result["total"],
+            "total": f"{result['total']}{capped}" if capped else result["total"],
             "page_number": page_number,
-            "pages": pages,
-            "prev_link": page_link(page_number - 1) if page_number > 1 else None,
-            "next_link": page_link(page_number + 1) if page_number < pages else None,
+            "pages": f"{pages}{capped}" if capped else max(pages, page_number),
+            "prev_link": first_link if cursor else None,
+            "next_link": next_link,
             "query": query,
             "all_states": [s.value for s in ReportState],
             "priorities": viewmodel.PRIORITY_LABELS,
