@@ -24,8 +24,8 @@ from sqlalchemy.engine import Engine
 import orders
 from orders.tables import OrderMessage
 from raddraft.db import session_scope
-from raddraft.settings import Settings, reload_settings
-from tests.conftest import free_port
+from raddraft.settings import Settings
+from tests.conftest import free_port, reload_settings
 from tests.orders.test_orders import END, START, Client, orm
 from tests.orders.test_orders_frames import message, read_ack
 
