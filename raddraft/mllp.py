@@ -103,8 +103,8 @@ class Deframer:
         return found
 
     def discard(self) -> None:
-        """Give up the unfinished frame: its bytes are forgotten, their memory freed now, and
-        the reader stands outside a frame."""
+        """Give up the unfinished frame (or leave the one just taken): its bytes are forgotten,
+        their memory freed now, and the reader stands outside a frame."""
         self._in_frame = False
         self._kept = bytearray()
         self._dropped = 0
@@ -133,10 +133,7 @@ class Deframer:
                 self._keep(data[:end])
                 data = data[end + len(END_BLOCK) :]
             frames.append(Frame(bytes(self._kept), len(self._kept) + self._dropped, cut >= 0))
-            self._in_frame = False
-            self._kept.clear()
-            self._dropped = 0
-            self._last = -1
+            self.discard()
         return frames
 
     def _skip_to_start(self, data: bytes) -> bytes:
