@@ -30,75 +30,16 @@ from typing import Any
 
 from orders.receive import receive
 from raddraft.logging import kv
+from raddraft.mllp import END_BLOCK, START_BLOCK, Deframer, Frame
 from raddraft.settings import Settings
 from raddraft.tls import server_context
 
 log = logging.getLogger(__name__)
 
-START_BLOCK = b"\x0b"
-END_BLOCK = b"\x1c\x0d"
 #: How much of an oversized frame is stored beside its AR: enough to read who sent what.
 KEPT_OF_OVERSIZED = 64 * 1024
 #: How long a refused sender's remaining bytes are read (and dropped) before the close.
 DRAIN_SECONDS = 2.0
-
-
-class Deframer:
-    """MLLP framing of one connection's bytes (HL7 v2.5.1 Implementation Guide, appendix C.4.2;
-    MLLP Release 2, section 2.1): ``0x0B`` message ``0x1C 0x0D``, nothing else.
-
-    :meth:`feed` takes what arrived and returns the complete frames, each with "" or why it
-    cannot be taken as a message: a start block before the previous frame's end block means that
-    frame was cut off (it is returned with the reason, the new frame goes on). Bytes outside a
-    frame (before a start block, between an end block and the next start) are no message: they
-    are dropped, and counted in :attr:`dropped` for the caller to log.
-    """
-
-    def __init__(self) -> None:
-        self.buffer = bytearray()
-        #: Bytes dropped outside frames since the caller last looked, and their first few.
-        self.dropped = 0
-        self.dropped_head = b""
-        # Everything in buffer[1:searched] is known to hold no start or end block: a frame of
-        # many chunks is scanned once, not once per chunk.
-        self._searched = 1
-
-    def feed(self, chunk: bytes) -> list[tuple[bytes, str]]:
-        self.buffer.extend(chunk)
-        frames: list[tuple[bytes, str]] = []
-        while self.buffer:
-            if self.buffer[0] != START_BLOCK[0]:
-                start = self.buffer.find(START_BLOCK)
-                self._drop(len(self.buffer) if start < 0 else start)
-                self._searched = 1
-                continue
-            since = max(self._searched - 1, 1)  # an end block may straddle the last seam
-            end = self.buffer.find(END_BLOCK, since)
-            again = self.buffer.find(START_BLOCK, since, end if end >= 0 else len(self.buffer))
-            if again >= 0:
-                frames.append((bytes(self.buffer[1:again]), _CUT_OFF))
-                del self.buffer[:again]
-                self._searched = 1
-                continue
-            if end < 0:
-                self._searched = len(self.buffer)
-                break
-            frames.append((bytes(self.buffer[1:end]), ""))
-            del self.buffer[: end + len(END_BLOCK)]
-            self._searched = 1
-        return frames
-
-    def _drop(self, count: int) -> None:
-        if len(self.dropped_head) < 32:
-            self.dropped_head += bytes(self.buffer[: 32 - len(self.dropped_head)])
-        self.dropped += count
-        del self.buffer[:count]
-
-    def take_dropped(self) -> tuple[int, bytes]:
-        """(bytes dropped since the last call, the first of them), and start counting anew."""
-        found = (self.dropped, self.dropped_head)
-        self.dropped, self.dropped_head = 0, b""
-        return found
 
 
 _CUT_OFF = "a start block came before this frame's end block (MLLP: one message per frame)"
@@ -165,63 +106,64 @@ class _Handler(socketserver.BaseRequestHandler):
                 log.warning("order TLS handshake refused %s", kv(peer=self.peer, why=error))
                 return
         self.limit = self.server.settings.orders_max_message_kb * 1024
-        framer = Deframer()
+        # All of a frame that may be taken is kept, and of a larger one what is stored.
+        framer = Deframer(max(self.limit, KEPT_OF_OVERSIZED), cut_at_start=True)
         while True:
             try:
                 chunk = self.sock.recv(65536)
             except OSError:  # idle timeout or reset: a frame begun is still kept
                 self._log_dropped(framer)
-                self._unfinished(framer.buffer, "the sender went quiet before the end block")
+                self._unfinished(framer, "the sender went quiet before the end block")
                 return
             if not chunk:
                 self._log_dropped(framer)
-                self._unfinished(framer.buffer, "the connection ended before the end block")
+                self._unfinished(framer, "the connection ended before the end block")
                 return
-            for data, problem in framer.feed(chunk):
-                self._take(data, problem)
+            for frame in framer.feed(chunk):
+                self._take(frame)
             self._log_dropped(framer)
-            if len(framer.buffer) > self.limit:
+            if _received(framer) > self.limit:
                 why = f"message larger than {self.limit // 1024} KiB; refused"
-                self._refuse(framer.buffer, why)
-                framer.buffer.clear()  # the connection's memory goes back now, not at close
+                self._refuse(framer.unfinished(), _received(framer), why)
+                framer.discard()  # the connection's memory goes back now, not at close
                 self._drain()
                 return
 
-    def _take(self, data: bytes, problem: str) -> None:
-        if problem:  # cut off by the next start block: kept and refused, the next frame goes on
-            self._refuse(data, problem, 0)
-        elif len(data) > self.limit:  # whole, but too large: refused, the framing still holds
-            self._refuse(data, f"message larger than {self.limit // 1024} KiB; refused", 0)
-        elif (count := messages_in(data)) > 1:
+    def _take(self, frame: Frame) -> None:
+        if frame.cut_off:  # cut off by the next start block: kept and refused, the next goes on
+            self._refuse(frame.data, frame.size, _CUT_OFF)
+        elif frame.size > self.limit:  # whole, but too large: refused, the framing still holds
+            why = f"message larger than {self.limit // 1024} KiB; refused"
+            self._refuse(frame.data, frame.size, why)
+        elif (count := messages_in(frame.data)) > 1:
             # One frame, one message (HL7 v2.5.1 IG C.4.2): one ACK could not answer both, and
             # taking the first alone lost the second. Kept whole and refused; the sender sends
             # each in its own frame.
             why = f"the frame holds {count} messages; MLLP carries one per frame, none taken"
-            self._refuse(data, why, 0, whole=True)
+            self._refuse(frame.data, frame.size, why, whole=True)
         else:
-            self._answer(receive(as_text(data), self.peer, self.server.settings))
+            self._answer(receive(as_text(frame.data), self.peer, self.server.settings))
 
     def _answer(self, ack: str) -> None:
+        # Not raddraft.mllp.frame: it would refuse (raise on) framing bytes an ACK echoes from
+        # the sender's MSH, and the sender must still get its answer.
         try:
             self.sock.sendall(START_BLOCK + ack.encode("utf-8") + END_BLOCK)
         except OSError:
             log.warning("order ACK not delivered %s", kv(peer=self.peer))
 
-    def _refuse(
-        self, frame: bytes | bytearray, why: str, skip: int = 1, *, whole: bool = False
-    ) -> None:
-        """Store what came of a frame that cannot be taken (after ``skip`` bytes: the start
-        block of an unfinished one; its first 64 KiB unless ``whole``) and answer AR."""
-        log.warning("order frame refused %s", kv(peer=self.peer, why=why, bytes=len(frame)))
-        end = len(frame) if whole else skip + KEPT_OF_OVERSIZED
-        kept = as_text(bytes(frame[skip:end]))
+    def _refuse(self, data: bytes, size: int, why: str, *, whole: bool = False) -> None:
+        """Store what came of a frame of ``size`` bytes that cannot be taken (``data``, its
+        beginning; the first 64 KiB unless ``whole``) and answer AR."""
+        log.warning("order frame refused %s", kv(peer=self.peer, why=why, bytes=size))
+        kept = as_text(data if whole else data[:KEPT_OF_OVERSIZED])
         self._answer(receive(kept, self.peer, self.server.settings, refused=why))
 
     def _log_dropped(self, framer: Deframer) -> None:
         """Bytes outside a frame are no message and get no answer (there is no MSH to answer);
         they are said in the log, so a sender that forgot the start block can be found. Line
         ends between frames, which some senders add, only at debug level."""
-        count, head = framer.take_dropped()
+        count, head = framer.take_skipped()
         if count:
             level = logging.WARNING if head.strip(b"\r\n\t ") else logging.DEBUG
             log.log(
@@ -242,10 +184,16 @@ class _Handler(socketserver.BaseRequestHandler):
         except OSError:
             return
 
-    def _unfinished(self, buffer: bytearray, why: str) -> None:
-        if buffer.strip(b"\r\n\t "):
-            self._refuse(buffer, why)
+    def _unfinished(self, framer: Deframer, why: str) -> None:
+        if framer.in_frame:
+            self._refuse(framer.unfinished(), _received(framer), why)
             self._drain()
+
+
+def _received(framer: Deframer) -> int:
+    """The bytes received of the unfinished frame, its start block too: what the limit and the
+    log count (0 outside a frame)."""
+    return len(START_BLOCK) + framer.pending if framer.in_frame else 0
 
 
 class OrderServer(socketserver.ThreadingTCPServer):

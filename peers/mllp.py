@@ -101,7 +101,8 @@ def parse_ack(raw: str) -> Ack:
 
 
 def _read_frame(sock: socket.socket, deadline: float) -> bytes:
-    deframer = Deframer(MAX_ACK_BYTES)
+    # A start block never occurs inside a message: one inside the answer cuts it off.
+    deframer = Deframer(MAX_ACK_BYTES, cut_at_start=True)
     while True:
         remaining = deadline - time.monotonic()
         if remaining <= 0:

@@ -11,12 +11,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["END_BLOCK", "START_BLOCK", "Deframer", "Frame", "frame"]
+__all__ = ["END_BLOCK", "SKIPPED_HEAD", "START_BLOCK", "Deframer", "Frame", "frame"]
 
 START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"
 _FS = END_BLOCK[0]
 _CR = END_BLOCK[1:]
+#: How many of the skipped bytes :meth:`Deframer.take_skipped` gives back: enough to tell a
+#: sender that forgot the start block from line ends between frames.
+SKIPPED_HEAD = 32
 
 
 def frame(message: str | bytes, encoding: str = "utf-8") -> bytes:
@@ -32,8 +35,8 @@ def frame(message: str | bytes, encoding: str = "utf-8") -> bytes:
 @dataclass(frozen=True)
 class Frame:
     """One message taken off the wire: its bytes (only the first ``max_frame`` when
-    ``too_large``) and its whole length. ``cut_off``: a start block came before its end
-    block, so the message ended early (a start block never occurs inside a message)."""
+    ``too_large``) and its whole length; ``cut_off`` when a start block came before its end
+    block (read with ``cut_at_start``), so it may be only the beginning of a message."""
 
     data: bytes
     size: int
@@ -48,20 +51,26 @@ class Frame:
 class Deframer:
     """Incremental MLLP reader: :meth:`feed` each chunk received, get the frames it completed.
 
-    A start block inside a frame cuts that frame off (it comes out ``cut_off``) and begins the
-    next one. Bytes outside a frame are skipped (``skipped`` counts them; ``stray_end`` says
-    whether an end block was among them, which a client reading an answer treats as no MLLP at
-    all). Of the frame being read at most ``max_frame`` bytes are kept; the rest is counted,
-    not stored, and the frame comes out ``too_large`` when its end block arrives.
-    ``too_large_pending`` lets a server give up on such a frame before then.
+    Bytes outside a frame are skipped (``skipped`` counts them; ``stray_end`` says whether an
+    end block was among them, which a client reading an answer treats as no MLLP at all). Of
+    the frame being read at most ``max_frame`` bytes are kept; the rest is counted, not stored,
+    and the frame comes out ``too_large`` when its end block arrives. ``too_large_pending``
+    lets a server give up on such a frame before then.
+
+    With ``cut_at_start`` (a server's reading: one message per frame, HL7 v2.5.1 IG C.4.2) a
+    start block inside a frame ends that frame, which comes out ``cut_off``, and begins the
+    next; without it (a client reading one answer) the byte is part of the frame.
     """
 
-    def __init__(self, max_frame: int) -> None:
+    def __init__(self, max_frame: int, *, cut_at_start: bool = False) -> None:
         if max_frame < 1:
             raise ValueError("max_frame must be at least 1")
         self.max_frame = max_frame
+        self.cut_at_start = cut_at_start
         self.skipped = 0
         self.stray_end = False
+        self._skipped_since = 0
+        self._skipped_head = b""
         self._in_frame = False
         self._kept = bytearray()
         self._dropped = 0
@@ -86,6 +95,21 @@ class Deframer:
         """The kept beginning of the unfinished frame (``b""`` outside a frame)."""
         return bytes(self._kept) if self._in_frame else b""
 
+    def take_skipped(self) -> tuple[int, bytes]:
+        """(bytes skipped since the last call, the first ``SKIPPED_HEAD`` of them), for a
+        reader's log; counting starts anew (``skipped`` keeps the whole count)."""
+        found = (self._skipped_since, self._skipped_head)
+        self._skipped_since, self._skipped_head = 0, b""
+        return found
+
+    def discard(self) -> None:
+        """Give up the unfinished frame (or leave the one just taken): its bytes are forgotten,
+        their memory freed now, and the reader stands outside a frame."""
+        self._in_frame = False
+        self._kept = bytearray()
+        self._dropped = 0
+        self._last = -1
+
     def feed(self, data: bytes) -> list[Frame]:
         """Take ``data``; return the frames it completed, in order."""
         frames: list[Frame] = []
@@ -95,32 +119,22 @@ class Deframer:
                 continue
             seam = self._last == _FS and data[:1] == _CR
             end = -1 if seam else data.find(END_BLOCK)
-            restart = -1 if seam else data.find(START_BLOCK, 0, None if end < 0 else end)
-            if restart >= 0:
-                self._keep(data[:restart])
-                frames.append(self._take(cut_off=True))
-                self._in_frame = True
-                data = data[restart + 1 :]
-                continue
+            cut = -1 if seam else self._start_before(data, end)
             if seam:
                 self._unkeep_last()
                 data = data[1:]
+            elif cut >= 0:  # the frame ends here, and the start block begins the next
+                self._keep(data[:cut])
+                data = data[cut:]
             elif end < 0:
                 self._keep(data)
                 break
             else:
                 self._keep(data[:end])
                 data = data[end + len(END_BLOCK) :]
-            frames.append(self._take())
+            frames.append(Frame(bytes(self._kept), len(self._kept) + self._dropped, cut >= 0))
+            self.discard()
         return frames
-
-    def _take(self, *, cut_off: bool = False) -> Frame:
-        taken = Frame(bytes(self._kept), len(self._kept) + self._dropped, cut_off)
-        self._in_frame = False
-        self._kept.clear()
-        self._dropped = 0
-        self._last = -1
-        return taken
 
     def _skip_to_start(self, data: bytes) -> bytes:
         start = data.find(START_BLOCK)
@@ -128,12 +142,21 @@ class Deframer:
         if END_BLOCK in outside or (self._last == _FS and outside[:1] == _CR):
             self.stray_end = True
         self.skipped += len(outside)
+        self._skipped_since += len(outside)
+        if len(self._skipped_head) < SKIPPED_HEAD:
+            self._skipped_head += outside[: SKIPPED_HEAD - len(self._skipped_head)]
         if start < 0:
             self._last = data[-1]
             return b""
         self._in_frame = True
         self._last = -1
         return data[start + 1 :]
+
+    def _start_before(self, data: bytes, end: int) -> int:
+        """Where a start block stands in ``data`` before ``end`` (-1: none, or not cutting)."""
+        if not self.cut_at_start:
+            return -1
+        return data.find(START_BLOCK, 0, end if end >= 0 else len(data))
 
     def _keep(self, part: bytes) -> None:
         if not part:

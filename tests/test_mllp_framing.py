@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from raddraft.mllp import END_BLOCK, START_BLOCK, Deframer, frame
+from raddraft.mllp import END_BLOCK, SKIPPED_HEAD, START_BLOCK, Deframer, frame
 
 MESSAGES = [b"MSH|^~\\&|A|B\rPID|1", b"MSH|^~\\&|C|D\rOBR|1", b"MSH|^~\\&|E"]
 
@@ -104,11 +104,55 @@ def test_the_ris_client_reads_a_bounded_answer() -> None:
         thread.join(timeout=10)
 
 
-@pytest.mark.parametrize("size", [1, 3, 100])
-def test_a_start_block_inside_a_frame_cuts_it_off(size: int) -> None:
-    stream = START_BLOCK + b"MSH|first" + frame(b"MSH|second")
-    deframer = Deframer(max_frame=100)
+@pytest.mark.parametrize("size", [1, 2, 3, 7, 4096])
+def test_a_start_block_inside_a_frame_cuts_it_off_when_reading_as_a_server(size: int) -> None:
+    """One message per frame (HL7 v2.5.1 IG C.4.2): a start block before the end block ends the
+    frame as cut off and begins the next one, whatever the chunking; a 0x1C not followed by
+    CR stays data."""
+    stream = START_BLOCK + b"MSH|cut\x1c" + START_BLOCK + b"MSH|whole" + END_BLOCK + frame(b"MSH|x")
+    deframer = Deframer(max_frame=1024, cut_at_start=True)
     got = []
     for at in range(0, len(stream), size):
         got.extend(deframer.feed(stream[at : at + size]))
-    assert [(f.data, f.cut_off) for f in got] == [(b"MSH|first", True), (b"MSH|second", False)]
+    assert [(f.data, f.size, f.cut_off) for f in got] == [
+        (b"MSH|cut\x1c", 8, True),
+        (b"MSH|whole", 9, False),
+        (b"MSH|x", 5, False),
+    ]
+    assert deframer.skipped == 0 and not deframer.in_frame
+
+
+def test_a_cut_off_frame_over_the_bound_keeps_its_size_and_only_its_beginning() -> None:
+    deframer = Deframer(max_frame=4, cut_at_start=True)
+    assert deframer.feed(START_BLOCK + b"ABCDEFGH") == []
+    (cut,) = deframer.feed(START_BLOCK + b"MSH")
+    assert cut.cut_off and cut.too_large and cut.data == b"ABCD" and cut.size == 8
+    assert deframer.in_frame and deframer.pending == 3 and deframer.unfinished() == b"MSH"
+
+
+def test_without_cut_at_start_a_start_block_is_part_of_the_frame() -> None:
+    deframer = Deframer(max_frame=100)
+    (got,) = deframer.feed(START_BLOCK + b"A" + START_BLOCK + b"B" + END_BLOCK)
+    assert got.data == b"A\x0bB" and not got.cut_off
+
+
+def test_skipped_bytes_are_taken_since_the_last_look_with_their_beginning() -> None:
+    deframer = Deframer(max_frame=100)
+    deframer.feed(b"junk" + frame(b"MSH|a") + b"\r\n" + b"z" * 40)
+    count, head = deframer.take_skipped()
+    assert count == 4 + 2 + 40
+    assert head == (b"junk\r\n" + b"z" * 40)[:SKIPPED_HEAD] and len(head) == SKIPPED_HEAD
+    assert deframer.take_skipped() == (0, b"")
+    deframer.feed(b"more" + START_BLOCK)
+    assert deframer.take_skipped() == (4, b"more")
+    assert deframer.skipped == 50  # the whole count stays
+
+
+def test_discard_forgets_the_unfinished_frame() -> None:
+    deframer = Deframer(max_frame=100)
+    assert deframer.feed(START_BLOCK + b"MSH|half\x1c") == []
+    deframer.discard()
+    assert not deframer.in_frame and deframer.pending == 0 and deframer.unfinished() == b""
+    # Outside a frame now: the rest of the old frame is skipped, the next frame read whole.
+    (got,) = deframer.feed(b"\r" + b"tail" + frame(b"MSH|next"))
+    assert got.data == b"MSH|next" and deframer.skipped == 5

@@ -31,6 +31,7 @@ from tests.orders.test_orders_frames import message, read_ack
 
 MAX_KB = 2048
 PER_PEER = 4
+CRLF = b"\r\n"
 
 
 @pytest.fixture
@@ -96,6 +97,26 @@ def test_bytes_outside_frames_are_dropped_and_logged_and_a_cut_off_frame_is_ar(
     assert message(engine, "CUT1").ack_code == "AR"
     with session_scope(engine) as session:
         assert not session.scalar(select(OrderMessage).where(OrderMessage.control_id == "BARE1"))
+
+
+def test_line_ends_between_frames_are_logged_at_debug_with_only_the_dropped_bytes(
+    engine: Engine, listener: orders.OrderServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Some senders end each frame with CR LF: those bytes are dropped at debug level. The log
+    showed the 32 bytes from where they began, the next frame's too, so a CR LF that came with
+    the next frame was a warning that named that frame's content."""
+    caplog.set_level(logging.DEBUG, logger="orders.server")
+    with _connect(listener.port) as sock:
+        first, second = orm("CRLF1").encode(), orm("CRLF2").encode()
+        sock.sendall(START + first + END + CRLF + START + second + END)
+        assert read_ack(sock)["MSA"][1:3] == ["AA", "CRLF1"]
+        assert read_ack(sock)["MSA"][1:3] == ["AA", "CRLF2"]
+        # The listener logs after answering what the chunk held; the next answer comes after.
+        sock.sendall(START + orm("CRLF3").encode() + END)
+        assert read_ack(sock)["MSA"][1:3] == ["AA", "CRLF3"]
+    dropped = [r for r in caplog.records if "outside an MLLP frame dropped" in r.getMessage()]
+    assert len(dropped) == 1 and dropped[0].levelno == logging.DEBUG
+    assert dropped[0].getMessage().endswith(f"bytes=2 first={CRLF!r}")
 
 
 def test_connections_are_capped_per_address_and_another_host_is_served(
