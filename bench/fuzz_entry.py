@@ -291,15 +291,15 @@ def stow_inputs(rng: random.Random, count: int) -> list[tuple[str, StowInput]]: 
             )
         )
     while len(cases) < count:
-        kind = rng.randrange(3)
-        if kind == 0:  # random bytes as the whole body
+        variant = rng.randrange(3)
+        if variant == 0:  # random bytes as the whole body
             cases.append(
                 (
                     "stow:random-body",
                     (path, {"content-type": dicom_type()}, rng.randbytes(rng.randrange(0, 8192))),
                 )
             )
-        elif kind == 1:  # a well-framed body whose part is a mutated instance
+        elif variant == 1:  # a well-framed body whose part is a mutated instance
             data = next(hostile.mutations(rng.randrange(1 << 30), valid, 1))
             cases.append(
                 (

@@ -63,7 +63,7 @@ def _wait_for_port(port: int, timeout: float = 120) -> None:
 def _studies(count: int, folder: Path) -> list[tuple[str, list[Path]]]:
     from tests.dicom_factory import StudyIds, make_study
 
-    out = []
+    out: list[tuple[str, list[Path]]] = []
     for index in range(count):
         ids = StudyIds(patient_id=f"BENCH{index:03d}")
         _, files = make_study(

@@ -9,7 +9,7 @@ signatures, rejections, amendments, SR/GSPS/HL7/FHIR sends recorded, jobs run), 
 server-side into the days before it (150 studies a day), plus today's open work. One web
 process (``raddraft web``, uvicorn) serves it; every endpoint is called ``--calls`` times after
 two warm-up calls, and p50/p95 of the wall time are printed. In-process: the router's pass
-(``dispatch_once`` with a broker that only counts), the retention dry run, ``trace`` by
+(``route_once`` with a broker that only counts), the retention dry run, ``trace`` by
 accession number and one page of ``raddraft studies``; as commands (interpreter start and
 imports included): ``raddraft studies`` and ``raddraft trace``. The C-STORE ingest
 rate (40 small images over one association, storescu) is measured against the seeded archive
@@ -53,8 +53,9 @@ from dicom_listener.tables import Patient, Study  # noqa: E402
 from raddraft import migrate  # noqa: E402
 from raddraft.commands.listener import studies_page_query  # noqa: E402
 from raddraft.db import engine_for, session_factory  # noqa: E402
-from raddraft.settings import Settings, reload_settings  # noqa: E402
+from raddraft.settings import Settings  # noqa: E402
 from tests import scale_seed  # noqa: E402
+from tests.conftest import reload_settings  # noqa: E402
 from tests.dicom_factory import StudyIds, make_cxr  # noqa: E402
 
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
@@ -258,7 +259,7 @@ def in_process_figures(settings: Settings, engine: Any, calls: int) -> list[Figu
     with session_factory(engine)() as session:
         accession = session.scalar(select(Study.accession_number).order_by(Study.id).limit(1))
     figures = []
-    p50, p95, _ = timed(lambda: router.dispatch_once(broker, settings, engine), calls)
+    p50, p95, _ = timed(lambda: router.route_once(broker, settings, engine), calls)
     figures.append(Figure("router pass", p50, p95))
 
     def dry_run() -> None:

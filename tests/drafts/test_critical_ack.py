@@ -16,15 +16,16 @@ from sqlalchemy.engine import Engine
 
 from raddraft.db import session_scope
 from raddraft.job_contract import NotifyCritical
-from raddraft.settings import Settings, reload_settings
+from raddraft.settings import Settings
 from report_drafts.content import ReportContent
 from report_drafts.reconcile import critical_labels
 from report_drafts.tables import AuditEvent, CriticalNotification, Role
 from report_drafts.users import add_user
+from tests.conftest import reload_settings
 from tests.drafts.conftest import draft_content
 from tests.drafts.test_critical import Inbox, notices, record, smtp, smtp_port  # noqa: F401
 from web import create_web_app
-from worker import dispatcher, router
+from worker import exporter, router
 
 TERMS = ["pneumothorax", "pneumoperitoneum"]
 
@@ -100,7 +101,7 @@ def test_delivered_is_not_acknowledged_escalation_until_a_person_acknowledges(
     report_pk, _version_pk = record(engine, settings, _progression_critical)
     (notice,) = notices(engine)
     assert notice.labels == ["pneumothorax"]
-    dispatcher.notify_critical_job(0, NotifyCritical(notice.id))
+    exporter.notify_critical_job(0, NotifyCritical(notice.id))
     (notice,) = notices(engine)
     # The relay's 250 makes it delivered; nobody has acknowledged it.
     assert notice.state == "sent" and (notice.ack or "").startswith("250")
@@ -112,11 +113,11 @@ def test_delivered_is_not_acknowledged_escalation_until_a_person_acknowledges(
     assert router.escalate_critical(settings) == 0  # not again before the next timeout
     first = notices(engine)[-1]
     assert first.escalation_of == notice.id
-    dispatcher.notify_critical_job(0, NotifyCritical(first.id))
+    exporter.notify_critical_job(0, NotifyCritical(first.id))
     _age(engine, 120)
     assert router.escalate_critical(settings) == 1
     second = notices(engine)[-1]
-    dispatcher.notify_critical_job(0, NotifyCritical(second.id))
+    exporter.notify_critical_job(0, NotifyCritical(second.id))
     recipients = [rcpt for _from, rcpt, _body in smtp.messages]
     assert recipients == [["icu@hospital.test"], ["chief@h.test"], ["director@h.test"]]
     subject = message_from_bytes(smtp.messages[1][2])["Subject"]

@@ -23,10 +23,10 @@ from sqlalchemy.engine import Engine
 from dicom_listener.scp import Listener
 from raddraft import counters, jobs
 from raddraft.db import session_factory, session_scope, utcnow
-from raddraft.settings import Settings, reload_settings
+from raddraft.settings import Settings
 from report_drafts import signoff
 from report_drafts.tables import Report, ReportState, User
-from tests.conftest import free_port
+from tests.conftest import free_port, reload_settings
 from tests.dicom_factory import make_cxr
 from tests.pages.seed import seed
 from web import create_web_app, queue_status

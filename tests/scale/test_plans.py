@@ -27,9 +27,10 @@ from dicom_listener.tables import Patient, Study
 from raddraft.cli import main
 from raddraft.commands.listener import studies_page_query
 from raddraft.db import session_factory
-from raddraft.settings import Settings, reload_settings
+from raddraft.settings import Settings
 from report_drafts import Report
 from tests import scale_seed
+from tests.conftest import reload_settings
 from web import create_web_app, metrics, queue_status
 from web.api import views
 from worker import router
@@ -163,7 +164,7 @@ def hot_paths(engine: Engine, settings: Settings) -> None:
         )
         assert drafts.trace(session, str(signed))
         session.rollback()
-    router.dispatch_once(Broker(), settings, engine)  # type: ignore[arg-type]
+    router.route_once(Broker(), settings, engine)  # type: ignore[arg-type]
 
 
 def test_hot_reads_use_indexes_and_lists_keep_to_their_page(
