@@ -44,7 +44,6 @@ SCALE_INDEXES: tuple[tuple[str, str, tuple[str, ...], str | None], ...] = (
     ("ix_audit_events_action_at", "audit_events", ("action", "at"), None),
     ("ix_audit_events_report_version", "audit_events", ("report_pk", "version"), None),
     ("ix_finding_feedback_at", "finding_feedback", ("at",), None),
-    ("ix_studies_study_date", "studies", ("study_date",), None),
     ("ix_studies_last_received", "studies", ("last_received_at", "id"), None),
 )
 
