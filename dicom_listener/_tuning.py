@@ -166,9 +166,9 @@ def apply(
         if not seams:
             log.warning("pynetdicom internals changed; running without ingest tuning")
             return False
-        _dimse_messages.NamedTemporaryFile = _spool_factory  # type: ignore[assignment]
+        _dimse_messages.NamedTemporaryFile = _spool_factory  # type: ignore[assignment,attr-defined]
         AssociationSocket.recv = _recv_exact  # type: ignore[method-assign]
-        _transport.deepcopy = _share_contexts  # type: ignore[assignment]
+        _transport.deepcopy = _share_contexts  # type: ignore[assignment,attr-defined]
         DULServiceProvider.receive_pdu = _receive_pdu  # type: ignore[method-assign]
         _config.STORE_RECV_CHUNKED_DATASET = True
         _applied = True

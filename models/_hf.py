@@ -196,7 +196,7 @@ class TransformersBackend:
             model: Any = Qwen2_5_VLForConditionalGeneration.from_pretrained(
                 source, dtype=torch_dtype, **hub
             )
-            processor = AutoProcessor.from_pretrained(
+            processor = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
                 source, min_pixels=min_pixels, max_pixels=max_pixels, **hub
             )
         except Exception as error:  # any failure to load means the same thing to the caller
@@ -433,7 +433,7 @@ class TransformersBackend:
         not silently turn greedy decoding into something else."""
         from transformers import GenerationConfig
 
-        return GenerationConfig(
+        return GenerationConfig(  # type: ignore[no-untyped-call]
             do_sample=options.do_sample,
             temperature=options.temperature if options.do_sample else None,
             top_p=options.top_p if options.do_sample else None,

@@ -130,7 +130,7 @@ def _window(dataset: Any, pixels: np.ndarray, counts: np.ndarray | None = None) 
     ``counts``, when given, says how many pixels hold each of ``pixels``' values (the distinct
     values of an image, see :func:`dataset_to_gray`): only the percentile window needs it.
     """
-    from pydicom.pixels import apply_voi_lut
+    from pydicom.pixels.processing import apply_voi_lut
 
     if "VOILUTSequence" in dataset:
         # apply_voi_lut maps through the LUT; its output range is the LUT's (BitsStored of it).
@@ -158,7 +158,7 @@ def _window(dataset: Any, pixels: np.ndarray, counts: np.ndarray | None = None) 
 
 def _display_gray(dataset: Any, raw: np.ndarray, counts: np.ndarray | None = None) -> np.ndarray:
     """Stored values to uint8 grey: modality LUT, VOI, MONOCHROME1 inversion, 8 bits."""
-    from pydicom.pixels import apply_modality_lut
+    from pydicom.pixels.processing import apply_modality_lut
 
     pixels = np.asarray(apply_modality_lut(raw, dataset), dtype=np.float64)
     unit = _window(dataset, pixels, counts)
@@ -192,7 +192,8 @@ def _lookup_gray(dataset: Any, raw: np.ndarray) -> np.ndarray | None:
     table = np.zeros(span, dtype=np.uint8)
     values = (present + low).astype(raw.dtype)
     table[present] = _display_gray(dataset, values, counts[present])
-    return table[offsets]
+    gray: np.ndarray = table[offsets]
+    return gray
 
 
 def dataset_to_gray(dataset: Any) -> np.ndarray:
@@ -204,7 +205,7 @@ def dataset_to_gray(dataset: Any) -> np.ndarray:
     if int(getattr(dataset, "SamplesPerPixel", 1)) > 1 or raw.ndim == 3:
         rgb = np.asarray(raw)
         if photometric.startswith("YBR"):
-            from pydicom.pixels import convert_color_space
+            from pydicom.pixels.processing import convert_color_space
 
             rgb = convert_color_space(rgb, photometric, "RGB")
         return np.asarray(Image.fromarray(rgb.astype(np.uint8)).convert("L"))

@@ -118,7 +118,7 @@ def build_tiny(path: str | Path, *, seed: int = 0, init_range: float = 0.5) -> P
     target.mkdir(parents=True, exist_ok=True)
 
     raw = _train_tokenizer()
-    tokenizer = PreTrainedTokenizerFast(
+    tokenizer = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=raw,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
@@ -180,7 +180,7 @@ def build_tiny(path: str | Path, *, seed: int = 0, init_range: float = 0.5) -> P
         for offset, param in enumerate(p for p in model.parameters() if p.dim() >= 2):
             generator = torch.Generator().manual_seed(seed * 100_003 + offset)
             param.normal_(0.0, init_range, generator=generator)
-    model.generation_config = GenerationConfig(
+    model.generation_config = GenerationConfig(  # type: ignore[no-untyped-call]
         eos_token_id=[ids["<|im_end|>"], ids["<|endoftext|>"]],
         pad_token_id=ids["<|endoftext|>"],
         do_sample=False,
@@ -189,7 +189,7 @@ def build_tiny(path: str | Path, *, seed: int = 0, init_range: float = 0.5) -> P
 
     image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=512 * 512)
     video_processor = Qwen2VLVideoProcessor()
-    processor = Qwen2_5_VLProcessor(
+    processor = Qwen2_5_VLProcessor(  # type: ignore[no-untyped-call]
         image_processor=image_processor,
         tokenizer=tokenizer,
         video_processor=video_processor,

@@ -45,7 +45,8 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE, Association, build_context, evt
+from pynetdicom import AE, build_context, evt
+from pynetdicom.association import Association
 from pynetdicom.pdu import A_ASSOCIATE_RJ
 from pynetdicom.pdu_primitives import A_ASSOCIATE
 from pynetdicom.presentation import PresentationContext

@@ -228,7 +228,8 @@ def message(
     for item in objects:
         root.append(item.element())
     # One line: syslog collectors store a message per line (no newline after the declaration).
-    return b'<?xml version="1.0" encoding="UTF-8"?>' + ET.tostring(root, encoding="utf-8")
+    body: bytes = ET.tostring(root, encoding="utf-8")
+    return b'<?xml version="1.0" encoding="UTF-8"?>' + body
 
 
 def _application(settings: Settings, *, requestor: bool, role: Code | None = None) -> Participant:

@@ -118,7 +118,7 @@ def claim(session: Session, job_id: int, worker: str, lease: dt.timedelta) -> bo
         .execution_options(synchronize_session=False)
     )
     session.commit()
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    return bool(result.rowcount == 1)  # type: ignore[attr-defined]
 
 
 def heartbeat(session: Session, job_id: int, worker: str, lease: dt.timedelta) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from kombu import Queue as KombuQueue
+from kombu.entity import Queue as KombuQueue
 
 from raddraft.job_contract import QUEUES, Queue
 from raddraft.settings import Settings, get_settings
@@ -50,7 +50,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         # Our subclass of kombu's filesystem transport, which writes message files atomically.
         broker_transport="worker.fs_transport:Transport" if url == "filesystem://" else None,
         broker_connection_retry_on_startup=True,
-        task_queues=[KombuQueue(str(name)) for name in QUEUES],
+        task_queues=[KombuQueue(str(name)) for name in QUEUES],  # type: ignore[no-untyped-call]
         task_default_queue=str(Queue.io),
         task_serializer="json",
         accept_content=["json"],

@@ -28,7 +28,7 @@ class Channel(filesystem.Channel):
         incoming.mkdir(exist_ok=True)
         staged = incoming / name
         with open(staged, "wb") as handle:
-            handle.write(str_to_bytes(dumps(payload)))
+            handle.write(str_to_bytes(dumps(payload)))  # type: ignore[no-untyped-call]
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(staged, Path(self.data_folder_out) / name)

@@ -51,7 +51,8 @@ def _base(request: Request) -> str:
 
 
 def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def _problem(status: int, detail: str) -> JSONResponse:

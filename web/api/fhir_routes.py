@@ -25,7 +25,7 @@ from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
 from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import QueryableAttribute, Session
 
 import report_drafts as drafts
 from dicom_listener import Patient, Study
@@ -73,6 +73,8 @@ FORM_PARAMS = frozenset({"_format", "_pretty", "_summary"})
 PREFIXES = ("eq", "ne", "ge", "gt", "le", "lt")
 #: The patient as a reference (``Patient/<id>``) or by its identifier (``system|value``).
 PATIENT_PARAMS = ("patient", "patient.identifier", "subject", "subject.identifier")
+#: A searchable column: a mapped attribute or an expression.
+Column = ColumnElement[Any] | QueryableAttribute[Any]
 
 
 class SearchError(ValueError):
@@ -93,7 +95,8 @@ def _outcome(status: int, text: str) -> Response:
 
 
 def _dict(resource: Any) -> dict[str, Any]:
-    return json.loads(resource.model_dump_json())
+    body: dict[str, Any] = json.loads(resource.model_dump_json())
+    return body
 
 
 # -- which version a report shows ------------------------------------------------------------------
@@ -330,7 +333,7 @@ def _reference_value(value: str) -> str:
     return value
 
 
-def _any_of(column: Any, values: list[str]) -> ColumnElement[bool]:
+def _any_of(column: Column, values: list[str]) -> ColumnElement[bool]:
     return column.in_([_reference_value(v) for v in values])
 
 
@@ -338,17 +341,18 @@ def _prefixed(value: str) -> tuple[str, str]:
     return (value[:2], value[2:]) if value[:2] in PREFIXES else ("eq", value)
 
 
-def _compare(column: Any, prefix: str, low: Any, high: Any) -> ColumnElement[bool]:
+def _compare(column: Column, prefix: str, low: Any, high: Any) -> ColumnElement[bool]:
     """A FHIR date comparison (search.html 3.1.1.4.5) against the range ``[low, high)`` a
     value of some precision covers."""
-    return {
+    terms: dict[str, ColumnElement[bool]] = {
         "eq": and_(column >= low, column < high),
         "ne": or_(column < low, column >= high),
         "ge": column >= low,
         "gt": column >= high,
         "le": column < high,
         "lt": column < low,
-    }[prefix]
+    }
+    return terms[prefix]
 
 
 def _date_terms(values: list[list[str]]) -> list[ColumnElement[bool]]:

@@ -84,7 +84,8 @@ class AmendBody(_Body):
 
 
 def _settings(request: Request) -> Settings:
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def _changed(session: DbSession, report_id: int, row: Any) -> dict[str, Any]:
@@ -249,7 +250,10 @@ def amend(
 @router.get("/reports/{report_id}/sent", tags=["review"])
 def sent(report_id: int, session: DbSession, user: Viewer) -> list[dict[str, Any]]:
     """What was sent where, per version."""
-    return views.detail(session, drafts.get_report(session, report_id))["sent"]
+    sends: list[dict[str, Any]] = views.detail(session, drafts.get_report(session, report_id))[
+        "sent"
+    ]
+    return sends
 
 
 @router.get("/reports/{report_id}/images", tags=["images"])

@@ -22,6 +22,7 @@ from typing import Any
 
 from pydicom.datadict import dictionary_VR
 from sqlalchemy import ColumnElement, String, and_, cast, false, func, or_
+from sqlalchemy.orm import QueryableAttribute
 
 #: The most UIDs one list-of-UID key may carry (PS3.4 C.2.2.2.2); the list is a bind
 #: parameter each, so it is bounded by the query, never by the archive.
@@ -83,7 +84,9 @@ def is_wildcard(pattern: str) -> bool:
     return "*" in pattern or "?" in pattern
 
 
-def condition(column: Any, keyword: str, pattern: str, dialect: str) -> ColumnElement[bool] | None:
+def condition(
+    column: ColumnElement[Any] | QueryableAttribute[Any], keyword: str, pattern: str, dialect: str
+) -> ColumnElement[bool] | None:
     """The ``WHERE`` term matching ``column`` (the stored value of ``keyword``) against a
     QIDO-RS key value; ``None`` for universal matching (an empty value only asks for the
     attribute, PS3.4 C.2.2.2.3)."""

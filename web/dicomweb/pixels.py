@@ -15,7 +15,7 @@ import numpy as np
 import pydicom
 from PIL import Image
 from pydicom import Dataset
-from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.pixels.processing import apply_modality_lut, apply_voi_lut
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 RENDERED_TYPES = ("image/jpeg", "image/png")
