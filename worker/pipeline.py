@@ -67,6 +67,7 @@ def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
             return {"skipped": "retrieved as a prior"}
         existing = report_drafts.report_for_study_version(session, version_pk)
         if existing is not None and existing.current_version > 0:
+            _close_orphaned_trace(session, existing, study.study_instance_uid)
             return {"skipped": "already drafted"}
         order = matching_order(session, study)
         if not _order_allows(session, version_pk, order):
@@ -124,6 +125,19 @@ def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
             ) from error
         raise
     return draft.trace_done(reading)
+
+
+#: Why a trace stays short when the job that stored its draft stopped before storing the trace.
+ORPHANED_TRACE = "the reading stopped before its trace was stored (its worker ended); draft kept"
+
+
+def _close_orphaned_trace(session: Any, report: report_drafts.Report, study_uid: str) -> None:
+    """A job runs again only when its last try ended (its lease lapsed): a trace still pending
+    then will never arrive, so it is marked incomplete instead of "still being read" forever."""
+    run = report_drafts.draft_run(session, report)
+    if run is not None and run.timings.get("trace") == report_drafts.TRACE_PENDING:
+        report_drafts.mark_trace_incomplete(session, run.id, ORPHANED_TRACE)
+        log.warning("trace incomplete %s", kv(study=study_uid, error=ORPHANED_TRACE))
 
 
 class _OrderCancelled(Exception):

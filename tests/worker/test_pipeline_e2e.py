@@ -28,6 +28,7 @@ from tests.processes import wait_for
 from tests.stack import Stack
 from tests.worker.model_server import ScriptedModelServer
 from web.api import views
+from worker import pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -445,3 +446,30 @@ def test_a_reading_that_fails_after_its_draft_keeps_the_draft(
     assert "500" in timings["trace_failure"]
     # What was read before the failure stays: the draft's stages and stage 4 begun.
     assert {row["stage"] for row in shown["provenance"]["stages"]} >= {1, 2, 3, "report"}
+
+
+def test_a_worker_killed_between_draft_and_trace_leaves_the_draft_and_says_so(
+    production_env: dict[str, str], scripted_model: ScriptedModelServer, tmp_path: Path
+) -> None:
+    """Killed while stage 4 is held: the job runs again, finds the draft, and marks its trace
+    incomplete instead of leaving the page saying "still being read" for ever."""
+    scripted_model.hold_on = RELATIONS
+    ids, files = make_study(tmp_path / "study", ("PA", "LATERAL"), rows=400, cols=360)
+    stack = Stack(tmp_path / "logs", {**production_env, **_scripted(scripted_model)}).start()
+    try:
+        stack.push(files)
+        report = stack.wait_for_draft(ids.study_uid)
+        assert scripted_model.held.wait(60), "stage 4 was never asked"
+        stack.kill9("gpu-worker")
+        assert stack.trace_state(ids.study_uid) == "pending"
+        scripted_model.release.set()
+        stack.start("gpu-worker")
+        assert stack.wait_for_trace(ids.study_uid) == "incomplete"
+        done = stack.wait_for_jobs("raddraft.draft_study", {"done"}, 1)
+        versions, shown = _draft_and_trace(stack, report.id)
+    finally:
+        scripted_model.release.set()
+        stack.stop()
+    assert done[0].attempts == 2
+    assert [v.number for v in versions] == [1]
+    assert shown["provenance"]["timings"]["trace_failure"] == pipeline.ORPHANED_TRACE
