@@ -6,7 +6,8 @@ package imports its modules. Each name lives in the module of whoever acts:
 The worker (:mod:`report_drafts.drafting`, :mod:`report_drafts.outbox`):
     ``mark_state``, ``record_draft``; ``materialise`` (any outbox object, from the
     database); ``claim_sends``, ``record_sent``, ``release``: what a job sends now, in version
-    order (:mod:`report_drafts.delivery`)
+    order (:mod:`report_drafts.delivery`); ``record_trace``, ``mark_trace_incomplete``: the
+    rest of the reading trace, after its draft (:mod:`report_drafts.draft_trace`)
 Radiologists (:mod:`report_drafts.signoff`):
     ``open_report``, ``edit_text``, ``finding_feedback``, ``add_finding``, ``sign``, ``reject``,
     ``amend``
@@ -54,6 +55,13 @@ from report_drafts.content import (
     ReportContent,
 )
 from report_drafts.delivery import Claim, claim_sends, record_sent, release
+from report_drafts.draft_trace import (
+    TRACE_COMPLETE,
+    TRACE_INCOMPLETE,
+    TRACE_PENDING,
+    mark_trace_incomplete,
+    record_trace,
+)
 from report_drafts.drafting import mark_state, record_draft
 from report_drafts.figures import reader_figures
 from report_drafts.notifications import (
@@ -143,6 +151,9 @@ __all__ = [
     "EDITABLE",
     "SIGNED_STATES",
     "TOKEN_SUBJECT",
+    "TRACE_COMPLETE",
+    "TRACE_INCOMPLETE",
+    "TRACE_PENDING",
     "Algorithm",
     "AuditEvent",
     "Box",
@@ -188,6 +199,7 @@ __all__ = [
     "finding_page_names",
     "get_report",
     "mark_state",
+    "mark_trace_incomplete",
     "materialise",
     "notification",
     "open_report",
@@ -202,6 +214,7 @@ __all__ = [
     "record_purge",
     "record_sent",
     "record_sign_in_failure",
+    "record_trace",
     "reject",
     "release",
     "removed_count",

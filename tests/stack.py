@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
+import report_drafts as drafts
 from dicom_listener.tables import Study, StudyVersion
 from raddraft import jobs
 from raddraft.db import engine_for, session_scope
@@ -112,6 +113,25 @@ class Stack:
         report = self.report(study_uid)
         assert report is not None
         return report
+
+    def trace_state(self, study_uid: str) -> str | None:
+        """``timings["trace"]`` of the draft run of ``study_uid``'s draft, None before a draft."""
+        report = self.report(study_uid)
+        if report is None or report.current_version == 0:
+            return None
+        with session_scope(self.engine) as session:
+            run = drafts.draft_run(session, report)
+            return None if run is None else str(run.timings.get("trace"))
+
+    def wait_for_trace(self, study_uid: str, timeout: float = 240) -> str:
+        """Wait until the draft of ``study_uid`` has its whole trace (or it was marked
+        incomplete): the worker stores the draft first and the trace after (issue 19)."""
+
+        def settled() -> bool:
+            return self.trace_state(study_uid) not in (None, drafts.TRACE_PENDING)
+
+        wait_for(settled, timeout, f"the trace of {study_uid}", self.processes)
+        return str(self.trace_state(study_uid))
 
     def jobs(self, task: str | None = None) -> list[jobs.Job]:
         with session_scope(self.engine) as session:

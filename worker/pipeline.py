@@ -56,6 +56,7 @@ def load_reader(settings: Settings) -> models.ModelInfo:
 def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
     """Draft study version ``args.study_version_pk``; returns stage timings in seconds."""
     settings = get_settings()
+    job_started = time.monotonic()  # the stored draft's and trace's times count from here
     version_pk = args.study_version_pk
     with session_scope() as session:
         study = dicom_listener.study_for_version(session, version_pk)
@@ -66,6 +67,7 @@ def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
             return {"skipped": "retrieved as a prior"}
         existing = report_drafts.report_for_study_version(session, version_pk)
         if existing is not None and existing.current_version > 0:
+            _close_orphaned_trace(session, existing, study.study_instance_uid)
             return {"skipped": "already drafted"}
         order = matching_order(session, study)
         if not _order_allows(session, version_pk, order):
@@ -97,75 +99,188 @@ def draft_job(job_id: int, args: DraftStudy) -> dict[str, Any]:
     prior_report, cut_prior = bounded_text(prior.report_text or "", limit)
     cut = {k: v for k, v in (("indication", cut_indication), ("prior_report", cut_prior)) if v}
 
-    started = time.monotonic()
     load_reader(settings)
     assert _reader is not None
+    draft = _DraftStore(
+        settings, study, version_pk, images, prior.to_json(), cut, timings, started=job_started
+    )
     try:
         reading = _reader.read(
             [models.StudyImage.from_path(image.path) for image in current],
             [models.StudyImage.from_path(image.path) for image in prior.images] or None,
             indication=indication or None,
             prior_report=prior_report or None,
+            on_draft=draft.store,
         )
+    except _OrderCancelled:
+        return {**timings, "skipped": "order cancelled"}
     except Exception as error:
+        if draft.stored is not None:
+            # The radiologist has the draft: it stays; the trace says why it stops short.
+            return draft.trace_failed(error)
         if not_fitting(error):
             # The same conversation will not fit on the next try either: fail once, say why.
             raise PermanentError(
                 f"the conversation does not fit the model's context: {error}"
             ) from error
         raise
-    timings["model_s"] = round(time.monotonic() - started, 4)
-    # The reader runs the turns the draft needs first: when the draft was ready, and the trace.
-    timings["draft_s"] = round(reading.draft_seconds, 4)
-    timings["trace_s"] = round(reading.total_seconds, 4)
+    return draft.trace_done(reading)
 
-    started = time.monotonic()
-    content = report_content(reading, study_version_uid=f"{study.study_instance_uid}.v{version_pk}")
-    if cut:  # shown with the draft: what the model read of each text was cut
-        content = dataclasses.replace(content, extra={**content.extra, "input_truncated": cut})
-    algorithm = Algorithm(
-        name=reading.model.model_id,
-        version=reading.model.revision or "unversioned",
-        program_version=f"raddraft {raddraft_version}; {reading.program_version}",
-        demo=reading.model.demo,
-    )
-    run = {
-        "stages": stage_rows(reading),
-        "reading": reading.to_json(),
-        "settings": reading.settings,
-        "prior": prior.to_json(),
-        "timings": timings,
-    }
-    with session_scope() as session:
-        # Cancelled while the model read: store nothing (the order may arrive at any time).
-        order = matching_order(session, study)
-        if not _order_allows(session, version_pk, order):
-            return {**timings, "skipped": "order cancelled"}
-        draft = report_drafts.record_draft(
-            session,
-            study_version_pk=version_pk,
-            content=content,
-            run=run,
-            algorithm=algorithm,
-            settings=settings,
-            source_files={image.sop_instance_uid: image.path for image in images},
+
+#: Why a trace stays short when the job that stored its draft stopped before storing the trace.
+ORPHANED_TRACE = "the reading stopped before its trace was stored (its worker ended); draft kept"
+
+
+def _close_orphaned_trace(session: Any, report: report_drafts.Report, study_uid: str) -> None:
+    """A job runs again only when its last try ended (its lease lapsed): a trace still pending
+    then will never arrive, so it is marked incomplete instead of "still being read" forever."""
+    run = report_drafts.draft_run(session, report)
+    if run is not None and run.timings.get("trace") == report_drafts.TRACE_PENDING:
+        report_drafts.mark_trace_incomplete(session, run.id, ORPHANED_TRACE)
+        log.warning("trace incomplete %s", kv(study=study_uid, error=ORPHANED_TRACE))
+
+
+class _OrderCancelled(Exception):
+    """The order was cancelled while the model read: nothing is stored, the reading stops."""
+
+
+@dataclasses.dataclass
+class _Stored:
+    report_id: int
+    report_version: int
+    draft_run_pk: int
+
+
+class _DraftStore:
+    """Stores a study version's draft as soon as the reader has what the report needs (its
+    ``on_draft`` hook, issue 19: the radiologist waits for the draft, not the whole trace), then
+    attaches the rest of the trace to the same draft run when the reading completes or fails.
+
+    With ``report_source=single_turn`` (the default) the reader calls the hook after stages 1-3
+    and the single-turn report prompts, so the draft's findings and impression come from those
+    turns only; stages 4-8 follow. With ``report_source=staged`` the report needs stage 8, so the
+    reader calls the hook at the end and the draft is stored after the whole reading, as before.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        study: dicom_listener.StudyInfo,
+        version_pk: int,
+        images: list[dicom_listener.ArchivedImage],
+        prior: dict[str, Any],
+        cut: dict[str, Any],
+        timings: dict[str, Any],
+        *,
+        started: float,
+    ) -> None:
+        self.settings, self.study, self.version_pk = settings, study, version_pk
+        self.images, self.prior, self.cut, self.timings = images, prior, cut, timings
+        self.started = started  # the job's start: what the radiologist's wait counts from
+        self.stored: _Stored | None = None
+        self.reading: models.Reading | None = None
+        self.findings = 0
+
+    def store(self, reading: models.Reading) -> None:
+        """The reader's ``on_draft``: store version 1 with the trace read so far."""
+        built = time.monotonic()
+        self.reading = reading
+        self.timings["draft_s"] = round(reading.draft_seconds, 4)
+        study = self.study
+        content = report_content(
+            reading, study_version_uid=f"{study.study_instance_uid}.v{self.version_pk}"
         )
-        # What the API shows: the report's id and its version number (not row keys).
-        report_id, report_version = draft.report_pk, draft.number
-    timings["build_s"] = round(time.monotonic() - started, 4)
-    log.info(
-        "drafted %s",
-        kv(
-            study=study.study_instance_uid,
-            study_version_pk=version_pk,
-            report=report_id,
-            report_version=report_version,
-            findings=len(content.findings),
-            prior=prior.source,
-            **timings,
-        ),
-    )
-    return timings
+        if self.cut:  # shown with the draft: what the model read of each text was cut
+            extra = {**content.extra, "input_truncated": self.cut}
+            content = dataclasses.replace(content, extra=extra)
+        algorithm = Algorithm(
+            name=reading.model.model_id,
+            version=reading.model.revision or "unversioned",
+            program_version=f"raddraft {raddraft_version}; {reading.program_version}",
+            demo=reading.model.demo,
+        )
+        run = {
+            "stages": stage_rows(reading),  # a snapshot: the reading goes on after this
+            "settings": reading.settings,
+            "prior": self.prior,
+            "timings": {**self.timings, "trace": report_drafts.TRACE_PENDING},
+        }
+        with session_scope() as session:
+            # Cancelled while the model read: store nothing (the order may arrive at any time).
+            order = matching_order(session, study)
+            if not _order_allows(session, self.version_pk, order):
+                raise _OrderCancelled(study.accession_number)
+            row = report_drafts.record_draft(
+                session,
+                study_version_pk=self.version_pk,
+                content=content,
+                run=run,
+                algorithm=algorithm,
+                settings=self.settings,
+                source_files={image.sop_instance_uid: image.path for image in self.images},
+            )
+            # What the API shows: the report's id and its version number (not row keys).
+            assert row.draft_run_pk is not None  # record_draft always records its run
+            self.stored = _Stored(row.report_pk, row.number, row.draft_run_pk)
+        self.findings = len(content.findings)
+        self.timings["build_s"] = round(time.monotonic() - built, 4)
+        self.timings["stored_draft_s"] = round(time.monotonic() - self.started, 4)
+        log.info("draft stored %s", kv(study=study.study_instance_uid, **self._ids()))
+
+    def trace_done(self, reading: models.Reading) -> dict[str, Any]:
+        """The reading is complete: every stage and both times go to the draft's run."""
+        if self.stored is None:  # the reader always calls on_draft before it returns
+            raise RuntimeError("the reading ended without calling on_draft")
+        self.timings["trace_s"] = round(reading.total_seconds, 4)
+        self.timings["model_s"] = self.timings["trace_s"]
+        with session_scope() as session:
+            self.timings["stored_trace_s"] = round(time.monotonic() - self.started, 4)
+            report_drafts.record_trace(
+                session,
+                self.stored.draft_run_pk,
+                stages=stage_rows(reading),
+                timings=self.timings,
+            )
+        self.timings["trace"] = report_drafts.TRACE_COMPLETE
+        self._log_drafted()
+        return self.timings
+
+    def trace_failed(self, error: Exception) -> dict[str, Any]:
+        """The reading failed after the draft was stored: keep the draft, mark the trace."""
+        assert self.stored is not None
+        reason = f"{type(error).__name__}: {error}"
+        stages = stage_rows(self.reading) if self.reading is not None else None
+        with session_scope() as session:
+            report_drafts.mark_trace_incomplete(
+                session, self.stored.draft_run_pk, reason, stages=stages, timings=self.timings
+            )
+        self.timings["trace"] = report_drafts.TRACE_INCOMPLETE
+        log.warning(
+            "trace incomplete %s",
+            kv(study=self.study.study_instance_uid, error=reason, **self._ids()),
+        )
+        self._log_drafted()
+        return self.timings
+
+    def _ids(self) -> dict[str, Any]:
+        assert self.stored is not None
+        return {
+            "study_version_pk": self.version_pk,
+            "report": self.stored.report_id,
+            "report_version": self.stored.report_version,
+        }
+
+    def _log_drafted(self) -> None:
+        log.info(
+            "drafted %s",
+            kv(
+                study=self.study.study_instance_uid,
+                **self._ids(),
+                findings=self.findings,
+                prior=self.prior.get("source"),
+                **self.timings,
+            ),
+        )
 
 
 def bounded_text(text: str, limit: int) -> tuple[str, dict[str, int] | None]:

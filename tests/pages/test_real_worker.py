@@ -73,6 +73,7 @@ def worker_stack(
     try:
         stack.push(files)
         stack.wait_for_draft(ids.study_uid)
+        stack.wait_for_trace(ids.study_uid)  # the page below shows every stage
         yield stack, ids.study_uid, web_port
     finally:
         stack.stop()

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
+import report_drafts as drafts
 from dicom_listener.tables import IngestEvent, IngestEventKind
 from raddraft import job_contract
 from report_drafts import delivery
@@ -263,3 +264,38 @@ def test_review_page_flags_cut_answers_and_shows_the_report_prompts(
     assert "cut at the token limit, incomplete</strong> Patchy opacity" in page
     plain = client.get(f"/reports/{seeded.routine_report}").text
     assert "truncated-warning" not in plain and "cut at the token limit" not in plain
+
+
+def test_review_page_says_the_trace_is_still_being_read_until_it_arrives(
+    client: TestClient, seeded: Seeded, engine: Engine
+) -> None:
+    """Issue 19: the draft is stored before the rest of the trace. Its page says so, then shows
+    the stages and both times when the trace arrives; a failed trace says why, the draft stays."""
+    with Session(engine) as session, session.begin():
+        report = drafts.get_report(session, seeded.routine_report)
+        run = drafts.draft_run(session, report)
+        assert run is not None
+        run_pk, stages = run.id, list(run.stages)
+        run.stages = stages[:3]
+        run.timings = {"draft_s": 1.5, "stored_draft_s": 2.0, "trace": drafts.TRACE_PENDING}
+    sign_in(client, "curie")
+    pending = client.get(f"/reports/{seeded.routine_report}").text
+    assert 'id="trace-pending"' in pending and "Trace still being read" in pending
+    assert "Draft stored after 2.0 s." in pending
+
+    with Session(engine) as session, session.begin():
+        drafts.record_trace(session, run_pk, stages=stages, timings={"stored_trace_s": 9.25})
+    done = client.get(f"/reports/{seeded.routine_report}").text
+    assert "trace-pending" not in done and "Trace incomplete" not in done
+    assert "Draft stored after 2.0 s, trace after 9.2 s." in done
+    api = client.get(f"/api/reports/{seeded.routine_report}").json()["provenance"]
+    assert api["timings"]["trace"] == "complete" and len(api["stages"]) == len(stages)
+
+    with Session(engine) as session, session.begin():
+        run = session.get(drafts.DraftRun, run_pk)
+        assert run is not None
+        run.timings = {**run.timings, "trace": drafts.TRACE_PENDING}
+        drafts.mark_trace_incomplete(session, run_pk, "RuntimeError: model server failed")
+    failed = client.get(f"/reports/{seeded.routine_report}").text
+    assert "Trace incomplete (the draft is complete): RuntimeError: model server failed" in failed
+    assert "trace-pending" not in failed

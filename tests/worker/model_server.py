@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 EFFUSION_BOX = (55, 50, 90, 88)  # percent of the model input: x1, y1, x2, y2
+HOLD_LIMIT_S = 120.0  # a held question is answered after this even if the test never releases
 
 
 def send_json(handler: BaseHTTPRequestHandler, value: object) -> None:
@@ -50,6 +51,12 @@ class ScriptedModelServer:
 
     def __init__(self) -> None:
         self.requests: list[dict[str, Any]] = []
+        # A question containing ``hold_on`` waits (at most ``HOLD_LIMIT_S``) until ``release``
+        # is set: a test sees what the worker stored before that question was answered.
+        self.hold_on: str | None = None
+        self.release = threading.Event()
+        self.held = threading.Event()  # set when a held question has arrived
+        self.fail_on: str | None = None  # a question containing this gets an HTTP 500
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -64,6 +71,12 @@ class ScriptedModelServer:
                         part.get("text", "") for part in last if part.get("type") == "text"
                     )
                 )
+                if server.hold_on and server.hold_on in text:
+                    server.held.set()
+                    server.release.wait(HOLD_LIMIT_S)
+                if server.fail_on and server.fail_on in text:
+                    self.send_error(500, "scripted failure")
+                    return
                 reply = {
                     "choices": [
                         {

@@ -20,13 +20,15 @@ from sqlalchemy import func, select
 from raddraft import jobs
 from raddraft.db import session_scope
 from raddraft.settings import Settings
-from report_drafts.tables import DraftRun, ReportVersion
+from report_drafts.tables import DraftRun, Report, ReportVersion
 from tests.builders.helpers import dciodvfy_ok, dcmpschk_ok
 from tests.dicom_factory import StudyIds, make_study
 from tests.orthanc import OrthancServer
 from tests.processes import wait_for
 from tests.stack import Stack
 from tests.worker.model_server import ScriptedModelServer
+from web.api import views
+from worker import pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -185,6 +187,7 @@ def test_embedded_default_drafts_with_the_tiny_checkpoint(
     try:
         stack.push(files)
         report = stack.wait_for_draft(ids.study_uid)
+        assert stack.wait_for_trace(ids.study_uid) == "complete"
         stack.wait_for_jobs("raddraft.export_dicom", {"done"}, 1)
     finally:
         stack.stop()
@@ -355,3 +358,118 @@ def test_pacs_down_then_up_and_a_permanent_rejection(
         stack.stop()
     found = _objects_in_orthanc(pacs, ids.study_uid)
     assert len(found["sr"]) == 1 and len(found["gsps"]) == 1, found
+
+
+RELATIONS = "How do the findings on this chest X-ray relate to each other?"  # stage 4
+
+
+def _draft_and_trace(stack: Stack, report_pk: int) -> tuple[list[ReportVersion], dict[str, Any]]:
+    """The report's versions and what the API's detail shows of it (content, provenance)."""
+    with session_scope(stack.engine) as session:
+        versions = list(
+            session.scalars(select(ReportVersion).where(ReportVersion.report_pk == report_pk))
+        )
+        session.expunge_all()
+        report = session.get(Report, report_pk)
+        assert report is not None
+        return versions, views.detail(session, report)
+
+
+def test_the_draft_is_stored_before_the_rest_of_the_trace(
+    production_env: dict[str, str], scripted_model: ScriptedModelServer, tmp_path: Path
+) -> None:
+    """Issue 19: the radiologist waits for the draft, not for the whole trace. Stage 4 is held
+    at the model server until the test has seen the stored draft; then the trace follows."""
+    scripted_model.hold_on = RELATIONS
+    ids, files = make_study(tmp_path / "study", ("PA", "LATERAL"), rows=400, cols=360)
+    stack = Stack(tmp_path / "logs", {**production_env, **_scripted(scripted_model)}).start()
+    try:
+        stack.push(files)
+        report = stack.wait_for_draft(ids.study_uid)
+        assert scripted_model.held.wait(60), "stage 4 was never asked"
+        versions, shown = _draft_and_trace(stack, report.id)
+        assert [v.number for v in versions] == [1] and versions[0].action == "draft"
+        assert shown["version"]["number"] == 1
+        assert shown["content"]["impression"] == "Moderate left pleural effusion."
+        timings = shown["provenance"]["timings"]
+        assert timings["trace"] == "pending" and "stored_trace_s" not in timings
+        stages = {row["stage"] for row in shown["provenance"]["stages"]}
+        assert stages == {1, 2, 3, "report"}  # what the draft needed, nothing after
+        assert stack.trace_state(ids.study_uid) == "pending"
+
+        scripted_model.release.set()
+        assert stack.wait_for_trace(ids.study_uid) == "complete"
+        after, shown = _draft_and_trace(stack, report.id)
+    finally:
+        scripted_model.release.set()
+        stack.stop()
+    # The trace joined the same draft run: no new version, the published content unchanged.
+    assert [(v.number, v.content, v.draft_run_pk) for v in after] == [
+        (v.number, v.content, v.draft_run_pk) for v in versions
+    ]
+    timings = shown["provenance"]["timings"]
+    assert {row["stage"] for row in shown["provenance"]["stages"]} == {
+        1, 2, 3, 4, 5, 6, 7, 8, "report"
+    }  # fmt: skip
+    assert 0 < timings["stored_draft_s"] <= timings["stored_trace_s"]
+    assert 0 < timings["draft_s"] <= timings["trace_s"]
+    logged = (stack.log_dir / "gpu-worker.log").read_text(errors="replace")
+    assert f"draft stored study={ids.study_uid} " in logged
+    wanted = f"drafted study={ids.study_uid} "
+    drafted = next(line for line in logged.splitlines() if wanted in line)
+    assert "stored_draft_s=" in drafted and "stored_trace_s=" in drafted
+    assert "trace=complete" in drafted
+
+
+def test_a_reading_that_fails_after_its_draft_keeps_the_draft(
+    production_env: dict[str, str], scripted_model: ScriptedModelServer, tmp_path: Path
+) -> None:
+    """The model server fails at stage 4, after the draft was stored: the draft stays (one
+    version, the report drafted, its job done), the trace is marked incomplete with the reason."""
+    scripted_model.fail_on = RELATIONS
+    ids, files = make_study(tmp_path / "study", ("PA", "LATERAL"), rows=400, cols=360)
+    stack = Stack(tmp_path / "logs", {**production_env, **_scripted(scripted_model)}).start()
+    try:
+        stack.push(files)
+        report = stack.wait_for_draft(ids.study_uid)
+        assert stack.wait_for_trace(ids.study_uid) == "incomplete"
+        done = stack.wait_for_jobs("raddraft.draft_study", {"done"}, 1)
+        versions, shown = _draft_and_trace(stack, report.id)
+    finally:
+        stack.stop()
+    assert done[0].attempts == 1  # not retried: a retry would find the draft and stop
+    assert [v.number for v in versions] == [1]
+    assert shown["state"] == "drafted"
+    assert shown["content"]["impression"] == "Moderate left pleural effusion."
+    timings = shown["provenance"]["timings"]
+    assert timings["trace"] == "incomplete"
+    assert "500" in timings["trace_failure"]
+    # What was read before the failure stays: the draft's stages and stage 4 begun.
+    assert {row["stage"] for row in shown["provenance"]["stages"]} >= {1, 2, 3, "report"}
+
+
+def test_a_worker_killed_between_draft_and_trace_leaves_the_draft_and_says_so(
+    production_env: dict[str, str], scripted_model: ScriptedModelServer, tmp_path: Path
+) -> None:
+    """Killed while stage 4 is held: the job runs again, finds the draft, and marks its trace
+    incomplete instead of leaving the page saying "still being read" for ever."""
+    scripted_model.hold_on = RELATIONS
+    ids, files = make_study(tmp_path / "study", ("PA", "LATERAL"), rows=400, cols=360)
+    stack = Stack(tmp_path / "logs", {**production_env, **_scripted(scripted_model)}).start()
+    try:
+        stack.push(files)
+        report = stack.wait_for_draft(ids.study_uid)
+        assert scripted_model.held.wait(60), "stage 4 was never asked"
+        stack.kill9("gpu-worker")
+        assert stack.trace_state(ids.study_uid) == "pending"
+        scripted_model.release.set()
+        stack.start("gpu-worker")
+        assert stack.wait_for_trace(ids.study_uid) == "incomplete"
+        done = stack.wait_for_jobs("raddraft.draft_study", {"done"}, 1)
+        versions, shown = _draft_and_trace(stack, report.id)
+    finally:
+        scripted_model.release.set()
+        stack.stop()
+    assert done[0].attempts == 2
+    assert [v.number for v in versions] == [1]
+    assert shown["provenance"]["timings"]["trace_failure"] == pipeline.ORPHANED_TRACE

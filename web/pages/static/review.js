@@ -384,6 +384,22 @@
     e.preventDefault();
   });
 
+  /* ---- the trace follows its draft (issue 19): say when it is stored; never reload over edits ---- */
+  const tracePending = document.getElementById("trace-pending");
+  let tracePolls = 0;
+  async function pollTrace() {
+    try {
+      const detail = await R.getJson("/api/reports/" + reportId);
+      const timings = (detail.provenance && detail.provenance.timings) || {};
+      if (timings.trace !== "pending") {
+        tracePending.textContent = "The trace is stored (" + timings.trace + "): reload the page to see it.";
+        return;
+      }
+    } catch (_e) { /* try again later */ }
+    if (++tracePolls < 120) setTimeout(pollTrace, 5000);
+  }
+  if (tracePending) setTimeout(pollTrace, 5000);
+
   layout();
   document.querySelectorAll(".frame img").forEach((img) => img.addEventListener("load", layout, { once: true }));
 })();
