@@ -169,7 +169,7 @@ def _context_text(turn: Turn) -> str:
     return turn.raw
 
 
-class _Session:
+class _Dialogue:
     """One reading in progress: the conversation, its stages and the images it uses."""
 
     def __init__(self, backend: Backend, config: ReaderConfig, system: str) -> None:
@@ -346,34 +346,34 @@ class Reader:
         before = [_prepare(img, len(now) + i, "prior", config) for i, img in enumerate(prior)]
         for index, item in enumerate(now):
             item.info.index = index
-        session = _Session(self.backend, config, P.CXRTREK_SYSTEM_PROMPT)
+        dialogue = _Dialogue(self.backend, config, P.CXRTREK_SYSTEM_PROMPT)
         reading = Reading(
             model=self.model,
             settings=config.to_dict(),
             program_version=PROGRAM_VERSION,
             images=[p.info for p in now + before],
-            stages=session.stages,
+            stages=dialogue.stages,
             findings=[],
             indication=indication,
             report_source=config.report_source,
         )
         stage_runs = (
-            lambda: self._stage1(session, reading, now),
-            lambda: self._stage2(session, reading),
-            lambda: self._stage3(session, reading),
+            lambda: self._stage1(dialogue, reading, now),
+            lambda: self._stage2(dialogue, reading),
+            lambda: self._stage3(dialogue, reading),
             lambda: self._single(
-                session, 4, "relations", P.RELATIONS_QUESTION, reading, "relations_text"
+                dialogue, 4, "relations", P.RELATIONS_QUESTION, reading, "relations_text"
             ),
-            lambda: self._stage5(session, reading, now, before, prior_report),
-            lambda: self._single(session, 6, "trend", P.TREND_QUESTION, reading, "trend_text"),
-            lambda: self._single(session, 7, "advice", P.ADVICE_QUESTION, reading, "advice_text"),
-            lambda: self._stage8(session, reading),
+            lambda: self._stage5(dialogue, reading, now, before, prior_report),
+            lambda: self._single(dialogue, 6, "trend", P.TREND_QUESTION, reading, "trend_text"),
+            lambda: self._single(dialogue, 7, "advice", P.ADVICE_QUESTION, reading, "advice_text"),
+            lambda: self._stage8(dialogue, reading),
         )
         single = config.report_source == "single_turn"
         # The stages the single-turn report needs (view, quality, presence, attributes) first.
         draft_stages = 3 if single else len(stage_runs)
         for number, run in enumerate(stage_runs[:draft_stages], start=1):
-            self._timed(session, number, run)
+            self._timed(dialogue, number, run)
         if single:
             _report_pass(self.backend, config, reading, now, before)
         else:
@@ -383,27 +383,27 @@ class Reader:
         if on_draft is not None:
             on_draft(reading)
         for number, run in enumerate(stage_runs[draft_stages:], start=draft_stages + 1):
-            self._timed(session, number, run)
+            self._timed(dialogue, number, run)
         _record_problems(reading)
         reading.total_seconds = time.perf_counter() - started
         return reading
 
     @staticmethod
-    def _timed(session: _Session, number: int, run: Callable[[], None]) -> None:
+    def _timed(dialogue: _Dialogue, number: int, run: Callable[[], None]) -> None:
         stage_started = time.perf_counter()
         run()
-        session.stages[number - 1].seconds = time.perf_counter() - stage_started
+        dialogue.stages[number - 1].seconds = time.perf_counter() - stage_started
 
     # ------------------------------------------------------------------ stages
-    def _stage1(self, session: _Session, reading: Reading, now: list[_Prepared]) -> None:
-        stage = session.begin(1)
+    def _stage1(self, dialogue: _Dialogue, reading: Reading, now: list[_Prepared]) -> None:
+        stage = dialogue.begin(1)
         images = [(p.info.index, p.image) for p in now]
-        view = session.ask(stage, "view", P.VIEW_PROMPT, images=images)
+        view = dialogue.ask(stage, "view", P.VIEW_PROMPT, images=images)
         choice = parse_choice(view.answer, P.VIEW_OPTIONS)
         reading.view = choice.text
         if choice.index is None:
             view.parsed, view.parse_note = False, "no view option recognised"
-        quality = session.ask(
+        quality = dialogue.ask(
             stage, "quality", P.multiple_choice(P.QUALITY_QUESTION, P.QUALITY_OPTIONS)
         )
         picked = parse_choice(quality.answer, P.QUALITY_OPTIONS)
@@ -417,8 +417,8 @@ class Reader:
             elif picked.index == 2:
                 reading.quality_warnings.append("non-diagnostic image quality")
 
-    def _stage2(self, session: _Session, reading: Reading) -> None:
-        stage = session.begin(2)
+    def _stage2(self, dialogue: _Dialogue, reading: Reading) -> None:
+        stage = dialogue.begin(2)
         questions = [
             (
                 P.multiple_choice(
@@ -429,7 +429,7 @@ class Reader:
             for label in self.config.findings_vocabulary
         ]
         sampled = _sampled_labels(self.config)
-        turns = session.ask_all(stage, "presence", questions, sampled=sampled)
+        turns = dialogue.ask_all(stage, "presence", questions, sampled=sampled)
         for (_, label), turn in zip(questions, turns, strict=True):
             choice = parse_choice(turn.answer, P.PRESENCE_OPTIONS)
             finding = Finding(
@@ -454,8 +454,8 @@ class Reader:
     def _answer(mode: str, raw: str) -> str:
         return split_reasoning(raw).answer if mode == "reasoning" else raw
 
-    def _stage3(self, session: _Session, reading: Reading) -> None:
-        stage = session.begin(3)
+    def _stage3(self, dialogue: _Dialogue, reading: Reading) -> None:
+        stage = dialogue.begin(3)
         positives = reading.positive_findings
         if not positives:
             stage.skipped, stage.skip_reason = True, "no finding was answered present in stage 2"
@@ -463,7 +463,7 @@ class Reader:
         first = reading.images[0]
         for finding in positives:
             phrase = P.finding_phrase(finding.label)
-            attributes = session.ask(
+            attributes = dialogue.ask(
                 stage,
                 "attributes",
                 P.ATTRIBUTES_QUESTION.format(finding=phrase),
@@ -475,7 +475,7 @@ class Reader:
             question = P.ABNORMALITY_GROUNDING_PROMPT.format(finding=phrase)
             if self.config.grounding_hint:
                 question += P.GROUNDING_FORMAT_HINT
-            grounding = session.ask(stage, "grounding", question, target=finding.label)
+            grounding = dialogue.ask(stage, "grounding", question, target=finding.label)
             parsed = parse_boxes(grounding.answer, finding.label)
             if not parsed.understood and grounding.answer != grounding.raw:
                 parsed = parse_boxes(grounding.raw, finding.label)  # box written outside \boxed{}
@@ -488,34 +488,34 @@ class Reader:
 
     def _single(
         self,
-        session: _Session,
+        dialogue: _Dialogue,
         number: int,
         kind: str,
         question: str,
         reading: Reading,
         attribute: str,
     ) -> None:
-        stage = session.begin(number)
-        turn = session.ask(stage, kind, question)
+        stage = dialogue.begin(number)
+        turn = dialogue.ask(stage, kind, question)
         setattr(reading, attribute, turn.answer)
 
     def _stage5(
         self,
-        session: _Session,
+        dialogue: _Dialogue,
         reading: Reading,
         now: list[_Prepared],
         before: list[_Prepared],
         prior_report: str | None,
     ) -> None:
-        stage = session.begin(5)
+        stage = dialogue.begin(5)
         if not before:
             stage.skipped, stage.skip_reason = True, "no prior study"
             return
         pair = [(before[0].info.index, before[0].image), (now[0].info.index, now[0].image)]
-        progression = session.ask(stage, "progression", P.PROGRESSION_PROMPT, images=pair)
+        progression = dialogue.ask(stage, "progression", P.PROGRESSION_PROMPT, images=pair)
         reading.staged_report["progression_text"] = progression.answer
         for finding in reading.positive_findings:
-            turn = session.ask(
+            turn = dialogue.ask(
                 stage,
                 "temporal",
                 P.TEMPORAL_PROMPT.format(finding=P.finding_phrase(finding.label)),
@@ -526,16 +526,16 @@ class Reader:
             if choice.index is None:
                 turn.parsed, turn.parse_note = False, "no progression option recognised"
         prefix = P.PRIOR_REPORT_PREFIX.format(report=prior_report) if prior_report else ""
-        session.ask(stage, "differences", prefix + P.DIFFERENCES_QUESTION)
+        dialogue.ask(stage, "differences", prefix + P.DIFFERENCES_QUESTION)
 
-    def _stage8(self, session: _Session, reading: Reading) -> None:
-        stage = session.begin(8)
+    def _stage8(self, dialogue: _Dialogue, reading: Reading) -> None:
+        stage = dialogue.begin(8)
         if reading.indication:
             prompt = P.FINDINGS_WITH_INDICATION_PROMPT.format(indication=reading.indication)
         else:
             prompt = P.FINDINGS_PROMPT
-        reading.staged_report["findings_text"] = session.ask(stage, "findings", prompt).answer
-        reading.staged_report["impression"] = session.ask(
+        reading.staged_report["findings_text"] = dialogue.ask(stage, "findings", prompt).answer
+        reading.staged_report["impression"] = dialogue.ask(
             stage, "impression", P.IMPRESSION_PROMPT
         ).answer
 

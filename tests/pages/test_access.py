@@ -26,7 +26,7 @@ from report_drafts.users import add_user, sign_in_failures
 from tests.pages.seed import PASSWORD, Seeded
 from web import create_web_app
 from web.pages.routes import router as page_router
-from web.pages.session import SESSION_COOKIE
+from web.pages.sign_in import SESSION_COOKIE
 
 pytestmark = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 

@@ -22,7 +22,7 @@ from tests.pages.seed import DEMO_CUT, PASSWORD, Seeded
 from web import queue_status
 from web.pages import viewmodel
 from web.pages.routes import safe_next
-from web.pages.session import SESSION_COOKIE, Signer
+from web.pages.sign_in import SESSION_COOKIE, Signer
 
 SAMPLE = re.compile(
     r'^(raddraft_[a-z_]+)(\{[a-z_]+="(?:[^"\\]|\\.)*"(?:,[a-z_]+="(?:[^"\\]|\\.)*")*\})? '

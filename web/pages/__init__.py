@@ -15,7 +15,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
 from raddraft.settings import Settings
-from web.pages import session as page_session
+from web.pages import sign_in
 from web.pages.ratelimit import SignInLimit
 from web.pages.routes import PageForbidden, SignInRequired, forbidden_response, router
 
@@ -30,14 +30,14 @@ def install(app: FastAPI, settings: Settings) -> None:
     if getattr(app.state, "pages_installed", False):
         return
     app.state.pages_installed = True
-    app.state.page_signer = page_session.Signer(page_session.load_secret(settings))
+    app.state.page_signer = sign_in.Signer(sign_in.load_secret(settings))
     app.state.sign_in_limit = SignInLimit(
         settings.login_max_failures, settings.login_failure_window_seconds
     )
     resolvers = getattr(app.state, "session_resolvers", None)
     if resolvers is None:
         resolvers = app.state.session_resolvers = []
-    resolvers.append(page_session.resolve_for_api)
+    resolvers.append(sign_in.resolve_for_api)
 
     @app.exception_handler(SignInRequired)
     def _sign_in(_request: Request, error: SignInRequired) -> RedirectResponse:

@@ -44,8 +44,7 @@ from report_drafts import (
 from web import queue_status
 from web.api import views
 from web.api.auth import Access, DbSession, allowed
-from web.pages import session as page_session
-from web.pages import viewmodel
+from web.pages import sign_in, viewmodel
 from web.pages.ratelimit import SignInLimit
 
 HERE = Path(__file__).parent
@@ -83,7 +82,7 @@ class SignInRequired(Exception):
 
 def page_user(request: Request, session: DbSession) -> User:
     """The signed-in user of a page request (cookie session), or a redirect to sign in."""
-    user = page_session.user_of_session(request, session)
+    user = sign_in.user_of_sign_in(request, session)
     if user is None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         raise SignInRequired(target)
@@ -153,8 +152,8 @@ def page(
     demo: bool | None = None,
 ) -> HTMLResponse:
     """Render ``template`` with the layout's values and the pages' security headers."""
-    found = page_session.session_of(request)
-    csrf = page_session.signer_of(request).csrf_token(found) if found and user else ""
+    found = sign_in.sign_in_of(request)
+    csrf = sign_in.signer_of(request).csrf_token(found) if found and user else ""
     if demo is None:
         demo = drafts.demo_mode(session) if session is not None else False
     response = templates.TemplateResponse(
@@ -206,7 +205,7 @@ def login_form(request: Request, session: DbSession, next: str = "/") -> HTMLRes
 def _login_page(
     request: Request, session: Any, *, next_path: str, error: str = "", status_code: int = 200
 ) -> HTMLResponse:
-    token, fresh = page_session.login_form_token(request)
+    token, fresh = sign_in.login_form_token(request)
     response = page(
         request,
         "login.html",
@@ -215,7 +214,7 @@ def _login_page(
         status_code=status_code,
     )
     if fresh:
-        page_session.set_login_cookie(response, request, fresh)
+        sign_in.set_login_cookie(response, request, fresh)
     return response
 
 
@@ -223,7 +222,7 @@ def _login_page(
 def login_session(request: Request, session: DbSession) -> JSONResponse:
     """Whether this browser's session is alive: 200 either way, so the sign-in page can ask
     without a 401 in the console (``/api/me`` answers 401 when signed out, as an API must)."""
-    user = page_session.user_of_session(request, session)
+    user = sign_in.user_of_sign_in(request, session)
     # A role with no page (sender) is not signed in to the pages, whatever its cookie says.
     response = JSONResponse({"signed_in": user is not None and allowed(user, Access.view)})
     response.headers["Cache-Control"] = "no-store"
@@ -241,7 +240,7 @@ def login(
     next: Annotated[str, Form()] = "/",
 ) -> Response:
     """Sign in with a user name and password, or with an API token."""
-    if not page_session.login_csrf_ok(request, csrf_token):
+    if not sign_in.login_csrf_ok(request, csrf_token):
         return _login_page(
             request,
             session,
@@ -296,7 +295,7 @@ def login(
     if target == "/":
         target = "/queue" if user.role == Role.admin else "/worklist"
     response = RedirectResponse(target, status_code=303)
-    page_session.set_session_cookie(response, request, user)
+    sign_in.set_sign_in_cookie(response, request, user)
     return response
 
 
@@ -324,11 +323,11 @@ def _check_credentials(
 def logout(
     request: Request, session: DbSession, csrf_token: Annotated[str, Form()] = ""
 ) -> Response:
-    if not page_session.csrf_ok(request, csrf_token):
+    if not sign_in.csrf_ok(request, csrf_token):
         return error_page(request, session, None, 403, "Sign-out refused: invalid CSRF token.")
     response = RedirectResponse("/login", status_code=303)
-    page_session.clear_session_cookie(response)
-    user = page_session.user_of_session(request, session)
+    sign_in.clear_sign_in_cookie(response)
+    user = sign_in.user_of_sign_in(request, session)
     if user is not None:
         # Ended on the server: a copy of the cookie kept from before no longer works.
         drafts.end_sessions(session, user)

@@ -1,4 +1,4 @@
-"""The pages' sign-in session: a signed cookie, CSRF tokens, and the API's session resolver.
+"""Signing in to the pages: a signed sign-in cookie, CSRF tokens, and the API's resolver of it.
 
 The cookie holds no secret and no role, only ``{user id, issued at, nonce, credential
 fingerprint, session generation}`` signed with HMAC-SHA256. It is HttpOnly (no script reads it),
@@ -85,7 +85,7 @@ def _unb64(text: str) -> bytes:
 
 
 @dataclass(frozen=True)
-class PageSession:
+class SignIn:
     """A verified session cookie's content."""
 
     user_id: int
@@ -121,7 +121,7 @@ class Signer:
         body = _b64(json.dumps(payload, separators=(",", ":")).encode())
         return f"{body}.{self._mac('session', body)}"
 
-    def read(self, cookie: str | None, now: float | None = None) -> PageSession | None:
+    def read(self, cookie: str | None, now: float | None = None) -> SignIn | None:
         """The session in ``cookie`` if its signature holds and it has not expired."""
         if not cookie or "." not in cookie:
             return None
@@ -130,7 +130,7 @@ class Signer:
             return None
         try:
             payload = json.loads(_unb64(body))
-            found = PageSession(
+            found = SignIn(
                 user_id=int(payload["u"]),
                 issued_at=int(payload["t"]),
                 nonce=str(payload["n"]),
@@ -144,8 +144,8 @@ class Signer:
             return None
         return found
 
-    def csrf_token(self, page_session: PageSession) -> str:
-        return self._mac("csrf", page_session.nonce)[:32]
+    def csrf_token(self, sign_in: SignIn) -> str:
+        return self._mac("csrf", sign_in.nonce)[:32]
 
     def login_csrf(self, login_nonce: str) -> str:
         return self._mac("login", login_nonce)[:32]
@@ -156,13 +156,13 @@ def signer_of(request: Request) -> Signer:
     return signer
 
 
-def session_of(request: Request) -> PageSession | None:
+def sign_in_of(request: Request) -> SignIn | None:
     return signer_of(request).read(request.cookies.get(SESSION_COOKIE))
 
 
-def user_of_session(request: Request, session: Session) -> User | None:
+def user_of_sign_in(request: Request, session: Session) -> User | None:
     """The active user behind the request's session cookie, ignoring CSRF (for page views)."""
-    found = session_of(request)
+    found = sign_in_of(request)
     if found is None:
         return None
     user = session.get(User, found.user_id)
@@ -177,7 +177,7 @@ def user_of_session(request: Request, session: Session) -> User | None:
 
 def csrf_ok(request: Request, submitted: str | None) -> bool:
     """Whether ``submitted`` is the CSRF token of the request's session."""
-    found = session_of(request)
+    found = sign_in_of(request)
     if found is None or not submitted:
         return False
     return hmac.compare_digest(signer_of(request).csrf_token(found), submitted)
@@ -189,7 +189,7 @@ def resolve_for_api(request: Request, session: Session) -> User | None:
     A cross-site form cannot set a header and a SameSite=Strict cookie is not sent cross-site
     anyway; the header check holds even for a browser that ignores SameSite.
     """
-    user = user_of_session(request, session)
+    user = user_of_sign_in(request, session)
     if user is None:
         return None
     if request.method not in SAFE_METHODS and not csrf_ok(
@@ -203,7 +203,7 @@ def _secure(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
-def set_session_cookie(response: Response, request: Request, user: User) -> None:
+def set_sign_in_cookie(response: Response, request: Request, user: User) -> None:
     response.set_cookie(
         SESSION_COOKIE,
         signer_of(request).issue(user),
@@ -216,7 +216,7 @@ def set_session_cookie(response: Response, request: Request, user: User) -> None
     response.delete_cookie(LOGIN_COOKIE, path="/login")
 
 
-def clear_session_cookie(response: Response) -> None:
+def clear_sign_in_cookie(response: Response) -> None:
     response.delete_cookie(SESSION_COOKIE, path="/")
 
 
