@@ -10,6 +10,7 @@ COPY dicom_listener dicom_listener
 COPY worker worker
 COPY models models
 COPY report_drafts report_drafts
+COPY web web
 COPY peers peers
 COPY orders orders
 COPY migrations migrations

@@ -61,7 +61,7 @@ def _declare_indexes() -> None:
 
 
 _declare_indexes()
-# Retention's rule 6: drafts by the prior they read (an expression index, as 0007 makes it).
+# Retention's rule 6: drafts by the prior they read (an expression index, as 0011 makes it).
 _runs = Base.metadata.tables["draft_runs"]
 if not any(index.name == "ix_draft_runs_prior_uid" for index in _runs.indexes):
     Index("ix_draft_runs_prior_uid", _runs.c.prior["study_instance_uid"].as_string())

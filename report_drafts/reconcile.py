@@ -36,36 +36,6 @@ def _term_pattern(term: str) -> re.Pattern[str]:
     return re.compile(r"(?<![a-z])" + re.escape(term) + r"(?![a-z])")
 
 
-def affirmed(text: str, terms: Iterable[str]) -> list[str]:
-    """The ``terms`` the text names affirmatively, longest first, each once.
-
-    Within a sentence a negation covers the rest of its comma part and the list that follows
-    it ("No consolidation, effusion or pneumothorax."), but a part that does not start with a
-    term ends it ("No pneumothorax, small effusion."). A longer term hides the shorter ones
-    inside it ("pleural effusion" is not also "effusion").
-    """
-    ordered = sorted(dict.fromkeys(t.lower() for t in terms), key=len, reverse=True)
-    patterns = [(term, _term_pattern(term)) for term in ordered]
-    found: list[str] = []
-    for sentence in _SENTENCE_END.split(text.lower()):
-        negated_list = False
-        for part in sentence.split(","):
-            rest = _LIST_JOINER.sub("", part.strip())
-            if not any(rest.startswith(term) for term in ordered):
-                negated_list = False
-            for term, pattern in patterns:
-                match = pattern.search(rest)
-                if match is None:
-                    continue
-                negated = negated_list or _NEGATION.search(rest[: match.start()]) is not None
-                if not negated and term not in found:
-                    found.append(term)
-                rest = rest[: match.start()] + " " * len(term) + rest[match.end() :]
-            if _NEGATION.search(part):
-                negated_list = True
-    return found
-
-
 # Uncertainty cues (hedges): before the term ("cannot exclude a small pneumothorax") or after
 # it ("pneumothorax cannot be excluded"). Looked for before negation: "can not exclude" holds a
 # "not" but says "maybe".
@@ -145,7 +115,8 @@ def unlisted_findings(content: ReportContent) -> list[str]:
     listed = {f.label.lower() for f in content.accepted_findings}
     text = "\n".join((content.findings_text, content.impression))
     out: list[str] = []
-    for term in affirmed(text, TERMS):
+    # The critical-findings reading: a term present or hedged is named; a negated one is not.
+    for term in assertions(text, TERMS):
         label = TERMS[term]
         if label is not None and label.lower() in listed:
             continue

@@ -1,5 +1,4 @@
-"""``raddraft worker``, ``raddraft router`` (also under its old name ``dispatcher``) and
-``raddraft exports``."""
+"""``raddraft worker``, ``raddraft router`` and ``raddraft exports``."""
 
 from __future__ import annotations
 

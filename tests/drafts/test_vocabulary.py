@@ -54,6 +54,6 @@ def test_reconciliation_reads_the_vocabularys_terms() -> None:
     assert {t.text: t.label for t in vocabulary.TERMS if t.in_text} == reconcile.TERMS
     labels = set(vocabulary.labels())
     assert {t.label for t in vocabulary.TERMS if t.label is not None} <= labels
-    assert reconcile.affirmed("Small left pleural effusion. No pneumothorax.", reconcile.TERMS) == [
-        "pleural effusion"
-    ]
+    assert reconcile.assertions(
+        "Small left pleural effusion. No pneumothorax.", reconcile.TERMS
+    ) == {"pleural effusion": reconcile.PRESENT}

@@ -13,7 +13,7 @@ import pytest
 from fhir.resources.R4B import get_fhir_model_class
 
 from peers import FhirConflictError, Outbound
-from peers.fhir_rest import FhirTarget
+from peers.fhir_rest import FhirSender
 from tests.fhir_server import FhirServer
 
 REPORT = {
@@ -38,7 +38,7 @@ def _all_valid_r4b(server: FhirServer) -> None:
 
 
 def test_own_resources_are_created_if_none_match(fhir_server: FhirServer, tmp_path: Path) -> None:
-    target = FhirTarget(fhir_server.url)
+    target = FhirSender(fhir_server.url)
     first = target.send([_outbound(tmp_path, REPORT)])
     assert fhir_server.if_none_match == ["*"]
     assert fhir_server.if_match == [None]
@@ -60,7 +60,7 @@ def test_own_resources_are_created_if_none_match(fhir_server: FhirServer, tmp_pa
 def test_shared_resources_are_updated_if_match_the_version_read(
     fhir_server: FhirServer, tmp_path: Path
 ) -> None:
-    target = FhirTarget(fhir_server.url)
+    target = FhirSender(fhir_server.url)
     target.send([_outbound(tmp_path, DEVICE)])
     assert (fhir_server.if_none_match, fhir_server.if_match) == (["*"], [None])
     # Another system changed it: RadDraft reads the current version and names it.
@@ -80,7 +80,7 @@ def test_a_server_that_cannot_read_back_gets_a_plain_update(
     read that fails for the moment (503) is a transient failure, tried again later."""
     from peers import FhirTransientError
 
-    target = FhirTarget(fhir_server.url)
+    target = FhirSender(fhir_server.url)
     outcome = {"resourceType": "OperationOutcome"}
     monkeypatch.setattr(fhir_server, "get", lambda _path: (501, outcome, None))
     target.send([_outbound(tmp_path, DEVICE)])

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
-from sqlalchemy import ColumnElement, String, and_, cast, false, func, or_
+from sqlalchemy import ColumnElement, String, and_, cast, false, func
 from sqlalchemy.orm import QueryableAttribute
 
 #: The most UIDs one list-of-UID key may carry (PS3.4 C.2.2.2.2); the list is a bind
@@ -126,11 +126,6 @@ def _wildcard(column: Any, pattern: str, *, fold: bool, dialect: str) -> ColumnE
     if dialect == "sqlite":
         return text.op("GLOB")(glob_pattern(pattern))
     return text.like(like_pattern(pattern), escape=ESCAPE)
-
-
-def any_of(*terms: ColumnElement[bool] | None) -> ColumnElement[bool]:
-    kept = [t for t in terms if t is not None]
-    return or_(*kept) if kept else false()
 
 
 # -- the same rules over values in hand ----------------------------------------------------------
