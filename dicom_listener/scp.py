@@ -67,9 +67,13 @@ def _origin(event: Event) -> Origin:
 
 
 def handle_echo(event: Event, ingester: Ingester) -> int:
-    """C-ECHO (Verification Service Class, PS3.4 A.4): always success once associated."""
+    """C-ECHO (Verification Service Class, PS3.4 A.4): always success once associated.
+
+    Recorded as an ``echo`` ingest event, as an accepted association is, so ``/metrics`` counts
+    the verifications a sender makes (a failed write is logged, the echo still succeeds)."""
     origin = _origin(event)
     log.info("C-ECHO %s", kv(calling=origin.calling_ae_title, peer=origin.peer))
+    _record_event(ingester.engine, IngestEventKind.echo, origin, "")
     return int(Status.success)
 
 

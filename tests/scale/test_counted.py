@@ -2,9 +2,9 @@
 
 On SQLite and PostgreSQL: a real listener association (C-ECHO, C-STORE), drafts, a failed draft,
 a dead export and failed sends (the pages' seed), a signature without an edit and a finished
-job move every family ``/metrics`` names, ``association_accepted`` included (issue #22); the
-kept counts then equal a recount of the rows. Worker heartbeats: a worker that was replaced or
-stayed silent for long leaves the queue page's list (issue #22).
+job move every family ``/metrics`` names, ``association_accepted`` and ``echo`` included
+(issue #22); the kept counts then equal a recount of the rows. Worker heartbeats: a worker that
+was replaced or stayed silent for long leaves the queue page's list (issue #22).
 """
 
 from __future__ import annotations
@@ -133,6 +133,8 @@ def test_every_metric_is_moved_by_an_action_and_the_kept_counts_equal_a_recount(
     assert names - moved == set(), f"named at /metrics but moved by nothing: {names - moved}"
     accepted = 'raddraft_ingest_events_total{kind="association_accepted"}'
     assert old[accepted] == 0 and new[accepted] == 1
+    echo = 'raddraft_ingest_events_total{kind="echo"}'
+    assert old[echo] == 0 and new[echo] == 1  # the one C-ECHO sent in associate()
     assert new['raddraft_report_versions_total{action="sign"}'] == 1
     assert new["raddraft_signed_without_edit_total"] == 1
 
