@@ -18,7 +18,14 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
 import report_drafts as drafts
-from dicom_listener import IngestEvent, IngestEventKind, Study, StudyVersion, VersionState
+from dicom_listener import (
+    IngestEvent,
+    IngestEventKind,
+    Study,
+    StudyVersion,
+    VersionState,
+    instance_conflicts,
+)
 from raddraft import counters, job_contract, jobs
 from raddraft.db import utcnow
 from raddraft.settings import Settings
@@ -29,6 +36,7 @@ LATENCY_WINDOW = dt.timedelta(days=1)
 LIST_LIMIT = 50
 WORKER_LIMIT = 200  # worker processes a site runs, with room to spare
 GONE_AFTER_LEASES = 10
+CONFLICT_LIMIT = 20  # the newest; `raddraft studies conflicts` lists more
 READER_WINDOW = dt.timedelta(days=7)
 
 
@@ -380,6 +388,23 @@ def refused_versions(session: Session) -> list[dict[str, Any]]:
     ]
 
 
+def conflicts(session: Session) -> list[dict[str, Any]]:
+    """The newest instance conflicts (a SOP Instance UID received again with other content,
+    answered 0x0111, PS3.7 C.4.2), each with when, the UID, the sender and the attributes
+    that differed; the received copy is in quarantine, the archive kept its own."""
+    return [
+        {
+            "at": _iso(c.at),
+            "sop_instance_uid": c.sop_instance_uid,
+            "calling_ae_title": c.calling_ae_title,
+            "peer": c.peer,
+            "attributes": sorted(c.differences),
+            "status": c.status,
+        }
+        for c in instance_conflicts(session, limit=CONFLICT_LIMIT)
+    ]
+
+
 def queue_figures(
     session: Session, settings: Settings, now: dt.datetime | None = None
 ) -> dict[str, Any]:
@@ -404,6 +429,7 @@ def queue_figures(
         "failed_reports": failed_reports(session),
         "open_versions": open_versions(session, now),
         "refused_studies": refused_versions(session),
+        "instance_conflicts": conflicts(session),
         "retention": drafts.retention_figures(session, settings, now),
         "reader_figures": reader,
         "critical_notifications": drafts.recent_notifications(session),
