@@ -1,7 +1,8 @@
 """Fuzz RadDraft's entry points over the network: the DICOM listener (beside a valid push),
-STOW-RS on ``raddraft web`` and the HL7 order listener ``raddraft orders``.
+STOW-RS and QIDO-RS on ``raddraft web`` and the HL7 order listener ``raddraft orders``.
 
-    python bench/fuzz.py [--targets dicom,stow,orders] [--inputs 1000] [--seed 1] [--push-rounds 0]
+    python bench/fuzz.py [--targets dicom,stow,orders,wildcard] [--inputs 1000] [--seed 1]
+        [--push-rounds 0]
 
 ``--inputs`` is per target. Each target runs as its own ``python -m raddraft`` child on a
 loopback port with its own data directory and SQLite database.
@@ -38,6 +39,15 @@ wrong encoding characters, NUL and 8859-1 bytes, mutations) to the order listene
 malformed one to be answered AE/AR, a valid ORM^O01 after each to get AA, every ACKed message
 to be stored in ``order_messages``.
 
+``wildcard`` (bench/fuzz_entry.py, not in the default targets): hostile QIDO-RS queries to
+``raddraft web`` (PS3.18 8.3.4, PS3.4 C.2.2.2.4): patterns of many ``*`` and ``?``, near misses
+and long patterns up to and over the 1024 character bound, SQL ``LIKE`` metacharacters, lists,
+against studies of a patient with a 304 character PatientName, on the study, series and
+instance levels; each answered 200, 204, 4xx or 503 (the query time limit). After each a
+valid instance of that patient is POSTed and a search must find it; all the while a thread
+polls ``/healthz`` every 50 ms, and its worst latency is ``healthz_worst_ms`` (a search must
+never hold up the health check).
+
 Figures per target: inputs tried, inputs after which it still served, its peak RSS (VmHWM from
 /proc; the baseline in the same run is its RSS after start-up, printed before the RESULT),
 files left outside archive/ and quarantine/ (must be 0), acknowledged instances or ACKed order
@@ -46,7 +56,7 @@ messages lost (must be 0), inputs without a clear error (must be 0). The last li
 
     RESULT fuzz_inputs=<n> serving=<n> peak_rss_mb=<MB> stray_files=<n> lost=<n> unanswered=<n>
         <target>_inputs=<n> <target>_serving=<n> <target>_peak_rss_mb=<MB>
-        <target>_unanswered=<n> ...
+        <target>_unanswered=<n> ... [healthz_worst_ms=<ms> wildcard_healthz_worst_ms=<ms>]
 """
 
 from __future__ import annotations
@@ -67,7 +77,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fuzz_entry import Figures, run_orders, run_stow  # noqa: E402  (bench/, beside this file)
+from fuzz_entry import Figures, run_orders, run_stow, run_wildcard  # noqa: E402  (bench/, beside this file)
 from pydicom import dcmread  # noqa: E402
 from sqlalchemy import create_engine, select  # noqa: E402
 
@@ -491,11 +501,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--push-rounds", type=int, default=0, help="0: push until fuzzing ends")
     parser.add_argument(
-        "--targets", default="dicom,stow,orders", help="comma-separated: dicom, stow, orders"
+        "--targets",
+        default="dicom,stow,orders",
+        help="comma-separated: dicom, stow, orders, wildcard",
     )
     args = parser.parse_args()
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    unknown = set(targets) - {"dicom", "stow", "orders"}
+    unknown = set(targets) - {"dicom", "stow", "orders", "wildcard"}
     if unknown:
         parser.error(f"unknown targets {sorted(unknown)}")
 
@@ -508,6 +520,8 @@ def main() -> None:
                 figures = run_dicom(work, args.seed, args.inputs, args.push_rounds)
             elif target == "stow":
                 figures = run_stow(work, args.seed, args.inputs, stray_files)
+            elif target == "wildcard":
+                figures = run_wildcard(work, args.seed, args.inputs, stray_files)
             else:
                 figures = run_orders(work, args.seed, args.inputs)
             mix = ", ".join(f"{k} {v}" for k, v in sorted(figures.families.items()))
@@ -526,13 +540,20 @@ def main() -> None:
     per_target = " ".join(
         f"{f.target}_inputs={f.inputs} {f.target}_serving={f.serving} "
         f"{f.target}_peak_rss_mb={f.peak_rss_mb:.0f} {f.target}_unanswered={len(f.unanswered)}"
+        + (
+            f" {f.target}_healthz_worst_ms={f.healthz_worst_ms:.0f}"
+            if f.healthz_worst_ms is not None
+            else ""
+        )
         for f in results
     )
+    polled = [f.healthz_worst_ms for f in results if f.healthz_worst_ms is not None]
+    health = f" healthz_worst_ms={max(polled):.0f}" if polled else ""
     print(
         f"RESULT fuzz_inputs={total} serving={sum(f.serving for f in results)} "
         f"peak_rss_mb={max(f.peak_rss_mb for f in results):.0f} "
         f"stray_files={sum(f.stray_files for f in results)} lost={sum(f.lost for f in results)} "
-        f"unanswered={sum(len(f.unanswered) for f in results)} {per_target}"
+        f"unanswered={sum(len(f.unanswered) for f in results)}{health} {per_target}"
     )
 
 

@@ -19,6 +19,7 @@ import random
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 import zlib
@@ -27,8 +28,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from io import BytesIO
 from pathlib import Path
+from urllib.parse import quote
 
 from pydicom import dcmread
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import dcmwrite
 from sqlalchemy import create_engine, func, select
 
 from dicom_listener.tables import Instance
@@ -38,7 +42,7 @@ from report_drafts.tables import Role
 from report_drafts.users import add_user
 from tests import hostile
 from tests.conftest import free_port
-from tests.dicom_factory import new_uid
+from tests.dicom_factory import make_cxr, new_uid
 from tests.listener_process import port_open
 
 START, END = b"\x0b", b"\x1c\x0d"
@@ -58,6 +62,7 @@ class Figures:
     unanswered: list[str] = field(default_factory=list)  # inputs without a clear answer
     families: Counter[str] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+    healthz_worst_ms: float | None = None  # only targets that poll /healthz while fuzzed
 
 
 def _status_mb(pid: int, name: str) -> float:
@@ -689,5 +694,169 @@ def run_orders(work: Path, seed: int, count: int) -> Figures:
     figures.notes.append(
         f"ACKs: {dict(answers.most_common(12))}; "
         f"messages stored {stored} of {stored_expected} ACKed"
+    )
+    return figures
+
+
+# -- QIDO-RS wildcard queries ----------------------------------------------------------------
+
+#: A PN of five 60-character components (the column holds 324): long enough that a matcher
+#: which backtracks through every split of a ``*`` and ``?`` pattern shows it.
+LONG_NAME = "^".join(letter * 60 for letter in "ABCDE")
+#: 200 (matches or not), 204, 400 (a pattern over the length bound), 503 + Retry-After (the
+#: query time limit stopped it): each a clear answer; a 5xx or no answer is not.
+QIDO_CLEAR = frozenset({200, 204, 503}) | CLIENT_ERROR
+QIDO_PATHS = ("/dicomweb/studies", "/dicomweb/series", "/dicomweb/instances")
+QIDO_KEYS = ("PatientName", "PatientID", "AccessionNumber", "StudyDescription", "00100010")
+
+
+def wildcard_patterns(rng: random.Random, count: int) -> list[tuple[str, str]]:
+    """(family, pattern) pairs: many ``*`` and ``?``, long patterns, near misses of LONG_NAME
+    (PS3.4 C.2.2.2.4 wildcard matching)."""
+    near = LONG_NAME[:-1] + "Z"  # matches every prefix, fails on the last character
+    fixed = [
+        ("wildcard:stars", "*" * 1024),
+        ("wildcard:questions", "?" * 324),
+        ("wildcard:star-question", "*?" * 512),
+        ("wildcard:star-letter-miss", "*A" * 300 + "*Z"),
+        ("wildcard:every-char-star", "*".join(near)[:1024]),
+        ("wildcard:questions-then-miss", "?" * 323 + "Z"),
+        ("wildcard:star-per-component-miss", "*^*^*^*^*^*Z"),
+        ("wildcard:sql-metachars", "%_" * 300 + "*\\*[a-z]*"),
+        ("wildcard:over-length", "*" * 1025),
+        ("wildcard:far-over-length", "?" * 8000),
+        ("wildcard:unicode", "*ü?€*" * 100),
+        ("wildcard:list", "\\".join("*A?" for _ in range(300))),
+        ("wildcard:prefix-hit", LONG_NAME[:200] + "*"),
+    ]
+    out = list(fixed)
+    while len(out) < count:
+        length = rng.choice((16, 64, 324, 700, 1024))
+        alphabet = "*?*?ABCDE^Z"
+        out.append(("wildcard:random", "".join(rng.choice(alphabet) for _ in range(length))))
+    return out[:count]
+
+
+def _get(port: int, path: str, token: str | None, timeout: float = 60) -> tuple[int | str, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        connection.request("GET", path, headers={**headers, "accept": "application/dicom+json"})
+        response = connection.getresponse()
+        return response.status, response.read()
+    except OSError as error:
+        return error.__class__.__name__, b""
+    finally:
+        connection.close()
+
+
+class HealthPoller(threading.Thread):
+    """GET ``/healthz`` every 50 ms while the fuzzing runs; keeps the worst latency (a failed
+    or timed-out check counts as its whole wait) and the number of failures."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(daemon=True)
+        self.port = port
+        self.worst_ms = 0.0
+        self.checks = 0
+        self.failures = 0
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while not self.done.is_set():
+            started = time.monotonic()
+            status, _ = _get(self.port, "/healthz", None, timeout=30)
+            took = (time.monotonic() - started) * 1000
+            self.checks += 1
+            self.failures += status != 200
+            self.worst_ms = max(self.worst_ms, took)
+            self.done.wait(0.05)
+
+
+def _named_post(port: int, token: str, seed: int) -> tuple[int | str, str]:
+    """A small valid instance of the long-named patient, POSTed by STOW-RS."""
+    ds = make_cxr(None, rows=32, cols=32, patient_name=LONG_NAME, seed=seed)
+    buffer = DicomBytesIO()
+    dcmwrite(buffer, ds, enforce_file_format=True)
+    return _post(
+        port,
+        token,
+        (
+            "/dicomweb/studies",
+            {"content-type": dicom_type()},
+            related([("application/dicom", buffer.getvalue())]),
+        ),
+    ), str(ds.SOPInstanceUID)
+
+
+def run_wildcard(
+    work: Path, seed: int, count: int, strays: Callable[[Path, Path], list[Path]]
+) -> Figures:
+    """Hostile QIDO-RS wildcard queries to a running ``raddraft web`` while ``/healthz`` is
+    polled; after each, a valid instance of the long-named patient is stored and found."""
+    from raddraft import migrate
+
+    data = work / "wildcard-data"
+    data.mkdir()
+    url = f"sqlite:///{data / 'raddraft.db'}"
+    migrate.upgrade(url)
+    engine = create_engine(url)
+    with session_scope(engine) as session:  # an administrator may both store and search
+        _user, token = add_user(session, "fuzz-admin", Role.admin, display_name="fuzz^admin")
+    port = free_port()
+    env = {
+        "RADDRAFT_DATA_DIR": str(data),
+        "RADDRAFT_DATABASE_URL": url,
+        "RADDRAFT_WEB_SECRET": uuid.uuid4().hex,
+        "RADDRAFT_LOG_LEVEL": "WARNING",
+    }
+    web = Child(["web", "--host", "127.0.0.1", "--port", str(port)], env, work / "wc.log", port)
+    figures = Figures("wildcard")
+    figures.notes.append(f"RSS after start (baseline) {rss_mb(web.process.pid):.0f} MB")
+    acked: list[str] = []
+    statuses: Counter[str] = Counter()
+    rng = random.Random(seed)
+    found_query = f"/dicomweb/studies?PatientName={quote(LONG_NAME[:100] + '*')}"
+    poller = HealthPoller(port)
+    poller.start()
+    try:
+        answer, sop = _named_post(port, token, 0)
+        if answer == 200:
+            acked.append(sop)
+        for number, (name, pattern) in enumerate(wildcard_patterns(rng, count), 1):
+            figures.inputs += 1
+            figures.families[name] += 1
+            path = f"{rng.choice(QIDO_PATHS)}?{rng.choice(QIDO_KEYS)}={quote(pattern)}"
+            status, _body = _get(port, path + "&limit=100", token)
+            statuses[str(status)] += 1
+            if status not in QIDO_CLEAR:
+                figures.unanswered.append(f"{name}->{status}")
+            answer, sop = _named_post(port, token, number)
+            search, body = _get(port, found_query, token)
+            if answer == 200:
+                acked.append(sop)
+            if answer == 200 and search == 200 and LONG_NAME[:100].encode() in body:
+                figures.serving += 1
+            elif not web.alive():
+                figures.notes.append(f"web died after input {number} ({name})")
+                break
+        figures.peak_rss_mb = peak_rss_mb(web.process.pid) if web.alive() else float("nan")
+    finally:
+        poller.done.set()
+        poller.join(60)
+        web.stop()
+    figures.healthz_worst_ms = poller.worst_ms
+    with engine.connect() as connection:
+        rows = dict(connection.execute(select(Instance.sop_instance_uid, Instance.path)).all())
+    figures.lost = sum(
+        1 for uid in acked if uid not in rows or not (data / "archive" / rows[uid]).is_file()
+    )
+    found = strays(work / "wildcard-data", data)
+    figures.stray_files = len(found)
+    if found:
+        figures.notes.append(f"stray: {[str(p) for p in found[:5]]}")
+    figures.notes.append(
+        f"answers: {dict(statuses)}; valid POSTs stored: {len(acked)}; /healthz checks "
+        f"{poller.checks}, failed {poller.failures}, worst {poller.worst_ms:.0f} ms"
     )
     return figures

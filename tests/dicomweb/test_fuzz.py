@@ -16,3 +16,16 @@ def test_stow_fuzz_short_run_answers_4xx_keeps_serving_and_loses_nothing() -> No
     assert figures["stray_files"] == 0 and figures["lost"] == 0, output[-4000:]
     assert figures["stow_peak_rss_mb"] < 500, output[-4000:]  # 8 MB limit; a body held whole shows
     assert "413" in output  # the over-limit bodies were refused as too large, not read
+
+
+def test_wildcard_fuzz_short_run_answers_every_query_and_keeps_serving() -> None:
+    """Hostile QIDO-RS wildcard patterns (many ``*`` and ``?``, near misses, over the length
+    bound) against a long PatientName: each gets a clear answer, after each a new instance is
+    stored and found, and ``/healthz`` was polled throughout (its latency is a bench figure)."""
+    figures, output = fuzz("wildcard", 24, 5)
+    assert figures["fuzz_inputs"] == figures["wildcard_inputs"] == 24
+    assert figures["wildcard_serving"] == 24, output[-4000:]
+    assert figures["wildcard_unanswered"] == 0, output[-4000:]
+    assert figures["stray_files"] == 0 and figures["lost"] == 0, output[-4000:]
+    assert "healthz_worst_ms" in figures and "failed 0," in output, output[-4000:]
+    assert "'400'" in output  # the over-length patterns were refused, not matched
