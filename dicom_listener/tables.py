@@ -88,6 +88,8 @@ class StudyVersion(Base):
     __table_args__ = (
         UniqueConstraint("study_pk", "number"),
         Index("ix_study_versions_state", "state"),
+        # The queue page's refused studies, newest first (most versions are eligible).
+        Index("ix_study_versions_eligible_completed", "eligible", "completed_at", "id"),
     )
 
 

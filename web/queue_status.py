@@ -13,7 +13,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import false, func, select
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 
@@ -371,7 +371,8 @@ def refused_versions(session: Session) -> list[dict[str, Any]]:
     rows = session.execute(
         select(StudyVersion, Study)
         .join(Study, Study.id == StudyVersion.study_pk)
-        .where(StudyVersion.state == VersionState.complete, StudyVersion.eligible.is_(False))
+        # "= false", not "IS false": an index condition (ix_study_versions_eligible_completed).
+        .where(StudyVersion.state == VersionState.complete, StudyVersion.eligible == false())
         .order_by(StudyVersion.completed_at.desc(), StudyVersion.id.desc())
         .limit(LIST_LIMIT)
     )
