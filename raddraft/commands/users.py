@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
 from raddraft.settings import get_settings
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
+    from report_drafts.tables import User
 
 ROLES = ("reader", "radiologist", "admin", "sender")
 
@@ -117,16 +123,11 @@ def list_users() -> None:
 @click.argument("name")
 def token(name: str) -> None:
     """Give NAME a new API token (the old one stops working) and print it once."""
-    from sqlalchemy import select
-
     from raddraft.db import get_engine, session_scope
-    from report_drafts.tables import User
     from report_drafts.users import rotate_token
 
     with session_scope(get_engine()) as session:
-        user = session.scalar(select(User).where(User.name == name))
-        if user is None:
-            raise click.ClickException(f"no user {name!r}")
+        user = _user(session, name)
         click.echo(rotate_token(session, user))
 
 
@@ -134,16 +135,11 @@ def token(name: str) -> None:
 @click.argument("name")
 def disable(name: str) -> None:
     """Disable NAME: their token and sessions stop working at once."""
-    from sqlalchemy import select
-
     from raddraft.db import get_engine, session_scope
-    from report_drafts.tables import User
     from report_drafts.users import disable_user
 
     with session_scope(get_engine()) as session:
-        user = session.scalar(select(User).where(User.name == name))
-        if user is None:
-            raise click.ClickException(f"no user {name!r}")
+        user = _user(session, name)
         disable_user(session, user)
     click.echo(f"user {name} disabled")
 
@@ -158,17 +154,23 @@ def disable(name: str) -> None:
 )
 def password(name: str, password_stdin: bool) -> None:
     """Give NAME a new password for the pages (empty: token only); their sessions end."""
-    from sqlalchemy import select
-
     from raddraft.db import get_engine, session_scope
-    from report_drafts.tables import User
     from report_drafts.users import set_password
 
     secret = _new_password(ask=not password_stdin, from_stdin=password_stdin, never=False)
     with session_scope(get_engine()) as session:
-        user = session.scalar(select(User).where(User.name == name))
-        if user is None:
-            raise click.ClickException(f"no user {name!r}")
+        user = _user(session, name)
         set_password(session, user, secret)
     click.echo(f"user {name}: password {'set' if secret else 'removed'}, sessions ended")
 
+
+def _user(session: Session, name: str) -> User:
+    """The user called ``name``, or the command's error."""
+    from sqlalchemy import select
+
+    from report_drafts.tables import User
+
+    user = session.scalar(select(User).where(User.name == name))
+    if user is None:
+        raise click.ClickException(f"no user {name!r}")
+    return user

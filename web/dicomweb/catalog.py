@@ -114,17 +114,10 @@ class QueryError(ValueError):
     """A query the service cannot run (a bad limit, an unknown attribute): HTTP 400."""
 
 
-@dataclass(frozen=True)
-class DicomObject:
-    """One instance a client may search and retrieve, with the attributes QIDO matches."""
+class _Uids:
+    """The three UIDs of a result, read from its attributes."""
 
-    path: Path
-    attributes: Mapping[str, Any]  # keyword -> value, as DICOM JSON would carry it
-    transfer_syntax_uid: str
-    origin: str = "archive"  # or "outbox" (RadDraft's own SR/GSPS)
-
-    def get(self, keyword: str) -> Any:
-        return self.attributes.get(keyword, "")
+    attributes: Mapping[str, Any]
 
     @property
     def study_uid(self) -> str:
@@ -137,6 +130,19 @@ class DicomObject:
     @property
     def sop_uid(self) -> str:
         return str(self.attributes["SOPInstanceUID"])
+
+
+@dataclass(frozen=True)
+class DicomObject(_Uids):
+    """One instance a client may search and retrieve, with the attributes QIDO matches."""
+
+    path: Path
+    attributes: Mapping[str, Any]  # keyword -> value, as DICOM JSON would carry it
+    transfer_syntax_uid: str
+    origin: str = "archive"  # or "outbox" (RadDraft's own SR/GSPS)
+
+    def get(self, keyword: str) -> Any:
+        return self.attributes.get(keyword, "")
 
 
 @dataclass
@@ -152,24 +158,12 @@ class Query:
 
 
 @dataclass(frozen=True)
-class Hit:
+class Hit(_Uids):
     """One QIDO-RS result (a study, series or instance): its attributes, stored and computed,
     and a file whose header answers ``includefield`` beyond them."""
 
     attributes: Mapping[str, Any]
     header_path: Path | None
-
-    @property
-    def study_uid(self) -> str:
-        return str(self.attributes["StudyInstanceUID"])
-
-    @property
-    def series_uid(self) -> str:
-        return str(self.attributes["SeriesInstanceUID"])
-
-    @property
-    def sop_uid(self) -> str:
-        return str(self.attributes["SOPInstanceUID"])
 
 
 @dataclass(frozen=True)
