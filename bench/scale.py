@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from dicom_listener.tables import Patient, Study  # noqa: E402
 from raddraft import migrate  # noqa: E402
-from raddraft.commands.listener import studies_page_query  # noqa: E402
+from raddraft.commands.studies import studies_page_query  # noqa: E402
 from raddraft.db import engine_for, session_factory  # noqa: E402
 from raddraft.settings import Settings  # noqa: E402
 from tests import scale_seed  # noqa: E402

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Engine
 import report_drafts as drafts
 from dicom_listener.tables import Patient, Study
 from raddraft.cli import main
-from raddraft.commands.listener import studies_page_query
+from raddraft.commands.studies import studies_page_query
 from raddraft.db import session_factory
 from raddraft.settings import Settings
 from report_drafts import Report
