@@ -17,12 +17,14 @@ and against an empty one.
 
 The last line is
 
-    RESULT worst_p95_ms=<ms> p95_ratio_max=<x> worst_p95_ms_all=<ms> p95_ratio_max_all=<x>
+    RESULT worst_p95_ms=<ms> worst=<endpoint> p95_ratio_max=<x> failures=<n> ingest_ratio=<x>
 
-``worst_p95_ms``: the largest p95 at the largest N over the interactive endpoints of issue #23
-(pages, worklist API, report JSON, queue, metrics); ``p95_ratio_max``: their largest p95 at
-the largest N over their p95 at the smallest; ``_all`` adds QIDO, WADO metadata and FHIR
-search. The machine may be shared: numbers are noisy.
+``worst_p95_ms``: the largest p95 at the largest N over every interactive endpoint (pages,
+worklist API, report JSON, queue, metrics, QIDO, WADO metadata, FHIR search; issue #23's target
+is 150 ms); ``p95_ratio_max``: their largest p95 at the largest N over their p95 at the
+smallest (target 1.5); ``failures``: requests that failed at any size (target 0);
+``ingest_ratio``: C-STORE ingest at the largest N over the empty archive's (target 0.9). The
+machine may be shared: numbers are noisy.
 """
 
 from __future__ import annotations
@@ -76,6 +78,11 @@ OTHERS = (
     "wado /studies/{uid}/metadata",
     "fhir DiagnosticReport?patient",
     "fhir ImagingStudy?patient",
+    "qido /studies?PatientName=A*",
+    "qido /series?Modality=DX",
+    "qido /instances",
+    "fhir DiagnosticReport?status=final",
+    "fhir ImagingStudy",
 )
 PASSWORD = "correct horse battery staple"
 
@@ -230,6 +237,12 @@ def http_figures(base: str, tokens: dict[str, str], engine: Any, calls: int) -> 
         ("wado /studies/{uid}/metadata", ok(api, f"/dicomweb/studies/{study_uid}/metadata")),
         ("fhir DiagnosticReport?patient", ok(api, "/fhir/DiagnosticReport", patient=patient_id)),
         ("fhir ImagingStudy?patient", ok(api, "/fhir/ImagingStudy", patient=patient_id)),
+        # The archive-wide searches of issue #23's table: each a page, however large the archive.
+        ("qido /studies?PatientName=A*", ok(api, "/dicomweb/studies", PatientName="A*")),
+        ("qido /series?Modality=DX", ok(api, "/dicomweb/series", Modality="DX")),
+        ("qido /instances", ok(api, "/dicomweb/instances")),
+        ("fhir DiagnosticReport?status=final", ok(api, "/fhir/DiagnosticReport", status="final")),
+        ("fhir ImagingStudy", ok(api, "/fhir/ImagingStudy")),
     ]
     found = []
     for name, call in checks:
@@ -454,11 +467,13 @@ def main() -> None:
     empty = empty_rate(images)
     print(f"# ingest into an empty archive: {empty:.1f} img/s", flush=True)
     results: dict[int, dict[str, Figure]] = {}
+    rates: dict[int, float] = {}
     for size in sizes:
         actual, figures, rate = run_size(
             size, args.calls, images, args.keep or args.reuse, args.reuse
         )
         results[size] = {f.name: f for f in figures}
+        rates[size] = rate
         for f in figures:
             print(
                 f"N={actual:>7}  {f.name:<32} p50 {f.p50:9.1f} ms  p95 {f.p95:9.1f} ms"
@@ -469,15 +484,13 @@ def main() -> None:
     shutil.rmtree(folder, ignore_errors=True)
     first, last = results[sizes[0]], results[sizes[-1]]
 
-    def worst(names: tuple[str, ...]) -> tuple[float, float]:
-        p95 = max(last[n].p95 for n in names)
-        ratio = max(last[n].p95 / max(first[n].p95, 1e-6) for n in names)
-        return p95, ratio
-
-    mine, every = worst(OWNED), worst(OWNED + OTHERS)
+    interactive = OWNED + OTHERS
+    slowest = max(interactive, key=lambda n: last[n].p95)
+    ratio = max(last[n].p95 / max(first[n].p95, 1e-6) for n in interactive)
+    failures = sum(f.failures for figures in results.values() for f in figures.values())
     print(
-        f"RESULT worst_p95_ms={mine[0]:.1f} p95_ratio_max={mine[1]:.2f} "
-        f"worst_p95_ms_all={every[0]:.1f} p95_ratio_max_all={every[1]:.2f}"
+        f"RESULT worst_p95_ms={last[slowest].p95:.1f} worst={slowest.replace(' ', '_')} "
+        f"p95_ratio_max={ratio:.2f} failures={failures} ingest_ratio={rates[sizes[-1]] / empty:.2f}"
     )
 
 

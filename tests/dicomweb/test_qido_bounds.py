@@ -155,9 +155,9 @@ def _binds(statement: str) -> int:
 def test_statements_per_page_do_not_grow_with_the_archive(
     engine: Engine, settings: Settings, web: LiveServer, tokens: dict[str, str]
 ) -> None:
-    """A page costs the same statements, each with the same bind parameters, at 2 studies as
+    """A page costs the same statements, each with the same bind parameters, at 3 studies as
     at 8 (with RadDraft's SR and GSPS beside the images): nothing is per row, and no ``IN``
-    list grows with the archive."""
+    list grows with the archive (both archives hold more than a page and its probe row)."""
     token = tokens["reader"]
     paths = ("/studies", "/series", "/instances")
 
@@ -171,10 +171,10 @@ def test_statements_per_page_do_not_grow_with_the_archive(
             counts[path] = (len(seen), max(_binds(s) for s in seen))
         return counts
 
-    for n in range(2):
+    for n in range(3):
         make_draft(engine, settings, patient_id=f"PS{n}", images=2)
     few = statements()
-    for n in range(2, 8):
+    for n in range(3, 8):
         make_draft(engine, settings, patient_id=f"PS{n}", images=2)
     many = statements()
     assert many == few
@@ -271,3 +271,32 @@ def test_the_searches_use_indexes(engine: Engine, database_url: str) -> None:
             rows = session.execute(text(f"{explain} {sql}")).all()
             plan = "\n".join(str(row[-1]) for row in rows)
             assert "INDEX" in plan.upper() and index in plan, plan
+
+
+def test_a_page_runs_on_from_the_archive_into_raddrafts_own_objects() -> None:
+    """Every window over archived results followed by RadDraft's own objects, against slicing
+    the whole list; the archive is counted only when a page starts past all of it."""
+    from web.dicomweb.catalog import Hit, _page
+
+    for n_archived in range(7):
+        for n_extra in range(4):
+            archived = [Hit({"n": i}, None) for i in range(n_archived)]
+            extra = [Hit({"n": n_archived + i}, None) for i in range(n_extra)]
+            whole = archived + extra
+            for limit in range(1, 5):
+                for offset in range(len(whole) + 3):
+                    counted: list[int] = []
+
+                    def count(counted: list[int] = counted, total: int = n_archived) -> int:
+                        counted.append(1)
+                        return total
+
+                    def rows(o: int, n: int, hits: list[Hit] = archived) -> list[Hit]:
+                        return hits[o : o + n]
+
+                    found = _page(rows, count, extra, offset, limit)
+                    case = (n_archived, n_extra, limit, offset)
+                    assert found.hits == whole[offset : offset + limit], case
+                    assert found.more == (offset + limit < len(whole)), case
+                    if counted:
+                        assert offset >= n_archived and n_extra, case
