@@ -205,3 +205,19 @@ def test_float_pixels_and_wide_spans_take_the_per_pixel_path() -> None:
     assert _lookup_gray(ds, np.zeros((8, 8), dtype=np.float32)) is None
     wide = np.array([[0, 1 << 20]], dtype=np.int32)
     assert _lookup_gray(ds, wide) is None
+
+
+def test_percentile_of_counts_is_numpys_percentile_of_the_repeated_values() -> None:
+    """Exactly numpy's figure (its linear method) on random values and counts: unsorted,
+    negative, repeated a few or many times, with bounds at 0 and 100."""
+    from models._images import percentile_of_counts
+
+    rng = np.random.default_rng(7)
+    for case in range(3000):
+        k = int(rng.integers(1, 30))
+        pool = rng.normal(0, 1000, 100) if case % 2 else np.arange(-50.0, 4000.0)
+        values = rng.choice(pool, size=k, replace=False)
+        counts = rng.integers(1, 40 if case % 3 else 3, size=k)
+        q = (float(rng.uniform(0, 100)), 0.5, 99.5, 0.0, 100.0)
+        expected = np.percentile(np.repeat(values, counts), q)
+        assert np.array_equal(np.array(percentile_of_counts(values, counts, q)), expected), case
