@@ -125,21 +125,39 @@ class _Row:
 class _StepCache:
     """What the attention layers see as their cache for one forward pass: ``update`` writes each
     row's new keys and values into its slot at its own offset and returns the rows' keys and
-    values up to the longest of them (a view when the rows are consecutive slots)."""
+    values up to the longest of them (a view when the rows are consecutive slots).
 
-    def __init__(self, engine: Engine, slots: Any, write_at: Any, kv_len: int, span: Any) -> None:
+    ``start`` set: every row writes at that same offset into consecutive slots (``span``), a
+    plain strided copy with no index tensors (a single stream's decode step is always so)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        slots: Any,
+        write_at: Any,
+        kv_len: int,
+        span: tuple[int, int] | None,
+        start: int | None = None,
+    ) -> None:
         self.engine = engine
-        self.slots = slots  # (rows, 1) device long
-        self.write_at = write_at  # (rows, q) device long
+        self.slots = slots  # (rows, 1) device long, or None with ``start``
+        self.write_at = write_at  # (rows, q) device long, or None with ``start``
         self.kv_len = kv_len
         self.span = span  # (first slot, rows) when consecutive, else None
+        self.start = start
 
     def update(
         self, key: Any, value: Any, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[Any, Any]:
         keys, values = self.engine.keys[layer_idx], self.engine.values[layer_idx]
-        keys[self.slots, :, self.write_at] = key.transpose(1, 2).to(keys.dtype)
-        values[self.slots, :, self.write_at] = value.transpose(1, 2).to(values.dtype)
+        if self.start is not None and self.span is not None:
+            first, rows = self.span
+            end = self.start + int(key.shape[2])
+            keys[first : first + rows, :, self.start : end] = key
+            values[first : first + rows, :, self.start : end] = value
+        else:
+            keys[self.slots, :, self.write_at] = key.transpose(1, 2).to(keys.dtype)
+            values[self.slots, :, self.write_at] = value.transpose(1, 2).to(values.dtype)
         if self.span is not None:
             first, rows = self.span
             return (
@@ -185,6 +203,7 @@ class Engine:
         text = getattr(model.config, "text_config", model.config)
         self.layers = int(text.num_hidden_layers)
         self.kv_heads = int(text.num_key_value_heads)
+        self._layer_types = set(getattr(text, "layer_types", None) or ["full_attention"])
         # sdpa takes a boolean mask (True: attend); eager attention adds a float one.
         self._bool_mask = getattr(text, "_attn_implementation", "eager") == "sdpa"
         self.head_dim = int(
@@ -393,29 +412,42 @@ class Engine:
         kv_len = max(starts) + q
         self._ensure_capacity(kv_len)
         device = self.device
-        # One small host-to-device copy a pass: slots, starts and last-token indices.
-        table = torch.tensor([slots, starts, [n - 1 for n in lengths]]).to(device)
-        write_at = table[1][:, None] + torch.arange(q, device=device)[None, :]
-        # Row r's query i sees its slot's keys up to its own position start_r + i.
-        mask = (
-            torch.arange(kv_len, device=device)[None, None, None, :] <= write_at[:, None, :, None]
-        )
-        if not self._bool_mask:  # eager attention adds its mask
-            mask = torch.zeros(mask.shape, dtype=self.dtype, device=device).masked_fill_(
-                ~mask, torch.finfo(self.dtype).min
-            )
         consecutive = slots == list(range(slots[0], slots[0] + rows))
         span = (slots[0], rows) if consecutive else None
-        cache = _StepCache(self, table[0][:, None], write_at, kv_len, span)
-        # The language model itself: embeddings (image features in) and 3D positions are ready.
+        mask: Any = None
+        last: Any = None  # each row's last real token, when a pass is padded
+        if q == 1 and consecutive and len(set(starts)) == 1:
+            # Decode rows that all sit at one offset see every key their slots hold: no mask
+            # (so sdpa may take its fast kernels) and no index tensors.
+            cache = _StepCache(self, None, None, kv_len, span, start=starts[0])
+        else:
+            # One small host-to-device copy a pass: slots, starts and last-token indices.
+            table = torch.tensor([slots, starts, [n - 1 for n in lengths]]).to(device)
+            write_at = table[1][:, None] + torch.arange(q, device=device)[None, :]
+            # Row r's query i sees its slot's keys up to its own position start_r + i.
+            mask = (
+                torch.arange(kv_len, device=device)[None, None, None, :]
+                <= write_at[:, None, :, None]
+            )
+            if not self._bool_mask:  # eager attention adds its mask
+                mask = torch.zeros(mask.shape, dtype=self.dtype, device=device).masked_fill_(
+                    ~mask, torch.finfo(self.dtype).min
+                )
+            cache = _StepCache(self, table[0][:, None], write_at, kv_len, span)
+            last = table[2]
+        # The language model itself: embeddings (image features in) and 3D positions are ready;
+        # the masks given per layer type, so that transformers builds none of its own.
         out = self.model.model.language_model(
             inputs_embeds=embeds,
             position_ids=positions,
-            attention_mask=mask,
+            attention_mask=dict.fromkeys(self._layer_types, mask),
             cache=cache,
             use_cache=True,
         )
-        hidden = out.last_hidden_state[torch.arange(rows, device=device), table[2]]
+        if q == 1:
+            hidden = out.last_hidden_state[:, 0]
+        else:
+            hidden = out.last_hidden_state[torch.arange(rows, device=device), last]
         return self.model.lm_head(hidden).float()
 
     def _defer(self, requests: list[_Request]) -> list[_Request]:
