@@ -196,6 +196,11 @@ class Engine:
 
         self._torch = torch
         self.model = model
+        # The three modules every pass calls, looked up once (transformers' accessors and
+        # configuration attributes cost tens of microseconds a call, paid every token).
+        self._embed = model.get_input_embeddings()
+        self._language = model.model.language_model
+        self._lm_head = model.lm_head
         self.eos_ids = set(eos_ids)
         self.pad_id = pad_id
         self.device = next(model.parameters()).device
@@ -437,7 +442,7 @@ class Engine:
             last = table[2]
         # The language model itself: embeddings (image features in) and 3D positions are ready;
         # the masks given per layer type, so that transformers builds none of its own.
-        out = self.model.model.language_model(
+        out = self._language(
             inputs_embeds=embeds,
             position_ids=positions,
             attention_mask=dict.fromkeys(self._layer_types, mask),
@@ -448,7 +453,7 @@ class Engine:
             hidden = out.last_hidden_state[:, 0]
         else:
             hidden = out.last_hidden_state[torch.arange(rows, device=device), last]
-        return self.model.lm_head(hidden).float()
+        return self._lm_head(hidden).float()
 
     def _defer(self, requests: list[_Request]) -> list[_Request]:
         """The requests to admit now; the others wait one step for an earlier request of this
@@ -550,13 +555,15 @@ class Engine:
         torch = self._torch
         started = time.perf_counter()
         rows = sorted(self._running, key=lambda r: r.seq.slot)
-        feed = torch.tensor([[r.tokens[-1]] for r in rows], device=self.device)
-        embeds = self.model.get_input_embeddings()(feed)
-        steps = [len(r.tokens) - 1 for r in rows]  # tokens already fed before this one
-        pos = torch.tensor([r.next_position + k for r, k in zip(rows, steps, strict=True)])
-        pos = pos.to(self.device).view(1, -1, 1).expand(3, -1, 1)
+        fed = [len(r.tokens) - 1 for r in rows]  # tokens already fed before this one
+        # Each row's last token and its position, in one host-to-device copy.
+        step = torch.tensor(
+            [[r.tokens[-1], r.next_position + k] for r, k in zip(rows, fed, strict=True)]
+        ).to(self.device)
+        embeds = self._embed(step[:, :1])
+        pos = step[:, 1].view(1, -1, 1).expand(3, -1, 1)
         slots = [r.seq.slot for r in rows]
-        starts = [int(r.seq.ids.shape[0]) + k for r, k in zip(rows, steps, strict=True)]
+        starts = [int(r.seq.ids.shape[0]) + k for r, k in zip(rows, fed, strict=True)]
         logits = self._forward(embeds, pos, slots, starts, [1] * len(rows))
         chosen = self._choose_rows(logits, rows)
         self.rows_decoded += len(rows)
@@ -619,7 +626,8 @@ class Engine:
             request = rows[indices[0]].request
             at = torch.tensor(indices, device=self.device)
             chosen[at] = self._pick(logits[at], request.sampling, self._generator(request))
-        return [int(t) for t in chosen.tolist()]
+        picked: list[int] = chosen.tolist()
+        return picked
 
     def _append(self, row: _Row, token: int) -> None:
         row.tokens.append(token)
