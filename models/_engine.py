@@ -43,6 +43,9 @@ _MIN_CAPACITY = 1024  # tokens per slot at start (a two-image CXRTrek reading is
 # A request waits one step for a prefix another request of its batch is about to write when that
 # saves at least this many tokens of prefill.
 _DEFER_MIN_TOKENS = 16
+# A request whose new tokens are at most this many runs them inside the step's decode pass
+# (the decode rows are padded to its length: cheap for a question, not for an image's hundreds).
+_RIDE_MAX_TOKENS = 64
 
 
 @dataclass
@@ -236,6 +239,7 @@ class Engine:
         self.prefill_passes = 0
         self.rows_decoded = 0
         self.most_rows = 0  # the most sequences one forward pass has served
+        self.riding_requests = 0  # requests whose tails ran inside a decode pass
 
     # ------------------------------------------------------------------ storage
     def _allocate(self, slots: int, capacity: int) -> None:
@@ -339,10 +343,9 @@ class Engine:
                         break
                 try:
                     self._step += 1
-                    if admitted:
-                        self._prefill(admitted)
+                    riding = self._prefill(admitted) if admitted else []
                     if self._running:
-                        self._decode()
+                        self._decode(riding)
                 except BaseException as error:  # every request in flight learns of it
                     log.exception("engine step failed")
                     failed = [row.request for row in self._running] + admitted + self._deferred
@@ -474,45 +477,67 @@ class Engine:
             pending.append(_Sequence(-1, prompt.ids, torch.zeros(0), images))
         return now
 
-    def _prefill(self, requests: list[_Request]) -> None:
+    def _prefill(self, requests: list[_Request]) -> list[_Request]:
         """Admit ``requests`` and run their new tokens: one padded pass for each group of
-        similar length (an image's hundreds of tokens are not padded onto a question's few)."""
+        similar length (an image's hundreds of tokens are not padded onto a question's few).
+
+        While rows are decoding, the group of short tails (a question of a turn, up to
+        ``_RIDE_MAX_TOKENS``) is not run on its own: it is returned, to ride in this step's
+        decode pass, so that a turn joining costs no pass of its own."""
         requests = self._defer(requests)
         for request in requests:
             self._admit(request)
-        for group in _similar(requests):
+        groups = _similar(requests)
+        riding: list[_Request] = []
+        if self._running and groups and max(map(_tail, groups[0])) <= _RIDE_MAX_TOKENS:
+            riding = groups.pop(0)
+        for group in groups:
             started = time.perf_counter()
-            logits = self._run_tails(group)
-            firsts = self._choose(logits, group)
+            tails = self._tails(group)
+            embeds, pos = self._padded([t[0] for t in tails], [t[1] for t in tails])
+            slots = [r.parent.slot for r in group]  # type: ignore[union-attr]
+            starts = [t[2] for t in tails]
+            logits = self._forward(embeds, pos, slots, starts, [len(t[0]) for t in tails])
             self._account(started, prefill=True)
-            now = time.perf_counter()
-            for index, request in enumerate(group):
-                request.prefilled = now
-                if request.want_logits:
-                    request.logits = logits[index].cpu()
-                self._start_rows(request, firsts[index])
+            self._prefilled(group, [t[1] for t in tails], logits)
+        return riding
 
-    def _run_tails(self, requests: list[_Request]) -> Any:
-        """The forward pass over each admitted request's tokens after its reused prefix."""
-        torch = self._torch
-        tails, positions, lengths, starts = [], [], [], []
+    def _tails(self, requests: list[_Request]) -> list[tuple[Any, Any, int]]:
+        """Each admitted request's new tokens after its reused prefix: their embeddings
+        (images in), 3D positions, and the slot offset they are written at."""
+        tails = []
         for request in requests:
             seq = request.parent
             assert seq is not None
-            starts.append(int(seq.ids.shape[0]))
-            offset = int(seq.top[-1]) + 1 if starts[-1] else 0
-            tails.append(request.prompt.embed(request.reused))
-            positions.append(request.prompt.positions(request.reused, offset))
-            lengths.append(int(tails[-1].shape[0]))
-        width, hidden = max(lengths), int(tails[0].shape[1])
-        embeds = torch.zeros(len(requests), width, hidden, dtype=self.dtype, device=self.device)
-        pos = torch.zeros(3, len(requests), width, dtype=torch.long, device=self.device)
-        for row, (tail, p, n) in enumerate(zip(tails, positions, lengths, strict=True)):
-            embeds[row, :n] = tail.to(self.dtype)
+            start = int(seq.ids.shape[0])
+            offset = int(seq.top[-1]) + 1 if start else 0
+            tails.append(
+                (
+                    request.prompt.embed(request.reused),
+                    request.prompt.positions(request.reused, offset),
+                    start,
+                )
+            )
+        return tails
+
+    def _padded(self, embeds: list[Any], positions: list[Any]) -> tuple[Any, Any]:
+        """Rows of different lengths as one right-padded batch (padding: harmless positions,
+        never attended; each row's logits are read at its own last token)."""
+        torch = self._torch
+        width, hidden = max(int(e.shape[0]) for e in embeds), int(embeds[0].shape[1])
+        batch = torch.zeros(len(embeds), width, hidden, dtype=self.dtype, device=self.device)
+        pos = torch.zeros(3, len(embeds), width, dtype=torch.long, device=self.device)
+        for row, (e, p) in enumerate(zip(embeds, positions, strict=True)):
+            n = int(e.shape[0])
+            batch[row, :n] = e.to(self.dtype)
             pos[:, row, :n] = p
-            pos[:, row, n:] = p[:, -1:] + 1  # padding: harmless positions, never attended
-        slots = [r.parent.slot for r in requests]  # type: ignore[union-attr]
-        logits = self._forward(embeds, pos, slots, starts, lengths)
+            pos[:, row, n:] = p[:, -1:] + 1
+        return batch, pos
+
+    def _prefilled(self, requests: list[_Request], positions: list[Any], logits: Any) -> None:
+        """After a pass that ran the requests' tails: their sequences hold the new tokens, their
+        first tokens are chosen and their rows start decoding."""
+        torch = self._torch
         for request, p in zip(requests, positions, strict=True):
             seq = request.parent
             assert seq is not None
@@ -526,7 +551,13 @@ class Engine:
                 for (start, _), digest in zip(prompt.spans, prompt.digests, strict=True)
                 if start >= request.reused
             }
-        return logits
+        firsts = self._choose(logits, requests)
+        now = time.perf_counter()
+        for index, request in enumerate(requests):
+            request.prefilled = now
+            if request.want_logits:
+                request.logits = logits[index].cpu()
+            self._start_rows(request, firsts[index])
 
     def _start_rows(self, request: _Request, firsts: list[int]) -> None:
         """The request's decoding rows, each with its first token; finished ones leave."""
@@ -549,9 +580,10 @@ class Engine:
         self._running.extend(r for r in rows if not r.finished)
         self._finish_if_done(request)
 
-    def _decode(self) -> None:
-        """One decode step for every running row. A row's fed tokens join its sequence's ids
-        when it finishes (keys and values are written at once; only the ids wait)."""
+    def _decode(self, riding: list[_Request] | None = None) -> None:
+        """One decode step for every running row, with the tails of ``riding`` requests in the
+        same pass. A row's fed tokens join its sequence's ids when it finishes (keys and values
+        are written at once; only the ids wait)."""
         torch = self._torch
         started = time.perf_counter()
         rows = sorted(self._running, key=lambda r: r.seq.slot)
@@ -564,8 +596,18 @@ class Engine:
         pos = step[:, 1].view(1, -1, 1).expand(3, -1, 1)
         slots = [r.seq.slot for r in rows]
         starts = [int(r.seq.ids.shape[0]) + k for r, k in zip(rows, fed, strict=True)]
-        logits = self._forward(embeds, pos, slots, starts, [1] * len(rows))
-        chosen = self._choose_rows(logits, rows)
+        lengths = [1] * len(rows)
+        tails = self._tails(riding) if riding else []
+        if tails:
+            embeds, pos = self._padded(
+                [*embeds, *(t[0] for t in tails)],
+                [*pos.unbind(1), *(t[1] for t in tails)],
+            )
+            slots += [r.parent.slot for r in riding]  # type: ignore[union-attr]
+            starts += [t[2] for t in tails]
+            lengths += [int(t[0].shape[0]) for t in tails]
+        logits = self._forward(embeds, pos, slots, starts, lengths)
+        chosen = self._choose_rows(logits[: len(rows)], rows)
         self.rows_decoded += len(rows)
         self._account(started)
         finished: list[_Request] = []
@@ -576,6 +618,9 @@ class Engine:
         self._running = [r for r in self._running if not r.finished]
         for request in finished:
             self._finish_if_done(request)
+        if riding:
+            self.riding_requests += len(riding)
+            self._prefilled(riding, [t[1] for t in tails], logits[len(rows) :])
 
     # ------------------------------------------------------------------ choosing
     def _pick(self, logits: Any, sampling: Sampling, generator: Any) -> Any:
@@ -674,15 +719,16 @@ class Engine:
             self.prefill_passes += 1
 
 
+def _tail(request: _Request) -> int:
+    """How many new tokens an admitted request runs."""
+    return int(request.prompt.ids.shape[0]) - request.reused
+
+
 def _similar(requests: list[_Request]) -> list[list[_Request]]:
     """Requests grouped by the length of what they run, so that padding at most doubles it."""
-
-    def tail(request: _Request) -> int:
-        return int(request.prompt.ids.shape[0]) - request.reused
-
     groups: list[list[_Request]] = []
-    for request in sorted(requests, key=tail):
-        if groups and tail(request) <= max(2 * tail(groups[-1][0]), _DEFER_MIN_TOKENS):
+    for request in sorted(requests, key=_tail):
+        if groups and _tail(request) <= max(2 * _tail(groups[-1][0]), _DEFER_MIN_TOKENS):
             groups[-1].append(request)
         else:
             groups.append([request])
