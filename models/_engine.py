@@ -240,6 +240,7 @@ class Engine:
         self.rows_decoded = 0
         self.most_rows = 0  # the most sequences one forward pass has served
         self.riding_requests = 0  # requests whose tails ran inside a decode pass
+        self.moves = 0  # sequences moved to sit beside the rest of their pass
 
     # ------------------------------------------------------------------ storage
     def _allocate(self, slots: int, capacity: int) -> None:
@@ -282,6 +283,36 @@ class Engine:
     def _drop(self, seq: _Sequence) -> None:
         self._kept.remove(seq)
         self._free.append(seq.slot)
+
+    def _compact(self, seqs: list[_Sequence], lengths: list[Any], base: int) -> None:
+        """Move ``seqs`` into slots ``base`` .. ``base + len(seqs) - 1`` (``lengths``: the keys
+        and values each holds), swapping out whatever sits there, so that a pass reads its rows'
+        caches as one view. A sequence moves once when it joins the pass; gathering the rows'
+        caches instead copied every one of them at every token."""
+        end = base + len(seqs)
+        holes = sorted(set(range(base, end)) - {s.slot for s in seqs})
+        if not holes:
+            return
+        occupant = {s.slot: s for s in self._kept}
+        for seq, length in zip(seqs, lengths, strict=True):
+            if base <= seq.slot < end:
+                continue
+            hole, here = holes.pop(0), seq.slot
+            other = occupant.pop(hole, None)
+            kept = int(other.ids.shape[0]) if other is not None else 0
+            for store in (*self.keys, *self.values):
+                saved = store[hole, :, :kept].clone() if kept else None
+                store[hole, :, : int(length)] = store[here, :, : int(length)]
+                if saved is not None:
+                    store[here, :, :kept] = saved
+            seq.slot = hole
+            if other is not None:
+                other.slot = here
+                occupant[here] = other
+            else:
+                self._free.remove(hole)
+                self._free.append(here)
+            self.moves += 1
 
     def _copy(self, source: _Sequence, length: int) -> _Sequence:
         """A new sequence holding ``source``'s first ``length`` tokens (keys and values copied)."""
@@ -586,7 +617,15 @@ class Engine:
         are written at once; only the ids wait)."""
         torch = self._torch
         started = time.perf_counter()
-        rows = sorted(self._running, key=lambda r: r.seq.slot)
+        # The pass's rows sit in slots 0.. (decoding rows, then riding requests) before it runs.
+        rows = self._running
+        joining = [r.parent for r in riding or [] if r.parent is not None]
+        self._compact(
+            [r.seq for r in rows], [r.seq.ids.shape[0] - 1 + len(r.tokens) for r in rows], 0
+        )
+        self._compact(joining, [s.ids.shape[0] for s in joining], len(rows))
+        rows = sorted(rows, key=lambda r: r.seq.slot)
+        riding = sorted(riding or [], key=lambda r: r.parent.slot if r.parent else -1)
         fed = [len(r.tokens) - 1 for r in rows]  # tokens already fed before this one
         # Each row's last token and its position, in one host-to-device copy.
         step = torch.tensor(
@@ -669,6 +708,9 @@ class Engine:
                 sampled.setdefault(id(row.request), []).append(index)
         for indices in sampled.values():
             request = rows[indices[0]].request
+            # Draws go to the request's rows in its own order, whatever slots they sit in, so a
+            # seeded request gives the same answers however the store is laid out.
+            indices.sort(key=lambda i: request.rows.index(rows[i]))
             at = torch.tensor(indices, device=self.device)
             chosen[at] = self._pick(logits[at], request.sampling, self._generator(request))
         picked: list[int] = chosen.tolist()
