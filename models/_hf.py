@@ -38,6 +38,7 @@ from models._parse import clean_output
 log = logging.getLogger(__name__)
 
 _IMAGE_PAD = "<|image_pad|>"
+_TURN_START = "<|im_start|>"
 # Prepared images whose pixels and vision features are kept: two a study, for many in flight.
 _IMAGE_CACHE_SIZE = 256
 
@@ -79,6 +80,58 @@ def resolve_dtype(dtype: str, device: str) -> Any:
         raise ValueError(
             f"unknown model dtype {dtype!r}; use auto, float32, bfloat16 or float16"
         ) from None
+
+
+class _PrefixTokens:
+    """Token ids of rendered conversations, reusing the ids of the longest earlier text that
+    this one extends, cut just after a turn start: every turn of a reading renders the whole
+    dialogue again, and tokenising all of it again was most of a turn's work outside the model.
+
+    Exact because ``<|im_start|>`` is an added token: the tokenizer splits text at added tokens
+    before anything else, so the ids of a text up to and including one do not depend on what
+    follows. The first text is also tokenised whole and compared (a tokenizer whose added token
+    strips the whitespace after it would differ); on a difference every text is tokenised
+    whole."""
+
+    def __init__(self, tokenizer: Any, size: int = 1024) -> None:
+        self._tokenizer = tokenizer
+        self._known: OrderedDict[str, list[int]] = OrderedDict()
+        self._size = size
+        self._exact: bool | None = None  # None: not checked yet
+        self.reused = 0  # ids taken from earlier texts, all told
+
+    def _whole(self, text: str) -> list[int]:
+        return list(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def ids(self, text: str) -> list[int]:
+        last = text.rfind(_TURN_START)
+        if self._exact is False or last < 0:
+            return self._whole(text)
+        cut = last + len(_TURN_START)
+        start, known, at = 0, [], cut
+        while at > 0:  # the longest known prefix that ends just after a turn start
+            hit = self._known.get(text[:at])
+            if hit is not None:
+                start, known = at, hit
+                self._known.move_to_end(text[:at])
+                break
+            at = text.rfind(_TURN_START, 0, at - len(_TURN_START)) + len(_TURN_START)
+            if at < len(_TURN_START):
+                break
+        self.reused += len(known)
+        head = known + self._whole(text[start:cut])
+        ids = head + self._whole(text[cut:])
+        if self._exact is None:
+            self._exact = ids == self._whole(text)
+            if not self._exact:
+                log.warning(
+                    "this tokenizer splits differently at %s: texts tokenised whole", _TURN_START
+                )
+                return self._whole(text)
+        self._known[text[:cut]] = head
+        while len(self._known) > self._size:
+            self._known.popitem(last=False)
+        return ids
 
 
 @dataclass
@@ -156,6 +209,7 @@ class TransformersBackend:
         self._images: OrderedDict[str, _ImageEntry] = OrderedDict()
         self._digests: dict[int, tuple[weakref.ref[Image.Image], str]] = {}
         self._encode_lock = threading.Lock()  # the fast tokenizer and the image table
+        self._tokens = _PrefixTokens(self.tokenizer)
         self._stock_lock = threading.Lock()  # model.generate keeps rope_deltas on the model
         self.engine = Engine(model, eos_ids=self.eos_ids, pad_id=self.pad_id)
 
@@ -272,8 +326,7 @@ class TransformersBackend:
         # Tokenised with one placeholder per image, then each expanded to the image's token
         # count: the placeholder is an added token (text is split around it before BPE), so the
         # ids are those of the expanded text, without tokenising hundreds of placeholders a turn.
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        ids = torch.tensor(ids, dtype=torch.long)
+        ids = torch.tensor(self._tokens.ids(text), dtype=torch.long)
         pads = torch.nonzero(ids == self.image_token_id).flatten()
         counts = torch.ones_like(ids)
         counts[pads] = torch.tensor([e.n_tokens for e in entries], dtype=torch.long)

@@ -217,6 +217,33 @@ def test_branches_equal_separate_questions(
     assert [g.text for g in batched] == [g.text for g in alone]
 
 
+def test_prefix_tokens_equal_tokenising_the_whole_text(
+    backend: TransformersBackend, current: StudyImage
+) -> None:
+    """A dialogue growing turn by turn, with branches off its prefix (as the staged reading and
+    the report prompts make them): the ids reused from earlier texts plus the new text's are
+    exactly the ids of the whole text, and earlier texts are reused."""
+    from models import prepare_image
+    from models._hf import _PrefixTokens
+
+    image, _ = prepare_image(current.dataset)
+    tokens = _PrefixTokens(backend.tokenizer)
+    dialogue = Conversation("sys", (Message("user", "Describe the image.", (image,)),))
+    texts = []
+    for n, answer in enumerate(["A lung,  clear.\n", " Heart: normal; ", "\n\nno effusion", "ok"]):
+        texts.append(backend.render(dialogue))
+        for branch in ("Is there edema?", " (A) Yes\n(B) No", "Why?\n"):
+            texts.append(backend.render(dialogue.then(Message("user", f"{branch} {n}"))))
+        dialogue = dialogue.then(Message("assistant", answer)).then(Message("user", f"next {n}"))
+    for text in texts:
+        whole = list(backend.tokenizer(text, add_special_tokens=False)["input_ids"])
+        assert tokens.ids(text) == whole
+    assert tokens._exact is True and tokens.reused > sum(map(len, texts)) // 20
+    assert tokens.ids(texts[-1][:-3]) == list(
+        backend.tokenizer(texts[-1][:-3], add_special_tokens=False)["input_ids"]
+    )
+
+
 def test_sampling_gives_n_answers(backend: TransformersBackend, current: StudyImage) -> None:
     from models import prepare_image
 
