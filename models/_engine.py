@@ -396,7 +396,15 @@ class Engine:
         torch = self._torch
         ids = prompt.ids
         best, best_len = None, 0
-        for seq in self._kept if candidates is None else candidates:
+        if candidates is None:
+            candidates = self._kept
+            if prompt.spans:
+                # Reuse past the first image needs that image: only sequences holding it are
+                # compared (a study's own dialogue and branches), not every study in flight.
+                # The text before it (the system prompt) is not worth a copy from another study.
+                first = (prompt.spans[0][0], prompt.digests[0])
+                candidates = [seq for seq in candidates if first in seq.images]
+        for seq in candidates:
             limit = min(int(seq.ids.shape[0]), int(ids.shape[0]) - 1)
             if limit <= best_len:
                 continue
