@@ -46,6 +46,9 @@ _DEFER_MIN_TOKENS = 16
 # A request whose new tokens are at most this many runs them inside the step's decode pass
 # (the decode rows are padded to its length: cheap for a question, not for an image's hundreds).
 _RIDE_MAX_TOKENS = 64
+# ... and while the padded pass stays this small (64 rows decoding take a question of 16 tokens
+# along, not of 64: the pass would cost as much as a prefill of 4,096 tokens).
+_RIDE_MAX_PADDED = 1024
 
 
 @dataclass
@@ -521,15 +524,19 @@ class Engine:
         similar length (an image's hundreds of tokens are not padded onto a question's few).
 
         While rows are decoding, the group of short tails (a question of a turn, up to
-        ``_RIDE_MAX_TOKENS``) is not run on its own: it is returned, to ride in this step's
-        decode pass, so that a turn joining costs no pass of its own."""
+        ``_RIDE_MAX_TOKENS``, while the padded pass stays within ``_RIDE_MAX_PADDED``) is not
+        run on its own: it is returned, to ride in this step's decode pass, so that a turn
+        joining costs no pass of its own."""
         requests = self._defer(requests)
         for request in requests:
             self._admit(request)
         groups = _similar(requests)
         riding: list[_Request] = []
-        if self._running and groups and max(map(_tail, groups[0])) <= _RIDE_MAX_TOKENS:
-            riding = groups.pop(0)
+        if self._running and groups:
+            width = max(map(_tail, groups[0]))
+            padded = (len(self._running) + len(groups[0])) * width
+            if width <= _RIDE_MAX_TOKENS and padded <= _RIDE_MAX_PADDED:
+                riding = groups.pop(0)
         for group in groups:
             started = time.perf_counter()
             tails = self._tails(group)
