@@ -43,12 +43,6 @@ _MIN_CAPACITY = 1024  # tokens per slot at start (a two-image CXRTrek reading is
 # A request waits one step for a prefix another request of its batch is about to write when that
 # saves at least this many tokens of prefill.
 _DEFER_MIN_TOKENS = 16
-# A request whose new tokens are at most this many runs them inside the step's decode pass
-# (the decode rows are padded to its length: cheap for a question, not for an image's hundreds).
-_RIDE_MAX_TOKENS = 64
-# ... and while the padded pass stays this small (64 rows decoding take a question of 16 tokens
-# along, not of 64: the pass would cost as much as a prefill of 4,096 tokens).
-_RIDE_MAX_PADDED = 1024
 
 
 @dataclass
@@ -242,7 +236,6 @@ class Engine:
         self.prefill_passes = 0
         self.rows_decoded = 0
         self.most_rows = 0  # the most sequences one forward pass has served
-        self.riding_requests = 0  # requests whose tails ran inside a decode pass
         self.moves = 0  # sequences moved to sit beside the rest of their pass
 
     # ------------------------------------------------------------------ storage
@@ -287,18 +280,19 @@ class Engine:
         self._kept.remove(seq)
         self._free.append(seq.slot)
 
-    def _compact(self, seqs: list[_Sequence], lengths: list[Any], base: int) -> None:
-        """Move ``seqs`` into slots ``base`` .. ``base + len(seqs) - 1`` (``lengths``: the keys
-        and values each holds), swapping out whatever sits there, so that a pass reads its rows'
+    def _compact(self, seqs: list[_Sequence], lengths: list[Any]) -> None:
+        """Move ``seqs`` into slots 0 .. ``len(seqs) - 1`` (``lengths``: the keys and values
+        each holds), swapping out whatever idle prefix sits there, so that a pass reads its rows'
         caches as one view. A sequence moves once when it joins the pass; gathering the rows'
-        caches instead copied every one of them at every token."""
-        end = base + len(seqs)
-        holes = sorted(set(range(base, end)) - {s.slot for s in seqs})
+        caches instead copied every one of them at every token (on a GPU with 64 studies in
+        flight, as many bytes a step as the weights)."""
+        end = len(seqs)
+        holes = sorted(set(range(end)) - {s.slot for s in seqs})
         if not holes:
             return
         occupant = {s.slot: s for s in self._kept}
         for seq, length in zip(seqs, lengths, strict=True):
-            if base <= seq.slot < end:
+            if seq.slot < end:
                 continue
             hole, here = holes.pop(0), seq.slot
             other = occupant.pop(hole, None)
@@ -377,9 +371,10 @@ class Engine:
                         break
                 try:
                     self._step += 1
-                    riding = self._prefill(admitted) if admitted else []
+                    if admitted:
+                        self._prefill(admitted)
                     if self._running:
-                        self._decode(riding)
+                        self._decode()
                 except BaseException as error:  # every request in flight learns of it
                     log.exception("engine step failed")
                     failed = [row.request for row in self._running] + admitted + self._deferred
@@ -519,25 +514,13 @@ class Engine:
             pending.append(_Sequence(-1, prompt.ids, torch.zeros(0), images))
         return now
 
-    def _prefill(self, requests: list[_Request]) -> list[_Request]:
+    def _prefill(self, requests: list[_Request]) -> None:
         """Admit ``requests`` and run their new tokens: one padded pass for each group of
-        similar length (an image's hundreds of tokens are not padded onto a question's few).
-
-        While rows are decoding, the group of short tails (a question of a turn, up to
-        ``_RIDE_MAX_TOKENS``, while the padded pass stays within ``_RIDE_MAX_PADDED``) is not
-        run on its own: it is returned, to ride in this step's decode pass, so that a turn
-        joining costs no pass of its own."""
+        similar length (an image's hundreds of tokens are not padded onto a question's few)."""
         requests = self._defer(requests)
         for request in requests:
             self._admit(request)
-        groups = _similar(requests)
-        riding: list[_Request] = []
-        if self._running and groups:
-            width = max(map(_tail, groups[0]))
-            padded = (len(self._running) + len(groups[0])) * width
-            if width <= _RIDE_MAX_TOKENS and padded <= _RIDE_MAX_PADDED:
-                riding = groups.pop(0)
-        for group in groups:
+        for group in _similar(requests):
             started = time.perf_counter()
             tails = self._tails(group)
             embeds, pos = self._padded([t[0] for t in tails], [t[1] for t in tails])
@@ -546,7 +529,6 @@ class Engine:
             logits = self._forward(embeds, pos, slots, starts, [len(t[0]) for t in tails])
             self._account(started, prefill=True)
             self._prefilled(group, [t[1] for t in tails], logits)
-        return riding
 
     def _tails(self, requests: list[_Request]) -> list[tuple[Any, Any, int]]:
         """Each admitted request's new tokens after its reused prefix: their embeddings
@@ -626,21 +608,14 @@ class Engine:
         self._running.extend(r for r in rows if not r.finished)
         self._finish_if_done(request)
 
-    def _decode(self, riding: list[_Request] | None = None) -> None:
-        """One decode step for every running row, with the tails of ``riding`` requests in the
-        same pass. A row's fed tokens join its sequence's ids when it finishes (keys and values
-        are written at once; only the ids wait)."""
+    def _decode(self) -> None:
+        """One decode step for every running row. A row's fed tokens join its sequence's ids
+        when it finishes (keys and values are written at once; only the ids wait)."""
         torch = self._torch
         started = time.perf_counter()
-        # The pass's rows sit in slots 0.. (decoding rows, then riding requests) before it runs.
         rows = self._running
-        joining = [r.parent for r in riding or [] if r.parent is not None]
-        self._compact(
-            [r.seq for r in rows], [r.seq.ids.shape[0] - 1 + len(r.tokens) for r in rows], 0
-        )
-        self._compact(joining, [s.ids.shape[0] for s in joining], len(rows))
+        self._compact([r.seq for r in rows], [r.seq.ids.shape[0] - 1 + len(r.tokens) for r in rows])
         rows = sorted(rows, key=lambda r: r.seq.slot)
-        riding = sorted(riding or [], key=lambda r: r.parent.slot if r.parent else -1)
         fed = [len(r.tokens) - 1 for r in rows]  # tokens already fed before this one
         # Each row's last token and its position, in one host-to-device copy.
         step = torch.tensor(
@@ -650,18 +625,8 @@ class Engine:
         pos = step[:, 1].view(1, -1, 1).expand(3, -1, 1)
         slots = [r.seq.slot for r in rows]
         starts = [int(r.seq.ids.shape[0]) + k for r, k in zip(rows, fed, strict=True)]
-        lengths = [1] * len(rows)
-        tails = self._tails(riding) if riding else []
-        if tails:
-            embeds, pos = self._padded(
-                [*embeds, *(t[0] for t in tails)],
-                [*pos.unbind(1), *(t[1] for t in tails)],
-            )
-            slots += [r.parent.slot for r in riding]  # type: ignore[union-attr]
-            starts += [t[2] for t in tails]
-            lengths += [int(t[0].shape[0]) for t in tails]
-        logits = self._forward(embeds, pos, slots, starts, lengths)
-        chosen = self._choose_rows(logits[: len(rows)], rows)
+        logits = self._forward(embeds, pos, slots, starts, [1] * len(rows))
+        chosen = self._choose_rows(logits, rows)
         self.rows_decoded += len(rows)
         self._account(started)
         finished: list[_Request] = []
@@ -672,9 +637,6 @@ class Engine:
         self._running = [r for r in self._running if not r.finished]
         for request in finished:
             self._finish_if_done(request)
-        if riding:
-            self.riding_requests += len(riding)
-            self._prefilled(riding, [t[1] for t in tails], logits[len(rows) :])
 
     # ------------------------------------------------------------------ choosing
     def _pick(self, logits: Any, sampling: Sampling, generator: Any) -> Any:
