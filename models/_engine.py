@@ -280,26 +280,28 @@ class Engine:
         self._kept.remove(seq)
         self._free.append(seq.slot)
 
-    def _compact(self, seqs: list[_Sequence], lengths: list[Any]) -> None:
-        """Move ``seqs`` into slots 0 .. ``len(seqs) - 1`` (``lengths``: the keys and values
-        each holds), swapping out whatever idle prefix sits there, so that a pass reads its rows'
-        caches as one view. A sequence moves once when it joins the pass; gathering the rows'
-        caches instead copied every one of them at every token (on a GPU with 64 studies in
-        flight, as many bytes a step as the weights)."""
-        end = len(seqs)
-        holes = sorted(set(range(end)) - {s.slot for s in seqs})
+    def _compact(self, rows: list[_Row]) -> None:
+        """Move the rows' sequences into slots 0 .. ``len(rows) - 1``, swapping out whatever idle
+        prefix sits there, so that a decode pass reads its rows' caches as one view. A sequence
+        moves once when it joins the pass; gathering the rows' caches instead copied every one
+        of them at every token (on a GPU with 64 studies in flight, as many bytes a step as the
+        weights)."""
+        end = len(rows)
+        holes = sorted(set(range(end)) - {r.seq.slot for r in rows})
         if not holes:
             return
         occupant = {s.slot: s for s in self._kept}
-        for seq, length in zip(seqs, lengths, strict=True):
+        for row in rows:
+            seq = row.seq
             if seq.slot < end:
                 continue
+            length = int(seq.ids.shape[0]) - 1 + len(row.tokens)  # keys fed so far
             hole, here = holes.pop(0), seq.slot
             other = occupant.pop(hole, None)
             kept = int(other.ids.shape[0]) if other is not None else 0
             for store in (*self.keys, *self.values):
                 saved = store[hole, :, :kept].clone() if kept else None
-                store[hole, :, : int(length)] = store[here, :, : int(length)]
+                store[hole, :, :length] = store[here, :, :length]
                 if saved is not None:
                     store[here, :, :kept] = saved
             seq.slot = hole
@@ -614,7 +616,7 @@ class Engine:
         torch = self._torch
         started = time.perf_counter()
         rows = self._running
-        self._compact([r.seq for r in rows], [r.seq.ids.shape[0] - 1 + len(r.tokens) for r in rows])
+        self._compact(rows)
         rows = sorted(rows, key=lambda r: r.seq.slot)
         fed = [len(r.tokens) - 1 for r in rows]  # tokens already fed before this one
         # Each row's last token and its position, in one host-to-device copy.
