@@ -79,6 +79,7 @@ from report_drafts.outbox import (
     materialise,
     source_instances,
 )
+from report_drafts.reconcile import UNCERTAIN_MARK
 from report_drafts.render import render_png
 from report_drafts.retention import (
     Verdict,
@@ -154,6 +155,7 @@ __all__ = [
     "TRACE_COMPLETE",
     "TRACE_INCOMPLETE",
     "TRACE_PENDING",
+    "UNCERTAIN_MARK",
     "Algorithm",
     "AuditEvent",
     "Box",

@@ -263,8 +263,12 @@ def test_the_critical_draft_tops_the_worklist_and_its_page_says_stat(
     with TestClient(create_web_app(settings)) as client:
         items = client.get("/api/worklist", headers={"Authorization": f"Bearer {token}"}).json()
         assert [i["id"] for i in items["items"]][:2] == [critical, routine]
+        suspected = {i["id"]: i["critical"] for i in items["items"]}
+        assert suspected[critical] == ["pneumothorax"] and suspected[routine] == []
         page = _review_page(client, critical)
+        assert page.count('flag-urgent small">urgent<') == 1  # the pneumothorax, not the effusion
         assert 'data-testid="critical-banner"' in page
         assert "AI suspicion of a critical finding" in page and "not a diagnosis" in page
         quiet = _review_page(client, routine)
         assert 'data-testid="critical-banner"' not in quiet
+        assert 'flag-urgent small">urgent<' not in quiet

@@ -183,6 +183,8 @@ def summary_json(row: StudyRow, content: ReportContent | None) -> dict[str, Any]
             {"label": f.label, "accepted": f.accepted, "laterality": f.laterality}
             for f in (content.findings if content else ())
         ],
+        # The critical findings this version suspects (the site's list, read with negation).
+        "critical": list(content.critical) if content else [],
     }
 
 

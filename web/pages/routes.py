@@ -380,7 +380,7 @@ def worklist(  # noqa: PLR0913 (FastAPI: one parameter per form field)
     rows = [
         {
             **item,
-            "urgent": viewmodel.urgent_labels(item["findings"]),
+            "urgent": viewmodel.urgent_labels(item["critical"]),
             "demo": item["study_version_pk"] in demo_svs,
             "waiting": viewmodel.waiting_label(
                 item["completed_at"] or item["created_at"], now, ended.get(item["id"])
@@ -487,7 +487,7 @@ def review_context(
             {
                 **finding,
                 "number": number,
-                "urgent": viewmodel.is_urgent(finding["label"]),
+                "urgent": viewmodel.is_urgent(finding["label"], detail["critical"]),
             }
         )
     prior_study, prior_images = viewmodel.prior_instances(session, detail.get("prior"))

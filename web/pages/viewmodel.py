@@ -15,21 +15,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from dicom_listener import Instance, Series, Study
-from report_drafts import DraftRun, ReportVersion, finding_page_names, visible
-
-# Findings a radiologist wants to see first: the ones that usually need a phone call.
-URGENT_TERMS = (
-    "pneumothorax",
-    "pneumoperitoneum",
-    "free air",
-    "free intraperitoneal",
-    "pneumomediastinum",
-    "tension",
-    "dissection",
-    "widened mediastinum",
-    "malposition",
-    "misplaced",
-)
+from report_drafts import UNCERTAIN_MARK, DraftRun, ReportVersion, finding_page_names, visible
 
 #: The labels the model is asked about (CheXpert's 13), offered when adding a missed finding.
 FINDING_LABELS = finding_page_names()
@@ -50,14 +36,17 @@ STATE_LABELS = {
 }
 
 
-def is_urgent(label: str) -> bool:
+def urgent_labels(critical: list[str]) -> list[str]:
+    """The critical findings a version suspects (``content.critical``: the lifecycle's reading
+    of the site's RADDRAFT_CRITICAL_FINDINGS, negation and hedges included), as the worklist
+    shows them."""
+    return [term[:1].upper() + term[1:] for term in critical]
+
+
+def is_urgent(label: str, critical: list[str]) -> bool:
+    """Whether a finding's label names one of the critical findings its version suspects."""
     text = label.lower()
-    return any(term in text for term in URGENT_TERMS)
-
-
-def urgent_labels(findings: list[dict[str, Any]]) -> list[str]:
-    """Accepted findings whose label names an urgent condition."""
-    return [f["label"] for f in findings if f.get("accepted", True) and is_urgent(f["label"])]
+    return any(term.removesuffix(UNCERTAIN_MARK) in text for term in critical)
 
 
 def priority_label(priority: int) -> str:
