@@ -1,6 +1,6 @@
 """Scale benchmark: what each read costs as the archive grows (issue #23).
 
-    python bench/scale.py [--studies 1000,10000,100000] [--calls 20] [--keep]
+    python bench/scale.py [--studies 1000,10000,100000] [--calls 20] [--keep] [--reuse]
 
 For each N a fresh PostgreSQL database (127.0.0.1:5432, ``raddraft_scale_<N>``) is migrated
 and seeded by :mod:`tests.scale_seed`: a part-day of finished work made by RadDraft's own code
@@ -15,9 +15,16 @@ imports included): ``raddraft studies`` and ``raddraft trace``. The C-STORE inge
 rate (40 small images over one association, storescu) is measured against the seeded archive
 and against an empty one.
 
+``--keep`` keeps each database and its data directory (the archive's image files), under
+``$RADDRAFT_SCALE_DATA`` (default ``<tmp>/raddraft-scale/raddraft_scale_<N>``); ``--reuse``
+measures a kept database again without seeding. A kept database whose files are gone (kept by
+an older bench that removed them) is measured without WADO-RS, which reads them: the bench
+says so, and the RESULT line names what it did not measure.
+
 The last line is
 
     RESULT worst_p95_ms=<ms> worst=<endpoint> p95_ratio_max=<x> failures=<n> ingest_ratio=<x>
+           [unmeasured=<endpoint>,...]
 
 ``worst_p95_ms``: the largest p95 at the largest N over every interactive endpoint (pages,
 worklist API, report JSON, queue, metrics, QIDO, WADO metadata, FHIR search; issue #23's target
@@ -84,6 +91,8 @@ OTHERS = (
     "fhir DiagnosticReport?status=final",
     "fhir ImagingStudy",
 )
+#: What reads the archive's image files (not measured on a kept database without them).
+READS_FILES = ("wado /studies/{uid}/metadata",)
 PASSWORD = "correct horse battery staple"
 
 
@@ -93,6 +102,7 @@ class Figure:
     p50: float
     p95: float
     failures: int = 0
+    measured: bool = True
 
 
 def free_port() -> int:
@@ -200,7 +210,9 @@ def sign_in(base: str, token: str) -> httpx.Client:
     return client
 
 
-def http_figures(base: str, tokens: dict[str, str], engine: Any, calls: int) -> list[Figure]:
+def http_figures(
+    base: str, tokens: dict[str, str], engine: Any, calls: int, *, files: bool = True
+) -> list[Figure]:
     admin_page = sign_in(base, tokens["admin"])
     doctor_page = sign_in(base, tokens["radiologist"])
     api = httpx.Client(
@@ -246,6 +258,9 @@ def http_figures(base: str, tokens: dict[str, str], engine: Any, calls: int) -> 
     ]
     found = []
     for name, call in checks:
+        if not files and name in READS_FILES:
+            found.append(Figure(name, float("nan"), float("nan"), measured=False))
+            continue
         p50, p95, failures = timed(call, calls)
         found.append(Figure(name, p50, p95, failures))
     return found
@@ -380,6 +395,27 @@ def small_images(folder: Path, count: int) -> list[Path]:
     return paths
 
 
+def kept_data_dir(name: str) -> Path:
+    """Where ``--keep`` keeps a database's data directory (its archive's files)."""
+    root = os.environ.get("RADDRAFT_SCALE_DATA") or Path(tempfile.gettempdir()) / "raddraft-scale"
+    return Path(root) / name
+
+
+def files_present(engine: Any, data_dir: Path) -> bool:
+    """Whether the archive's files are in ``data_dir`` (the first study's first image)."""
+    from dicom_listener.tables import Instance, Series
+
+    with session_factory(engine)() as session:
+        path = session.scalar(
+            select(Instance.path)
+            .join(Series, Series.id == Instance.series_pk)
+            .join(Study, Study.id == Series.study_pk)
+            .order_by(Study.id, Instance.id)
+            .limit(1)
+        )
+    return path is not None and (data_dir / "archive" / path).is_file()
+
+
 def reused(url: str) -> tuple[int, dict[str, str]]:
     """A kept archive (``--keep``, then ``--reuse``): its size, and new bench users' tokens."""
     from report_drafts.users import add_user
@@ -403,16 +439,32 @@ def run_size(
         kept = conn.scalar(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
     admin.dispose()
     url = ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    if not (reuse and kept):
+    reusing = bool(reuse and kept)
+    if not reusing:
         url = fresh_database(name)
-    data_dir = Path(tempfile.mkdtemp(prefix=f"scale{studies}-"))
+    if keep:
+        data_dir = kept_data_dir(name)
+        if not reusing:
+            shutil.rmtree(data_dir, ignore_errors=True)
+        data_dir.mkdir(parents=True, exist_ok=True)
+    else:
+        data_dir = Path(tempfile.mkdtemp(prefix=f"scale{studies}-"))
     env = environment(url, data_dir)
     settings = settings_for(env)
     engine = engine_for(url)
-    if reuse and kept:
+    files = True
+    if reusing:
         actual, tokens = reused(url)
         archive = scale_seed.Archive(actual, 0, 0)
-        print(f"# reusing the kept archive of {actual} studies", flush=True)
+        files = files_present(engine, data_dir)
+        print(f"# reusing the kept archive of {actual} studies in {data_dir}", flush=True)
+        if not files:
+            print(
+                f"# its image files are not in {data_dir} (kept by an older bench?): "
+                f"{', '.join(READS_FILES)} not measured; run once with --keep, without "
+                "--reuse, to seed it again with its files",
+                flush=True,
+            )
     else:
         started = time.perf_counter()
         archive, seeded = scale_seed.build(engine, settings, studies=studies, template=30)
@@ -428,15 +480,15 @@ def run_size(
     )
     try:
         wait_port(port, web)
-        figures = http_figures(f"http://127.0.0.1:{port}", tokens, engine, calls)
+        figures = http_figures(f"http://127.0.0.1:{port}", tokens, engine, calls, files=files)
     finally:
         stop(web)
     figures += in_process_figures(settings, engine, calls)
     figures += command_figures(env, engine)
     rate = ingest_rate(env, images)
     engine.dispose()
-    shutil.rmtree(data_dir, ignore_errors=True)
     if not keep:
+        shutil.rmtree(data_dir, ignore_errors=True)
         drop_database(name)
     return archive.studies, figures, rate
 
@@ -475,6 +527,9 @@ def main() -> None:
         results[size] = {f.name: f for f in figures}
         rates[size] = rate
         for f in figures:
+            if not f.measured:
+                print(f"N={actual:>7}  {f.name:<32} not measured (no files)", flush=True)
+                continue
             print(
                 f"N={actual:>7}  {f.name:<32} p50 {f.p50:9.1f} ms  p95 {f.p95:9.1f} ms"
                 + (f"  FAILED {f.failures}" if f.failures else ""),
@@ -484,13 +539,15 @@ def main() -> None:
     shutil.rmtree(folder, ignore_errors=True)
     first, last = results[sizes[0]], results[sizes[-1]]
 
-    interactive = OWNED + OTHERS
+    unmeasured = [n for n in OWNED + OTHERS if not (first[n].measured and last[n].measured)]
+    interactive = [n for n in OWNED + OTHERS if n not in unmeasured]
     slowest = max(interactive, key=lambda n: last[n].p95)
     ratio = max(last[n].p95 / max(first[n].p95, 1e-6) for n in interactive)
     failures = sum(f.failures for figures in results.values() for f in figures.values())
     print(
         f"RESULT worst_p95_ms={last[slowest].p95:.1f} worst={slowest.replace(' ', '_')} "
         f"p95_ratio_max={ratio:.2f} failures={failures} ingest_ratio={rates[sizes[-1]] / empty:.2f}"
+        + (f" unmeasured={','.join(n.replace(' ', '_') for n in unmeasured)}" if unmeasured else "")
     )
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Index, MetaData, Table, text
+from sqlalchemy import Index, MetaData, Table, func, text
 
 import dicom_listener.tables
 import orders.tables
@@ -65,6 +65,16 @@ _declare_indexes()
 _runs = Base.metadata.tables["draft_runs"]
 if not any(index.name == "ix_draft_runs_prior_uid" for index in _runs.indexes):
     Index("ix_draft_runs_prior_uid", _runs.c.prior["study_instance_uid"].as_string())
+
+
+# QIDO-RS PatientName matching, case-folded (0014; text_pattern_ops on PostgreSQL).
+_patients = Base.metadata.tables["patients"]
+if not any(index.name == "ix_patients_name_folded" for index in _patients.indexes):
+    Index(
+        "ix_patients_name_folded",
+        func.lower(_patients.c.patient_name).label("folded"),
+        postgresql_ops={"folded": "text_pattern_ops"},
+    )
 
 
 def metadata() -> MetaData:

@@ -17,14 +17,27 @@ Names and labels (``|`` between label values, in the order given):
   ``job_duration_sum`` (task): their summed run time (a histogram, cumulated on reading);
 - ``sent_objects`` (kind|state) and ``sent_attempts`` (kind): outbound objects and attempts;
 - ``ingest_events`` (kind) and ``ingest_bytes`` (): listener events and bytes stored;
-- ``report_versions`` (action) and ``signed_without_edit`` (): versions written.
+- ``report_versions`` (action) and ``signed_without_edit`` (): versions written;
+- ``fhir_reports`` (status) and ``fhir_studies`` (): what FHIR shows, added by
+  :mod:`report_drafts.fhir_view` with :func:`add` where a version is written (what it counts
+  is decided there, not by a row's columns alone), rebuilt by migration 0013.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
 
-from sqlalchemy import BigInteger, Float, String, delete, func, literal_column, select, text
+from sqlalchemy import (
+    BigInteger,
+    Float,
+    String,
+    delete,
+    func,
+    insert,
+    literal_column,
+    select,
+    text,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
@@ -59,6 +72,11 @@ class CounterDelta(Base):
     name: Mapped[str] = mapped_column(String(64))
     labels: Mapped[str] = mapped_column(String(400))
     delta: Mapped[float] = mapped_column(Float)
+
+
+def add(session: Session, name: str, labels: str, delta: float) -> None:
+    """A change to a figure, in the caller's transaction (what the triggers write)."""
+    session.execute(insert(CounterDelta).values(name=name, labels=labels, delta=delta))
 
 
 def read(session: Session, names: tuple[str, ...]) -> dict[Key, float]:
@@ -98,10 +116,10 @@ def fold(session: Session, batch: int = FOLD_BATCH) -> int:
     sums: dict[Key, float] = defaultdict(float)
     for name, labels, delta in moved:
         sums[(name, labels)] += float(delta)
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    upsert = postgresql.insert if dialect == "postgresql" else sqlite.insert
     # Sorted: two folders (SQLite has no advisory lock) take the rows in one order.
     for (name, labels), value in sorted(sums.items()):
-        statement = insert(Counter).values(name=name, labels=labels, value=value)
+        statement = upsert(Counter).values(name=name, labels=labels, value=value)
         session.execute(
             statement.on_conflict_do_update(
                 index_elements=["name", "labels"],

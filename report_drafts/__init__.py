@@ -21,6 +21,9 @@ The read side, for the web tier's read models (pages, API, DICOMweb, FHIR, queue
     ``get_report``, ``report_for_study_version``, ``version``, ``current_content``,
     ``draft_run``, ``report_text``, ``demo_mode``, ``reader_figures``, ``trace``,
     ``fhir_resources``, ``fhir_resources_for_page``, ``fhir_id_for``, ``source_instances``,
+    what FHIR shows of a report (:mod:`report_drafts.fhir_view`: ``PUBLISHED_ACTIONS``,
+    ``WITHDRAWN_BY``, ``WITHDRAWN_STATUS``, ``Report.fhir_status`` and ``fhir_updated_at``, and
+    the kept totals ``fhir_reports_shown``, ``fhir_studies_shown``),
     ``render_png``, ``audit_for_study``,
     ``record_audit``, ``retention_figures``, ``user_for_password``, ``user_for_token``,
     ``capability_statement``, and the tables it queries (``Report``, ``ReportVersion``,
@@ -63,6 +66,9 @@ from report_drafts.draft_trace import (
     record_trace,
 )
 from report_drafts.drafting import mark_state, record_draft
+from report_drafts.fhir_view import PUBLISHED_ACTIONS, WITHDRAWN_BY, WITHDRAWN_STATUS
+from report_drafts.fhir_view import reports_shown as fhir_reports_shown
+from report_drafts.fhir_view import studies_shown as fhir_studies_shown
 from report_drafts.figures import reader_figures
 from report_drafts.notifications import (
     acknowledge_notification,
@@ -150,12 +156,15 @@ __all__ = [
     "DEMO_WARNING",
     "DRAFT_WARNING",
     "EDITABLE",
+    "PUBLISHED_ACTIONS",
     "SIGNED_STATES",
     "TOKEN_SUBJECT",
     "TRACE_COMPLETE",
     "TRACE_INCOMPLETE",
     "TRACE_PENDING",
     "UNCERTAIN_MARK",
+    "WITHDRAWN_BY",
+    "WITHDRAWN_STATUS",
     "Algorithm",
     "AuditEvent",
     "Box",
@@ -194,8 +203,10 @@ __all__ = [
     "end_sessions",
     "escalate_unacknowledged",
     "fhir_id_for",
+    "fhir_reports_shown",
     "fhir_resources",
     "fhir_resources_for_page",
+    "fhir_studies_shown",
     "finding_feedback",
     "finding_labels",
     "finding_page_names",

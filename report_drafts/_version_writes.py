@@ -20,7 +20,7 @@ from dicom_listener import Patient, Study, StudyVersion
 from raddraft import atna
 from raddraft.db import utcnow
 from raddraft.settings import Settings
-from report_drafts import audit, outbox
+from report_drafts import audit, fhir_view, outbox
 from report_drafts.content import Algorithm, ReportContent, Signer
 from report_drafts.states import NotFound, ReportState, StaleVersion
 from report_drafts.tables import (
@@ -240,7 +240,8 @@ def new_version(  # noqa: PLR0913 (one keyword per ReportVersion column)
     extra_diff: dict[str, Any] | None = None,
     rejection_note_uid: str | None = None,
 ) -> ReportVersion:
-    """Insert the next version and move the report head to it (never touches older rows)."""
+    """Insert the next version and move the report head to it (never touches older rows),
+    with what FHIR shows of the report (:func:`report_drafts.fhir_view.follow`)."""
     number = report.current_version + 1
     if number == 1:
         diff: dict[str, Any] = {}
@@ -276,5 +277,6 @@ def new_version(  # noqa: PLR0913 (one keyword per ReportVersion column)
     report.current_version = number
     report.state = state
     report.updated_at = utcnow()
+    fhir_view.follow(session, report, row)
     session.flush()
     return row

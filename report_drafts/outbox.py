@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -389,12 +389,16 @@ def fhir_resources(
 
 
 def fhir_resources_for_page(
-    session: Session, versions: Sequence[tuple[ReportVersion, str | None]]
+    session: Session,
+    versions: Sequence[tuple[ReportVersion, str | None]],
+    *,
+    only: str | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`fhir_resources` for a page of versions (each with its withdrawal reason or
     ``None``), gathered in a fixed number of statements whatever the page holds: what a FHIR
-    search serves. A version whose resources cannot be built (a value FHIR cannot carry) is
-    logged and given as an empty dict, so one odd record never fails the page."""
+    search serves; ``only``: that resource type alone (a search page needs one). A version
+    whose resources cannot be built (a value FHIR cannot carry) is logged and given as an empty
+    dict, so one odd record never fails the page."""
     if not versions:
         return []
     reports = _by_id(session, Report, {v.report_pk for v, _ in versions})
@@ -402,15 +406,16 @@ def fhir_resources_for_page(
     patients = _by_id(session, Patient, {s.patient_pk for s in studies.values()})
     study_versions = _by_id(session, StudyVersion, {r.study_version_pk for r in reports.values()})
     instances: dict[int, list[tuple[Instance, int]]] = {}
-    for instance, study_pk, number in session.execute(
-        select(Instance, StudyVersion.study_pk, StudyVersion.number)
-        .join(StudyVersion, StudyVersion.id == Instance.version_pk)
-        .where(StudyVersion.study_pk.in_(set(studies)))
-        .order_by(Instance.id)
-    ):
-        instances.setdefault(study_pk, []).append((instance, number))
+    if only in (None, "ImagingStudy"):  # the images: what an ImagingStudy lists
+        for instance, study_pk, number in session.execute(
+            select(Instance, StudyVersion.study_pk, StudyVersion.number)
+            .join(StudyVersion, StudyVersion.id == Instance.version_pk)
+            .where(StudyVersion.study_pk.in_(set(studies)))
+            .order_by(Instance.id)
+        ):
+            instances.setdefault(study_pk, []).append((instance, number))
     series_pks = {i.series_pk for rows in instances.values() for i, _ in rows}
-    series = _by_id(session, Series, series_pks)
+    series = _by_id(session, Series, series_pks) if series_pks else {}
     runs = {
         report_pk: run
         for report_pk, run in session.execute(
@@ -435,7 +440,7 @@ def fhir_resources_for_page(
             issued=version.created_at,
         )
         try:
-            built.append(build_fhir_resources(ctx, series, withdrawal=withdrawal))
+            built.append(build_fhir_resources(ctx, series, withdrawal=withdrawal, only=only))
         except ValueError as error:  # pydantic's ValidationError is one
             log.error("report %s v%s: no FHIR resources: %s", report.uid, version.number, error)
             built.append({})
@@ -447,9 +452,14 @@ def _by_id(session: Session, table: Any, ids: set[int]) -> dict[int, Any]:
 
 
 def build_fhir_resources(
-    ctx: VersionContext, series: Mapping[int, Series], *, withdrawal: str | None = None
+    ctx: VersionContext,
+    series: Mapping[int, Series],
+    *,
+    withdrawal: str | None = None,
+    only: str | None = None,
 ) -> dict[str, Any]:
-    """The R4B resources of a version from its gathered context (no database access)."""
+    """The R4B resources of a version from its gathered context (no database access);
+    ``only``: that resource type alone, if the version has one (each is built only if asked)."""
     patient = PatientRef(
         id=ctx.patient.patient_id,
         system=f"urn:raddraft:issuer:{ctx.patient.issuer_of_patient_id}"
@@ -461,8 +471,9 @@ def build_fhir_resources(
     study_id = imaging_study_id(ctx.study)
     device_uid = device_uid_for(ctx.algorithm)
     device_id = resource_id_for(device_uid)
-    resources: dict[str, Any] = {
-        "DiagnosticReport": diagnostic_report(
+    signer = ctx.content.signer
+    builders: dict[str, Callable[[], Any]] = {
+        "DiagnosticReport": lambda: diagnostic_report(
             ctx.content,
             resource_id=ctx.report.uid,
             patient=patient,
@@ -474,29 +485,30 @@ def build_fhir_resources(
             sr_sop_instance_uid=version.sr_sop_instance_uid,
             withdrawal=withdrawal,
         ),
-        "ImagingStudy": imaging_study(
+    }
+    if withdrawal is None:
+        builders["ImagingStudy"] = lambda: imaging_study(
             resource_id=study_id,
             study_instance_uid=ctx.study.study_instance_uid,
             patient=patient,
             images=[_image_ref(series[inst.series_pk], inst) for inst in ctx.instances],
             accession=ctx.study.accession_number or None,
             description=ctx.study.study_description or None,
-        ),
-        "Provenance": provenance(
+        )
+        builders["Provenance"] = lambda: provenance(
             resource_id=f"{ctx.report.uid}-v{version.number}",
             targets=[f"DiagnosticReport/{ctx.report.uid}"],
             recorded=ctx.issued,
             algorithm=ctx.algorithm,
             device_id=device_id,
-            signer=ctx.content.signer,
-        ),
-        "Device": device(ctx.algorithm, resource_id=device_id, device_uid=device_uid),
-    }
-    if withdrawal is not None:
-        return {"DiagnosticReport": resources["DiagnosticReport"]}
-    if ctx.content.signer is not None:
-        resources["Practitioner"] = practitioner(ctx.content.signer)
-    return resources
+            signer=signer,
+        )
+        builders["Device"] = lambda: device(
+            ctx.algorithm, resource_id=device_id, device_uid=device_uid
+        )
+        if signer is not None:
+            builders["Practitioner"] = lambda: practitioner(signer)
+    return {kind: build() for kind, build in builders.items() if only in (None, kind)}
 
 
 def _image_ref(series: Series, instance: Instance) -> ImageRef:

@@ -13,7 +13,16 @@ import datetime as dt
 import enum
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, LargeBinary, String, Text, UniqueConstraint, event
+from sqlalchemy import (
+    ForeignKey,
+    Index,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+    event,
+    text,
+)
 from sqlalchemy.orm import Mapped, Mapper, mapped_column, relationship
 
 from raddraft.db import Base, utcnow
@@ -130,12 +139,28 @@ class Report(Base):
     order_cancelled_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # What FHIR shows of the report (report_drafts.fhir_view keeps both as versions are
+    # written): the DiagnosticReport.status, None while nothing is shown; when the version
+    # shown (published or withdrawing) was written.
+    fhir_status: Mapped[str | None] = mapped_column(String(16), default=None)
+    fhir_updated_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
     versions: Mapped[list[ReportVersion]] = relationship(
         back_populates="report", order_by="ReportVersion.number"
     )
 
-    __table_args__ = (Index("ix_reports_state_priority", "state", "priority", "created_at"),)
+    __table_args__ = (
+        Index("ix_reports_state_priority", "state", "priority", "created_at"),
+        # FHIR search: a status's page in id order; _lastUpdated ranges (migration 0013).
+        Index(
+            "ix_reports_fhir_status",
+            "fhir_status",
+            "id",
+            postgresql_where=text("fhir_status IS NOT NULL"),
+            sqlite_where=text("fhir_status IS NOT NULL"),
+        ),
+        Index("ix_reports_fhir_updated", "fhir_updated_at"),
+    )
 
 
 class ReportVersion(Base):

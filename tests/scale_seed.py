@@ -11,9 +11,9 @@ one ``INSERT ... SELECT ... FROM generate_series`` per table and batch (a bulk l
 without the round trip through the client), into the days before it: ids shifted by the day's
 id range, UIDs, keys, accession numbers and patient ids made unique per clone, times and study
 dates moved back a day per 150 studies. Triggers are off for the load (the counters are
-rebuilt after it, as migration 0011 builds them), then the tables are analysed. Today's open
-work (drafts waiting, a failed draft, an open study, a dead export) is added last by
-:func:`tests.pages.seed.seed`.
+rebuilt after it, as migrations 0011 and 0013 build them), then the tables are analysed.
+Today's open work (drafts waiting, a failed draft, an open study, a dead export) is added last
+by :func:`tests.pages.seed.seed`.
 """
 
 from __future__ import annotations
@@ -345,7 +345,9 @@ def clone(
                 f"(SELECT coalesce(max(id), 1) FROM {table.name}))"
             )
         )
-    rebuild = importlib.import_module("migrations.versions.0011_counters_and_indexes")
+    # Every kept count, migration 0011's and 0013's (what FHIR shows; the clones copied the
+    # reports' FHIR columns, the counts are recounted from them).
+    rebuild = importlib.import_module("migrations.versions.0013_fhir_shown_on_report")
     rebuild.rebuild_counters(conn)
 
 

@@ -291,3 +291,29 @@ def test_qido_studies_pages_on_the_study_rows(
     assert [f["0020000D"]["Value"][0] for f in by_modality] == expected[:2]
     counted = reader.search_for_studies(search_filters={"PatientID": "PG2"})
     assert counted[0]["00201208"]["Value"] == [1]  # NumberOfStudyRelatedInstances
+
+
+def test_a_missing_file_is_answered_and_the_connection_kept(
+    settings: Settings, engine: Engine, web: LiveServer, tokens: dict[str, str]
+) -> None:
+    """An image whose file is gone (removed behind RadDraft's back): WADO-RS answers 500 with
+    a reason, and the client's kept-alive connection serves its next request (an exception
+    left to uvicorn closed it, failing whatever the client sent next: issue 23's bench)."""
+    from tests.drafts.conftest import archive_study
+
+    study = archive_study(engine, settings, patient_id="PM1")
+    for path in (settings.archive_dir / study.study_instance_uid).rglob("*.dcm"):
+        path.unlink()
+    with httpx.Client(
+        base_url=web.url, headers={"Authorization": f"Bearer {tokens['reader']}"}, timeout=30
+    ) as client:
+        lost = client.get(f"/dicomweb/studies/{study.study_instance_uid}/metadata")
+        assert lost.status_code == 500
+        assert lost.json() == {"detail": "a stored file is missing on the server"}
+        after = client.get("/dicomweb/studies", params={"PatientID": "PM1"})
+        assert after.status_code == 200
+
+        def local_port(response: httpx.Response) -> object:
+            return response.extensions["network_stream"].get_extra_info("client_addr")
+
+        assert local_port(after) == local_port(lost)  # the same connection

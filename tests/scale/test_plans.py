@@ -3,14 +3,16 @@
 A PostgreSQL archive of about 8,000 studies, a day apart in groups of ten (made by RadDraft's
 own code, then cloned: :mod:`tests.scale_seed`), analysed. Every statement the worklist (each
 filter, a cursor page), the queue page, ``/metrics``, the router's pass, ``raddraft studies``,
-the retention check of one study and ``raddraft trace`` by accession number run is captured
-and explained: no sequential scan of a big table. Then the list endpoints answer at most their
+the retention check of one study, ``raddraft trace`` by accession number, and the QIDO-RS and
+FHIR searches (archive-wide pages and narrow ones) run is captured and explained: no
+sequential scan of a big table. Then the list endpoints answer at most their
 page: the worklist by keyset without repeating a row, the queue page's lists, the admin jobs
 list, ``raddraft studies``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 from collections.abc import Iterator
@@ -21,18 +23,20 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy import event, select
 from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
 
 import report_drafts as drafts
 from dicom_listener.tables import Patient, Study
 from raddraft.cli import main
 from raddraft.commands.studies import studies_page_query
-from raddraft.db import session_factory
+from raddraft.db import session_factory, utcnow
 from raddraft.settings import Settings
 from report_drafts import Report
 from tests import scale_seed
 from tests.conftest import reload_settings
 from web import create_web_app, metrics, queue_status
-from web.api import views
+from web.api import fhir_routes, views
+from web.dicomweb import catalog
 from worker import router
 
 BIG = frozenset(
@@ -164,7 +168,41 @@ def hot_paths(engine: Engine, settings: Settings) -> None:
         )
         assert drafts.trace(session, str(signed))
         session.rollback()
+        archive_searches(session, settings, patient_id)
+        session.rollback()
     router.route_once(Broker(), settings, engine)  # type: ignore[arg-type]
+
+
+def archive_searches(session: Session, settings: Settings, patient_id: str) -> None:
+    """Issue 23's archive-wide searches (QIDO-RS and FHIR), each a page, and narrow ones."""
+    for level, query_params, hits in (
+        ("study", [("limit", "50")], True),
+        ("study", [("limit", "50"), ("offset", "50")], True),
+        ("study", [("PatientName", "A*")], False),
+        ("study", [("PatientName", "SCALE*"), ("limit", "50")], True),
+        ("study", [("ModalitiesInStudy", "DX"), ("limit", "50")], True),
+        ("study", [("PatientID", patient_id)], True),
+        ("series", [("Modality", "DX")], True),
+        ("instance", [("limit", "50")], True),
+    ):
+        query = catalog.parse_query(query_params, level)
+        limit, _ = catalog.page_size(query, settings)
+        found = catalog.search(session, settings, level, query, limit)
+        assert bool(found.hits) == hits, (level, query_params)
+    recent = (utcnow() - dt.timedelta(days=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    reports, studies = fhir_routes._search_reports, fhir_routes._search_studies
+    for found, search in (
+        (reports, {"status": ["final"]}),
+        (reports, {"status": ["preliminary"]}),
+        (reports, {}),
+        (reports, {"patient": [patient_id]}),
+        (reports, {"_lastUpdated": [f"ge{recent}"]}),
+        (reports, {"status": ["final"], "_lastUpdated": [f"ge{recent}"]}),
+        (studies, {}),
+        (studies, {"patient": [patient_id]}),
+    ):
+        entries, total = found(session, search, 50, 0)
+        assert len(entries) <= 50 and total >= len(entries), search
 
 
 def test_hot_reads_use_indexes_and_lists_keep_to_their_page(

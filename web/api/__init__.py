@@ -3,6 +3,7 @@ from the package's own Swagger UI (:mod:`web.api.docs`)."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -15,6 +16,8 @@ from raddraft.db import engine_for, session_factory
 from raddraft.settings import Settings, get_settings
 from report_drafts import DEMO_WARNING, LifecycleError
 from web.api import dicomweb_routes, docs, fhir_routes, routes
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -49,6 +52,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"detail": str(error), "error": type(error).__name__},
             status_code=error.http_status,
         )
+
+    @app.exception_handler(FileNotFoundError)
+    def _file_missing(request: Request, error: FileNotFoundError) -> JSONResponse:
+        # A file the tables name is not on disk (removed behind RadDraft's back, a data
+        # directory not mounted): a server fault, logged, but answered. Left to the server, the
+        # exception would also close the client's kept-alive connection, failing its next
+        # request (WADO-RS metadata of a lost image made the next FHIR search fail).
+        log.error(
+            "a stored file is missing: %s %s: %s",
+            request.method,
+            request.url.path,
+            error.filename,
+            exc_info=error,
+        )
+        return JSONResponse({"detail": "a stored file is missing on the server"}, 500)
 
     @app.get("/healthz", tags=["health"])
     def healthz() -> dict[str, Any]:

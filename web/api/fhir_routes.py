@@ -8,10 +8,14 @@ Reads carry the version shown as ``meta.versionId`` and a weak ``ETag`` (FHIR R4
 "read", "Managing Resource Contention"). Searches (FHIR R4 search.html) are matched, counted and
 paged in SQL: ``_count`` (server default and maximum), ``_offset``, a correct ``Bundle.total``,
 ``self``/``next``/``previous`` links, and the page's resources built in a fixed number of
-statements. A parameter the server does not support is ignored and left out of the ``self``
-link, or refused (400) under ``Prefer: handling=strict`` (search.html 3.1.1.4). Every search
-runs in the thread pool under the request time limit (:mod:`web.api.query_limits`); one record
-whose resources cannot be built is logged and left out, never failing the page.
+statements. What a report shows (its status, when it last changed) is kept on its row
+(:mod:`report_drafts.fhir_view`), so a search matches and pages on the report rows' indexes; the
+total of a search by status alone, or of ImagingStudy without parameters, is a kept count, any
+other total a count of the matching rows. A parameter the server does not support is ignored
+and left out of the ``self`` link, or refused (400) under ``Prefer: handling=strict``
+(search.html 3.1.1.4). Every search runs in the thread pool under the request time limit
+(:mod:`web.api.query_limits`); one record whose resources cannot be built is logged and left
+out, never failing the page.
 """
 
 from __future__ import annotations
@@ -24,13 +28,20 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
-from sqlalchemy import ColumnElement, Select, and_, case, exists, func, or_, select
+from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
 from sqlalchemy.orm import QueryableAttribute, Session
 
 import report_drafts as drafts
 from dicom_listener import Patient, Study
 from raddraft.settings import Settings
-from report_drafts import NotFound, Report, ReportVersion, capability_statement
+from report_drafts import (
+    PUBLISHED_ACTIONS,
+    WITHDRAWN_BY,
+    NotFound,
+    Report,
+    ReportVersion,
+    capability_statement,
+)
 from web.api import query_limits
 from web.api.auth import DbSession, Viewer
 
@@ -38,10 +49,6 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/fhir", tags=["fhir"])
 
 FHIR_JSON = "application/fhir+json"
-PUBLISHED_ACTIONS = ("draft", "sign", "amend", "correct")
-#: Versions that withdraw an unsigned draft, and how the withdrawal says so.
-WITHDRAWN_BY = {"reject": "AI draft rejected", "supersede": "AI draft superseded"}
-WITHDRAWN_STATUS = "entered-in-error"
 #: Result parameters every search takes (FHIR R4 search.html 3.1.1.5).
 PAGING = ("_count", "_offset")
 #: The search parameters served, per resource type (and announced in the capability statement).
@@ -73,6 +80,8 @@ FORM_PARAMS = frozenset({"_format", "_pretty", "_summary"})
 PREFIXES = ("eq", "ne", "ge", "gt", "le", "lt")
 #: The patient as a reference (``Patient/<id>``) or by its identifier (``system|value``).
 PATIENT_PARAMS = ("patient", "patient.identifier", "subject", "subject.identifier")
+#: DiagnosticReport parameters matched on the study's row (the others on the report's).
+STUDY_PARAMS = (*PATIENT_PARAMS, "identifier", "study", "based-on", "date")
 #: A searchable column: a mapped attribute or an expression.
 Column = ColumnElement[Any] | QueryableAttribute[Any]
 
@@ -156,6 +165,7 @@ def _report_resources(
     built = drafts.fhir_resources_for_page(
         session,
         [(version, f"{why}: {version.note}" if why else None) for version, why in items],
+        only="DiagnosticReport",
     )
     by_report = {
         version.report_pk: (version, b) for (version, _), b in zip(items, built, strict=True)
@@ -240,7 +250,9 @@ def _study_resources(session: Session, studies: Sequence[Study]) -> list[dict[st
         for study in studies
         if study.id in reports and reports[study.id].id in published
     ]
-    built = drafts.fhir_resources_for_page(session, [(v, None) for _, v in items])
+    built = drafts.fhir_resources_for_page(
+        session, [(v, None) for _, v in items], only="ImagingStudy"
+    )
     by_study: dict[int, dict[str, Any] | None] = {}
     for (study, version), resources in zip(items, built, strict=True):
         resource = resources.get("ImagingStudy")
@@ -260,7 +272,7 @@ def _latest_reports(session: Session, study_pks: Sequence[int]) -> dict[int, Rep
     latest: dict[int, Report] = {}
     for report in session.scalars(
         select(Report)
-        .where(Report.study_pk.in_(study_pks), Report.current_version > 0, _has_published())
+        .where(Report.study_pk.in_(study_pks), Report.fhir_status.is_not(None))
         .order_by(Report.study_pk, Report.id)
     ):
         latest[report.study_pk] = report
@@ -387,39 +399,6 @@ def _instant(value: str) -> tuple[dt.datetime, dt.datetime]:
     return moment, moment + dt.timedelta(seconds=1)
 
 
-def _shown_filter(actions: Sequence[str]) -> Any:
-    return and_(ReportVersion.report_pk == Report.id, ReportVersion.action.in_(actions))
-
-
-def _has_published() -> ColumnElement[bool]:
-    return exists().where(_shown_filter(PUBLISHED_ACTIONS))
-
-
-def _status_expression() -> Any:
-    """The DiagnosticReport.status a report shows, as SQL: entered-in-error once withdrawn,
-    else its latest published version's status."""
-    latest = (
-        select(ReportVersion.status)
-        .where(_shown_filter(PUBLISHED_ACTIONS))
-        .order_by(ReportVersion.number.desc())
-        .limit(1)
-        .correlate(Report)
-        .scalar_subquery()
-    )
-    return case(
-        (exists().where(_shown_filter(tuple(WITHDRAWN_BY))), WITHDRAWN_STATUS), else_=latest
-    )
-
-
-def _last_updated_expression() -> Any:
-    return (
-        select(func.max(ReportVersion.created_at))
-        .where(_shown_filter((*PUBLISHED_ACTIONS, *WITHDRAWN_BY)))
-        .correlate(Report)
-        .scalar_subquery()
-    )
-
-
 def _report_terms(params: Mapping[str, list[str]]) -> list[ColumnElement[bool]]:
     """The SQL terms of a DiagnosticReport search's parameters."""
     terms: list[ColumnElement[bool]] = []
@@ -434,16 +413,14 @@ def _report_terms(params: Mapping[str, list[str]]) -> list[ColumnElement[bool]]:
     terms += [_any_of(Report.uid, v) for v in _values(params, "_id")]
     terms += [_any_of(Study.study_instance_uid, v) for v in _values(params, "study")]
     terms += [_any_of(Study.accession_number, v) for v in _values(params, "based-on")]
-    status = _status_expression()
-    terms += [status.in_(values) for values in _values(params, "status")]
+    terms += [Report.fhir_status.in_(values) for values in _values(params, "status")]
     terms += _date_terms(_values(params, "date"))
-    updated = _last_updated_expression()
     for values in _values(params, "_lastUpdated"):
         ors = []
         for item in values:
             prefix, value = _prefixed(item)
             low, high = _instant(value)
-            ors.append(_compare(updated, prefix, low, high))
+            ors.append(_compare(Report.fhir_updated_at, prefix, low, high))
         terms.append(or_(*ors))
     return terms
 
@@ -489,25 +466,24 @@ def _links(
 def _bundle(
     entries: list[dict[str, Any]], base: str, total: int, links: list[dict[str, str]]
 ) -> Response:
-    from fhir.resources.R4B.bundle import Bundle
-
-    bundle = Bundle.model_validate(
-        {
-            "resourceType": "Bundle",
-            "type": "searchset",
-            "total": total,
-            "link": links,
-            "entry": [
-                {
-                    "fullUrl": f"{base}{e['resourceType']}/{e['id']}",
-                    "resource": e,
-                    "search": {"mode": "match"},
-                }
-                for e in entries
-            ],
-        }
-    )
-    return _json(bundle)
+    """The searchset Bundle. Written as JSON directly: each resource in it was built and
+    validated by fhir.resources already (:func:`report_drafts.fhir_resources_for_page`), and
+    validating the Bundle again would parse every resource a second time."""
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
+        "link": links,
+        "entry": [
+            {
+                "fullUrl": f"{base}{e['resourceType']}/{e['id']}",
+                "resource": e,
+                "search": {"mode": "match"},
+            }
+            for e in entries
+        ],
+    }
+    return _json(json.dumps(bundle))
 
 
 def _count_of(session: Session, ids: Select[Any]) -> int:
@@ -537,16 +513,31 @@ def _run_search(request: Request, session: Session, kind: str) -> Response:
     return _bundle(entries, str(request.base_url) + "fhir/", total, links)
 
 
+def _kept_total(session: Session, params: Mapping[str, list[str]]) -> int | None:
+    """The total of a search by status alone (or by nothing) from the kept counts, each
+    ``status`` occurrence narrowing as its SQL term does; ``None`` when other parameters make
+    the search count its matches."""
+    if any(name not in PAGING and name != "status" for name in params):
+        return None
+    statuses: set[str] | None = None
+    for values in _values(params, "status"):
+        statuses = set(values) if statuses is None else statuses & set(values)
+    return drafts.fhir_reports_shown(session, statuses)
+
+
 def _search_reports(
     session: Session, params: Mapping[str, list[str]], count: int, offset: int
 ) -> tuple[list[dict[str, Any]], int]:
-    ids = (
-        select(Report.id)
-        .join(Study, Study.id == Report.study_pk)
-        .join(Patient, Patient.id == Study.patient_pk)
-        .where(Report.current_version > 0, _has_published(), *_report_terms(params))
-    )
-    total = _count_of(session, ids)
+    """Reports FHIR shows (``Report.fhir_status`` set), matched on the report's row, and on its
+    study's and patient's only when a parameter is about them."""
+    ids = select(Report.id).where(Report.fhir_status.is_not(None), *_report_terms(params))
+    if any(name in STUDY_PARAMS for name in params):
+        ids = ids.join(Study, Study.id == Report.study_pk).join(
+            Patient, Patient.id == Study.patient_pk
+        )
+    total = _kept_total(session, params)
+    if total is None:
+        total = _count_of(session, ids)
     page = list(session.scalars(ids.order_by(Report.id).limit(count).offset(offset)))
     reports = list(session.scalars(select(Report).where(Report.id.in_(page)).order_by(Report.id)))
     entries = []
@@ -561,15 +552,16 @@ def _search_reports(
 def _search_studies(
     session: Session, params: Mapping[str, list[str]], count: int, offset: int
 ) -> tuple[list[dict[str, Any]], int]:
-    with_report = exists().where(
-        Report.study_pk == Study.id, Report.current_version > 0, _has_published()
-    )
-    ids = (
-        select(Study.id)
-        .join(Patient, Patient.id == Study.patient_pk)
-        .where(with_report, *_study_terms(session, params))
-    )
-    total = _count_of(session, ids)
+    """Studies with a report FHIR shows; without parameters the total is the kept count."""
+    with_report = exists().where(Report.study_pk == Study.id, Report.fhir_status.is_not(None))
+    terms = _study_terms(session, params)
+    ids = select(Study.id).where(with_report, *terms)
+    if any(name in PATIENT_PARAMS for name in params):
+        ids = ids.join(Patient, Patient.id == Study.patient_pk)
+    if any(name not in PAGING for name in params):
+        total = _count_of(session, ids)
+    else:
+        total = drafts.fhir_studies_shown(session)
     page = list(session.scalars(ids.order_by(Study.id).limit(count).offset(offset)))
     studies = list(session.scalars(select(Study).where(Study.id.in_(page)).order_by(Study.id)))
     entries = []
