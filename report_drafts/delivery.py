@@ -46,13 +46,13 @@ from raddraft.db import utcnow
 from raddraft.settings import Settings
 from report_drafts import audit
 from report_drafts.outbox import outbox_file
-from report_drafts.states import NotFound
+from report_drafts.states import WITHDRAWING_ACTIONS, NotFound
 from report_drafts.tables import Report, ReportVersion, SentKind, SentObject, SentState
 from report_drafts.version_reads import study_uid
 
 #: Version actions that withdraw what was sent of a report (IOCM note, HL7 W, FHIR
 #: entered-in-error).
-WITHDRAWAL_ACTIONS = frozenset({"reject", "supersede", "withdraw"})
+WITHDRAWAL_ACTIONS = frozenset(WITHDRAWING_ACTIONS)
 #: A row in one of these states may still be (or have been) delivered by its own job.
 CLAIMABLE = (SentState.pending, SentState.failed, SentState.sending)
 #: Undelivered rows a later version makes obsolete.

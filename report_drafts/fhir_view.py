@@ -29,12 +29,13 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.orm import Session
 
 from raddraft import counters
+from report_drafts.states import WITHDRAWING_ACTIONS
 from report_drafts.tables import Report, ReportVersion
 
 #: Versions whose content RadDraft publishes (sends, and FHIR shows).
 PUBLISHED_ACTIONS = ("draft", "sign", "amend", "correct")
 #: Versions that withdraw an unsigned draft, and how the withdrawal says so.
-WITHDRAWN_BY = {"reject": "AI draft rejected", "supersede": "AI draft superseded"}
+WITHDRAWN_BY = WITHDRAWING_ACTIONS
 WITHDRAWN_STATUS = "entered-in-error"
 #: The kept counts (see the module).
 REPORTS_COUNT = "fhir_reports"

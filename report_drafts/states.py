@@ -92,6 +92,16 @@ class InvalidRequest(LifecycleError):
     http_status = 422
 
 
+#: The version actions that end an unsigned draft and withdraw what was sent of it
+#: (``withdraw_version``: an IOCM rejection note, HL7 OBR-25 X, FHIR entered-in-error), and how
+#: the withdrawal says why.
+WITHDRAWING_ACTIONS = {
+    "reject": "AI draft rejected",
+    "supersede": "AI draft superseded",
+    "order_cancelled": "AI draft withdrawn: order cancelled",
+}
+
+
 def check_transition(current: str, wanted: ReportState, action: str = "") -> None:
     """Raise :class:`IllegalTransition` unless ``current -> wanted`` is in the table."""
     if wanted not in TRANSITIONS[ReportState(current)]:

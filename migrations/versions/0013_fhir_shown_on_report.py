@@ -31,8 +31,8 @@ depends_on: str | Sequence[str] | None = None
 
 # As report_drafts.fhir_view has them at this revision (a migration keeps its own copy).
 PUBLISHED = "('draft', 'sign', 'amend', 'correct')"
-WITHDRAWN = "('reject', 'supersede')"
-SHOWN = "('draft', 'sign', 'amend', 'correct', 'reject', 'supersede')"
+WITHDRAWN = "('reject', 'supersede', 'order_cancelled')"
+SHOWN = "('draft', 'sign', 'amend', 'correct', 'reject', 'supersede', 'order_cancelled')"
 WITHDRAWN_STATUS = "entered-in-error"
 COUNTED = ("fhir_reports", "fhir_studies")
 

@@ -247,6 +247,15 @@ def test_a_cancelled_order_stops_drafting_and_marks_the_sent_draft(
         assert detail["order_cancelled_at"] is not None
         assert detail["order"]["cancelled"] is True
         assert detail["order"]["ordering_provider"] == "1234^Smith^John"
+        # FHIR shows the withdrawal the RIS was sent, not the preliminary draft.
+        uid = detail["uid"]
+        shown = api.get(f"/fhir/DiagnosticReport/{uid}", headers=rad).json()
+        assert shown["status"] == "entered-in-error"
+        found = api.get(
+            "/fhir/DiagnosticReport", params={"status": "entered-in-error"}, headers=rad
+        ).json()
+        assert [e["resource"]["id"] for e in found.get("entry", [])] == [uid]
+        assert found["total"] == 1
         answer = api.post(
             f"/api/reports/{drafted_report}/sign",
             json={"expected_version": detail["current_version"], "edit_reason": "none"},
