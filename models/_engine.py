@@ -284,8 +284,8 @@ class Engine:
         """Move the rows' sequences into slots 0 .. ``len(rows) - 1``, swapping out whatever idle
         prefix sits there, so that a decode pass reads its rows' caches as one view. A sequence
         moves once when it joins the pass; gathering the rows' caches instead copied every one
-        of them at every token (on a GPU with 64 studies in flight, as many bytes a step as the
-        weights)."""
+        of them at every token (on a GPU with 64 studies in flight, by arithmetic, as many bytes
+        a step as the weights)."""
         end = len(rows)
         holes = sorted(set(range(end)) - {r.seq.slot for r in rows})
         if not holes:
