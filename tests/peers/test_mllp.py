@@ -76,7 +76,9 @@ def test_no_answer_times_out(listener: tuple[Listener, int]) -> None:
     with pytest.raises(NoAckError) as caught:
         send_message("127.0.0.1", port, _message(), timeout=0.5)
     assert isinstance(caught.value, TimeoutError) and caught.value.transient
-    assert time.monotonic() - started < 1.4
+    # The 0.5 s asked for, not the 10 s default: a bound far from both, so a busy machine that
+    # stalls the test process for seconds (CI once saw 3 s) cannot fail it, an ignored deadline can.
+    assert time.monotonic() - started < 8
 
 
 def test_nobody_listening() -> None:
