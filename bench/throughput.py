@@ -279,7 +279,10 @@ def in_process(args: argparse.Namespace) -> None:
     reader = Reader(backend, config, ModelInfo(info.model_id, info.revision, info.demo, "x", ""))
     levels = [int(x) for x in args.in_flight.split(",") if x.strip()]
     per_slot = args.studies_per_slot if args.studies_per_slot != 4 else 2
-    pairs = studies(8)
+    # Every study of a level has its own images, as a worker's do: with pairs repeated, a study
+    # would reuse the kept prefill of the earlier study with the same images, which a real
+    # worker never sees, and the levels reading more studies would gain most from it.
+    pairs = studies(max(per_slot * max(levels), 2))
     print(
         f"model {info.model_id} on {backend.device}, {torch.get_num_threads()} torch threads, "
         f"{args.max_new_tokens} new tokens a turn; {os.cpu_count()} CPUs here; "
