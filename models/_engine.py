@@ -37,6 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 log = logging.getLogger(__name__)
 
 _MIN_CAPACITY = 1024  # tokens per slot at start (a two-image CXRTrek reading is ~3000)
@@ -209,8 +211,9 @@ class Engine:
         self.layers = int(text.num_hidden_layers)
         self.kv_heads = int(text.num_key_value_heads)
         self._layer_types = set(getattr(text, "layer_types", None) or ["full_attention"])
-        # sdpa takes a boolean mask (True: attend); eager attention adds a float one.
-        self._bool_mask = getattr(text, "_attn_implementation", "eager") == "sdpa"
+        # Both add the mask to the scores: sdpa's -inf is what it makes of a boolean mask itself,
+        # eager attention's is the dtype's lowest value, as transformers' own masks are.
+        self._sdpa = getattr(text, "_attn_implementation", "eager") == "sdpa"
         self.head_dim = int(
             getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         )
@@ -223,6 +226,9 @@ class Engine:
         self._free = list(range(slots))
         self._kept: list[_Sequence] = []
         self._waiting: queue.SimpleQueue[_Request] = queue.SimpleQueue()
+        # Image digests whose sequences are no longer wanted (a reading ended), from any thread;
+        # the engine thread drops them at its next step, since it alone touches the store.
+        self._forgotten: queue.SimpleQueue[frozenset[str]] = queue.SimpleQueue()
         self._running: list[_Row] = []
         self._deferred: list[_Request] = []
         self._step = 0
@@ -346,6 +352,22 @@ class Engine:
                 raise request.error
         return [r.result for r in requests if r.result is not None]
 
+    def forget(self, digests: frozenset[str]) -> None:
+        """Drop, at the next step, the kept sequences holding any of these images (a reading is
+        over: nothing will continue its conversation). Without it, finished studies' prefixes
+        stay until the store is full, growing it to ``max_slots``. A sequence in use is left."""
+        self._forgotten.put(digests)
+
+    def _drop_forgotten(self) -> None:
+        while True:
+            try:
+                digests = self._forgotten.get_nowait()
+            except queue.Empty:
+                return
+            for seq in [s for s in self._kept if not s.busy]:
+                if any(digest in digests for _, digest in seq.images):
+                    self._drop(seq)
+
     def reset(self) -> None:
         """Forget every kept sequence (call only with no request in flight)."""
         self._kept.clear()
@@ -373,6 +395,7 @@ class Engine:
                         break
                 try:
                     self._step += 1
+                    self._drop_forgotten()
                     if admitted:
                         self._prefill(admitted)
                     if self._running:
@@ -393,7 +416,6 @@ class Engine:
         """The kept sequence sharing the longest token prefix with ``prompt``: at least one token
         is left to run, and reuse stops at the start of an image whose pixels differ (or that
         the prefix would cut in two)."""
-        torch = self._torch
         ids = prompt.ids
         best, best_len = None, 0
         if candidates is None:
@@ -408,8 +430,7 @@ class Engine:
             limit = min(int(seq.ids.shape[0]), int(ids.shape[0]) - 1)
             if limit <= best_len:
                 continue
-            same = (seq.ids[:limit] == ids[:limit]).to(torch.int)
-            reuse = int(same.cumprod(0).sum())
+            reuse = _common_prefix(seq.ids, ids, limit)
             for (start, end), digest in zip(prompt.spans, prompt.digests, strict=True):
                 if start >= reuse:
                     break
@@ -463,23 +484,26 @@ class Engine:
         span = (slots[0], rows) if consecutive else None
         mask: Any = None
         last: Any = None  # each row's last real token, when a pass is padded
-        if q == 1 and consecutive and len(set(starts)) == 1:
-            # Decode rows that all sit at one offset see every key their slots hold: no mask
-            # (so sdpa may take its fast kernels) and no index tensors.
+        fresh = rows == 1 and starts[0] == 0 and self._sdpa  # eager needs its causal mask
+        if consecutive and len(set(starts)) == 1 and (q == 1 or fresh):
+            # Decode rows that all sit at one offset see every key their slots hold, and a new
+            # sequence's prompt is plainly causal: no mask (sdpa takes its causal or fast
+            # kernels, as transformers' own first pass does) and no index tensors.
             cache = _StepCache(self, None, None, kv_len, span, start=starts[0])
         else:
             # One small host-to-device copy a pass: slots, starts and last-token indices.
             table = torch.tensor([slots, starts, [n - 1 for n in lengths]]).to(device)
             write_at = table[1][:, None] + torch.arange(q, device=device)[None, :]
-            # Row r's query i sees its slot's keys up to its own position start_r + i.
-            mask = (
+            # Row r's query i sees its slot's keys up to its own position start_r + i. Built
+            # additive, once: given a boolean mask, sdpa converts it in every layer.
+            hidden = (
                 torch.arange(kv_len, device=device)[None, None, None, :]
-                <= write_at[:, None, :, None]
+                > write_at[:, None, :, None]
             )
-            if not self._bool_mask:  # eager attention adds its mask
-                mask = torch.zeros(mask.shape, dtype=self.dtype, device=device).masked_fill_(
-                    ~mask, torch.finfo(self.dtype).min
-                )
+            floor = float("-inf") if self._sdpa else torch.finfo(self.dtype).min
+            mask = torch.zeros(hidden.shape, dtype=self.dtype, device=device).masked_fill_(
+                hidden, floor
+            )
             cache = _StepCache(self, table[0][:, None], write_at, kv_len, span)
             last = table[2]
         # The language model itself: embeddings (image features in) and 3D positions are ready;
@@ -491,8 +515,8 @@ class Engine:
             cache=cache,
             use_cache=True,
         )
-        if q == 1:
-            hidden = out.last_hidden_state[:, 0]
+        if last is None:  # no padding: every row's last token is the pass's last
+            hidden = out.last_hidden_state[:, -1]
         else:
             hidden = out.last_hidden_state[torch.arange(rows, device=device), last]
         return self._lm_head(hidden).float()
@@ -740,17 +764,33 @@ class Engine:
             self.prefill_passes += 1
 
 
+def _common_prefix(a: Any, b: Any, limit: int) -> int:
+    """How many leading ids two host tensors share, at most ``limit``. Compared as numpy views:
+    the engine matches every request against its study's sequences, and torch's per-call
+    overhead made that a tenth of a millisecond each."""
+    differ = np.flatnonzero(a.numpy()[:limit] != b.numpy()[:limit])
+    return int(differ[0]) if differ.size else limit
+
+
 def _tail(request: _Request) -> int:
     """How many new tokens an admitted request runs."""
     return int(request.prompt.ids.shape[0]) - request.reused
 
 
 def _similar(requests: list[_Request]) -> list[list[_Request]]:
-    """Requests grouped by the length of what they run, so that padding at most doubles it."""
+    """Requests grouped so that a padded pass costs little more than their own passes would:
+    what they run within twice each other's length (padding), and their whole prompts within
+    1.5 times (every row of a pass attends over the longest row's keys: a new study's first
+    turn padded beside another's long conversation paid for all of its keys)."""
     groups: list[list[_Request]] = []
-    for request in sorted(requests, key=_tail):
-        if groups and _tail(request) <= max(2 * _tail(groups[-1][0]), _DEFER_MIN_TOKENS):
-            groups[-1].append(request)
-        else:
-            groups.append([request])
+    for request in sorted(requests, key=lambda r: int(r.prompt.ids.shape[0])):
+        if groups:
+            group = groups[-1]
+            tails = [_tail(r) for r in (*group, request)]
+            if max(tails) <= max(2 * min(tails), _DEFER_MIN_TOKENS) and 2 * int(
+                request.prompt.ids.shape[0]
+            ) <= 3 * int(group[0].prompt.ids.shape[0]):
+                group.append(request)
+                continue
+        groups.append([request])
     return groups

@@ -477,6 +477,13 @@ class TransformersBackend:
             return dataclasses.replace(options, max_new_tokens=room)
         return options
 
+    def release(self, images: list[Image.Image]) -> None:
+        """A reading of these images is over: the engine may drop the keys and values of
+        every conversation holding one of them (the images' own encoding stays cached)."""
+        with self._encode_lock:
+            digests = frozenset(self._digest(image) for image in images)
+        self.engine.forget(digests)
+
     def reset_cache(self) -> None:
         """Forget the prefix cache (the next call runs its whole prompt). Only while idle."""
         self.engine.reset()

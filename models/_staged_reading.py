@@ -346,6 +346,24 @@ class Reader:
         before = [_prepare(img, len(now) + i, "prior", config) for i, img in enumerate(prior)]
         for index, item in enumerate(now):
             item.info.index = index
+        try:
+            return self._read_prepared(now, before, indication, prior_report, on_draft, started)
+        finally:
+            # The backend may let go of what it kept of this reading's conversations.
+            release = getattr(self.backend, "release", None)
+            if release is not None:
+                release([p.image for p in now + before])
+
+    def _read_prepared(
+        self,
+        now: list[_Prepared],
+        before: list[_Prepared],
+        indication: str | None,
+        prior_report: str | None,
+        on_draft: Callable[[Reading], None] | None,
+        started: float,
+    ) -> Reading:
+        config = self.config
         dialogue = _Dialogue(self.backend, config, P.CXRTREK_SYSTEM_PROMPT)
         reading = Reading(
             model=self.model,

@@ -291,3 +291,70 @@ def test_a_failed_step_reaches_its_callers_and_the_engine_serves_on(
         backend.generate(conversation, options)
     monkeypatch.setattr(engine, "_forward", real)
     assert backend.generate(conversation, options).token_ids == expected
+
+
+def holding(engine: object, digest: str) -> int:
+    """How many kept sequences of ``engine`` hold the image with this digest."""
+    kept = engine._kept  # type: ignore[attr-defined]
+    return sum(any(d == digest for _, d in seq.images) for seq in kept)
+
+
+def test_a_finished_reading_lets_go_of_its_sequences_and_no_other(
+    backend: TransformersBackend,
+) -> None:
+    """When a reading ends its conversations leave the store (at the engine's next step); a
+    conversation of other images stays."""
+    from models import Conversation, DecodeOptions, Message
+
+    config = ReaderConfig(findings_vocabulary=VOCAB, max_new_tokens=3)
+    info = ModelInfo("raddraft/tiny-qwen2.5-vl", backend.revision, True, "transformers", "tiny")
+    other = prepare_image(study(7)[0].dataset)[0]
+    conversation = Conversation("s", (Message("user", "Findings?", (other,)),))
+    backend.generate(conversation, DecodeOptions(max_new_tokens=2))
+    current, prior = study(3)
+    spied: list[list[str]] = []
+    real = backend.release
+
+    def release(images: list[Image.Image]) -> None:
+        spied.append([backend._digest(image) for image in images])
+        real(images)
+
+    backend.release = release  # type: ignore[method-assign]
+    try:
+        Reader(backend, config, info).read([current], [prior])
+    finally:
+        del backend.release
+    [digests] = spied
+    assert len(digests) == 2  # the current and the prior image
+    backend.generate(conversation, DecodeOptions(max_new_tokens=2))
+    assert all(holding(backend.engine, d) == 0 for d in digests)
+    assert holding(backend.engine, backend._digest(other)) == 1
+
+
+def test_forgetting_a_sequence_in_use_leaves_it_to_finish(
+    backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A release that arrives while the image's sequence decodes drops nothing in use: the
+    answer is the one given without it, and its sequence is kept."""
+    from models import Conversation, DecodeOptions, Message
+
+    image = prepare_image(study(5)[0].dataset)[0]
+    conversation = Conversation("s", (Message("user", "Findings?", (image,)),))
+    options = DecodeOptions(max_new_tokens=6)
+    expected = backend.generate(conversation, options).token_ids
+    backend.reset_cache()
+    engine = backend.engine
+    real = engine._decode
+    steps = []
+
+    def decode() -> None:
+        if not steps:  # the engine thread, mid-answer: the sequence is busy
+            assert all(seq.busy for seq in engine._kept)
+            backend.release([image])
+        steps.append(1)
+        real()
+
+    monkeypatch.setattr(engine, "_decode", decode)
+    assert backend.generate(conversation, options).token_ids == expected
+    assert len(steps) >= 3  # the release was handled at a later step, mid-answer
+    assert holding(engine, backend._digest(image)) == 1
