@@ -106,6 +106,7 @@ class _Request:
     result: Result | None = None
     parent: _Sequence | None = None
     rows: list[_Row] = field(default_factory=list)
+    spares: list[_Sequence] = field(default_factory=list)  # the samples' slots, when sampling
     reused: int = 0
     generator: Any = None
     admitted: float = 0.0
@@ -193,6 +194,7 @@ class Engine:
         slots: int = 8,
         max_slots: int = 256,
         capacity: int = _MIN_CAPACITY,
+        memory_bytes: int | None = None,
     ) -> None:
         import torch
 
@@ -217,11 +219,24 @@ class Engine:
         self.head_dim = int(
             getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         )
+        # Bytes of keys and values one token of one sequence takes, over all layers.
+        self._token_bytes = (
+            self.layers * 2 * self.kv_heads * self.head_dim * torch.finfo(self.dtype).bits // 8
+        )
+        # The store never outgrows this (None: no limit); see _take_slot and _room.
+        self.memory_bytes = memory_bytes
+        if memory_bytes is not None:
+            slots = min(slots, memory_bytes // (capacity * self._token_bytes))
+            if slots < 1:
+                raise ValueError(
+                    f"a key/value store of {memory_bytes / 2**30:.2f} GiB cannot hold one "
+                    f"sequence of {capacity} tokens ({self._token_bytes} bytes a token)"
+                )
         self.slots = slots
         self.max_slots = max_slots
         self.capacity = capacity
-        self.keys: list[Any] = []
-        self.values: list[Any] = []
+        self.keys: list[Any] = [None] * self.layers
+        self.values: list[Any] = [None] * self.layers
         self._allocate(slots, capacity)
         self._free = list(range(slots))
         self._kept: list[_Sequence] = []
@@ -243,44 +258,83 @@ class Engine:
         self.rows_decoded = 0
         self.most_rows = 0  # the most sequences one forward pass has served
         self.moves = 0  # sequences moved to sit beside the rest of their pass
+        self.cut_rows = 0  # answers ended early because the store could not hold them
+        self.waits = 0  # requests that waited a step for room in the store
 
     # ------------------------------------------------------------------ storage
+    @property
+    def max_tokens(self) -> int | None:
+        """The longest sequence the store could ever hold (alone), or None for no limit."""
+        if self.memory_bytes is None:
+            return None
+        return int(self.memory_bytes // self._token_bytes)
+
+    def _fits(self, slots: int, capacity: int) -> bool:
+        return (
+            self.memory_bytes is None or slots * capacity * self._token_bytes <= self.memory_bytes
+        )
+
     def _allocate(self, slots: int, capacity: int) -> None:
+        """Resize the store, keeping what fits. One tensor at a time, so that memory holds the
+        new store and only one old tensor at once (not two stores)."""
         torch = self._torch
         shape = (slots, self.kv_heads, capacity, self.head_dim)
-        old_k, old_v = self.keys, self.values
-        self.keys = [
-            torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)
-        ]
-        self.values = [
-            torch.zeros(shape, dtype=self.dtype, device=self.device) for _ in range(self.layers)
-        ]
-        for layer, (k, v) in enumerate(zip(old_k, old_v, strict=True)):
-            s, _, c, _ = k.shape
-            self.keys[layer][:s, :, :c] = k
-            self.values[layer][:s, :, :c] = v
+        for store in (self.keys, self.values):
+            for layer in range(self.layers):
+                new = torch.zeros(shape, dtype=self.dtype, device=self.device)
+                old = store[layer]
+                if old is not None:
+                    s, c = min(int(old.shape[0]), slots), min(int(old.shape[2]), capacity)
+                    new[:s, :, :c] = old[:s, :, :c]
+                store[layer] = new
+                del old
         self.slots, self.capacity = slots, capacity
 
-    def _ensure_capacity(self, needed: int) -> None:
-        if needed > self.capacity:
-            capacity = self.capacity
-            while capacity < needed:
-                capacity *= 2
-            self._allocate(self.slots, capacity)
-
-    def _take_slot(self) -> int:
+    def _take_slot(self, spare: _Sequence | None = None) -> int:
         """A free slot: the lowest (so decoding rows tend to be consecutive slots); else the
-        store doubles, up to ``max_slots``; only then the least recently used idle sequence
-        is dropped (a study in flight keeps its prefix as long as memory allows)."""
+        store grows (doubling, within ``max_slots`` and the memory budget); only then the least
+        recently used idle sequence other than ``spare`` is dropped (a study in flight keeps
+        its prefix as long as memory allows). Raises :class:`_NoRoom` when every sequence is
+        in use and the store cannot grow."""
         if not self._free:
-            idle = [s for s in self._kept if not s.busy]
-            if self.slots >= self.max_slots and idle:
+            grown = min(2 * self.slots, self.max_slots)
+            if self.memory_bytes is not None:
+                grown = min(grown, self.memory_bytes // (self.capacity * self._token_bytes))
+            idle = [s for s in self._kept if not s.busy and s is not spare]
+            if grown > self.slots:
+                self._free = list(range(self.slots, grown))
+                self._allocate(grown, self.capacity)
+            elif idle:
                 self._drop(min(idle, key=lambda s: s.used))
             else:
-                self._free = list(range(self.slots, 2 * self.slots))
-                self._allocate(2 * self.slots, self.capacity)
+                raise _NoRoom
         self._free.sort()
         return self._free.pop(0)
+
+    def _room(self, needed: int) -> bool:
+        """Make every slot hold at least ``needed`` tokens (doubling). Over the budget, idle
+        sequences go and the store keeps fewer, longer slots, its sequences moved to the lowest
+        ones first. False when even that cannot hold the sequences in use."""
+        if needed <= self.capacity:
+            return True
+        capacity = self.capacity
+        while capacity < needed:
+            capacity *= 2
+        if self._fits(self.slots, capacity):
+            self._allocate(self.slots, capacity)
+            return True
+        assert self.memory_bytes is not None
+        slots = min(self.slots, self.memory_bytes // (capacity * self._token_bytes))
+        if slots < sum(1 for seq in self._kept if seq.busy):
+            return False
+        for seq in [seq for seq in self._kept if not seq.busy]:
+            self._drop(seq)
+        feeding = {id(row.seq): row for row in self._running}
+        self._place([(seq, _filled(seq, feeding.get(id(seq)))) for seq in self._kept])
+        self._allocate(slots, capacity)
+        taken = {seq.slot for seq in self._kept}
+        self._free = [slot for slot in range(slots) if slot not in taken]
+        return True
 
     def _drop(self, seq: _Sequence) -> None:
         self._kept.remove(seq)
@@ -292,19 +346,22 @@ class Engine:
         moves once when it joins the pass; gathering the rows' caches instead copied every one
         of them at every token (on a GPU with 64 studies in flight, by arithmetic, as many bytes
         a step as the weights)."""
-        end = len(rows)
-        holes = sorted(set(range(end)) - {r.seq.slot for r in rows})
+        self._place([(row.seq, _filled(row.seq, row)) for row in rows])
+
+    def _place(self, placed: list[tuple[_Sequence, int]]) -> None:
+        """Move these sequences (each with how many of its slot's positions hold data) into
+        slots 0 .. ``len(placed) - 1``, swapping out whatever other sequence sits there."""
+        end = len(placed)
+        holes = sorted(set(range(end)) - {seq.slot for seq, _ in placed})
         if not holes:
             return
         occupant = {s.slot: s for s in self._kept}
-        for row in rows:
-            seq = row.seq
+        for seq, length in placed:
             if seq.slot < end:
                 continue
-            length = int(seq.ids.shape[0]) - 1 + len(row.tokens)  # keys fed so far
             hole, here = holes.pop(0), seq.slot
             other = occupant.pop(hole, None)
-            kept = int(other.ids.shape[0]) if other is not None else 0
+            kept = int(other.ids.shape[0]) if other is not None else 0  # an idle one: no row
             for store in (*self.keys, *self.values):
                 saved = store[hole, :, :kept].clone() if kept else None
                 store[hole, :, :length] = store[here, :, :length]
@@ -319,15 +376,23 @@ class Engine:
                 self._free.append(here)
             self.moves += 1
 
-    def _copy(self, source: _Sequence, length: int) -> _Sequence:
-        """A new sequence holding ``source``'s first ``length`` tokens (keys and values copied)."""
-        slot = self._take_slot()
-        for layer in range(self.layers):
-            self.keys[layer][slot, :, :length] = self.keys[layer][source.slot, :, :length]
-            self.values[layer][slot, :, :length] = self.values[layer][source.slot, :, :length]
-        images = {(s, d) for s, d in source.images if s < length}
-        seq = _Sequence(slot, source.ids[:length].clone(), source.top[:length].clone(), images)
+    def _new_sequence(self, spare: _Sequence | None = None) -> _Sequence:
+        """An empty kept sequence in a slot of its own (raises :class:`_NoRoom`)."""
+        torch = self._torch
+        empty = torch.zeros(0, dtype=torch.long)
+        seq = _Sequence(self._take_slot(spare), empty, empty.clone(), set())
         self._kept.append(seq)
+        return seq
+
+    def _copy(self, source: _Sequence, length: int, into: _Sequence | None = None) -> _Sequence:
+        """A sequence (``into``, else a new one) holding ``source``'s first ``length`` tokens,
+        keys and values copied."""
+        seq = into if into is not None else self._new_sequence(spare=source)
+        for layer in range(self.layers):
+            self.keys[layer][seq.slot, :, :length] = self.keys[layer][source.slot, :, :length]
+            self.values[layer][seq.slot, :, :length] = self.values[layer][source.slot, :, :length]
+        seq.images = {(s, d) for s, d in source.images if s < length}
+        seq.ids, seq.top = source.ids[:length].clone(), source.top[:length].clone()
         return seq
 
     # ------------------------------------------------------------------ requests
@@ -442,26 +507,36 @@ class Engine:
         return best, best_len
 
     def _admit(self, request: _Request) -> None:
-        """Give the request a sequence holding as much of its prompt as can be reused."""
+        """Give the request a sequence holding as much of its prompt as can be reused, and its
+        samples their slots. Raises :class:`_NoRoom` having changed nothing."""
         prompt = request.prompt
         length = int(prompt.ids.shape[0])
         seq, reuse = self._match(prompt)
-        if seq is not None and not seq.busy and request.keep and reuse >= seq.prompt_len - 1:
-            # The next turn of the same conversation: continue it in place.
-            seq.ids, seq.top = seq.ids[:reuse], seq.top[:reuse]
-            seq.images = {(s, d) for s, d in seq.images if s < reuse}
-        elif seq is not None and reuse > 0:
-            seq = self._copy(seq, reuse)
-        else:
-            reuse = 0
-            torch = self._torch
-            seq = _Sequence(
-                self._take_slot(),
-                torch.zeros(0, dtype=torch.long),
-                torch.zeros(0, dtype=torch.long),
-                set(),
-            )
-            self._kept.append(seq)
+        spares: list[_Sequence] = []
+        try:
+            if request.sampling.rows > 1 or request.sampling.do_sample:
+                # Samples decode in copies, so the kept sequence stays at the prompt; their
+                # slots are taken now, since after the prefill there is no waiting.
+                for _ in range(request.sampling.rows):
+                    spares.append(self._new_sequence(spare=seq))
+                    spares[-1].busy = True
+            if seq is not None and not seq.busy and request.keep and reuse >= seq.prompt_len - 1:
+                # The next turn of the same conversation: continue it in place.
+                seq.ids, seq.top = seq.ids[:reuse], seq.top[:reuse]
+                seq.images = {(s, d) for s, d in seq.images if s < reuse}
+            elif seq is not None and reuse > 0:
+                try:
+                    seq = self._copy(seq, reuse)
+                except _NoRoom:  # no second slot: run the whole prompt where the prefix was
+                    reuse, seq = 0, self._new_sequence()
+            else:
+                reuse = 0
+                seq = self._new_sequence()
+        except _NoRoom:
+            for spare in spares:
+                self._drop(spare)
+            raise
+        request.spares = spares
         seq.busy = True
         seq.prompt_len = length
         seq.used = self._step
@@ -478,7 +553,7 @@ class Engine:
         rows, q = int(embeds.shape[0]), int(embeds.shape[1])
         self.most_rows = max(self.most_rows, rows)
         kv_len = max(starts) + q
-        self._ensure_capacity(kv_len)
+        assert kv_len <= self.capacity  # made room for by the caller (_room)
         device = self.device
         consecutive = slots == list(range(slots[0], slots[0] + rows))
         span = (slots[0], rows) if consecutive else None
@@ -542,11 +617,22 @@ class Engine:
 
     def _prefill(self, requests: list[_Request]) -> None:
         """Admit ``requests`` and run their new tokens: one padded pass for each group of
-        similar length (an image's hundreds of tokens are not padded onto a question's few)."""
-        requests = self._defer(requests)
-        for request in requests:
-            self._admit(request)
-        for group in _similar(requests):
+        similar length (an image's hundreds of tokens are not padded onto a question's few).
+        A request the store has no room for waits for sequences in use to end."""
+        admitted: list[_Request] = []
+        for request in self._defer(requests):
+            try:
+                self._admit(request)
+            except _NoRoom:
+                if not (self._running or admitted):
+                    # Nothing in use will end: the store cannot hold this one at all.
+                    self._fail(request, MemoryError(self._full_message()))
+                else:
+                    self._deferred.append(request)
+                    self.waits += 1
+                continue
+            admitted.append(request)
+        for group in self._grouped(admitted):
             started = time.perf_counter()
             tails = self._tails(group)
             embeds, pos = self._padded([t[0] for t in tails], [t[1] for t in tails])
@@ -555,6 +641,51 @@ class Engine:
             logits = self._forward(embeds, pos, slots, starts, [len(t[0]) for t in tails])
             self._account(started, prefill=True)
             self._prefilled(group, [t[1] for t in tails], logits)
+
+    def _grouped(self, requests: list[_Request]) -> list[list[_Request]]:
+        """The passes of ``requests`` (:func:`_similar`), each with room in the store; a group
+        without room runs one by one, and a prompt the store cannot hold at all fails alone."""
+        passes: list[list[_Request]] = []
+        for group in _similar(requests):
+            if self._room(max(_start(r) for r in group) + max(_tail(r) for r in group)):
+                passes.append(group)
+                continue
+            for request in group:
+                length = int(request.prompt.ids.shape[0])
+                if self._room(length):
+                    passes.append([request])
+                elif (self._running or passes) and length <= (self.max_tokens or length):
+                    # Sequences in use hold the room it needs: it waits for them to end.
+                    self._unadmit(request)
+                    self._deferred.append(request)
+                    self.waits += 1
+                else:
+                    self._fail(request, MemoryError(self._full_message()))
+        return passes
+
+    def _unadmit(self, request: _Request) -> None:
+        """Undo :meth:`_admit`: the request waits; its sequence stays, idle, for reuse."""
+        for spare in request.spares:
+            self._drop(spare)
+        if request.parent is not None:
+            request.parent.busy = False
+        request.parent, request.spares, request.reused = None, [], 0
+
+    def _fail(self, request: _Request, error: BaseException) -> None:
+        """End an admitted (or admissible) request with ``error``; its sequences go."""
+        for seq in [request.parent, *request.spares]:
+            if seq is not None and seq in self._kept:
+                self._drop(seq)
+        request.error = error
+        request.done.set()
+
+    def _full_message(self) -> str:
+        budget = "no limit" if self.memory_bytes is None else f"{self.memory_bytes / 2**30:.2f} GiB"
+        return (
+            f"the key/value store ({budget}, {self.slots} sequences of {self.capacity} tokens) "
+            "has no room for this conversation; raise RADDRAFT_MODEL_KV_CACHE_GIB or lower "
+            "RADDRAFT_STUDIES_IN_FLIGHT"
+        )
 
     def _tails(self, requests: list[_Request]) -> list[tuple[Any, Any, int]]:
         """Each admitted request's new tokens after its reused prefix: their embeddings
@@ -618,16 +749,14 @@ class Engine:
         seq = request.parent
         assert seq is not None
         next_position = int(seq.top[-1]) + 1
-        if request.sampling.rows == 1 and not request.sampling.do_sample:
+        if not request.spares:
             rows = [_Row(request, seq, next_position)]
         else:
-            # Samples decode in copies, so the kept sequence stays at the prompt.
+            length = int(seq.ids.shape[0])
             rows = [
-                _Row(request, self._copy(seq, int(seq.ids.shape[0])), next_position)
-                for _ in range(request.sampling.rows)
+                _Row(request, self._copy(seq, length, into=spare), next_position)
+                for spare in request.spares
             ]
-            for row in rows:
-                row.seq.busy = True
         request.rows = rows
         for row, token in zip(rows, firsts, strict=True):
             self._append(row, token)
@@ -640,6 +769,15 @@ class Engine:
         torch = self._torch
         started = time.perf_counter()
         rows = self._running
+        # Each row writes its next token at position _filled: every slot must reach one past it.
+        while not self._room(max(_filled(r.seq, r) for r in rows) + 1):
+            # The store can hold no longer slots for these sequences: the longest answer among
+            # those at the edge ends here, and its sequence may go.
+            over = [r for r in rows if _filled(r.seq, r) + 1 > self.capacity]
+            self._cut(max(over, key=lambda r: len(r.tokens)))
+            rows = self._running
+            if not rows:
+                return
         self._compact(rows)
         rows = sorted(rows, key=lambda r: r.seq.slot)
         fed = [len(r.tokens) - 1 for r in rows]  # tokens already fed before this one
@@ -663,6 +801,16 @@ class Engine:
         self._running = [r for r in self._running if not r.finished]
         for request in finished:
             self._finish_if_done(request)
+
+    def _cut(self, row: _Row) -> None:
+        """End this row's answer now: the store cannot hold one more token of it. Its request
+        sees an answer that ended without its stop token, as at any token limit (the reading
+        flags it as truncated)."""
+        log.warning("an answer was cut after %d tokens: %s", len(row.tokens), self._full_message())
+        row.finished = True
+        self.cut_rows += 1
+        self._running = [r for r in self._running if not r.finished]
+        self._finish_if_done(row.request)
 
     # ------------------------------------------------------------------ choosing
     def _pick(self, logits: Any, sampling: Sampling, generator: Any) -> Any:
@@ -764,12 +912,27 @@ class Engine:
             self.prefill_passes += 1
 
 
+class _NoRoom(Exception):
+    """Every sequence in the store is in use and the store may not grow: wait for one to end."""
+
+
+def _filled(seq: _Sequence, row: _Row | None) -> int:
+    """How many positions of the sequence's slot hold keys and values: its ids, and the tokens
+    its decoding row has fed so far (they join the ids when the row ends)."""
+    return int(seq.ids.shape[0]) + (len(row.tokens) - 1 if row is not None else 0)
+
+
 def _common_prefix(a: Any, b: Any, limit: int) -> int:
     """How many leading ids two host tensors share, at most ``limit``. Compared as numpy views:
     the engine matches every request against its study's sequences, and torch's per-call
     overhead made that a tenth of a millisecond each."""
     differ = np.flatnonzero(a.numpy()[:limit] != b.numpy()[:limit])
     return int(differ[0]) if differ.size else limit
+
+
+def _start(request: _Request) -> int:
+    """Where an admitted request's new tokens start in its slot."""
+    return request.reused
 
 
 def _tail(request: _Request) -> int:

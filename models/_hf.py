@@ -41,6 +41,8 @@ _IMAGE_PAD = "<|image_pad|>"
 _TURN_START = "<|im_start|>"
 # Prepared images whose pixels and vision features are kept: two a study, for many in flight.
 _IMAGE_CACHE_SIZE = 256
+_DEFAULT_KV_GIB = 4.0  # the engine's key/value store off a GPU, unless set
+_KV_SETTING = "RADDRAFT_MODEL_KV_CACHE_GIB"  # named in what a full store says
 
 
 def _digest(image: Image.Image) -> str:
@@ -192,6 +194,7 @@ class TransformersBackend:
         model_id: str,
         revision: str | None = None,
         prefix_cache: bool = True,
+        kv_cache_bytes: int | None = None,
     ) -> None:
 
         self.model = model
@@ -211,7 +214,9 @@ class TransformersBackend:
         self._encode_lock = threading.Lock()  # the fast tokenizer and the image table
         self._tokens = _PrefixTokens(self.tokenizer)
         self._stock_lock = threading.Lock()  # model.generate keeps rope_deltas on the model
-        self.engine = Engine(model, eos_ids=self.eos_ids, pad_id=self.pad_id)
+        self.engine = Engine(
+            model, eos_ids=self.eos_ids, pad_id=self.pad_id, memory_bytes=kv_cache_bytes
+        )
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -227,6 +232,7 @@ class TransformersBackend:
         max_pixels: int = DEFAULT_MAX_PIXELS,
         prefix_cache: bool = True,
         model_id: str | None = None,
+        kv_cache_gib: float = 0.0,
     ) -> TransformersBackend:
         """``from_pretrained`` of the model and its processor, exactly as for CheXOne.
 
@@ -266,6 +272,7 @@ class TransformersBackend:
             model_id=model_id or source,
             revision=found_revision,
             prefix_cache=prefix_cache,
+            kv_cache_bytes=kv_cache_bytes(kv_cache_gib, device),
         )
 
     # ------------------------------------------------------------------ encoding
@@ -465,11 +472,15 @@ class TransformersBackend:
 
         text_config = getattr(self.model.config, "text_config", self.model.config)
         limit = int(getattr(text_config, "max_position_embeddings", 32768))
+        what = f"the context ({limit})"
+        store = self.engine.max_tokens if self.prefix_cache else None
+        if store is not None and store < limit:
+            # Worded as the context is: the worker fails such a conversation once, for good.
+            limit = store
+            what = f"the context the key/value store can hold ({store}; {_KV_SETTING})"
         room = limit - prompt_tokens
         if room <= 0:
-            raise ValueError(
-                f"conversation of {prompt_tokens} tokens exceeds the context ({limit})"
-            )
+            raise ValueError(f"conversation of {prompt_tokens} tokens exceeds {what}")
         if options.max_new_tokens > room:
             log.warning(
                 "max_new_tokens cut from %d to %d to fit the context", options.max_new_tokens, room
@@ -549,6 +560,20 @@ class TransformersBackend:
         """Text of generated tokens. Special tokens are decoded and then only the chat/vision
         control tokens removed, so grounding markup survives whatever the tokenizer calls it."""
         return clean_output(self.tokenizer.decode(tokens, skip_special_tokens=False))
+
+
+def kv_cache_bytes(gib: float, device: str) -> int:
+    """The engine's key/value budget: ``gib`` when set; else, on a GPU, 80% of the memory free
+    once the model is loaded (the rest for activations and the vision encoder), and
+    ``_DEFAULT_KV_GIB`` elsewhere (a CPU's memory is shared with everything else)."""
+    if gib > 0:
+        return int(gib * 2**30)
+    if device.startswith("cuda"):
+        import torch
+
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(0.8 * free)
+    return int(_DEFAULT_KV_GIB * 2**30)
 
 
 def _sampling(options: DecodeOptions) -> Sampling:

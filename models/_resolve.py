@@ -116,6 +116,7 @@ def _load_transformers(choice: ModelChoice, config: ReaderConfig, *, local_only:
         max_pixels=config.max_pixels,
         prefix_cache=config.prefix_cache,
         model_id=choice.model_id,
+        kv_cache_gib=config.kv_cache_gib,
     )
 
 
@@ -192,6 +193,7 @@ def cached_backend(config: ReaderConfig) -> tuple[Backend, ModelInfo]:
         config.prefix_cache,
         config.min_pixels,
         config.max_pixels,
+        config.kv_cache_gib,
     )
     with _LOADED_LOCK:
         if key not in _LOADED:

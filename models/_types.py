@@ -56,6 +56,9 @@ class ReaderConfig:
     revision: str | None = None
     seed: int = 0
     server_timeout_seconds: float = 600.0
+    # The transformers engine's key/value store, GiB; 0: 80% of a GPU's free memory once the
+    # model is loaded, 4 GiB on a CPU.
+    kv_cache_gib: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings, as recorded in every reading."""

@@ -259,6 +259,12 @@ class Settings(BaseSettings):
         description="each outside text given to the model (indication, prior report) is cut to "
         "this many characters, flagged in the draft's extra.input_truncated",
     )
+    model_kv_cache_gib: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="the transformers engine's key/value store in GiB; 0: 80% of the GPU memory "
+        "free after loading the model (4 GiB on a CPU)",
+    )
     studies_in_flight: int = Field(
         default=1,
         ge=1,

@@ -40,6 +40,7 @@ SETTING_OF_FIELD: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "consistency_samples": ("consistency_samples", _same),
     "consistency_temperature": ("consistency_temperature", _same),
     "consistency_labels": ("consistency_labels", tuple),
+    "kv_cache_gib": ("model_kv_cache_gib", _same),
 }
 
 

@@ -35,6 +35,7 @@ NOT_DEFAULT: dict[str, Any] = {
     "consistency_samples": 4,
     "consistency_temperature": 0.3,
     "consistency_labels": ["Pneumothorax"],
+    "model_kv_cache_gib": 1.5,
 }
 
 

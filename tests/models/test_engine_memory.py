@@ -1,0 +1,135 @@
+"""The engine's key/value store within a memory budget, on the tiny model: it never grows past
+the budget, turns wait for room and come out token for token as without a budget, an answer
+that outgrows the store ends there (and says so), and a conversation the store can never hold
+fails alone, in words the worker reads as permanent."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+
+from models import (
+    Conversation,
+    DecodeOptions,
+    Message,
+    ModelInfo,
+    Reader,
+    ReaderConfig,
+    Reading,
+    prepare_image,
+)
+from models._engine import Engine, Sampling
+from models._hf import TransformersBackend
+from tests.models.test_concurrency import study
+
+VOCAB = ("Pleural Effusion",)
+
+
+@pytest.fixture
+def backend(tiny_backend: TransformersBackend) -> Iterator[TransformersBackend]:
+    tiny_backend.reset_cache()
+    yield tiny_backend
+    tiny_backend.reset_cache()
+
+
+@contextmanager
+def bounded(
+    backend: TransformersBackend, tokens: int, capacity: int = 1024
+) -> Iterator[tuple[Engine, list[int]]]:
+    """The backend served by an engine whose store holds ``tokens`` tokens in all; yields it
+    and the sizes (slots x capacity, in tokens) its store was ever given."""
+    saved = backend.engine
+    token_bytes = saved._token_bytes
+    engine = Engine(
+        backend.model,
+        eos_ids=backend.eos_ids,
+        pad_id=backend.pad_id,
+        capacity=capacity,
+        memory_bytes=tokens * token_bytes,
+    )
+    sizes: list[int] = [engine.slots * engine.capacity]
+    allocate = engine._allocate
+
+    def spied(slots: int, capacity: int) -> None:
+        sizes.append(slots * capacity)
+        allocate(slots, capacity)
+
+    engine._allocate = spied  # type: ignore[method-assign]
+    backend.engine = engine
+    try:
+        yield engine, sizes
+    finally:
+        backend.engine = saved
+
+
+def texts(reading: Reading) -> list[str]:
+    return [t.raw for s in reading.stages for t in s.turns] + [t.raw for t in reading.report_turns]
+
+
+def conversation(seed: int) -> Conversation:
+    image = prepare_image(study(seed)[0].dataset)[0]
+    return Conversation("s", (Message("user", "Findings?", (image,)),))
+
+
+def test_studies_wait_for_room_and_read_as_without_a_budget(backend: TransformersBackend) -> None:
+    """Four studies in flight in a store of two 1024-token sequences: the store never grows past
+    it, turns wait for room, prefixes are dropped and computed again, and every reading is
+    token for token the reading done alone with no budget."""
+    config = ReaderConfig(findings_vocabulary=VOCAB, max_new_tokens=3)
+    info = ModelInfo("raddraft/tiny-qwen2.5-vl", backend.revision, True, "transformers", "tiny")
+    reader = Reader(backend, config, info)
+    studies = [study(seed) for seed in range(20, 24)]
+    alone = [texts(reader.read([c], [p])) for c, p in studies]
+    with bounded(backend, tokens=2 * 1024) as (engine, sizes):
+        with ThreadPoolExecutor(max_workers=len(studies)) as pool:
+            together = list(pool.map(lambda s: texts(reader.read([s[0]], [s[1]])), studies))
+        assert max(sizes) <= 2 * 1024
+        assert engine.waits > 0 and engine.cut_rows == 0
+    assert together == alone
+
+
+def test_an_answer_the_store_cannot_hold_ends_there_and_the_other_goes_on(
+    backend: TransformersBackend,
+) -> None:
+    """Two answers outgrow a store of two 1024-token sequences, which can only become one of
+    2048: the longer is cut (an answer without its stop token, as at a token limit) and the
+    other, moved into the smaller store, runs to its limit. Both are token for token the
+    answers given with no budget, the cut one as far as it went."""
+    options = DecodeOptions(max_new_tokens=1200)
+    pair = [conversation(30), conversation(31)]
+    backend.engine.eos_ids = set()  # random weights: no early stop, so the answers grow
+    try:
+        free = [backend.generate(c, options) for c in pair]
+        with bounded(backend, tokens=2 * 1024) as (engine, sizes):
+            engine.eos_ids = set()
+            got = backend.generate_batch(pair, options)
+            assert engine.cut_rows == 1 and max(sizes) <= 2 * 1024
+    finally:
+        backend.engine.eos_ids = set(backend.eos_ids)
+    lengths = sorted(g.completion_tokens[0] for g in got)
+    assert lengths[0] < 1200 and lengths[1] == 1200
+    assert all(g.finish_reasons == ["length"] for g in got)
+    for alone, batched in zip(free, got, strict=True):
+        assert batched.token_ids[0] == alone.token_ids[0][: len(batched.token_ids[0])]
+
+
+def test_a_conversation_the_store_can_never_hold_fails_alone(
+    backend: TransformersBackend,
+) -> None:
+    """A 64-token store: a one-image conversation (68 tokens with the test's small image) is
+    refused before any work, in the words the worker fails for good; sent to the engine anyway,
+    it fails alone with the setting to raise; and the engine serves the next request."""
+    small = conversation(40)
+    with bounded(backend, tokens=64, capacity=64) as (engine, _):
+        with pytest.raises(ValueError, match="exceeds the context") as refused:
+            backend.generate(small, DecodeOptions(max_new_tokens=4))
+        assert "RADDRAFT_MODEL_KV_CACHE_GIB" in str(refused.value)
+        prompt: Any = backend._prompt(backend.encode(small))
+        with pytest.raises(MemoryError, match="RADDRAFT_MODEL_KV_CACHE_GIB"):
+            engine.submit(prompt, Sampling(max_new_tokens=4))
+        text = Conversation("s", (Message("user", "Findings?"),))
+        assert backend.generate(text, DecodeOptions(max_new_tokens=4)).completion_tokens[0] > 0
