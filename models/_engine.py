@@ -2,10 +2,13 @@
 passes, the way continuous batching serves them.
 
 * **Slots.** Keys and values of many sequences live in one preallocated tensor per layer,
-  ``[slots, kv_heads, capacity, head_dim]`` (both grown by doubling, rarely; idle sequences are
-  dropped, least recently used first, only once ``max_slots`` is reached). A sequence owns a slot
-  for as long as it is kept: a study's CXRTrek conversation keeps its keys and values from turn
-  to turn, so its images are encoded once and earlier turns are never re-read.
+  ``[slots, kv_heads, capacity, head_dim]``, grown by doubling within ``max_slots`` and a memory
+  budget (``memory_bytes``); past them idle sequences are dropped, least recently used first, a
+  request with no room waits for sequences in use to end, and an answer that would outgrow the
+  store ends there. A sequence owns a slot for as long as it is kept: a study's CXRTrek
+  conversation keeps its keys and values from turn to turn, so its images are encoded once and
+  earlier turns are never re-read; when the reading ends (:meth:`Engine.forget`) its sequences
+  go.
 * **Prefix reuse.** A request's tokens are compared with every kept sequence; the longest common
   token prefix (stopping before an image whose pixels differ: the placeholders of two studies'
   images are the same tokens) is reused. The request *continues* that sequence when it extends the
@@ -13,7 +16,8 @@ passes, the way continuous batching serves them.
   slot gets a copy of the common prefix's keys and values (branches of one image prefix, such as
   the single-turn report prompts). Nothing else is ever shared, so two studies never mix.
 * **Steps.** One engine thread runs everything: each step admits the waiting requests and runs
-  their new tokens as padded prefill passes (one for each group of similar length), then one
+  their new tokens as padded prefill passes (one for each group of similar length and similar
+  whole prompt), then one
   decode pass for every sequence that is generating. A sequence that finishes leaves at once;
   a request that arrives joins at the next step. Each pass synchronises with the host once: the
   chosen tokens, needed for the stop check.
@@ -22,9 +26,10 @@ passes, the way continuous batching serves them.
   over the tail alone, shifted by the kept prefix's largest position plus one: exactly where a
   full run would put them.
 
-Attention is transformers' own (sdpa or eager) over the slot tensors with an explicit 4D mask
-(each row sees its own slot up to its own length), through a small cache object whose ``update``
-writes each row's keys and values at its own offset.
+Attention is transformers' own (sdpa or eager) over the slot tensors with an explicit additive 4D
+mask (each row sees its own slot up to its own length; none for decode rows at one offset or a
+new sequence's causal prompt), through a small cache object whose ``update`` writes each row's
+keys and values at its own offset.
 """
 
 from __future__ import annotations
