@@ -205,9 +205,8 @@ class Engine:
 
         self._torch = torch
         self.model = model
-        # The three modules every pass calls, looked up once (transformers' accessors and
+        # The two modules every pass calls, looked up once (transformers' accessors and
         # configuration attributes cost tens of microseconds a call, paid every token).
-        self._embed = model.get_input_embeddings()
         self._language = model.model.language_model
         self._lm_head = model.lm_head
         self.eos_ids = set(eos_ids)
@@ -351,6 +350,9 @@ class Engine:
         moves once when it joins the pass; gathering the rows' caches instead copied every one
         of them at every token (on a GPU with 64 studies in flight, by arithmetic, as many bytes
         a step as the weights)."""
+        end = len(rows)
+        if all(row.seq.slot < end for row in rows):  # every step but those where rows change
+            return
         self._place([(row.seq, _filled(row.seq, row)) for row in rows])
 
     def _place(self, placed: list[tuple[_Sequence, int]]) -> None:
@@ -550,12 +552,13 @@ class Engine:
 
     # ------------------------------------------------------------------ passes
     def _forward(
-        self, embeds: Any, positions: Any, slots: list[int], starts: list[int], lengths: list[int]
+        self, inputs: Any, positions: Any, slots: list[int], starts: list[int], lengths: list[int]
     ) -> Any:
         """One forward pass of ``rows`` sequences, each writing its new tokens at its start;
-        returns the logits (rows, vocab) at each row's last real token."""
+        returns the logits (rows, vocab) at each row's last real token. ``inputs``: embeddings
+        (rows, q, hidden), images in; or token ids (rows, q), which the model embeds itself."""
         torch = self._torch
-        rows, q = int(embeds.shape[0]), int(embeds.shape[1])
+        rows, q = int(inputs.shape[0]), int(inputs.shape[1])
         self.most_rows = max(self.most_rows, rows)
         kv_len = max(starts) + q
         assert kv_len <= self.capacity  # made room for by the caller (_room)
@@ -588,8 +591,9 @@ class Engine:
             last = table[2]
         # The language model itself: embeddings (image features in) and 3D positions are ready;
         # the masks given per layer type, so that transformers builds none of its own.
+        given = "input_ids" if inputs.dtype == torch.long else "inputs_embeds"
         out = self._language(
-            inputs_embeds=embeds,
+            **{given: inputs},
             position_ids=positions,
             attention_mask=dict.fromkeys(self._layer_types, mask),
             cache=cache,
@@ -790,11 +794,10 @@ class Engine:
         step = torch.tensor(
             [[r.tokens[-1], r.next_position + k] for r, k in zip(rows, fed, strict=True)]
         ).to(self.device)
-        embeds = self._embed(step[:, :1])
         pos = step[:, 1].view(1, -1, 1).expand(3, -1, 1)
         slots = [r.seq.slot for r in rows]
         starts = [int(r.seq.ids.shape[0]) + k for r, k in zip(rows, fed, strict=True)]
-        logits = self._forward(embeds, pos, slots, starts, [1] * len(rows))
+        logits = self._forward(step[:, :1], pos, slots, starts, [1] * len(rows))
         chosen = self._choose_rows(logits, rows)
         self.rows_decoded += len(rows)
         self._account(started)

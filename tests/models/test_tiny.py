@@ -244,6 +244,42 @@ def test_prefix_tokens_equal_tokenising_the_whole_text(
     )
 
 
+def test_direct_rendering_equals_the_chat_template(
+    backend: TransformersBackend, current: StudyImage, prior: StudyImage
+) -> None:
+    """Every conversation of a real reading (stages, branches, report prompts, with a prior) is
+    rendered directly exactly as the checkpoint's chat template renders it; a checkpoint whose
+    template writes something else is rendered through its template."""
+    from models import prepare_image
+
+    assert backend._chatml
+    seen: list[Conversation] = []
+    real = backend.encode
+
+    def spied(conversation: Conversation) -> object:
+        seen.append(conversation)
+        return real(conversation)
+
+    backend.encode = spied  # type: ignore[method-assign]
+    try:
+        make_reader(backend, reasoning_stages=frozenset({3})).read([current], [prior])
+    finally:
+        del backend.encode
+    image, _ = prepare_image(current.dataset)
+    seen.append(Conversation(" s ", (Message("user", "", (image, image, image)),)))
+    assert len(seen) > 10
+    for conversation in seen:
+        assert backend.render(conversation) == backend._templated(conversation)
+    template = backend.processor.chat_template
+    try:
+        backend.processor.chat_template = template.replace("<|im_end|>", "<|im_end|> ")
+        other = TransformersBackend(backend.model, backend.processor, model_id="other")
+        assert not other._chatml
+        assert other.render(seen[0]) == other._templated(seen[0]) != backend.render(seen[0])
+    finally:
+        backend.processor.chat_template = template
+
+
 def test_sampling_gives_n_answers(backend: TransformersBackend, current: StudyImage) -> None:
     from models import prepare_image
 
