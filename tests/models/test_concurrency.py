@@ -23,7 +23,18 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from models import ModelInfo, Reader, ReaderConfig, Reading, StudyImage, load_backend, prepare_image
+from models import (
+    Conversation,
+    DecodeOptions,
+    Message,
+    ModelInfo,
+    Reader,
+    ReaderConfig,
+    Reading,
+    StudyImage,
+    load_backend,
+    prepare_image,
+)
 from models._hf import TransformersBackend
 from tests.models.conftest import radiograph
 from tests.worker.model_server import send_json
@@ -102,6 +113,12 @@ def study(seed: int) -> tuple[StudyImage, StudyImage]:
     current = radiograph(200, 180, (10 + seed * 7, 20, 60 + seed * 7, 90))
     prior = radiograph(190, 170, (15, 25 + seed * 5, 70, 95 + seed * 5))
     return StudyImage.from_dataset(current), StudyImage.from_dataset(prior)
+
+
+def one_image_question(seed: int) -> Conversation:
+    """A one-turn conversation about the current image of ``study(seed)``."""
+    image = prepare_image(study(seed)[0].dataset)[0]
+    return Conversation("s", (Message("user", "Findings?", (image,)),))
 
 
 def answers(reading: Reading) -> list[str]:
@@ -273,10 +290,7 @@ def test_a_full_store_drops_idle_prefixes_and_stays_exact(backend: TransformersB
 def test_a_failed_step_reaches_its_callers_and_the_engine_serves_on(
     backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from models import Conversation, DecodeOptions, Message
-
-    image = prepare_image(study(1)[0].dataset)[0]
-    conversation = Conversation("s", (Message("user", "Findings?", (image,)),))
+    conversation = one_image_question(1)
     options = DecodeOptions(max_new_tokens=3)
     expected = backend.generate(conversation, options).token_ids
     backend.reset_cache()
@@ -336,10 +350,8 @@ def test_forgetting_a_sequence_in_use_leaves_it_to_finish(
 ) -> None:
     """A release that arrives while the image's sequence decodes drops nothing in use: the
     answer is the one given without it, and its sequence is kept."""
-    from models import Conversation, DecodeOptions, Message
-
-    image = prepare_image(study(5)[0].dataset)[0]
-    conversation = Conversation("s", (Message("user", "Findings?", (image,)),))
+    conversation = one_image_question(5)
+    [image] = conversation.images
     options = DecodeOptions(max_new_tokens=6)
     expected = backend.generate(conversation, options).token_ids
     backend.reset_cache()

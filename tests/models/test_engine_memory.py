@@ -20,11 +20,10 @@ from models import (
     Reader,
     ReaderConfig,
     Reading,
-    prepare_image,
 )
 from models._engine import Engine, Sampling
 from models._hf import TransformersBackend
-from tests.models.test_concurrency import study
+from tests.models.test_concurrency import one_image_question, study
 
 VOCAB = ("Pleural Effusion",)
 
@@ -70,11 +69,6 @@ def texts(reading: Reading) -> list[str]:
     return [t.raw for s in reading.stages for t in s.turns] + [t.raw for t in reading.report_turns]
 
 
-def conversation(seed: int) -> Conversation:
-    image = prepare_image(study(seed)[0].dataset)[0]
-    return Conversation("s", (Message("user", "Findings?", (image,)),))
-
-
 def test_studies_wait_for_room_and_read_as_without_a_budget(backend: TransformersBackend) -> None:
     """Four studies in flight in a store of two 1024-token sequences: the store never grows past
     it, turns wait for room, prefixes are dropped and computed again, and every reading is
@@ -100,7 +94,7 @@ def test_an_answer_the_store_cannot_hold_ends_there_and_the_other_goes_on(
     other, moved into the smaller store, runs to its limit. Both are token for token the
     answers given with no budget, the cut one as far as it went."""
     options = DecodeOptions(max_new_tokens=1200)
-    pair = [conversation(30), conversation(31)]
+    pair = [one_image_question(30), one_image_question(31)]
     backend.engine.eos_ids = set()  # random weights: no early stop, so the answers grow
     try:
         free = [backend.generate(c, options) for c in pair]
@@ -123,7 +117,7 @@ def test_a_conversation_the_store_can_never_hold_fails_alone(
     """A 64-token store: a one-image conversation (68 tokens with the test's small image) is
     refused before any work, in the words the worker fails for good; sent to the engine anyway,
     it fails alone with the setting to raise; and the engine serves the next request."""
-    small = conversation(40)
+    small = one_image_question(40)
     with bounded(backend, tokens=64, capacity=64) as (engine, _):
         with pytest.raises(ValueError, match="exceeds the context") as refused:
             backend.generate(small, DecodeOptions(max_new_tokens=4))
