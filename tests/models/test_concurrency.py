@@ -260,8 +260,6 @@ def test_batched_bf16_logits_stay_within_the_noise_floor(tiny_path: Path) -> Non
 def test_a_full_store_drops_idle_prefixes_and_stays_exact(backend: TransformersBackend) -> None:
     """With room for two sequences only, a third conversation drops the least recently used
     idle one; asking that conversation again recomputes it, with the same tokens."""
-    from models import Conversation, DecodeOptions, Message
-
     engine = backend.engine
     saved = engine.max_slots
     engine.reset()
@@ -318,8 +316,6 @@ def test_a_finished_reading_lets_go_of_its_sequences_and_no_other(
 ) -> None:
     """When a reading ends its conversations leave the store (at the engine's next step); a
     conversation of other images stays."""
-    from models import Conversation, DecodeOptions, Message
-
     config = ReaderConfig(findings_vocabulary=VOCAB, max_new_tokens=3)
     info = ModelInfo("raddraft/tiny-qwen2.5-vl", backend.revision, True, "transformers", "tiny")
     other = prepare_image(study(7)[0].dataset)[0]
