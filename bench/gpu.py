@@ -113,7 +113,7 @@ def backend_on(device: str, dtype: Any, scratch: Path, seed: int) -> Any:
     from transformers import AutoProcessor
 
     from models import build_tiny
-    from models._hf import TransformersBackend
+    from models._hf import TransformersBackend, kv_cache_bytes
 
     folder = scratch / "processor"
     folder.mkdir()
@@ -122,7 +122,12 @@ def backend_on(device: str, dtype: Any, scratch: Path, seed: int) -> Any:
         folder, min_pixels=56 * 56, max_pixels=full.MAX_PIXELS, local_files_only=True
     )
     model = build_model(device, dtype, seed)
-    return TransformersBackend(model, processor, model_id="random Qwen2.5-VL-3B (CheXOne config)")
+    return TransformersBackend(
+        model,
+        processor,
+        model_id="random Qwen2.5-VL-3B (CheXOne config)",
+        kv_cache_bytes=kv_cache_bytes(0.0, device),  # the worker's default budget
+    )
 
 
 def variant(image: Any, index: int) -> Any:
@@ -335,6 +340,16 @@ def main() -> None:
             f"   {k:9d}  {r['wall']:7.1f}  {r['per_hour']:9.0f}  {r['draft_p50']:11.1f}  "
             f"{r['per_hour'] / base:10.2f}"
         )
+    engine = backend.engine
+    store = engine.slots * engine.capacity * engine._token_bytes / 2**30
+    budget = (engine.memory_bytes or 0) / 2**30
+    print(
+        f"   key/value store after the levels: {engine.slots} slots x {engine.capacity} tokens = "
+        f"{store:.2f} GiB of a {budget:.2f} GiB budget; {engine.waits} turns waited for room, "
+        f"{engine.cut_rows} answers cut"
+    )
+    result.update(kv_store_gib=f"{store:.2f}", kv_waits=str(engine.waits))
+    result["kv_cut_rows"] = str(engine.cut_rows)
     base = results[levels[0]]["per_hour"]
     for k, r in results.items():
         result[f"studies_per_hour_{k}"] = f"{r['per_hour']:.0f}"
