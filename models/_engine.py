@@ -329,9 +329,11 @@ class Engine:
             return True
         assert self.memory_bytes is not None
         slots = min(self.slots, self.memory_bytes // (capacity * self._token_bytes))
-        if slots < sum(1 for seq in self._kept if seq.busy):
+        busy = sum(1 for seq in self._kept if seq.busy)
+        if slots < busy:
             return False
-        for seq in [seq for seq in self._kept if not seq.busy]:
+        idle = sorted((seq for seq in self._kept if not seq.busy), key=lambda s: s.used)
+        for seq in idle[: max(len(idle) - (slots - busy), 0)]:  # the least recently used go
             self._drop(seq)
         feeding = {id(row.seq): row for row in self._running}
         self._place([(seq, _filled(seq, feeding.get(id(seq)))) for seq in self._kept])
@@ -517,7 +519,6 @@ class Engine:
         """Give the request a sequence holding as much of its prompt as can be reused, and its
         samples their slots. Raises :class:`_NoRoom` having changed nothing."""
         prompt = request.prompt
-        length = int(prompt.ids.shape[0])
         seq, reuse = self._match(prompt)
         spares: list[_Sequence] = []
         try:
@@ -545,7 +546,6 @@ class Engine:
             raise
         request.spares = spares
         seq.busy = True
-        seq.prompt_len = length
         seq.used = self._step
         request.parent, request.reused = seq, reuse
         request.admitted = time.perf_counter()
@@ -735,6 +735,7 @@ class Engine:
         for request, p in zip(requests, positions, strict=True):
             seq = request.parent
             assert seq is not None
+            seq.prompt_len = int(request.prompt.ids.shape[0])
             before = int(seq.top[-1]) if seq.top.shape[0] else -1
             seq.ids = torch.cat([seq.ids, request.prompt.ids[request.reused :]])
             tops = torch.cummax(p.max(0).values.cpu(), 0).values.clamp(min=before)
