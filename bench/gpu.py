@@ -114,12 +114,13 @@ def backend_on(device: str, dtype: Any, scratch: Path, seed: int) -> Any:
 
     from models import build_tiny
     from models._hf import TransformersBackend, kv_cache_bytes
+    from models._images import pixel_bounds
 
     folder = scratch / "processor"
     folder.mkdir()
     full.qwen_tokenizer(build_tiny(scratch / "tiny"), folder)
     processor = AutoProcessor.from_pretrained(
-        folder, min_pixels=56 * 56, max_pixels=full.MAX_PIXELS, local_files_only=True
+        folder, size=pixel_bounds(56 * 56, full.MAX_PIXELS), local_files_only=True
     )
     model = build_model(device, dtype, seed)
     return TransformersBackend(

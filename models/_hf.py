@@ -32,7 +32,7 @@ from PIL import Image
 
 from models._backend import Conversation, DecodeOptions, Generation, Message, ModelLoadError
 from models._engine import Engine, Prompt, Result, Sampling
-from models._images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS
+from models._images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, pixel_bounds
 from models._parse import clean_output
 
 log = logging.getLogger(__name__)
@@ -283,7 +283,7 @@ class TransformersBackend:
                 source, dtype=torch_dtype, **hub
             )
             processor = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
-                source, min_pixels=min_pixels, max_pixels=max_pixels, **hub
+                source, size=pixel_bounds(min_pixels, max_pixels), **hub
             )
         except Exception as error:  # any failure to load means the same thing to the caller
             raise ModelLoadError(

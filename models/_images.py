@@ -26,6 +26,12 @@ RESIZE_FACTOR = 28
 PERCENTILE_WINDOW = (0.5, 99.5)
 
 
+def pixel_bounds(min_pixels: int, max_pixels: int) -> dict[str, int]:
+    """The image processor's ``size`` for these pixel bounds (its current form: passing
+    ``min_pixels`` and ``max_pixels`` themselves is deprecated in transformers 5)."""
+    return {"shortest_edge": min_pixels, "longest_edge": max_pixels}
+
+
 def smart_resize(
     height: int,
     width: int,

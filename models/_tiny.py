@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from models._images import pixel_bounds
+
 # The stock Qwen2-VL / Qwen2.5-VL chat template (the default system prompt is the one CheXOne
 # was trained with). Kept verbatim so the tiny model renders conversations exactly like CheXOne.
 QWEN_VL_CHAT_TEMPLATE = (
@@ -187,7 +189,7 @@ def build_tiny(path: str | Path, *, seed: int = 0, init_range: float = 0.5) -> P
     )
     model.save_pretrained(target, safe_serialization=True)
 
-    image_processor = Qwen2VLImageProcessor(min_pixels=56 * 56, max_pixels=512 * 512)
+    image_processor = Qwen2VLImageProcessor(size=pixel_bounds(56 * 56, 512 * 512))
     video_processor = Qwen2VLVideoProcessor()
     processor = Qwen2_5_VLProcessor(  # type: ignore[no-untyped-call]
         image_processor=image_processor,
