@@ -66,22 +66,35 @@ def bounded(
 
 
 def texts(reading: Reading) -> list[str]:
-    return [t.raw for s in reading.stages for t in s.turns] + [t.raw for t in reading.report_turns]
+    """Every answer of the reading, sampled ones included."""
+    turns = [t for s in reading.stages for t in s.turns] + list(reading.report_turns)
+    return [text for t in turns for text in (t.raw, *t.samples)]
 
 
-def test_studies_wait_for_room_and_read_as_without_a_budget(backend: TransformersBackend) -> None:
-    """Four studies in flight in a store of two 1024-token sequences: the store never grows past
-    it, turns wait for room, prefixes are dropped and computed again, and every reading is
-    token for token the reading done alone with no budget."""
-    config = ReaderConfig(findings_vocabulary=VOCAB, max_new_tokens=3)
+@pytest.mark.parametrize(
+    ("samples", "slots"),
+    [(0, 2), (2, 4)],
+    ids=["greedy in two slots", "two samples a question in four slots"],
+)
+def test_studies_wait_for_room_and_read_as_without_a_budget(
+    backend: TransformersBackend, samples: int, slots: int
+) -> None:
+    """Four studies in flight in a store of a few 1024-token sequences (with sampled answers,
+    whose copies take slots of their own): the store never grows past it, turns wait for room,
+    prefixes are dropped and computed again, and every reading is token for token the reading
+    done alone with no budget."""
+    config = ReaderConfig(findings_vocabulary=VOCAB, max_new_tokens=3, consistency_samples=samples)
     info = ModelInfo("raddraft/tiny-qwen2.5-vl", backend.revision, True, "transformers", "tiny")
     reader = Reader(backend, config, info)
     studies = [study(seed) for seed in range(20, 24)]
-    alone = [texts(reader.read([c], [p])) for c, p in studies]
-    with bounded(backend, tokens=2 * 1024) as (engine, sizes):
+    readings = [reader.read([c], [p]) for c, p in studies]
+    sampled = [sum(len(t.samples) for s in r.stages for t in s.turns) for r in readings]
+    assert all(n >= samples for n in sampled) and (samples > 0) == any(sampled)
+    alone = [texts(r) for r in readings]
+    with bounded(backend, tokens=slots * 1024) as (engine, sizes):
         with ThreadPoolExecutor(max_workers=len(studies)) as pool:
             together = list(pool.map(lambda s: texts(reader.read([s[0]], [s[1]])), studies))
-        assert max(sizes) <= 2 * 1024
+        assert max(sizes) <= slots * 1024
         assert engine.waits > 0 and engine.cut_rows == 0
     assert together == alone
 
