@@ -76,6 +76,7 @@ from dicom_listener.archive_reads import (
 from dicom_listener.completion import Completed, complete_pushed
 from dicom_listener.completion import complete_study as _complete
 from dicom_listener.conflicts import ConflictInfo, instance_conflicts
+from dicom_listener.eligibility import is_frontal
 from dicom_listener.identity import (
     identity_conflict,
     open_identity_conflicts,
@@ -125,6 +126,7 @@ __all__ = [
     "identity_conflict",
     "ingest_batch",
     "instance_conflicts",
+    "is_frontal",
     "latest_version_pk",
     "open_identity_conflicts",
     "prior_versions",

@@ -22,7 +22,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
 import report_drafts as drafts
-from dicom_listener import Instance
+from dicom_listener import Instance, is_frontal
 from raddraft import atna
 from raddraft.db import utcnow
 from raddraft.logging import kv
@@ -470,10 +470,14 @@ def review_context(
             )
         )
     }
+    def frontal(image: dict[str, Any]) -> bool:
+        # The listener's rule, with the View Code Sequence where ViewPosition is empty.
+        instance = instances.get(image["sop_instance_uid"])
+        code = instance.view_code if instance is not None else ""
+        return is_frontal(image["view_position"] or "", code)
+
     images = []
-    for image in sorted(
-        detail["images"], key=lambda im: not viewmodel.is_frontal(im["view_position"] or "")
-    ):
+    for image in sorted(detail["images"], key=lambda im: not frontal(im)):
         instance = instances.get(image["sop_instance_uid"])
         window = (
             viewmodel.image_window(settings.archive_dir / instance.path)

@@ -14,7 +14,7 @@ import pydicom
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from dicom_listener import Instance, Series, Study
+from dicom_listener import Instance, Series, Study, is_frontal
 from report_drafts import UNCERTAIN_MARK, DraftRun, ReportVersion, finding_page_names, visible
 
 #: The labels the model is asked about (CheXpert's 13), offered when adding a missed finding.
@@ -210,10 +210,6 @@ def image_window(path: Path) -> Window:
     return Window(low, high, center, width)
 
 
-def is_frontal(view_position: str) -> bool:
-    return view_position.upper() in ("PA", "AP", "")
-
-
 #: The actions that end a report's wait for a radiologist, and how the worklist says so.
 DECIDED = {"sign": "signed", "reject": "rejected"}
 
@@ -275,5 +271,6 @@ def prior_instances(
             .order_by(Instance.id)
         )
     )
-    instances.sort(key=lambda i: not is_frontal(i.view_position))
+    # Frontal first, by the rule the listener chose the images to read by.
+    instances.sort(key=lambda i: not is_frontal(i.view_position, i.view_code))
     return study, instances
