@@ -387,6 +387,11 @@ class Settings(BaseSettings):
     # Web
     web_host: str = Field(default="127.0.0.1", description="the web app's address")
     web_port: int = Field(default=8080, description="the web app's port")
+    web_trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="addresses of reverse proxies whose X-Forwarded-For names the client (sign-in "
+        "limits, audit); empty: none, the peer is the client",
+    )
     web_tls_cert: Path | None = Field(default=None, description="serve HTTPS with this certificate")
     web_tls_key: Path | None = Field(default=None, description="the HTTPS certificate's key")
     web_tls_ca: Path | None = Field(
@@ -457,6 +462,7 @@ class Settings(BaseSettings):
         "critical_escalation_contacts",
         "orders_allowed_facilities",
         "consistency_labels",
+        "web_trusted_proxies",
         mode="before",
     )
     @classmethod

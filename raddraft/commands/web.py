@@ -4,12 +4,33 @@ from __future__ import annotations
 
 import gc
 import logging
+from typing import Any
 
 import click
 
 from raddraft.logging import kv
-from raddraft.settings import get_settings
+from raddraft.settings import Settings, get_settings
 from raddraft.tls import server_context
+
+
+def server_config(app: Any, settings: Settings, host: str, port: int) -> Any:
+    """uvicorn's configuration of the web app. X-Forwarded-For is believed only from
+    RADDRAFT_WEB_TRUSTED_PROXIES: uvicorn by default believes it from any local process, and a
+    proxy on another host went unheard, so every client behind it shared one sign-in limit."""
+    import uvicorn
+
+    proxies = list(settings.web_trusted_proxies)
+    # log_config=None: uvicorn logs through RadDraft's handler, one format for every process;
+    # log_level=None: the levels stay as raddraft.logging set them (access lines at INFO).
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=None,
+        log_config=None,
+        proxy_headers=bool(proxies),
+        forwarded_allow_ips=proxies or None,
+    )
 
 
 @click.command()
@@ -25,11 +46,7 @@ def web(host: str | None, port: int | None) -> None:
     bind, bind_port = host or settings.web_host, port or settings.web_port
     tls = bool(settings.web_tls_cert and settings.web_tls_key)
     url = f"{'https' if tls else 'http'}://{bind}:{bind_port}/"
-    # log_config=None: uvicorn logs through RadDraft's handler, one format for every process;
-    # log_level=None: the levels stay as raddraft.logging set them (access lines at INFO).
-    config = uvicorn.Config(
-        create_web_app(settings), host=bind, port=bind_port, log_level=None, log_config=None
-    )
+    config = server_config(create_web_app(settings), settings, bind, bind_port)
     config.load()
     if tls:
         # uvicorn's own ssl options cannot set a minimum version: the PS3.15 B.9 (BCP 195)
