@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from functools import lru_cache
 from typing import Any, ClassVar
 
-from sqlalchemy import JSON, DateTime, MetaData, create_engine, event
+from sqlalchemy import JSON, DateTime, MetaData, Select, create_engine, event, func, select
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -59,6 +59,16 @@ class Base(DeclarativeBase):
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def iso(value: dt.datetime | None) -> str | None:
+    """A timestamp as the API and pages write it (ISO 8601), or None."""
+    return value.isoformat() if value is not None else None
+
+
+def count_rows(session: Session, query: Select[Any]) -> int:
+    """How many rows ``query`` gives, counted by the database."""
+    return int(session.scalar(select(func.count()).select_from(query.subquery())) or 0)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -27,7 +27,7 @@ from dicom_listener import (
     instance_conflicts,
 )
 from raddraft import counters, job_contract, jobs
-from raddraft.db import utcnow
+from raddraft.db import iso, utcnow
 from raddraft.settings import Settings
 from report_drafts import DraftRun, Report, ReportState, ReportVersion, SentObject, SentState
 
@@ -59,10 +59,6 @@ def summarise(name: str, values: Sequence[float], group: str = "") -> dict[str, 
         "p50": percentile(values, 0.5),
         "p95": percentile(values, 0.95),
     }
-
-
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value else None
 
 
 def _seconds(later: dt.datetime | None, earlier: dt.datetime | None) -> float | None:
@@ -184,7 +180,7 @@ def _report_brief(
         "priority": report.priority,
         "accession": study.accession_number,
         "study_instance_uid": study.study_instance_uid,
-        "since": _iso(since),
+        "since": iso(since),
         "waiting_s": _seconds(now, since),
     }
 
@@ -246,8 +242,8 @@ def workers(session: Session, settings: Settings, now: dt.datetime) -> list[dict
             "model": w.model,
             "demo": w.demo,
             "pid": w.pid,
-            "started_at": _iso(w.started_at),
-            "last_seen": _iso(w.last_seen),
+            "started_at": iso(w.started_at),
+            "last_seen": iso(w.last_seen),
             "age_s": _seconds(now, w.last_seen),
             "alive": (_seconds(now, w.last_seen) or 0.0) <= lease,
             "current_job": w.current_job,
@@ -284,7 +280,7 @@ def job_json(job: jobs.Job) -> dict[str, Any]:
         "attempts": job.attempts,
         "max_attempts": job.max_attempts,
         "last_error": job.last_error,
-        "finished_at": _iso(job.finished_at),
+        "finished_at": iso(job.finished_at),
         "args": job.args,
         "export": job.task in EXPORT_TASKS,
     }
@@ -337,7 +333,7 @@ def failed_reports(session: Session) -> list[dict[str, Any]]:
             "accession": s.accession_number,
             "study_instance_uid": s.study_instance_uid,
             "failure": r.failure,
-            "updated_at": _iso(r.updated_at),
+            "updated_at": iso(r.updated_at),
         }
         for r, s in rows
     ]
@@ -358,7 +354,7 @@ def open_versions(session: Session, now: dt.datetime) -> list[dict[str, Any]]:
             "number": v.number,
             "accession": s.accession_number,
             "study_instance_uid": s.study_instance_uid,
-            "opened_at": _iso(v.opened_at),
+            "opened_at": iso(v.opened_at),
             "quiet_s": _seconds(now, v.last_instance_at),
         }
         for v, s in rows
@@ -383,7 +379,7 @@ def refused_versions(session: Session) -> list[dict[str, Any]]:
             "accession": s.accession_number,
             "study_instance_uid": s.study_instance_uid,
             "why": v.ineligible_reason or "",
-            "completed_at": _iso(v.completed_at),
+            "completed_at": iso(v.completed_at),
         }
         for v, s in rows
     ]
@@ -395,7 +391,7 @@ def conflicts(session: Session) -> list[dict[str, Any]]:
     that differed; the received copy is in quarantine, the archive kept its own."""
     return [
         {
-            "at": _iso(c.at),
+            "at": iso(c.at),
             "sop_instance_uid": c.sop_instance_uid,
             "calling_ae_title": c.calling_ae_title,
             "peer": c.peer,

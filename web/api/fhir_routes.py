@@ -28,11 +28,12 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
-from sqlalchemy import ColumnElement, Select, and_, exists, func, or_, select
+from sqlalchemy import ColumnElement, and_, exists, or_, select
 from sqlalchemy.orm import QueryableAttribute, Session
 
 import report_drafts as drafts
 from dicom_listener import Patient, Study
+from raddraft.db import count_rows
 from raddraft.settings import Settings
 from report_drafts import (
     PUBLISHED_ACTIONS,
@@ -486,10 +487,6 @@ def _bundle(
     return _json(json.dumps(bundle))
 
 
-def _count_of(session: Session, ids: Select[Any]) -> int:
-    return int(session.scalar(select(func.count()).select_from(ids.subquery())) or 0)
-
-
 def _run_search(request: Request, session: Session, kind: str) -> Response:
     """A paged, time-limited search of ``kind``; 400 for a bad one, 503 past the limit."""
     settings: Settings = request.app.state.settings
@@ -537,7 +534,7 @@ def _search_reports(
         )
     total = _kept_total(session, params)
     if total is None:
-        total = _count_of(session, ids)
+        total = count_rows(session, ids)
     page = list(session.scalars(ids.order_by(Report.id).limit(count).offset(offset)))
     reports = list(session.scalars(select(Report).where(Report.id.in_(page)).order_by(Report.id)))
     entries = []
@@ -559,7 +556,7 @@ def _search_studies(
     if any(name in PATIENT_PARAMS for name in params):
         ids = ids.join(Patient, Patient.id == Study.patient_pk)
     if any(name not in PAGING for name in params):
-        total = _count_of(session, ids)
+        total = count_rows(session, ids)
     else:
         total = drafts.fhir_studies_shown(session)
     page = list(session.scalars(ids.order_by(Study.id).limit(count).offset(offset)))

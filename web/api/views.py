@@ -22,6 +22,7 @@ from dicom_listener import (
     identity_conflict,
     open_identity_conflicts,
 )
+from raddraft.db import iso
 from report_drafts import (
     DEMO_WARNING,
     DRAFT_WARNING,
@@ -37,10 +38,6 @@ from report_drafts import (
 )
 
 
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value else None
-
-
 def version_json(row: ReportVersion) -> dict[str, Any]:
     return {
         "number": row.number,
@@ -48,7 +45,7 @@ def version_json(row: ReportVersion) -> dict[str, Any]:
         "state": row.state,
         "action": row.action,
         "actor": row.actor,
-        "at": _iso(row.created_at),
+        "at": iso(row.created_at),
         "note": row.note,
         "edit_reason": row.edit_reason,
         "sr_sop_instance_uid": row.sr_sop_instance_uid,
@@ -71,7 +68,7 @@ def run_json(run: DraftRun | None) -> dict[str, Any] | None:
         "settings": run.settings,
         "prior": run.prior,
         "timings": run.timings,
-        "at": _iso(run.created_at),
+        "at": iso(run.created_at),
     }
 
 
@@ -84,13 +81,13 @@ def sent_json(row: SentObject) -> dict[str, Any]:
         "state": row.state,
         "attempts": row.attempts,
         "last_error": row.last_error,
-        "sent_at": _iso(row.sent_at),
+        "sent_at": iso(row.sent_at),
     }
 
 
 def audit_json(row: AuditEvent) -> dict[str, Any]:
     return {
-        "at": _iso(row.at),
+        "at": iso(row.at),
         "actor": row.actor,
         "action": row.action,
         "study_instance_uid": row.study_instance_uid,
@@ -123,8 +120,8 @@ def conflict_json(conflict: IdentityConflict) -> dict[str, Any]:
             "patient_birth_date": conflict.held_birth_date,
             "patient_sex": conflict.held_sex,
         },
-        "detected_at": _iso(conflict.detected_at),
-        "resolved_at": _iso(conflict.resolved_at),
+        "detected_at": iso(conflict.detected_at),
+        "resolved_at": iso(conflict.resolved_at),
         "resolved_by": conflict.resolved_by,
         "resolution": conflict.resolution,
     }
@@ -174,9 +171,9 @@ def summary_json(row: StudyRow, content: ReportContent | None) -> dict[str, Any]
         "patient_name": patient.patient_name,
         "patient_birth_date": patient.birth_date,
         "patient_sex": patient.sex,
-        "completed_at": _iso(row.version.completed_at),
-        "created_at": _iso(report.created_at),
-        "updated_at": _iso(report.updated_at),
+        "completed_at": iso(row.version.completed_at),
+        "created_at": iso(report.created_at),
+        "updated_at": iso(report.updated_at),
         "superseded_by": report.superseded_by_pk,
         "failure": report.failure,
         "findings": [
@@ -357,10 +354,10 @@ def detail(session: Session, report: Report) -> dict[str, Any]:
     return {
         **summary_json(row, content),
         **_identity(session, row.study),
-        "order_cancelled_at": _iso(report.order_cancelled_at),
+        "order_cancelled_at": iso(report.order_cancelled_at),
         "order": order_json(order),
         "warnings": warnings,
-        "first_opened_at": _iso(report.first_opened_at),
+        "first_opened_at": iso(report.first_opened_at),
         "content": current.content if current else None,
         "version": version_json(current) if current else None,
         "versions": [{k: v for k, v in version_json(v).items() if k != "content"} for v in rows],

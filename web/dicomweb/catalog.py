@@ -35,6 +35,7 @@ from sqlalchemy import ColumnElement, Select, case, distinct, func, select, unio
 from sqlalchemy.orm import Session
 
 from dicom_listener import Instance, Patient, Series, Study
+from raddraft.db import count_rows
 from raddraft.settings import Settings
 from report_drafts import (
     OutboxPayloadError,
@@ -248,10 +249,6 @@ def _where(match: Mapping[str, str], keys: Sequence[str], dialect: str) -> list[
             if term is not None:
                 terms.append(term)
     return terms
-
-
-def _count_of(session: Session, ids: Select[Any]) -> int:
-    return int(session.scalar(select(func.count()).select_from(ids.subquery())) or 0)
 
 
 def _archived(series_pk: Any) -> ColumnElement[bool]:
@@ -482,7 +479,7 @@ def _search_series(
             hits.append(Hit(attributes, Path(path) if path else None))
         return hits
 
-    return _page(archived, lambda: _count_of(session, ids), extra, query.offset, limit)
+    return _page(archived, lambda: count_rows(session, ids), extra, query.offset, limit)
 
 
 def _by_key(session: Session, table: Any, keys: set[int]) -> dict[int, Any]:
@@ -521,7 +518,7 @@ def _search_instances(
         return hits
 
     return _page(
-        archived, lambda: _count_of(session, chosen(Instance.id)), extra, query.offset, limit
+        archived, lambda: count_rows(session, chosen(Instance.id)), extra, query.offset, limit
     )
 
 
