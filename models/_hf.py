@@ -238,7 +238,10 @@ class TransformersBackend:
         self._encode_lock = threading.Lock()  # the fast tokenizer and the image table
         self._tokens = _PrefixTokens(self.tokenizer)
         # Written directly only where that is exactly what the checkpoint's template writes.
-        self._chatml = self._templated(_CHATML_PROBE) == _chatml(_CHATML_PROBE)
+        try:
+            self._chatml = self._templated(_CHATML_PROBE) == _chatml(_CHATML_PROBE)
+        except Exception:  # no template, or one that cannot render the probe: it says so later
+            self._chatml = False
         self._stock_lock = threading.Lock()  # model.generate keeps rope_deltas on the model
         self.engine = Engine(
             model, eos_ids=self.eos_ids, pad_id=self.pad_id, memory_bytes=kv_cache_bytes
