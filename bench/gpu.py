@@ -26,6 +26,8 @@ It keeps to ``--budget-s`` (default 330 s after the build, inside a 6-minute slo
 that would not fit is skipped and says so. Random weights rarely stop early; a turn runs to
 its token limit. ``--smoke`` runs every step on a 2-layer, narrow model on the CPU (fp32, then
 bf16 for step 4) in well under a minute, so the script cannot rot; its figures mean nothing.
+``bench/gpu_wheels.sh`` prepares the wheels the GPU machine lacks and prints the command to run
+it there.
 The last line is ``RESULT device=... ms_per_token=... stock_ms_per_token=... reading_s=...
 forward_share=... draft_s=... studies_per_hour_1=... scaling_8=... bf16_cache_vs_transformers=...
 bf16_batched_vs_alone=... bf16_noise_floor=...``.
