@@ -344,15 +344,16 @@ def main() -> None:
             f"{r['per_hour'] / base:10.2f}"
         )
     engine = backend.engine
-    store = engine.slots * engine.capacity * engine._token_bytes / 2**30
+    store = engine.store_bytes / 2**30
     budget = (engine.memory_bytes or 0) / 2**30
     print(
         f"   key/value store after the levels: {engine.slots} slots x {engine.capacity} tokens = "
         f"{store:.2f} GiB of a {budget:.2f} GiB budget; {engine.waits} turns waited for room, "
         f"{engine.cut_rows} answers cut"
     )
-    result.update(kv_store_gib=f"{store:.2f}", kv_waits=str(engine.waits))
-    result["kv_cut_rows"] = str(engine.cut_rows)
+    result.update(
+        kv_store_gib=f"{store:.2f}", kv_waits=str(engine.waits), kv_cut_rows=str(engine.cut_rows)
+    )
     base = results[levels[0]]["per_hour"]
     for k, r in results.items():
         result[f"studies_per_hour_{k}"] = f"{r['per_hour']:.0f}"

@@ -15,7 +15,9 @@
 # bench/gpu.py --smoke runs the same steps here first (CI runs it too).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >>"$(git rev-parse --git-common-dir)/info/exclude"
+exclude="$(git rev-parse --git-common-dir)/info/exclude"
+mkdir -p "$(dirname "$exclude")"
+grep -qx '/.whl/' "$exclude" 2>/dev/null || echo '/.whl/' >>"$exclude"
 
 # transformers and what it needs that the GPU machine lacks or has too old (huggingface_hub 2,
 # its httpx2 client, kernels), and pydicom for the benchmark's synthetic radiograph.

@@ -46,6 +46,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+#: The setting that sizes the store (named in what a full store says; the backend's too).
+KV_SETTING = "RADDRAFT_MODEL_KV_CACHE_GIB"
+
 _MIN_CAPACITY = 1024  # tokens per slot at start (a two-image CXRTrek reading is ~3000)
 # A request waits one step for a prefix another request of its batch is about to write when that
 # saves at least this many tokens of prefill.
@@ -230,7 +233,7 @@ class Engine:
         # The store never outgrows this (None: no limit); see _take_slot and _room.
         self.memory_bytes = memory_bytes
         if memory_bytes is not None:
-            slots = min(slots, memory_bytes // (capacity * self._token_bytes))
+            slots = min(slots, self._slots_fitting(capacity))
             if slots < 1:
                 raise ValueError(
                     f"a key/value store of {memory_bytes / 2**30:.2f} GiB cannot hold one "
@@ -273,10 +276,16 @@ class Engine:
             return None
         return int(self.memory_bytes // self._token_bytes)
 
-    def _fits(self, slots: int, capacity: int) -> bool:
-        return (
-            self.memory_bytes is None or slots * capacity * self._token_bytes <= self.memory_bytes
-        )
+    @property
+    def store_bytes(self) -> int:
+        """What the store holds now, allocated: every slot at the current capacity."""
+        return self.slots * self.capacity * self._token_bytes
+
+    def _slots_fitting(self, capacity: int) -> int:
+        """How many slots of ``capacity`` tokens the budget holds (``max_slots`` without one)."""
+        if self.memory_bytes is None:
+            return self.max_slots
+        return int(self.memory_bytes // (capacity * self._token_bytes))
 
     def _allocate(self, slots: int, capacity: int) -> None:
         """Resize the store, keeping what fits. One tensor at a time, so that memory holds the
@@ -301,9 +310,7 @@ class Engine:
         its prefix as long as memory allows). Raises :class:`_NoRoom` when every sequence is
         in use and the store cannot grow."""
         if not self._free:
-            grown = min(2 * self.slots, self.max_slots)
-            if self.memory_bytes is not None:
-                grown = min(grown, self.memory_bytes // (self.capacity * self._token_bytes))
+            grown = min(2 * self.slots, self.max_slots, self._slots_fitting(self.capacity))
             idle = [s for s in self._kept if not s.busy and s is not spare]
             if grown > self.slots:
                 self._free = list(range(self.slots, grown))
@@ -324,11 +331,10 @@ class Engine:
         capacity = self.capacity
         while capacity < needed:
             capacity *= 2
-        if self._fits(self.slots, capacity):
+        if self.memory_bytes is None or self.slots <= self._slots_fitting(capacity):
             self._allocate(self.slots, capacity)
             return True
-        assert self.memory_bytes is not None
-        slots = min(self.slots, self.memory_bytes // (capacity * self._token_bytes))
+        slots = min(self.slots, self._slots_fitting(capacity))
         busy = sum(1 for seq in self._kept if seq.busy)
         if slots < busy:
             return False
@@ -656,14 +662,17 @@ class Engine:
         without room runs one by one, and a prompt the store cannot hold at all fails alone."""
         passes: list[list[_Request]] = []
         for group in _similar(requests):
-            if self._room(max(_start(r) for r in group) + max(_tail(r) for r in group)):
+            # A padded pass writes every row up to the longest start plus the longest tail.
+            if self._room(max(r.reused for r in group) + max(_tail(r) for r in group)):
                 passes.append(group)
                 continue
             for request in group:
                 length = int(request.prompt.ids.shape[0])
                 if self._room(length):
                     passes.append([request])
-                elif (self._running or passes) and length <= (self.max_tokens or length):
+                elif (self._running or passes) and (
+                    self.max_tokens is None or length <= self.max_tokens
+                ):
                     # Sequences in use hold the room it needs: it waits for them to end.
                     self._unadmit(request)
                     self._deferred.append(request)
@@ -692,7 +701,7 @@ class Engine:
         budget = "no limit" if self.memory_bytes is None else f"{self.memory_bytes / 2**30:.2f} GiB"
         return (
             f"the key/value store ({budget}, {self.slots} sequences of {self.capacity} tokens) "
-            "has no room for this conversation; raise RADDRAFT_MODEL_KV_CACHE_GIB or lower "
+            f"has no room for this conversation; raise {KV_SETTING} or lower "
             "RADDRAFT_STUDIES_IN_FLIGHT"
         )
 
@@ -937,11 +946,6 @@ def _common_prefix(a: Any, b: Any, limit: int) -> int:
     overhead made that a tenth of a millisecond each."""
     differ = np.flatnonzero(a.numpy()[:limit] != b.numpy()[:limit])
     return int(differ[0]) if differ.size else limit
-
-
-def _start(request: _Request) -> int:
-    """Where an admitted request's new tokens start in its slot."""
-    return request.reused
 
 
 def _tail(request: _Request) -> int:

@@ -31,7 +31,7 @@ from typing import Any
 from PIL import Image
 
 from models._backend import Conversation, DecodeOptions, Generation, Message, ModelLoadError
-from models._engine import Engine, Prompt, Result, Sampling
+from models._engine import KV_SETTING, Engine, Prompt, Result, Sampling
 from models._images import DEFAULT_MAX_PIXELS, DEFAULT_MIN_PIXELS, pixel_bounds
 from models._parse import clean_output
 
@@ -43,7 +43,6 @@ _VISION = "<|vision_start|><|image_pad|><|vision_end|>"
 # Prepared images whose pixels and vision features are kept: two a study, for many in flight.
 _IMAGE_CACHE_SIZE = 256
 _DEFAULT_KV_GIB = 4.0  # the engine's key/value store off a GPU, unless set
-_KV_SETTING = "RADDRAFT_MODEL_KV_CACHE_GIB"  # named in what a full store says
 
 
 def _digest(image: Image.Image) -> str:
@@ -515,7 +514,7 @@ class TransformersBackend:
         if store is not None and store < limit:
             # Worded as the context is: the worker fails such a conversation once, for good.
             limit = store
-            what = f"the context the key/value store can hold ({store}; {_KV_SETTING})"
+            what = f"the context the key/value store can hold ({store}; {KV_SETTING})"
         room = limit - prompt_tokens
         if room <= 0:
             raise ValueError(f"conversation of {prompt_tokens} tokens exceeds {what}")
