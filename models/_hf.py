@@ -423,6 +423,17 @@ class TransformersBackend:
             entry.features = out.pooler_output[0]
         return entry.features
 
+    def _encode_images(self, encoded: list[_Encoded]) -> None:
+        """Run the vision encoder on the conversations' images (those not encoded before) here,
+        in the reading's own thread, before the engine sees them: in the engine's thread the
+        encoder stalled every study's decoding for each new image (a tenth of its time at eight
+        studies in flight on the tiny model), where here it overlaps the engine's passes."""
+        import torch
+
+        with torch.inference_mode():
+            for entry in {id(e): e for enc in encoded for e in enc.images}.values():
+                self._features(entry)
+
     def _embed_tail(self, encoded: _Encoded, start: int) -> Any:
         """Input embeddings of tokens ``start:`` with image features scattered in."""
         import torch
@@ -462,6 +473,7 @@ class TransformersBackend:
         if not self.prefix_cache:
             with self._stock_lock, torch.inference_mode():
                 return [self._generate_stock(e, options) for e in encoded]
+        self._encode_images(encoded)
         results = self.engine.submit_many([self._prompt(e) for e in encoded], _sampling(options))
         return [self._generation(r, started) for r in results]
 
@@ -469,8 +481,10 @@ class TransformersBackend:
         """The next-token logits (fp32, host) of ``conversation`` through the engine's prefix
         cache, and the prompt tokens reused. ``keep``: keep its keys and values for later
         conversations (else the cache is left as it was). For checks and benchmarks."""
+        encoded = self.encode(conversation)
+        self._encode_images([encoded])
         result = self.engine.submit(
-            self._prompt(self.encode(conversation)),
+            self._prompt(encoded),
             Sampling(max_new_tokens=1),
             keep=keep,
             logits=True,
