@@ -314,7 +314,8 @@ def in_process(args: argparse.Namespace) -> None:
     for k, r in results.items():
         print(
             f"{k} in flight: forward passes {r['forward_s']:.1f} s of {r['wall_s']:.1f} s wall "
-            f"(prefill {r['prefill_s']:.1f} s, decode {r['forward_s'] - r['prefill_s']:.1f} s)"
+            f"(with new prompts {r['prefill_s']:.1f} s, "
+            f"decode only {r['forward_s'] - r['prefill_s']:.1f} s)"
         )
     base = results[levels[0]]["per_hour"]
     cpu_base = results[levels[0]]["cpu_per_study_s"]

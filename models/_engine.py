@@ -15,21 +15,23 @@ passes, the way continuous batching serves them.
   sequence's last prompt (the next turn of the same conversation), otherwise it *forks* it: a new
   slot gets a copy of the common prefix's keys and values (branches of one image prefix, such as
   the single-turn report prompts). Nothing else is ever shared, so two studies never mix.
-* **Steps.** One engine thread runs everything: each step admits the waiting requests and runs
-  their new tokens as padded prefill passes (one for each group of similar length and similar
-  whole prompt), then one
-  decode pass for every sequence that is generating. A sequence that finishes leaves at once;
-  a request that arrives joins at the next step. Each pass synchronises with the host once: the
-  chosen tokens, needed for the stop check.
+* **Steps.** One engine thread runs everything: each step admits the waiting requests, then runs
+  one forward pass of everything at once, packed into one sequence of tokens: one token for
+  every sequence that is generating, then every admitted request's new prompt tokens (an image,
+  a question). Nothing is padded, and a question never takes a pass of its own (see
+  :class:`_Plan`). A sequence that finishes leaves at once; a request that arrives joins at the
+  next step. Each pass synchronises with the host once: the chosen tokens, for the stop check.
 * **Positions.** Qwen2.5-VL's 3D (mrope) positions follow one rule: every segment starts at the
   largest position so far plus one. So a tail's positions are the model's own ``get_rope_index``
   over the tail alone, shifted by the kept prefix's largest position plus one: exactly where a
   full run would put them.
 
-Attention is transformers' own (sdpa or eager) over the slot tensors with an explicit additive 4D
-mask (each row sees its own slot up to its own length; none for decode rows at one offset or a
-new sequence's causal prompt), through a small cache object whose ``update`` writes each row's
-keys and values at its own offset.
+Attention is torch's scaled-dot-product attention through transformers' own sdpa function,
+over the slot tensors: the engine registers an attention implementation of its own, which
+serves a packed pass by its plan (the decoding rows as one batch over their slots, each prompt
+over its own slot, causally) and hands every other call to the implementation the model was
+loaded with, so the model's own ``generate`` runs as before. A small cache object's ``update``
+writes each token's keys and values at its own slot and offset.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ _MIN_CAPACITY = 1024  # tokens per slot at start (a two-image CXRTrek reading is
 # A request waits one step for a prefix another request of its batch is about to write when that
 # saves at least this many tokens of prefill.
 _DEFER_MIN_TOKENS = 16
+# The attention implementation the engine registers: this, then the model's own (sdpa, eager).
+_PACKED_PREFIX = "raddraft-packed+"
 
 
 @dataclass
@@ -133,54 +137,84 @@ class _Row:
     finished: bool = False
 
 
-class _StepCache:
-    """What the attention layers see as their cache for one forward pass: ``update`` writes each
-    row's new keys and values into its slot at its own offset and returns the rows' keys and
-    values up to the longest of them (a view when the rows are consecutive slots).
+@dataclass
+class _Segment:
+    """A run of new prompt tokens in a packed pass: ``count`` tokens from the pass's token
+    ``first``, written into ``slot`` from ``start``."""
 
-    ``start`` set: every row writes at that same offset into consecutive slots (``span``), a
-    plain strided copy with no index tensors (a single stream's decode step is always so)."""
+    first: int
+    count: int
+    slot: int
+    start: int
+    mask: Any = None  # additive (1, 1, count, start + count); None: plain causal (start 0)
 
-    def __init__(
-        self,
-        engine: Engine,
-        slots: Any,
-        write_at: Any,
-        kv_len: int,
-        span: tuple[int, int] | None,
-        start: int | None = None,
-    ) -> None:
+
+@dataclass
+class _Plan:
+    """How the tokens of a packed pass attend, given to attention in place of a mask.
+
+    A packed pass is one sequence of tokens (batch 1): first one token for each decoding row,
+    then each admitted request's new prompt tokens. Everything in a layer but attention works
+    token by token, so only attention needs to know whose token is whose: the decoding rows
+    attend as one batch over their slots (as a decode pass does), each prompt on its own over
+    its slot. Nothing is padded: a question's forty tokens no longer take a pass of their own,
+    nor pad to an image's seven hundred."""
+
+    rows: int  # decoding rows: the pass's first tokens, one each
+    row_slots: Any  # (rows,) device long: their slots
+    row_span: tuple[int, int] | None  # (first slot, rows) when their slots are consecutive
+    row_mask: Any  # additive (rows, 1, 1, row_kv); None when every row sees all of row_kv
+    row_kv: int  # keys the rows read: the longest row's
+    segments: list[_Segment]
+
+    def attend(
+        self, module: Any, query: Any, keys: Any, values: Any, **kwargs: Any
+    ) -> tuple[Any, None]:
+        """Attention output (1, tokens, heads, head_dim) of the pass's queries (1, heads, tokens,
+        head_dim) over ``keys`` and ``values``: one layer's whole store."""
+        import torch
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        kwargs.pop("is_causal", None)
+        parts = []
+        if self.rows:
+            if self.row_span is not None:
+                first, rows = self.row_span
+                k = keys[first : first + rows, :, : self.row_kv]
+                v = values[first : first + rows, :, : self.row_kv]
+            else:
+                k = keys[:, :, : self.row_kv].index_select(0, self.row_slots)
+                v = values[:, :, : self.row_kv].index_select(0, self.row_slots)
+            q = query[0, :, : self.rows].transpose(0, 1).unsqueeze(2)  # (rows, heads, 1, dim)
+            out, _ = sdpa_attention_forward(module, q, k, v, self.row_mask, **kwargs)
+            parts.append(out[:, 0])
+        for seg in self.segments:
+            end = seg.start + seg.count
+            q = query[:, :, seg.first : seg.first + seg.count]
+            k, v = keys[seg.slot : seg.slot + 1, :, :end], values[seg.slot : seg.slot + 1, :, :end]
+            out, _ = sdpa_attention_forward(module, q, k, v, seg.mask, is_causal=True, **kwargs)
+            parts.append(out[0])
+        return torch.cat(parts)[None], None
+
+
+class _PackedCache:
+    """The cache a packed pass's layers see: ``update`` writes each token's keys and values at
+    its own slot and position and hands attention the layer's whole store (the :class:`_Plan`
+    says which part each query reads)."""
+
+    def __init__(self, engine: Engine, slots: Any, positions: Any, kv_len: int) -> None:
         self.engine = engine
-        self.slots = slots  # (rows, 1) device long, or None with ``start``
-        self.write_at = write_at  # (rows, q) device long, or None with ``start``
+        self.slots = slots  # (tokens,) device long
+        self.positions = positions  # (tokens,) device long
         self.kv_len = kv_len
-        self.span = span  # (first slot, rows) when consecutive, else None
-        self.start = start
 
     def update(
         self, key: Any, value: Any, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[Any, Any]:
         keys, values = self.engine.keys[layer_idx], self.engine.values[layer_idx]
-        if self.start is not None and self.span is not None:
-            first, rows = self.span
-            end = self.start + int(key.shape[2])
-            keys[first : first + rows, :, self.start : end] = key
-            values[first : first + rows, :, self.start : end] = value
-        else:
-            keys[self.slots, :, self.write_at] = key.transpose(1, 2).to(keys.dtype)
-            values[self.slots, :, self.write_at] = value.transpose(1, 2).to(values.dtype)
-        if self.span is not None:
-            first, rows = self.span
-            return (
-                keys[first : first + rows, :, : self.kv_len],
-                values[first : first + rows, :, : self.kv_len],
-            )
-        # index_select of the slice copies only the rows' first kv_len positions, one kernel.
-        index = self.slots.flatten()
-        return (
-            keys[:, :, : self.kv_len].index_select(0, index),
-            values[:, :, : self.kv_len].index_select(0, index),
-        )
+        keys[self.slots, :, self.positions] = key[0].transpose(0, 1).to(keys.dtype)
+        values[self.slots, :, self.positions] = value[0].transpose(0, 1).to(values.dtype)
+        return keys, values
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.kv_len
@@ -188,6 +222,40 @@ class _StepCache:
     @property
     def is_compileable(self) -> bool:
         return False
+
+
+def _packed_attention(original: Callable[..., Any]) -> Callable[..., Any]:
+    """An attention function for transformers' registry: a packed pass's :class:`_Plan` is
+    served by the plan, any other call (the model's own ``generate``, a decode pass with its
+    mask) by ``original``, the implementation the model was loaded with."""
+
+    def attention(
+        module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any
+    ) -> tuple[Any, Any]:
+        if isinstance(attention_mask, _Plan):
+            return attention_mask.attend(module, query, key, value, **kwargs)
+        output: tuple[Any, Any] = original(module, query, key, value, attention_mask, **kwargs)
+        return output
+
+    return attention
+
+
+def _use_packed_attention(text_config: Any) -> None:
+    """Route the language model's attention through :func:`_packed_attention`, registered
+    under a name of its own for the implementation the model has (its masks stay that
+    implementation's), so that everything but a packed pass runs exactly as before."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward
+
+    original = text_config._attn_implementation or "eager"
+    if original.startswith(_PACKED_PREFIX):
+        return
+    name = _PACKED_PREFIX + original
+    own = ALL_ATTENTION_FUNCTIONS.get_interface(original, eager_attention_forward)
+    AttentionInterface.register(name, _packed_attention(own))
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
+    text_config._attn_implementation = name
 
 
 class Engine:
@@ -208,9 +276,10 @@ class Engine:
 
         self._torch = torch
         self.model = model
-        # The two modules every pass calls, looked up once (transformers' accessors and
+        # The modules every pass calls, looked up once (transformers' accessors and
         # configuration attributes cost tens of microseconds a call, paid every token).
         self._language = model.model.language_model
+        self._embed = self._language.embed_tokens
         self._lm_head = model.lm_head
         self.eos_ids = set(eos_ids)
         self.pad_id = pad_id
@@ -220,9 +289,7 @@ class Engine:
         self.layers = int(text.num_hidden_layers)
         self.kv_heads = int(text.num_key_value_heads)
         self._layer_types = set(getattr(text, "layer_types", None) or ["full_attention"])
-        # Both add the mask to the scores: sdpa's -inf is what it makes of a boolean mask itself,
-        # eager attention's is the dtype's lowest value, as transformers' own masks are.
-        self._sdpa = getattr(text, "_attn_implementation", "eager") == "sdpa"
+        _use_packed_attention(text)
         self.head_dim = int(
             getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         )
@@ -260,7 +327,9 @@ class Engine:
         # (including the wait for their tokens) and the number of passes. Read by benchmarks.
         self.forward_seconds = 0.0
         self.forward_passes = 0
-        self.prefill_seconds = 0.0  # the part of forward_seconds spent in prefill passes
+        # The part of forward_seconds spent in passes carrying new prompt tokens (with the
+        # decoding rows of that step), and their number.
+        self.prefill_seconds = 0.0
         self.prefill_passes = 0
         self.rows_decoded = 0
         self.most_rows = 0  # the most sequences one forward pass has served
@@ -476,10 +545,7 @@ class Engine:
                 try:
                     self._step += 1
                     self._drop_forgotten()
-                    if admitted:
-                        self._prefill(admitted)
-                    if self._running:
-                        self._decode()
+                    self._pass(self._admit_all(admitted) if admitted else [])
                 except BaseException as error:  # every request in flight learns of it
                     log.exception("engine step failed")
                     failed = [row.request for row in self._running] + admitted + self._deferred
@@ -557,60 +623,6 @@ class Engine:
         request.admitted = time.perf_counter()
 
     # ------------------------------------------------------------------ passes
-    def _forward(
-        self, inputs: Any, positions: Any, slots: list[int], starts: list[int], lengths: list[int]
-    ) -> Any:
-        """One forward pass of ``rows`` sequences, each writing its new tokens at its start;
-        returns the logits (rows, vocab) at each row's last real token. ``inputs``: embeddings
-        (rows, q, hidden), images in; or token ids (rows, q), which the model embeds itself."""
-        torch = self._torch
-        rows, q = int(inputs.shape[0]), int(inputs.shape[1])
-        self.most_rows = max(self.most_rows, rows)
-        kv_len = max(starts) + q
-        assert kv_len <= self.capacity  # made room for by the caller (_room)
-        device = self.device
-        consecutive = slots == list(range(slots[0], slots[0] + rows))
-        span = (slots[0], rows) if consecutive else None
-        mask: Any = None
-        last: Any = None  # each row's last real token, when a pass is padded
-        fresh = rows == 1 and starts[0] == 0 and self._sdpa  # eager needs its causal mask
-        if consecutive and len(set(starts)) == 1 and (q == 1 or fresh):
-            # Decode rows that all sit at one offset see every key their slots hold, and a new
-            # sequence's prompt is plainly causal: no mask (sdpa takes its causal or fast
-            # kernels, as transformers' own first pass does) and no index tensors.
-            cache = _StepCache(self, None, None, kv_len, span, start=starts[0])
-        else:
-            # One small host-to-device copy a pass: slots, starts and last-token indices.
-            table = torch.tensor([slots, starts, [n - 1 for n in lengths]]).to(device)
-            write_at = table[1][:, None] + torch.arange(q, device=device)[None, :]
-            # Row r's query i sees its slot's keys up to its own position start_r + i. Built
-            # additive, once: given a boolean mask, sdpa converts it in every layer.
-            hidden = (
-                torch.arange(kv_len, device=device)[None, None, None, :]
-                > write_at[:, None, :, None]
-            )
-            floor = float("-inf") if self._sdpa else torch.finfo(self.dtype).min
-            mask = torch.zeros(hidden.shape, dtype=self.dtype, device=device).masked_fill_(
-                hidden, floor
-            )
-            cache = _StepCache(self, table[0][:, None], write_at, kv_len, span)
-            last = table[2]
-        # The language model itself: embeddings (image features in) and 3D positions are ready;
-        # the masks given per layer type, so that transformers builds none of its own.
-        given = "input_ids" if inputs.dtype == torch.long else "inputs_embeds"
-        out = self._language(
-            **{given: inputs},
-            position_ids=positions,
-            attention_mask=dict.fromkeys(self._layer_types, mask),
-            cache=cache,
-            use_cache=True,
-        )
-        if last is None:  # no padding: every row's last token is the pass's last
-            hidden = out.last_hidden_state[:, -1]
-        else:
-            hidden = out.last_hidden_state[torch.arange(rows, device=device), last]
-        return self._lm_head(hidden).float()
-
     def _defer(self, requests: list[_Request]) -> list[_Request]:
         """The requests to admit now; the others wait one step for an earlier request of this
         batch to write the prefix they share with it (branches of one image prefix), so that
@@ -630,10 +642,9 @@ class Engine:
             pending.append(_Sequence(-1, prompt.ids, torch.zeros(0), images))
         return now
 
-    def _prefill(self, requests: list[_Request]) -> None:
-        """Admit ``requests`` and run their new tokens: one padded pass for each group of
-        similar length (an image's hundreds of tokens are not padded onto a question's few).
-        A request the store has no room for waits for sequences in use to end."""
+    def _admit_all(self, requests: list[_Request]) -> list[_Request]:
+        """Admit ``requests``, each with room in the store for its prompt. A request the store
+        has no room for now waits for sequences in use to end; one it could never hold fails."""
         admitted: list[_Request] = []
         for request in self._defer(requests):
             try:
@@ -646,40 +657,19 @@ class Engine:
                     self._deferred.append(request)
                     self.waits += 1
                 continue
-            admitted.append(request)
-        for group in self._grouped(admitted):
-            started = time.perf_counter()
-            tails = self._tails(group)
-            embeds, pos = self._padded([t[0] for t in tails], [t[1] for t in tails])
-            slots = [r.parent.slot for r in group]  # type: ignore[union-attr]
-            starts = [t[2] for t in tails]
-            logits = self._forward(embeds, pos, slots, starts, [len(t[0]) for t in tails])
-            self._account(started, prefill=True)
-            self._prefilled(group, [t[1] for t in tails], logits)
-
-    def _grouped(self, requests: list[_Request]) -> list[list[_Request]]:
-        """The passes of ``requests`` (:func:`_similar`), each with room in the store; a group
-        without room runs one by one, and a prompt the store cannot hold at all fails alone."""
-        passes: list[list[_Request]] = []
-        for group in _similar(requests):
-            # A padded pass writes every row up to the longest start plus the longest tail.
-            if self._room(max(r.reused for r in group) + max(_tail(r) for r in group)):
-                passes.append(group)
-                continue
-            for request in group:
-                length = int(request.prompt.ids.shape[0])
-                if self._room(length):
-                    passes.append([request])
-                elif (self._running or passes) and (
-                    self.max_tokens is None or length <= self.max_tokens
-                ):
-                    # Sequences in use hold the room it needs: it waits for them to end.
-                    self._unadmit(request)
-                    self._deferred.append(request)
-                    self.waits += 1
-                else:
-                    self._fail(request, MemoryError(self._full_message()))
-        return passes
+            length = int(request.prompt.ids.shape[0])
+            if self._room(length):
+                admitted.append(request)
+            elif (self._running or admitted) and (
+                self.max_tokens is None or length <= self.max_tokens
+            ):
+                # Sequences in use hold the room it needs: it waits for them to end.
+                self._unadmit(request)
+                self._deferred.append(request)
+                self.waits += 1
+            else:
+                self._fail(request, MemoryError(self._full_message()))
+        return admitted
 
     def _unadmit(self, request: _Request) -> None:
         """Undo :meth:`_admit`: the request waits; its sequence stays, idle, for reuse."""
@@ -722,20 +712,6 @@ class Engine:
                 )
             )
         return tails
-
-    def _padded(self, embeds: list[Any], positions: list[Any]) -> tuple[Any, Any]:
-        """Rows of different lengths as one right-padded batch (padding: harmless positions,
-        never attended; each row's logits are read at its own last token)."""
-        torch = self._torch
-        width, hidden = max(int(e.shape[0]) for e in embeds), int(embeds[0].shape[1])
-        batch = torch.zeros(len(embeds), width, hidden, dtype=self.dtype, device=self.device)
-        pos = torch.zeros(3, len(embeds), width, dtype=torch.long, device=self.device)
-        for row, (e, p) in enumerate(zip(embeds, positions, strict=True)):
-            n = int(e.shape[0])
-            batch[row, :n] = e.to(self.dtype)
-            pos[:, row, :n] = p
-            pos[:, row, n:] = p[:, -1:] + 1
-        return batch, pos
 
     def _prefilled(self, requests: list[_Request], positions: list[Any], logits: Any) -> None:
         """After a pass that ran the requests' tails: their sequences hold the new tokens, their
@@ -782,12 +758,73 @@ class Engine:
         self._running.extend(r for r in rows if not r.finished)
         self._finish_if_done(request)
 
-    def _decode(self) -> None:
-        """One decode step for every running row. A row's fed tokens join its sequence's ids
-        when it finishes (keys and values are written at once; only the ids wait)."""
+    def _pass(self, joining: list[_Request]) -> None:
+        """One forward pass of everything: the next token of every decoding row and the new
+        prompt tokens of the ``joining`` requests, packed into one sequence (see :class:`_Plan`).
+        A row's fed tokens join its sequence's ids when it finishes (keys and values are
+        written at once; only the ids wait)."""
         torch = self._torch
         started = time.perf_counter()
+        rows = self._ready_rows()
+        if not rows and not joining:
+            return
+        tails = self._tails(joining)
+        n = len(rows)
+        fed = [len(r.tokens) - 1 for r in rows]  # tokens already fed before this one
+        starts = [int(r.seq.ids.shape[0]) + k for r, k in zip(rows, fed, strict=True)]
+        # The pass's layout, copied to the device at once: each token's slot and offset in it,
+        # and each row's token and its position (decoding rows first, then each prompt's tail).
+        slots, at = [r.seq.slot for r in rows], list(starts)
+        segments = []
+        for request, (embeds, _, start) in zip(joining, tails, strict=True):
+            assert request.parent is not None
+            count = int(embeds.shape[0])
+            mask = self._causal_mask(count, start) if start else None
+            segments.append(_Segment(len(slots), count, request.parent.slot, start, mask))
+            slots += [request.parent.slot] * count
+            at += range(start, start + count)
+        fill = [0] * (len(slots) - n)
+        tokens = [r.tokens[-1] for r in rows] + fill
+        positions = [r.next_position + k for r, k in zip(rows, fed, strict=True)] + fill
+        layout = torch.tensor([slots, at, tokens, positions]).to(self.device)
+        embeds = [tail[0].to(self.dtype) for tail in tails]
+        places = [tail[1] for tail in tails]
+        if rows:
+            embeds.insert(0, self._embed(layout[2, :n]).to(self.dtype))
+            places.insert(0, layout[3, :n].view(1, -1).expand(3, -1))
+        plan = _Plan(
+            rows=n,
+            row_slots=layout[0, :n],
+            row_span=(slots[0], n) if rows and slots[n - 1] - slots[0] == n - 1 else None,
+            row_mask=self._row_mask(starts),
+            row_kv=max(starts, default=0) + 1,
+            segments=segments,
+        )
+        self.most_rows = max(self.most_rows, n + len(segments))
+        out = self._language(
+            inputs_embeds=torch.cat(embeds)[None],
+            position_ids=torch.cat(places, dim=1)[:, None],
+            attention_mask=dict.fromkeys(self._layer_types, plan),
+            cache=_PackedCache(self, layout[0], layout[1], max(at) + 1),
+            use_cache=True,
+        )
+        hidden = out.last_hidden_state[0]
+        if segments:  # each row's one token, and each prompt's last
+            last = [*range(n), *(seg.first + seg.count - 1 for seg in segments)]
+            hidden = hidden[torch.tensor(last, device=self.device)]
+        logits = self._lm_head(hidden).float()
+        if rows:
+            self._decoded(rows, self._choose_rows(logits[:n], rows))
+        self._account(started, prefill=bool(joining))
+        if joining:
+            self._prefilled(joining, [tail[1] for tail in tails], logits[n:])
+
+    def _ready_rows(self) -> list[_Row]:
+        """The decoding rows, sorted by slot, each slot with room for the row's next token,
+        their sequences in slots 0 .. rows - 1 (:meth:`_compact`)."""
         rows = self._running
+        if not rows:
+            return []
         # Each row writes its next token at position _filled: every slot must reach one past it.
         while not self._room(max(_filled(r.seq, r) for r in rows) + 1):
             # The store can hold no longer slots for these sequences: the longest answer among
@@ -796,21 +833,33 @@ class Engine:
             self._cut(max(over, key=lambda r: len(r.tokens)))
             rows = self._running
             if not rows:
-                return
+                return []
         self._compact(rows)
-        rows = sorted(rows, key=lambda r: r.seq.slot)
-        fed = [len(r.tokens) - 1 for r in rows]  # tokens already fed before this one
-        # Each row's last token and its position, in one host-to-device copy.
-        step = torch.tensor(
-            [[r.tokens[-1], r.next_position + k] for r, k in zip(rows, fed, strict=True)]
-        ).to(self.device)
-        pos = step[:, 1].view(1, -1, 1).expand(3, -1, 1)
-        slots = [r.seq.slot for r in rows]
-        starts = [int(r.seq.ids.shape[0]) + k for r, k in zip(rows, fed, strict=True)]
-        logits = self._forward(step[:, :1], pos, slots, starts, [1] * len(rows))
-        chosen = self._choose_rows(logits, rows)
+        return sorted(rows, key=lambda r: r.seq.slot)
+
+    def _row_mask(self, starts: list[int]) -> Any:
+        """Decoding rows' additive mask (rows, 1, 1, keys): row r sees its slot's keys up to its
+        own offset. None when every row sits at one offset and so sees every key."""
+        if len(set(starts)) <= 1:
+            return None
+        torch = self._torch
+        offsets = torch.tensor(starts, device=self.device)
+        hidden = torch.arange(max(starts) + 1, device=self.device)[None, :] > offsets[:, None]
+        mask = torch.zeros(hidden.shape, dtype=self.dtype, device=self.device)
+        return mask.masked_fill_(hidden, float("-inf"))[:, None, None, :]
+
+    def _causal_mask(self, count: int, start: int) -> Any:
+        """A prompt tail's additive mask (1, 1, count, start + count): its token i sees the
+        slot's keys up to its own offset start + i."""
+        torch = self._torch
+        keys = torch.arange(start + count, device=self.device)
+        hidden = keys[None, :] > (torch.arange(count, device=self.device) + start)[:, None]
+        mask = torch.zeros(hidden.shape, dtype=self.dtype, device=self.device)
+        return mask.masked_fill_(hidden, float("-inf"))[None, None]
+
+    def _decoded(self, rows: list[_Row], chosen: list[int]) -> None:
+        """Each row's chosen token appended; finished rows leave, finished requests end."""
         self.rows_decoded += len(rows)
-        self._account(started)
         finished: list[_Request] = []
         for r, token in zip(rows, chosen, strict=True):
             self._append(r, token)
@@ -946,27 +995,3 @@ def _common_prefix(a: Any, b: Any, limit: int) -> int:
     overhead made that a tenth of a millisecond each."""
     differ = np.flatnonzero(a.numpy()[:limit] != b.numpy()[:limit])
     return int(differ[0]) if differ.size else limit
-
-
-def _tail(request: _Request) -> int:
-    """How many new tokens an admitted request runs."""
-    return int(request.prompt.ids.shape[0]) - request.reused
-
-
-def _similar(requests: list[_Request]) -> list[list[_Request]]:
-    """Requests grouped so that a padded pass costs little more than their own passes would:
-    what they run within twice each other's length (padding), and their whole prompts within
-    1.5 times (every row of a pass attends over the longest row's keys: a new study's first
-    turn padded beside another's long conversation paid for all of its keys)."""
-    groups: list[list[_Request]] = []
-    for request in sorted(requests, key=lambda r: int(r.prompt.ids.shape[0])):
-        if groups:
-            group = groups[-1]
-            tails = [_tail(r) for r in (*group, request)]
-            if max(tails) <= max(2 * min(tails), _DEFER_MIN_TOKENS) and 2 * int(
-                request.prompt.ids.shape[0]
-            ) <= 3 * int(group[0].prompt.ids.shape[0]):
-                group.append(request)
-                continue
-        groups.append([request])
-    return groups

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -293,15 +294,15 @@ def test_a_failed_step_reaches_its_callers_and_the_engine_serves_on(
     expected = backend.generate(conversation, options).token_ids
     backend.reset_cache()
     engine = backend.engine
-    real = engine._forward
+    real = engine._language
 
     def broken(*args: object, **kwargs: object) -> object:
         raise RuntimeError("device lost")
 
-    monkeypatch.setattr(engine, "_forward", broken)
+    monkeypatch.setattr(engine, "_language", broken)
     with pytest.raises(RuntimeError, match="device lost"):
         backend.generate(conversation, options)
-    monkeypatch.setattr(engine, "_forward", real)
+    monkeypatch.setattr(engine, "_language", real)
     assert backend.generate(conversation, options).token_ids == expected
 
 
@@ -352,17 +353,60 @@ def test_forgetting_a_sequence_in_use_leaves_it_to_finish(
     expected = backend.generate(conversation, options).token_ids
     backend.reset_cache()
     engine = backend.engine
-    real = engine._decode
+    real = engine._pass
     steps = []
 
-    def decode() -> None:
-        if not steps:  # the engine thread, mid-answer: the sequence is busy
-            assert all(seq.busy for seq in engine._kept)
-            backend.release([image])
-        steps.append(1)
-        real()
+    def step(joining: list[object]) -> None:
+        if engine._running:  # the engine thread, mid-answer: the sequence is busy
+            if not steps:
+                assert all(seq.busy for seq in engine._kept)
+                backend.release([image])
+            steps.append(1)
+        real(joining)
 
-    monkeypatch.setattr(engine, "_decode", decode)
+    monkeypatch.setattr(engine, "_pass", step)
     assert backend.generate(conversation, options).token_ids == expected
     assert len(steps) >= 3  # the release was handled at a later step, mid-answer
     assert holding(engine, backend._digest(image)) == 1
+
+
+def test_one_pass_serves_a_decoding_answer_a_new_image_and_a_forked_question(
+    backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While one answer decodes, a new study's first turn (its tail starts at offset 0) and a
+    question forking a kept conversation's image prefix (its tail starts past that prefix)
+    arrive together: the three share one packed pass, and every answer is token for token the
+    one stock ``generate`` gives each alone (fp32)."""
+    options = DecodeOptions(max_new_tokens=12)
+    decoding, fresh = one_image_question(1), one_image_question(2)
+    kept = one_image_question(3)
+    forked = Conversation("s", (Message("user", "Impression?", kept.images),))
+    backend.prefix_cache = False
+    expected = [backend.generate(c, options).token_ids for c in (decoding, fresh, forked)]
+    assert len(expected[0][0]) > 4  # long enough to decode while the others arrive
+    backend.prefix_cache = True
+    backend.reset_cache()
+    backend.generate(kept, DecodeOptions(max_new_tokens=1))
+    engine = backend.engine
+    real = engine._language
+    plans: list[tuple[int, list[int]]] = []
+
+    def language(**kwargs: Any) -> Any:
+        plan = next(iter(kwargs["attention_mask"].values()))
+        plans.append((plan.rows, [segment.start for segment in plan.segments]))
+        if plan.rows and not plan.segments:
+            time.sleep(0.02)  # a slow decode step: the others arrive while it decodes
+        return real(**kwargs)
+
+    monkeypatch.setattr(engine, "_language", language)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        first = pool.submit(backend.generate, decoding, options)
+        deadline = time.monotonic() + 30
+        while not engine._running and time.monotonic() < deadline:
+            time.sleep(0.001)
+        together = backend.generate_batch([fresh, forked], options)
+        answers = [first.result().token_ids, *(g.token_ids for g in together)]
+    assert answers == expected
+    shared = [starts for rows, starts in plans if rows == 1 and len(starts) == 2]
+    assert shared, plans
+    assert sorted(shared[0])[0] == 0 and sorted(shared[0])[1] > 0
