@@ -172,7 +172,6 @@ class _Plan:
     ) -> tuple[Any, None]:
         """Attention output (1, tokens, heads, head_dim) of the pass's queries (1, heads, tokens,
         head_dim) over ``keys`` and ``values``: one layer's whole store."""
-        import torch
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
         kwargs.pop("is_causal", None)
@@ -194,6 +193,10 @@ class _Plan:
             k, v = keys[seg.slot : seg.slot + 1, :, :end], values[seg.slot : seg.slot + 1, :, :end]
             out, _ = sdpa_attention_forward(module, q, k, v, seg.mask, is_causal=True, **kwargs)
             parts.append(out[0])
+        if len(parts) == 1:
+            return parts[0][None], None
+        import torch
+
         return torch.cat(parts)[None], None
 
 
@@ -202,18 +205,33 @@ class _PackedCache:
     its own slot and position and hands attention the layer's whole store (the :class:`_Plan`
     says which part each query reads)."""
 
-    def __init__(self, engine: Engine, slots: Any, positions: Any, kv_len: int) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        slots: Any,
+        positions: Any,
+        kv_len: int,
+        block: tuple[int, int, int] | None = None,
+    ) -> None:
         self.engine = engine
         self.slots = slots  # (tokens,) device long
         self.positions = positions  # (tokens,) device long
         self.kv_len = kv_len
+        # (first slot, rows, offset): decoding rows only, in consecutive slots at one offset
+        # (every single-stream step), written by a plain strided copy, not by index.
+        self.block = block
 
     def update(
         self, key: Any, value: Any, layer_idx: int, *args: Any, **kwargs: Any
     ) -> tuple[Any, Any]:
         keys, values = self.engine.keys[layer_idx], self.engine.values[layer_idx]
-        keys[self.slots, :, self.positions] = key[0].transpose(0, 1).to(keys.dtype)
-        values[self.slots, :, self.positions] = value[0].transpose(0, 1).to(values.dtype)
+        if self.block is not None:
+            first, rows, offset = self.block
+            keys[first : first + rows, :, offset] = key[0].transpose(0, 1)
+            values[first : first + rows, :, offset] = value[0].transpose(0, 1)
+        else:
+            keys[self.slots, :, self.positions] = key[0].transpose(0, 1).to(keys.dtype)
+            values[self.slots, :, self.positions] = value[0].transpose(0, 1).to(values.dtype)
         return keys, values
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -801,11 +819,18 @@ class Engine:
             segments=segments,
         )
         self.most_rows = max(self.most_rows, n + len(segments))
+        one_block = plan.row_span is not None and plan.row_mask is None and not segments
         out = self._language(
-            inputs_embeds=torch.cat(embeds)[None],
-            position_ids=torch.cat(places, dim=1)[:, None],
+            inputs_embeds=(embeds[0] if len(embeds) == 1 else torch.cat(embeds))[None],
+            position_ids=(places[0] if len(places) == 1 else torch.cat(places, dim=1))[:, None],
             attention_mask=dict.fromkeys(self._layer_types, plan),
-            cache=_PackedCache(self, layout[0], layout[1], max(at) + 1),
+            cache=_PackedCache(
+                self,
+                layout[0],
+                layout[1],
+                max(at) + 1,
+                block=(slots[0], n, starts[0]) if one_block else None,
+            ),
             use_cache=True,
         )
         hidden = out.last_hidden_state[0]
