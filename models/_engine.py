@@ -440,26 +440,34 @@ class Engine:
         self._free.append(seq.slot)
 
     def _compact(self, rows: list[_Row]) -> None:
-        """Move the rows' sequences into slots 0 .. ``len(rows) - 1``, swapping out whatever idle
-        prefix sits there, so that a decode pass reads its rows' caches as one view. A sequence
-        moves once when it joins the pass; gathering the rows' caches instead copied every one
-        of them at every token (on a GPU with 64 studies in flight, by arithmetic, as many bytes
-        a step as the weights)."""
-        end = len(rows)
-        if all(row.seq.slot < end for row in rows):  # every step but those where rows change
+        """Move the rows' sequences into consecutive slots, swapping out whatever idle prefix
+        sits there, so that a pass reads its rows' caches as one view. A sequence moves once
+        when it joins the decoding rows; gathering the rows' caches instead copied every one of
+        them at every token (on a GPU with 64 studies in flight, by arithmetic, as many bytes a
+        step as the weights). The window is the one already holding most of the rows, and of
+        those the one with fewest other sequences to swap out."""
+        n = len(rows)
+        taken = sorted(row.seq.slot for row in rows)
+        if taken[-1] - taken[0] == n - 1:  # every step but those where rows change
             return
-        self._place([(row.seq, _filled(row.seq, row)) for row in rows])
+        # Per slot: +1 a row's, -1 another sequence's (a swap), 0 free; summed over each window.
+        weight = np.zeros(self.slots + 1)
+        weight[[seq.slot + 1 for seq in self._kept]] = -1
+        weight[[slot + 1 for slot in taken]] = self.slots + 1  # a row outweighs every swap
+        sums = np.cumsum(weight)
+        first = int(np.argmax(sums[n:] - sums[:-n]))
+        self._place([(row.seq, _filled(row.seq, row)) for row in rows], first)
 
-    def _place(self, placed: list[tuple[_Sequence, int]]) -> None:
+    def _place(self, placed: list[tuple[_Sequence, int]], first: int = 0) -> None:
         """Move these sequences (each with how many of its slot's positions hold data) into
-        slots 0 .. ``len(placed) - 1``, swapping out whatever other sequence sits there."""
-        end = len(placed)
-        holes = sorted(set(range(end)) - {seq.slot for seq, _ in placed})
-        if not holes:
-            return
+        slots ``first`` .. ``first + len(placed) - 1``, swapping out whatever other sequence
+        sits there: into free slots first, then over the shortest others (a move copies both)."""
+        window = range(first, first + len(placed))
         occupant = {s.slot: s for s in self._kept}
+        holes = [slot for slot in window if slot not in {seq.slot for seq, _ in placed}]
+        holes.sort(key=lambda slot: int(occupant[slot].ids.shape[0]) if slot in occupant else -1)
         for seq, length in placed:
-            if seq.slot < end:
+            if seq.slot in window:
                 continue
             hole, here = holes.pop(0), seq.slot
             other = occupant.pop(hole, None)
