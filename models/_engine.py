@@ -337,6 +337,7 @@ class Engine:
         # the engine thread drops them at its next step, since it alone touches the store.
         self._forgotten: queue.SimpleQueue[frozenset[str]] = queue.SimpleQueue()
         self._running: list[_Row] = []
+        self._arange: Any = None  # see _positions
         self._deferred: list[_Request] = []
         self._step = 0
         self._thread: threading.Thread | None = None
@@ -822,7 +823,7 @@ class Engine:
             rows=n,
             row_slots=layout[0, :n],
             row_span=(slots[0], n) if rows and slots[n - 1] - slots[0] == n - 1 else None,
-            row_mask=self._row_mask(starts),
+            row_mask=self._row_mask(starts, layout[1, :n]),
             row_kv=max(starts, default=0) + 1,
             segments=segments,
         )
@@ -870,25 +871,33 @@ class Engine:
         self._compact(rows)
         return sorted(rows, key=lambda r: r.seq.slot)
 
-    def _row_mask(self, starts: list[int]) -> Any:
+    def _row_mask(self, starts: list[int], offsets: Any) -> Any:
         """Decoding rows' additive mask (rows, 1, 1, keys): row r sees its slot's keys up to its
-        own offset. None when every row sits at one offset and so sees every key."""
+        own offset (``offsets``: the device copy of ``starts``). None when every row sits at one
+        offset and so sees every key."""
         if len(set(starts)) <= 1:
             return None
-        torch = self._torch
-        offsets = torch.tensor(starts, device=self.device)
-        hidden = torch.arange(max(starts) + 1, device=self.device)[None, :] > offsets[:, None]
-        mask = torch.zeros(hidden.shape, dtype=self.dtype, device=self.device)
-        return mask.masked_fill_(hidden, float("-inf"))[:, None, None, :]
+        hidden = self._positions(max(starts) + 1)[None, :] > offsets[:, None]
+        return self._additive(hidden)[:, None, None, :]
 
     def _causal_mask(self, count: int, start: int) -> Any:
         """A prompt tail's additive mask (1, 1, count, start + count): its token i sees the
         slot's keys up to its own offset start + i."""
-        torch = self._torch
-        keys = torch.arange(start + count, device=self.device)
-        hidden = keys[None, :] > (torch.arange(count, device=self.device) + start)[:, None]
-        mask = torch.zeros(hidden.shape, dtype=self.dtype, device=self.device)
-        return mask.masked_fill_(hidden, float("-inf"))[None, None]
+        keys = self._positions(start + count)
+        hidden = keys[None, :] > keys[start:, None]
+        return self._additive(hidden)[None, None]
+
+    def _positions(self, length: int) -> Any:
+        """0 .. length - 1 on the device (kept: a mask is built in most passes)."""
+        if self._arange is None or int(self._arange.shape[0]) < length:
+            self._arange = self._torch.arange(max(length, self.capacity), device=self.device)
+        return self._arange[:length]
+
+    def _additive(self, hidden: Any) -> Any:
+        """0 where attended, -inf where ``hidden``, built once a pass: given a boolean mask,
+        sdpa converts it in every layer."""
+        mask = self._torch.zeros(hidden.shape, dtype=self.dtype, device=self.device)
+        return mask.masked_fill_(hidden, float("-inf"))
 
     def _decoded(self, rows: list[_Row], chosen: list[int]) -> None:
         """Each row's chosen token appended; finished rows leave, finished requests end."""
