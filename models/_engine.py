@@ -20,17 +20,18 @@ passes, the way continuous batching serves them.
   every sequence that is generating, then every admitted request's new prompt tokens (an image,
   a question). Nothing is padded, and a question never takes a pass of its own (see
   :class:`_Plan`). A sequence that finishes leaves at once; a request that arrives joins at the
-  next step. Each pass synchronises with the host once: the chosen tokens, for the stop check.
+  next step. A pass synchronises with the host for the chosen tokens (the stop check); one
+  with new prompts also reads their first tokens and largest positions.
 * **Positions.** Qwen2.5-VL's 3D (mrope) positions follow one rule: every segment starts at the
   largest position so far plus one. So a tail's positions are the model's own ``get_rope_index``
   over the tail alone, shifted by the kept prefix's largest position plus one: exactly where a
   full run would put them.
 
-Attention is torch's scaled-dot-product attention through transformers' own sdpa function,
-over the slot tensors: the engine registers an attention implementation of its own, which
-serves a packed pass by its plan (the decoding rows as one batch over their slots, each prompt
-over its own slot, causally) and hands every other call to the implementation the model was
-loaded with, so the model's own ``generate`` runs as before. A small cache object's ``update``
+Attention is transformers' own function (sdpa, or eager for a model loaded so) over the slot
+tensors: the engine registers an attention implementation of its own, which serves a packed
+pass by its plan (the decoding rows as one batch over their slots, each prompt over its own
+slot, causally) and hands every other call to the implementation the model was loaded with, so
+the model's own ``generate`` runs as before. A small cache object's ``update``
 writes each token's keys and values at its own slot and offset.
 """
 
@@ -57,6 +58,8 @@ _MIN_CAPACITY = 1024  # tokens per slot at start (a two-image CXRTrek reading is
 _DEFER_MIN_TOKENS = 16
 # The attention implementation the engine registers: this, then the model's own (sdpa, eager).
 _PACKED_PREFIX = "raddraft-packed+"
+# The rows of a packed pass's layout tensor (see Engine._pass).
+_SLOT, _OFFSET, _TOKEN, _POSITION, _LAST = range(5)
 
 
 @dataclass
@@ -156,42 +159,41 @@ class _Plan:
     A packed pass is one sequence of tokens (batch 1): first one token for each decoding row,
     then each admitted request's new prompt tokens. Everything in a layer but attention works
     token by token, so only attention needs to know whose token is whose: the decoding rows
-    attend as one batch over their slots (as a decode pass does), each prompt on its own over
-    its slot. Nothing is padded: a question's forty tokens no longer take a pass of their own,
-    nor pad to an image's seven hundred."""
+    attend as one batch over their slots (consecutive: :meth:`Engine._compact`), each prompt on
+    its own over its slot. Nothing is padded: a question's forty tokens no longer take a pass of
+    their own, nor pad to an image's seven hundred."""
 
     rows: int  # decoding rows: the pass's first tokens, one each
-    row_slots: Any  # (rows,) device long: their slots
-    row_span: tuple[int, int] | None  # (first slot, rows) when their slots are consecutive
+    row_first: int  # the first of their consecutive slots
     row_mask: Any  # additive (rows, 1, 1, row_kv); None when every row sees all of row_kv
     row_kv: int  # keys the rows read: the longest row's
     segments: list[_Segment]
 
     def attend(
-        self, module: Any, query: Any, keys: Any, values: Any, **kwargs: Any
+        self,
+        attention: Callable[..., Any],
+        module: Any,
+        query: Any,
+        keys: Any,
+        values: Any,
+        **kwargs: Any,
     ) -> tuple[Any, None]:
         """Attention output (1, tokens, heads, head_dim) of the pass's queries (1, heads, tokens,
-        head_dim) over ``keys`` and ``values``: one layer's whole store."""
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
+        head_dim) over ``keys`` and ``values`` (one layer's whole store), each part by
+        ``attention`` (transformers' sdpa or eager function)."""
         kwargs.pop("is_causal", None)
         parts = []
         if self.rows:
-            if self.row_span is not None:
-                first, rows = self.row_span
-                k = keys[first : first + rows, :, : self.row_kv]
-                v = values[first : first + rows, :, : self.row_kv]
-            else:
-                k = keys[:, :, : self.row_kv].index_select(0, self.row_slots)
-                v = values[:, :, : self.row_kv].index_select(0, self.row_slots)
+            span = slice(self.row_first, self.row_first + self.rows)
+            k, v = keys[span, :, : self.row_kv], values[span, :, : self.row_kv]
             q = query[0, :, : self.rows].transpose(0, 1).unsqueeze(2)  # (rows, heads, 1, dim)
-            out, _ = sdpa_attention_forward(module, q, k, v, self.row_mask, **kwargs)
+            out, _ = attention(module, q, k, v, self.row_mask, **kwargs)
             parts.append(out[:, 0])
         for seg in self.segments:
             end = seg.start + seg.count
             q = query[:, :, seg.first : seg.first + seg.count]
             k, v = keys[seg.slot : seg.slot + 1, :, :end], values[seg.slot : seg.slot + 1, :, :end]
-            out, _ = sdpa_attention_forward(module, q, k, v, seg.mask, is_causal=True, **kwargs)
+            out, _ = attention(module, q, k, v, seg.mask, is_causal=True, **kwargs)
             parts.append(out[0])
         if len(parts) == 1:
             return parts[0][None], None
@@ -202,20 +204,20 @@ class _Plan:
 
 class _PackedCache:
     """The cache a packed pass's layers see: ``update`` writes each token's keys and values at
-    its own slot and position and hands attention the layer's whole store (the :class:`_Plan`
+    its own slot and offset and hands attention the layer's whole store (the :class:`_Plan`
     says which part each query reads)."""
 
     def __init__(
         self,
         engine: Engine,
         slots: Any,
-        positions: Any,
+        offsets: Any,
         kv_len: int,
         block: tuple[int, int, int] | None = None,
     ) -> None:
         self.engine = engine
-        self.slots = slots  # (tokens,) device long
-        self.positions = positions  # (tokens,) device long
+        self.slots = slots  # (tokens,) device long: each token's slot
+        self.offsets = offsets  # (tokens,) device long: each token's offset in its slot
         self.kv_len = kv_len
         # (first slot, rows, offset): decoding rows only, in consecutive slots at one offset
         # (every single-stream step), written by a plain strided copy, not by index.
@@ -230,8 +232,8 @@ class _PackedCache:
             keys[first : first + rows, :, offset] = key[0].transpose(0, 1)
             values[first : first + rows, :, offset] = value[0].transpose(0, 1)
         else:
-            keys[self.slots, :, self.positions] = key[0].transpose(0, 1).to(keys.dtype)
-            values[self.slots, :, self.positions] = value[0].transpose(0, 1).to(values.dtype)
+            keys[self.slots, :, self.offsets] = key[0].transpose(0, 1).to(keys.dtype)
+            values[self.slots, :, self.offsets] = value[0].transpose(0, 1).to(values.dtype)
         return keys, values
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -242,38 +244,43 @@ class _PackedCache:
         return False
 
 
-def _packed_attention(original: Callable[..., Any]) -> Callable[..., Any]:
+def _packed_attention(
+    original: Callable[..., Any], serve: Callable[..., Any]
+) -> Callable[..., Any]:
     """An attention function for transformers' registry: a packed pass's :class:`_Plan` is
-    served by the plan, any other call (the model's own ``generate``, a decode pass with its
-    mask) by ``original``, the implementation the model was loaded with."""
+    served by the plan with ``serve``, any other call (the model's own ``generate``) by
+    ``original``, the implementation the model was loaded with."""
 
     def attention(
         module: Any, query: Any, key: Any, value: Any, attention_mask: Any, **kwargs: Any
     ) -> tuple[Any, Any]:
         if isinstance(attention_mask, _Plan):
-            return attention_mask.attend(module, query, key, value, **kwargs)
+            return attention_mask.attend(serve, module, query, key, value, **kwargs)
         output: tuple[Any, Any] = original(module, query, key, value, attention_mask, **kwargs)
         return output
 
     return attention
 
 
-def _use_packed_attention(text_config: Any) -> None:
+def _use_packed_attention(text_config: Any) -> str:
     """Route the language model's attention through :func:`_packed_attention`, registered
     under a name of its own for the implementation the model has (its masks stay that
-    implementation's), so that everything but a packed pass runs exactly as before."""
+    implementation's), so that everything but a packed pass runs exactly as before. Returns
+    that implementation's name. A plan's parts take an additive mask: sdpa and eager serve
+    them as they are; any other implementation's plans are served by sdpa."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
     from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, AttentionInterface
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import eager_attention_forward
 
-    original = text_config._attn_implementation or "eager"
-    if original.startswith(_PACKED_PREFIX):
-        return
+    original = str(text_config._attn_implementation or "eager").removeprefix(_PACKED_PREFIX)
     name = _PACKED_PREFIX + original
     own = ALL_ATTENTION_FUNCTIONS.get_interface(original, eager_attention_forward)
-    AttentionInterface.register(name, _packed_attention(own))
+    serve = own if original in ("sdpa", "eager") else sdpa_attention_forward
+    AttentionInterface.register(name, _packed_attention(own, serve))
     ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS[original])
     text_config._attn_implementation = name
+    return original
 
 
 class Engine:
@@ -307,7 +314,9 @@ class Engine:
         self.layers = int(text.num_hidden_layers)
         self.kv_heads = int(text.num_key_value_heads)
         self._layer_types = set(getattr(text, "layer_types", None) or ["full_attention"])
-        _use_packed_attention(text)
+        # Eager attention needs every mask spelled out, in the dtype's lowest value as
+        # transformers' own are; sdpa takes -inf and runs a new prompt plainly causal.
+        self._eager = _use_packed_attention(text) == "eager"
         self.head_dim = int(
             getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
         )
@@ -351,7 +360,7 @@ class Engine:
         self.prefill_seconds = 0.0
         self.prefill_passes = 0
         self.rows_decoded = 0
-        self.most_rows = 0  # the most sequences one forward pass has served
+        self.most_rows = 0  # the most sequences (decoding rows and prompts) one pass has served
         self.moves = 0  # sequences moved to sit beside the rest of their pass
         self.cut_rows = 0  # answers ended early because the store could not hold them
         self.waits = 0  # requests that waited a step for room in the store
@@ -799,53 +808,53 @@ class Engine:
         n = len(rows)
         fed = [len(r.tokens) - 1 for r in rows]  # tokens already fed before this one
         starts = [int(r.seq.ids.shape[0]) + k for r, k in zip(rows, fed, strict=True)]
-        # The pass's layout, copied to the device at once: each token's slot and offset in it,
-        # and each row's token and its position (decoding rows first, then each prompt's tail).
+        # The pass's layout, copied to the device at once, one row per _SLOT, _OFFSET, ...:
+        # each token's slot and offset in it; each decoding row's token and its position; and
+        # where each row's and each prompt's last token sits (decoding rows first, then each
+        # prompt's tail).
         slots, at = [r.seq.slot for r in rows], list(starts)
         segments = []
         for request, (embeds, _, start) in zip(joining, tails, strict=True):
             assert request.parent is not None
             count = int(embeds.shape[0])
-            mask = self._causal_mask(count, start) if start else None
-            segments.append(_Segment(len(slots), count, request.parent.slot, start, mask))
+            causal = self._causal_mask(count, start) if start or self._eager else None
+            segments.append(_Segment(len(slots), count, request.parent.slot, start, causal))
             slots += [request.parent.slot] * count
             at += range(start, start + count)
-        fill = [0] * (len(slots) - n)
-        tokens = [r.tokens[-1] for r in rows] + fill
-        positions = [r.next_position + k for r, k in zip(rows, fed, strict=True)] + fill
-        layout = torch.tensor([slots, at, tokens, positions]).to(self.device)
+        lasts = [*range(n), *(seg.first + seg.count - 1 for seg in segments)]
+        layout = torch.tensor(
+            [
+                slots,
+                at,
+                _padded([r.tokens[-1] for r in rows], len(slots)),
+                _padded([r.next_position + k for r, k in zip(rows, fed, strict=True)], len(slots)),
+                _padded(lasts, len(slots)),
+            ]
+        ).to(self.device)
         embeds = [tail[0].to(self.dtype) for tail in tails]
         places = [tail[1] for tail in tails]
         if rows:
-            embeds.insert(0, self._embed(layout[2, :n]).to(self.dtype))
-            places.insert(0, layout[3, :n].view(1, -1).expand(3, -1))
-        plan = _Plan(
-            rows=n,
-            row_slots=layout[0, :n],
-            row_span=(slots[0], n) if rows and slots[n - 1] - slots[0] == n - 1 else None,
-            row_mask=self._row_mask(starts, layout[1, :n]),
-            row_kv=max(starts, default=0) + 1,
-            segments=segments,
-        )
+            embeds.insert(0, self._embed(layout[_TOKEN, :n]).to(self.dtype))
+            places.insert(0, layout[_POSITION, :n].view(1, -1).expand(3, -1))
+        row_mask = self._row_mask(starts, layout[_OFFSET, :n])
+        plan = _Plan(n, slots[0], row_mask, max(starts, default=0) + 1, segments)
         self.most_rows = max(self.most_rows, n + len(segments))
-        one_block = plan.row_span is not None and plan.row_mask is None and not segments
         out = self._language(
             inputs_embeds=(embeds[0] if len(embeds) == 1 else torch.cat(embeds))[None],
             position_ids=(places[0] if len(places) == 1 else torch.cat(places, dim=1))[:, None],
             attention_mask=dict.fromkeys(self._layer_types, plan),
             cache=_PackedCache(
                 self,
-                layout[0],
-                layout[1],
+                layout[_SLOT],
+                layout[_OFFSET],
                 max(at) + 1,
-                block=(slots[0], n, starts[0]) if one_block else None,
+                block=(slots[0], n, starts[0]) if row_mask is None and not segments else None,
             ),
             use_cache=True,
         )
         hidden = out.last_hidden_state[0]
         if segments:  # each row's one token, and each prompt's last
-            last = [*range(n), *(seg.first + seg.count - 1 for seg in segments)]
-            hidden = hidden[torch.tensor(last, device=self.device)]
+            hidden = hidden[layout[_LAST, : len(lasts)]]
         logits = self._lm_head(hidden).float()
         if rows:
             self._decoded(rows, self._choose_rows(logits[:n], rows))
@@ -855,7 +864,7 @@ class Engine:
 
     def _ready_rows(self) -> list[_Row]:
         """The decoding rows, sorted by slot, each slot with room for the row's next token,
-        their sequences in slots 0 .. rows - 1 (:meth:`_compact`)."""
+        their sequences in consecutive slots (:meth:`_compact`)."""
         rows = self._running
         if not rows:
             return []
@@ -896,8 +905,9 @@ class Engine:
     def _additive(self, hidden: Any) -> Any:
         """0 where attended, -inf where ``hidden``, built once a pass: given a boolean mask,
         sdpa converts it in every layer."""
+        floor = self._torch.finfo(self.dtype).min if self._eager else float("-inf")
         mask = self._torch.zeros(hidden.shape, dtype=self.dtype, device=self.device)
-        return mask.masked_fill_(hidden, float("-inf"))
+        return mask.masked_fill_(hidden, floor)
 
     def _decoded(self, rows: list[_Row], chosen: list[int]) -> None:
         """Each row's chosen token appended; finished rows leave, finished requests end."""
@@ -1037,3 +1047,8 @@ def _common_prefix(a: Any, b: Any, limit: int) -> int:
     overhead made that a tenth of a millisecond each."""
     differ = np.flatnonzero(a.numpy()[:limit] != b.numpy()[:limit])
     return int(differ[0]) if differ.size else limit
+
+
+def _padded(values: list[int], length: int) -> list[int]:
+    """``values`` followed by zeros up to ``length`` (a row of a pass's layout)."""
+    return values + [0] * (length - len(values))

@@ -235,6 +235,8 @@ class TransformersBackend:
         self._images: OrderedDict[str, _ImageEntry] = OrderedDict()
         self._digests: dict[int, tuple[weakref.ref[Image.Image], str]] = {}
         self._encode_lock = threading.Lock()  # the fast tokenizer and the image table
+        self._vision_lock = threading.Lock()  # one image encoded at a time (_encode_images)
+        self._seen_images: OrderedDict[str, None] = OrderedDict()  # digests, oldest first
         self._tokens = _PrefixTokens(self.tokenizer)
         # Written directly only where that is exactly what the checkpoint's template writes.
         try:
@@ -424,14 +426,22 @@ class TransformersBackend:
         return entry.features
 
     def _encode_images(self, encoded: list[_Encoded]) -> None:
-        """Run the vision encoder on the conversations' images (those not encoded before) here,
-        in the reading's own thread, before the engine sees them: in the engine's thread the
-        encoder stalled every study's decoding for each new image (a tenth of its time at eight
-        studies in flight on the tiny model), where here it overlaps the engine's passes."""
+        """Run the vision encoder on images seen for the first time here, in the reading's own
+        thread, before the engine sees them: in the engine's thread the encoder stalled every
+        study's decoding for each new image (a tenth of its time at eight studies in flight on
+        the tiny model). One image at a time, so that many readings starting at once do not
+        hold many encoders' activations beside the key/value store. An image seen before whose
+        features were since evicted is left to the engine, which encodes it only when its
+        prefix is not kept (a later turn of its study never needs it)."""
         import torch
 
-        with torch.inference_mode():
+        with self._vision_lock, torch.inference_mode():
             for entry in {id(e): e for enc in encoded for e in enc.images}.values():
+                if entry.digest in self._seen_images:
+                    continue
+                self._seen_images[entry.digest] = None
+                while len(self._seen_images) > 4 * _IMAGE_CACHE_SIZE:
+                    self._seen_images.popitem(last=False)
                 self._features(entry)
 
     def _embed_tail(self, encoded: _Encoded, start: int) -> Any:

@@ -410,3 +410,36 @@ def test_one_pass_serves_a_decoding_answer_a_new_image_and_a_forked_question(
     shared = [starts for rows, starts in plans if rows == 1 and len(starts) == 2]
     assert shared, plans
     assert sorted(shared[0])[0] == 0 and sorted(shared[0])[1] > 0
+
+
+def test_a_model_loaded_with_eager_attention_drafts_as_its_own_generate(tiny_path: Path) -> None:
+    """bf16, eager attention: the engine's packed passes give the tokens the model's own
+    ``generate`` gives (first turns batched together, then each conversation's next turn on its
+    kept prefix). Eager needs every mask spelled out in the dtype's lowest value; with sdpa's
+    conventions four of four answers here differed."""
+    import torch
+    from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        tiny_path, dtype=torch.bfloat16, attn_implementation="eager", local_files_only=True
+    ).eval()
+    eager = TransformersBackend(
+        model, AutoProcessor.from_pretrained(tiny_path, local_files_only=True), model_id="tiny"
+    )
+    options = DecodeOptions(max_new_tokens=12)
+    firsts = [one_image_question(seed) for seed in range(4)]
+    eager.prefix_cache = False
+    expected = [eager.generate(c, options).token_ids for c in firsts]
+    eager.prefix_cache = True
+    together = eager.generate_batch(firsts, options)
+    assert [g.token_ids for g in together] == expected
+    seconds = [
+        c.then(Message("assistant", g.texts[0]), Message("user", "Impression?"))
+        for c, g in zip(firsts, together, strict=True)
+    ]
+    continued = eager.generate_batch(seconds, options)
+    assert all(g.cached_tokens > 0 for g in continued)
+    eager.prefix_cache = False
+    assert [g.token_ids for g in continued] == [
+        eager.generate(c, options).token_ids for c in seconds
+    ]
