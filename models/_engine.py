@@ -680,8 +680,11 @@ class Engine:
 
     def _admit_all(self, requests: list[_Request]) -> list[_Request]:
         """Admit ``requests``, each with room in the store for its prompt. A request the store
-        has no room for now waits for sequences in use to end; one it could never hold fails."""
+        has no room for now waits for sequences in use to end; one it could never hold fails.
+        Room is for the decoding rows' next tokens too: an answer under way is never cut to
+        make room for a prompt that can wait."""
         admitted: list[_Request] = []
+        rows_need = max((_filled(r.seq, r) + 1 for r in self._running), default=0)
         for request in self._defer(requests):
             try:
                 self._admit(request)
@@ -694,7 +697,7 @@ class Engine:
                     self.waits += 1
                 continue
             length = int(request.prompt.ids.shape[0])
-            if self._room(length):
+            if self._room(max(length, rows_need)):
                 admitted.append(request)
             elif (self._running or admitted) and (
                 self.max_tokens is None or length <= self.max_tokens

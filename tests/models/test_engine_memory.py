@@ -21,7 +21,7 @@ from models import (
     ReaderConfig,
     Reading,
 )
-from models._engine import Engine, Sampling
+from models._engine import Engine, Sampling, _filled, _Request
 from models._hf import TransformersBackend
 from tests.models.test_concurrency import one_image_question, study
 
@@ -140,3 +140,40 @@ def test_a_conversation_the_store_can_never_hold_fails_alone(
             engine.submit(prompt, Sampling(max_new_tokens=4))
         text = Conversation("s", (Message("user", "Findings?"),))
         assert backend.generate(text, DecodeOptions(max_new_tokens=4)).completion_tokens[0] > 0
+
+
+def test_a_prompt_arriving_at_the_edge_waits_rather_than_cut_an_answer_under_way(
+    backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two 1024-token sequences of store: a prompt arrives in the very step an answer needs its
+    1025th position (a store of one 2048-token sequence). The prompt waits and runs after it;
+    before, it took the second slot and the answer was cut to make room."""
+    long, short = one_image_question(32), one_image_question(33)
+    backend.engine.eos_ids = set()  # random weights: no early stop, so the answer grows
+    try:
+        free = [
+            backend.generate(long, DecodeOptions(max_new_tokens=1100)).token_ids[0],
+            backend.generate(short, DecodeOptions(max_new_tokens=20)).token_ids[0],
+        ]
+        with bounded(backend, tokens=2 * 1024) as (engine, _):
+            engine.eos_ids = set()
+            prompt = backend._prompt(backend.encode(short))
+            arriving = _Request(prompt, Sampling(max_new_tokens=20), keep=True, want_logits=False)
+            real = engine._pass
+
+            def step(joining: list[_Request]) -> None:
+                real(joining)
+                rows = engine._running
+                if rows and _filled(rows[0].seq, rows[0]) == engine.capacity and not sent:
+                    engine._waiting.put(arriving)  # admitted at the next step: that one
+                    sent.append(True)
+
+            sent: list[bool] = []
+            monkeypatch.setattr(engine, "_pass", step)
+            answer = backend.generate(long, DecodeOptions(max_new_tokens=1100)).token_ids[0]
+            assert arriving.done.wait(60) and arriving.result is not None
+            assert sent and engine.cut_rows == 0 and engine.waits >= 1
+    finally:
+        backend.engine.eos_ids = set(backend.eos_ids)
+    assert answer == free[0] and len(answer) == 1100
+    assert arriving.result.tokens[0] == free[1]
