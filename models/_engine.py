@@ -31,8 +31,8 @@ Attention is transformers' own function (sdpa, or eager for a model loaded so) o
 tensors: the engine registers an attention implementation of its own, which serves a packed
 pass by its plan (the decoding rows as one batch over their slots, each prompt over its own
 slot, causally) and hands every other call to the implementation the model was loaded with, so
-the model's own ``generate`` runs as before. A small cache object's ``update``
-writes each token's keys and values at its own slot and offset.
+the model's own ``generate`` runs as before. A small cache object's ``update`` writes each
+token's keys and values at its own slot and offset.
 """
 
 from __future__ import annotations
@@ -906,8 +906,8 @@ class Engine:
         return self._arange[:length]
 
     def _additive(self, hidden: Any) -> Any:
-        """0 where attended, -inf where ``hidden``, built once a pass: given a boolean mask,
-        sdpa converts it in every layer."""
+        """0 where attended, the floor where ``hidden`` (-inf; eager: the dtype's lowest
+        value), built once a pass: given a boolean mask, sdpa converts it in every layer."""
         floor = self._torch.finfo(self.dtype).min if self._eager else float("-inf")
         mask = self._torch.zeros(hidden.shape, dtype=self.dtype, device=self.device)
         return mask.masked_fill_(hidden, floor)
