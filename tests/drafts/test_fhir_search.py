@@ -111,6 +111,52 @@ def test_searches_are_paged_with_a_true_total_and_links(
     assert bad.status_code == 400
 
 
+@pytest.mark.parametrize("kind", ["DiagnosticReport", "ImagingStudy"])
+def test_following_next_starts_past_the_last_row_and_reads_none_before_it(
+    engine: Engine, settings: Settings, tokens: dict[str, str], client: TestClient, kind: str
+) -> None:
+    """A ``next`` link carries ``_after`` (its page's last row): the page it asks for is read
+    from the primary key past that row, with no OFFSET (which reads and skips every earlier
+    row: the last page of years of reports cost as much as all of them). The pages followed
+    that way are the pages ``_offset`` gives; ``previous`` pages by offset."""
+    token = tokens["rad"]
+    for n in range(5):
+        make_draft(engine, settings, patient_id=f"PK{n}", accession=f"ACK{n}")
+    by_offset = [_ids(_bundle(client, token, f"{kind}?_count=2&_offset={at}")) for at in (0, 2, 4)]
+    page = _bundle(client, token, f"{kind}?_count=2")
+    followed = [_ids(page)]
+    while (following := _link(page, "next")) is not None:
+        assert "_after=" in following
+        with statements_and_parameters() as seen:
+            page = _bundle(client, token, following.split("/fhir/", 1)[1])
+        paging = [(sql, params) for sql, params in seen if "LIMIT" in sql.upper()]
+        assert paging
+        for sql, params in paging:
+            assert ".id > " in sql, sql
+            if "OFFSET" in sql.upper():  # SQLite writes LIMIT ? OFFSET ? for any LIMIT
+                assert isinstance(params, tuple) and params[-1] == 0, (sql, params)
+        assert page.total == 5 and _link(page, "previous") is not None
+        followed.append(_ids(page))
+        assert len(followed) <= 3
+    assert followed == by_offset
+    bad = client.get(f"/fhir/{kind}?_after=-1", headers=auth(token))
+    assert bad.status_code == 400
+
+
+@contextmanager
+def statements_and_parameters() -> Iterator[list[tuple[str, Any]]]:
+    seen: list[tuple[str, Any]] = []
+
+    def record(*args: Any) -> None:
+        seen.append((str(args[2]), args[3]))
+
+    event.listen(Engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(Engine, "before_cursor_execute", record)
+
+
 @contextmanager
 def counted_statements() -> Iterator[list[str]]:
     seen: list[str] = []

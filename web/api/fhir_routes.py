@@ -8,7 +8,11 @@ Reads carry the version shown as ``meta.versionId`` and a weak ``ETag`` (FHIR R4
 "read", "Managing Resource Contention"). Searches (FHIR R4 search.html) are matched, counted and
 paged in SQL: ``_count`` (server default and maximum), ``_offset``, a correct ``Bundle.total``,
 ``self``/``next``/``previous`` links, and the page's resources built in a fixed number of
-statements. What a report shows (its status, when it last changed) is kept on its row
+statements. A ``next`` link also carries ``_after``, the last row of its page, and a page asked
+for with it starts past that row on the primary key: following ``next`` through years of reports
+costs the same on the last page as on the first, where an ``_offset`` alone costs in proportion
+to it (its rows are read and skipped). ``_offset`` stays in the links for ``previous``. What a
+report shows (its status, when it last changed) is kept on its row
 (:mod:`report_drafts.fhir_view`), so a search matches and pages on the report rows' indexes; the
 total of a search by status alone, or of ImagingStudy without parameters, is a kept count, any
 other total a count of the matching rows. A parameter the server does not support is ignored
@@ -24,11 +28,12 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request, Response
-from sqlalchemy import ColumnElement, and_, exists, or_, select
+from sqlalchemy import ColumnElement, Select, and_, exists, or_, select
 from sqlalchemy.orm import QueryableAttribute, Session
 
 import report_drafts as drafts
@@ -51,7 +56,7 @@ router = APIRouter(prefix="/fhir", tags=["fhir"])
 
 FHIR_JSON = "application/fhir+json"
 #: Result parameters every search takes (FHIR R4 search.html 3.1.1.5).
-PAGING = ("_count", "_offset")
+PAGING = ("_count", "_offset", "_after")
 #: The search parameters served, per resource type (and announced in the capability statement).
 SEARCH_PARAMS: dict[str, tuple[str, ...]] = {
     "DiagnosticReport": (
@@ -320,7 +325,9 @@ def _search_params(request: Request, kind: str) -> tuple[dict[str, list[str]], l
     return supported, ignored
 
 
-def _page(params: Mapping[str, list[str]], settings: Settings) -> tuple[int, int]:
+def _page(params: Mapping[str, list[str]], settings: Settings) -> tuple[int, int, int | None]:
+    """``_count`` (cut to the maximum), ``_offset`` and ``_after`` (None when not given)."""
+
     def number(name: str, default: int) -> int:
         values = params.get(name)
         if not values:
@@ -330,7 +337,8 @@ def _page(params: Mapping[str, list[str]], settings: Settings) -> tuple[int, int
         return int(values[-1])
 
     count = min(number("_count", settings.fhir_default_count), settings.fhir_max_count)
-    return count, number("_offset", 0)
+    after = number("_after", 0) if params.get("_after") else None
+    return count, number("_offset", 0), after
 
 
 def _values(params: Mapping[str, list[str]], name: str) -> list[list[str]]:
@@ -441,26 +449,50 @@ def _study_terms(session: Session, params: Mapping[str, list[str]]) -> list[Colu
     return terms
 
 
+@dataclass
+class Page:
+    """Where a search page starts: past the row ``after`` when given (the primary key, kept in
+    ``next`` links), else ``offset`` rows in; and, once read, the last row it holds."""
+
+    offset: int
+    after: int | None
+    last: int | None = None
+
+    def rows(self, session: Session, ids: Select[Any], key: Any, count: int) -> list[int]:
+        """The page's primary keys from the matching ``ids``, in ``key`` order."""
+        if self.after is not None:
+            query = ids.where(key > self.after).order_by(key).limit(count)
+        else:
+            query = ids.order_by(key).limit(count).offset(self.offset)
+        found = list(session.scalars(query))
+        self.last = found[-1] if found else None
+        return found
+
+
 def _links(
     request: Request,
     kind: str,
     params: Mapping[str, list[str]],
     count: int,
-    offset: int,
+    page: Page,
     total: int,
 ) -> list[dict[str, str]]:
     """``self`` (the parameters used, search.html 3.1.1.4), ``next`` and ``previous``."""
     base = f"{str(request.base_url).rstrip('/')}/fhir/{kind}"
     used = [(n, v) for n, vs in params.items() if n not in PAGING for v in vs]
 
-    def url(at: int) -> str:
-        return f"{base}?{urlencode([*used, ('_count', str(count)), ('_offset', str(at))])}"
+    def url(at: int, after: int | None) -> str:
+        paging = [("_count", str(count)), ("_offset", str(at))]
+        if after is not None:
+            paging.append(("_after", str(after)))
+        return f"{base}?{urlencode([*used, *paging])}"
 
-    links = [{"relation": "self", "url": url(offset)}]
-    if offset + count < total:
-        links.append({"relation": "next", "url": url(offset + count)})
+    offset = page.offset
+    links = [{"relation": "self", "url": url(offset, page.after)}]
+    if offset + count < total and page.last is not None:
+        links.append({"relation": "next", "url": url(offset + count, page.last)})
     if offset > 0:
-        links.append({"relation": "previous", "url": url(max(0, offset - count))})
+        links.append({"relation": "previous", "url": url(max(0, offset - count), None)})
     return links
 
 
@@ -492,12 +524,13 @@ def _run_search(request: Request, session: Session, kind: str) -> Response:
     settings: Settings = request.app.state.settings
     try:
         params, ignored = _search_params(request, kind)
-        count, offset = _page(params, settings)
+        count, offset, after = _page(params, settings)
+        page = Page(offset, after)
         with query_limits.time_limit(session, settings.query_timeout_seconds):
             if kind == "DiagnosticReport":
-                entries, total = _search_reports(session, params, count, offset)
+                entries, total = _search_reports(session, params, count, page)
             else:
-                entries, total = _search_studies(session, params, count, offset)
+                entries, total = _search_studies(session, params, count, page)
     except SearchError as error:
         return _outcome(400, str(error))
     except query_limits.QueryTimeoutError as error:
@@ -506,7 +539,7 @@ def _run_search(request: Request, session: Session, kind: str) -> Response:
         return response
     if ignored:
         log.info("FHIR %s search ignored unsupported parameters %s", kind, sorted(set(ignored)))
-    links = _links(request, kind, params, count, offset, total)
+    links = _links(request, kind, params, count, page, total)
     return _bundle(entries, str(request.base_url) + "fhir/", total, links)
 
 
@@ -523,7 +556,7 @@ def _kept_total(session: Session, params: Mapping[str, list[str]]) -> int | None
 
 
 def _search_reports(
-    session: Session, params: Mapping[str, list[str]], count: int, offset: int
+    session: Session, params: Mapping[str, list[str]], count: int, page: Page
 ) -> tuple[list[dict[str, Any]], int]:
     """Reports FHIR shows (``Report.fhir_status`` set), matched on the report's row, and on its
     study's and patient's only when a parameter is about them."""
@@ -535,8 +568,8 @@ def _search_reports(
     total = _kept_total(session, params)
     if total is None:
         total = count_rows(session, ids)
-    page = list(session.scalars(ids.order_by(Report.id).limit(count).offset(offset)))
-    reports = list(session.scalars(select(Report).where(Report.id.in_(page)).order_by(Report.id)))
+    found = page.rows(session, ids, Report.id, count)
+    reports = list(session.scalars(select(Report).where(Report.id.in_(found)).order_by(Report.id)))
     entries = []
     for report, resource in _report_resources(session, reports):
         if resource is None:
@@ -547,7 +580,7 @@ def _search_reports(
 
 
 def _search_studies(
-    session: Session, params: Mapping[str, list[str]], count: int, offset: int
+    session: Session, params: Mapping[str, list[str]], count: int, page: Page
 ) -> tuple[list[dict[str, Any]], int]:
     """Studies with a report FHIR shows; without parameters the total is the kept count."""
     with_report = exists().where(Report.study_pk == Study.id, Report.fhir_status.is_not(None))
@@ -559,8 +592,8 @@ def _search_studies(
         total = count_rows(session, ids)
     else:
         total = drafts.fhir_studies_shown(session)
-    page = list(session.scalars(ids.order_by(Study.id).limit(count).offset(offset)))
-    studies = list(session.scalars(select(Study).where(Study.id.in_(page)).order_by(Study.id)))
+    found = page.rows(session, ids, Study.id, count)
+    studies = list(session.scalars(select(Study).where(Study.id.in_(found)).order_by(Study.id)))
     entries = []
     for study, resource in zip(studies, _study_resources(session, studies), strict=True):
         if resource is None:
@@ -573,7 +606,8 @@ def _search_studies(
 @router.get("/DiagnosticReport")
 def search_reports(request: Request, session: DbSession, user: Viewer) -> Response:
     """Search by identifier (accession, SR UID, id), patient/subject, status, date (study
-    date), based-on (the order's accession), _lastUpdated, study; paged by _count/_offset."""
+    date), based-on (the order's accession), _lastUpdated, study; paged by _count, _offset and
+    ``next`` links' _after."""
     return _run_search(request, session, "DiagnosticReport")
 
 

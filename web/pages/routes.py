@@ -470,6 +470,7 @@ def review_context(
             )
         )
     }
+
     def frontal(image: dict[str, Any]) -> bool:
         # The listener's rule, with the View Code Sequence where ViewPosition is empty.
         instance = instances.get(image["sop_instance_uid"])
