@@ -160,6 +160,7 @@ def test_a_prompt_arriving_at_the_edge_waits_rather_than_cut_an_answer_under_way
             prompt = backend._prompt(backend.encode(short))
             arriving = _Request(prompt, Sampling(max_new_tokens=20), keep=True, want_logits=False)
             real = engine._pass
+            sent: list[bool] = []
 
             def step(joining: list[_Request]) -> None:
                 real(joining)
@@ -168,7 +169,6 @@ def test_a_prompt_arriving_at_the_edge_waits_rather_than_cut_an_answer_under_way
                     engine._waiting.put(arriving)  # admitted at the next step: that one
                     sent.append(True)
 
-            sent: list[bool] = []
             monkeypatch.setattr(engine, "_pass", step)
             answer = backend.generate(long, DecodeOptions(max_new_tokens=1100)).token_ids[0]
             assert arriving.done.wait(60) and arriving.result is not None

@@ -325,8 +325,8 @@ def _search_params(request: Request, kind: str) -> tuple[dict[str, list[str]], l
     return supported, ignored
 
 
-def _page(params: Mapping[str, list[str]], settings: Settings) -> tuple[int, int, int | None]:
-    """``_count`` (cut to the maximum), ``_offset`` and ``_after`` (None when not given)."""
+def _page(params: Mapping[str, list[str]], settings: Settings) -> tuple[int, Page]:
+    """``_count`` (cut to the maximum), and where the page starts: ``_offset``, ``_after``."""
 
     def number(name: str, default: int) -> int:
         values = params.get(name)
@@ -338,7 +338,7 @@ def _page(params: Mapping[str, list[str]], settings: Settings) -> tuple[int, int
 
     count = min(number("_count", settings.fhir_default_count), settings.fhir_max_count)
     after = number("_after", 0) if params.get("_after") else None
-    return count, number("_offset", 0), after
+    return count, Page(number("_offset", 0), after)
 
 
 def _values(params: Mapping[str, list[str]], name: str) -> list[list[str]]:
@@ -524,8 +524,7 @@ def _run_search(request: Request, session: Session, kind: str) -> Response:
     settings: Settings = request.app.state.settings
     try:
         params, ignored = _search_params(request, kind)
-        count, offset, after = _page(params, settings)
-        page = Page(offset, after)
+        count, page = _page(params, settings)
         with query_limits.time_limit(session, settings.query_timeout_seconds):
             if kind == "DiagnosticReport":
                 entries, total = _search_reports(session, params, count, page)
