@@ -7,14 +7,17 @@ Times are stored in UTC; SQLite keeps them naive, so :class:`UTCDateTime` gives 
 from __future__ import annotations
 
 import datetime as dt
+import os
+import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import lru_cache
 from typing import Any, ClassVar
 
 from sqlalchemy import JSON, DateTime, MetaData, Select, create_engine, event, func, select
 from sqlalchemy.engine import Dialect, Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+from sqlalchemy.pool import Pool
 from sqlalchemy.types import TypeDecorator
 
 from raddraft.settings import get_settings
@@ -91,10 +94,45 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
 
 
-@lru_cache(maxsize=8)
+#: The engines of this process, newest use last; a few URLs at most (tests make more).
+_ENGINES: OrderedDict[str, Engine] = OrderedDict()
+_ENGINES_LOCK = threading.Lock()
+_MAX_ENGINES = 8
+#: The pools a forked child inherited, held so that their connections are never finalised
+#: in the child (closing one would end the parent's session on the server).
+_INHERITED_POOLS: list[Pool] = []
+
+
 def engine_for(url: str) -> Engine:
-    """One engine per database URL per process."""
-    return make_engine(url)
+    """One engine per database URL per process (a forked child gets fresh connections)."""
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(url)
+        if engine is None:
+            engine = _ENGINES[url] = make_engine(url)
+            while len(_ENGINES) > _MAX_ENGINES:
+                _ENGINES.popitem(last=False)[1].dispose()
+        _ENGINES.move_to_end(url)
+        return engine
+
+
+def _forget_inherited_connections() -> None:
+    """In a forked child (Celery's prefork pool), leave the parent's pooled connections alone.
+
+    A child that used one would share its socket with the parent: the two processes' protocol
+    messages interleave, a query reads the other's answer, or the server drops the session
+    ("server closed the connection unexpectedly") between a send and its record. SQLAlchemy's
+    "Using Connection Pools with Multiprocessing or os.fork()": ``dispose(close=False)`` gives
+    the child a new, empty pool without closing what the parent still uses.
+    """
+    _INHERITED_POOLS.extend(engine.pool for engine in _ENGINES.values())
+    for engine in _ENGINES.values():
+        engine.dispose(close=False)
+    # The lock may have been held by another thread of the parent when it forked.
+    global _ENGINES_LOCK
+    _ENGINES_LOCK = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_inherited_connections)
 
 
 def get_engine() -> Engine:

@@ -173,6 +173,9 @@ def test_preliminary_final_and_corrected_reach_the_ris_in_order(
     assert "Smith" in trace and ids.study_uid in trace
     # the send and the RIS's answer to it, from the audit log
     assert f"hl7 {control_id} -> 127.0.0.1:{ris_port}: ok ack_code=AA ack_for={control_id}" in trace
+    # Nothing failed on the way, so nothing was sent twice: no io worker lost its database
+    # session to another process (a forked child once used its parent's pooled connection).
+    assert "job failed" not in (tmp_path / "logs" / "io-worker.log").read_text()
 
 
 def _up(api: httpx.Client) -> bool:
