@@ -597,6 +597,16 @@ _lock = threading.Lock()
 _sender: _Sender | None = None
 
 
+def _forget_sender() -> None:
+    """In a forked child, start over: the parent's sender thread did not come along (its queue
+    would fill and never drain), and its connection to the collector stays the parent's."""
+    global _lock, _sender
+    _lock, _sender = threading.Lock(), None
+
+
+os.register_at_fork(after_in_child=_forget_sender)
+
+
 def enabled(settings: Settings | None = None) -> bool:
     """Whether a collector is configured (callers skip building messages otherwise)."""
     return bool((settings or get_settings()).atna_collector)
