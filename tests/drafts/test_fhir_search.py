@@ -26,6 +26,7 @@ from sqlalchemy.engine import Engine
 from dicom_listener import Instance
 from raddraft.db import session_scope
 from raddraft.settings import Settings
+from report_drafts.tables import Report
 from tests.drafts.conftest import auth
 from tests.drafts.helpers import make_draft
 from web.api import create_app, query_limits
@@ -139,8 +140,52 @@ def test_following_next_starts_past_the_last_row_and_reads_none_before_it(
         followed.append(_ids(page))
         assert len(followed) <= 3
     assert followed == by_offset
-    bad = client.get(f"/fhir/{kind}?_after=-1", headers=auth(token))
-    assert bad.status_code == 400
+    # And back: each ``previous`` link carries ``_before`` (its page's first row) and reads the
+    # rows before it in reverse key order, again with nothing skipped.
+    back = [_ids(page)]
+    while (preceding := _link(page, "previous")) is not None:
+        with statements_and_parameters() as seen:
+            page = _bundle(client, token, preceding.split("/fhir/", 1)[1])
+        if "_before=" in preceding:
+            paging = [sql for sql, _ in seen if "LIMIT" in sql.upper()]
+            assert paging and all(".id < " in sql for sql in paging), paging
+        back.append(_ids(page))
+        assert len(back) <= 3
+    assert back == by_offset[::-1]
+    by_offset_last = _bundle(client, token, f"{kind}?_count=2&_offset=4")
+    assert "_before=" in str(_link(by_offset_last, "previous"))
+    for hostile in ("_after=-1", "_before=x"):
+        bad = client.get(f"/fhir/{kind}?{hostile}", headers=auth(token))
+        assert bad.status_code == 400
+
+
+def test_reports_gone_before_the_page_never_hide_the_pages_after_it(
+    engine: Engine, settings: Settings, tokens: dict[str, str], client: TestClient
+) -> None:
+    """A RIS follows ``next`` while older reports leave the search (purged, no longer shown):
+    whether another page follows is read with the page, not reckoned from the link's
+    ``_offset`` against the now smaller total, so every report still shown is reached."""
+    token = tokens["rad"]
+    reports = [
+        make_draft(engine, settings, patient_id=f"PG{n}", accession=f"ACG{n}") for n in range(8)
+    ]
+    query = "DiagnosticReport?_count=2&_lastUpdated=ge2000-01-01"  # a counted total
+    page = _bundle(client, token, query)
+    seen = _ids(page)
+    page = _bundle(client, token, str(_link(page, "next")).split("/fhir/", 1)[1])
+    seen += _ids(page)
+    with session_scope(engine) as session:  # the four read so far leave the search
+        session.execute(
+            update(Report)
+            .where(Report.id.in_([report_id for report_id, _ in reports[:4]]))
+            .values(fhir_status=None)
+        )
+    while (following := _link(page, "next")) is not None:
+        page = _bundle(client, token, following.split("/fhir/", 1)[1])
+        assert page.total == 4
+        seen += _ids(page)
+        assert len(seen) <= 8
+    assert len(seen) == 8 and len(set(seen)) == 8
 
 
 @contextmanager

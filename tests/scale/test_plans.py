@@ -204,8 +204,11 @@ def archive_searches(session: Session, settings: Settings, patient_id: str) -> N
         first = fhir_routes.Page(offset=0, after=None)
         entries, total = found(session, search, 50, first)
         assert len(entries) <= 50 and total >= len(entries), search
-        # The next page as its link asks for it: past the first page's last row, by key.
-        found(session, search, 50, fhir_routes.Page(offset=50, after=first.last or 0))
+        # The next page as its link asks for it: past the first page's last row, by key; and
+        # the previous page of that one: the rows before its first, by key in reverse.
+        second = fhir_routes.Page(offset=50, after=first.last or 0)
+        found(session, search, 50, second)
+        found(session, search, 50, fhir_routes.Page(0, None, before=second.first or 0))
 
 
 def test_hot_reads_use_indexes_and_lists_keep_to_their_page(

@@ -9,9 +9,13 @@ Reads carry the version shown as ``meta.versionId`` and a weak ``ETag`` (FHIR R4
 paged in SQL: ``_count`` (server default and maximum), ``_offset``, a correct ``Bundle.total``,
 ``self``/``next``/``previous`` links, and the page's resources built in a fixed number of
 statements. A ``next`` link also carries ``_after``, the last row of its page, and a page asked
-for with it starts past that row on the primary key: following ``next`` through years of reports
-costs the same on the last page as on the first, where an ``_offset`` alone costs in proportion
-to it (its rows are read and skipped). ``_offset`` stays in the links for ``previous``. What a
+for with it starts past that row on the primary key; a ``previous`` link carries ``_before``, its
+page's first row, and that page ends before it. Following the links through years of reports
+therefore costs the same on the last page as on the first, where an ``_offset`` alone costs in
+proportion to it (its rows are read and skipped). Whether a ``next`` or ``previous`` page
+exists is read with the page (one row more than it holds), not reckoned from ``_offset`` and the
+total, so reports purged meanwhile never hide the pages after them. ``_offset`` stays in the
+links for clients that page by it. What a
 report shows (its status, when it last changed) is kept on its row
 (:mod:`report_drafts.fhir_view`), so a search matches and pages on the report rows' indexes; the
 total of a search by status alone, or of ImagingStudy without parameters, is a kept count, any
@@ -56,7 +60,7 @@ router = APIRouter(prefix="/fhir", tags=["fhir"])
 
 FHIR_JSON = "application/fhir+json"
 #: Result parameters every search takes (FHIR R4 search.html 3.1.1.5).
-PAGING = ("_count", "_offset", "_after")
+PAGING = ("_count", "_offset", "_after", "_before")
 #: The search parameters served, per resource type (and announced in the capability statement).
 SEARCH_PARAMS: dict[str, tuple[str, ...]] = {
     "DiagnosticReport": (
@@ -326,7 +330,8 @@ def _search_params(request: Request, kind: str) -> tuple[dict[str, list[str]], l
 
 
 def _page(params: Mapping[str, list[str]], settings: Settings) -> tuple[int, Page]:
-    """``_count`` (cut to the maximum), and where the page starts: ``_offset``, ``_after``."""
+    """``_count`` (cut to the maximum), and where the page lies: ``_offset``, ``_after``,
+    ``_before``."""
 
     def number(name: str, default: int) -> int:
         values = params.get(name)
@@ -338,7 +343,8 @@ def _page(params: Mapping[str, list[str]], settings: Settings) -> tuple[int, Pag
 
     count = min(number("_count", settings.fhir_default_count), settings.fhir_max_count)
     after = number("_after", 0) if params.get("_after") else None
-    return count, Page(number("_offset", 0), after)
+    before = number("_before", 0) if params.get("_before") and after is None else None
+    return count, Page(number("_offset", 0), after, before)
 
 
 def _values(params: Mapping[str, list[str]], name: str) -> list[list[str]]:
@@ -451,21 +457,37 @@ def _study_terms(session: Session, params: Mapping[str, list[str]]) -> list[Colu
 
 @dataclass
 class Page:
-    """Where a search page starts: past the row ``after`` when given (the primary key, kept in
-    ``next`` links), else ``offset`` rows in; and, once read, the last row it holds."""
+    """Where a search page lies: past the row ``after`` (the primary key, kept in ``next``
+    links), or the rows just before the row ``before`` (kept in ``previous`` links), else
+    ``offset`` rows in. Once read: its first and last rows, and whether matching rows lie
+    after it (``more``) and before it (``earlier``)."""
 
     offset: int
     after: int | None
+    before: int | None = None
+    first: int | None = None
     last: int | None = None
+    more: bool = False
+    earlier: bool = False
 
     def rows(self, session: Session, ids: Select[Any], key: Any, count: int) -> list[int]:
-        """The page's primary keys from the matching ``ids``, in ``key`` order."""
-        if self.after is not None:
-            query = ids.where(key > self.after).order_by(key).limit(count)
+        """The page's primary keys from the matching ``ids``, in ``key`` order. One row more
+        than the page is read, to know whether another page lies beyond it."""
+        if self.before is not None:
+            query = ids.where(key < self.before).order_by(key.desc()).limit(count + 1)
+            found = list(session.scalars(query))
+            self.earlier, self.more = len(found) > count, bool(found)
+            found = found[:count][::-1]
         else:
-            query = ids.order_by(key).limit(count).offset(self.offset)
-        found = list(session.scalars(query))
-        self.last = found[-1] if found else None
+            if self.after is not None:
+                query = ids.where(key > self.after).order_by(key).limit(count + 1)
+            else:
+                query = ids.order_by(key).limit(count + 1).offset(self.offset)
+            found = list(session.scalars(query))
+            self.more = len(found) > count
+            self.earlier = self.after is not None or self.offset > 0
+            found = found[:count]
+        self.first, self.last = (found[0], found[-1]) if found else (None, None)
         return found
 
 
@@ -475,24 +497,26 @@ def _links(
     params: Mapping[str, list[str]],
     count: int,
     page: Page,
-    total: int,
 ) -> list[dict[str, str]]:
     """``self`` (the parameters used, search.html 3.1.1.4), ``next`` and ``previous``."""
     base = f"{str(request.base_url).rstrip('/')}/fhir/{kind}"
     used = [(n, v) for n, vs in params.items() if n not in PAGING for v in vs]
 
-    def url(at: int, after: int | None) -> str:
+    def url(at: int, key: tuple[str, int | None]) -> str:
         paging = [("_count", str(count)), ("_offset", str(at))]
-        if after is not None:
-            paging.append(("_after", str(after)))
+        if key[1] is not None:
+            paging.append((key[0], str(key[1])))
         return f"{base}?{urlencode([*used, *paging])}"
 
     offset = page.offset
-    links = [{"relation": "self", "url": url(offset, page.after)}]
-    if offset + count < total and page.last is not None:
-        links.append({"relation": "next", "url": url(offset + count, page.last)})
-    if offset > 0:
-        links.append({"relation": "previous", "url": url(max(0, offset - count), None)})
+    here = ("_after", page.after) if page.after is not None else ("_before", page.before)
+    links = [{"relation": "self", "url": url(offset, here)}]
+    if page.more and page.last is not None:
+        links.append({"relation": "next", "url": url(offset + count, ("_after", page.last))})
+    if page.earlier and page.first is not None:
+        # A page that starts inside the first page's rows reads from the start instead.
+        before = ("_before", page.first if offset >= count else None)
+        links.append({"relation": "previous", "url": url(max(0, offset - count), before)})
     return links
 
 
@@ -538,7 +562,7 @@ def _run_search(request: Request, session: Session, kind: str) -> Response:
         return response
     if ignored:
         log.info("FHIR %s search ignored unsupported parameters %s", kind, sorted(set(ignored)))
-    links = _links(request, kind, params, count, page, total)
+    links = _links(request, kind, params, count, page)
     return _bundle(entries, str(request.base_url) + "fhir/", total, links)
 
 
@@ -606,7 +630,7 @@ def _search_studies(
 def search_reports(request: Request, session: DbSession, user: Viewer) -> Response:
     """Search by identifier (accession, SR UID, id), patient/subject, status, date (study
     date), based-on (the order's accession), _lastUpdated, study; paged by _count, _offset and
-    ``next`` links' _after."""
+    the links' _after and _before."""
     return _run_search(request, session, "DiagnosticReport")
 
 
