@@ -29,12 +29,14 @@ def configure(level: str = "INFO") -> None:
 
 
 #: Loggers kept at WARNING or above (alembic's plugin list, Celery's "Connected"/"ready",
-#: uvicorn's "Started server process", "Waiting for application startup", ...).
+#: uvicorn's "Started server process", "Waiting for application startup", ...; highdicom's
+#: "copy attributes of module ..." seven times for every SR and GSPS built).
 _QUIET = (
     "alembic.runtime.plugins",
     "alembic.runtime.migration",
     "celery.apps.worker",
     "celery.worker.consumer.connection",
+    "highdicom",
     "uvicorn.error",
 )
 
