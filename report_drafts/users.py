@@ -41,6 +41,22 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+#: NIST SP 800-63B-4 3.1.1.2: a password that is the only factor (as the pages' sign-in is)
+#: SHALL have at least 15 characters, and at least 64 SHOULD be allowed; the upper bound keeps
+#: what a sign-in form makes the server hash bounded.
+PASSWORD_MIN_CHARS = 15
+PASSWORD_MAX_CHARS = 256
+
+
+def check_new_password(password: str) -> None:
+    """Refuse (:class:`InvalidRequest`) a new password shorter or longer than the bounds."""
+    if not PASSWORD_MIN_CHARS <= len(password) <= PASSWORD_MAX_CHARS:
+        raise InvalidRequest(
+            f"a password has {PASSWORD_MIN_CHARS} to {PASSWORD_MAX_CHARS} characters "
+            f"(NIST SP 800-63B: a phrase of a few words), not {len(password)}"
+        )
+
+
 def hash_password(password: str) -> str:
     salt = secrets.token_bytes(16)
     digest = hashlib.scrypt(password.encode(), salt=salt, **_SCRYPT)
@@ -71,6 +87,8 @@ def add_user(
     role = Role(role)
     if not name or len(name) > 64:
         raise InvalidRequest("a user name has 1 to 64 characters")
+    if password:
+        check_new_password(password)
     if session.scalar(select(User).where(User.name == name)) is not None:
         raise InvalidRequest(f"user {name!r} exists")
     token = new_token()
@@ -103,6 +121,8 @@ def rotate_token(session: Session, user: User) -> str:
 
 def set_password(session: Session, user: User, password: str | None) -> None:
     """Set (None: remove) ``user``'s sign-in password; their sessions end."""
+    if password:
+        check_new_password(password)
     user.password_hash = hash_password(password) if password else None
     end_sessions(session, user)
 
@@ -128,6 +148,8 @@ def user_for_token(session: Session, token: str) -> User | None:
 
 def user_for_password(session: Session, name: str, password: str) -> User | None:
     """The active user ``name`` if ``password`` is theirs (for the pages' sign-in form)."""
+    if len(password) > PASSWORD_MAX_CHARS:  # no password is that long: nothing to hash
+        return None
     user = session.scalar(select(User).where(User.name == name))
     if user is None or not user.active:
         # Spend the same time as a real check so the answer does not reveal which names exist.

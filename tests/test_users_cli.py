@@ -43,7 +43,7 @@ def test_password_stdin_in_a_real_pipe_without_getpass_warning(
             "radiologist",
             "--password-stdin",
         ],
-        input="radium 1898\n",
+        input="radium and polonium 1898\n",
         capture_output=True,
         text=True,
         env=env,
@@ -55,8 +55,8 @@ def test_password_stdin_in_a_real_pipe_without_getpass_warning(
     assert "GetPassWarning" not in proc.stderr and "getpass" not in proc.stderr
     token = proc.stdout.strip()
     assert "sign in at http://127.0.0.1:8080/login with user name and password" in proc.stderr
-    assert _can_sign_in(engine, "curie", "radium 1898")
-    assert not _can_sign_in(engine, "curie", "radium 1898\n")
+    assert _can_sign_in(engine, "curie", "radium and polonium 1898")
+    assert not _can_sign_in(engine, "curie", "radium and polonium 1898\n")
     with session_scope(engine) as session:
         user = user_for_token(session, token)
         assert user is not None and user.name == "curie"
@@ -67,18 +67,22 @@ def test_on_a_terminal_the_password_is_asked_twice(
 ) -> None:
     monkeypatch.setattr(user_commands, "stdin_is_terminal", lambda: True)
     result = CliRunner().invoke(
-        main, ["users", "add", "noether", "--role", "reader"], input="ring theory\nring theory\n"
+        main,
+        ["users", "add", "noether", "--role", "reader"],
+        input="rings and ideals in 1921\nrings and ideals in 1921\n",
     )
     assert result.exit_code == 0, result.output
-    assert "ring theory" not in result.output  # hidden
+    assert "rings and ideals in 1921" not in result.output  # hidden
     assert "repeat the password" in result.output
-    assert _can_sign_in(engine, "noether", "ring theory")
+    assert _can_sign_in(engine, "noether", "rings and ideals in 1921")
 
     mismatch = CliRunner().invoke(
-        main, ["users", "add", "hopper", "--role", "reader"], input="one\ntwo\nbug\nbug\n"
+        main,
+        ["users", "add", "hopper", "--role", "reader"],
+        input="one\ntwo\na moth in relay 70\na moth in relay 70\n",
     )
     assert mismatch.exit_code == 0, mismatch.output
-    assert _can_sign_in(engine, "hopper", "bug")
+    assert _can_sign_in(engine, "hopper", "a moth in relay 70")
 
 
 def test_without_a_terminal_token_only_and_password_flag_refused(
@@ -113,16 +117,20 @@ def test_password_change_and_disable_end_the_users_sessions(
     """``users password`` sets a new password and ``users disable`` disables; both raise the
     session generation, which ends the pages' sessions issued before (issue 20)."""
     added = CliRunner().invoke(
-        main, ["users", "add", "meitner", "--role", "radiologist", "--password-stdin"], input="a\n"
+        main,
+        ["users", "add", "meitner", "--role", "radiologist", "--password-stdin"],
+        input="beta decay and spin\n",
     )
     assert added.exit_code == 0, added.output
     assert _generation(engine, "meitner") == (0, True)
     changed = CliRunner().invoke(
-        main, ["users", "password", "meitner", "--password-stdin"], input="fission 1938\n"
+        main,
+        ["users", "password", "meitner", "--password-stdin"],
+        input="nuclear fission in 1938\n",
     )
     assert changed.exit_code == 0, changed.output
-    assert _can_sign_in(engine, "meitner", "fission 1938") and not _can_sign_in(
-        engine, "meitner", "a"
+    assert _can_sign_in(engine, "meitner", "nuclear fission in 1938") and not _can_sign_in(
+        engine, "meitner", "beta decay and spin"
     )
     assert _generation(engine, "meitner") == (1, True)
     disabled = CliRunner().invoke(main, ["users", "disable", "meitner"])
@@ -132,3 +140,32 @@ def test_password_change_and_disable_end_the_users_sessions(
         main, ["users", "password", "nobody", "--password-stdin"], input="x\n"
     )
     assert unknown.exit_code != 0 and "no user" in unknown.output
+
+
+def test_a_password_too_short_or_too_long_is_refused_and_nothing_changes(
+    settings: Settings, engine: Engine
+) -> None:
+    """NIST SP 800-63B-4: a single-factor password has at least 15 characters; the bound above
+    keeps what the server hashes bounded. A refused password creates no user and keeps the old
+    password."""
+    short = CliRunner().invoke(
+        main, ["users", "add", "fermi", "--role", "reader", "--password-stdin"], input="pile-1\n"
+    )
+    assert short.exit_code != 0 and "15 to 256 characters" in short.output
+    unknown = CliRunner().invoke(
+        main, ["users", "password", "fermi", "--password-stdin"], input="a long enough phrase\n"
+    )
+    assert "no user" in unknown.output  # nothing was created
+    added = CliRunner().invoke(
+        main,
+        ["users", "add", "fermi", "--role", "reader", "--password-stdin"],
+        input="chicago pile one 1942\n",
+    )
+    assert added.exit_code == 0, added.output
+    for weak in ("x" * 14, "y" * 257):
+        refused = CliRunner().invoke(
+            main, ["users", "password", "fermi", "--password-stdin"], input=f"{weak}\n"
+        )
+        assert refused.exit_code != 0 and "15 to 256 characters" in refused.output
+    assert _can_sign_in(engine, "fermi", "chicago pile one 1942")
+    assert _generation(engine, "fermi") == (0, True)  # the refusals ended no session

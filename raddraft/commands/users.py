@@ -155,12 +155,16 @@ def disable(name: str) -> None:
 def password(name: str, password_stdin: bool) -> None:
     """Give NAME a new password for the pages (empty: token only); their sessions end."""
     from raddraft.db import get_engine, session_scope
+    from report_drafts.states import InvalidRequest
     from report_drafts.users import set_password
 
     secret = _new_password(ask=not password_stdin, from_stdin=password_stdin, never=False)
-    with session_scope(get_engine()) as session:
-        user = _user(session, name)
-        set_password(session, user, secret)
+    try:
+        with session_scope(get_engine()) as session:
+            user = _user(session, name)
+            set_password(session, user, secret)
+    except InvalidRequest as error:
+        raise click.ClickException(str(error)) from error
     click.echo(f"user {name}: password {'set' if secret else 'removed'}, sessions ended")
 
 

@@ -173,7 +173,7 @@ def test_sessions_end_on_the_server(
         with Session(engine) as session:
             user = session.query(User).filter(User.name == "curie").one()
             if ending == "password":
-                drafts.set_password(session, user, "a new password")
+                drafts.set_password(session, user, "a brand new password")
             elif ending == "token":
                 drafts.rotate_token(session, user)
             else:
