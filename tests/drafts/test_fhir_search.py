@@ -119,7 +119,8 @@ def test_following_next_starts_past_the_last_row_and_reads_none_before_it(
     """A ``next`` link carries ``_after`` (its page's last row): the page it asks for is read
     from the primary key past that row, with no OFFSET (which reads and skips every earlier
     row: the last page of years of reports cost as much as all of them). The pages followed
-    that way are the pages ``_offset`` gives; ``previous`` pages by offset."""
+    that way are the pages ``_offset`` gives, and ``previous`` links (``_before``) lead back
+    through them by key."""
     token = tokens["rad"]
     for n in range(5):
         make_draft(engine, settings, patient_id=f"PK{n}", accession=f"ACK{n}")
@@ -133,7 +134,7 @@ def test_following_next_starts_past_the_last_row_and_reads_none_before_it(
         paging = [(sql, params) for sql, params in seen if "LIMIT" in sql.upper()]
         assert paging
         for sql, params in paging:
-            assert ".id > " in sql, sql
+            assert ".id > " in sql or ".id < " in sql, sql  # the page, or the look back
             if "OFFSET" in sql.upper():  # SQLite writes LIMIT ? OFFSET ? for any LIMIT
                 assert isinstance(params, tuple) and params[-1] == 0, (sql, params)
         assert page.total == 5 and _link(page, "previous") is not None
@@ -148,13 +149,14 @@ def test_following_next_starts_past_the_last_row_and_reads_none_before_it(
             page = _bundle(client, token, preceding.split("/fhir/", 1)[1])
         if "_before=" in preceding:
             paging = [sql for sql, _ in seen if "LIMIT" in sql.upper()]
-            assert paging and all(".id < " in sql for sql in paging), paging
+            assert paging and all(".id < " in sql or ".id >= " in sql for sql in paging), paging
+            assert any(".id < " in sql for sql in paging), paging
         back.append(_ids(page))
         assert len(back) <= 3
     assert back == by_offset[::-1]
     by_offset_last = _bundle(client, token, f"{kind}?_count=2&_offset=4")
     assert "_before=" in str(_link(by_offset_last, "previous"))
-    for hostile in ("_after=-1", "_before=x"):
+    for hostile in ("_after=-1", "_before=x", "_after=2&_before=9"):
         bad = client.get(f"/fhir/{kind}?{hostile}", headers=auth(token))
         assert bad.status_code == 400
 
@@ -186,6 +188,20 @@ def test_reports_gone_before_the_page_never_hide_the_pages_after_it(
         seen += _ids(page)
         assert len(seen) <= 8
     assert len(seen) == 8 and len(set(seen)) == 8
+    # Back from the last page: the page before it, then none (the rest left the search).
+    back = _bundle(client, token, str(_link(page, "previous")).split("/fhir/", 1)[1])
+    assert _ids(back) == seen[4:6] and _link(back, "previous") is None
+    # A previous link whose rows have all gone since leads to an empty page that links on.
+    with session_scope(engine) as session:
+        session.execute(
+            update(Report)
+            .where(Report.id.in_([report_id for report_id, _ in reports[4:6]]))
+            .values(fhir_status=None)
+        )
+    emptied = _bundle(client, token, str(_link(page, "previous")).split("/fhir/", 1)[1])
+    assert _ids(emptied) == [] and _link(emptied, "previous") is None
+    onward = _bundle(client, token, str(_link(emptied, "next")).split("/fhir/", 1)[1])
+    assert _ids(onward) == seen[6:]
 
 
 @contextmanager

@@ -206,9 +206,9 @@ def archive_searches(session: Session, settings: Settings, patient_id: str) -> N
         assert len(entries) <= 50 and total >= len(entries), search
         # The next page as its link asks for it: past the first page's last row, by key; and
         # the previous page of that one: the rows before its first, by key in reverse.
-        second = fhir_routes.Page(offset=50, after=first.last or 0)
+        second = fhir_routes.Page(offset=50, after=first.next_after or 0)
         found(session, search, 50, second)
-        found(session, search, 50, fhir_routes.Page(0, None, before=second.first or 0))
+        found(session, search, 50, fhir_routes.Page(0, None, before=second.previous_before or 0))
 
 
 def test_hot_reads_use_indexes_and_lists_keep_to_their_page(

@@ -343,7 +343,9 @@ def _page(params: Mapping[str, list[str]], settings: Settings) -> tuple[int, Pag
 
     count = min(number("_count", settings.fhir_default_count), settings.fhir_max_count)
     after = number("_after", 0) if params.get("_after") else None
-    before = number("_before", 0) if params.get("_before") and after is None else None
+    before = number("_before", 0) if params.get("_before") else None
+    if after is not None and before is not None:
+        raise SearchError("_after and _before name opposite ends of a page: give one")
     return count, Page(number("_offset", 0), after, before)
 
 
@@ -459,36 +461,53 @@ def _study_terms(session: Session, params: Mapping[str, list[str]]) -> list[Colu
 class Page:
     """Where a search page lies: past the row ``after`` (the primary key, kept in ``next``
     links), or the rows just before the row ``before`` (kept in ``previous`` links), else
-    ``offset`` rows in. Once read: its first and last rows, and whether matching rows lie
-    after it (``more``) and before it (``earlier``)."""
+    ``offset`` rows in. Once read: whether matching rows lie after it (``more``; a ``next``
+    link goes on past ``next_after``) and before it (``earlier``; a ``previous`` link ends
+    before ``previous_before``, or pages by offset when that is None)."""
 
     offset: int
     after: int | None
     before: int | None = None
-    first: int | None = None
-    last: int | None = None
     more: bool = False
     earlier: bool = False
+    next_after: int | None = None
+    previous_before: int | None = None
 
     def rows(self, session: Session, ids: Select[Any], key: Any, count: int) -> list[int]:
         """The page's primary keys from the matching ``ids``, in ``key`` order. One row more
-        than the page is read, to know whether another page lies beyond it."""
+        than the page is read in its direction, and whether rows lie the other way is asked
+        of the index: a link is offered exactly when there is a page behind it."""
         if self.before is not None:
             query = ids.where(key < self.before).order_by(key.desc()).limit(count + 1)
             found = list(session.scalars(query))
-            self.earlier, self.more = len(found) > count, bool(found)
+            self.earlier = len(found) > count
             found = found[:count][::-1]
+            self.more = _any(session, ids.where(key >= self.before).order_by(key))
+            self.next_after = found[-1] if found else self.before - 1
         else:
-            if self.after is not None:
-                query = ids.where(key > self.after).order_by(key).limit(count + 1)
-            else:
-                query = ids.order_by(key).limit(count + 1).offset(self.offset)
+            query = ids.where(key > self.after) if self.after is not None else ids
+            query = query.order_by(key).limit(count + 1)
+            if self.after is None:
+                query = query.offset(self.offset)
             found = list(session.scalars(query))
             self.more = len(found) > count
-            self.earlier = self.after is not None or self.offset > 0
             found = found[:count]
-        self.first, self.last = (found[0], found[-1]) if found else (None, None)
+            self.next_after = found[-1] if found else None
+            if found:
+                self.earlier = _any(session, ids.where(key < found[0]).order_by(key.desc()))
+            else:  # past the end: back to where the rows are
+                self.earlier = self.after is not None or self.offset > 0
+        if found:
+            self.previous_before = found[0]
+        elif self.after is not None:
+            self.previous_before = self.after + 1
         return found
+
+
+def _any(session: Session, ordered: Select[Any]) -> bool:
+    """Whether ``ordered`` has a row: its first along the key's index (an EXISTS may be
+    planned as a scan that finds no row until the table's end)."""
+    return session.scalar(ordered.limit(1)) is not None
 
 
 def _links(
@@ -498,7 +517,9 @@ def _links(
     count: int,
     page: Page,
 ) -> list[dict[str, str]]:
-    """``self`` (the parameters used, search.html 3.1.1.4), ``next`` and ``previous``."""
+    """``self`` (the parameters used, search.html 3.1.1.4), ``next`` and ``previous``. The
+    links' ``_offset`` is where the page would be had nothing changed since the first page:
+    for clients that show it; the key decides which rows a link reads."""
     base = f"{str(request.base_url).rstrip('/')}/fhir/{kind}"
     used = [(n, v) for n, vs in params.items() if n not in PAGING for v in vs]
 
@@ -511,12 +532,11 @@ def _links(
     offset = page.offset
     here = ("_after", page.after) if page.after is not None else ("_before", page.before)
     links = [{"relation": "self", "url": url(offset, here)}]
-    if page.more and page.last is not None:
-        links.append({"relation": "next", "url": url(offset + count, ("_after", page.last))})
-    if page.earlier and page.first is not None:
-        # A page that starts inside the first page's rows reads from the start instead.
-        before = ("_before", page.first if offset >= count else None)
-        links.append({"relation": "previous", "url": url(max(0, offset - count), before)})
+    if page.more and page.next_after is not None and count > 0:
+        links.append({"relation": "next", "url": url(offset + count, ("_after", page.next_after))})
+    if page.earlier and count > 0:
+        previous = ("_before", page.previous_before)
+        links.append({"relation": "previous", "url": url(max(0, offset - count), previous)})
     return links
 
 
