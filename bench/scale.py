@@ -24,14 +24,16 @@ says so, and the RESULT line names what it did not measure.
 The last line is
 
     RESULT worst_p95_ms=<ms> worst=<endpoint> p95_ratio_max=<x> failures=<n> ingest_ratio=<x>
-           [unmeasured=<endpoint>,...]
+           fhir_deep_offset_over_key=<x> [unmeasured=<endpoint>,...]
 
 ``worst_p95_ms``: the largest p95 at the largest N over every interactive endpoint (pages,
 worklist API, report JSON, queue, metrics, QIDO, WADO metadata, FHIR search; issue #23's target
 is 150 ms); ``p95_ratio_max``: their largest p95 at the largest N over their p95 at the
 smallest (target 1.5); ``failures``: requests that failed at any size (target 0);
-``ingest_ratio``: C-STORE ingest at the largest N over the empty archive's (target 0.9). The
-machine may be shared: numbers are noisy.
+``ingest_ratio``: C-STORE ingest at the largest N over the empty archive's (target 0.9);
+``fhir_deep_offset_over_key``: at the largest N, a FHIR page nine tenths into the reports asked
+by ``_offset`` alone (the baseline, outside the worst) over the same page asked as a ``next``
+link asks for it (``_after``), p50. The machine may be shared: numbers are noisy.
 """
 
 from __future__ import annotations
@@ -53,7 +55,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, select, text
+from sqlalchemy import create_engine, func, select, text
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -63,6 +65,7 @@ from raddraft import migrate  # noqa: E402
 from raddraft.commands.studies import studies_page_query  # noqa: E402
 from raddraft.db import engine_for, session_factory  # noqa: E402
 from raddraft.settings import Settings  # noqa: E402
+from report_drafts.tables import Report  # noqa: E402
 from tests import scale_seed  # noqa: E402
 from tests.conftest import reload_settings  # noqa: E402
 from tests.dicom_factory import StudyIds, make_cxr  # noqa: E402
@@ -90,7 +93,12 @@ OTHERS = (
     "qido /instances",
     "fhir DiagnosticReport?status=final",
     "fhir ImagingStudy",
+    "fhir DiagnosticReport next, deep",
+    "fhir DiagnosticReport previous, deep",
 )
+#: Measured and printed, outside RESULT's worst: what the links above replaced, an _offset
+#: nine tenths into the reports (a client may still send one; it reads every row before it).
+BASELINES = ("fhir DiagnosticReport _offset, deep",)
 #: What reads the archive's image files (not measured on a kept database without them).
 READS_FILES = ("wado /studies/{uid}/metadata",)
 PASSWORD = "correct horse battery staple"
@@ -227,6 +235,7 @@ def http_figures(
             .limit(1)
         ).one()
     cursor = api.get("/api/worklist", params={"page_size": 50}).json().get("next_cursor")
+    deep, row = _deep_report(engine)
 
     def ok(client: httpx.Client, path: str, **params: Any) -> Callable[[], bool]:
         def call() -> bool:
@@ -255,6 +264,19 @@ def http_figures(
         ("qido /instances", ok(api, "/dicomweb/instances")),
         ("fhir DiagnosticReport?status=final", ok(api, "/fhir/DiagnosticReport", status="final")),
         ("fhir ImagingStudy", ok(api, "/fhir/ImagingStudy")),
+        # A page nine tenths into the reports as the links ask for it (by key), and by offset.
+        (
+            "fhir DiagnosticReport next, deep",
+            ok(api, "/fhir/DiagnosticReport", _count=50, _offset=deep, _after=row),
+        ),
+        (
+            "fhir DiagnosticReport previous, deep",
+            ok(api, "/fhir/DiagnosticReport", _count=50, _offset=deep, _before=row + 1),
+        ),
+        (
+            "fhir DiagnosticReport _offset, deep",
+            ok(api, "/fhir/DiagnosticReport", _count=50, _offset=deep),
+        ),
     ]
     found = []
     for name, call in checks:
@@ -264,6 +286,17 @@ def http_figures(
         p50, p95, failures = timed(call, calls)
         found.append(Figure(name, p50, p95, failures))
     return found
+
+
+def _deep_report(engine: Any) -> tuple[int, int]:
+    """An offset nine tenths into the reports FHIR shows (a multiple of 50) and the report
+    just before it: where a RIS paging through them all would be."""
+    with session_factory(engine)() as session:
+        shown = select(Report.id).where(Report.fhir_status.is_not(None))
+        total = session.scalar(select(func.count()).select_from(shown.subquery())) or 0
+        deep = max(total * 9 // 10 // 50 * 50, 1)
+        row = session.scalar(shown.order_by(Report.id).offset(deep - 1).limit(1)) or 0
+    return deep, row
 
 
 class CountingBroker:
@@ -544,9 +577,11 @@ def main() -> None:
     slowest = max(interactive, key=lambda n: last[n].p95)
     ratio = max(last[n].p95 / max(first[n].p95, 1e-6) for n in interactive)
     failures = sum(f.failures for figures in results.values() for f in figures.values())
+    keyed, by_offset = last["fhir DiagnosticReport next, deep"], last[BASELINES[0]]
     print(
         f"RESULT worst_p95_ms={last[slowest].p95:.1f} worst={slowest.replace(' ', '_')} "
         f"p95_ratio_max={ratio:.2f} failures={failures} ingest_ratio={rates[sizes[-1]] / empty:.2f}"
+        f" fhir_deep_offset_over_key={by_offset.p50 / max(keyed.p50, 1e-6):.2f}"
         + (f" unmeasured={','.join(n.replace(' ', '_') for n in unmeasured)}" if unmeasured else "")
     )
 
