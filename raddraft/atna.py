@@ -24,6 +24,7 @@ hospital's copy. Without ``RADDRAFT_ATNA_COLLECTOR`` nothing is sent.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import datetime as dt
 import ipaddress
@@ -607,6 +608,17 @@ def _forget_sender() -> None:
 os.register_at_fork(after_in_child=_forget_sender)
 
 
+def flush_at_exit() -> None:
+    """Hand what is queued to the collector before the process ends (its sender thread is a
+    daemon, killed at exit); a collector that is down gets a few seconds, not the shutdown."""
+    if not flush(_EXIT_FLUSH_SECONDS):
+        log.error("ATNA records still queued at exit were not sent; is the collector down?")
+
+
+_EXIT_FLUSH_SECONDS = 5.0
+atexit.register(flush_at_exit)
+
+
 def enabled(settings: Settings | None = None) -> bool:
     """Whether a collector is configured (callers skip building messages otherwise)."""
     return bool((settings or get_settings()).atna_collector)
@@ -631,7 +643,8 @@ def emit(xml: bytes, settings: Settings | None = None) -> None:
 
 
 def flush(timeout: float = 10.0) -> bool:
-    """Wait until every queued record was handed to the collector (tests, shutdown)."""
+    """Wait until every queued record was handed to the collector (tests, and at exit:
+    :func:`flush_at_exit`)."""
     sender = _sender
     return sender is None or sender.idle.wait(timeout)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -90,29 +91,38 @@ def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
         event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    else:
+        engine = create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+    _ALL_ENGINES.add(engine)
+    return engine
 
 
 #: The engines of this process, newest use last; a few URLs at most (tests make more).
 _ENGINES: OrderedDict[str, Engine] = OrderedDict()
 _ENGINES_LOCK = threading.Lock()
 _MAX_ENGINES = 8
-#: The pools a forked child inherited, held so that their connections are never finalised
-#: in the child (closing one would end the parent's session on the server).
+#: Every engine still alive in this process, cached or not: a forked child resets them all.
+_ALL_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+#: The pools a forked child inherited, held so that the child never closes their connections:
+#: an explicit close would end the parent's PostgreSQL session, and closing an inherited SQLite
+#: file descriptor drops the child's own POSIX locks on that file (SQLite, "How To Corrupt An
+#: SQLite Database File" 2.2).
 _INHERITED_POOLS: list[Pool] = []
 
 
 def engine_for(url: str) -> Engine:
     """One engine per database URL per process (a forked child gets fresh connections)."""
+    evicted = []
     with _ENGINES_LOCK:
         engine = _ENGINES.get(url)
         if engine is None:
             engine = _ENGINES[url] = make_engine(url)
             while len(_ENGINES) > _MAX_ENGINES:
-                _ENGINES.popitem(last=False)[1].dispose()
+                evicted.append(_ENGINES.popitem(last=False)[1])
         _ENGINES.move_to_end(url)
-        return engine
+    for old in evicted:  # closing connections may wait on the network: not under the lock
+        old.dispose()
+    return engine
 
 
 def _forget_inherited_connections() -> None:
@@ -122,10 +132,12 @@ def _forget_inherited_connections() -> None:
     messages interleave, a query reads the other's answer, or the server drops the session
     ("server closed the connection unexpectedly") between a send and its record. SQLAlchemy's
     "Using Connection Pools with Multiprocessing or os.fork()": ``dispose(close=False)`` gives
-    the child a new, empty pool without closing what the parent still uses.
+    the child a new, empty pool without closing what the parent still uses. (A session the
+    forking thread held open is not reset; Celery forks from its main loop, which holds none.)
     """
-    _INHERITED_POOLS.extend(engine.pool for engine in _ENGINES.values())
-    for engine in _ENGINES.values():
+    engines = list(_ALL_ENGINES)
+    _INHERITED_POOLS.extend(engine.pool for engine in engines)
+    for engine in engines:
         engine.dispose(close=False)
     # The lock may have been held by another thread of the parent when it forked.
     global _ENGINES_LOCK

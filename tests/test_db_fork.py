@@ -1,4 +1,4 @@
-"""A forked child (Celery's prefork io workers) never uses its parent's database connections.
+"""A forked child (Celery's prefork io workers) never uses its parent's pooled connections.
 
 The io worker's parent process writes its heartbeat through the engine before Celery forks the
 pool; a child that took the parent's pooled connection would share its socket, and the two
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from raddraft.db import engine_for, session_scope
+from raddraft.db import engine_for, make_engine, session_scope
 
 
 def _forked(read: Callable[[], str]) -> str:
@@ -62,4 +62,17 @@ def test_a_forked_child_opens_its_own_sqlite_connection(tmp_path: Path) -> None:
     child = _forked(connection_id)
 
     assert child and child != parent
+    assert connection_id() == parent
+
+
+def test_an_engine_made_outside_the_cache_is_reset_too(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'own.db'}")  # as the listener's tests pass one
+
+    def connection_id() -> str:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+            return str(id(conn.connection.dbapi_connection))
+
+    parent = connection_id()
+    assert _forked(connection_id) != parent
     assert connection_id() == parent

@@ -169,3 +169,17 @@ def test_a_password_too_short_or_too_long_is_refused_and_nothing_changes(
         assert refused.exit_code != 0 and "15 to 256 characters" in refused.output
     assert _can_sign_in(engine, "fermi", "chicago pile one 1942")
     assert _generation(engine, "fermi") == (0, True)  # the refusals ended no session
+
+
+def test_on_a_terminal_a_short_password_is_asked_again(
+    settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(user_commands, "stdin_is_terminal", lambda: True)
+    result = CliRunner().invoke(
+        main,
+        ["users", "add", "franklin", "--role", "reader"],
+        input="photo 51\nphoto fifty one, 1952\nphoto fifty one, 1952\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert "15 to 256 characters" in result.output
+    assert _can_sign_in(engine, "franklin", "photo fifty one, 1952")

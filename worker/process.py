@@ -7,7 +7,9 @@ import os
 import threading
 import warnings
 
-from raddraft import jobs
+from celery.signals import worker_process_shutdown
+
+from raddraft import atna, jobs
 from raddraft.db import session_scope
 from raddraft.job_contract import Queue
 from raddraft.logging import kv
@@ -66,6 +68,11 @@ def worker_pool(settings: Settings, queues: list[str], concurrency: int) -> tupl
     return "threads", settings.studies_in_flight
 
 
+def _flush_audit(**_: object) -> None:
+    """A prefork child ends with ``os._exit`` (no atexit): its queued ATNA records go first."""
+    atna.flush_at_exit()
+
+
 def run_worker(
     settings: Settings, queues: list[str], concurrency: int, *, load_model: bool = True
 ) -> None:
@@ -86,6 +93,7 @@ def run_worker(
     )
     beat.start()
     app = make_app(settings)
+    worker_process_shutdown.connect(_flush_audit, weak=False)
     pool, concurrency = worker_pool(settings, queues, concurrency)
     log.info(
         "worker serving %s",

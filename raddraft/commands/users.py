@@ -101,8 +101,22 @@ def _new_password(*, ask: bool, from_stdin: bool, never: bool) -> str | None:
         show_default=False,
         hide_input=True,
         confirmation_prompt="repeat the password",
+        value_proc=_acceptable,
     )
     return str(secret) or None
+
+
+def _acceptable(value: str) -> str:
+    """A typed password the rules allow, or empty; else asked again (click re-prompts)."""
+    from report_drafts.states import InvalidRequest
+    from report_drafts.users import check_new_password
+
+    if value:
+        try:
+            check_new_password(value)
+        except InvalidRequest as error:
+            raise click.BadParameter(str(error)) from error
+    return value
 
 
 @users.command("list")
