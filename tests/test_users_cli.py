@@ -62,27 +62,30 @@ def test_password_stdin_in_a_real_pipe_without_getpass_warning(
         assert user is not None and user.name == "curie"
 
 
-def test_on_a_terminal_the_password_is_asked_twice(
+def test_on_a_terminal_the_password_is_asked_twice_and_again_when_too_short(
     settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(user_commands, "stdin_is_terminal", lambda: True)
-    result = CliRunner().invoke(
-        main,
-        ["users", "add", "noether", "--role", "reader"],
-        input="rings and ideals in 1921\nrings and ideals in 1921\n",
-    )
-    assert result.exit_code == 0, result.output
-    assert "rings and ideals in 1921" not in result.output  # hidden
-    assert "repeat the password" in result.output
-    assert _can_sign_in(engine, "noether", "rings and ideals in 1921")
 
-    mismatch = CliRunner().invoke(
-        main,
-        ["users", "add", "hopper", "--role", "reader"],
-        input="one\ntwo\na moth in relay 70\na moth in relay 70\n",
-    )
-    assert mismatch.exit_code == 0, mismatch.output
-    assert _can_sign_in(engine, "hopper", "a moth in relay 70")
+    def add(name: str, *typed: str) -> str:
+        result = CliRunner().invoke(
+            main, ["users", "add", name, "--role", "reader"], input="".join(f"{t}\n" for t in typed)
+        )
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    shown = add("noether", "rings and ideals in 1921", "rings and ideals in 1921")
+    assert "rings and ideals in 1921" not in shown  # hidden
+    assert "repeat the password" in shown
+    assert _can_sign_in(engine, "noether", "rings and ideals in 1921")
+    # Two that differ: asked again from the start.
+    shown = add("hopper", "a moth in relay 70", "a moth in relay 71", *["a bug in the mark II"] * 2)
+    assert "do not match" in shown
+    assert _can_sign_in(engine, "hopper", "a bug in the mark II")
+    # Too short: refused as typed and asked again, not failed.
+    shown = add("franklin", "photo 51", *["photo fifty one, 1952"] * 2)
+    assert "15 to 256 characters" in shown
+    assert _can_sign_in(engine, "franklin", "photo fifty one, 1952")
 
 
 def test_without_a_terminal_token_only_and_password_flag_refused(
@@ -169,17 +172,3 @@ def test_a_password_too_short_or_too_long_is_refused_and_nothing_changes(
         assert refused.exit_code != 0 and "15 to 256 characters" in refused.output
     assert _can_sign_in(engine, "fermi", "chicago pile one 1942")
     assert _generation(engine, "fermi") == (0, True)  # the refusals ended no session
-
-
-def test_on_a_terminal_a_short_password_is_asked_again(
-    settings: Settings, engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(user_commands, "stdin_is_terminal", lambda: True)
-    result = CliRunner().invoke(
-        main,
-        ["users", "add", "franklin", "--role", "reader"],
-        input="photo 51\nphoto fifty one, 1952\nphoto fifty one, 1952\n",
-    )
-    assert result.exit_code == 0, result.output
-    assert "15 to 256 characters" in result.output
-    assert _can_sign_in(engine, "franklin", "photo fifty one, 1952")
