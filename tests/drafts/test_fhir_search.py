@@ -202,6 +202,10 @@ def test_reports_gone_before_the_page_never_hide_the_pages_after_it(
     assert _ids(emptied) == [] and _link(emptied, "previous") is None
     onward = _bundle(client, token, str(_link(emptied, "next")).split("/fhir/", 1)[1])
     assert _ids(onward) == seen[6:]
+    # Before the first row there is nothing; its next link is still one the server takes.
+    nothing = _bundle(client, token, f"{query}&_before=0")
+    assert _ids(nothing) == []
+    assert _ids(_bundle(client, token, str(_link(nothing, "next")).split("/fhir/", 1)[1]))
 
 
 @contextmanager

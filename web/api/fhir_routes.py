@@ -483,7 +483,7 @@ class Page:
             self.earlier = len(found) > count
             found = found[:count][::-1]
             self.more = _any(session, ids.where(key >= self.before).order_by(key))
-            self.next_after = found[-1] if found else self.before - 1
+            self.next_after = found[-1] if found else max(self.before - 1, 0)
         else:
             query = ids.where(key > self.after) if self.after is not None else ids
             query = query.order_by(key).limit(count + 1)
