@@ -30,6 +30,7 @@ from dicom_listener.tables import (
     StudyVersion,
     VersionState,
 )
+from raddraft.numbers import IS_DIGITS, decimal
 from raddraft.settings import get_settings
 
 
@@ -161,7 +162,7 @@ def version_images(
         number = instance.instance_number
         return (
             series.series_number.zfill(12),
-            int(number) if number.lstrip("-").isdigit() else 0,
+            decimal(number, max_digits=IS_DIGITS, signed=True) or 0,
             number,
             instance.sop_instance_uid,
         )

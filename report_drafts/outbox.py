@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session, object_session
 
 from dicom_listener import Instance, Patient, Series, Study, StudyVersion, identity_conflict
 from raddraft import destinations, job_contract, jobs
+from raddraft.numbers import IS_DIGITS, decimal
 from raddraft.settings import Settings
 from report_drafts.builders import (
     ImageRef,
@@ -513,7 +514,7 @@ def build_fhir_resources(
 
 def _image_ref(series: Series, instance: Instance) -> ImageRef:
     def number(value: str) -> int | None:
-        return int(value) if value.strip().lstrip("-").isdigit() else None
+        return decimal(value, max_digits=IS_DIGITS, signed=True)
 
     return ImageRef(
         series_uid=series.series_instance_uid,

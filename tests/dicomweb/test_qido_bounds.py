@@ -97,6 +97,10 @@ def test_matching_escapes_sql_wildcards_and_keeps_the_case_rules(
     assert len(ids(PatientName="doe^JANE")) == 3  # PN: case-insensitive
     assert len(ids(PatientName="d*^j?ne")) == 3
     assert ids(PatientID="PID_1", PatientName="nobody*") == set()
+    # A number matched against a number column: "²" and 1,000 digits match nothing, no 500
+    # (longer values are refused by the query's length bound).
+    for odd in ("\u00b2", "9" * 14, "9" * 1000):
+        assert reader.search_for_instances(search_filters={"Rows": odd}) == []
 
 
 @pytest.fixture

@@ -156,8 +156,10 @@ def test_following_next_starts_past_the_last_row_and_reads_none_before_it(
     assert back == by_offset[::-1]
     by_offset_last = _bundle(client, token, f"{kind}?_count=2&_offset=4")
     assert "_before=" in str(_link(by_offset_last, "previous"))
-    for hostile in ("_after=-1", "_before=x", "_after=2&_before=9"):
-        bad = client.get(f"/fhir/{kind}?{hostile}", headers=auth(token))
+    too_big = "9" * 10
+    for hostile in ("_after=-1", "_before=x", "_after=2&_before=9", "_after=%C2%B2", too_big):
+        query = f"_before={hostile}" if hostile == too_big else hostile
+        bad = client.get(f"/fhir/{kind}?{query}", headers=auth(token))
         assert bad.status_code == 400
 
 
@@ -283,6 +285,9 @@ def test_reads_carry_their_version(
     provenance = client.get(f"/fhir/Provenance/{uid}-v1", headers=auth(token))
     assert Provenance.model_validate_json(provenance.content).meta.versionId == "1"
     assert provenance.headers["ETag"] == 'W/"1"'
+    for odd in ("\u00b2", "9" * 14, "9" * 5000):  # "²"; past an SQL INTEGER; past int()'s digits
+        missing = client.get(f"/fhir/Provenance/{uid}-v{odd}", headers=auth(token))
+        assert missing.status_code == 404, missing.text
     # In a search too.
     [entry] = _bundle(client, token, "DiagnosticReport").entry
     assert entry.resource.meta.versionId == resource.meta.versionId

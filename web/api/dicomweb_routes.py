@@ -33,6 +33,7 @@ from starlette.concurrency import run_in_threadpool
 import dicom_listener
 from raddraft import atna
 from raddraft.logging import kv
+from raddraft.numbers import decimal
 from raddraft.settings import Settings
 from report_drafts import Role, User
 from web.api import query_limits
@@ -112,8 +113,8 @@ async def _bounded_body(
     :data:`SPOOL_MEMORY_BYTES`), refused (413) beyond ``limit`` bytes: a declared
     Content-Length is checked before anything is read, and a chunked or lying body as it
     streams in, so a sender can never make the web process hold the body in memory."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    declared = decimal(request.headers.get("content-length", ""), max_digits=18)
+    if declared is not None and declared > limit:
         raise _TooLarge
     size = 0
     async for chunk in request.stream():
@@ -538,7 +539,7 @@ def _rendered(request: Request, found: list[catalog.DicomObject], frame: int) ->
             found[0].path,
             media_type,
             frame=frame,
-            quality=int(quality) if quality.isdigit() else 90,
+            quality=number if (number := decimal(quality, max_digits=3)) is not None else 90,
         )
     except pixels.NotAnImage as error:
         return _problem(400, f"{error}: nothing to render")

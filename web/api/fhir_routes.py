@@ -43,6 +43,7 @@ from sqlalchemy.orm import QueryableAttribute, Session
 import report_drafts as drafts
 from dicom_listener import Patient, Study
 from raddraft.db import count_rows
+from raddraft.numbers import decimal
 from raddraft.settings import Settings
 from report_drafts import (
     PUBLISHED_ACTIONS,
@@ -61,6 +62,8 @@ router = APIRouter(prefix="/fhir", tags=["fhir"])
 FHIR_JSON = "application/fhir+json"
 #: Result parameters every search takes (FHIR R4 search.html 3.1.1.5).
 PAGING = ("_count", "_offset", "_after", "_before")
+#: The largest paging number taken: nine digits, within a 32-bit SQL INTEGER's range.
+PAGING_MAX = 999_999_999
 #: The search parameters served, per resource type (and announced in the capability statement).
 SEARCH_PARAMS: dict[str, tuple[str, ...]] = {
     "DiagnosticReport": (
@@ -296,11 +299,12 @@ def read_provenance(
     """``<report uid>-v<n>``: who made version n (the AI device) and who verified it."""
     uid, _, number = resource_id.rpartition("-v")
     report = session.scalar(select(Report).where(Report.uid == uid))
-    if report is None or not number.isdigit():
+    wanted = decimal(number)
+    if report is None or wanted is None:
         raise NotFound(f"no Provenance {resource_id}")
     row = session.scalar(
         select(ReportVersion).where(
-            ReportVersion.report_pk == report.id, ReportVersion.number == int(number)
+            ReportVersion.report_pk == report.id, ReportVersion.number == wanted
         )
     )
     if row is None or row.action not in PUBLISHED_ACTIONS:
@@ -337,9 +341,12 @@ def _page(params: Mapping[str, list[str]], settings: Settings) -> tuple[int, Pag
         values = params.get(name)
         if not values:
             return default
-        if not values[-1].isdigit() or len(values[-1]) > 9:
-            raise SearchError(f"{name} must be a non-negative integer, not {values[-1]!r}")
-        return int(values[-1])
+        value = decimal(values[-1])
+        if value is None:
+            raise SearchError(
+                f"{name} must be an integer from 0 to {PAGING_MAX}, not {values[-1]!r}"
+            )
+        return value
 
     count = min(number("_count", settings.fhir_default_count), settings.fhir_max_count)
     after = number("_after", 0) if params.get("_after") else None
@@ -500,7 +507,7 @@ class Page:
         if found:
             self.previous_before = found[0]
         elif self.after is not None:
-            self.previous_before = self.after + 1
+            self.previous_before = min(self.after + 1, PAGING_MAX)  # a link we accept
         return found
 
 

@@ -36,6 +36,7 @@ from sqlalchemy.orm import Session
 
 from dicom_listener import Instance, Patient, Series, Study
 from raddraft.db import count_rows
+from raddraft.numbers import decimal
 from raddraft.settings import Settings
 from report_drafts import (
     OutboxPayloadError,
@@ -218,9 +219,10 @@ def parse_query(params: Iterable[tuple[str, str]], level: str) -> Query:
 
 
 def _count(name: str, value: str) -> int:
-    if not value.isdigit() or len(value) > 9:
+    number = decimal(value)
+    if number is None:
         raise QueryError(f"{name} must be a non-negative integer below 10^9, not {value!r}")
-    return int(value)
+    return number
 
 
 def page_size(query: Query, settings: Settings) -> tuple[int, bool]:

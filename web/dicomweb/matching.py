@@ -24,6 +24,8 @@ from pydicom.datadict import dictionary_VR
 from sqlalchemy import ColumnElement, String, and_, cast, false, func
 from sqlalchemy.orm import QueryableAttribute
 
+from raddraft.numbers import decimal
+
 #: The most UIDs one list-of-UID key may carry (PS3.4 C.2.2.2.2); the list is a bind
 #: parameter each, so it is bounded by the query, never by the archive.
 MAX_UIDS = 1000
@@ -97,7 +99,8 @@ def condition(
     if vr == "UI":
         return column.in_(uid_list(pattern))
     if vr in ("US", "UL", "SS", "SL"):  # Rows, Columns: numbers in the table
-        return column == int(pattern) if pattern.isdigit() else false()
+        number = decimal(pattern)
+        return column == number if number is not None else false()
     if vr in ("DA", "TM", "DT") and "-" in pattern:
         return _range(column, pattern)
     if is_wildcard(pattern):

@@ -26,6 +26,7 @@ from dicom_listener import Instance, is_frontal
 from raddraft import atna
 from raddraft.db import utcnow
 from raddraft.logging import kv
+from raddraft.numbers import decimal
 from raddraft.settings import Settings
 from report_drafts import (
     DEMO_WARNING,
@@ -364,7 +365,7 @@ def worklist(  # noqa: PLR0913 (FastAPI: one parameter per form field)
     states = [s for s in (state or []) if s in {x.value for x in ReportState}]
     filters: dict[str, Any] = {
         "states": states or None,
-        "priority": int(priority) if priority.isdigit() else None,
+        "priority": decimal(priority),
         "date_from": date_from or None,
         "date_to": date_to or None,
         "patient_id": patient_id.strip() or None,
