@@ -8,6 +8,8 @@ DICOM IS values.
 
 from __future__ import annotations
 
+#: The largest value of a 32-bit SQL INTEGER, the type of every id column.
+INTEGER_MAX = 2**31 - 1
 #: Digits of a number compared with a 32-bit INTEGER column (at most 999,999,999).
 INTEGER_DIGITS = 9
 #: Digits of a DICOM IS value (PS3.5 6.2: 12 bytes, a sign included).

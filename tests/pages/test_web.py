@@ -139,6 +139,8 @@ def test_cookie_session_needs_csrf_and_the_right_role(
     csrf = sign_in(client, "curie")
     # A filter that is not a number filters nothing ("²" is a digit to str.isdigit only).
     assert client.get("/worklist", params={"priority": "\u00b2"}).status_code == 200
+    # An id past a 32-bit SQL INTEGER is malformed (422), not a query PostgreSQL refuses.
+    assert client.get(f"/reports/{'9' * 14}").status_code == 422
     body = {"expected_version": 1, "impression": "Edited."}
     # The cookie alone does not authorise a change: no CSRF header, or a wrong one, is 401.
     assert client.post(f"/api/reports/{report}/edit", json=body).status_code == 401

@@ -19,6 +19,7 @@ from raddraft.settings import Settings
 from report_drafts import Box, NotFound, ReportContent
 from web.api import views
 from web.api.auth import Admin, CurrentUser, DbSession, Radiologist, Viewer
+from web.api.params import QueryNumber, RowId, VersionNumber
 
 router = APIRouter(prefix="/api")
 
@@ -103,7 +104,7 @@ def worklist(  # noqa: PLR0913 (FastAPI: one parameter per worklist query key)
     session: DbSession,
     user: Viewer,
     state: Annotated[list[str] | None, Query()] = None,
-    priority: int | None = None,
+    priority: QueryNumber = None,
     date_from: str | None = Query(default=None, description="Study date, YYYYMMDD or ISO."),
     date_to: str | None = None,
     patient_id: str | None = None,
@@ -132,7 +133,7 @@ def worklist(  # noqa: PLR0913 (FastAPI: one parameter per worklist query key)
 
 
 @router.get("/reports/{report_id}", tags=["review"])
-def report_detail(report_id: int, session: DbSession, user: Viewer) -> dict[str, Any]:
+def report_detail(report_id: RowId, session: DbSession, user: Viewer) -> dict[str, Any]:
     """The draft with stages, findings, versions and provenance; a radiologist's first view
     starts the review (and the reader-study clock)."""
     report = drafts.open_report(session, report_id, user)
@@ -142,12 +143,14 @@ def report_detail(report_id: int, session: DbSession, user: Viewer) -> dict[str,
 
 
 @router.get("/reports/{report_id}/versions/{number}", tags=["review"])
-def report_version(report_id: int, number: int, session: DbSession, user: Viewer) -> dict[str, Any]:
+def report_version(
+    report_id: RowId, number: VersionNumber, session: DbSession, user: Viewer
+) -> dict[str, Any]:
     return views.version_json(drafts.version(session, report_id, number))
 
 
 @router.post("/reports/{report_id}/edit", tags=["review"])
-def edit(report_id: int, body: EditBody, session: DbSession, user: Radiologist) -> dict[str, Any]:
+def edit(report_id: RowId, body: EditBody, session: DbSession, user: Radiologist) -> dict[str, Any]:
     row = drafts.edit_text(
         session,
         report_id,
@@ -163,7 +166,7 @@ def edit(report_id: int, body: EditBody, session: DbSession, user: Radiologist) 
 
 @router.post("/reports/{report_id}/findings", tags=["review"])
 def add_finding(
-    report_id: int, body: NewFindingBody, session: DbSession, user: Radiologist
+    report_id: RowId, body: NewFindingBody, session: DbSession, user: Radiologist
 ) -> dict[str, Any]:
     """Add a finding the model missed, with a box drawn on the page (counted per label)."""
     row = drafts.add_finding(
@@ -181,7 +184,7 @@ def add_finding(
 
 @router.post("/reports/{report_id}/findings/{tracking_uid}", tags=["review"])
 def finding(
-    report_id: int, tracking_uid: str, body: FindingBody, session: DbSession, user: Radiologist
+    report_id: RowId, tracking_uid: str, body: FindingBody, session: DbSession, user: Radiologist
 ) -> dict[str, Any]:
     row = drafts.finding_feedback(
         session,
@@ -198,7 +201,7 @@ def finding(
 
 @router.post("/reports/{report_id}/sign", tags=["review"])
 def sign(
-    report_id: int, body: SignBody, request: Request, session: DbSession, user: Radiologist
+    report_id: RowId, body: SignBody, request: Request, session: DbSession, user: Radiologist
 ) -> dict[str, Any]:
     """Sign as the authenticated radiologist: final SR and GSPS built, exports enqueued."""
     row = drafts.sign(
@@ -214,7 +217,7 @@ def sign(
 
 @router.post("/reports/{report_id}/reject", tags=["review"])
 def reject(
-    report_id: int, body: RejectBody, request: Request, session: DbSession, user: Radiologist
+    report_id: RowId, body: RejectBody, request: Request, session: DbSession, user: Radiologist
 ) -> dict[str, Any]:
     """Reject the draft; what was sent of it is withdrawn (IOCM note, HL7 X/W, FHIR)."""
     row = drafts.reject(
@@ -230,7 +233,7 @@ def reject(
 
 @router.post("/reports/{report_id}/amend", tags=["review"])
 def amend(
-    report_id: int, body: AmendBody, request: Request, session: DbSession, user: Radiologist
+    report_id: RowId, body: AmendBody, request: Request, session: DbSession, user: Radiologist
 ) -> dict[str, Any]:
     row = drafts.amend(
         session,
@@ -248,7 +251,7 @@ def amend(
 
 
 @router.get("/reports/{report_id}/sent", tags=["review"])
-def sent(report_id: int, session: DbSession, user: Viewer) -> list[dict[str, Any]]:
+def sent(report_id: RowId, session: DbSession, user: Viewer) -> list[dict[str, Any]]:
     """What was sent where, per version."""
     sends: list[dict[str, Any]] = views.detail(session, drafts.get_report(session, report_id))[
         "sent"
@@ -257,7 +260,7 @@ def sent(report_id: int, session: DbSession, user: Viewer) -> list[dict[str, Any
 
 
 @router.get("/reports/{report_id}/images", tags=["images"])
-def images(report_id: int, session: DbSession, user: Viewer) -> list[dict[str, Any]]:
+def images(report_id: RowId, session: DbSession, user: Viewer) -> list[dict[str, Any]]:
     return views.images_json(session, drafts.get_report(session, report_id))
 
 
@@ -268,14 +271,14 @@ def images(report_id: int, session: DbSession, user: Viewer) -> list[dict[str, A
     responses={200: {"content": {"image/png": {}}}},
 )
 def image_png(  # noqa: PLR0913 (FastAPI: one parameter per rendering query key)
-    report_id: int,
+    report_id: RowId,
     sop_instance_uid: str,
     request: Request,
     session: DbSession,
     user: Viewer,
     boxes: bool = True,
     rejected: bool = False,
-    version: int | None = None,
+    version: QueryNumber = None,
     window_center: float | None = None,
     window_width: float | None = None,
     max_size: Annotated[int | None, Query(ge=16, le=8192)] = None,
@@ -355,14 +358,14 @@ def list_jobs(
 
 
 @router.post("/admin/jobs/{job_id}/retry", tags=["admin"])
-def retry_job(job_id: int, session: DbSession, user: Admin) -> dict[str, Any]:
+def retry_job(job_id: RowId, session: DbSession, user: Admin) -> dict[str, Any]:
     job = drafts.retry_job(session, job_id, user)
     session.commit()
     return {"id": job.id, "state": job.state}
 
 
 @router.post("/admin/study-versions/{study_version_pk}/requeue", tags=["admin"])
-def requeue(study_version_pk: int, session: DbSession, user: Admin) -> dict[str, Any]:
+def requeue(study_version_pk: RowId, session: DbSession, user: Admin) -> dict[str, Any]:
     """Draft a failed study version again (refused once a draft exists)."""
     job = drafts.requeue(session, study_version_pk, user)
     session.commit()
@@ -414,7 +417,7 @@ def identity_conflicts(session: DbSession, user: Admin) -> list[dict[str, Any]]:
 
 @router.post("/admin/identity-conflicts/{conflict_id}/resolve", tags=["admin"])
 def resolve_identity_conflict(
-    conflict_id: int, body: ResolveIdentityBody, session: DbSession, user: Admin
+    conflict_id: RowId, body: ResolveIdentityBody, session: DbSession, user: Admin
 ) -> dict[str, Any]:
     """Resolve a study's identity conflict (audited); its held RIS messages are released."""
     result = drafts.resolve_identity(session, conflict_id, user, resolution=body.resolution)
@@ -424,7 +427,7 @@ def resolve_identity_conflict(
 
 @router.post("/critical-notifications/{notification_id}/acknowledge", tags=["review"])
 def acknowledge_critical(
-    notification_id: int, session: DbSession, user: CurrentUser
+    notification_id: RowId, session: DbSession, user: CurrentUser
 ) -> dict[str, Any]:
     """A named radiologist or administrator acknowledges a critical-finding notice (audited);
     the transport's reply only ever made it *delivered*. Stops its escalation."""

@@ -45,6 +45,7 @@ from report_drafts import (
 from web import queue_status
 from web.api import views
 from web.api.auth import Access, DbSession, allowed
+from web.api.params import RowId
 from web.pages import sign_in, viewmodel
 from web.pages.ratelimit import SignInLimit
 
@@ -434,7 +435,7 @@ def worklist(  # noqa: PLR0913 (FastAPI: one parameter per form field)
 
 
 @router.get("/reports/{report_id}", response_class=HTMLResponse)
-def review(request: Request, report_id: int, session: DbSession, user: Viewing) -> HTMLResponse:
+def review(request: Request, report_id: RowId, session: DbSession, user: Viewing) -> HTMLResponse:
     """The review desk: image with boxes, prior, editable text, findings, stages, sign."""
     try:
         report = drafts.open_report(session, report_id, user)
@@ -557,7 +558,7 @@ def _display_content(content: dict[str, Any]) -> dict[str, Any]:
 @router.get("/reports/{report_id}/prior/{sop_instance_uid}.png", response_model=None)
 def prior_png(
     request: Request,
-    report_id: int,
+    report_id: RowId,
     sop_instance_uid: str,
     session: DbSession,
     user: ViewingData,
