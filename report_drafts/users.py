@@ -150,6 +150,9 @@ def user_for_password(session: Session, name: str, password: str) -> User | None
     """The active user ``name`` if ``password`` is theirs (for the pages' sign-in form)."""
     if len(password) > PASSWORD_MAX_CHARS:  # no password is that long: nothing to hash
         return None
+    if "\x00" in name:  # no user is called that, and no database text column holds NUL
+        check_password(_DUMMY_HASH, password)
+        return None
     user = session.scalar(select(User).where(User.name == name))
     if user is None or not user.active:
         # Spend the same time as a real check so the answer does not reveal which names exist.
@@ -166,7 +169,7 @@ _DUMMY_HASH = hash_password("not a password")
 
 def password_subject(name: str) -> str:
     """The limit's subject for a password sign-in: the account tried, whether it exists."""
-    return "name:" + name.strip().lower()[:64]
+    return "name:" + name.strip().lower()[:64].replace("\x00", "\ufffd")
 
 
 def sign_in_wait(

@@ -204,6 +204,12 @@ def test_login_form_is_csrf_protected_and_sessions_end(
         follow_redirects=False,
     )
     assert wrong.status_code == 401
+    nul = client.post(  # a name no user has and no database text holds: refused, not a 500
+        "/login",
+        data={"csrf_token": token.group(1), "username": "cu\x00rie", "password": "wrong"},
+        follow_redirects=False,
+    )
+    assert nul.status_code == 401
     by_token = client.post(
         "/login",
         data={"csrf_token": token.group(1), "token": seeded.users["admin"].token},

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -45,6 +45,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.engine = engine
     app.state.sessionmaker = session_factory(engine)
     app.state.session_resolvers = []
+
+    @app.middleware("http")
+    async def _no_nul(request: Request, call_next: Any) -> Response:
+        """Refuse NUL in a path or query (400): no database text holds it (PostgreSQL refuses
+        the whole statement, a 500), and no UID, id or search value contains it."""
+        query = request.scope.get("query_string", b"")
+        if "\x00" in request.url.path or b"%00" in query or b"\x00" in query:
+            return JSONResponse({"detail": "NUL (0x00) is not allowed in a path or query"}, 400)
+        response: Response = await call_next(request)
+        return response
 
     @app.exception_handler(LifecycleError)
     def _lifecycle_error(_request: Request, error: LifecycleError) -> JSONResponse:

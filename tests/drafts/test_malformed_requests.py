@@ -1,5 +1,6 @@
-"""A number past a 32-bit SQL INTEGER anywhere a route takes an id or a number is a malformed
-request (422), never handed to PostgreSQL, which refuses the whole query with a 500."""
+"""Requests PostgreSQL would refuse whole (a 500) are refused as malformed first: a number past a
+32-bit SQL INTEGER wherever a route takes an id or a number (422), and NUL in a path or a query
+(400), which no database text column holds."""
 
 from __future__ import annotations
 
@@ -30,3 +31,21 @@ def test_an_id_past_the_database_integer_is_a_malformed_request(
     body = {"json": {"expected_version": 1, "edit_reason": "none"}} if method == "post" else {}
     answer = getattr(client, method)(path, headers=auth(tokens[role]), **body)
     assert answer.status_code == 422, (path, answer.status_code, answer.text[:200])
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/worklist?patient_id=%00",
+        "/dicomweb/studies?PatientID=A%00",
+        "/dicomweb/studies/1.2%00/series",
+        "/fhir/DiagnosticReport/a%00b",
+        "/fhir/DiagnosticReport?identifier=%00",
+    ],
+)
+def test_nul_in_a_path_or_query_is_refused(
+    client: TestClient, tokens: dict[str, str], path: str
+) -> None:
+    answer = client.get(path, headers=auth(tokens["rad"]))
+    assert answer.status_code == 400, (path, answer.status_code, answer.text[:200])
+    assert "NUL" in answer.json()["detail"]
