@@ -4,6 +4,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from fastapi.testclient import TestClient
 
@@ -49,3 +51,26 @@ def test_nul_in_a_path_or_query_is_refused(
     answer = client.get(path, headers=auth(tokens["rad"]))
     assert answer.status_code == 400, (path, answer.status_code, answer.text[:200])
     assert "NUL" in answer.json()["detail"]
+
+
+def test_a_body_past_the_bound_is_refused_before_it_is_held(
+    client: TestClient, tokens: dict[str, str]
+) -> None:
+    """FastAPI reads a body whole before it checks who is calling: beyond a megabyte it is
+    refused (413), declared or streamed, signed in or not; report texts have a length."""
+    big = b'{"expected_version": 1, "impression": "' + b"x" * (2 * 1024 * 1024) + b'"}'
+    json_type = {"Content-Type": "application/json"}
+    declared = client.post("/api/reports/1/edit", content=big, headers=json_type)
+    assert declared.status_code == 413, declared.text[:200]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: chunked
+        for start in range(0, len(big), 65536):
+            yield big[start : start + 65536]
+
+    streamed = client.post(
+        "/api/reports/1/edit", content=chunks(), headers={**json_type, **auth(tokens["rad"])}
+    )
+    assert streamed.status_code == 413, streamed.text[:200]
+    long_text = {"expected_version": 1, "impression": "x" * 20_001}
+    too_long = client.post("/api/reports/1/edit", json=long_text, headers=auth(tokens["rad"]))
+    assert too_long.status_code == 422

@@ -19,6 +19,9 @@ from web.api import dicomweb_routes, docs, fhir_routes, routes
 
 log = logging.getLogger(__name__)
 
+#: A request body at most (413 beyond): report texts, a sign-in form, a finding are kilobytes.
+MAX_BODY_BYTES = 1024 * 1024
+
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The API alone: review API at ``/api``, FHIR at ``/fhir``, DICOMweb at ``/dicomweb``,
@@ -39,6 +42,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # Our own /docs: FastAPI's loads Swagger UI from a CDN (web.api.docs).
         docs_url=None,
         redoc_url=None,
+        # FastAPI reads a JSON or form body whole before it resolves a route's dependencies,
+        # sign-in included: bounded, anyone reaching the port could make this process hold
+        # any number of bytes. STOW-RS routes take images under their own bound.
+        max_body_size=MAX_BODY_BYTES,
     )
     engine = engine_for(settings.database_url)
     app.state.settings = settings

@@ -221,12 +221,25 @@ def _audit_transferred(
         atna.emit(xml)
 
 
-@router.post("/studies", summary="STOW-RS: store instances (PS3.18 10.5)")
+#: The app's body bound does not apply to STOW-RS: its bound is RADDRAFT_DICOMWEB_MAX_REQUEST_MB,
+#: checked as the body streams to a spool on disk (:func:`_bounded_body`).
+STOW_BODY_CEILING = 1 << 50
+
+
+@router.post(
+    "/studies",
+    summary="STOW-RS: store instances (PS3.18 10.5)",
+    max_body_size=STOW_BODY_CEILING,
+)
 async def store_instances(request: Request, user: Sender) -> Response:
     return await _store(request, user, None)
 
 
-@router.post("/studies/{study}", summary="STOW-RS: store instances of one study")
+@router.post(
+    "/studies/{study}",
+    summary="STOW-RS: store instances of one study",
+    max_body_size=STOW_BODY_CEILING,
+)
 async def store_study_instances(study: str, request: Request, user: Sender) -> Response:
     return await _store(request, user, study)
 

@@ -29,12 +29,19 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+#: A report section's length at most (characters): a long chest X-ray report is a few thousand.
+TEXT_MAX = 20_000
+#: A reason or note.
+NOTE_MAX = 4_000
+Text = Annotated[str | None, Field(max_length=TEXT_MAX)]
+
+
 class EditBody(_Body):
     expected_version: int = Field(description="The version the edit was made against.")
-    findings_text: str | None = None
-    impression: str | None = None
-    progression: str | None = None
-    note: str = ""
+    findings_text: Text = None
+    impression: Text = None
+    progression: Text = None
+    note: str = Field(default="", max_length=NOTE_MAX)
 
 
 class BoxBody(_Body):
@@ -47,14 +54,18 @@ class BoxBody(_Body):
 class FindingBody(_Body):
     expected_version: int
     action: Literal["accept", "reject", "edit"]
-    label: str | None = None
+    label: str | None = Field(default=None, max_length=200)
     box: BoxBody | None = None
 
 
 class NewFindingBody(_Body):
     expected_version: int
-    label: str = Field(description="The finding the model missed, e.g. 'Pneumothorax'.")
-    sop_instance_uid: str | None = Field(default=None, description="The image the box is on.")
+    label: str = Field(
+        max_length=200, description="The finding the model missed, e.g. 'Pneumothorax'."
+    )
+    sop_instance_uid: str | None = Field(
+        default=None, max_length=64, description="The image the box is on."
+    )
     box: BoxBody | None = Field(default=None, description="Stored pixels (column, row).")
     laterality: Literal["left", "right", "bilateral"] | None = None
 
@@ -66,7 +77,7 @@ class SignBody(_Body):
 
 class RejectBody(_Body):
     expected_version: int
-    reason: str
+    reason: str = Field(max_length=NOTE_MAX)
 
 
 class ResolveIdentityBody(_Body):
@@ -75,10 +86,10 @@ class ResolveIdentityBody(_Body):
 
 class AmendBody(_Body):
     expected_version: int
-    reason: str
-    findings_text: str | None = None
-    impression: str | None = None
-    progression: str | None = None
+    reason: str = Field(max_length=NOTE_MAX)
+    findings_text: Text = None
+    impression: Text = None
+    progression: Text = None
     corrected: bool = Field(
         default=False, description="An error put right (HL7 C, FHIR corrected)."
     )
