@@ -10,6 +10,7 @@ transaction. Moves follow :data:`report_drafts.states.TRANSITIONS`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from pydicom.uid import generate_uid
@@ -465,6 +466,10 @@ def _text_changes(
 
 
 def _check_box(box: Box) -> None:
-    """A box in stored-pixel coordinates must have area and lie right and below the origin."""
-    if box.x1 <= box.x0 or box.y1 <= box.y0 or min(box.x0, box.y0) < 0:
-        raise InvalidRequest("a box needs 0 <= x0 < x1 and 0 <= y0 < y1")
+    """A box in stored-pixel coordinates must have area and lie right and below the origin.
+    Written as the condition that holds, so that NaN (every comparison false) fails it."""
+    corners = (box.x0, box.y0, box.x1, box.y1)
+    if not (
+        all(math.isfinite(c) for c in corners) and 0 <= box.x0 < box.x1 and 0 <= box.y0 < box.y1
+    ):
+        raise InvalidRequest("a box needs 0 <= x0 < x1 and 0 <= y0 < y1, finite numbers")

@@ -8,8 +8,11 @@ from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.engine import Engine
 
+from raddraft.settings import Settings
 from tests.drafts.conftest import auth
+from tests.drafts.helpers import make_draft
 
 BIG = "9" * 14
 ROUTES = [
@@ -74,3 +77,27 @@ def test_a_body_past_the_bound_is_refused_before_it_is_held(
     long_text = {"expected_version": 1, "impression": "x" * 20_001}
     too_long = client.post("/api/reports/1/edit", json=long_text, headers=auth(tokens["rad"]))
     assert too_long.status_code == 422
+
+
+def test_a_box_of_nan_or_infinity_is_refused(
+    client: TestClient, tokens: dict[str, str], engine: Engine, settings: Settings
+) -> None:
+    """JSON as Python reads it admits NaN and Infinity: such a box was stored (SQLite) or made
+    PostgreSQL refuse the statement (a 500)."""
+    report_id, _ = make_draft(engine, settings, patient_id="PN1", accession="AN1")
+    headers = {**auth(tokens["rad"]), "Content-Type": "application/json"}
+    sop = client.get(f"/api/reports/{report_id}/images", headers=headers).json()[0]
+    for corners in (
+        '"x0": NaN, "y0": 1, "x1": 5, "y1": 5',
+        '"x0": 1, "y0": 1, "x1": Infinity, "y1": 5',
+    ):
+        body = (
+            '{"expected_version": 1, "label": "Edema", "sop_instance_uid": "'
+            + sop["sop_instance_uid"]
+            + '", "box": {'
+            + corners
+            + "}}"
+        )
+        answer = client.post(f"/api/reports/{report_id}/findings", content=body, headers=headers)
+        assert answer.status_code == 422, answer.text[:200]
+    assert client.get(f"/api/reports/{report_id}", headers=headers).json()["current_version"] == 1

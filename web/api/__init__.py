@@ -4,9 +4,12 @@ from the package's own Swagger UI (:mod:`web.api.docs`)."""
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -19,8 +22,40 @@ from web.api import dicomweb_routes, docs, fhir_routes, routes
 
 log = logging.getLogger(__name__)
 
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and the infinities written as text (JSON holds neither)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    return value
+
+
 #: A request body at most (413 beyond): report texts, a sign-in form, a finding are kilobytes.
 MAX_BODY_BYTES = 1024 * 1024
+
+
+def _refuse_malformed(app: FastAPI) -> None:
+    """What is refused before a route runs, and how a malformed request is answered."""
+
+    @app.middleware("http")
+    async def _no_nul(request: Request, call_next: Any) -> Response:
+        """Refuse NUL in a path or query (400): no database text holds it (PostgreSQL refuses
+        the whole statement, a 500), and no UID, id or search value contains it."""
+        query = request.scope.get("query_string", b"")
+        if "\x00" in request.url.path or b"%00" in query or b"\x00" in query:
+            return JSONResponse({"detail": "NUL (0x00) is not allowed in a path or query"}, 400)
+        response: Response = await call_next(request)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
+        # FastAPI's own answer echoes each bad input, and JSON has no NaN or Infinity (which
+        # Python's JSON reader admits): its 422 for a box of NaN failed as a 500.
+        return JSONResponse({"detail": _finite(jsonable_encoder(error.errors()))}, 422)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -53,15 +88,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.sessionmaker = session_factory(engine)
     app.state.session_resolvers = []
 
-    @app.middleware("http")
-    async def _no_nul(request: Request, call_next: Any) -> Response:
-        """Refuse NUL in a path or query (400): no database text holds it (PostgreSQL refuses
-        the whole statement, a 500), and no UID, id or search value contains it."""
-        query = request.scope.get("query_string", b"")
-        if "\x00" in request.url.path or b"%00" in query or b"\x00" in query:
-            return JSONResponse({"detail": "NUL (0x00) is not allowed in a path or query"}, 400)
-        response: Response = await call_next(request)
-        return response
+    _refuse_malformed(app)
 
     @app.exception_handler(LifecycleError)
     def _lifecycle_error(_request: Request, error: LifecycleError) -> JSONResponse:

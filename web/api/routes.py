@@ -44,11 +44,15 @@ class EditBody(_Body):
     note: str = Field(default="", max_length=NOTE_MAX)
 
 
+#: A coordinate: JSON as Python reads it admits NaN and Infinity, which no box has.
+Coordinate = Annotated[float, Field(allow_inf_nan=False)]
+
+
 class BoxBody(_Body):
-    x0: float
-    y0: float
-    x1: float
-    y1: float
+    x0: Coordinate
+    y0: Coordinate
+    x1: Coordinate
+    y1: Coordinate
 
 
 class FindingBody(_Body):
