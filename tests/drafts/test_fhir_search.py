@@ -156,10 +156,9 @@ def test_following_next_starts_past_the_last_row_and_reads_none_before_it(
     assert back == by_offset[::-1]
     by_offset_last = _bundle(client, token, f"{kind}?_count=2&_offset=4")
     assert "_before=" in str(_link(by_offset_last, "previous"))
-    too_big = "9" * 10
+    too_big = "_before=" + "9" * 10
     for hostile in ("_after=-1", "_before=x", "_after=2&_before=9", "_after=%C2%B2", too_big):
-        query = f"_before={hostile}" if hostile == too_big else hostile
-        bad = client.get(f"/fhir/{kind}?{query}", headers=auth(token))
+        bad = client.get(f"/fhir/{kind}?{hostile}", headers=auth(token))
         assert bad.status_code == 400
 
 

@@ -4,26 +4,24 @@ A DiagnosticReport shows a report's latest *published* version (the AI draft, th
 each amendment), never a half-edited review state: the RIS sees what it was also sent. A
 withdrawn draft (rejected, superseded) reads as ``entered-in-error``, as it was pushed.
 
-Reads carry the version shown as ``meta.versionId`` and a weak ``ETag`` (FHIR R4 http.html
-"read", "Managing Resource Contention"). Searches (FHIR R4 search.html) are matched, counted and
-paged in SQL: ``_count`` (server default and maximum), ``_offset``, a correct ``Bundle.total``,
+Reads carry the version shown as ``meta.versionId`` and a weak ``ETag`` (FHIR R4 http.html "read",
+"Managing Resource Contention"). Searches (FHIR R4 search.html) are matched, counted and paged in
+SQL: ``_count`` (server default and maximum), ``_offset``, a correct ``Bundle.total``,
 ``self``/``next``/``previous`` links, and the page's resources built in a fixed number of
-statements. A ``next`` link also carries ``_after``, the last row of its page, and a page asked
-for with it starts past that row on the primary key; a ``previous`` link carries ``_before``, its
-page's first row, and that page ends before it. Following the links through years of reports
-therefore costs the same on the last page as on the first, where an ``_offset`` alone costs in
-proportion to it (its rows are read and skipped). Whether a ``next`` or ``previous`` page
-exists is read with the page (one row more than it holds), not reckoned from ``_offset`` and the
-total, so reports purged meanwhile never hide the pages after them. ``_offset`` stays in the
-links for clients that page by it. What a
-report shows (its status, when it last changed) is kept on its row
+statements. A ``next`` link also carries ``_after``, the last row of its page, and a page asked for
+with it starts past that row on the primary key; a ``previous`` link carries ``_before``, its page's
+first row, and that page ends before it. Following the links through years of reports therefore
+costs the same on the last page as on the first, where an ``_offset`` alone costs in proportion to
+it (its rows are read and skipped). Whether a ``next`` or ``previous`` page exists is read with the
+page (one row more than it holds), not reckoned from ``_offset`` and the total, so reports purged
+meanwhile never hide the pages after them. ``_offset`` stays in the links for clients that page by
+it. What a report shows (its status, when it last changed) is kept on its row
 (:mod:`report_drafts.fhir_view`), so a search matches and pages on the report rows' indexes; the
-total of a search by status alone, or of ImagingStudy without parameters, is a kept count, any
-other total a count of the matching rows. A parameter the server does not support is ignored
-and left out of the ``self`` link, or refused (400) under ``Prefer: handling=strict``
-(search.html 3.1.1.4). Every search runs in the thread pool under the request time limit
-(:mod:`web.api.query_limits`); one record whose resources cannot be built is logged and left
-out, never failing the page.
+total of a search by status alone, or of ImagingStudy without parameters, is a kept count, any other
+total a count of the matching rows. A parameter the server does not support is ignored and left out
+of the ``self`` link, or refused (400) under ``Prefer: handling=strict`` (search.html 3.1.1.4).
+Every search runs in the thread pool under the request time limit (:mod:`web.api.query_limits`); one
+record whose resources cannot be built is logged and left out, never failing the page.
 """
 
 from __future__ import annotations
@@ -43,7 +41,7 @@ from sqlalchemy.orm import QueryableAttribute, Session
 import report_drafts as drafts
 from dicom_listener import Patient, Study
 from raddraft.db import count_rows
-from raddraft.numbers import decimal
+from raddraft.numbers import INTEGER_DIGITS, decimal
 from raddraft.settings import Settings
 from report_drafts import (
     PUBLISHED_ACTIONS,
@@ -62,8 +60,8 @@ router = APIRouter(prefix="/fhir", tags=["fhir"])
 FHIR_JSON = "application/fhir+json"
 #: Result parameters every search takes (FHIR R4 search.html 3.1.1.5).
 PAGING = ("_count", "_offset", "_after", "_before")
-#: The largest paging number taken: nine digits, within a 32-bit SQL INTEGER's range.
-PAGING_MAX = 999_999_999
+#: The largest paging number taken: what :func:`raddraft.numbers.decimal` reads by default.
+PAGING_MAX = 10**INTEGER_DIGITS - 1
 #: The search parameters served, per resource type (and announced in the capability statement).
 SEARCH_PARAMS: dict[str, tuple[str, ...]] = {
     "DiagnosticReport": (

@@ -15,7 +15,7 @@ from raddraft.numbers import INTEGER_MAX
 
 #: A row's id in a path (``/reports/{report_id}``).
 RowId = Annotated[int, Path(ge=0, le=INTEGER_MAX)]
-#: A version number in a path.
-VersionNumber = Annotated[int, Path(ge=0, le=INTEGER_MAX)]
+#: A version number in a path: the same bound.
+VersionNumber = RowId
 #: An optional number in a query string (a priority, a version).
 QueryNumber = Annotated[int | None, Query(ge=0, le=INTEGER_MAX)]
