@@ -244,6 +244,7 @@ class TransformersBackend:
         except Exception:  # no template, or one that cannot render the probe: it says so later
             self._chatml = False
         self._stock_lock = threading.Lock()  # model.generate keeps rope_deltas on the model
+        self._input_embeddings = model.get_input_embeddings()  # looked up once: every turn
         self.engine = Engine(
             model, eos_ids=self.eos_ids, pad_id=self.pad_id, memory_bytes=kv_cache_bytes
         )
@@ -445,21 +446,18 @@ class TransformersBackend:
                 self._features(entry)
 
     def _embed_tail(self, encoded: _Encoded, start: int) -> Any:
-        """Input embeddings of tokens ``start:`` with image features scattered in."""
-        import torch
-
-        ids = encoded.ids.to(self.device)
-        embeds = self.model.get_input_embeddings()(ids[start:])
-        image_positions = torch.nonzero(ids == self.image_token_id).flatten()
-        offset = 0
-        for entry in encoded.images:
-            span = image_positions[offset : offset + entry.n_tokens]
-            offset += entry.n_tokens
-            if int(span[-1]) < start:
+        """Input embeddings of tokens ``start:`` with image features scattered in. Each image's
+        placeholders are one run from its start (:meth:`_encode`), so the tail's are sliced,
+        not searched for: this runs on the engine's thread at every turn."""
+        embeds = self._input_embeddings(encoded.ids[start:].to(self.device))
+        for first, entry in zip(encoded.starts, encoded.images, strict=True):
+            end = first + entry.n_tokens
+            if end <= start:
                 continue  # this image is entirely in the cached prefix: no need to encode it
-            features = self._features(entry).to(embeds.dtype)
-            keep = span >= start
-            embeds[span[keep] - start] = features[keep]
+            skip = max(start - first, 0)  # placeholders already in the cached prefix
+            embeds[first + skip - start : end - start] = self._features(entry)[skip:].to(
+                embeds.dtype
+            )
         return embeds
 
     # ------------------------------------------------------------------ generation
