@@ -21,7 +21,7 @@ passes, the way continuous batching serves them.
   a question). Nothing is padded, and a question never takes a pass of its own (see
   :class:`_Plan`). A sequence that finishes leaves at once; a request that arrives joins at the
   next step. A pass synchronises with the host for the chosen tokens (the stop check); one
-  with new prompts also reads their first tokens and largest positions.
+  with new prompts also reads their first tokens and the largest positions of new images.
 * **Positions.** Qwen2.5-VL's 3D (mrope) positions follow one rule: every segment starts at the
   largest position so far plus one. So a tail's positions are the model's own ``get_rope_index``
   over the tail alone, shifted by the kept prefix's largest position plus one: exactly where a
@@ -759,17 +759,21 @@ class Engine:
         for request, p in zip(requests, positions, strict=True):
             seq = request.parent
             assert seq is not None
-            seq.prompt_len = int(request.prompt.ids.shape[0])
-            before = int(seq.top[-1]) if seq.top.shape[0] else -1
-            seq.ids = torch.cat([seq.ids, request.prompt.ids[request.reused :]])
-            tops = torch.cummax(p.max(0).values.cpu(), 0).values.clamp(min=before)
-            seq.top = torch.cat([seq.top, tops])
             prompt = request.prompt
-            seq.images |= {
+            seq.prompt_len = int(prompt.ids.shape[0])
+            before = int(seq.top[-1]) if seq.top.shape[0] else -1
+            seq.ids = prompt.ids  # it held the prompt's first `reused` ids (_admit); never edited
+            images = {
                 (start, digest)
                 for (start, _), digest in zip(prompt.spans, prompt.digests, strict=True)
                 if start >= request.reused
             }
+            if images:
+                tops = torch.cummax(p.max(0).values.cpu(), 0).values.clamp(min=before)
+            else:  # text only: one position a token from the prefix's largest plus one, no read
+                tops = torch.arange(before + 1, before + 1 + int(p.shape[1]))
+            seq.top = torch.cat([seq.top, tops])
+            seq.images |= images
         firsts = self._choose(logits, requests)
         now = time.perf_counter()
         for index, request in enumerate(requests):
@@ -964,6 +968,8 @@ class Engine:
     def _choose(self, logits: Any, requests: list[_Request]) -> list[list[int]]:
         """First tokens of each request's rows, one host synchronisation for all."""
         torch = self._torch
+        if not any(request.sampling.do_sample for request in requests):
+            return [[token] for token in torch.argmax(logits, dim=-1).tolist()]
         picks = []
         for index, request in enumerate(requests):
             rows = request.sampling.rows if request.sampling.do_sample else 1
