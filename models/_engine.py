@@ -3,9 +3,12 @@ passes, the way continuous batching serves them.
 
 * **Slots.** Keys and values of many sequences live in one preallocated tensor per layer,
   ``[slots, kv_heads, capacity, head_dim]``, grown by doubling within ``max_slots`` and a memory
-  budget (``memory_bytes``); past them idle sequences are dropped, least recently used first, a
-  request with no room waits for sequences in use to end, and an answer that would outgrow the
-  store ends there. A sequence owns a slot for as long as it is kept: a study's CXRTrek
+  budget (``memory_bytes``; the last growth is to the budget's whole length, so ``max_tokens``
+  is what one slot can reach); past them idle sequences are dropped, least recently used first, a
+  request with no room waits for sequences in use to end (with nothing in use, the slots first
+  go back to the shortest length that holds it, and so to more of them), and an answer that
+  would outgrow the store ends there (a sampled request's answers together, since only then do
+  their slots free). A sequence owns a slot for as long as it is kept: a study's CXRTrek
   conversation keeps its keys and values from turn to turn, so its images are encoded once and
   earlier turns are never re-read; when the reading ends (:meth:`Engine.forget`) its sequences
   go.
@@ -336,6 +339,7 @@ class Engine:
         self.slots = slots
         self.max_slots = max_slots
         self.capacity = capacity
+        self._start_capacity = capacity  # what _shrink returns slots to
         self.keys: list[Any] = [None] * self.layers
         self.values: list[Any] = [None] * self.layers
         self._allocate(slots, capacity)
@@ -428,6 +432,10 @@ class Engine:
         capacity = self.capacity
         while capacity < needed:
             capacity *= 2
+        if self.max_tokens is not None and needed <= self.max_tokens < capacity:
+            # One slot of the whole budget rather than a doubling past it: max_tokens, which
+            # the backend fits conversations to, is then what the store really holds.
+            capacity = self.max_tokens
         if self.memory_bytes is None or self.slots <= self._slots_fitting(capacity):
             self._allocate(self.slots, capacity)
             return True
@@ -440,6 +448,29 @@ class Engine:
             self._drop(seq)
         feeding = {id(row.seq): row for row in self._running}
         self._place([(seq, _filled(seq, feeding.get(id(seq)))) for seq in self._kept])
+        self._allocate(slots, capacity)
+        taken = {seq.slot for seq in self._kept}
+        self._free = [slot for slot in range(slots) if slot not in taken]
+        return True
+
+    def _shrink(self, needed: int) -> bool:
+        """With nothing in use: slots back to the fewest tokens (the starting capacity, doubled)
+        that hold ``needed``, as many as the budget allows, when that is more slots than now;
+        idle sequences longer than that go, the rest move to the lowest slots. A long
+        conversation lengthens the slots and, within a budget, lowers their number: without
+        this the store stayed so, and a request needing several slots (sampled answers) failed
+        although a fresh store holds it. True when the store changed."""
+        if self.memory_bytes is None or any(seq.busy for seq in self._kept):
+            return False
+        capacity = self._start_capacity
+        while capacity < needed:
+            capacity *= 2
+        slots = min(self._slots_fitting(capacity), self.max_slots)
+        if capacity >= self.capacity or slots <= self.slots:
+            return False
+        for seq in [s for s in self._kept if _filled(s, None) > capacity]:
+            self._drop(seq)
+        self._place([(seq, _filled(seq, None)) for seq in self._kept])
         self._allocate(slots, capacity)
         taken = {seq.slot for seq in self._kept}
         self._free = [slot for slot in range(slots) if slot not in taken]
@@ -690,6 +721,9 @@ class Engine:
                 self._admit(request)
             except _NoRoom:
                 if not (self._running or admitted):
+                    if self._shrink(int(request.prompt.ids.shape[0])):
+                        self._deferred.append(request)  # tried again next step, in more slots
+                        continue
                     # Nothing in use will end: the store cannot hold this one at all.
                     self._fail(request, MemoryError(self._full_message()))
                 else:
@@ -880,7 +914,12 @@ class Engine:
             # The store can hold no longer slots for these sequences: the longest answer among
             # those at the edge ends here, and its sequence may go.
             over = [r for r in rows if _filled(r.seq, r) + 1 > self.capacity]
-            self._cut(max(over, key=lambda r: len(r.tokens)))
+            longest = max(over, key=lambda r: len(r.tokens))
+            # A sampled request's slots are freed only when all its rows end: its rows are cut
+            # together, or cutting one would free nothing and the next cut would fall on
+            # another answer.
+            for row in [r for r in longest.request.rows if not r.finished]:
+                self._cut(row)
             rows = self._running
             if not rows:
                 return []

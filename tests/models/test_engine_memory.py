@@ -177,3 +177,47 @@ def test_a_prompt_arriving_at_the_edge_waits_rather_than_cut_an_answer_under_way
         backend.engine.eos_ids = set(backend.eos_ids)
     assert answer == free[0] and len(answer) == 1100
     assert arriving.result.tokens[0] == free[1]
+
+
+def test_the_longest_conversation_the_store_promises_it_holds(
+    backend: TransformersBackend,
+) -> None:
+    """A budget of 1,500 tokens from 512-token slots (no doubling of 512 is 1,500): the backend
+    fits a conversation to ``max_tokens``, and the store then holds all of it. Before, slots
+    only doubled (to 1,024), so an answer the backend allowed was cut at 1,001 tokens and a
+    1,223-token prompt failed as a store out of room, which the worker retries."""
+    question = Conversation("s", (Message("user", "Findings?"),))
+    backend.engine.eos_ids = set()
+    try:
+        with bounded(backend, tokens=1500, capacity=512) as (engine, sizes):
+            engine.eos_ids = set()
+            assert engine.max_tokens == 1500
+            got = backend.generate(question, DecodeOptions(max_new_tokens=1400))
+            assert got.prompt_tokens + 1400 <= engine.max_tokens
+            assert got.completion_tokens == [1400] and engine.cut_rows == 0
+            long = Conversation("s", (Message("user", "Findings? " * 600),))
+            assert backend.generate(long, DecodeOptions(max_new_tokens=4)).prompt_tokens > 1024
+            assert max(sizes) <= 1500
+    finally:
+        backend.engine.eos_ids = set(backend.eos_ids)
+
+
+def test_after_a_long_answer_the_store_takes_back_its_slots(backend: TransformersBackend) -> None:
+    """Three 512-token slots; a 700-token answer leaves one slot of 1,024. Two sampled answers
+    to one question need three slots (the prompt's and a copy each): with nothing else in use
+    the store returns to three slots of 512 and answers; before, it failed for good."""
+    question = Conversation("s", (Message("user", "Findings?"),))
+    sampled = DecodeOptions(max_new_tokens=4, do_sample=True, n=2, seed=1)
+    with bounded(backend, tokens=3 * 512, capacity=512) as (engine, sizes):
+        fresh = backend.generate(question, sampled).token_ids
+        engine.eos_ids = set()
+        try:
+            long = Conversation("s", (Message("user", "Long?"),))
+            assert backend.generate(long, DecodeOptions(max_new_tokens=700)).completion_tokens == [
+                700
+            ]
+        finally:
+            engine.eos_ids = set(backend.eos_ids)
+        assert (engine.slots, engine.capacity) == (1, 1024)
+        assert backend.generate(question, sampled).token_ids == fresh
+        assert (engine.slots, engine.capacity) == (3, 512) and max(sizes) <= 3 * 512
