@@ -556,7 +556,13 @@ class Engine:
     def submit_many(
         self, prompts: list[Prompt], sampling: Sampling, *, keep: bool = True, logits: bool = False
     ) -> list[Result]:
-        """Run several requests at once (they join the same step) and wait for all of them."""
+        """Run several requests at once (they join the same step) and wait for all of them.
+        A request the engine could not serve is refused here, in the caller's thread: failing
+        in the engine's step, it would fail every other request in flight with it."""
+        if any(int(p.ids.shape[0]) == 0 for p in prompts):
+            raise ValueError("an empty prompt: there is nothing to answer")
+        if sampling.rows > 1 and not sampling.do_sample:
+            raise ValueError(f"{sampling.rows} answers to one prompt need sampling (do_sample)")
         requests = [_Request(p, sampling, keep=keep, want_logits=logits) for p in prompts]
         self._ensure_thread()
         for request in requests:

@@ -36,6 +36,7 @@ from models import (
     load_backend,
     prepare_image,
 )
+from models._engine import Sampling
 from models._hf import TransformersBackend
 from tests.models.conftest import radiograph
 from tests.worker.model_server import send_json
@@ -206,7 +207,6 @@ def test_batched_bf16_logits_stay_within_the_noise_floor(tiny_path: Path) -> Non
     import torch
 
     from models import Conversation, Message
-    from models._engine import Sampling
 
     bf16 = TransformersBackend.load(tiny_path, device="cpu", dtype="bf16", local_files_only=True)
     firsts, seconds = [], []
@@ -444,3 +444,20 @@ def test_a_model_loaded_with_eager_attention_drafts_as_its_own_generate(tiny_pat
     assert [g.token_ids for g in continued] == [
         eager.generate(c, options).token_ids for c in seconds
     ]
+
+
+def test_a_request_the_engine_cannot_serve_is_refused_alone(backend: TransformersBackend) -> None:
+    """An empty prompt, or several greedy answers to one prompt, failed inside the engine's step
+    and so failed every request in flight with it; they are refused in the caller's thread, and
+    a conversation in flight meanwhile is answered."""
+    prompt: Any = backend._prompt(backend.encode(one_image_question(41)))
+    empty: Any = backend._prompt(backend.encode(one_image_question(41)))
+    empty.ids = empty.ids[:0]
+    engine = backend.engine
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        running = pool.submit(engine.submit, prompt, Sampling(max_new_tokens=64))
+        with pytest.raises(ValueError, match="empty prompt"):
+            engine.submit(empty, Sampling(max_new_tokens=4))
+        with pytest.raises(ValueError, match="need sampling"):
+            engine.submit(prompt, Sampling(max_new_tokens=4, rows=2))
+        assert len(running.result(timeout=60).tokens[0]) > 0
