@@ -393,15 +393,25 @@ class Engine:
         new store and only one old tensor at once (not two stores)."""
         torch = self._torch
         shape = (slots, self.kv_heads, capacity, self.head_dim)
-        for store in (self.keys, self.values):
-            for layer in range(self.layers):
-                new = torch.zeros(shape, dtype=self.dtype, device=self.device)
-                old = store[layer]
-                if old is not None:
-                    s, c = min(int(old.shape[0]), slots), min(int(old.shape[2]), capacity)
-                    new[:s, :, :c] = old[:s, :, :c]
-                store[layer] = new
-                del old
+        try:
+            for store in (self.keys, self.values):
+                for layer in range(self.layers):
+                    new = torch.zeros(shape, dtype=self.dtype, device=self.device)
+                    old = store[layer]
+                    if old is not None:
+                        s, c = min(int(old.shape[0]), slots), min(int(old.shape[2]), capacity)
+                        new[:s, :, :c] = old[:s, :, :c]
+                    store[layer] = new
+                    del old
+        except BaseException:
+            # Out of memory part way: some layers have the new shape, some the old. What
+            # every layer has is what the store is now (the failed step then forgets what it
+            # kept), or the next steps would index past the smaller layers and fail forever.
+            tensors = [t for t in (*self.keys, *self.values) if t is not None]
+            if len(tensors) == 2 * self.layers:
+                self.slots = min(int(t.shape[0]) for t in tensors)
+                self.capacity = min(int(t.shape[2]) for t in tensors)
+            raise
         self.slots, self.capacity = slots, capacity
 
     def _take_slot(self, spare: _Sequence | None = None) -> int:

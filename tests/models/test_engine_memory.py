@@ -221,3 +221,36 @@ def test_after_a_long_answer_the_store_takes_back_its_slots(backend: Transformer
         assert (engine.slots, engine.capacity) == (1, 1024)
         assert backend.generate(question, sampled).token_ids == fresh
         assert (engine.slots, engine.capacity) == (3, 512) and max(sizes) <= 3 * 512
+
+
+def test_a_store_that_runs_out_of_memory_while_resized_stays_usable(
+    backend: TransformersBackend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three slots of 512 become one of 1,024 for a long answer, and memory runs out after the
+    first layer's new tensor: that turn fails, and the store is what every layer still has
+    (one slot of 512), so the next conversation is answered. Before, the store kept its old
+    size over layers of the new one and every later step indexed past them."""
+    import torch
+
+    with bounded(backend, tokens=3 * 512, capacity=512) as (engine, _):
+        real = torch.zeros
+        made: list[int] = []
+        longer = (1, engine.kv_heads, 1024, engine.head_dim)  # one slot of 1,024 tokens
+
+        def zeros(*args: Any, **kwargs: Any) -> Any:
+            if engine.capacity == 512 and args and args[0] == longer:
+                made.append(1)
+                if len(made) > 1:
+                    raise torch.OutOfMemoryError("out of memory (test)")
+            return real(*args, **kwargs)
+
+        engine.eos_ids = set()
+        monkeypatch.setattr(torch, "zeros", zeros)
+        long = Conversation("s", (Message("user", "Long?"),))
+        with pytest.raises(torch.OutOfMemoryError):
+            backend.generate(long, DecodeOptions(max_new_tokens=700))
+        monkeypatch.setattr(torch, "zeros", real)
+        engine.eos_ids = set(backend.eos_ids)
+        assert (engine.slots, engine.capacity) == (1, 512)
+        question = Conversation("s", (Message("user", "Findings?"),))
+        assert backend.generate(question, DecodeOptions(max_new_tokens=4)).completion_tokens[0]
