@@ -16,7 +16,9 @@ processor being the tiny checkpoint's with Qwen's token ids. Then, in one run:
    (forward hooks that synchronise the device), and the time to the draft;
 3. studies per hour with 1, 8, 32, 64 studies in flight (``--scaling-tokens`` a turn; every
    study has its own images, so nothing is shared between studies), against one at a time in
-   the same run, and the median time to draft at each level;
+   the same run, and the median time to draft at each level; rows a pass, and a pass's time on
+   the host (launching its kernels) against the device's (CUDA events): where they are near,
+   the host bounds the passes, and CUDA graphs are what would help;
 4. bf16: turn 2's next-token logits from the engine's prefix cache against transformers' own
    forward run in the same two chunks, against one full pass, and against bf16's own noise
    floor (the same pass in a batch of two); and eight studies' turn 2 in one batch against each
@@ -29,8 +31,9 @@ bf16 for step 4) in well under a minute, so the script cannot rot; its figures m
 ``bench/gpu_wheels.sh`` prepares the wheels the GPU machine lacks and prints the command to run
 it there.
 The last line is ``RESULT device=... ms_per_token=... stock_ms_per_token=... reading_s=...
-forward_share=... draft_s=... studies_per_hour_1=... scaling_8=... bf16_cache_vs_transformers=...
-bf16_batched_vs_alone=... bf16_noise_floor=...``.
+forward_share=... draft_s=... studies_per_hour_1=... scaling_8=... host_ms_per_pass_64=...
+device_ms_per_pass_64=... bf16_cache_vs_transformers=... bf16_batched_vs_alone=...
+bf16_noise_floor=...``.
 """
 
 from __future__ import annotations
@@ -203,8 +206,49 @@ def one_reading(backend: Any, image: Any, tokens: int, sync: Any) -> dict[str, f
     }
 
 
+class PassClock:
+    """The engine's passes, timed at the language model's call: the host's time in it (on a
+    GPU, launching the pass's kernels, which run asynchronously) and the device's time for the
+    same work (CUDA events; on the CPU the two are one). A host time near the device's means
+    the passes are bound by launching kernels, the case CUDA graphs remove."""
+
+    def __init__(self, engine: Any, cuda: bool) -> None:
+        import torch
+
+        self.torch, self.engine, self.cuda = torch, engine, cuda
+        self.real = engine._language
+        self.host, self.passes = 0.0, 0
+        self.events: list[tuple[Any, Any]] = []
+        engine._language = self
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.cuda:
+            start, end = (self.torch.cuda.Event(enable_timing=True) for _ in range(2))
+            start.record()
+        began = time.perf_counter()
+        out = self.real(*args, **kwargs)
+        self.host += time.perf_counter() - began
+        if self.cuda:
+            end.record()
+            self.events.append((start, end))
+        self.passes += 1
+        return out
+
+    def close(self) -> dict[str, float]:
+        """Stop timing; milliseconds a pass on the host and on the device."""
+        self.engine._language = self.real
+        device = self.host
+        if self.cuda:
+            self.torch.cuda.synchronize()
+            device = sum(start.elapsed_time(end) for start, end in self.events) / 1e3
+        passes = max(self.passes, 1)
+        return {"host_ms": self.host / passes * 1e3, "device_ms": device / passes * 1e3}
+
+
 def level(backend: Any, image: Any, k: int, tokens: int, offset: int) -> dict[str, float]:
     """``k`` studies read at once, each in its own thread with its own images."""
+    import torch
+
     from models import StudyImage
 
     reader = reader_for(backend, tokens)
@@ -216,14 +260,24 @@ def level(backend: Any, image: Any, k: int, tokens: int, offset: int) -> dict[st
         )
         for i in range(k)
     ]
+    clock = PassClock(backend.engine, cuda=backend.engine.device.type == "cuda")
+    passes, rows = backend.engine.forward_passes, backend.engine.rows_decoded
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=k) as pool:
-        readings = list(pool.map(lambda pair: reader.read([pair[0]], [pair[1]]), pairs))
+    try:
+        with ThreadPoolExecutor(max_workers=k) as pool:
+            readings = list(pool.map(lambda pair: reader.read([pair[0]], [pair[1]]), pairs))
+    finally:
+        timed = clock.close()
     wall = time.perf_counter() - started
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    count = max(backend.engine.forward_passes - passes, 1)
     return {
         "wall": wall,
         "per_hour": k / wall * 3600,
         "draft_p50": statistics.median(r.draft_seconds for r in readings),
+        "rows_per_pass": (backend.engine.rows_decoded - rows) / count,
+        **timed,
     }
 
 
@@ -328,7 +382,10 @@ def main() -> None:
     )
 
     print(f"3. studies in flight, {scaling_tokens} new tokens a turn:")
-    print("   in flight   wall s  studies/h  draft p50 s  ratio to 1")
+    print(
+        "   in flight   wall s  studies/h  draft p50 s  ratio to 1  rows/pass  "
+        "host ms/pass  device ms/pass"
+    )
     results: dict[int, dict[str, float]] = {}
     for index, k in enumerate(levels):
         spent = time.perf_counter() - began
@@ -341,7 +398,8 @@ def main() -> None:
         r = results[k]
         print(
             f"   {k:9d}  {r['wall']:7.1f}  {r['per_hour']:9.0f}  {r['draft_p50']:11.1f}  "
-            f"{r['per_hour'] / base:10.2f}"
+            f"{r['per_hour'] / base:10.2f}  {r['rows_per_pass']:9.1f}  {r['host_ms']:12.2f}  "
+            f"{r['device_ms']:14.2f}"
         )
     engine = backend.engine
     store = engine.store_bytes / 2**30
@@ -359,6 +417,13 @@ def main() -> None:
         result[f"studies_per_hour_{k}"] = f"{r['per_hour']:.0f}"
         if k != levels[0]:
             result[f"scaling_{k}"] = f"{r['per_hour'] / base:.2f}"
+    top = max(results)  # the most in flight: is a pass bound by the host's launches there?
+    result.update(
+        {
+            f"host_ms_per_pass_{top}": f"{results[top]['host_ms']:.2f}",
+            f"device_ms_per_pass_{top}": f"{results[top]['device_ms']:.2f}",
+        }
+    )
 
     if smoke:
         backend.model.to(torch.bfloat16)
