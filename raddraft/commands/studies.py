@@ -21,7 +21,7 @@ from sqlalchemy import literal as sql_literal
 from sqlalchemy.orm import Session
 from sqlalchemy.sql.expression import TableClause
 
-from raddraft.db import UTCDateTime, get_engine
+from raddraft.db import UTCDateTime, get_engine, iso
 
 PAGE_LIMIT = 1000
 
@@ -130,10 +130,6 @@ def studies_page_query(
     return query.order_by(study.last_received_at.desc(), study.id.desc()).limit(limit)
 
 
-def _iso(value: dt.datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
 def _study_rows(**filters: Any) -> list[dict[str, Any]]:
     rows = []
     with Session(get_engine()) as session:
@@ -157,7 +153,7 @@ def _study_rows(**filters: Any) -> list[dict[str, Any]]:
                         "study_version_pk": row["version_pk"],
                         "state": row["state"],
                         "completion_reason": row["completion_reason"],
-                        "completed_at": _iso(row["completed_at"]),
+                        "completed_at": iso(row["completed_at"]),
                         "eligible": row["eligible"],
                         "ineligible_reason": row["ineligible_reason"],
                         "job_key": row["job_key"],
