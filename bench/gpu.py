@@ -32,8 +32,8 @@ bf16 for step 4) in well under a minute, so the script cannot rot; its figures m
 it there.
 The last line is ``RESULT device=... ms_per_token=... stock_ms_per_token=... reading_s=...
 forward_share=... draft_s=... studies_per_hour_1=... scaling_8=... host_ms_per_pass_64=...
-device_ms_per_pass_64=... bf16_cache_vs_transformers=... bf16_batched_vs_alone=...
-bf16_noise_floor=...``.
+device_ms_per_pass_64=... moves_per_study_64=... bf16_cache_vs_transformers=...
+bf16_batched_vs_alone=... bf16_noise_floor=...``.
 """
 
 from __future__ import annotations
@@ -262,6 +262,7 @@ def level(backend: Any, image: Any, k: int, tokens: int, offset: int) -> dict[st
     ]
     clock = PassClock(backend.engine, cuda=backend.engine.device.type == "cuda")
     passes, rows = backend.engine.forward_passes, backend.engine.rows_decoded
+    moves = backend.engine.moves
     started = time.perf_counter()
     try:
         with ThreadPoolExecutor(max_workers=k) as pool:
@@ -277,6 +278,8 @@ def level(backend: Any, image: Any, k: int, tokens: int, offset: int) -> dict[st
         "per_hour": k / wall * 3600,
         "draft_p50": statistics.median(r.draft_seconds for r in readings),
         "rows_per_pass": (backend.engine.rows_decoded - rows) / count,
+        # A move copies a sequence in every layer: on a GPU, hundreds of small copies to launch.
+        "moves_per_study": (backend.engine.moves - moves) / k,
         **timed,
     }
 
@@ -384,7 +387,7 @@ def main() -> None:
     print(f"3. studies in flight, {scaling_tokens} new tokens a turn:")
     print(
         "   in flight   wall s  studies/h  draft p50 s  ratio to 1  rows/pass  "
-        "host ms/pass  device ms/pass"
+        "host ms/pass  device ms/pass  moves/study"
     )
     results: dict[int, dict[str, float]] = {}
     for index, k in enumerate(levels):
@@ -399,7 +402,7 @@ def main() -> None:
         print(
             f"   {k:9d}  {r['wall']:7.1f}  {r['per_hour']:9.0f}  {r['draft_p50']:11.1f}  "
             f"{r['per_hour'] / base:10.2f}  {r['rows_per_pass']:9.1f}  {r['host_ms']:12.2f}  "
-            f"{r['device_ms']:14.2f}"
+            f"{r['device_ms']:14.2f}  {r['moves_per_study']:11.1f}"
         )
     engine = backend.engine
     store = engine.store_bytes / 2**30
@@ -422,6 +425,7 @@ def main() -> None:
         {
             f"host_ms_per_pass_{top}": f"{results[top]['host_ms']:.2f}",
             f"device_ms_per_pass_{top}": f"{results[top]['device_ms']:.2f}",
+            f"moves_per_study_{top}": f"{results[top]['moves_per_study']:.1f}",
         }
     )
 
