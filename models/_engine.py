@@ -5,7 +5,8 @@ passes, the way continuous batching serves them.
   ``[slots, kv_heads, capacity, head_dim]``, grown by doubling within ``max_slots`` and a memory
   budget (``memory_bytes``; the last growth is to the budget's whole length, so ``max_tokens``
   is what one slot can reach); past them idle sequences are dropped, least recently used first, a
-  request with no room waits for sequences in use to end (with nothing in use, the slots first
+  request with no room waits for sequences in use to end, and those after it wait behind it
+  (with nothing in use, the slots first
   go back to the shortest length that holds it, and so to more of them), and an answer that
   would outgrow the store ends there (a sampled request's answers together, since only then do
   their slots free). A sequence owns a slot for as long as it is kept: a study's CXRTrek
@@ -732,7 +733,13 @@ class Engine:
         make room for a prompt that can wait."""
         admitted: list[_Request] = []
         rows_need = max((_filled(r.seq, r) + 1 for r in self._running), default=0)
+        waiting = False  # a request waits for room: the later ones wait behind it
         for request in self._defer(requests):
+            if waiting:
+                # Never overtaken: one needing several slots (sampled answers) would otherwise
+                # wait for as long as later requests kept taking each slot that came free.
+                self._deferred.append(request)
+                continue
             try:
                 self._admit(request)
             except _NoRoom:
@@ -745,6 +752,7 @@ class Engine:
                 else:
                     self._deferred.append(request)
                     self.waits += 1
+                    waiting = True
                 continue
             length = int(request.prompt.ids.shape[0])
             if self._room(max(length, rows_need)):
@@ -756,6 +764,7 @@ class Engine:
                 self._unadmit(request)
                 self._deferred.append(request)
                 self.waits += 1
+                waiting = True
             else:
                 self._fail(request, MemoryError(self._full_message()))
         return admitted

@@ -5,6 +5,7 @@ fails alone, in words the worker reads as permanent."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -254,3 +255,34 @@ def test_a_store_that_runs_out_of_memory_while_resized_stays_usable(
         assert (engine.slots, engine.capacity) == (1, 512)
         question = Conversation("s", (Message("user", "Findings?"),))
         assert backend.generate(question, DecodeOptions(max_new_tokens=4)).completion_tokens[0]
+
+
+def test_a_request_waiting_for_room_is_not_overtaken(backend: TransformersBackend) -> None:
+    """Three slots; a long answer holds one. Two sampled answers to a question need three (the
+    prompt's and a copy each), so that request waits; a greedy question arriving after it
+    waits behind it instead of taking a free slot. Before, later requests took every slot
+    that came free, and under steady load the sampled request waited for ever."""
+    with bounded(backend, tokens=3 * 512, capacity=512) as (engine, _):
+        engine.eos_ids = set()
+
+        def request(text: str, sampling: Sampling) -> _Request:
+            prompt = backend._prompt(backend.encode(Conversation("s", (Message("user", text),))))
+            return _Request(prompt, sampling, keep=True, want_logits=False)
+
+        long = request("Long?", Sampling(max_new_tokens=300))
+        sampled = request("Findings?", Sampling(max_new_tokens=4, rows=2, do_sample=True, seed=1))
+        later = request("Impression?", Sampling(max_new_tokens=4))
+        engine._ensure_thread()
+        engine._waiting.put(long)
+        deadline = time.monotonic() + 60
+        while not long.prefilled and time.monotonic() < deadline:
+            time.sleep(0.001)
+        engine._waiting.put(sampled)
+        while not engine.waits and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert engine.waits and not long.done.is_set()  # it waits while the long answer runs
+        engine._waiting.put(later)
+        for each in (long, sampled, later):
+            assert each.done.wait(60) and each.error is None
+        assert sampled.admitted < later.admitted
+        assert sampled.result is not None and len(sampled.result.tokens) == 2
