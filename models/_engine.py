@@ -4,15 +4,14 @@ passes, the way continuous batching serves them.
 * **Slots.** Keys and values of many sequences live in one preallocated tensor per layer,
   ``[slots, kv_heads, capacity, head_dim]``, grown by doubling within ``max_slots`` and a memory
   budget (``memory_bytes``; the last growth is to the budget's whole length, so ``max_tokens``
-  is what one slot can reach); past them idle sequences are dropped, least recently used first, a
-  request with no room waits for sequences in use to end, and those after it wait behind it
-  (with nothing in use, the slots first
-  go back to the shortest length that holds it, and so to more of them), and an answer that
-  would outgrow the store ends there (a sampled request's answers together, since only then do
-  their slots free). A sequence owns a slot for as long as it is kept: a study's CXRTrek
-  conversation keeps its keys and values from turn to turn, so its images are encoded once and
-  earlier turns are never re-read; when the reading ends (:meth:`Engine.forget`) its sequences
-  go.
+  is what one slot can reach). Past them idle sequences are dropped, least recently used first;
+  a request with no room waits for sequences in use to end, and those after it wait behind it
+  (with nothing in use, the slots first go back to the shortest length that holds it, and so to
+  more of them); an answer that would outgrow the store ends there (a sampled request's answers
+  together, since only then do their slots free). A sequence owns a slot for as long as it is
+  kept: a study's CXRTrek conversation keeps its keys and values from turn to turn, so its
+  images are encoded once and earlier turns are never re-read; when the reading ends
+  (:meth:`Engine.forget`) its sequences go.
 * **Prefix reuse.** A request's tokens are compared with every kept sequence; the longest common
   token prefix (stopping before an image whose pixels differ: the placeholders of two studies'
   images are the same tokens) is reused. The request *continues* that sequence when it extends the
