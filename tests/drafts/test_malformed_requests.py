@@ -36,6 +36,8 @@ def test_an_id_past_the_database_integer_is_a_malformed_request(
     body = {"json": {"expected_version": 1, "edit_reason": "none"}} if method == "post" else {}
     answer = getattr(client, method)(path, headers=auth(tokens[role]), **body)
     assert answer.status_code == 422, (path, answer.status_code, answer.text[:200])
+    # The id or number is what was refused, not the body (an edit takes no edit_reason).
+    assert {"path", "query"} & {error["loc"][0] for error in answer.json()["detail"]}
 
 
 @pytest.mark.parametrize(
