@@ -247,8 +247,6 @@ class PassClock:
 
 def level(backend: Any, image: Any, k: int, tokens: int, offset: int) -> dict[str, float]:
     """``k`` studies read at once, each in its own thread with its own images."""
-    import torch
-
     from models import StudyImage
 
     reader = reader_for(backend, tokens)
@@ -270,8 +268,6 @@ def level(backend: Any, image: Any, k: int, tokens: int, offset: int) -> dict[st
     finally:
         timed = clock.close()
     wall = time.perf_counter() - started
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
     count = max(backend.engine.forward_passes - passes, 1)
     return {
         "wall": wall,

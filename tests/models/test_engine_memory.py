@@ -188,19 +188,15 @@ def test_the_longest_conversation_the_store_promises_it_holds(
     only doubled (to 1,024), so an answer the backend allowed was cut at 1,001 tokens and a
     1,223-token prompt failed as a store out of room, which the worker retries."""
     question = Conversation("s", (Message("user", "Findings?"),))
-    backend.engine.eos_ids = set()
-    try:
-        with bounded(backend, tokens=1500, capacity=512) as (engine, sizes):
-            engine.eos_ids = set()
-            assert engine.max_tokens == 1500
-            got = backend.generate(question, DecodeOptions(max_new_tokens=1400))
-            assert got.prompt_tokens + 1400 <= engine.max_tokens
-            assert got.completion_tokens == [1400] and engine.cut_rows == 0
-            long = Conversation("s", (Message("user", "Findings? " * 600),))
-            assert backend.generate(long, DecodeOptions(max_new_tokens=4)).prompt_tokens > 1024
-            assert max(sizes) <= 1500
-    finally:
-        backend.engine.eos_ids = set(backend.eos_ids)
+    with bounded(backend, tokens=1500, capacity=512) as (engine, sizes):
+        engine.eos_ids = set()  # random weights: no early stop, so the answer grows
+        assert engine.max_tokens == 1500
+        got = backend.generate(question, DecodeOptions(max_new_tokens=1400))
+        assert got.prompt_tokens + 1400 <= engine.max_tokens
+        assert got.completion_tokens == [1400] and engine.cut_rows == 0
+        long = Conversation("s", (Message("user", "Findings? " * 600),))
+        assert backend.generate(long, DecodeOptions(max_new_tokens=4)).prompt_tokens > 1024
+        assert max(sizes) <= 1500
 
 
 def test_after_a_long_answer_the_store_takes_back_its_slots(backend: TransformersBackend) -> None:
@@ -211,14 +207,10 @@ def test_after_a_long_answer_the_store_takes_back_its_slots(backend: Transformer
     sampled = DecodeOptions(max_new_tokens=4, do_sample=True, n=2, seed=1)
     with bounded(backend, tokens=3 * 512, capacity=512) as (engine, sizes):
         fresh = backend.generate(question, sampled).token_ids
-        engine.eos_ids = set()
-        try:
-            long = Conversation("s", (Message("user", "Long?"),))
-            assert backend.generate(long, DecodeOptions(max_new_tokens=700)).completion_tokens == [
-                700
-            ]
-        finally:
-            engine.eos_ids = set(backend.eos_ids)
+        engine.eos_ids = set()  # random weights: no early stop, so the answer grows
+        long = Conversation("s", (Message("user", "Long?"),))
+        assert backend.generate(long, DecodeOptions(max_new_tokens=700)).completion_tokens == [700]
+        engine.eos_ids = set(backend.eos_ids)  # as the sampled answers above were given
         assert (engine.slots, engine.capacity) == (1, 1024)
         assert backend.generate(question, sampled).token_ids == fresh
         assert (engine.slots, engine.capacity) == (3, 512) and max(sizes) <= 3 * 512
